@@ -1,0 +1,66 @@
+"""``python -m bot``: read the settings, open shared resources, run the bot until stopped.
+
+A missing or malformed setting prints one line naming the variable and exits with
+status 2 before anything connects. SIGINT and SIGTERM close the bot, then the HTTP
+session and the database, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import aiohttp
+
+from bot.client import create_bot
+from bot.logs import configure_logging
+from bot.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("bot")
+
+EXIT_CONFIG = 2
+# Whole-request ceiling for the shared session; calls that need less set their own.
+SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
+
+
+async def main(settings: Settings) -> None:
+    """Open the session, build the bot, run it until a signal or a fatal error."""
+    connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session:
+        bot = create_bot(settings, session=session)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, lambda s=sig: _request_stop(bot, s))
+        async with bot:
+            await bot.start(settings.discord_token.get())
+    log.info("Stopped cleanly")
+
+
+def _request_stop(bot: object, sig: signal.Signals) -> None:
+    log.info("Received %s; shutting down", sig.name)
+    close = getattr(bot, "close", None)
+    if close is not None:
+        asyncio.get_running_loop().create_task(close())
+
+
+def run() -> None:
+    """Console entry point (``upscale-bot``)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    configure_logging(
+        settings.log_level,
+        secrets=(settings.discord_token.get(), settings.onemin_api_key.get()),
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(settings))
+
+
+if __name__ == "__main__":
+    run()

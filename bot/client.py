@@ -1,0 +1,114 @@
+"""The Discord bot: a ``commands.Bot`` subclass built by :func:`create_bot`.
+
+``python -m bot`` and the end-to-end tests build the bot through the same factory; the
+shared resources (HTTP session, ledger, 1min.ai client) are opened by the caller and
+injected, so the bot owns none of them and closing it leaves them to their owner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.settings import Settings
+from bot.tree import UpscaleTree
+
+log = logging.getLogger(__name__)
+
+# Extensions loaded at start-up, in order. Each is loaded on its own so that one broken
+# cog is logged and skipped instead of stopping the bot.
+DEFAULT_EXTENSIONS: tuple[str, ...] = ()
+
+
+class UpscaleBot(commands.Bot):
+    """The bot. Holds references to the injected services; cogs reach them through it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: aiohttp.ClientSession,
+        services: dict[str, Any] | None = None,
+        extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+        **options: Any,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        options.setdefault("allowed_mentions", discord.AllowedMentions(everyone=False, roles=False))
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=UpscaleTree,
+            help_command=None,
+            **options,
+        )
+        self.settings = settings
+        self.session = session
+        self.services: dict[str, Any] = dict(services or {})
+        self._extensions = tuple(extensions)
+        self.failed_extensions: list[str] = []
+
+    async def setup_hook(self) -> None:
+        for name in self._extensions:
+            try:
+                await self.load_extension(name)
+            except Exception:
+                self.failed_extensions.append(name)
+                log.exception("Could not load extension %s; continuing without it", name)
+        await self.sync_commands()
+
+    async def sync_commands(self) -> list[discord.app_commands.AppCommand]:
+        """Register the application commands: to ``DEV_GUILD_ID`` if set, else globally."""
+        guild_id = self.settings.dev_guild_id
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("Synced %d commands to guild %d", len(synced), guild_id)
+        else:
+            synced = await self.tree.sync()
+            log.info("Synced %d commands globally", len(synced))
+        return synced
+
+    async def on_ready(self) -> None:
+        user = self.user
+        log.info(
+            "Ready as %s (id %s) in %d guilds", user, user.id if user else "?", len(self.guilds)
+        )
+
+
+def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
+    """Send discord.py's REST and gateway traffic to ``api_base``/``gateway_url``.
+
+    Used by tests (an emulator on 127.0.0.1). These are class attributes of discord.py, so
+    the setting applies process-wide.
+    """
+    if api_base is not None:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url is not None:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+def create_bot(
+    settings: Settings,
+    *,
+    session: aiohttp.ClientSession,
+    services: dict[str, Any] | None = None,
+    extensions: Iterable[str] | None = None,
+    **options: Any,
+) -> UpscaleBot:
+    """Build the bot from ``settings`` and the shared resources the caller owns."""
+    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+    return UpscaleBot(
+        settings,
+        session=session,
+        services=services,
+        extensions=tuple(DEFAULT_EXTENSIONS if extensions is None else extensions),
+        **options,
+    )

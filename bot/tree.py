@@ -1,0 +1,111 @@
+"""One place that turns command errors into plain words for users.
+
+:class:`UpscaleTree` is the bot's ``CommandTree``. Every exception that escapes a command
+ends up in :meth:`UpscaleTree.on_error`, which picks a plain message by the error's type,
+logs the traceback when the error is unexpected, and sends the message whether the
+interaction is fresh, deferred, or its token has expired (:func:`send_reply`). Users never
+see exception text: only the messages written here or carried by :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+log = logging.getLogger(__name__)
+
+# Interaction tokens live 15 minutes; stop using them a little earlier (seconds).
+TOKEN_LIFETIME = 15 * 60
+TOKEN_SAFETY_MARGIN = 30
+
+GENERIC_FAILURE = "Something went wrong on our side. It has been logged; please try again later."
+
+
+class UserError(Exception):
+    """An error whose message is written for the user and safe to show as is."""
+
+    def __init__(self, message: str, *, ephemeral: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ephemeral = ephemeral
+
+
+def token_expired(interaction: discord.Interaction, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
+    """True when the interaction's webhook token is (nearly) past its 15 minutes."""
+    age = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    return age >= TOKEN_LIFETIME - margin
+
+
+async def send_reply(
+    interaction: discord.Interaction,
+    content: str | None = None,
+    *,
+    ephemeral: bool = True,
+    **kwargs: Any,
+) -> discord.Message | None:
+    """Send ``content`` however the interaction allows.
+
+    Fresh: the initial response. Deferred: edit the "thinking..." message when it is
+    ours to edit, else a followup. Expired token: a channel message mentioning the user.
+    Returns the message when discord.py gives one back.
+    """
+    if not interaction.response.is_done():
+        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+        return None
+    if not token_expired(interaction):
+        return await interaction.edit_original_response(content=content, **kwargs)
+    channel = interaction.channel
+    if isinstance(channel, discord.abc.Messageable):
+        mention = interaction.user.mention
+        text = f"{mention} {content}" if content else mention
+        return await channel.send(
+            text,
+            allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+            **kwargs,
+        )
+    log.warning("Could not reply to interaction %s: token expired, no channel", interaction.id)
+    return None
+
+
+def describe_error(error: app_commands.AppCommandError) -> tuple[str, bool]:
+    """The user's message for ``error`` and whether it was expected (no traceback needed)."""
+    original = getattr(error, "original", error)
+    if isinstance(original, UserError):
+        return original.message, True
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command works in a server channel, not in direct messages.", True
+    if isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
+        return "You don't have permission to use this command.", True
+    if isinstance(error, app_commands.BotMissingPermissions):
+        missing = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
+        return f"I need these permissions in this channel: {missing}.", True
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down: try again in {error.retry_after:.0f} s.", True
+    return GENERIC_FAILURE, False
+
+
+class UpscaleTree(app_commands.CommandTree):
+    """The bot's command tree with the single error handler."""
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        message, expected = describe_error(error)
+        command = interaction.command.qualified_name if interaction.command else "?"
+        if expected:
+            log.info("Command %s refused for user %s: %s", command, interaction.user.id, message)
+        else:
+            original = getattr(error, "original", error)
+            log.error(
+                "Command %s failed for user %s",
+                command,
+                interaction.user.id,
+                exc_info=(type(original), original, original.__traceback__),
+            )
+        try:
+            await send_reply(interaction, message, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("Could not tell user %s about an error: %s", interaction.user.id, exc)

@@ -1,0 +1,1 @@
+"""The Discord command surface: one feature per module, loaded by ``bot.client``."""

@@ -1,0 +1,138 @@
+"""Settings: validation, defaults, and secrets kept out of every text."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.settings import Secret, SettingsError, load_settings
+
+TOKEN = "settings-test-token-Zq81"
+KEY = "settings-test-key-Xv42"
+BASE_ENV = {"DISCORD_TOKEN": TOKEN, "ONEMIN_API_KEY": KEY}
+
+
+def env(**overrides: str) -> dict[str, str]:
+    return {**BASE_ENV, **overrides}
+
+
+def test_defaults_match_the_product_table() -> None:
+    """Only the two secrets set: every other value is PRODUCT.md's default."""
+    s = load_settings(env())
+    assert s.onemin_api_base == "https://api.1min.ai"
+    assert s.database_path == Path("data/upscaler.db")
+    assert s.dev_guild_id is None
+    assert (s.upscale_cost, s.default_user_limit, s.limit_period) == (1, 10, "daily")
+    assert (s.max_concurrent_jobs, s.max_jobs_per_user) == (4, 2)
+    assert s.moderator_role_ids == frozenset()
+    assert s.log_level == "INFO"
+    assert s.upscale_timeout == 180.0
+
+
+@pytest.mark.parametrize("missing", ["DISCORD_TOKEN", "ONEMIN_API_KEY"])
+def test_missing_secret_names_the_variable(missing: str) -> None:
+    """A missing required variable raises an error naming it."""
+    values = env()
+    del values[missing]
+    with pytest.raises(SettingsError) as info:
+        load_settings(values)
+    assert info.value.variable == missing
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("UPSCALE_COST", "0"),
+        ("UPSCALE_COST", "one"),
+        ("DEFAULT_USER_LIMIT", "-1"),
+        ("LIMIT_PERIOD", "hourly"),
+        ("MAX_CONCURRENT_JOBS", "0"),
+        ("MAX_JOBS_PER_USER", "2.5"),
+        ("DEV_GUILD_ID", "abc"),
+        ("MODERATOR_ROLE_IDS", "123,x"),
+        ("DATABASE_URL", "postgres://db/x"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("ONEMIN_API_BASE", "ftp://api.1min.ai"),
+        ("ONEMIN_API_BASE", "http://example.com"),
+        ("LOG_LEVEL", "LOUD"),
+        ("ONEMIN_UPSCALE_TIMEOUT", "1"),
+    ],
+)
+def test_malformed_value_names_the_variable(name: str, value: str) -> None:
+    """Each malformed variable is rejected with an error naming that variable."""
+    with pytest.raises(SettingsError) as info:
+        load_settings(env(**{name: value}))
+    assert info.value.variable == name
+    assert name in str(info.value)
+
+
+def test_parses_every_variable() -> None:
+    """All variables set: each lands in its typed field."""
+    s = load_settings(
+        env(
+            ONEMIN_API_BASE="http://127.0.0.1:8123/",
+            DATABASE_URL="sqlite:////tmp/x/y.db",
+            DEV_GUILD_ID="1234567890",
+            UPSCALE_COST="3",
+            DEFAULT_USER_LIMIT="0",
+            LIMIT_PERIOD="Weekly",
+            MAX_CONCURRENT_JOBS="8",
+            MAX_JOBS_PER_USER="5",
+            MODERATOR_ROLE_IDS="11, 22,,33",
+            LOG_LEVEL="debug",
+        )
+    )
+    assert s.onemin_api_base == "http://127.0.0.1:8123"
+    assert s.api_base_is_loopback
+    assert s.database_path == Path("/tmp/x/y.db")
+    assert s.spool_dir == Path("/tmp/x/spool")
+    assert s.dev_guild_id == 1234567890
+    assert (s.upscale_cost, s.default_user_limit, s.limit_period) == (3, 0, "weekly")
+    assert (s.max_concurrent_jobs, s.max_jobs_per_user) == (8, 5)
+    assert s.moderator_role_ids == frozenset({11, 22, 33})
+    assert s.log_level == "DEBUG"
+
+
+def test_secrets_never_in_repr_or_errors() -> None:
+    """Neither secret shows in the settings' repr/str nor in a later variable's error."""
+    s = load_settings(env())
+    assert TOKEN not in repr(s) and KEY not in repr(s) and TOKEN not in str(s)
+    assert s.discord_token.get() == TOKEN
+    assert repr(Secret("abc")) == "Secret('**********')"
+    with pytest.raises(SettingsError) as info:
+        load_settings(env(UPSCALE_COST="nope"))
+    assert TOKEN not in str(info.value) and KEY not in str(info.value)
+
+
+def test_importing_the_package_reads_no_environment(tmp_path: Path) -> None:
+    """Importing every bot module with an empty environment works and reads nothing."""
+    code = "import bot.settings, bot.client, bot.tree, bot.logs, bot.__main__"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path.cwd())},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_start_without_token_exits_2_with_one_line(tmp_path: Path) -> None:
+    """`python -m bot` with no configuration prints one line naming DISCORD_TOKEN, exits 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path.cwd())},
+        cwd=tmp_path,  # no .env here
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "DISCORD_TOKEN" in lines[0]
