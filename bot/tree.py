@@ -24,8 +24,11 @@ TOKEN_SAFETY_MARGIN = 30
 GENERIC_FAILURE = "Something went wrong on our side. It has been logged; please try again later."
 
 
-class UserError(Exception):
-    """An error whose message is written for the user and safe to show as is."""
+class UserError(app_commands.AppCommandError):
+    """An error whose message is written for the user and safe to show as is.
+
+    Raise it from a command or a check; :class:`UpscaleTree` shows ``message`` as is.
+    """
 
     def __init__(self, message: str, *, ephemeral: bool = True) -> None:
         super().__init__(message)
