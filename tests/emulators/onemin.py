@@ -1,0 +1,650 @@
+"""An emulator of 1min.ai's asset and IMAGE_UPSCALER API on 127.0.0.1.
+
+Tests, benchmarks and the end-to-end harness point the real client at it. It is strict
+about the contract in ``ONEMIN_API.md`` and really upscales: the result is the uploaded
+image at 4x its size, encoded with Pillow (in a thread) in the requested format, served
+at a presigned-looking ``temporaryUrl`` on the same host::
+
+    async with OneMinEmulator(api_key="test-key") as emu:
+        client = OneMinClient(session, "test-key", base_url=emu.base_url)
+        emu.fail("upscale", "rate_limited", times=1, retry_after=2)
+        ...
+        assert emu.calls["upscale"] == 2 and emu.upscales == 1
+
+Routes (the names used by :meth:`OneMinEmulator.fail` and the counters):
+
+* ``"upload"``: ``POST /api/assets``, multipart with one file in field ``asset``;
+* ``"upscale"``: ``POST /api/features``, ``{"type": "IMAGE_UPSCALER", "model":
+  "stable-image", "promptObject": {"imageUrl": <a path it handed out>, "output_format":
+  png|jpeg|webp}}``;
+* ``"download"``: ``GET /asset.1min.ai/<key>?X-Amz-...``, no API key needed (a signature
+  it did not issue gets S3's 403 XML).
+
+The two API routes require the ``API-KEY`` header to equal the configured key (401
+otherwise). Upscales cost ``upscale_cost`` credits out of ``credit_limit``; when the rest
+is too small the answer is 406 ``INSUFFICIENT_CREDITS``. Stability's input limits are
+enforced (400 ``EXTERNAL_API_RESPONSE_WITH_ERROR``).
+
+Faults: ``emu.fail(route, fault, times=1, **options)`` makes the next ``times`` calls to
+``route`` misbehave; queued faults are consumed in order, and a faulted call spends no
+credits. Faults for every route:
+
+* ``latency(seconds=1.0)``: wait, then answer normally;
+* ``rate_limited(retry_after=None, retry_after_body=None)``: 429; ``retry_after`` is the
+  ``Retry-After`` header (a number of seconds or any string, e.g. an HTTP date),
+  ``retry_after_body`` a ``retryAfter`` field in the JSON body;
+* ``server_error(status=500)``: a JSON error body; ``html_error(status=502)``: an HTML page;
+* ``drop``: read the request, then close the connection without answering;
+* ``garbage``: answer bytes that are not HTTP, then close;
+* ``hang``: send the headers and part of the body, then never finish;
+* ``oversized(size=2 MiB)``: 200 with a chunked body of ``size`` bytes (no Content-Length);
+* ``respond(status=200, body=..., headers=None)``: any answer (a dict/list is sent as JSON,
+  a string as text), e.g. a response shape the client must cope with.
+
+API routes only: ``malformed_json``, ``unauthorized`` (401), ``rejected(details=...)``
+(400 ``EXTERNAL_API_RESPONSE_WITH_ERROR``). Upscale only: ``out_of_credits`` (406),
+``failure_status`` (200 with ``status: "FAILURE"``), ``empty_url`` (``temporaryUrl: ""``),
+``empty_result`` (``resultObject: []``), ``temporary_url(url=...)`` (a success whose
+``temporaryUrl`` is ``url``). Download only: ``expired`` and ``forbidden`` (S3 403 XML),
+``truncated`` (Content-Length larger than the bytes sent, then close),
+``redirect(location=...)`` (302).
+
+Counters for assertions: ``calls`` (per route, faulted calls included), ``upscales``
+(successful), ``credits_spent``, ``assets`` (every upload), ``results`` (key -> bytes),
+``last_requests`` (per route: headers and body). ``upscale_delay`` (seconds) makes every
+upscale take that long, for throughput benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import secrets
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from aiohttp import web
+from PIL import Image
+
+__all__ = ["FAULTS", "ROUTES", "Asset", "OneMinEmulator", "RecordedRequest"]
+
+ROUTES = ("upload", "upscale", "download")
+_COMMON = frozenset(
+    {
+        "latency",
+        "rate_limited",
+        "server_error",
+        "html_error",
+        "drop",
+        "garbage",
+        "hang",
+        "oversized",
+        "respond",
+    }
+)
+_API = _COMMON | {"malformed_json", "unauthorized", "rejected"}
+FAULTS: dict[str, frozenset[str]] = {
+    "upload": _API,
+    "upscale": _API
+    | {"out_of_credits", "failure_status", "empty_url", "empty_result", "temporary_url"},
+    "download": _COMMON | {"expired", "forbidden", "truncated", "redirect"},
+}
+
+BUCKET = "asset.1min.ai"
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # 1min.ai's asset size limit, bytes
+SCALE = 4  # IMAGE_UPSCALER output size per side, times the input
+MIN_SIDE, MAX_SIDE = 32, 1536  # Stability fast upscaler input limits, px per side
+MIN_PIXELS, MAX_PIXELS = 1024, 1_048_576  # ... and in total pixels
+MAX_ASPECT = 2.5  # ... and in aspect ratio (either way)
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+DEFAULT_OVERSIZED_BYTES = 2 * 1024 * 1024
+SHUTDOWN_TIMEOUT = 1.0  # seconds stop() waits for handlers still running
+
+CLOUDFLARE_PAGE = (
+    "<!DOCTYPE html><html><head><title>api.1min.ai | 522: Connection timed out</title>"
+    "</head><body><h1>Connection timed out</h1><p>Cloudflare</p></body></html>"
+)
+STABILITY_DETAILS = '{"name":"bad_request","errors":["image: dimensions are not supported"]}'
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One uploaded file."""
+
+    path: str
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """What a route last received: headers and the decoded body (JSON, or a summary)."""
+
+    headers: dict[str, str]
+    body: Any
+    query: dict[str, str]
+
+
+@dataclass(slots=True)
+class _Fault:
+    name: str
+    remaining: int
+    options: dict[str, Any]
+
+
+class _Rejected(Exception):
+    """Answer the current request with this JSON error."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+class OneMinEmulator:
+    """A strict, fault-injectable 1min.ai on 127.0.0.1 (see the module docstring)."""
+
+    def __init__(
+        self,
+        api_key: str = "emulator-api-key",
+        *,
+        credit_limit: int = 1_000_000,
+        used_credit: int = 0,
+        upscale_cost: int = 10,
+        team_name: str = "Emulated",
+    ) -> None:
+        self.api_key = api_key
+        self.credit_limit = credit_limit
+        self.used_credit = used_credit
+        self.upscale_cost = upscale_cost
+        self.team_name = team_name
+        self.upscale_delay = 0.0
+        self.calls: Counter[str] = Counter()
+        self.upscales = 0
+        self.credits_spent = 0
+        self.assets: list[Asset] = []
+        self.results: dict[str, bytes] = {}
+        self.last_requests: dict[str, RecordedRequest] = {}
+        self._assets_by_path: dict[str, Asset] = {}
+        self._signatures: dict[str, str] = {}
+        self._faults: dict[str, deque[_Fault]] = {route: deque() for route in ROUTES}
+        self._team_id = secrets.token_hex(8)
+        self._user_id = secrets.token_hex(8)
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve on 127.0.0.1 on a free port."""
+        app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024)
+        app.add_routes(
+            [
+                web.post("/api/assets", self._upload),
+                web.post("/api/features", self._upscale),
+                web.get(f"/{BUCKET}/{{key:.+}}", self._download),
+            ]
+        )
+        self._stopping.clear()
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self._base_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop serving; requests left hanging are ended."""
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the API base and the host of result URLs."""
+        if self._base_url is None:
+            raise RuntimeError("the emulator is not started")
+        return self._base_url
+
+    # -- test controls ------------------------------------------------------------------
+
+    def fail(self, route: str, fault: str, *, times: int = 1, **options: Any) -> None:
+        """Make the next ``times`` calls to ``route`` answer with ``fault``."""
+        if route not in FAULTS:
+            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
+        if fault not in FAULTS[route]:
+            raise ValueError(f"fault {fault!r} does not apply to {route!r}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        self._faults[route].append(_Fault(fault, times, options))
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault."""
+        for queue in self._faults.values():
+            queue.clear()
+
+    @property
+    def credits_left(self) -> int:
+        return self.credit_limit - self.used_credit
+
+    # -- routes -------------------------------------------------------------------------
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        self.calls["upload"] += 1
+        fault = self._next_fault("upload")
+        if fault is not None and (answer := await self._apply_fault(fault, request)) is not None:
+            return answer
+        try:
+            self._authorize(request)
+            asset = await self._read_asset(request)
+        except _Rejected as rejected:
+            return web.json_response(rejected.body, status=rejected.status)
+        self.assets.append(asset)
+        self._assets_by_path[asset.path] = asset
+        return web.json_response(self._asset_response(asset))
+
+    async def _upscale(self, request: web.Request) -> web.StreamResponse:
+        self.calls["upscale"] += 1
+        fault = self._next_fault("upscale")
+        if fault is not None and (answer := await self._apply_fault(fault, request)) is not None:
+            return answer
+        try:
+            self._authorize(request)
+            asset, fmt, body = await self._read_feature(request)
+            if self.credits_left < self.upscale_cost:
+                raise _Rejected(406, self._credits_error())
+            if self.upscale_delay > 0:
+                await self._pause(self.upscale_delay)
+            data = await asyncio.to_thread(_upscale_image, asset.data, fmt)
+        except _Rejected as rejected:
+            return web.json_response(rejected.body, status=rejected.status)
+
+        key = self._unique_path(f"upscaled.{fmt}")
+        self.results[key] = data
+        self._signatures[key] = secrets.token_hex(32)
+        used_before = self.used_credit  # usedCredit lags one call on the real service
+        self.used_credit += self.upscale_cost
+        self.credits_spent += self.upscale_cost
+        self.upscales += 1
+        record = self._record(body["promptObject"], [key], self._temporary_url(key), used_before)
+        if fault is not None:
+            _adjust_record(record, fault)
+        return web.json_response({"aiRecord": record})
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        self.calls["download"] += 1
+        self._remember("download", request, None)
+        key = request.match_info["key"]
+        fault = self._next_fault("download")
+        if fault is not None and (answer := await self._apply_fault(fault, request)) is not None:
+            return answer
+        signature = self._signatures.get(key)
+        if signature is None or request.query.get("X-Amz-Signature") != signature:
+            return _s3_error("AccessDenied", "Access Denied")
+        data = self.results[key]
+        content_type = Image.MIME[_format_of(key)]
+        if fault is not None and fault.name == "truncated":
+            return await _truncated(request, data, content_type)
+        return web.Response(body=data, content_type=content_type)
+
+    # -- request handling ---------------------------------------------------------------
+
+    def _authorize(self, request: web.Request) -> None:
+        if request.headers.get("API-KEY") != self.api_key:
+            raise _Rejected(401, {"message": "Invalid API Key"})
+
+    async def _read_asset(self, request: web.Request) -> Asset:
+        if request.content_type != "multipart/form-data":
+            raise _Rejected(400, _missing("asset"))
+        reader = await request.multipart()
+        asset: Asset | None = None
+        fields: list[str] = []
+        while (part := await reader.next()) is not None:
+            fields.append(part.name or "")
+            if part.name != "asset" or not part.filename or asset is not None:
+                continue
+            data = await part.read()  # type: ignore[union-attr]
+            if len(data) > MAX_UPLOAD_BYTES:
+                raise _Rejected(413, {"message": "File too large"})
+            content_type = part.headers.get("Content-Type", "application/octet-stream")
+            asset = Asset(self._unique_path(part.filename), part.filename, content_type, data)
+        body = {"fields": fields}
+        if asset is not None:
+            body |= {"filename": asset.filename, "content_type": asset.content_type}
+            body["size"] = len(asset.data)
+        self._remember("upload", request, body)
+        if asset is None or fields != ["asset"]:
+            raise _Rejected(400, _missing("asset"))
+        return asset
+
+    async def _read_feature(self, request: web.Request) -> tuple[Asset, str, dict[str, Any]]:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            raise _Rejected(400, {"errorCode": "UNKNOWN_ERROR", "message": "Bad JSON"}) from None
+        self._remember("upscale", request, body)
+        if request.content_type != "application/json" or not isinstance(body, dict):
+            raise _Rejected(400, {"errorCode": "UNKNOWN_ERROR", "message": "Expected JSON"})
+        if body.get("type") != "IMAGE_UPSCALER":
+            message = f"Unsupported feature type: {body.get('type')}"
+            raise _Rejected(400, {"errorCode": "UNKNOWN_ERROR", "message": message})
+        if body.get("model") != "stable-image":
+            message = f"Model {body.get('model')} is not supported for feature IMAGE_UPSCALER"
+            raise _Rejected(400, {"errorCode": "UNSUPPORTED_MODEL", "message": message})
+        prompt = body.get("promptObject")
+        if not isinstance(prompt, dict) or not prompt.get("imageUrl"):
+            raise _Rejected(400, _missing("imageUrl"))
+        asset = self._assets_by_path.get(prompt["imageUrl"])
+        if asset is None:
+            message = f"Failed to analyze media file: {prompt['imageUrl']}"
+            raise _Rejected(400, {"errorCode": "UNKNOWN_ERROR", "message": message})
+        fmt = prompt.get("output_format", "png")
+        if fmt not in OUTPUT_FORMATS:
+            details = '{"name":"bad_request","errors":["output_format: must be png, jpeg or webp"]}'
+            raise _Rejected(400, _provider_error(details))
+        return asset, fmt, body
+
+    def _remember(self, route: str, request: web.Request, body: Any) -> None:
+        self.last_requests[route] = RecordedRequest(
+            headers=dict(request.headers), body=body, query=dict(request.query)
+        )
+
+    # -- faults -------------------------------------------------------------------------
+
+    def _next_fault(self, route: str) -> _Fault | None:
+        queue = self._faults[route]
+        if not queue:
+            return None
+        fault = queue[0]
+        fault.remaining -= 1
+        if fault.remaining == 0:
+            queue.popleft()
+        return fault
+
+    async def _apply_fault(self, fault: _Fault, request: web.Request) -> web.StreamResponse | None:
+        """Answer with ``fault``, or return None to let the call proceed."""
+        name, options = fault.name, fault.options
+        if name == "latency":
+            await self._pause(options.get("seconds", 1.0))
+            return None
+        if name in ("failure_status", "empty_url", "empty_result", "temporary_url", "truncated"):
+            return None  # applied to the normal answer
+        await request.read()
+        if name == "rate_limited":
+            headers = {}
+            if options.get("retry_after") is not None:
+                headers["Retry-After"] = str(options["retry_after"])
+            body: dict[str, Any] = {"errorCode": "RATE_LIMIT_EXCEEDED", "message": "Too many"}
+            if options.get("retry_after_body") is not None:
+                body["retryAfter"] = options["retry_after_body"]
+            return web.json_response(body, status=429, headers=headers)
+        if name == "server_error":
+            body = {"errorCode": "INTERNAL_SERVER_ERROR", "message": "Something went wrong"}
+            return web.json_response(body, status=options.get("status", 500))
+        if name == "html_error":
+            return web.Response(
+                text=CLOUDFLARE_PAGE, status=options.get("status", 502), content_type="text/html"
+            )
+        if name in ("drop", "garbage"):
+            if request.transport is not None:
+                if name == "garbage":
+                    request.transport.write(b"HTTP/1.1 OK-ish\r\n\r\n")
+                request.transport.close()
+            return web.Response()  # never delivered: the connection is gone
+        if name == "hang":
+            return await self._hang(request)
+        if name == "oversized":
+            return await _oversized(request, options.get("size", DEFAULT_OVERSIZED_BYTES))
+        if name == "respond":
+            status, body = options.get("status", 200), options.get("body")
+            if isinstance(body, str):
+                return web.Response(text=body, status=status, headers=options.get("headers"))
+            return web.json_response(body, status=status, headers=options.get("headers"))
+        if name == "malformed_json":
+            return web.Response(text='{"aiRecord": {"uuid": ', content_type="application/json")
+        if name == "unauthorized":
+            return web.json_response({"message": "Invalid API Key"}, status=401)
+        if name == "rejected":
+            details = options.get("details", STABILITY_DETAILS)
+            return web.json_response(_provider_error(details), status=400)
+        if name == "out_of_credits":
+            return web.json_response(self._credits_error(), status=406)
+        if name == "expired":
+            return _s3_error("AccessDenied", "Request has expired")
+        if name == "forbidden":
+            return _s3_error("AccessDenied", "Access Denied")
+        if name == "redirect":
+            return web.Response(status=302, headers={"Location": options["location"]})
+        raise AssertionError(f"unhandled fault {name!r}")
+
+    async def _hang(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 1024
+        await response.prepare(request)
+        await response.write(b'{"aiRecord": ')
+        await self._stopping.wait()
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up early when the emulator stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- response shapes ----------------------------------------------------------------
+
+    def _unique_path(self, filename: str) -> str:
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in filename)[-100:]
+        stamp = datetime.now(UTC).strftime("%Y_%m_%d_%H_%M_%S_%f")[:-3]
+        path = f"images/{stamp}_{name}"
+        n = 0
+        while path in self._assets_by_path or path in self.results:
+            n += 1
+            path = f"images/{stamp}_{n}_{name}"
+        return path
+
+    def _temporary_url(self, key: str) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return (
+            f"{self.base_url}/{BUCKET}/{key}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=AKIAEMULATOR%2F{stamp[:8]}%2Fus-east-1%2Fs3%2Faws4_request"
+            f"&X-Amz-Date={stamp}&X-Amz-Expires=604800"
+            f"&X-Amz-Signature={self._signatures[key]}&X-Amz-SignedHeaders=host"
+        )
+
+    def _asset_response(self, asset: Asset) -> dict[str, Any]:
+        now = _now()
+        name = asset.path.rsplit("/", 1)[-1]
+        return {
+            "asset": {
+                "fieldname": "asset",
+                "originalname": asset.filename,
+                "encoding": "7bit",
+                "mimetype": asset.content_type,
+                "size": len(asset.data),
+                "bucket": BUCKET,
+                "key": asset.path,
+                "acl": "private",
+                "contentType": "application/octet-stream",
+                "storageClass": "STANDARD",
+                "metadata": {"team-id": self._team_id, "user-id": self._user_id},
+                "location": f"https://{BUCKET}.s3.us-east-1.amazonaws.com/{asset.path}",
+                "etag": f'"{secrets.token_hex(16)}"',
+            },
+            "fileContent": {
+                "uuid": _uuid(),
+                "path": asset.path,
+                "type": name.rsplit(".", 1)[-1] if "." in name else "",
+                "name": name,
+                "content": "",
+                "status": "ACTIVE",
+                "metadata": {"token": 0, "character": 0},
+                "createdAt": now,
+            },
+        }
+
+    def _record(
+        self, prompt: dict[str, Any], keys: list[str], url: str, used_credit: int
+    ) -> dict[str, Any]:
+        now = _now()
+        return {
+            "uuid": _uuid(),
+            "userId": self._user_id,
+            "teamId": self._team_id,
+            "teamUser": {
+                "teamId": self._team_id,
+                "userId": self._user_id,
+                "userName": "emulator",
+                "userAvatar": None,
+                "status": "ACTIVE",
+                "role": "ADMIN",
+                "creditLimit": self.credit_limit,
+                "usedCredit": used_credit,
+                "createdAt": now,
+                "createdBy": "SYSTEM",
+                "updatedAt": now,
+                "updatedBy": "SYSTEM",
+            },
+            "model": "stable-image",
+            "type": "IMAGE_UPSCALER",
+            "metadata": None,
+            "rating": None,
+            "feedback": None,
+            "conversationId": None,
+            "status": "SUCCESS",
+            "createdAt": now,
+            "aiRecordDetail": {
+                "promptObject": prompt,
+                "resultObject": keys,
+                "responseObject": {},
+            },
+            "additionalData": None,
+            "temporaryUrl": url,
+        }
+
+    def _credits_error(self) -> dict[str, Any]:
+        return {
+            "errorCode": "INSUFFICIENT_CREDITS",
+            "message": (
+                f"The feature requires {self.upscale_cost} credits, but the "
+                f"{self.team_name} team only has {max(self.credits_left, 0)} credits"
+            ),
+        }
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _upscale_image(data: bytes, fmt: str) -> bytes:
+    """Decode, check Stability's input limits, resize 4x and encode (CPU: run in a thread)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height = image.size
+            if not (
+                MIN_SIDE <= width <= MAX_SIDE
+                and MIN_SIDE <= height <= MAX_SIDE
+                and MIN_PIXELS <= width * height <= MAX_PIXELS
+                and 1 / MAX_ASPECT <= width / height <= MAX_ASPECT
+            ):
+                raise _Rejected(400, _provider_error(STABILITY_DETAILS))
+            mode = "RGB" if fmt == "jpeg" else ("RGBA" if "A" in image.getbands() else "RGB")
+            result = image.convert(mode).resize((width * SCALE, height * SCALE))
+    except _Rejected:
+        raise
+    except Exception:
+        details = '{"name":"bad_request","errors":["image: could not be decoded"]}'
+        raise _Rejected(400, _provider_error(details)) from None
+    out = io.BytesIO()
+    result.save(out, OUTPUT_FORMATS[fmt])
+    return out.getvalue()
+
+
+def _adjust_record(record: dict[str, Any], fault: _Fault) -> None:
+    if fault.name == "failure_status":
+        record["status"] = "FAILURE"
+    elif fault.name == "empty_url":
+        record["temporaryUrl"] = ""
+    elif fault.name == "empty_result":
+        record["aiRecordDetail"]["resultObject"] = []
+    elif fault.name == "temporary_url":
+        record["temporaryUrl"] = fault.options["url"]
+
+
+async def _truncated(request: web.Request, data: bytes, content_type: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = len(data) + 4096
+    await response.prepare(request)
+    await response.write(data[: len(data) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
+async def _oversized(request: web.Request, size: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    chunk = b" " * 65536
+    sent = 0
+    try:
+        while sent < size:
+            await response.write(chunk[: size - sent])
+            sent += len(chunk)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client stopped reading at its cap
+    return response
+
+
+def _s3_error(code: str, message: str) -> web.Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<RequestId>{secrets.token_hex(8).upper()}</RequestId></Error>"
+    )
+    return web.Response(text=body, status=403, content_type="application/xml")
+
+
+def _provider_error(details: str) -> dict[str, Any]:
+    return {
+        "errorCode": "EXTERNAL_API_RESPONSE_WITH_ERROR",
+        "message": "External API responded with an error",
+        "details": details,
+    }
+
+
+def _missing(name: str) -> dict[str, Any]:
+    return {
+        "errorCode": "MISSING_REQUIRED_FIELDS",
+        "message": f"Missing required fields: {name}",
+        "details": json.dumps([{"field": name, "message": f"{name} is required"}]),
+    }
+
+
+def _format_of(key: str) -> str:
+    return OUTPUT_FORMATS[key.rsplit(".", 1)[-1]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
