@@ -240,6 +240,7 @@ class OneMinEmulator:
 
     @property
     def credits_left(self) -> int:
+        """Credits the team has left (``credit_limit - used_credit``)."""
         return self.credit_limit - self.used_credit
 
     # -- routes -------------------------------------------------------------------------
@@ -268,17 +269,22 @@ class OneMinEmulator:
             asset, fmt, body = await self._read_feature(request)
             if self.credits_left < self.upscale_cost:
                 raise _Rejected(406, self._credits_error())
+        except _Rejected as rejected:
+            return web.json_response(rejected.body, status=rejected.status)
+        # Held at once so concurrent calls cannot overspend; given back if the image fails.
+        used_before = self.used_credit  # usedCredit lags one call on the real service
+        self.used_credit += self.upscale_cost
+        try:
             if self.upscale_delay > 0:
                 await self._pause(self.upscale_delay)
             data = await asyncio.to_thread(_upscale_image, asset.data, fmt)
         except _Rejected as rejected:
+            self.used_credit -= self.upscale_cost
             return web.json_response(rejected.body, status=rejected.status)
 
         key = self._unique_path(f"upscaled.{fmt}")
         self.results[key] = data
         self._signatures[key] = secrets.token_hex(32)
-        used_before = self.used_credit  # usedCredit lags one call on the real service
-        self.used_credit += self.upscale_cost
         self.credits_spent += self.upscale_cost
         self.upscales += 1
         record = self._record(body["promptObject"], [key], self._temporary_url(key), used_before)
