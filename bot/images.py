@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 64  # enough of a file's start to recognise every format we sniff
 BYTES_PER_MB = 1000 * 1000
 BYTES_PER_MIB = 1024 * 1024
+LIMIT_ROUNDING = 0.02  # an upload limit this close to a whole MiB is named by that MiB
 JUST_OVER_RATIO = 1.01  # sizes this close above a limit are called "just over" it
 
 # Rejection kinds (ImageRejected.kind); the front end may map them to its own wording.
@@ -569,7 +570,7 @@ def fit_to_limit(data: bytes, fmt: str, limit_bytes: int, filename_stem: str) ->
     if im.mode == "RGBA" and im.getchannel("A").getextrema() == (255, 255):
         im = im.convert("RGB")  # an opaque alpha channel only costs bytes
     full_size = im.size
-    limit_words = f"Discord's {_human_bytes(limit_bytes)} upload limit"
+    limit_words = f"Discord's {_limit_mib(limit_bytes)} upload limit"
 
     def done(out: bytes, out_fmt: str, what: str, size: tuple[int, int]) -> FittedImage:
         resized = size != full_size
@@ -700,6 +701,19 @@ def _human_bytes(count: int) -> str:
     if count >= 1000:
         return f"{count / 1000:.0f} kB"
     return f"{count} bytes"
+
+
+def _limit_mib(limit_bytes: int) -> str:
+    """An upload limit in MiB, as Discord states it.
+
+    Callers often keep a small margin under the real limit (10 MiB - 64 KiB); that still
+    reads as "10 MiB".
+    """
+    mib = limit_bytes / BYTES_PER_MIB
+    whole = round(mib)
+    if whole >= 1 and abs(mib - whole) <= whole * LIMIT_ROUNDING:
+        return f"{whole} MiB"
+    return f"{mib:.1f} MiB" if mib >= 1 else _human_bytes(limit_bytes)
 
 
 def _pixel_limit_words(original: tuple[int, int], limits: ImageLimits) -> str:

@@ -378,6 +378,13 @@ def test_fit_note_says_what_was_done(fitted_noisy_png: FittedImage) -> None:
     assert "WebP" in note and "10 MiB" in note and "original" in note
 
 
+def test_fit_note_names_the_limit_a_caller_kept_a_margin_under(noisy_jpeg: bytes) -> None:
+    """A limit of 1 MiB minus a small safety margin is still called "1 MiB" in the note."""
+    assert len(noisy_jpeg) > MIB
+    fitted = images.fit_to_limit(noisy_jpeg, "jpeg", MIB - 16 * 1024, "result")
+    assert "Discord's 1 MiB upload limit" in (fitted.note or "")
+
+
 def test_fit_leaves_a_result_within_the_limit_untouched() -> None:
     """A result already under the limit is returned as the same bytes, with no note."""
     data = corpus.case("plain_png").data
