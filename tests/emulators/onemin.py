@@ -39,7 +39,7 @@ credits. Faults for every route:
 * ``hang``: send the headers and part of the body, then never finish;
 * ``oversized(size=2 MiB)``: 200 with a chunked body of ``size`` bytes (no Content-Length);
 * ``respond(status=200, body=..., headers=None)``: any answer (a dict/list is sent as JSON,
-  a string as text), e.g. a response shape the client must cope with.
+  a string as text, bytes as they are), e.g. a response shape the client must cope with.
 
 API routes only: ``malformed_json``, ``unauthorized`` (401), ``rejected(details=...)``
 (400 ``EXTERNAL_API_RESPONSE_WITH_ERROR``). Upscale only: ``out_of_credits`` (406),
@@ -418,6 +418,8 @@ class OneMinEmulator:
             return await _oversized(request, options.get("size", DEFAULT_OVERSIZED_BYTES))
         if name == "respond":
             status, body = options.get("status", 200), options.get("body")
+            if isinstance(body, bytes):
+                return web.Response(body=body, status=status, headers=options.get("headers"))
             if isinstance(body, str):
                 return web.Response(text=body, status=status, headers=options.get("headers"))
             return web.json_response(body, status=status, headers=options.get("headers"))
