@@ -15,8 +15,9 @@ import sys
 
 import aiohttp
 
-from bot.client import create_bot
+from bot.client import UpscaleBot, create_bot
 from bot.logs import configure_logging
+from bot.services import open_services
 from bot.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("bot")
@@ -29,8 +30,11 @@ SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
 async def main(settings: Settings) -> None:
     """Open the session, build the bot, run it until a signal or a fatal error."""
     connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session:
-        bot = create_bot(settings, session=session)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session,
+        open_services(settings, session) as services,
+    ):
+        bot = create_bot(settings, session=session, services=services)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
@@ -40,11 +44,14 @@ async def main(settings: Settings) -> None:
     log.info("Stopped cleanly")
 
 
-def _request_stop(bot: object, sig: signal.Signals) -> None:
+def _request_stop(bot: UpscaleBot, sig: signal.Signals) -> None:
     log.info("Received %s; shutting down", sig.name)
-    close = getattr(bot, "close", None)
-    if close is not None:
-        asyncio.get_running_loop().create_task(close())
+    task = asyncio.get_running_loop().create_task(bot.close())
+    _stopping.add(task)
+    task.add_done_callback(_stopping.discard)
+
+
+_stopping: set[asyncio.Task[None]] = set()
 
 
 def run() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
@@ -19,11 +19,20 @@ from discord.ext import commands
 from bot.settings import Settings
 from bot.tree import UpscaleTree
 
+if TYPE_CHECKING:
+    from bot.db import Database
+    from bot.jobs import JobQueue
+    from bot.ledger import Ledger
+    from bot.onemin import OneMinClient
+    from bot.services import Services
+
 log = logging.getLogger(__name__)
 
 # Extensions loaded at start-up, in order. Each is loaded on its own so that one broken
 # cog is logged and skipped instead of stopping the bot.
-DEFAULT_EXTENSIONS: tuple[str, ...] = ()
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("cogs.upscale", "cogs.credits")
+# Seconds running jobs get to finish when the bot stops, before they are cancelled.
+SHUTDOWN_GRACE = 20.0
 
 
 class UpscaleBot(commands.Bot):
@@ -34,7 +43,7 @@ class UpscaleBot(commands.Bot):
         settings: Settings,
         *,
         session: aiohttp.ClientSession,
-        services: dict[str, Any] | None = None,
+        services: Services | None = None,
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         **options: Any,
     ) -> None:
@@ -50,11 +59,37 @@ class UpscaleBot(commands.Bot):
         )
         self.settings = settings
         self.session = session
-        self.services: dict[str, Any] = dict(services or {})
+        self._services = services or None
         self._extensions = tuple(extensions)
         self.failed_extensions: list[str] = []
 
+    # The services, for the cogs. They exist whenever the cogs that use them are loaded.
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the bot was built without services")
+        return self._services
+
+    @property
+    def db(self) -> Database:
+        return self.services.db
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.services.ledger
+
+    @property
+    def onemin(self) -> OneMinClient:
+        return self.services.onemin
+
+    @property
+    def queue(self) -> JobQueue:
+        return self.services.queue
+
     async def setup_hook(self) -> None:
+        if self._services is not None:
+            self.queue.start()
+            await self.queue.recover(self._post_restart_notice)
         for name in self._extensions:
             try:
                 await self.load_extension(name)
@@ -75,6 +110,20 @@ class UpscaleBot(commands.Bot):
             synced = await self.tree.sync()
             log.info("Synced %d commands globally", len(synced))
         return synced
+
+    async def _post_restart_notice(self, channel_id: int, member_id: int, job_id: str) -> None:
+        channel = self.get_partial_messageable(channel_id)
+        await channel.send(
+            f"<@{member_id}> the bot restarted while your upscale (job {job_id[:8]}) was in "
+            "progress. Your credits were refunded; please try again.",
+            allowed_mentions=discord.AllowedMentions(users=True),
+        )
+
+    async def close(self) -> None:
+        """Stop the queue first (members are told about stopped jobs), then disconnect."""
+        if self._services is not None and not self.is_closed():
+            await self.queue.shutdown(SHUTDOWN_GRACE)
+        await super().close()
 
     async def on_ready(self) -> None:
         user = self.user
@@ -99,7 +148,7 @@ def create_bot(
     settings: Settings,
     *,
     session: aiohttp.ClientSession,
-    services: dict[str, Any] | None = None,
+    services: Services | None = None,
     extensions: Iterable[str] | None = None,
     **options: Any,
 ) -> UpscaleBot:

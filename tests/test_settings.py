@@ -110,7 +110,10 @@ def test_secrets_never_in_repr_or_errors() -> None:
 
 def test_importing_the_package_reads_no_environment(tmp_path: Path) -> None:
     """Importing every bot module with an empty environment works and reads nothing."""
-    code = "import bot.settings, bot.client, bot.tree, bot.logs, bot.__main__"
+    code = (
+        "import bot.settings, bot.client, bot.tree, bot.logs, bot.__main__, bot.services,"
+        " cogs.upscale, cogs.credits"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path.cwd())},

@@ -1,0 +1,70 @@
+"""The bot's shared services, opened and closed together.
+
+``python -m bot`` and the test harness both build them here, so the bot under test is
+wired exactly like the one owners run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.db import Database
+from bot.images import ImageLimits
+from bot.jobs import JobQueue
+from bot.ledger import Ledger
+from bot.onemin import OneMinClient
+from bot.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything the cogs use besides Discord itself."""
+
+    db: Database
+    ledger: Ledger
+    onemin: OneMinClient
+    queue: JobQueue
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, session: aiohttp.ClientSession
+) -> AsyncIterator[Services]:
+    """Open the database and build the ledger, 1min.ai client and job queue.
+
+    The HTTP session belongs to the caller. The database is closed on exit; the queue is
+    shut down by the bot (it needs Discord to tell members about stopped jobs).
+    """
+    db = await Database.open(settings.database_path)
+    try:
+        ledger = Ledger(
+            db,
+            default_limit=settings.default_user_limit,
+            default_period=settings.limit_period,
+        )
+        onemin = OneMinClient(
+            session,
+            settings.onemin_api_key.get(),
+            base_url=settings.onemin_api_base,
+            result_hosts=settings.result_hosts,
+            upscale_timeout=settings.upscale_timeout,
+        )
+        queue = JobQueue(
+            db=db,
+            ledger=ledger,
+            onemin=onemin,
+            spool_dir=settings.spool_dir,
+            max_concurrent=settings.max_concurrent_jobs,
+            max_per_member=settings.max_jobs_per_user,
+            cost=settings.upscale_cost,
+            limits=ImageLimits(
+                max_pixels=settings.max_input_pixels, max_side=settings.max_input_side
+            ),
+        )
+        yield Services(db=db, ledger=ledger, onemin=onemin, queue=queue)
+    finally:
+        await db.close()

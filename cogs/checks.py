@@ -1,0 +1,58 @@
+"""Run-time permission checks shared by the cogs.
+
+Discord's ``default_permissions`` only hides commands by default and server admins can
+change it, so moderator commands also check here, every time they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import discord
+from discord import app_commands
+
+from bot.tree import UserError
+
+NOT_IN_DMS = "This command works in a server channel, not in direct messages."
+NOT_A_MODERATOR = "Only moderators (Manage Server, or a moderator role) can do that."
+
+
+def is_moderator(
+    member: discord.Member | discord.User, moderator_role_ids: Collection[int]
+) -> bool:
+    """True for members with Manage Server or one of the configured moderator roles."""
+    if not isinstance(member, discord.Member):
+        return False
+    if member.guild_permissions.manage_guild:
+        return True
+    return any(role.id in moderator_role_ids for role in member.roles)
+
+
+def interaction_is_moderator(interaction: discord.Interaction) -> bool:
+    """Moderator check that trusts the interaction's own permission bits and roles."""
+    member = interaction.user
+    if not isinstance(member, discord.Member) or interaction.guild is None:
+        return False
+    if interaction.permissions.manage_guild:
+        return True
+    role_ids: Collection[int] = interaction.client.settings.moderator_role_ids  # type: ignore[attr-defined]
+    return any(role.id in role_ids for role in member.roles)
+
+
+def require_guild(interaction: discord.Interaction) -> discord.Guild:
+    """The interaction's guild, or a :class:`UserError` for DMs."""
+    if interaction.guild is None:
+        raise UserError(NOT_IN_DMS)
+    return interaction.guild
+
+
+def moderator_only() -> app_commands.check:  # type: ignore[valid-type]
+    """An ``app_commands`` check: guild only, and moderators only."""
+
+    async def predicate(interaction: discord.Interaction) -> bool:
+        require_guild(interaction)
+        if not interaction_is_moderator(interaction):
+            raise UserError(NOT_A_MODERATOR)
+        return True
+
+    return app_commands.check(predicate)
