@@ -182,6 +182,7 @@ class Ledger:
         self._default_limit = _check_limit(default_limit)
         self._default_period = _check_period(default_period)
         self._clock = clock
+        self._periods: dict[int, Period] = {}
 
     # -- guild settings ----------------------------------------------------------------
 
@@ -195,6 +196,14 @@ class Ledger:
             await tx.execute(sql, params)
         else:
             await self._db.write(sql, params)
+
+    async def _period(self, guild_id: int) -> Period:
+        """The guild's period, cached (this process makes every change; see set_period)."""
+        period = self._periods.get(guild_id)
+        if period is None:
+            period = (await self._settings_row(guild_id))["period"]
+            self._periods[guild_id] = period
+        return period
 
     async def _settings_row(self, guild_id: int) -> aiosqlite.Row:
         row = await self._db.fetchone(
@@ -276,8 +285,7 @@ class Ledger:
         """Reserve ``cost`` credits atomically, or say which limit stops it."""
         if cost <= 0:
             raise ValueError("cost must be positive")
-        settings = await self._settings_row(guild_id)
-        period: Period = settings["period"]
+        period = await self._period(guild_id)
         now = self._clock()
         start = ts(period_start(now, period))
         limit_sql, _ = self._limit_sql(role_ids)
@@ -520,6 +528,7 @@ class Ledger:
             "UPDATE guild_settings SET period = ? WHERE guild_id = ?", (chosen, guild_id),
             chosen,
         )  # fmt: skip
+        self._periods[guild_id] = chosen
 
     async def set_role_limit(self, guild_id: int, actor_id: int, role_id: int, limit: int) -> None:
         _check_limit(limit)
