@@ -1,0 +1,1105 @@
+"""A Discord emulator on 127.0.0.1 for the real discord.py client (see DISCORD_EMULATION.md).
+
+It serves the gateway (HELLO, heartbeats, IDENTIFY -> READY + GUILD_CREATE, RESUME, forced
+reconnects), the REST routes the bot uses (login, command sync, interaction callbacks,
+webhook edits and followups, channel messages) and a CDN for attachment bytes. Tests
+inject interactions and read back what the bot did::
+
+    async with DiscordEmulator() as discord_emu:
+        ...  # point the bot at discord_emu.api_base / discord_emu.gateway_url
+        it = await discord_emu.slash("upscale", {"image": discord_emu.attachment(data, "a.png")})
+        message = await it.final()
+
+Realism: an ack later than ``ack_deadline`` s gets 404 code 10062; webhook calls after
+``token_lifetime`` s (counted from the interaction's snowflake time, as Discord does) get
+401 code 50027; uploads over the interaction's ``attachment_size_limit`` get 413 code
+40005; :meth:`fail` injects 429 (with ``Via`` and ``retry_after``) or 5xx answers; a
+``latency`` knob delays every REST answer. Every REST call is recorded in ``calls``; calls
+to routes it does not implement are answered 404 and listed in ``unimplemented``.
+Injected interactions are validated against the commands the bot registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from aiohttp import WSMsgType, web
+
+DISCORD_EPOCH_MS = 1_420_070_400_000
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+ALL_PERMISSIONS = (1 << 50) - 1
+EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16)  # view/send/...
+MANAGE_GUILD = 1 << 5
+ATTACH_FILES = 1 << 15
+EMBED_LINKS = 1 << 14
+BOT_PERMISSIONS = EVERYONE_PERMISSIONS | ATTACH_FILES | EMBED_LINKS
+
+_counter = itertools.count(1)
+
+
+def snowflake(at: float | None = None) -> int:
+    """A snowflake for ``at`` (Unix seconds; now by default), unique in this process."""
+    ms = int((time.time() if at is None else at) * 1000) - DISCORD_EPOCH_MS
+    return (ms << 22) | (next(_counter) & 0x3FFFFF)
+
+
+def snowflake_time(value: int) -> float:
+    return ((value >> 22) + DISCORD_EPOCH_MS) / 1000
+
+
+def iso(at: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if at is None else at, UTC).isoformat()
+
+
+class EmulatorError(AssertionError):
+    """The bot, or a test, used the emulator in a way Discord would not accept."""
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    bot: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "username": self.name,
+            "discriminator": "0",
+            "global_name": self.name,
+            "avatar": None,
+            "bot": self.bot,
+            "public_flags": 0,
+        }
+
+
+@dataclass
+class Role:
+    id: int
+    name: str
+    permissions: int = 0
+    position: int = 1
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "permissions": str(self.permissions),
+            "position": self.position,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": True,
+            "flags": 0,
+        }
+
+
+@dataclass
+class Member:
+    user: User
+    roles: list[Role] = field(default_factory=list)
+    permissions: int = EVERYONE_PERMISSIONS  # what the interaction says they have
+
+    def payload(self, with_permissions: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "user": self.user.payload(),
+            "roles": [str(r.id) for r in self.roles],
+            "joined_at": iso(1_600_000_000),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+        }
+        if with_permissions:
+            data["permissions"] = str(self.permissions)
+        return data
+
+
+@dataclass
+class Channel:
+    id: int
+    name: str
+    guild_id: int | None
+    type: int = 0
+    bot_permissions: int = BOT_PERMISSIONS  # the bot's permissions here (app_permissions)
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(self.id),
+            "type": self.type,
+            "name": self.name,
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "topic": None,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "parent_id": None,
+        }
+        if self.guild_id is not None:
+            data["guild_id"] = str(self.guild_id)
+        return data
+
+
+@dataclass
+class Guild:
+    id: int
+    name: str
+    roles: list[Role]
+    channels: list[Channel]
+    members: list[Member]
+    upload_limit: int = DEFAULT_UPLOAD_LIMIT
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "icon": None,
+            "owner_id": str(self.members[0].user.id) if self.members else "1",
+            "roles": [r.payload() for r in self.roles],
+            "channels": [c.payload() for c in self.channels],
+            "members": [m.payload() for m in self.members],
+            "member_count": len(self.members),
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "threads": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "voice_states": [],
+            "presences": [],
+            "large": False,
+            "unavailable": False,
+            "premium_tier": 0,
+            "mfa_level": 0,
+            "verification_level": 0,
+            "explicit_content_filter": 0,
+            "default_message_notifications": 0,
+            "afk_timeout": 300,
+            "system_channel_flags": 0,
+            "preferred_locale": "en-US",
+            "nsfw_level": 0,
+            "premium_progress_bar_enabled": False,
+            "joined_at": iso(1_600_000_000),
+        }
+
+
+@dataclass
+class Call:
+    """One REST request the bot made."""
+
+    method: str
+    path: str
+    json: Any
+    files: list[tuple[str, bytes]]
+    status: int
+    at: float
+
+
+@dataclass
+class Fault:
+    pattern: re.Pattern[str]
+    method: str | None
+    status: int
+    times: int
+    retry_after: float
+
+
+@dataclass
+class Injected:
+    """An interaction the test sent, and what the bot answered."""
+
+    emulator: DiscordEmulator
+    id: int
+    token: str
+    type: int
+    channel: Channel
+    user: User
+    upload_limit: int
+    sent_at: float
+    ack_type: int | None = None
+    ack_at: float | None = None
+    ack_status: int | None = None
+    original: dict[str, Any] | None = None  # the @original message, as last edited
+    edits: list[dict[str, Any]] = field(default_factory=list)  # every version of @original
+    followups: list[dict[str, Any]] = field(default_factory=list)
+    deleted: bool = False
+
+    @property
+    def ack_latency(self) -> float | None:
+        return None if self.ack_at is None else self.ack_at - self.sent_at
+
+    async def acked(self, timeout: float = 5.0) -> int:
+        await self.emulator.wait_until(lambda: self.ack_type is not None, timeout)
+        assert self.ack_type is not None
+        return self.ack_type
+
+    async def wait(self, predicate: Callable[[Injected], bool], timeout: float = 15.0) -> None:
+        await self.emulator.wait_until(lambda: predicate(self), timeout)
+
+    async def final(
+        self, timeout: float = 15.0, progress: tuple[str, ...] = ("⏳", "⚙️")
+    ) -> dict[str, Any]:
+        """The @original message once it is neither empty ("thinking") nor progress."""
+
+        def done() -> bool:
+            msg = self.original
+            if msg is None:
+                return False
+            if msg.get("attachments") or msg.get("embeds"):
+                return True
+            content = msg.get("content") or ""
+            return bool(content) and not content.startswith(progress)
+
+        await self.wait(lambda _: done(), timeout)
+        assert self.original is not None
+        return self.original
+
+    def file(self, message: dict[str, Any] | None = None) -> tuple[str, bytes]:
+        """The first file uploaded with ``message`` (default: the final original)."""
+        msg = message or self.original
+        assert msg is not None and msg.get("_files"), "no file in the message"
+        return msg["_files"][0]
+
+
+class DiscordEmulator:
+    """The emulator; see the module docstring."""
+
+    def __init__(self, *, token: str = "emulated-bot-token") -> None:
+        self.token = token
+        self.application_id = snowflake()
+        self.bot_user = User(snowflake(), "UpscaleBot", bot=True)
+        self.ack_deadline = 3.0
+        self.token_lifetime = 15 * 60.0
+        self.latency = 0.0
+        self.calls: list[Call] = []
+        self.unimplemented: list[str] = []
+        self.global_commands: list[dict[str, Any]] = []
+        self.guild_commands: dict[int, list[dict[str, Any]]] = {}
+        self.interactions: dict[int, Injected] = {}
+        self._by_token: dict[str, Injected] = {}
+        self._faults: list[Fault] = []
+        self._blobs: dict[str, bytes] = {}
+        self._changed = asyncio.Condition()
+        self._ws: web.WebSocketResponse | None = None
+        self._seq = 0
+        self._session_id = secrets.token_hex(16)
+        self._pending_events: list[dict[str, Any]] = []
+        self.identifies = 0
+        self.resumes = 0
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._ws_tasks: set[asyncio.Task[None]] = set()
+        self._build_world()
+
+    # -- world -------------------------------------------------------------------------
+
+    def _build_world(self) -> None:
+        gid = snowflake()
+        self.everyone = Role(gid, "@everyone", EVERYONE_PERMISSIONS, position=0)
+        self.mod_role = Role(snowflake(), "Moderators", 0)
+        self.vip_role = Role(snowflake(), "VIP", 0)
+        self.channel = Channel(snowflake(), "general", gid)
+        self.alice = Member(User(snowflake(), "alice"), [self.everyone])
+        self.bob = Member(User(snowflake(), "bob"), [self.everyone])
+        self.moderator = Member(
+            User(snowflake(), "mod"),
+            [self.everyone],
+            permissions=EVERYONE_PERMISSIONS | MANAGE_GUILD,
+        )
+        self.role_mod = Member(User(snowflake(), "rolemod"), [self.everyone, self.mod_role])
+        self.me = Member(self.bot_user, [self.everyone], permissions=BOT_PERMISSIONS)
+        self.guild = Guild(
+            gid,
+            "Test Server",
+            [self.everyone, self.mod_role, self.vip_role],
+            [self.channel],
+            [self.moderator, self.alice, self.bob, self.role_mod, self.me],
+        )
+        self.dm_channel = Channel(snowflake(), "dm", None, type=1)
+        self.channels = {self.channel.id: self.channel, self.dm_channel.id: self.dm_channel}
+
+    def add_member(self, name: str, roles: list[Role] | None = None) -> Member:
+        member = Member(User(snowflake(), name), [self.everyone, *(roles or [])])
+        self.guild.members.append(member)
+        return member
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._middleware])
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        for task in list(self._ws_tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self._port}/gateway"
+
+    # -- waiting -----------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
+
+    # -- gateway -----------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            payload = json.loads(msg.data)
+            op = payload.get("op")
+            if op == 1:
+                await ws.send_json({"op": 11})
+            elif op == 2:
+                if payload["d"].get("token") != self.token:
+                    await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                self.identifies += 1
+                self._ws = ws
+                self._session_id = secrets.token_hex(16)
+                await self._send_ready(ws)
+            elif op == 6:
+                self.resumes += 1
+                self._ws = ws
+                await self._dispatch_to(ws, "RESUMED", {})
+                pending, self._pending_events = self._pending_events, []
+                for event in pending:
+                    await self._dispatch_to(ws, event["t"], event["d"])
+        if self._ws is ws:
+            self._ws = None
+        return ws
+
+    async def _send_ready(self, ws: web.WebSocketResponse) -> None:
+        await self._dispatch_to(
+            ws,
+            "READY",
+            {
+                "v": 10,
+                "user": self.bot_user.payload(),
+                "guilds": [{"id": str(self.guild.id), "unavailable": True}],
+                "session_id": self._session_id,
+                "resume_gateway_url": self.gateway_url,
+                "application": {"id": str(self.application_id), "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+            },
+        )
+        await self._dispatch_to(ws, "GUILD_CREATE", self.guild.payload())
+
+    async def _dispatch_to(self, ws: web.WebSocketResponse, name: str, data: Any) -> None:
+        self._seq += 1
+        await ws.send_json({"op": 0, "t": name, "s": self._seq, "d": data})
+
+    async def dispatch(self, name: str, data: Any) -> None:
+        """Send an event to the bot, or hold it until the bot resumes."""
+        if self._ws is None or self._ws.closed:
+            self._pending_events.append({"t": name, "d": data})
+            return
+        await self._dispatch_to(self._ws, name, data)
+
+    async def force_reconnect(self) -> None:
+        """Ask the bot to reconnect (op 7); it resumes on a new connection."""
+        ws = self._ws
+        assert ws is not None, "the bot is not connected"
+        self._ws = None
+        await ws.send_json({"op": 7, "d": None})
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await self.wait_until(lambda: self._ws is not None and not self._ws.closed, timeout)
+
+    # -- REST --------------------------------------------------------------------------
+
+    def fail(
+        self,
+        path_regex: str,
+        status: int = 500,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        retry_after: float = 0.05,
+    ) -> None:
+        """The next ``times`` REST calls matching ``path_regex`` answer ``status``."""
+        self._faults.append(Fault(re.compile(path_regex), method, status, times, retry_after))
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self._faults:
+            matches = fault.times > 0 and fault.pattern.search(path)
+            if matches and fault.method in (None, method):
+                fault.times -= 1
+                return fault
+        return None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.latency and request.path.startswith("/api/"):
+            await asyncio.sleep(self.latency)
+        return await handler(request)
+
+    async def _read_body(self, request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:
+        if request.content_type.startswith("multipart/"):
+            files: list[tuple[str, bytes]] = []
+            body: Any = None
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    body = json.loads(await part.text())  # type: ignore[union-attr]
+                else:
+                    files.append((part.filename or "file", bytes(await part.read())))  # type: ignore[union-attr]
+            return body, files
+        raw = await request.read()
+        return (json.loads(raw) if raw else None), []
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        method, path = request.method, request.path
+        if path.startswith("/cdn/"):
+            return self._cdn(path)
+        body, files = await self._read_body(request)
+        fault = self._take_fault(method, path)
+        if fault is not None:
+            response = self._fault_response(fault)
+        else:
+            try:
+                response = await self._route(request, method, path, body, files)
+            except _Reply as reply:
+                response = reply.response
+        self.calls.append(Call(method, path, body, files, response.status, time.monotonic()))
+        await self._notify()
+        return response
+
+    def _fault_response(self, fault: Fault) -> web.Response:
+        if fault.status == 429:
+            return _json(
+                {"message": "You are being rate limited.", "retry_after": fault.retry_after,
+                 "global": False},
+                status=429,
+                headers={"Via": "1.1 google", "Retry-After": str(fault.retry_after)},
+            )  # fmt: skip
+        return _json({"message": "Internal Server Error", "code": 0}, status=fault.status)
+
+    async def _route(
+        self,
+        request: web.Request,
+        method: str,
+        path: str,
+        body: Any,
+        files: list[tuple[str, bytes]],
+    ) -> web.Response:
+        api = path.removeprefix("/api/v10")
+        app = str(self.application_id)
+        if not api.startswith(("/interactions/", "/webhooks/")):
+            self._check_auth(request)
+        if method == "GET" and api == "/users/@me":
+            return _json(self.bot_user.payload())
+        if method == "GET" and api == "/oauth2/applications/@me":
+            return _json(self._application())
+        if method == "GET" and api in ("/gateway", "/gateway/bot"):
+            return _json({"url": self.gateway_url, "shards": 1})
+        if m := re.fullmatch(rf"/applications/{app}/commands", api):
+            return self._sync_commands(method, body, None)
+        if m := re.fullmatch(rf"/applications/{app}/guilds/(\d+)/commands", api):
+            return self._sync_commands(method, body, int(m[1]))
+        if m := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", api):
+            return await self._callback(int(m[1]), m[2], body, files)
+        if m := re.fullmatch(rf"/webhooks/{app}/([^/]+)/messages/(@original|\d+)", api):
+            return self._webhook_message(method, m[1], m[2], body, files)
+        if (m := re.fullmatch(rf"/webhooks/{app}/([^/]+)", api)) and method == "POST":
+            return self._followup(m[1], body, files)
+        if m := re.fullmatch(r"/channels/(\d+)/messages", api):
+            if method == "POST":
+                return self._channel_post(int(m[1]), body, files)
+            if method == "GET":
+                channel = self._channel(int(m[1]))
+                latest = sorted(channel.messages.values(), key=lambda x: -int(x["id"]))
+                return _json(latest[: int(request.query.get("limit", "50"))])
+        if m := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", api):
+            return self._channel_message(method, int(m[1]), int(m[2]), body, files)
+        self.unimplemented.append(f"{method} {path}")
+        return _json({"message": "404: Not Found", "code": 0}, status=404)
+
+    def _check_auth(self, request: web.Request) -> None:
+        if request.headers.get("Authorization") != f"Bot {self.token}":
+            raise _Reply(_json({"message": "401: Unauthorized", "code": 0}, status=401))
+
+    def _application(self) -> dict[str, Any]:
+        return {
+            "id": str(self.application_id),
+            "name": "UpscaleBot",
+            "description": "",
+            "icon": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": self.moderator.user.payload(),
+            "verify_key": "0" * 64,
+            "flags": 0,
+            "interactions_endpoint_url": None,
+            "team": None,
+            "summary": "",
+        }
+
+    def _sync_commands(self, method: str, body: Any, guild_id: int | None) -> web.Response:
+        if method == "GET":
+            stored = (
+                self.global_commands if guild_id is None else self.guild_commands.get(guild_id, [])
+            )
+            return _json(stored)
+        if method != "PUT":
+            self.unimplemented.append(f"{method} commands")
+            return _json({"message": "405"}, status=405)
+        stored = []
+        for command in body:
+            saved = {
+                "description": "",
+                "options": [],
+                **command,
+                "id": str(snowflake()),
+                "application_id": str(self.application_id),
+                "version": str(snowflake()),
+                "type": command.get("type", 1),
+            }
+            if guild_id is not None:
+                saved["guild_id"] = str(guild_id)
+            stored.append(saved)
+        if guild_id is None:
+            self.global_commands = stored
+        else:
+            self.guild_commands[guild_id] = stored
+        return _json(stored)
+
+    def registered(self, name: str, kind: int = 1) -> dict[str, Any]:
+        """The command the bot registered under ``name`` (guild commands first)."""
+        for command in [*self.guild_commands.get(self.guild.id, []), *self.global_commands]:
+            if command["name"] == name and command.get("type", 1) == kind:
+                return command
+        raise EmulatorError(f"the bot registered no command {name!r} of type {kind}")
+
+    # -- interactions: responses ---------------------------------------------------------
+
+    def _interaction(self, token: str) -> Injected:
+        it = self._by_token.get(token)
+        if it is None:
+            raise _Reply(_json({"message": "Unknown Webhook", "code": 10015}, status=404))
+        return it
+
+    def _check_token_alive(self, it: Injected) -> None:
+        if time.time() - snowflake_time(it.id) > self.token_lifetime:
+            raise _Reply(_json({"message": "Invalid Webhook Token", "code": 50027}, status=401))
+
+    def _check_upload(self, files: list[tuple[str, bytes]], limit: int) -> None:
+        for _, data in files:
+            if len(data) > limit:
+                raise _Reply(
+                    _json({"message": "Request entity too large", "code": 40005}, status=413)
+                )
+
+    async def _callback(
+        self, interaction_id: int, token: str, body: Any, files: list[tuple[str, bytes]]
+    ) -> web.Response:
+        it = self.interactions.get(interaction_id)
+        if it is None or it.token != token:
+            return _json({"message": "Unknown interaction", "code": 10062}, status=404)
+        if it.ack_type is not None:
+            return _json(
+                {"message": "Interaction has already been acknowledged.", "code": 40060},
+                status=400,
+            )
+        if time.monotonic() - it.sent_at > self.ack_deadline:
+            it.ack_status = 404
+            return _json({"message": "Unknown interaction", "code": 10062}, status=404)
+        self._check_upload(files, it.upload_limit)
+        kind = int(body["type"])
+        it.ack_type, it.ack_at, it.ack_status = kind, time.monotonic(), 200
+        data = body.get("data") or {}
+        message: dict[str, Any] | None = None
+        if kind == 4:  # CHANNEL_MESSAGE_WITH_SOURCE
+            message = self._new_message(it.channel, data, files, interaction=it)
+            it.original = message
+            it.edits.append(message)
+        elif kind == 5:  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+            message = self._new_message(
+                it.channel, {"content": "", "flags": data.get("flags", 0)}, [], interaction=it
+            )
+            message["flags"] = (data.get("flags") or 0) | 128  # LOADING
+            it.original = message
+        elif kind == 7 and it.type == 3:  # UPDATE_MESSAGE on a component's message
+            pass
+        return _json(
+            {
+                "interaction": {
+                    "id": str(it.id),
+                    "type": it.type,
+                    "response_message_id": message["id"] if message else None,
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": bool((data.get("flags") or 0) & 64),
+                },
+                "resource": {"type": kind, **({"message": message} if message else {})},
+            }
+        )
+
+    def _webhook_message(
+        self,
+        method: str,
+        token: str,
+        which: str,
+        body: Any,
+        files: list[tuple[str, bytes]],
+    ) -> web.Response:
+        it = self._interaction(token)
+        self._check_token_alive(it)
+        if which == "@original":
+            if it.original is None:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+            target = it.original
+        else:
+            found = [f for f in it.followups if f["id"] == which]
+            if not found:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+            target = found[0]
+        if method == "GET":
+            return _json(_public(target))
+        if method == "DELETE":
+            if which == "@original":
+                it.deleted = True
+            it.channel.messages.pop(int(target["id"]), None)
+            return web.Response(status=204)
+        if method == "PATCH":
+            self._check_upload(files, it.upload_limit)
+            updated = self._apply_edit(target, body or {}, files)
+            if which == "@original":
+                it.original = updated
+                it.edits.append(updated)
+            it.channel.messages[int(updated["id"])] = updated
+            return _json(_public(updated))
+        self.unimplemented.append(f"{method} webhook message")
+        return _json({"message": "405"}, status=405)
+
+    def _followup(self, token: str, body: Any, files: list[tuple[str, bytes]]) -> web.Response:
+        it = self._interaction(token)
+        self._check_token_alive(it)
+        self._check_upload(files, it.upload_limit)
+        message = self._new_message(it.channel, body or {}, files, interaction=it)
+        it.followups.append(message)
+        return _json(_public(message))
+
+    # -- channel messages --------------------------------------------------------------
+
+    def _channel(self, channel_id: int) -> Channel:
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            raise _Reply(_json({"message": "Unknown Channel", "code": 10003}, status=404))
+        return channel
+
+    def _channel_post(
+        self, channel_id: int, body: Any, files: list[tuple[str, bytes]]
+    ) -> web.Response:
+        channel = self._channel(channel_id)
+        if files and not channel.bot_permissions & ATTACH_FILES:
+            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
+        self._check_upload(files, self.guild.upload_limit)
+        message = self._new_message(channel, body or {}, files)
+        return _json(_public(message))
+
+    def _channel_message(
+        self,
+        method: str,
+        channel_id: int,
+        message_id: int,
+        body: Any,
+        files: list[tuple[str, bytes]],
+    ) -> web.Response:
+        channel = self._channel(channel_id)
+        message = channel.messages.get(message_id)
+        if message is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        if method == "GET":
+            return _json(_public(message))
+        if method == "DELETE":
+            del channel.messages[message_id]
+            return web.Response(status=204)
+        if method == "PATCH":
+            updated = self._apply_edit(message, body or {}, files)
+            channel.messages[message_id] = updated
+            return _json(_public(updated))
+        self.unimplemented.append(f"{method} channel message")
+        return _json({"message": "405"}, status=405)
+
+    def channel_messages(self, channel: Channel | None = None) -> list[dict[str, Any]]:
+        """Messages currently in the channel, oldest first."""
+        chan = channel or self.channel
+        return sorted(chan.messages.values(), key=lambda m: int(m["id"]))
+
+    # -- message bodies ----------------------------------------------------------------
+
+    def _attachments(
+        self, specs: list[dict[str, Any]] | None, files: list[tuple[str, bytes]]
+    ) -> list[dict[str, Any]]:
+        out = []
+        for index, (name, data) in enumerate(files):
+            spec = next(
+                (s for s in specs or [] if str(s.get("id")) == str(index)), {"filename": name}
+            )
+            out.append(self.attachment(data, spec.get("filename", name)))
+        return out
+
+    def _new_message(
+        self,
+        channel: Channel,
+        data: dict[str, Any],
+        files: list[tuple[str, bytes]],
+        interaction: Injected | None = None,
+    ) -> dict[str, Any]:
+        attachments = self._attachments(data.get("attachments"), files)
+        message = {
+            "id": str(snowflake()),
+            "channel_id": str(channel.id),
+            "author": self.bot_user.payload(),
+            "content": data.get("content") or "",
+            "timestamp": iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": attachments,
+            "embeds": data.get("embeds") or [],
+            "components": data.get("components") or [],
+            "pinned": False,
+            "type": 20 if interaction else 0,
+            "flags": data.get("flags") or 0,
+            "_files": files,
+        }
+        if channel.guild_id is not None:
+            message["guild_id"] = str(channel.guild_id)
+        if interaction is None or not (message["flags"] & 64):
+            channel.messages[int(message["id"])] = message
+        return message
+
+    def _apply_edit(
+        self, message: dict[str, Any], body: dict[str, Any], files: list[tuple[str, bytes]]
+    ) -> dict[str, Any]:
+        updated = dict(message)
+        for key in ("content", "embeds", "components"):
+            if key in body:
+                updated[key] = body[key] if body[key] is not None else (
+                    "" if key == "content" else []
+                )  # fmt: skip
+        if "attachments" in body:
+            kept = [
+                a
+                for a in message.get("attachments", [])
+                if any(str(s.get("id")) == a["id"] for s in body["attachments"])
+            ]
+            updated["attachments"] = kept + self._attachments(body["attachments"], files)
+            updated["_files"] = files
+        updated["flags"] = int(updated.get("flags") or 0) & ~128
+        updated["edited_timestamp"] = iso()
+        return updated
+
+    # -- CDN ---------------------------------------------------------------------------
+
+    def attachment(
+        self, data: bytes, filename: str, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Host ``data`` on the emulated CDN; returns the attachment object."""
+        attachment_id = snowflake()
+        key = f"{attachment_id}/{filename}"
+        self._blobs[key] = data
+        expires = int(time.time()) + 86_400
+        query = f"ex={expires:x}&is={int(time.time()):x}&hm={secrets.token_hex(32)}&"
+        url = f"{self.base_url}/cdn/attachments/{self.channel.id}/{key}?{query}"
+        payload = {
+            "id": str(attachment_id),
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type:
+            payload["content_type"] = content_type
+        return payload
+
+    def _cdn(self, path: str) -> web.Response:
+        key = "/".join(path.split("/")[4:])
+        data = self._blobs.get(key)
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    # -- injection ---------------------------------------------------------------------
+
+    def _base_interaction(
+        self,
+        kind: int,
+        member: Member | None,
+        channel: Channel,
+        upload_limit: int,
+        age: float,
+    ) -> tuple[dict[str, Any], Injected]:
+        interaction_id = snowflake(time.time() - age)
+        token = "itok-" + secrets.token_urlsafe(24)
+        user = (member or self.alice).user
+        payload: dict[str, Any] = {
+            "id": str(interaction_id),
+            "application_id": str(self.application_id),
+            "type": kind,
+            "token": token,
+            "version": 1,
+            "channel_id": str(channel.id),
+            "channel": channel.payload(),
+            "app_permissions": str(channel.bot_permissions),
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.guild.id)},
+            "attachment_size_limit": upload_limit,
+        }
+        if channel.guild_id is None:
+            payload["user"] = user.payload()
+            payload["context"] = 1
+            payload["channel"]["recipients"] = [user.payload()]
+        else:
+            assert member is not None
+            payload["guild_id"] = str(channel.guild_id)
+            payload["guild_locale"] = "en-US"
+            payload["member"] = member.payload(with_permissions=True)
+            payload["context"] = 0
+        it = Injected(
+            self, interaction_id, token, kind, channel, user, upload_limit, time.monotonic()
+        )
+        return payload, it
+
+    async def _send(self, payload: dict[str, Any], it: Injected) -> Injected:
+        self.interactions[it.id] = it
+        self._by_token[it.token] = it
+        it.sent_at = time.monotonic()
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return it
+
+    async def slash(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        member: Member | None = None,
+        channel: Channel | None = None,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        subcommand: str | None = None,
+        age: float = 0.0,
+    ) -> Injected:
+        """Run ``/name [subcommand] options...`` as ``member`` (default alice).
+
+        Option values: plain values, a :class:`Member`/:class:`Role`, or an attachment
+        object from :meth:`attachment`. Validated against what the bot registered.
+        """
+        chan = channel or self.channel
+        who = member or (None if chan.guild_id is None else self.alice)
+        command = self.registered(name, 1)
+        schema = command.get("options") or []
+        if subcommand is not None:
+            sub = next((o for o in schema if o["name"] == subcommand and o["type"] == 1), None)
+            if sub is None:
+                raise EmulatorError(f"/{name} has no subcommand {subcommand!r}")
+            schema = sub.get("options") or []
+        resolved: dict[str, dict[str, Any]] = {}
+        opts = [self._option(name, schema, k, v, resolved) for k, v in (options or {}).items()]
+        for spec in schema:
+            if spec.get("required") and spec["name"] not in (options or {}):
+                raise EmulatorError(f"/{name}: required option {spec['name']!r} missing")
+        if subcommand is not None:
+            opts = [{"name": subcommand, "type": 1, "options": opts}]
+        payload, it = self._base_interaction(2, who, chan, upload_limit, age)
+        data: dict[str, Any] = {"id": command["id"], "name": name, "type": 1, "options": opts}
+        if resolved:
+            data["resolved"] = resolved
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        payload["data"] = data
+        return await self._send(payload, it)
+
+    def _option(
+        self,
+        command: str,
+        schema: list[dict[str, Any]],
+        key: str,
+        value: Any,
+        resolved: dict[str, dict[str, Any]],
+    ) -> dict[str, Any]:
+        spec = next((o for o in schema if o["name"] == key), None)
+        if spec is None:
+            raise EmulatorError(f"/{command} has no option {key!r}")
+        kind = spec["type"]
+        if spec.get("choices") and value not in [c["value"] for c in spec["choices"]]:
+            raise EmulatorError(f"/{command} {key}: {value!r} is not one of its choices")
+        if kind == 11:  # ATTACHMENT
+            if not isinstance(value, dict) or "url" not in value:
+                raise EmulatorError(f"/{command} {key} needs an attachment")
+            resolved.setdefault("attachments", {})[value["id"]] = value
+            return {"name": key, "type": kind, "value": value["id"]}
+        if kind in (6, 9) and isinstance(value, Member):  # USER / MENTIONABLE
+            resolved.setdefault("users", {})[str(value.user.id)] = value.user.payload()
+            resolved.setdefault("members", {})[str(value.user.id)] = {
+                k: v for k, v in value.payload().items() if k != "user"
+            } | {"permissions": str(value.permissions)}
+            return {"name": key, "type": kind, "value": str(value.user.id)}
+        if kind == 8 and isinstance(value, Role):  # ROLE
+            resolved.setdefault("roles", {})[str(value.id)] = value.payload()
+            return {"name": key, "type": kind, "value": str(value.id)}
+        expected = {3: str, 4: int, 5: bool, 10: (int, float)}.get(kind)
+        if expected is None or not isinstance(value, expected):
+            raise EmulatorError(f"/{command} {key}: {value!r} does not fit option type {kind}")
+        for bound, check in (
+            ("min_value", lambda b: value < b),
+            ("max_value", lambda b: value > b),
+        ):
+            if bound in spec and check(spec[bound]):
+                raise EmulatorError(f"/{command} {key}: {value!r} is outside its range")
+        return {"name": key, "type": kind, "value": value}
+
+    def user_message(
+        self,
+        author: Member | None = None,
+        *,
+        attachments: list[dict[str, Any]] | None = None,
+        embeds: list[dict[str, Any]] | None = None,
+        content: str = "",
+    ) -> dict[str, Any]:
+        """A message posted by a member (for context-menu commands)."""
+        author = author or self.alice
+        message = {
+            "id": str(snowflake()),
+            "channel_id": str(self.channel.id),
+            "guild_id": str(self.guild.id),
+            "author": author.user.payload(),
+            "content": content,
+            "timestamp": iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": attachments or [],
+            "embeds": embeds or [],
+            "components": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+        }
+        self.channel.messages[int(message["id"])] = message
+        return message
+
+    async def message_command(
+        self,
+        name: str,
+        message: dict[str, Any],
+        *,
+        member: Member | None = None,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        age: float = 0.0,
+    ) -> Injected:
+        """Run the message context-menu command ``name`` on ``message``."""
+        command = self.registered(name, 3)
+        payload, it = self._base_interaction(
+            2, member or self.alice, self.channel, upload_limit, age
+        )
+        payload["data"] = {
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": message["id"],
+            "resolved": {"messages": {message["id"]: _public(message)}},
+        }
+        return await self._send(payload, it)
+
+    async def click(
+        self, message: dict[str, Any], custom_id: str, *, member: Member | None = None
+    ) -> Injected:
+        """Press the button ``custom_id`` on a message the bot sent."""
+        ids = [
+            c.get("custom_id")
+            for row in message.get("components", [])
+            for c in row.get("components", [])
+        ]
+        if custom_id not in ids:
+            raise EmulatorError(f"no button {custom_id!r} on that message (has {ids})")
+        channel = self.channels[int(message["channel_id"])]
+        payload, it = self._base_interaction(
+            3, member or self.alice, channel, DEFAULT_UPLOAD_LIMIT, 0
+        )
+        payload["message"] = _public(channel.messages.get(int(message["id"]), message))
+        payload["data"] = {"custom_id": custom_id, "component_type": 2}
+        return await self._send(payload, it)
+
+
+class _Reply(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # Exactly "application/json": with a charset, discord.py treats the body as text.
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if not k.startswith("_")}
+
+
+def find_button(
+    message: dict[str, Any], predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    for row in message.get("components", []):
+        for component in row.get("components", []):
+            if predicate(component):
+                return component
+    raise EmulatorError("no such button")

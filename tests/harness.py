@@ -1,0 +1,194 @@
+"""The end-to-end harness: both emulators, the real bot, and the guards.
+
+``running_bot`` starts the Discord and 1min.ai emulators on 127.0.0.1, builds the bot with
+the same factory and services as ``python -m bot`` (settings pointing at the emulators, a
+temporary database and spool), waits until it is ready, and on exit stops everything and
+checks the guards: nothing logged at ERROR, no call to an endpoint the emulator lacks.
+Benchmarks use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from PIL import Image
+
+from bot.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
+from bot.services import Services, open_services
+from bot.settings import Secret, Settings
+from tests.emulators.discord import DiscordEmulator, Injected
+from tests.emulators.onemin import OneMinEmulator
+
+# Distinctive, not token-shaped: tests assert they never leak.
+DISCORD_TOKEN = "e2e-discord-token-QX7w-never-shown"
+ONEMIN_KEY = "e2e-onemin-key-ZP4k-never-shown"
+READY_TIMEOUT = 10.0  # seconds
+
+
+class GuardError(AssertionError):
+    """A guard caught the bot doing something a test must not let pass."""
+
+
+class ErrorLogGuard(logging.Handler):
+    """Collects every record at ERROR or above, from any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def check(self) -> None:
+        if self.records:
+            formatter = logging.Formatter("%(name)s: %(message)s")
+            text = "\n".join(formatter.format(r) for r in self.records)
+            raise GuardError(f"the bot logged at ERROR:\n{text}")
+
+
+class AllLogs(logging.Handler):
+    """Keeps every formatted log line (for the secrets test)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def check_unimplemented(discord_emu: DiscordEmulator) -> None:
+    if discord_emu.unimplemented:
+        raise GuardError(
+            f"the bot called endpoints the emulator lacks: {discord_emu.unimplemented}"
+        )
+
+
+@dataclass
+class Harness:
+    bot: UpscaleBot
+    discord: DiscordEmulator
+    onemin: OneMinEmulator
+    services: Services
+    settings: Settings
+    logs: AllLogs
+
+    async def run_slash(
+        self, name: str, options: dict[str, Any] | None = None, **kw: Any
+    ) -> Injected:
+        return await self.discord.slash(name, options, **kw)
+
+    async def upscale(
+        self, data: bytes, filename: str = "cat.png", fmt: str | None = None, **kw: Any
+    ) -> tuple[Injected, dict[str, Any]]:
+        """Run /upscale with ``data`` and wait for the final answer."""
+        options: dict[str, Any] = {"image": self.discord.attachment(data, filename)}
+        if fmt is not None:
+            options["format"] = fmt
+        it = await self.discord.slash("upscale", options, **kw)
+        final = await it.final(timeout=kw.pop("timeout", 20.0) if "timeout" in kw else 20.0)
+        return it, final
+
+    async def balance(self, member_id: int, role_ids: Sequence[int] = ()) -> tuple[int, int]:
+        b = await self.services.ledger.balance(self.discord.guild.id, member_id, role_ids)
+        return b.used, b.pending
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until no job is queued, being prepared or running."""
+        queue = self.services.queue
+        async with asyncio.timeout(timeout):
+            while queue._slots or queue._running or queue.queue_length():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+
+def png(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (30, 140, 220)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@asynccontextmanager
+async def running_bot(
+    tmp_path: Path,
+    *,
+    extensions: Sequence[str] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
+    """Start both emulators and the real bot; check the guards on the way out."""
+    guard = ErrorLogGuard()
+    logs = AllLogs()
+    root = logging.getLogger()
+    root.addHandler(guard)
+    root.addHandler(logs)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        async with (
+            DiscordEmulator(token=DISCORD_TOKEN) as discord_emu,
+            OneMinEmulator(api_key=ONEMIN_KEY) as onemin_emu,
+            aiohttp.ClientSession() as session,
+        ):
+            settings = Settings(
+                discord_token=Secret(DISCORD_TOKEN),
+                onemin_api_key=Secret(ONEMIN_KEY),
+                onemin_api_base=onemin_emu.base_url,
+                database_path=tmp_path / "data" / "upscaler.db",
+                spool_dir=tmp_path / "data" / "spool",
+                discord_api_base=discord_emu.api_base,
+                discord_gateway_url=discord_emu.gateway_url,
+            )
+            settings = dataclasses.replace(settings, **overrides)
+            async with open_services(settings, session) as services:
+                bot = create_bot(
+                    settings,
+                    session=session,
+                    services=services,
+                    extensions=DEFAULT_EXTENSIONS if extensions is None else extensions,
+                    guild_ready_timeout=0.05,
+                )
+                ready = asyncio.Event()
+
+                async def on_ready() -> None:
+                    ready.set()
+
+                bot.add_listener(on_ready, "on_ready")
+                runner = asyncio.create_task(bot.start(DISCORD_TOKEN))
+                try:
+                    async with asyncio.timeout(READY_TIMEOUT):
+                        waiter = asyncio.create_task(ready.wait())
+                        done, _ = await asyncio.wait(
+                            {waiter, runner}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if runner in done:
+                            waiter.cancel()
+                            runner.result()
+                            raise GuardError("the bot stopped before it was ready")
+                    yield Harness(bot, discord_emu, onemin_emu, services, settings, logs)
+                finally:
+                    await bot.close()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await runner
+            check_unimplemented(discord_emu)
+        guard.check()
+    finally:
+        root.removeHandler(guard)
+        root.removeHandler(logs)
+        root.setLevel(old_level)
