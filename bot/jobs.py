@@ -254,6 +254,8 @@ class JobQueue:
             job = self._pending.popleft()
             await self._fail(job, JobFailure("shutdown"))
         running = list(self._running.values())
+        for worker in self._workers:  # take no more jobs from the line
+            worker.cancel()
         if running:
             _, still = await asyncio.wait(running, timeout=grace)
             for task in still:
@@ -396,18 +398,22 @@ class JobQueue:
         while True:
             job = await self._next()
             self._notify_positions()
-            task = asyncio.current_task()
-            assert task is not None
+            # Each job runs in its own task, so shutdown can wait for (or cancel) the jobs
+            # without touching the workers.
+            task = asyncio.create_task(self._run_job(job), name=f"upscale-job-{job.id[:8]}")
             self._running[job.id] = task
             try:
-                await self._run(job)
-            except asyncio.CancelledError:
-                if self._closed:
-                    await asyncio.shield(self._fail(job, JobFailure("shutdown")))
-                    raise
-                raise
+                await asyncio.shield(task)
             finally:
                 self._running.pop(job.id, None)
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            # Stopped by shutdown: refund and tell the member before going away.
+            await asyncio.shield(self._fail(job, JobFailure("shutdown")))
+            raise
 
     def _notify_positions(self) -> None:
         for index, job in enumerate(self._pending):

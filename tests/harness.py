@@ -91,15 +91,20 @@ class Harness:
         return await self.discord.slash(name, options, **kw)
 
     async def upscale(
-        self, data: bytes, filename: str = "cat.png", fmt: str | None = None, **kw: Any
+        self,
+        data: bytes,
+        filename: str = "cat.png",
+        fmt: str | None = None,
+        *,
+        timeout: float = 20.0,
+        **kw: Any,
     ) -> tuple[Injected, dict[str, Any]]:
         """Run /upscale with ``data`` and wait for the final answer."""
         options: dict[str, Any] = {"image": self.discord.attachment(data, filename)}
         if fmt is not None:
             options["format"] = fmt
         it = await self.discord.slash("upscale", options, **kw)
-        final = await it.final(timeout=kw.pop("timeout", 20.0) if "timeout" in kw else 20.0)
-        return it, final
+        return it, await it.final(timeout=timeout)
 
     async def balance(self, member_id: int, role_ids: Sequence[int] = ()) -> tuple[int, int]:
         b = await self.services.ledger.balance(self.discord.guild.id, member_id, role_ids)

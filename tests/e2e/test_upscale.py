@@ -1,12 +1,34 @@
-"""/upscale end to end: the real bot against the Discord and 1min.ai emulators."""
+"""/upscale and "Upscale image" end to end: the real bot against both emulators."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import random
+import re
+import statistics
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.harness import decode, png, running_bot
+from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, find_button
+from tests.harness import Harness, decode, png, running_bot
+from tests.imagecorpus import case
+
+MiB = 1024 * 1024
+
+
+def api_calls(h: Harness) -> int:
+    return sum(h.onemin.calls.values())
+
+
+def noise_png(size: tuple[int, int], seed: int = 7) -> bytes:
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
@@ -20,3 +42,302 @@ async def test_upscale_delivers_a_4x_image_in_each_format(tmp_path: Path, fmt: s
         assert image.format == {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt]
         assert image.size == (320, 240)
         assert await h.balance(h.discord.alice.user.id) == (1, 0)
+
+
+async def test_result_embed_shows_sizes_format_time_and_credits(tmp_path: Path) -> None:
+    """The delivered embed names original -> new size, format, file size, time, credits left."""
+    async with running_bot(tmp_path) as h:
+        _, final = await h.upscale(png((80, 60)))
+        fields = {f["name"]: f["value"] for f in final["embeds"][0]["fields"]}
+        assert fields["Size"] == "80×60 → 320×240"
+        assert fields["Format"] == "PNG"
+        assert fields["Credits left"] == "9"
+        assert {"File size", "Time"} <= fields.keys()
+
+
+async def test_input_over_the_pixel_limit_is_fitted_and_the_user_told(tmp_path: Path) -> None:
+    """A 2000x1500 input is scaled to fit ~1 MP, upscaled 4x from there, with a notice."""
+    async with running_bot(tmp_path) as h:
+        it, final = await h.upscale(png((2000, 1500)))
+        image = decode(it.file(final)[1])
+        fitted = h.onemin.assets[0]
+        w, h_ = decode(fitted.data).size
+        assert w * h_ <= 1_048_576
+        assert image.size == (w * 4, h_ * 4)
+        assert "Scaled down" in final["embeds"][0]["description"]
+
+
+async def test_context_menu_upscales_the_messages_attachment(tmp_path: Path) -> None:
+    """ "Upscale image" on a message with an image attachment delivers that image at 4x."""
+    async with running_bot(tmp_path) as h:
+        attachment = h.discord.attachment(png((50, 40)), "photo.png", "image/png")
+        message = h.discord.user_message(attachments=[attachment])
+        it = await h.discord.message_command("Upscale image", message)
+        final = await it.final()
+        assert decode(it.file(final)[1]).size == (200, 160)
+
+
+async def test_context_menu_upscales_an_embedded_image(tmp_path: Path) -> None:
+    """A message with only an image embed (Discord-hosted) is upscaled from the embed."""
+    async with running_bot(tmp_path) as h:
+        hosted = h.discord.attachment(png((40, 40)), "embedded.png")
+        media = {"url": hosted["url"], "proxy_url": hosted["url"], "width": 40, "height": 40}
+        embed = {"type": "image", "url": hosted["url"], "image": media}
+        message = h.discord.user_message(embeds=[embed])
+        it = await h.discord.message_command("Upscale image", message)
+        final = await it.final()
+        assert decode(it.file(final)[1]).size == (160, 160)
+
+
+async def test_context_menu_on_a_message_without_image_explains(tmp_path: Path) -> None:
+    """A message with no image gets a plain refusal and costs nothing."""
+    async with running_bot(tmp_path) as h:
+        message = h.discord.user_message(content="just words")
+        it = await h.discord.message_command("Upscale image", message)
+        final = await it.final()
+        assert "no image" in final["content"]
+        assert api_calls(h) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("text_as_png", "not an image"),
+        ("side_31", "32"),
+        ("bomb_png_30000", "too large to process"),
+        ("wide_3_to_1", "2.5"),
+        ("truncated_png", "damaged"),
+    ],
+)
+async def test_bad_input_is_refused_clearly_at_no_cost(
+    tmp_path: Path, name: str, words: str
+) -> None:
+    """Each refused input gets a clear message, no 1min.ai call and no credit spent."""
+    sample = case(name)
+    async with running_bot(tmp_path) as h:
+        _, final = await h.upscale(sample.data, sample.filename)
+        assert words.lower() in final["content"].lower(), final["content"]
+        assert api_calls(h) == 0
+        assert await h.balance(h.discord.alice.user.id) == (0, 0)
+
+
+async def test_file_over_50_mb_is_refused_before_download(tmp_path: Path) -> None:
+    """An attachment declaring more than 50 MB is refused without fetching it."""
+    async with running_bot(tmp_path) as h:
+        attachment = h.discord.attachment(b"x", "huge.png")
+        attachment["size"] = 60_000_000
+        it = await h.discord.slash("upscale", {"image": attachment})
+        final = await it.final()
+        assert "too large" in final["content"]
+        assert not [c for c in h.discord.calls if c.path.startswith("/cdn/")]
+        assert api_calls(h) == 0
+
+
+async def test_member_job_cap_refuses_extra_jobs_without_reserving(tmp_path: Path) -> None:
+    """Beyond MAX_JOBS_PER_USER the member is told to wait; nothing is reserved for it."""
+    async with running_bot(tmp_path, max_jobs_per_user=1) as h:
+        h.onemin.upscale_delay = 1.0
+        first = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
+        await first.wait(lambda it: bool(it.original and it.original["content"]))
+        _, final = await h.upscale(png(), "b.png")
+        assert "already have 1 upscale" in final["content"]
+        assert await h.balance(h.discord.alice.user.id) == (1, 1)
+        await first.final()
+        assert h.onemin.upscales == 1
+
+
+async def test_member_at_their_limit_is_told_when_it_resets(tmp_path: Path) -> None:
+    """With a limit of 1 the second upscale is refused with a reset time, nothing spent."""
+    async with running_bot(tmp_path, default_user_limit=1) as h:
+        await h.upscale(png())
+        _, final = await h.upscale(png())
+        assert "reached your limit" in final["content"]
+        assert re.search(r"<t:\d+:R>", final["content"])
+        assert h.onemin.upscales == 1
+
+
+FAULTS = [
+    ("upscale", "unauthorized", {}, "API key"),
+    ("upscale", "out_of_credits", {}, "out of credits"),
+    ("upscale", "rate_limited", {"retry_after": "600", "times": 5}, "busy"),
+    ("upscale", "rejected", {}, "could not process"),
+    ("upscale", "server_error", {"status": 500}, "down"),
+    ("upscale", "html_error", {"status": 502}, "down"),
+    ("upscale", "drop", {}, "down"),
+    ("upscale", "malformed_json", {}, "unusable"),
+    ("upscale", "failure_status", {}, "unusable"),
+    ("upscale", "empty_url", {}, "unusable"),
+    ("upload", "server_error", {"status": 503, "times": 5}, "down"),
+    ("download", "expired", {}, "unusable"),
+    ("download", "truncated", {"times": 5}, "down"),
+    ("upscale", "temporary_url", {"url": "http://169.254.169.254/latest/meta-data"}, "unusable"),
+]
+
+
+@pytest.mark.parametrize(("route", "fault", "options", "words"), FAULTS)
+async def test_service_fault_is_explained_refunded_and_next_job_works(
+    tmp_path: Path, route: str, fault: str, options: dict[str, object], words: str
+) -> None:
+    """Each 1min.ai fault: a plain message, the credit refunded, the next upscale works."""
+    async with running_bot(tmp_path) as h:
+        options = dict(options)
+        times = int(options.pop("times", 1))  # type: ignore[call-overload]
+        h.onemin.fail(route, fault, times=times, **options)
+        _, final = await h.upscale(png())
+        text = final["content"]
+        assert words.lower() in text.lower(), text
+        assert "refunded" in text
+        assert "http" not in text and "Traceback" not in text
+        alice = h.discord.alice.user.id
+        assert await h.balance(alice) == (0, 0)
+        h.onemin.clear_faults()
+        it, final = await h.upscale(png())
+        assert it.file(final)
+        assert await h.balance(alice) == (1, 0)
+
+
+async def test_out_of_credits_warns_the_owner_in_the_log(tmp_path: Path) -> None:
+    """1min.ai running out of credits is logged as a warning for the owner."""
+    async with running_bot(tmp_path) as h:
+        h.onemin.fail("upscale", "out_of_credits")
+        await h.upscale(png())
+        assert any("out of credits" in line and "WARNING" in line for line in h.logs.lines)
+
+
+async def test_upscale_that_takes_too_long_is_stopped_and_refunded(tmp_path: Path) -> None:
+    """A 1min.ai call that never finishes times out: plain message and refund."""
+    async with running_bot(tmp_path, upscale_timeout=1.0) as h:
+        h.onemin.fail("upscale", "hang")
+        _, final = await h.upscale(png())
+        assert "took too long" in final["content"]
+        assert await h.balance(h.discord.alice.user.id) == (0, 0)
+
+
+async def test_large_result_is_fitted_under_the_upload_limit_with_a_link(tmp_path: Path) -> None:
+    """A result over the 10 MiB limit is re-encoded to fit, said so, full-size link added."""
+    async with running_bot(tmp_path) as h:
+        it, final = await h.upscale(noise_png((1024, 768)), timeout=60)
+        _, data = it.file(final)
+        assert len(data) <= 10 * MiB
+        assert decode(data).size[0] >= 2048
+        assert "upload limit" in final["embeds"][0]["description"]
+        link = find_button(final, lambda c: c.get("style") == 5)
+        assert link["url"].startswith(h.onemin.base_url)
+        assert h.onemin.results  # the original exists, bigger than the limit
+        assert max(len(r) for r in h.onemin.results.values()) > 10 * MiB
+
+
+async def test_job_outliving_the_token_is_posted_in_the_channel(tmp_path: Path) -> None:
+    """When the interaction token is (nearly) expired, the result is a channel message
+    that mentions the requester."""
+    async with running_bot(tmp_path) as h:
+        alice = h.discord.alice.user.id
+        it = await h.discord.slash(
+            "upscale", {"image": h.discord.attachment(png(), "a.png")}, age=14 * 60 + 45
+        )
+        await it.acked()
+        await h.discord.wait_until(
+            lambda: any(m.get("attachments") for m in h.discord.channel_messages())
+        )
+        posted = next(m for m in h.discord.channel_messages() if m.get("attachments"))
+        assert f"<@{alice}>" in posted["content"]
+        assert decode(posted["_files"][0][1]).size == (256, 192)
+        await h.idle()
+        assert await h.balance(alice) == (1, 0)
+
+
+async def test_missing_attach_files_is_explained_and_costs_nothing(tmp_path: Path) -> None:
+    """Without Attach Files in the channel the bot says so and spends nothing."""
+    async with running_bot(tmp_path) as h:
+        h.discord.channel.bot_permissions = BOT_PERMISSIONS & ~ATTACH_FILES
+        _, final = await h.upscale(png())
+        assert "Attach Files" in final["content"]
+        assert api_calls(h) == 0
+
+
+async def test_dm_is_refused(tmp_path: Path) -> None:
+    """/upscale in a DM gets a plain refusal."""
+    async with running_bot(tmp_path) as h:
+        attachment = h.discord.attachment(png(), "a.png")
+        it = await h.discord.slash("upscale", {"image": attachment}, channel=h.discord.dm_channel)
+        final = await it.final()
+        assert "server" in final["content"]
+        assert api_calls(h) == 0
+
+
+async def test_waiting_job_shows_its_place_in_line(tmp_path: Path) -> None:
+    """With one job running, the next member's reply says they are queued with a position."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        h.onemin.upscale_delay = 3.0  # longer than the 2 s between progress edits
+        first = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
+        await first.wait(lambda it: "Upscaling" in ((it.original or {}).get("content") or ""))
+        second = await h.discord.slash(
+            "upscale", {"image": h.discord.attachment(png(), "b.png")}, member=h.discord.bob
+        )
+        await second.wait(lambda it: "in line" in ((it.original or {}).get("content") or ""))
+        assert "#1 in line" in second.original["content"]  # type: ignore[index]
+        await first.final()
+        await second.final()
+
+
+async def test_gif_is_converted_and_the_user_told(tmp_path: Path) -> None:
+    """An animated GIF is upscaled from its first frame, with a note saying so."""
+    sample = case("animated_gif")
+    async with running_bot(tmp_path) as h:
+        it, final = await h.upscale(sample.data, sample.filename)
+        assert "first frame" in final["embeds"][0]["description"]
+        assert decode(it.file(final)[1]).format == "PNG"
+
+
+async def test_requester_can_delete_the_result(tmp_path: Path) -> None:
+    """The delete button removes the result for its requester."""
+    async with running_bot(tmp_path) as h:
+        _, final = await h.upscale(png())
+        button = find_button(final, lambda c: c.get("custom_id", "").startswith("upscale:delete"))
+        click = await h.discord.click(final, button["custom_id"])
+        await h.discord.wait_until(lambda: int(final["id"]) not in h.discord.channel.messages)
+        assert click.ack_type is not None
+
+
+async def test_others_cannot_delete_the_result(tmp_path: Path) -> None:
+    """Another member pressing delete is refused and the result stays."""
+    async with running_bot(tmp_path) as h:
+        _, final = await h.upscale(png())
+        button = find_button(final, lambda c: c.get("custom_id", "").startswith("upscale:delete"))
+        click = await h.discord.click(final, button["custom_id"], member=h.discord.bob)
+        await click.final()
+        assert "Only the member" in click.original["content"]  # type: ignore[index]
+        assert int(final["id"]) in h.discord.channel.messages
+
+
+async def test_moderator_can_delete_any_result(tmp_path: Path) -> None:
+    """A moderator (Manage Server) may delete someone else's result."""
+    async with running_bot(tmp_path) as h:
+        _, final = await h.upscale(png())
+        button = find_button(final, lambda c: c.get("custom_id", "").startswith("upscale:delete"))
+        await h.discord.click(final, button["custom_id"], member=h.discord.moderator)
+        await h.discord.wait_until(lambda: int(final["id"]) not in h.discord.channel.messages)
+
+
+async def test_burst_of_50_is_acked_in_time_and_every_job_ends(tmp_path: Path) -> None:
+    """50 members at once: every ack within 3 s; every job delivered or refused with reason."""
+    async with running_bot(tmp_path) as h:
+        members = [h.discord.add_member(f"m{i}") for i in range(50)]
+        image = png((48, 48))
+        its = await asyncio.gather(
+            *(
+                h.discord.slash(
+                    "upscale", {"image": h.discord.attachment(image, "a.png")}, member=m
+                )
+                for m in members
+            )
+        )
+        finals = await asyncio.gather(*(it.final(timeout=60) for it in its))
+        latencies = [it.ack_latency for it in its]
+        assert all(lat is not None and lat < 3.0 for lat in latencies)
+        delivered = sum(bool(f.get("attachments")) for f in finals)
+        assert delivered == 50, [f["content"] for f in finals if not f.get("attachments")]
+        print(
+            f"burst of 50: ack p50 {statistics.median(latencies) * 1000:.0f} ms,"  # type: ignore[arg-type]
+            f" max {max(latencies) * 1000:.0f} ms"  # type: ignore[type-var,operator]
+        )
