@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import Any
 
 import aiohttp
 
@@ -27,14 +28,17 @@ EXIT_CONFIG = 2
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
 
 
-async def main(settings: Settings) -> None:
-    """Open the session, build the bot, run it until a signal or a fatal error."""
+async def main(settings: Settings, **bot_options: Any) -> None:
+    """Open the session, build the bot, run it until a signal or a fatal error.
+
+    ``bot_options`` go to the bot's constructor (tests pass a short guild_ready_timeout).
+    """
     connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
     async with (
         aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session,
         open_services(settings, session) as services,
     ):
-        bot = create_bot(settings, session=session, services=services)
+        bot = create_bot(settings, session=session, services=services, **bot_options)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):

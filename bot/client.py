@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 # Extensions loaded at start-up, in order. Each is loaded on its own so that one broken
 # cog is logged and skipped instead of stopping the bot.
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("cogs.upscale", "cogs.credits")
-# Seconds running jobs get to finish when the bot stops, before they are cancelled.
-SHUTDOWN_GRACE = 20.0
 
 
 class UpscaleBot(commands.Bot):
@@ -122,7 +120,7 @@ class UpscaleBot(commands.Bot):
     async def close(self) -> None:
         """Stop the queue first (members are told about stopped jobs), then disconnect."""
         if self._services is not None and not self.is_closed():
-            await self.queue.shutdown(SHUTDOWN_GRACE)
+            await self.queue.shutdown(self.settings.shutdown_grace)
         await super().close()
 
     async def on_ready(self) -> None:

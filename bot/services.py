@@ -18,6 +18,7 @@ from bot.jobs import JobQueue
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
 from bot.settings import Settings
+from bot.workers import ImageWorkers
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Services:
     ledger: Ledger
     onemin: OneMinClient
     queue: JobQueue
+    image_workers: ImageWorkers
 
 
 @asynccontextmanager
@@ -40,6 +42,7 @@ async def open_services(
     shut down by the bot (it needs Discord to tell members about stopped jobs).
     """
     db = await Database.open(settings.database_path)
+    image_workers = ImageWorkers()
     try:
         ledger = Ledger(
             db,
@@ -65,6 +68,9 @@ async def open_services(
                 max_pixels=settings.max_input_pixels, max_side=settings.max_input_side
             ),
         )
-        yield Services(db=db, ledger=ledger, onemin=onemin, queue=queue)
+        yield Services(
+            db=db, ledger=ledger, onemin=onemin, queue=queue, image_workers=image_workers
+        )
     finally:
+        image_workers.close()
         await db.close()

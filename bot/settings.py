@@ -98,6 +98,7 @@ class Settings:
     spool_dir: Path = Path("data/spool")
     max_input_pixels: int = 1_048_576  # API pixel limit for the input (ONEMIN_API.md s.5)
     max_input_side: int = 1536  # API per-side limit for the input, px
+    shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
     # Test hooks: where discord.py connects (None = the real Discord).
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
@@ -244,4 +245,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         spool_dir=spool_dir,
         max_input_pixels=_int(env, "MAX_INPUT_PIXELS", 1_048_576, 1024, 100_000_000),
         max_input_side=_int(env, "MAX_INPUT_SIDE", 1536, 32, 20_000),
+        shutdown_grace=_float(env, "SHUTDOWN_GRACE", 20.0, 0.0, 600.0),
     )

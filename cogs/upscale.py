@@ -393,8 +393,8 @@ class Upscale(commands.Cog):
         """Post the result, fitted under the interaction's upload limit."""
         limit = max(1024 * 1024, interaction.filesize_limit - UPLOAD_MARGIN)
         stem = Path(job.prepared.filename).stem[:60] or "image"
-        fitted = await asyncio.to_thread(
-            images.fit_to_limit, result.data, result.format, limit, f"{stem}_4x"
+        fitted = await self.bot.services.image_workers.fit(
+            result.data, result.format, limit, f"{stem}_4x"
         )
         balance = await self.bot.ledger.balance(
             job.request.guild_id, job.request.member_id, job.request.role_ids

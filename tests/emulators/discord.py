@@ -42,6 +42,7 @@ MANAGE_GUILD = 1 << 5
 ATTACH_FILES = 1 << 15
 EMBED_LINKS = 1 << 14
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS | ATTACH_FILES | EMBED_LINKS
+HANG = 0  # a fault "status" that makes the call never answer
 
 _counter = itertools.count(1)
 
@@ -284,6 +285,7 @@ class DiscordEmulator:
         self.latency = 0.0
         self.calls: list[Call] = []
         self.unimplemented: list[str] = []
+        self.hung: list[str] = []
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
         self.interactions: dict[int, Injected] = {}
@@ -340,7 +342,7 @@ class DiscordEmulator:
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._middleware])
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/{tail:.*}", self._rest)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -466,7 +468,10 @@ class DiscordEmulator:
         method: str | None = None,
         retry_after: float = 0.05,
     ) -> None:
-        """The next ``times`` REST calls matching ``path_regex`` answer ``status``."""
+        """The next ``times`` REST calls matching ``path_regex`` answer ``status``.
+
+        ``status=HANG`` (0) makes them never answer (listed in ``hung``).
+        """
         self._faults.append(Fault(re.compile(path_regex), method, status, times, retry_after))
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
@@ -503,6 +508,10 @@ class DiscordEmulator:
             return self._cdn(path)
         body, files = await self._read_body(request)
         fault = self._take_fault(method, path)
+        if fault is not None and fault.status == HANG:
+            self.hung.append(f"{method} {path}")
+            await self._notify()
+            await asyncio.Event().wait()  # never answers; ends when the client goes away
         if fault is not None:
             response = self._fault_response(fault)
         else:
