@@ -438,12 +438,14 @@ class JobQueue:
             raise
         except Exception as exc:
             failure = _failure_for(exc)
-            if failure.kind in ("bug", "delivery_error"):
+            if failure.kind == "bug":
                 log.error("Job %s failed unexpectedly", job.id, exc_info=exc)
             elif failure.kind == "out_of_credits":
                 log.warning("1min.ai is out of credits: the owner must top up (job %s)", job.id)
             elif failure.kind == "unauthorized":
                 log.warning("1min.ai refused the API key (job %s): check ONEMIN_API_KEY", job.id)
+            elif isinstance(exc, DeliveryFailed):
+                log.warning("Job %s could not be delivered: %s", job.id, failure.detail)
             else:
                 log.info("Job %s failed: %s (%s)", job.id, failure.kind, failure.detail)
             await self._fail(job, failure)

@@ -214,6 +214,7 @@ class Fault:
     status: int
     times: int
     retry_after: float
+    files_only: bool = False
 
 
 @dataclass
@@ -467,15 +468,21 @@ class DiscordEmulator:
         times: int = 1,
         method: str | None = None,
         retry_after: float = 0.05,
+        files_only: bool = False,
     ) -> None:
         """The next ``times`` REST calls matching ``path_regex`` answer ``status``.
 
-        ``status=HANG`` (0) makes them never answer (listed in ``hung``).
+        ``status=HANG`` (0) makes them never answer (listed in ``hung``); ``files_only``
+        matches only requests that upload files (deliveries, not progress edits).
         """
-        self._faults.append(Fault(re.compile(path_regex), method, status, times, retry_after))
+        self._faults.append(
+            Fault(re.compile(path_regex), method, status, times, retry_after, files_only)
+        )
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, has_files: bool = False) -> Fault | None:
         for fault in self._faults:
+            if fault.files_only and not has_files:
+                continue
             matches = fault.times > 0 and fault.pattern.search(path)
             if matches and fault.method in (None, method):
                 fault.times -= 1
@@ -507,7 +514,7 @@ class DiscordEmulator:
         if path.startswith("/cdn/"):
             return self._cdn(path)
         body, files = await self._read_body(request)
-        fault = self._take_fault(method, path)
+        fault = self._take_fault(method, path, bool(files))
         if fault is not None and fault.status == HANG:
             self.hung.append(f"{method} {path}")
             await self._notify()
@@ -531,6 +538,8 @@ class DiscordEmulator:
                 status=429,
                 headers={"Via": "1.1 google", "Retry-After": str(fault.retry_after)},
             )  # fmt: skip
+        if fault.status == 403:
+            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
         return _json({"message": "Internal Server Error", "code": 0}, status=fault.status)
 
     async def _route(
