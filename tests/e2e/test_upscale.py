@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import random
 import re
 import statistics
@@ -341,3 +342,45 @@ async def test_burst_of_50_is_acked_in_time_and_every_job_ends(tmp_path: Path) -
             f"burst of 50: ack p50 {statistics.median(latencies) * 1000:.0f} ms,"  # type: ignore[arg-type]
             f" max {max(latencies) * 1000:.0f} ms"  # type: ignore[type-var,operator]
         )
+
+
+async def test_delete_button_works_on_a_message_from_before_a_restart(tmp_path: Path) -> None:
+    """The delete button needs no memory of the job: on a freshly started bot, pressing it
+    on an older result (here: a message the bot never saw) still deletes it."""
+    async with running_bot(tmp_path) as h:
+        alice = h.discord.alice.user.id
+        old = h.discord.user_message(h.discord.me, content="an older result")
+        old["components"] = [
+            {
+                "type": 1,
+                "components": [
+                    {
+                        "type": 2,
+                        "style": 2,
+                        "label": "Delete",
+                        "custom_id": f"upscale:delete:{alice}",
+                    }
+                ],
+            }
+        ]
+        await h.discord.click(old, f"upscale:delete:{alice}")
+        await h.discord.wait_until(lambda: int(old["id"]) not in h.discord.channel.messages)
+
+
+async def test_progress_edits_are_at_least_two_seconds_apart(tmp_path: Path) -> None:
+    """While a job waits and runs, progress edits of the reply are throttled (>= ~2 s)."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        h.onemin.upscale_delay = 2.5
+        await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
+        it = await h.discord.slash(
+            "upscale", {"image": h.discord.attachment(png(), "b.png")}, member=h.discord.bob
+        )
+        await it.final(timeout=30)
+        token = it.token
+        progress = [
+            c.at for c in h.discord.calls if c.method == "PATCH" and token in c.path and not c.files
+        ]
+        assert len(progress) >= 2
+        gaps = [b - a for a, b in itertools.pairwise(progress)]
+        assert min(gaps) >= 1.9
+        await h.idle()
