@@ -335,8 +335,9 @@ class Upscale(commands.Cog):
         try:
             ticket = queue.admit(guild.id, member.id)
         except QueueFull as exc:
+            jobs = "upscale" if exc.limit == 1 else "upscales"
             raise UserError(
-                f"You already have {exc.limit} upscales queued or running. "
+                f"You already have {exc.limit} {jobs} queued or running. "
                 "Wait for one to finish, then try again."
             ) from None
         except QueueClosed:

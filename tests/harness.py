@@ -85,11 +85,6 @@ class Harness:
     settings: Settings
     logs: AllLogs
 
-    async def run_slash(
-        self, name: str, options: dict[str, Any] | None = None, **kw: Any
-    ) -> Injected:
-        return await self.discord.slash(name, options, **kw)
-
     async def upscale(
         self,
         data: bytes,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,14 +122,29 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
 @pytest.fixture
-async def rig(
+async def rigs(
     tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
-) -> AsyncIterator[Rig]:
-    r = await make_rig(tmp_path, session, emu)
-    yield r
-    await r.queue.shutdown(grace=1)
-    await r.db.close()
+) -> AsyncIterator[RigFactory]:
+    """Builds rigs on the same files (as successive processes would); closes them all."""
+    made: list[Rig] = []
+
+    async def make(**options: int) -> Rig:
+        made.append(await make_rig(tmp_path, session, emu, **options))
+        return made[-1]
+
+    yield make
+    for r in reversed(made):
+        await r.queue.shutdown(grace=0.5)
+        await r.db.close()
+
+
+@pytest.fixture
+async def rig(rigs: RigFactory) -> Rig:
+    return await rigs()
 
 
 async def job_row(rig: Rig, job_id: str) -> dict[str, object]:
@@ -226,30 +241,22 @@ async def test_unsubmitted_ticket_frees_its_slot(rig: Rig) -> None:
     assert rig.queue.active_jobs(GUILD, ALICE) == 0
 
 
-async def test_limit_reached_reserves_nothing(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
-) -> None:
+async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmulator) -> None:
     """A member at their limit gets LimitReached, no API call and no reservation."""
-    r = await make_rig(tmp_path, session, emu, limit=1)
-    try:
-        _, obs = await r.submit()
-        await obs.settled(10)
-        with pytest.raises(LimitReached) as info:
-            await r.submit()
-        assert info.value.denial.reason == "member_limit"
-        assert await r.used() == (1, 0)
-        assert emu.calls["upload"] == 1
-        assert r.queue.active_jobs(GUILD, ALICE) == 0
-    finally:
-        await r.queue.shutdown(grace=1)
-        await r.db.close()
+    r = await rigs(limit=1)
+    _, obs = await r.submit()
+    await obs.settled(10)
+    with pytest.raises(LimitReached) as info:
+        await r.submit()
+    assert info.value.denial.reason == "member_limit"
+    assert await r.used() == (1, 0)
+    assert emu.calls["upload"] == 1
+    assert r.queue.active_jobs(GUILD, ALICE) == 0
 
 
-async def test_at_most_max_concurrent_jobs_run(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
-) -> None:
+async def test_at_most_max_concurrent_jobs_run(rigs: RigFactory, emu: OneMinEmulator) -> None:
     """With two workers, at most two jobs are past 'queued' at any time; the rest wait."""
-    r = await make_rig(tmp_path, session, emu, max_per_member=10)
+    r = await rigs(max_per_member=10)
     emu.upscale_delay = 0.2
     running = 0
     peak = 0
@@ -267,33 +274,23 @@ async def test_at_most_max_concurrent_jobs_run(
             running -= 1
             return await super().deliver(job, result)
 
-    try:
-        observers = [(await r.submit(observer=Counting()))[1] for _ in range(5)]
-        await asyncio.gather(*(o.settled(20) for o in observers))
-        assert peak == 2
-        assert all(o.delivered for o in observers)
-    finally:
-        await r.queue.shutdown(grace=1)
-        await r.db.close()
+    observers = [(await r.submit(observer=Counting()))[1] for _ in range(5)]
+    await asyncio.gather(*(o.settled(20) for o in observers))
+    assert peak == 2
+    assert all(o.delivered for o in observers)
 
 
-async def test_waiting_jobs_see_their_place_in_line(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
-) -> None:
+async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMinEmulator) -> None:
     """A job queued behind others is told its position, which only moves forward."""
-    r = await make_rig(tmp_path, session, emu, max_concurrent=1, max_per_member=10)
+    r = await rigs(max_concurrent=1, max_per_member=10)
     emu.upscale_delay = 0.1
-    try:
-        submitted = [await r.submit() for _ in range(4)]
-        job, last = submitted[-1]
-        assert r.queue.position(job) is not None
-        await last.settled(20)
-        positions = [p for stage, p in last.stages if stage is Stage.QUEUED]
-        assert positions and positions == sorted(positions, reverse=True)
-        assert positions[-1] == 1
-    finally:
-        await r.queue.shutdown(grace=1)
-        await r.db.close()
+    submitted = [await r.submit() for _ in range(4)]
+    job, last = submitted[-1]
+    assert r.queue.position(job) is not None
+    await last.settled(20)
+    positions = [p for stage, p in last.stages if stage is Stage.QUEUED]
+    assert positions and positions == sorted(positions, reverse=True)
+    assert positions[-1] == 1
 
 
 async def test_queued_input_waits_on_disk_and_is_removed_after(rig: Rig) -> None:
@@ -307,45 +304,34 @@ async def test_queued_input_waits_on_disk_and_is_removed_after(rig: Rig) -> None
 
 
 async def test_shutdown_refunds_queued_and_running_jobs(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
+    rigs: RigFactory, emu: OneMinEmulator
 ) -> None:
     """Shutdown cancels what cannot finish in the grace time and refunds every job."""
-    r = await make_rig(tmp_path, session, emu, max_concurrent=1, max_per_member=10)
+    r = await rigs(max_concurrent=1, max_per_member=10)
     emu.upscale_delay = 5
-    try:
-        observers = [(await r.submit())[1] for _ in range(3)]
-        await asyncio.sleep(0.2)
-        await r.queue.shutdown(grace=0.1)
-        assert all([f.kind for f in o.failures] == ["shutdown"] for o in observers)
-        assert await r.used() == (0, 0)
-        with pytest.raises(QueueClosed):
-            r.queue.admit(GUILD, BOB)
-    finally:
-        await r.db.close()
+    observers = [(await r.submit())[1] for _ in range(3)]
+    await asyncio.sleep(0.2)
+    await r.queue.shutdown(grace=0.1)
+    assert all([f.kind for f in o.failures] == ["shutdown"] for o in observers)
+    assert await r.used() == (0, 0)
+    with pytest.raises(QueueClosed):
+        r.queue.admit(GUILD, BOB)
 
 
-async def test_recover_refunds_jobs_left_by_a_crash(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
-) -> None:
+async def test_recover_refunds_jobs_left_by_a_crash(rigs: RigFactory, emu: OneMinEmulator) -> None:
     """Jobs unfinished in the database at start-up are refunded and their members notified."""
-    first = await make_rig(tmp_path, session, emu, max_concurrent=1)
+    first = await rigs(max_concurrent=1)
     emu.upscale_delay = 5
     job, _ = await first.submit()
     await asyncio.sleep(0.1)
     # The first process "dies" here: a second one opens the same files and recovers.
-    second = await make_rig(tmp_path, session, emu)
+    second = await rigs()
     notices: list[tuple[int, int, str]] = []
 
     async def notify(channel_id: int, member_id: int, job_id: str) -> None:
         notices.append((channel_id, member_id, job_id))
 
-    try:
-        assert await second.queue.recover(notify) == [job.id]
-        assert notices == [(CHANNEL, ALICE, job.id)]
-        assert await second.used() == (0, 0)
-        assert (await job_row(second, job.id))["status"] == "failed"
-    finally:
-        await second.queue.shutdown(grace=1)
-        await second.db.close()
-        await first.queue.shutdown(grace=0)
-        await first.db.close()
+    assert await second.queue.recover(notify) == [job.id]
+    assert notices == [(CHANNEL, ALICE, job.id)]
+    assert await second.used() == (0, 0)
+    assert (await job_row(second, job.id))["status"] == "failed"
