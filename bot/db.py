@@ -28,6 +28,7 @@ BUSY_TIMEOUT_MS = 5_000  # how long a statement waits for another process's lock
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Params = Sequence[Any] | dict[str, Any]
+_PendingWrite = tuple[str, "Params", "asyncio.Future[int]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,8 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
+        self._writes: list[_PendingWrite] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, migrations: Iterable[Migration] | None = None) -> Database:
@@ -94,6 +97,8 @@ class Database:
         return db
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
         async with self._lock:
             await self._conn.close()
 
@@ -136,14 +141,47 @@ class Database:
                 await self._conn.execute("COMMIT")
 
     async def write(self, sql: str, params: Params = ()) -> int:
-        """Run one statement in its own write transaction; returns the rows changed.
+        """Run one statement in a write transaction; returns the rows changed.
 
-        ``BEGIN IMMEDIATE`` takes the write lock before the statement reads anything, so a
-        writer in another process makes it wait (busy timeout) rather than fail.
+        Writes that arrive while another is in flight are grouped into one ``BEGIN
+        IMMEDIATE`` ... ``COMMIT`` (group commit): each statement is still atomic on its
+        own, but many concurrent callers share the cost of the transaction. If a
+        statement fails, the group is rolled back and each statement is retried alone,
+        so one caller's error never undoes another's write.
         """
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._writes.append((sql, params, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_writes(), name="db-group-commit")
+        return await future
+
+    async def _flush_writes(self) -> None:
+        while self._writes:
+            batch, self._writes = self._writes, []
+            try:
+                counts = await self._run_batch(batch)
+            except Exception:
+                for sql, params, future in batch:  # isolate the failing statement
+                    try:
+                        (count,) = await self._run_batch([(sql, params, future)])
+                    except Exception as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(count)
+            else:
+                for (_, _, future), count in zip(batch, counts, strict=True):
+                    if not future.done():
+                        future.set_result(count)
+
+    async def _run_batch(self, batch: list[_PendingWrite]) -> list[int]:
         async with self.transaction() as tx:
-            cursor = await tx.execute(sql, params)
-            return cursor.rowcount
+            counts = []
+            for sql, params, _ in batch:
+                cursor = await tx.execute(sql, params)
+                counts.append(cursor.rowcount)
+            return counts
 
     # Reads take the lock too: a read left open on the shared connection while another
     # task begins a write would pin a stale snapshot (SQLITE_BUSY_SNAPSHOT).

@@ -306,20 +306,18 @@ class Ledger:
             "now": ts(now),
             "start": start,
         }
-        # BEGIN IMMEDIATE takes the write lock before reading, so another process's
-        # writer makes this wait (busy_timeout) instead of failing with SQLITE_BUSY.
-        async with self._db.transaction() as tx:
-            cursor = await tx.execute(
-                "INSERT INTO ledger_entries"
-                " (id, guild_id, member_id, cost, state, job_id, created_at)"
-                " SELECT :id, :g, :m, :cost, 'reserved', :job, :now"
-                f" WHERE {self._MEMBER_USED} + :cost <= {limit_sql}"
-                " AND ((SELECT server_budget FROM guild_settings WHERE guild_id = :g) = 0"
-                f"  OR {self._SERVER_USED} + :cost"
-                "     <= (SELECT server_budget FROM guild_settings WHERE guild_id = :g))",
-                params,
-            )
-            inserted = cursor.rowcount
+        # One conditional INSERT: the limit check and the write are a single statement,
+        # run inside a BEGIN IMMEDIATE transaction by Database.write.
+        inserted = await self._db.write(
+            "INSERT INTO ledger_entries"
+            " (id, guild_id, member_id, cost, state, job_id, created_at)"
+            " SELECT :id, :g, :m, :cost, 'reserved', :job, :now"
+            f" WHERE {self._MEMBER_USED} + :cost <= {limit_sql}"
+            " AND ((SELECT server_budget FROM guild_settings WHERE guild_id = :g) = 0"
+            f"  OR {self._SERVER_USED} + :cost"
+            "     <= (SELECT server_budget FROM guild_settings WHERE guild_id = :g))",
+            params,
+        )
         if inserted == 1:
             return reservation
         return await self._denial(guild_id, member_id, role_ids, cost, now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,25 @@ def test_migration_numbers_are_unique_and_ordered() -> None:
     """The shipped migrations are numbered 1, 2, ... without gaps or repeats."""
     versions = [m.version for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_grouped_writes_isolate_a_failing_statement(tmp_path: Path) -> None:
+    """Concurrent writes share a transaction, but one failing statement neither undoes
+    nor blocks the others: each caller gets its own result or error."""
+    db = await Database.open(tmp_path / "x.db")
+    try:
+        insert = (
+            "INSERT INTO audit_log (id, guild_id, actor_id, action, created_at)"
+            " VALUES (?, 1, 2, 'x', 't')"
+        )
+        results = await asyncio.gather(
+            db.write(insert, (1,)),
+            db.write(insert, (1,)),  # duplicate primary key
+            db.write(insert, (2,)),
+            return_exceptions=True,
+        )
+        assert results[0] == 1 and results[2] == 1
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert (await db.fetchone("SELECT COUNT(*) FROM audit_log"))[0] == 2  # type: ignore[index]
+    finally:
+        await db.close()
