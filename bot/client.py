@@ -86,8 +86,8 @@ class UpscaleBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         if self._services is not None:
-            self.queue.start()
             await self.queue.recover(self._post_restart_notice)
+            self.queue.start()
         for name in self._extensions:
             try:
                 await self.load_extension(name)

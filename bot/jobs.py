@@ -533,6 +533,11 @@ class JobQueue:
                 except Exception:
                     log.warning("Could not post the restart notice for job %s", row["id"])
         await self._ledger.refund_unsettled()
+        # Every job is settled now: whatever is left in the spool (e.g. a download cut
+        # off by the crash before its job was recorded) belongs to nobody.
+        orphans = await asyncio.to_thread(_clear_dir, self.spool_dir)
+        if orphans:
+            log.info("Removed %d orphaned spool files", orphans)
         if recovered:
             log.info("Refunded %d jobs left unfinished by a restart", len(recovered))
         return recovered
@@ -543,6 +548,16 @@ def _report(job: Job, stage: Stage, position: int | None) -> None:
         job.observer.progress(job, stage, position)
     except Exception:
         log.warning("Progress report for job %s failed", job.id, exc_info=True)
+
+
+def _clear_dir(directory: Path) -> int:
+    removed = 0
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _write_file(path: Path, data: bytes) -> None:

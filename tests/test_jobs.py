@@ -326,6 +326,8 @@ async def test_recover_refunds_jobs_left_by_a_crash(rigs: RigFactory, emu: OneMi
     await asyncio.sleep(0.1)
     # The first process "dies" here: a second one opens the same files and recovers.
     second = await rigs()
+    orphan = second.queue.spool_dir / "cut-off-download.in"
+    orphan.write_bytes(b"partial")
     notices: list[tuple[int, int, str]] = []
 
     async def notify(channel_id: int, member_id: int, job_id: str) -> None:
@@ -335,3 +337,4 @@ async def test_recover_refunds_jobs_left_by_a_crash(rigs: RigFactory, emu: OneMi
     assert notices == [(CHANNEL, ALICE, job.id)]
     assert await second.used() == (0, 0)
     assert (await job_row(second, job.id))["status"] == "failed"
+    assert not orphan.exists()
