@@ -1,6 +1,6 @@
 """Ledger throughput: reserve+commit pairs per second and latency, on a file database.
 
-Run: ``python bench/ledger_bench.py [--pairs N] [--json PATH]``. Prints a table for
+Run: ``python -m bench.ledger_bench [--pairs N] [--json PATH]``. Prints a table for
 concurrency 1 and 50 (each pair is one ``reserve`` then one ``commit``, as a delivered
 upscale does), and writes the figures as JSON when asked.
 """

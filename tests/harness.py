@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import io
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +111,13 @@ class Harness:
         async with asyncio.timeout(timeout):
             while queue._slots or queue._running or queue.queue_length():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds (for state outside the emulators' notifications)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
 
 def png(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (30, 140, 220)) -> bytes:

@@ -1,0 +1,111 @@
+"""A test-only cog for the harness's own tests and the ack benchmark.
+
+Its commands exercise the Discord surface without the upscaler: defer then edit with a
+file, a message context menu, a persistent button, and deliberate misbehaviour for the
+guard tests. HTTP errors from Discord are recorded in ``Probe.http_errors`` (status,
+code) instead of being raised, so tests can assert on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def tiny_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+class ProbeView(discord.ui.View):
+    """A persistent view with one button."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+
+    @discord.ui.button(label="Press", custom_id="probe:press")
+    async def press(
+        self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
+    ) -> None:
+        await interaction.response.send_message(f"pressed by {interaction.user.id}", ephemeral=True)
+
+
+class Probe(commands.Cog):
+    """Commands that only the tests use."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.http_errors: list[tuple[int, int]] = []
+        self.menu = app_commands.ContextMenu(name="Probe message", callback=self.probe_message)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)
+        self.bot.add_view(ProbeView())
+
+    async def _guarded(self, coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except discord.HTTPException as exc:
+            self.http_errors.append((exc.status, exc.code))
+
+    @app_commands.command(name="probe", description="Defer, wait, then edit with a file")
+    @app_commands.describe(delay="Seconds to wait before the edit", size="File size in bytes")
+    async def probe(
+        self,
+        interaction: discord.Interaction,
+        delay: float = 0.0,
+        size: app_commands.Range[int, 0, 200_000_000] = 0,
+        ack_after: float = 0.0,
+    ) -> None:
+        if ack_after:
+            await asyncio.sleep(ack_after)
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException as exc:
+            self.http_errors.append((exc.status, exc.code))
+            return
+        if delay:
+            await asyncio.sleep(delay)
+        data = b"\0" * size if size else tiny_png()
+        name = "blob.bin" if size else "probe.png"
+        await self._guarded(
+            interaction.edit_original_response(
+                content="done", attachments=[discord.File(io.BytesIO(data), filename=name)]
+            )
+        )
+
+    @app_commands.command(name="probe-button", description="Post a message with a button")
+    async def probe_button(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("press it", view=ProbeView())
+
+    @app_commands.command(name="probe-error", description="Log at ERROR (guard test)")
+    async def probe_error(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("logging an error")
+        log.error("deliberate error for the guard test")
+
+    @app_commands.command(name="probe-unknown", description="Call an endpoint the emulator lacks")
+    async def probe_unknown(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("calling")
+        assert interaction.guild_id is not None
+        await self._guarded(self.bot.fetch_guild(interaction.guild_id))  # GET /guilds/{id}
+
+    async def probe_message(
+        self, interaction: discord.Interaction, message: discord.Message
+    ) -> None:
+        await interaction.response.send_message(
+            f"{len(message.attachments)} attachments: "
+            + ",".join(a.filename for a in message.attachments)
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Probe(bot))
