@@ -59,6 +59,7 @@ DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=10, sock_read=3
 DOWNLOAD_CHUNK = 256 * 1024  # bytes read per chunk
 WRITE_BATCH = 4 * 1024 * 1024  # bytes buffered before a write in a thread
 PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
+FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 FORMATS = ("png", "jpeg", "webp")
 FORMAT_CHOICES = [app_commands.Choice(name=f.upper(), value=f) for f in FORMATS]
@@ -175,14 +176,20 @@ class DeleteResultButton(
 
 
 class ProgressDisplay:
-    """Shows a job's place in line and stage on the deferred reply, throttled."""
+    """Shows a job's place in line and stage on the deferred reply, throttled.
+
+    The first edit waits ``FIRST_PROGRESS_DELAY``: Discord already shows "thinking…",
+    and most jobs that start at once finish before a progress line would help; skipping
+    those edits keeps REST traffic (and event-loop work) down during bursts.
+    """
 
     def __init__(self, interaction: discord.Interaction, interval: float = PROGRESS_INTERVAL):
         self._interaction = interaction
         self._interval = interval
         self._latest: str | None = None
         self._shown: str | None = None
-        self._last_edit = 0.0
+        # Pretend an edit happened so the first real one comes FIRST_PROGRESS_DELAY from now.
+        self._last_edit = time.monotonic() - interval + FIRST_PROGRESS_DELAY
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 

@@ -409,6 +409,7 @@ class DiscordEmulator:
                 self._ws = ws
                 self._session_id = secrets.token_hex(16)
                 await self._send_ready(ws)
+                await self._notify()
             elif op == 6:
                 self.resumes += 1
                 self._ws = ws
@@ -416,6 +417,7 @@ class DiscordEmulator:
                 pending, self._pending_events = self._pending_events, []
                 for event in pending:
                     await self._dispatch_to(ws, event["t"], event["d"])
+                await self._notify()
         if self._ws is ws:
             self._ws = None
         return ws
