@@ -1,0 +1,57 @@
+"""Run every benchmark, print one report, write bench/out/results.json.
+
+Run from the project root: ``python -m bench.run_all`` (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import ack_burst, burst, ledger_bench, loop_lag, memory, throughput
+from bench.common import table
+
+OUT = Path(__file__).with_name("out") / "results.json"
+
+
+async def main() -> int:
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}",
+    }
+    print("== burst: 200 members at once vs a defer-only floor bot (median of 3) ==")
+    results["burst"] = await burst.run(200, 3)
+    print(burst.report(results["burst"]))
+    print("\n== ack burst: 100 interactions, defer + edit only ==")
+    results["ack_burst"] = await ack_burst.burst(100)
+    print(table([results["ack_burst"]], list(results["ack_burst"])))
+    print("\n== throughput: 24 jobs, 1min.ai answers after 1 s, 4 at once ==")
+    results["throughput"] = await throughput.run(24, 1.0, 4)
+    print(table([results["throughput"]], list(results["throughput"])))
+    print("\n== event loop lag while 4 jobs fit 4096x4096 results under 10 MiB ==")
+    results["loop_lag"] = await loop_lag.run()
+    print(table([results["loop_lag"]], list(results["loop_lag"])))
+    print("\n== memory of the bot process (40 MB inputs) ==")
+    results["memory"] = await memory.run()
+    print(table([results["memory"]], list(results["memory"])))
+    print("\n== ledger: reserve+commit pairs ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        results["ledger"] = [
+            await ledger_bench.run(c, 4000, Path(tmp) / f"l{c}.db") for c in (1, 50)
+        ]
+    print(table(results["ledger"], list(results["ledger"][0])))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
