@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bench.common import png, summary_ms, table
+from bench.common import emit, png, summary_ms, table
 from bot.client import point_discord_at
 from tests.emulators.discord import DiscordEmulator
 from tests.harness import running_bot
@@ -114,10 +113,7 @@ async def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = await run(args.members, args.bursts)
-    print(report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"burst": result}, indent=2))
+    emit("burst", result, args.json, report(result))
     return 0
 
 

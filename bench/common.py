@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import multiprocessing
 import random
 import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -42,6 +44,14 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
             "  ".join(cell(r.get(c, "")).rjust(w) for c, w in zip(columns, widths, strict=True))
         )
     return "\n".join(lines)
+
+
+def emit(name: str, result: Any, json_path: Path | None, text: str | None = None) -> None:
+    """Print ``result`` (as a one-row table unless ``text`` is given); write JSON if asked."""
+    print(text if text is not None else table([result], list(result)))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({name: result}, indent=2))
 
 
 def png(size: tuple[int, int]) -> bytes:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import noise_png, onemin_in_subprocess, percentile, table
+from bench.common import emit, noise_png, onemin_in_subprocess, percentile
 from tests.harness import ONEMIN_KEY, running_bot
 
 PROBE_SLEEP = 0.005  # seconds
@@ -71,10 +70,7 @@ async def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = await run()
-    print(table([result], list(result)))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"loop_lag": result}, indent=2))
+    emit("loop_lag", result, args.json)
     return 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import random
 import sqlite3
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench.common import table
+from bench.common import emit
 from tests.bot_process import start_bot_process
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
@@ -133,10 +132,7 @@ async def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = await run()
-    print(table([result], list(result)))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"memory": result}, indent=2))
+    emit("memory", result, args.json)
     return 0
 
 

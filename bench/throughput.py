@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import png, table
+from bench.common import emit, png
 from tests.harness import running_bot
 
 IMAGE = png((64, 64))
@@ -58,10 +57,7 @@ async def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = await run(args.jobs, args.latency, args.concurrency)
-    print(table([result], list(result)))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"throughput": result}, indent=2))
+    emit("throughput", result, args.json)
     return 0
 
 
