@@ -10,13 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Awaitable
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.ledger import LedgerValueError
+from bot.ledger import Ledger, LedgerValueError
 from bot.tree import UserError
 from cogs.checks import (
     NOT_A_MODERATOR,
@@ -36,10 +38,10 @@ TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
 
-def _timestamp(when: object | None) -> str:
+def _timestamp(when: datetime | None) -> str:
     if when is None:
         return "never (lifetime limit)"
-    return f"<t:{int(when.timestamp())}:R>"  # type: ignore[attr-defined]
+    return f"<t:{int(when.timestamp())}:R>"
 
 
 def _limit_text(limit: int) -> str:
@@ -60,7 +62,7 @@ class Credits(commands.Cog):
         self.bot = bot
 
     @property
-    def ledger(self):  # type: ignore[no-untyped-def]
+    def ledger(self) -> Ledger:
         return self.bot.ledger
 
     # -- /credits ----------------------------------------------------------------------
@@ -92,7 +94,10 @@ class Credits(commands.Cog):
 
     # -- /quota ------------------------------------------------------------------------
 
-    async def _change(self, interaction: discord.Interaction, text: str, action) -> None:  # type: ignore[no-untyped-def]
+    async def _change(
+        self, interaction: discord.Interaction, text: str, action: Awaitable[None]
+    ) -> None:
+        """Defer, run the ledger change, then confirm (or explain a refused value)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             await action
