@@ -370,7 +370,8 @@ async def test_delete_button_works_on_a_message_from_before_a_restart(tmp_path: 
 async def test_progress_edits_are_at_least_two_seconds_apart(tmp_path: Path) -> None:
     """While a job waits and runs, progress edits of the reply are throttled (>= ~2 s)."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        h.onemin.upscale_delay = 2.5
+        # bob's job waits ~3.5 s, then runs ~3.5 s: several progress states to show
+        h.onemin.upscale_delay = 3.5
         await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
         it = await h.discord.slash(
             "upscale", {"image": h.discord.attachment(png(), "b.png")}, member=h.discord.bob
