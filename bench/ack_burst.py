@@ -1,9 +1,11 @@
 """Ack latency of a burst of interactions against a command that only defers and edits.
 
-Run: ``python -m bench.ack_burst [--n 100] [--json PATH]``. The real bot (our factory,
-real discord.py) runs against the Discord emulator with only the probe cog loaded; N
-``/probe`` interactions are injected at once and the time from injection to the
-emulator receiving each ack is measured. A figure, not a pass/fail test.
+Run from the project root: ``python bench/ack_burst.py [--n 100] [--json PATH]`` (or
+``python -m bench.ack_burst``). The real bot (our factory, real discord.py) runs against
+the Discord emulator with only the probe cog loaded; N ``/probe`` interactions (defer,
+then one edit carrying an 8x8 PNG) are injected at once, each from its own member, and
+the time from injection to the emulator receiving each ack is measured. A figure, not a
+pass/fail test.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
+if not __package__:  # run as a script: make the project root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import percentile
 from tests.harness import running_bot
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
 async def burst(n: int) -> dict[str, float]:

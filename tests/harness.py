@@ -3,17 +3,19 @@
 ``running_bot`` starts the Discord and 1min.ai emulators on 127.0.0.1, builds the bot with
 the same factory and services as ``python -m bot`` (settings pointing at the emulators, a
 temporary database and spool), waits until it is ready, and on exit stops everything and
-checks the guards: nothing logged at ERROR, no call to an endpoint the emulator lacks.
+checks the guards: nothing logged at ERROR, no call to an endpoint the emulator lacks, and
+the bot's client did not crash (discord.py lets an exception in its gateway loop end the
+client without logging anything).
 Benchmarks use it too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import logging
+import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -76,6 +78,17 @@ def check_unimplemented(discord_emu: DiscordEmulator) -> None:
         )
 
 
+async def client_crash(runner: asyncio.Task[None]) -> Exception | None:
+    """The exception the bot's client task died of (discord.py logs none), or None."""
+    try:
+        await runner
+    except asyncio.CancelledError:
+        return None
+    except Exception as exc:
+        return exc
+    return None
+
+
 @dataclass
 class Harness:
     bot: UpscaleBot
@@ -84,6 +97,7 @@ class Harness:
     services: Services
     settings: Settings
     logs: AllLogs
+    client_task: asyncio.Task[None] | None = None  # bot.start(); done only if it crashed
 
     async def upscale(
         self,
@@ -188,11 +202,13 @@ async def running_bot(
                             waiter.cancel()
                             runner.result()
                             raise GuardError("the bot stopped before it was ready")
-                    yield Harness(bot, discord_emu, onemin_emu, services, settings, logs)
+                    yield Harness(bot, discord_emu, onemin_emu, services, settings, logs, runner)
                 finally:
                     await bot.close()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await runner
+                    crash = await client_crash(runner)
+                    if crash is not None:
+                        trace = "".join(traceback.format_exception(crash))
+                        raise GuardError(f"the bot's client crashed:\n{trace}")
             check_unimplemented(discord_emu)
         guard.check()
     finally:

@@ -2,8 +2,9 @@
 
 Its commands exercise the Discord surface without the upscaler: defer then edit with a
 file, a message context menu, a persistent button, and deliberate misbehaviour for the
-guard tests. HTTP errors from Discord are recorded in ``Probe.http_errors`` (status,
-code) instead of being raised, so tests can assert on them.
+guard tests. ``/probe`` records HTTP errors from Discord in ``Probe.http_errors`` (status,
+code) instead of raising them, so tests can assert on them; ``/probe-late`` lets them
+escape to the command tree's error handler, which logs at ERROR.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from typing import Literal
 
 import discord
 from discord import app_commands
@@ -20,9 +22,9 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 
-def tiny_png() -> bytes:
+def tiny_image(fmt: str = "png") -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(out, "PNG")
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(out, fmt.upper())
     return out.getvalue()
 
 
@@ -58,13 +60,19 @@ class Probe(commands.Cog):
             self.http_errors.append((exc.status, exc.code))
 
     @app_commands.command(name="probe", description="Defer, wait, then edit with a file")
-    @app_commands.describe(delay="Seconds to wait before the edit", size="File size in bytes")
+    @app_commands.describe(
+        delay="Seconds to wait before the edit",
+        size="File size in bytes (zeros instead of an image)",
+        ack_after="Seconds to wait before the defer",
+        fmt="Image format of the file",
+    )
     async def probe(
         self,
         interaction: discord.Interaction,
         delay: float = 0.0,
         size: app_commands.Range[int, 0, 200_000_000] = 0,
         ack_after: float = 0.0,
+        fmt: Literal["png", "jpeg"] = "png",
     ) -> None:
         if ack_after:
             await asyncio.sleep(ack_after)
@@ -75,13 +83,20 @@ class Probe(commands.Cog):
             return
         if delay:
             await asyncio.sleep(delay)
-        data = b"\0" * size if size else tiny_png()
-        name = "blob.bin" if size else "probe.png"
+        data = b"\0" * size if size else tiny_image(fmt)
+        name = "blob.bin" if size else f"probe.{fmt}"
         await self._guarded(
             interaction.edit_original_response(
                 content="done", attachments=[discord.File(io.BytesIO(data), filename=name)]
             )
         )
+
+    @app_commands.command(name="probe-late", description="Wait, then defer without a safety net")
+    @app_commands.describe(wait="Seconds to wait before the defer")
+    async def probe_late(self, interaction: discord.Interaction, wait: float) -> None:
+        await asyncio.sleep(wait)
+        await interaction.response.defer(thinking=True)  # a late ack raises NotFound here
+        await interaction.edit_original_response(content="done")
 
     @app_commands.command(name="probe-button", description="Post a message with a button")
     async def probe_button(self, interaction: discord.Interaction) -> None:

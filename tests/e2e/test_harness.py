@@ -5,6 +5,7 @@ These load only the test probe cog (tests/e2e/probe_cog.py), not the upscaler.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,14 @@ def probe(h: Harness) -> Probe:
 async def test_defer_then_edit_with_a_file(tmp_path: Path) -> None:
     """The bot acks with type 5, then the edit of @original carries the file's bytes."""
     async with running_bot(tmp_path, extensions=PROBE) as h:
-        it = await h.discord.slash("probe")
+        it = await h.discord.slash("probe", {"fmt": "jpeg"})
         final = await it.final()
         assert it.ack_type == 5
         name, data = it.file(final)
-        assert name == "probe.png" and decode(data).size == (8, 8)
+        assert name == "probe.jpeg"
+        image = decode(data)
+        assert (image.format, image.size) == ("JPEG", (8, 8))
+        assert final["attachments"][0]["filename"] == "probe.jpeg"
 
 
 async def test_message_context_menu_sees_the_attachments(tmp_path: Path) -> None:
@@ -54,11 +58,13 @@ async def test_button_click_reaches_the_view(tmp_path: Path) -> None:
 
 
 async def test_dm_interaction(tmp_path: Path) -> None:
-    """An interaction from a DM channel (user, no member) is handled."""
+    """An interaction from a DM channel (user, no member) is answered in that DM."""
     async with running_bot(tmp_path, extensions=PROBE) as h:
         it = await h.discord.slash("probe", channel=h.discord.dm_channel)
         final = await it.final()
         assert final["content"] == "done"
+        assert final["channel_id"] == str(h.discord.dm_channel.id)
+        assert decode(it.file(final)[1]).size == (8, 8)
 
 
 async def test_late_ack_gets_10062(tmp_path: Path) -> None:
@@ -71,21 +77,39 @@ async def test_late_ack_gets_10062(tmp_path: Path) -> None:
         assert it.ack_status == 404
 
 
+async def test_unhandled_late_ack_is_caught_by_the_error_guard(tmp_path: Path) -> None:
+    """A late ack left unhandled reaches the tree's handler, whose ERROR log fails the test."""
+    with pytest.raises(GuardError, match="Command probe-late failed"):
+        async with running_bot(tmp_path, extensions=PROBE) as h:
+            h.discord.ack_deadline = 0.2
+            it = await h.discord.slash("probe-late", {"wait": 0.4})
+            # the handler logs, then its own reply is refused too (a WARNING): wait for it
+            await eventually(lambda: any("Could not tell user" in x for x in h.logs.lines))
+    callbacks = [c for c in h.discord.calls if c.path.endswith("/callback")]
+    assert [(c.status, c.json["type"]) for c in callbacks] == [(404, 5), (404, 4)]
+    assert it.ack_status == 404 and it.ack_type is None
+
+
 async def test_expired_token_gets_50027(tmp_path: Path) -> None:
     """An edit after the token's lifetime is answered 401 code 50027."""
     async with running_bot(tmp_path, extensions=PROBE) as h:
         h.discord.token_lifetime = 0.3
-        await h.discord.slash("probe", {"delay": 0.6})
+        it = await h.discord.slash("probe", {"delay": 0.6})
         await eventually(lambda: bool(probe(h).http_errors))
         assert probe(h).http_errors == [(401, 50027)]
+        edits = [c for c in h.discord.calls if c.method == "PATCH" and it.token in c.path]
+        assert [c.status for c in edits] == [401]
 
 
 async def test_oversized_upload_gets_40005(tmp_path: Path) -> None:
     """A file larger than the interaction's upload limit is answered 413 code 40005."""
     async with running_bot(tmp_path, extensions=PROBE) as h:
-        await h.discord.slash("probe", {"size": 2_000_000}, upload_limit=1_000_000)
+        it = await h.discord.slash("probe", {"size": 2_000_000}, upload_limit=1_000_000)
         await eventually(lambda: bool(probe(h).http_errors))
         assert probe(h).http_errors == [(413, 40005)]
+        edits = [c for c in h.discord.calls if c.method == "PATCH" and it.token in c.path]
+        assert [(c.status, len(c.files[0][1])) for c in edits] == [(413, 2_000_000)]
+        assert it.original is not None and not it.original["attachments"]
 
 
 async def test_forced_reconnect_mid_command_still_completes(tmp_path: Path) -> None:
@@ -100,6 +124,17 @@ async def test_forced_reconnect_mid_command_still_completes(tmp_path: Path) -> N
         assert h.discord.resumes == 1 and h.discord.identifies == 1
         after = await (await h.discord.slash("probe")).final()
         assert after["content"] == "done"
+
+
+async def test_interaction_sent_while_disconnected_arrives_after_resume(tmp_path: Path) -> None:
+    """An interaction injected between op 7 and the RESUME is held, then handled."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        await h.discord.force_reconnect()
+        it = await h.discord.slash("probe")  # no await between: the bot cannot be back yet
+        assert h.discord.resumes == 0 and h.discord._pending_events
+        final = await it.final()
+        assert final["content"] == "done" and h.discord.resumes == 1
+        assert not h.discord._pending_events
 
 
 async def test_error_log_guard_fails_the_test(tmp_path: Path) -> None:
@@ -117,20 +152,46 @@ async def test_unimplemented_endpoint_guard_fails_the_test(tmp_path: Path) -> No
             await h.discord.wait_until(lambda: bool(h.discord.unimplemented))
 
 
+async def test_client_crash_guard_fails_the_test(tmp_path: Path) -> None:
+    """An event that kills discord.py's gateway loop (no log) makes the harness raise."""
+    died_before_exit = False
+    with pytest.raises(GuardError, match=r"client crashed[\s\S]*KeyError: 'token'"):
+        async with running_bot(tmp_path, extensions=PROBE) as h:
+            app = str(h.discord.application_id)
+            await h.discord.dispatch(
+                "INTERACTION_CREATE", {"id": "1", "type": 2, "application_id": app}
+            )
+            assert h.client_task is not None
+            await asyncio.wait({h.client_task}, timeout=5)
+            died_before_exit = h.client_task.done()
+    # (asserted out here: the guard's GuardError would mask a failed assert inside)
+    assert died_before_exit
+    assert not [line for line in h.logs.lines if " ERROR " in line]  # the error guard is blind
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
         ({"nonexistent": 1}, "no option"),
         ({"delay": "slow"}, "does not fit"),
         ({"size": -5}, "outside its range"),
+        ({"fmt": "gif"}, "not one of its choices"),
     ],
 )
-async def test_injection_is_validated_against_registered_commands(
+async def test_injection_is_validated_against_registered_options(
     tmp_path: Path, options: dict[str, Any], match: str
 ) -> None:
-    """An injected interaction that the registered command would not accept fails loudly."""
+    """An injected option the registered command would not accept raises EmulatorError."""
     async with running_bot(tmp_path, extensions=PROBE) as h:
         with pytest.raises(EmulatorError, match=match):
             await h.discord.slash("probe", options)
+        assert not h.discord.interactions
+
+
+async def test_injecting_an_unregistered_command_raises(tmp_path: Path) -> None:
+    """A command the bot never registered (or of another type) cannot be injected."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
         with pytest.raises(EmulatorError, match="registered no command"):
             await h.discord.slash("no-such-command")
+        with pytest.raises(EmulatorError, match="registered no command"):
+            await h.discord.message_command("probe", h.discord.user_message())
