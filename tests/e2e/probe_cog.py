@@ -1,15 +1,18 @@
 """A test-only cog for the harness's own tests and the ack benchmark.
 
 Its commands exercise the Discord surface without the upscaler: defer then edit with a
-file, a message context menu, a persistent button, and deliberate misbehaviour for the
-guard tests. ``/probe`` records HTTP errors from Discord in ``Probe.http_errors`` (status,
-code) instead of raising them, so tests can assert on them; ``/probe-late`` lets them
-escape to the command tree's error handler, which logs at ERROR.
+file, an attachment download, every upload route, a message context menu, persistent
+buttons (reply, update the message, defer then edit it), the bot's channel permissions,
+and deliberate misbehaviour for the guard tests. ``/probe`` records HTTP errors from
+Discord in ``Probe.http_errors`` (status, code) instead of raising them, so tests can
+assert on them; ``/probe-late`` lets them escape to the command tree's error handler,
+which logs at ERROR.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 from typing import Literal
@@ -28,8 +31,13 @@ def tiny_image(fmt: str = "png") -> bytes:
     return out.getvalue()
 
 
+def blob(name: str) -> discord.File:
+    """A small file whose bytes are its name (easy to assert on)."""
+    return discord.File(io.BytesIO(name.encode()), filename=name)
+
+
 class ProbeView(discord.ui.View):
-    """A persistent view with one button."""
+    """A persistent view: reply (type 4), update the message (7), defer then edit it (6)."""
 
     def __init__(self) -> None:
         super().__init__(timeout=None)
@@ -39,6 +47,19 @@ class ProbeView(discord.ui.View):
         self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
     ) -> None:
         await interaction.response.send_message(f"pressed by {interaction.user.id}", ephemeral=True)
+
+    @discord.ui.button(label="Rename", custom_id="probe:rename")
+    async def rename(
+        self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
+    ) -> None:
+        await interaction.response.edit_message(content=f"renamed by {interaction.user.id}")
+
+    @discord.ui.button(label="Later", custom_id="probe:later")
+    async def later(
+        self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
+    ) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content="edited later", view=None)
 
 
 class Probe(commands.Cog):
@@ -98,6 +119,49 @@ class Probe(commands.Cog):
         await interaction.response.defer(thinking=True)  # a late ack raises NotFound here
         await interaction.edit_original_response(content="done")
 
+    @app_commands.command(name="probe-download", description="Download an attachment")
+    async def probe_download(
+        self, interaction: discord.Interaction, image: discord.Attachment
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        try:
+            data = await image.read()
+        except discord.HTTPException as exc:
+            self.http_errors.append((exc.status, exc.code))
+            await interaction.edit_original_response(content="download failed")
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        await interaction.edit_original_response(content=f"{len(data)} bytes {digest}")
+
+    @app_commands.command(name="probe-routes", description="Use every message route once")
+    async def probe_routes(self, interaction: discord.Interaction) -> None:
+        channel = interaction.channel
+        assert isinstance(channel, discord.TextChannel)
+        await interaction.response.send_message("callback", file=blob("callback.txt"))
+        await interaction.edit_original_response(content="callback edited")
+        await interaction.followup.send("followup", file=blob("followup.txt"))
+        await interaction.followup.send("followup json")
+        posted = await channel.send("channel", file=blob("channel.txt"))
+        fetched = await channel.fetch_message(posted.id)
+        await fetched.edit(content="channel edited", attachments=[blob("edited.txt")])
+        await fetched.delete()
+        await channel.send("channel json")
+
+    @app_commands.command(name="probe-perms", description="Report the bot's Attach Files")
+    async def probe_perms(self, interaction: discord.Interaction) -> None:
+        channel = interaction.channel
+        assert isinstance(channel, discord.TextChannel) and interaction.guild is not None
+        cached = channel.permissions_for(interaction.guild.me).attach_files
+        await interaction.response.send_message(
+            f"app={interaction.app_permissions.attach_files} cached={cached}"
+        )
+
+    @app_commands.command(name="probe-delete", description="Reply, delete it, fetch it")
+    async def probe_delete(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("short-lived")
+        await interaction.delete_original_response()
+        await self._guarded(interaction.original_response())
+
     @app_commands.command(name="probe-button", description="Post a message with a button")
     async def probe_button(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message("press it", view=ProbeView())
@@ -116,9 +180,11 @@ class Probe(commands.Cog):
     async def probe_message(
         self, interaction: discord.Interaction, message: discord.Message
     ) -> None:
+        images = [e.image.url for e in message.embeds if e.image.url]
         await interaction.response.send_message(
             f"{len(message.attachments)} attachments: "
             + ",".join(a.filename for a in message.attachments)
+            + f"; {len(images)} embed images"
         )
 
 

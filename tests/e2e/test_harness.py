@@ -6,13 +6,16 @@ These load only the test probe cog (tests/e2e/probe_cog.py), not the upscaler.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.e2e.probe_cog import Probe
-from tests.emulators.discord import EmulatorError
+from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator, EmulatorError
 from tests.harness import GuardError, Harness, decode, eventually, png, running_bot
 
 PROBE = ["tests.e2e.probe_cog"]
@@ -44,7 +47,17 @@ async def test_message_context_menu_sees_the_attachments(tmp_path: Path) -> None
         message = h.discord.user_message(attachments=[h.discord.attachment(png(), "cat.png")])
         it = await h.discord.message_command("Probe message", message)
         final = await it.final()
-        assert final["content"] == "1 attachments: cat.png"
+        assert final["content"] == "1 attachments: cat.png; 0 embed images"
+
+
+async def test_message_context_menu_sees_an_image_embed(tmp_path: Path) -> None:
+    """A message command on a message with only an image embed receives the embed."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        image = h.discord.attachment(png(), "linked.png")
+        message = h.discord.user_message(embeds=[{"type": "image", "image": {"url": image["url"]}}])
+        it = await h.discord.message_command("Probe message", message)
+        final = await it.final()
+        assert final["content"] == "0 attachments: ; 1 embed images"
 
 
 async def test_button_click_reaches_the_view(tmp_path: Path) -> None:
@@ -195,3 +208,127 @@ async def test_injecting_an_unregistered_command_raises(tmp_path: Path) -> None:
             await h.discord.slash("no-such-command")
         with pytest.raises(EmulatorError, match="registered no command"):
             await h.discord.message_command("probe", h.discord.user_message())
+
+
+async def test_attachment_option_is_downloaded_from_the_cdn(tmp_path: Path) -> None:
+    """An attachment option resolves to the emulator's CDN, which serves its exact bytes."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        data = png()
+        it = await h.discord.slash("probe-download", {"image": h.discord.attachment(data, "a.png")})
+        final = await it.final()
+        assert final["content"] == f"{len(data)} bytes {hashlib.sha256(data).hexdigest()}"
+        assert [c.status for c in h.discord.calls if c.path.startswith("/cdn/")] == [200]
+
+
+@pytest.mark.parametrize("tamper", ["expired", "wrong signature", "no query"])
+async def test_cdn_refuses_expired_or_unsigned_urls(tamper: str) -> None:
+    """Attachment URLs work only unexpired and with their signature, like Discord's CDN."""
+    async with DiscordEmulator() as emu, aiohttp.ClientSession() as session:
+        if tamper == "expired":
+            emu.attachment_url_lifetime = 0.0
+        url = emu.attachment(b"bytes", "a.png")["url"]
+        async with session.get(url) as fresh:
+            assert fresh.status == (404 if tamper == "expired" else 200)
+        if tamper == "wrong signature":
+            url = re.sub(r"hm=[0-9a-f]+", "hm=" + "0" * 64, url)
+        elif tamper == "no query":
+            url = url.split("?")[0]
+        async with session.get(url) as response:
+            assert response.status == 404
+            assert await response.text() == "This content is no longer available."
+
+
+async def test_every_message_route_records_json_and_files(tmp_path: Path) -> None:
+    """Callbacks, @original, followups and channel messages work as JSON and multipart."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        it = await h.discord.slash("probe-routes")
+        await h.discord.wait_until(
+            lambda: any(m["content"] == "channel json" for m in h.discord.channel_messages())
+        )
+        app, token = h.discord.application_id, it.token
+        channel = f"/api/v10/channels/{h.discord.channel.id}/messages"
+        routes = {
+            f"/api/v10/interactions/{it.id}/{token}/callback": "callback",
+            f"/api/v10/webhooks/{app}/{token}/messages/@original": "@original",
+            f"/api/v10/webhooks/{app}/{token}": "followup",
+            channel: "channel",
+        }
+        seen = [
+            (c.method, routes.get(c.path, "channel/id"), [n for n, _ in c.files], c.status)
+            for c in h.discord.calls
+            if c.path in routes or c.path.startswith(channel + "/")
+        ]
+        assert seen == [
+            ("POST", "callback", ["callback.txt"], 200),
+            ("PATCH", "@original", [], 200),
+            ("POST", "followup", ["followup.txt"], 200),
+            ("POST", "followup", [], 200),
+            ("POST", "channel", ["channel.txt"], 200),
+            ("GET", "channel/id", [], 200),
+            ("PATCH", "channel/id", ["edited.txt"], 200),
+            ("DELETE", "channel/id", [], 204),
+            ("POST", "channel", [], 200),
+        ]
+        uploaded = {n: d for c in h.discord.calls for n, d in c.files}
+        assert all(uploaded[name] == name.encode() for name in uploaded)
+        assert it.original is not None and it.original["content"] == "callback edited"
+        assert [f["content"] for f in it.followups] == ["followup", "followup json"]
+        assert [m["content"] for m in h.discord.channel_messages()] == [
+            "callback edited",
+            "followup",
+            "followup json",
+            "channel json",
+        ]
+
+
+async def test_rate_limited_edit_is_retried(tmp_path: Path) -> None:
+    """A 429 with Via and retry_after is retried by discord.py; the edit lands."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        h.discord.fail(r"/messages/@original$", 429, times=2, method="PATCH")
+        it = await h.discord.slash("probe")
+        final = await it.final()
+        assert final["content"] == "done"
+        patches = [c.status for c in h.discord.calls if c.method == "PATCH"]
+        assert patches == [429, 429, 200]
+
+
+async def test_update_message_click_edits_the_clicked_message(tmp_path: Path) -> None:
+    """A button answered with type 7 (UPDATE_MESSAGE) edits the message it is on."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        message = await (await h.discord.slash("probe-button")).final()
+        click = await h.discord.click(message, "probe:rename", member=h.discord.bob)
+        assert await click.acked() == 7
+        expected = f"renamed by {h.discord.bob.user.id}"
+        assert h.discord.channel.messages[int(message["id"])]["content"] == expected
+
+
+async def test_deferred_update_click_then_edit_changes_the_clicked_message(
+    tmp_path: Path,
+) -> None:
+    """A button answered with type 6, then an edit of @original, edits the clicked message."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        message = await (await h.discord.slash("probe-button")).final()
+        click = await h.discord.click(message, "probe:later")
+        await click.wait(lambda c: bool(c.original and c.original["content"] == "edited later"))
+        assert click.ack_type == 6
+        stored = h.discord.channel.messages[int(message["id"])]
+        assert (stored["content"], stored["components"]) == ("edited later", [])
+
+
+async def test_channel_permissions_reach_app_permissions_and_the_cache(tmp_path: Path) -> None:
+    """Taking Attach Files from the bot shows in app_permissions and in guild.me's rights."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        before = await (await h.discord.slash("probe-perms")).final()
+        await h.discord.set_bot_permissions(h.discord.channel, BOT_PERMISSIONS & ~ATTACH_FILES)
+        after = await (await h.discord.slash("probe-perms")).final()
+        assert before["content"] == "app=True cached=True"
+        assert after["content"] == "app=False cached=False"
+
+
+async def test_deleted_original_is_unknown(tmp_path: Path) -> None:
+    """After the bot deletes its reply, fetching @original gets 404 code 10008."""
+    async with running_bot(tmp_path, extensions=PROBE) as h:
+        it = await h.discord.slash("probe-delete")
+        await eventually(lambda: bool(probe(h).http_errors))
+        assert probe(h).http_errors == [(404, 10008)]
+        assert it.deleted

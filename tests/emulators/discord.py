@@ -134,13 +134,26 @@ class Channel:
     bot_permissions: int = BOT_PERMISSIONS  # the bot's permissions here (app_permissions)
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, bot_id: int | None = None) -> dict[str, Any]:
+        """The channel object; with ``bot_id``, an overwrite gives the bot exactly
+        ``bot_permissions`` here, so discord.py's ``permissions_for(guild.me)`` agrees with
+        the interactions' ``app_permissions``."""
+        overwrites = []
+        if bot_id is not None and self.guild_id is not None:
+            overwrites.append(
+                {
+                    "id": str(bot_id),
+                    "type": 1,  # member
+                    "allow": str(self.bot_permissions),
+                    "deny": str(ALL_PERMISSIONS & ~self.bot_permissions),
+                }
+            )
         data: dict[str, Any] = {
             "id": str(self.id),
             "type": self.type,
             "name": self.name,
             "position": 0,
-            "permission_overwrites": [],
+            "permission_overwrites": overwrites,
             "nsfw": False,
             "topic": None,
             "last_message_id": None,
@@ -161,14 +174,14 @@ class Guild:
     members: list[Member]
     upload_limit: int = DEFAULT_UPLOAD_LIMIT
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, bot_id: int | None = None) -> dict[str, Any]:
         return {
             "id": str(self.id),
             "name": self.name,
             "icon": None,
             "owner_id": str(self.members[0].user.id) if self.members else "1",
             "roles": [r.payload() for r in self.roles],
-            "channels": [c.payload() for c in self.channels],
+            "channels": [c.payload(bot_id) for c in self.channels],
             "members": [m.payload() for m in self.members],
             "member_count": len(self.members),
             "emojis": [],
@@ -236,6 +249,7 @@ class Injected:
     edits: list[dict[str, Any]] = field(default_factory=list)  # every version of @original
     followups: list[dict[str, Any]] = field(default_factory=list)
     deleted: bool = False
+    message_id: int | None = None  # for a component click: the message carrying it
 
     @property
     def ack_latency(self) -> float | None:
@@ -292,7 +306,8 @@ class DiscordEmulator:
         self.interactions: dict[int, Injected] = {}
         self._by_token: dict[str, Injected] = {}
         self._faults: list[Fault] = []
-        self._blobs: dict[str, bytes] = {}
+        self._blobs: dict[str, _Blob] = {}
+        self.attachment_url_lifetime = 86_400.0  # seconds a CDN URL stays valid once made
         self._changed = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
@@ -336,6 +351,16 @@ class DiscordEmulator:
         member = Member(User(snowflake(), name), [self.everyone, *(roles or [])])
         self.guild.members.append(member)
         return member
+
+    async def set_bot_permissions(self, channel: Channel, permissions: int) -> None:
+        """Give the bot exactly ``permissions`` in ``channel``, as a server admin would.
+
+        Interactions there carry them as ``app_permissions``, and the bot's cache learns
+        them from a CHANNEL_UPDATE (so ``permissions_for(guild.me)`` agrees).
+        """
+        channel.bot_permissions = permissions
+        if channel.guild_id is not None:
+            await self.dispatch("CHANNEL_UPDATE", channel.payload(self.bot_user.id))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -437,7 +462,7 @@ class DiscordEmulator:
                 "relationships": [],
             },
         )
-        await self._dispatch_to(ws, "GUILD_CREATE", self.guild.payload())
+        await self._dispatch_to(ws, "GUILD_CREATE", self.guild.payload(self.bot_user.id))
 
     async def _dispatch_to(self, ws: web.WebSocketResponse, name: str, data: Any) -> None:
         self._seq += 1
@@ -514,7 +539,10 @@ class DiscordEmulator:
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
         if path.startswith("/cdn/"):
-            return self._cdn(path)
+            response = self._cdn(request)
+            self.calls.append(Call(method, path, None, [], response.status, time.monotonic()))
+            await self._notify()
+            return response
         body, files = await self._read_body(request)
         fault = self._take_fault(method, path, bool(files))
         if fault is not None and fault.status == HANG:
@@ -688,8 +716,17 @@ class DiscordEmulator:
             )
             message["flags"] = (data.get("flags") or 0) | 128  # LOADING
             it.original = message
-        elif kind == 7 and it.type == 3:  # UPDATE_MESSAGE on a component's message
-            pass
+        elif kind in (6, 7) and it.message_id is not None:
+            # DEFERRED_UPDATE_MESSAGE / UPDATE_MESSAGE: @original is the clicked message.
+            target = it.channel.messages.get(it.message_id)
+            if target is None:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+            if kind == 7:
+                target = self._apply_edit(target, data, files)
+                it.channel.messages[it.message_id] = target
+                it.edits.append(target)
+                message = target
+            it.original = target
         return _json(
             {
                 "interaction": {
@@ -699,7 +736,7 @@ class DiscordEmulator:
                     "response_message_loading": kind == 5,
                     "response_message_ephemeral": bool((data.get("flags") or 0) & 64),
                 },
-                "resource": {"type": kind, **({"message": message} if message else {})},
+                "resource": {"type": kind, **({"message": _public(message)} if message else {})},
             }
         )
 
@@ -714,7 +751,7 @@ class DiscordEmulator:
         it = self._interaction(token)
         self._check_token_alive(it)
         if which == "@original":
-            if it.original is None:
+            if it.original is None or it.deleted:
                 return _json({"message": "Unknown Message", "code": 10008}, status=404)
             target = it.original
         else:
@@ -735,7 +772,8 @@ class DiscordEmulator:
             if which == "@original":
                 it.original = updated
                 it.edits.append(updated)
-            it.channel.messages[int(updated["id"])] = updated
+            if int(updated["id"]) in it.channel.messages:  # ephemeral messages are not there
+                it.channel.messages[int(updated["id"])] = updated
             return _json(_public(updated))
         self.unimplemented.append(f"{method} webhook message")
         return _json({"message": "405"}, status=405)
@@ -870,9 +908,11 @@ class DiscordEmulator:
         """Host ``data`` on the emulated CDN; returns the attachment object."""
         attachment_id = snowflake()
         key = f"{attachment_id}/{filename}"
-        self._blobs[key] = data
-        expires = int(time.time()) + 86_400
-        query = f"ex={expires:x}&is={int(time.time()):x}&hm={secrets.token_hex(32)}&"
+        now = time.time()
+        blob = _Blob(data, now + self.attachment_url_lifetime, secrets.token_hex(32))
+        self._blobs[key] = blob
+        expires = int(blob.expires_at)
+        query = f"ex={expires:x}&is={int(now):x}&hm={blob.signature}&"
         url = f"{self.base_url}/cdn/attachments/{self.channel.id}/{key}?{query}"
         payload = {
             "id": str(attachment_id),
@@ -885,12 +925,18 @@ class DiscordEmulator:
             payload["content_type"] = content_type
         return payload
 
-    def _cdn(self, path: str) -> web.Response:
-        key = "/".join(path.split("/")[4:])
-        data = self._blobs.get(key)
-        if data is None:
-            return web.Response(status=404)
-        return web.Response(body=data, content_type="application/octet-stream")
+    def _cdn(self, request: web.Request) -> web.Response:
+        """Serve an attachment while its URL is unexpired and carries its signature."""
+        key = "/".join(request.path.split("/")[4:])
+        blob = self._blobs.get(key)
+        if (
+            blob is None
+            or request.query.get("hm") != blob.signature
+            or time.time() >= blob.expires_at
+        ):
+            # What Discord's CDN answers for an expired or unsigned attachment URL.
+            return web.Response(status=404, text="This content is no longer available.")
+        return web.Response(body=blob.data, content_type="application/octet-stream")
 
     # -- injection ---------------------------------------------------------------------
 
@@ -912,7 +958,7 @@ class DiscordEmulator:
             "token": token,
             "version": 1,
             "channel_id": str(channel.id),
-            "channel": channel.payload(),
+            "channel": channel.payload(self.bot_user.id),
             "app_permissions": str(channel.bot_permissions),
             "locale": "en-US",
             "entitlements": [],
@@ -1092,8 +1138,18 @@ class DiscordEmulator:
             3, member or self.alice, channel, DEFAULT_UPLOAD_LIMIT, 0
         )
         payload["message"] = _public(channel.messages.get(int(message["id"]), message))
+        it.message_id = int(message["id"])
         payload["data"] = {"custom_id": custom_id, "component_type": 2}
         return await self._send(payload, it)
+
+
+@dataclass
+class _Blob:
+    """Bytes on the emulated CDN and what their URL must carry."""
+
+    data: bytes
+    expires_at: float  # Unix seconds
+    signature: str  # the URL's hm parameter
 
 
 class _Reply(Exception):
