@@ -20,8 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bench.common import emit, png, summary_ms, table
-from bot.client import point_discord_at
-from tests.emulators.discord import DiscordEmulator
+from tests.emulators.discord import DiscordEmulator, point_discord_at
 from tests.harness import running_bot
 
 IMAGE = png((64, 64))
@@ -77,7 +76,7 @@ async def floor(members: int, bursts: int) -> dict[str, float]:
     runs = []
     for _ in range(bursts):
         async with DiscordEmulator(token="floor-token") as emu:
-            point_discord_at(emu.api_base, emu.gateway_url)
+            point_discord_at(emu)
             bot = FloorBot()
             runner = asyncio.create_task(bot.start("floor-token"))
             await emu.wait_until(lambda: bool(emu.global_commands), timeout=30)

@@ -31,7 +31,8 @@ SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
 async def main(settings: Settings, **bot_options: Any) -> None:
     """Open the session, build the bot, run it until a signal or a fatal error.
 
-    ``bot_options`` go to the bot's constructor (tests pass a short guild_ready_timeout).
+    ``bot_options`` go to :func:`create_bot` (the test process passes the emulator's media
+    origin and a short guild_ready_timeout).
     """
     connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
     async with (

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
-import yarl
 from discord.ext import commands
 
-from bot.settings import Settings
+from bot.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.tree import UpscaleTree
 
 if TYPE_CHECKING:
@@ -41,7 +40,8 @@ class UpscaleBot(commands.Bot):
         settings: Settings,
         *,
         session: aiohttp.ClientSession,
-        services: Services | None = None,
+        services: Services,
+        media_origins: frozenset[str] = DISCORD_MEDIA_ORIGINS,
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         **options: Any,
     ) -> None:
@@ -57,16 +57,11 @@ class UpscaleBot(commands.Bot):
         )
         self.settings = settings
         self.session = session
-        self._services = services or None
+        self.services = services
+        # Origins (scheme://host[:port]) members' images may be downloaded from.
+        self.media_origins = media_origins
         self._extensions = tuple(extensions)
         self.failed_extensions: list[str] = []
-
-    # The services, for the cogs. They exist whenever the cogs that use them are loaded.
-    @property
-    def services(self) -> Services:
-        if self._services is None:
-            raise RuntimeError("the bot was built without services")
-        return self._services
 
     @property
     def db(self) -> Database:
@@ -85,9 +80,8 @@ class UpscaleBot(commands.Bot):
         return self.services.queue
 
     async def setup_hook(self) -> None:
-        if self._services is not None:
-            await self.queue.recover(self._post_restart_notice)
-            self.queue.start()
+        await self.queue.recover(self._post_restart_notice)
+        self.queue.start()
         for name in self._extensions:
             try:
                 await self.load_extension(name)
@@ -119,7 +113,7 @@ class UpscaleBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop the queue first (members are told about stopped jobs), then disconnect."""
-        if self._services is not None and not self.is_closed():
+        if not self.is_closed():
             await self.queue.shutdown(self.settings.shutdown_grace)
         await super().close()
 
@@ -130,32 +124,21 @@ class UpscaleBot(commands.Bot):
         )
 
 
-def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
-    """Send discord.py's REST and gateway traffic to ``api_base``/``gateway_url``.
-
-    Used by tests (an emulator on 127.0.0.1). These are class attributes of discord.py, so
-    the setting applies process-wide.
-    """
-    if api_base is not None:
-        discord.http.Route.BASE = api_base.rstrip("/")
-    if gateway_url is not None:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
-
-
 def create_bot(
     settings: Settings,
     *,
     session: aiohttp.ClientSession,
-    services: Services | None = None,
+    services: Services,
+    media_origins: frozenset[str] = DISCORD_MEDIA_ORIGINS,
     extensions: Iterable[str] | None = None,
     **options: Any,
 ) -> UpscaleBot:
     """Build the bot from ``settings`` and the shared resources the caller owns."""
-    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
     return UpscaleBot(
         settings,
         session=session,
         services=services,
+        media_origins=media_origins,
         extensions=tuple(DEFAULT_EXTENSIONS if extensions is None else extensions),
         **options,
     )

@@ -1,18 +1,25 @@
 """The credit ledger: who may spend how much of the owner's 1min.ai credit, per period.
 
 A job first *reserves* its cost; the reservation is *committed* when the result has been
-delivered or *refunded* when anything fails. Reserved-but-unsettled credits count as used,
-so a member can never go past a limit, however many requests arrive at once: the check
-and the write are one ``INSERT ... SELECT ... WHERE used + cost <= limit`` statement,
-which SQLite runs atomically (and which stays correct with several processes).
+delivered or *refunded* when anything fails. Settlement is final and idempotent: a second
+commit or refund, a refund after a commit, or a commit after a refund changes nothing
+and returns False. Reserved-but-unsettled credits count as used, so a member can never go
+past a limit however many requests arrive at once: the check and the write are one
+``INSERT ... SELECT ... WHERE used + cost <= limit`` statement inside a ``BEGIN
+IMMEDIATE`` transaction, which stays correct with several processes on one file.
 
 Limits: a member's limit is their override if any, else the most generous of their role
-limits, else the guild default; plus this period's grants. A guild may also have a
-server budget shared by everyone (0 = none). Periods are in UTC: daily from 00:00,
-weekly from Monday 00:00, monthly from the 1st, or lifetime.
+limits, else the guild default; plus this period's grants (which may be negative). A
+guild may also have a server budget shared by everyone (0 = none); it counts what was
+actually spent, so a member's ``/quota reset`` does not raise it. Periods are in UTC:
+daily from 00:00, weekly from Monday 00:00, monthly from the 1st 00:00, or lifetime.
+Usage and grants count when they were made inside the current period, so changing the
+period re-reads the history with the new window. A guild's settings row is created with
+the configured defaults (``DEFAULT_USER_LIMIT``, ``LIMIT_PERIOD``) on first use.
 
-The public surface is deliberately small and free of SQLite specifics, so a PostgreSQL
-implementation can be added for multi-process deployments.
+The public surface is deliberately small and free of SQLite specifics (plain values and
+frozen dataclasses in and out; ``tx`` is whatever :meth:`Database.transaction` yields),
+so a PostgreSQL implementation can be added for multi-process deployments.
 """
 
 from __future__ import annotations
@@ -22,19 +29,18 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-import aiosqlite
-
-from bot.db import Database
+from bot.db import Database, Transaction
 from bot.settings import PERIODS, Period
 
 log = logging.getLogger(__name__)
 
-MAX_CREDITS = 1_000_000  # largest limit, budget or grant a moderator may set
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CREDITS = 1_000_000  # largest limit, budget, grant or cost, in credits
+RESERVE_ATTEMPTS = 3  # a reserve refused while no limit binds (a refund raced it) retries
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # start of the "lifetime" period
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-LIVE = "state IN ('reserved', 'committed')"
+LIVE = "e.state IN ('reserved', 'committed')"
 
 
 class LedgerValueError(ValueError):
@@ -57,7 +63,9 @@ def parse_ts(text: str) -> datetime:
 
 
 def period_start(now: datetime, period: Period) -> datetime:
-    """Start (inclusive) of the period containing ``now``, in UTC."""
+    """Start (inclusive) of the period containing ``now``, in UTC. ``now`` must be aware."""
+    if now.tzinfo is None:
+        raise ValueError("naive datetime")
     now = now.astimezone(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "daily":
@@ -79,11 +87,9 @@ def period_end(now: datetime, period: Period) -> datetime | None:
     if period == "weekly":
         return start + timedelta(days=7)
     if period == "monthly":
-        return (
-            start.replace(year=start.year + 1, month=1)
-            if start.month == 12
-            else (start.replace(month=start.month + 1))
-        )
+        if start.month == 12:
+            return start.replace(year=start.year + 1, month=1)
+        return start.replace(month=start.month + 1)
     return None
 
 
@@ -99,6 +105,8 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Denial:
+    """Why a reservation was refused: which limit, how much of it is used, when it resets."""
+
     reason: Literal["member_limit", "server_budget"]
     used: int
     limit: int
@@ -107,11 +115,11 @@ class Denial:
 
 @dataclass(frozen=True, slots=True)
 class Balance:
-    used: int  # committed + reserved this period
-    pending: int  # reserved, not yet settled
-    limit: int  # effective limit including grants
+    used: int  # committed + reserved this period (since the last reset)
+    pending: int  # the reserved, not yet settled, part of ``used``
+    limit: int  # effective limit including this period's grants (never below 0)
     period: Period
-    resets_at: datetime | None
+    resets_at: datetime | None  # None for lifetime
 
     @property
     def remaining(self) -> int:
@@ -123,14 +131,14 @@ class GuildSettings:
     guild_id: int
     default_limit: int
     period: Period
-    server_budget: int
+    server_budget: int  # 0 = none
     role_limits: dict[int, int] = field(default_factory=dict)
     member_limits: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class MemberUsage:
-    member_id: int
+    member_id: int  # 0 in a report's totals
     upscales: int  # committed reservations
     credits: int  # committed credits
     failures: int  # refunded reservations
@@ -141,7 +149,7 @@ class MemberUsage:
 class UsageReport:
     period: Period
     since: datetime
-    members: list[MemberUsage]
+    members: list[MemberUsage]  # most credits first
     totals: MemberUsage
 
 
@@ -155,8 +163,12 @@ class AuditEntry:
     created_at: datetime
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_limit(value: int, what: str = "Limits") -> int:
-    if not isinstance(value, int) or not 0 <= value <= MAX_CREDITS:
+    if not _is_int(value) or not 0 <= value <= MAX_CREDITS:
         raise LedgerValueError(f"{what} must be between 0 and {MAX_CREDITS:,} credits.")
     return value
 
@@ -165,6 +177,58 @@ def _check_period(period: str) -> Period:
     if period not in PERIODS:
         raise LedgerValueError("The period must be daily, weekly, monthly or lifetime.")
     return period  # type: ignore[return-value]
+
+
+# -- SQL fragments ---------------------------------------------------------------------
+# The guild's row with the start of its current period as ``gs.since``: the four possible
+# starts are computed in Python (portable) and the guild's period picks one, so the check
+# always uses the period stored in the database, even if another process just changed it.
+_GUILD = (
+    "(SELECT guild_id, period, default_limit, server_budget,"
+    " CASE period WHEN 'daily' THEN :p_daily WHEN 'weekly' THEN :p_weekly"
+    " WHEN 'monthly' THEN :p_monthly ELSE :p_lifetime END AS since"
+    " FROM guild_settings WHERE guild_id = :g) gs"
+)
+_MEMBER_USED = (
+    "(SELECT COALESCE(SUM(e.cost), 0) FROM ledger_entries e"
+    f" WHERE e.guild_id = :g AND e.member_id = :m AND {LIVE}"
+    " AND e.reset_at IS NULL AND e.created_at >= gs.since)"
+)
+_MEMBER_PENDING = (
+    "(SELECT COALESCE(SUM(e.cost), 0) FROM ledger_entries e"
+    " WHERE e.guild_id = :g AND e.member_id = :m AND e.state = 'reserved'"
+    " AND e.reset_at IS NULL AND e.created_at >= gs.since)"
+)
+_SERVER_USED = (
+    "(SELECT COALESCE(SUM(e.cost), 0) FROM ledger_entries e"
+    f" WHERE e.guild_id = :g AND {LIVE} AND e.created_at >= gs.since)"
+)
+_GRANTS = (
+    "(SELECT COALESCE(SUM(amount), 0) FROM grants"
+    " WHERE guild_id = :g AND member_id = :m AND created_at >= gs.since)"
+)
+
+
+def _limit_sql(role_ids: Collection[int]) -> tuple[str, dict[str, int]]:
+    """SQL for a member's effective limit, and the parameters for their roles."""
+    roles = list(dict.fromkeys(int(r) for r in role_ids))
+    params = {f"r{i}": role for i, role in enumerate(roles)}
+    role_limit = (
+        "(SELECT MAX(credit_limit) FROM role_limits WHERE guild_id = :g"
+        f" AND role_id IN ({', '.join(':' + name for name in params)}))"
+        if roles
+        else "NULL"
+    )
+    sql = (
+        "(COALESCE((SELECT credit_limit FROM member_limits"
+        "  WHERE guild_id = :g AND member_id = :m),"
+        f" {role_limit}, gs.default_limit) + {_GRANTS})"
+    )
+    return sql, params
+
+
+def _period_params(now: datetime) -> dict[str, str]:
+    return {f"p_{period}": ts(period_start(now, period)) for period in PERIODS}
 
 
 class Ledger:
@@ -182,11 +246,15 @@ class Ledger:
         self._default_limit = _check_limit(default_limit)
         self._default_period = _check_period(default_period)
         self._clock = clock
-        self._periods: dict[int, Period] = {}
+        # Guilds whose settings row exists. Rows are never deleted, so this cannot go stale.
+        self._known_guilds: set[int] = set()
 
     # -- guild settings ----------------------------------------------------------------
 
-    async def _ensure_guild(self, guild_id: int, tx: aiosqlite.Connection | None = None) -> None:
+    async def _ensure_guild(self, guild_id: int, tx: Transaction | None = None) -> None:
+        """Create the guild's settings row with the configured defaults if it is missing."""
+        if guild_id in self._known_guilds and tx is None:
+            return
         sql = (
             "INSERT INTO guild_settings (guild_id, default_limit, period, created_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (guild_id) DO NOTHING"
@@ -196,33 +264,16 @@ class Ledger:
             await tx.execute(sql, params)
         else:
             await self._db.write(sql, params)
+            self._known_guilds.add(guild_id)
 
-    async def _period(self, guild_id: int) -> Period:
-        """The guild's period, cached (this process makes every change; see set_period)."""
-        period = self._periods.get(guild_id)
-        if period is None:
-            period = (await self._settings_row(guild_id))["period"]
-            self._periods[guild_id] = period
-        return period
-
-    async def _settings_row(self, guild_id: int) -> aiosqlite.Row:
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """The guild's limits (created with the configured defaults on first use)."""
+        await self._ensure_guild(guild_id)
         row = await self._db.fetchone(
             "SELECT default_limit, period, server_budget FROM guild_settings WHERE guild_id = ?",
             (guild_id,),
         )
-        if row is None:
-            await self._ensure_guild(guild_id)
-            row = await self._db.fetchone(
-                "SELECT default_limit, period, server_budget FROM guild_settings"
-                " WHERE guild_id = ?",
-                (guild_id,),
-            )
         assert row is not None
-        return row
-
-    async def guild_settings(self, guild_id: int) -> GuildSettings:
-        """The guild's limits (created with the configured defaults on first use)."""
-        row = await self._settings_row(guild_id)
         roles = await self._db.fetchall(
             "SELECT role_id, credit_limit FROM role_limits WHERE guild_id = ?", (guild_id,)
         )
@@ -238,39 +289,6 @@ class Ledger:
             member_limits={m["member_id"]: m["credit_limit"] for m in members},
         )
 
-    # -- the limit, as SQL -------------------------------------------------------------
-
-    @staticmethod
-    def _limit_sql(role_ids: Collection[int]) -> tuple[str, list[int]]:
-        """SQL for a member's effective limit (params: g, m, [roles...], g, g, m, start)."""
-        roles = list(dict.fromkeys(int(r) for r in role_ids))
-        role_clause = (
-            f"(SELECT MAX(credit_limit) FROM role_limits WHERE guild_id = :g"
-            f" AND role_id IN ({', '.join(str(r) for r in roles)}))"
-            if roles
-            else "NULL"
-        )
-        sql = (
-            "(COALESCE("
-            "(SELECT credit_limit FROM member_limits WHERE guild_id = :g AND member_id = :m),"
-            f" {role_clause},"
-            " (SELECT default_limit FROM guild_settings WHERE guild_id = :g))"
-            " + (SELECT COALESCE(SUM(amount), 0) FROM grants"
-            "    WHERE guild_id = :g AND member_id = :m AND period_start = :start))"
-        )
-        return sql, roles
-
-    _MEMBER_USED = (
-        "(SELECT COALESCE(SUM(cost), 0) FROM ledger_entries"
-        f" WHERE guild_id = :g AND member_id = :m AND {LIVE}"
-        " AND created_at >= :start AND created_at > COALESCE((SELECT reset_at FROM usage_resets"
-        "   WHERE guild_id = :g AND member_id = :m), ''))"
-    )
-    _SERVER_USED = (
-        "(SELECT COALESCE(SUM(cost), 0) FROM ledger_entries"
-        f" WHERE guild_id = :g AND {LIVE} AND created_at >= :start)"
-    )
-
     # -- reservations ------------------------------------------------------------------
 
     async def reserve(
@@ -282,101 +300,113 @@ class Ledger:
         *,
         job_id: str | None = None,
     ) -> Reservation | Denial:
-        """Reserve ``cost`` credits atomically, or say which limit stops it."""
-        if cost <= 0:
-            raise ValueError("cost must be positive")
-        period = await self._period(guild_id)
-        now = self._clock()
-        start = ts(period_start(now, period))
-        limit_sql, _ = self._limit_sql(role_ids)
-        reservation = Reservation(
-            id=uuid.uuid4().hex,
-            guild_id=guild_id,
-            member_id=member_id,
-            cost=cost,
-            job_id=job_id,
-            created_at=now,
-        )
-        params = {
-            "id": reservation.id,
-            "g": guild_id,
-            "m": member_id,
-            "cost": cost,
-            "job": job_id,
-            "now": ts(now),
-            "start": start,
-        }
-        # One conditional INSERT: the limit check and the write are a single statement,
-        # run inside a BEGIN IMMEDIATE transaction by Database.write.
-        inserted = await self._db.write(
+        """Reserve ``cost`` credits atomically, or say which limit stops it.
+
+        ``role_ids`` are the member's current roles (for role limits); ``job_id`` lets
+        :meth:`refund_unsettled` leave the reservation to the job recovery. Raises
+        ValueError for a cost that is not a positive whole number up to MAX_CREDITS.
+        """
+        if not _is_int(cost) or not 0 < cost <= MAX_CREDITS:
+            raise ValueError(f"cost must be a whole number from 1 to {MAX_CREDITS}")
+        await self._ensure_guild(guild_id)
+        limit_sql, role_params = _limit_sql(role_ids)
+        # The check and the write are this one statement, run by Database.write inside a
+        # BEGIN IMMEDIATE transaction (shared with concurrent writes: each later INSERT
+        # sees the earlier ones, so the sums below always include every reservation).
+        sql = (
             "INSERT INTO ledger_entries"
             " (id, guild_id, member_id, cost, state, job_id, created_at)"
-            " SELECT :id, :g, :m, :cost, 'reserved', :job, :now"
-            f" WHERE {self._MEMBER_USED} + :cost <= {limit_sql}"
-            " AND ((SELECT server_budget FROM guild_settings WHERE guild_id = :g) = 0"
-            f"  OR {self._SERVER_USED} + :cost"
-            "     <= (SELECT server_budget FROM guild_settings WHERE guild_id = :g))",
-            params,
+            f" SELECT :id, :g, :m, :cost, 'reserved', :job, :now FROM {_GUILD}"
+            f" WHERE {_MEMBER_USED} + :cost <= {limit_sql}"
+            " AND (CASE WHEN gs.server_budget = 0 THEN 1"
+            f"  WHEN {_SERVER_USED} + :cost <= gs.server_budget THEN 1 ELSE 0 END) = 1"
         )
-        if inserted == 1:
-            return reservation
-        return await self._denial(guild_id, member_id, role_ids, cost, now)
+        for attempt in range(1, RESERVE_ATTEMPTS + 1):
+            now = self._clock()
+            reservation = Reservation(uuid.uuid4().hex, guild_id, member_id, cost, job_id, now)
+            params: dict[str, Any] = {
+                "id": reservation.id,
+                "g": guild_id,
+                "m": member_id,
+                "cost": cost,
+                "job": job_id,
+                "now": ts(now),
+                **_period_params(now),
+                **role_params,
+            }
+            if await self._db.write(sql, params) == 1:
+                return reservation
+            denial, binds = await self._denial(params, limit_sql, now)
+            if binds or attempt == RESERVE_ATTEMPTS:
+                return denial
+            # Neither limit binds any more (a refund landed in between): try again.
+        raise AssertionError("unreachable")
 
     async def _denial(
-        self, guild_id: int, member_id: int, role_ids: Collection[int], cost: int, now: datetime
-    ) -> Denial:
-        settings = await self._settings_row(guild_id)
-        period: Period = settings["period"]
-        resets_at = period_end(now, period)
-        balance = await self.balance(guild_id, member_id, role_ids)
-        budget = settings["server_budget"]
-        if balance.used + cost <= balance.limit and budget:
-            row = await self._db.fetchone(
-                f"SELECT {self._SERVER_USED} AS used",
-                {"g": guild_id, "start": ts(period_start(now, period))},
-            )
-            used = int(row["used"]) if row else 0
-            return Denial("server_budget", used, budget, resets_at)
-        return Denial("member_limit", balance.used, balance.limit, resets_at)
+        self, params: dict[str, Any], limit_sql: str, now: datetime
+    ) -> tuple[Denial, bool]:
+        """Which limit refused a reservation, and whether it still binds."""
+        row = await self._db.fetchone(
+            f"SELECT gs.period, gs.server_budget, {_MEMBER_USED} AS used, {limit_sql} AS lim,"
+            f" {_SERVER_USED} AS server_used FROM {_GUILD}",
+            params,  # sqlite3 ignores the names this statement does not use
+        )
+        assert row is not None, "the guild's settings row exists (reserve ensures it)"
+        cost: int = params["cost"]
+        resets_at = period_end(now, row["period"])
+        used, limit = int(row["used"]), max(0, int(row["lim"]))
+        member = Denial("member_limit", used, limit, resets_at)
+        if used + cost > limit:
+            return member, True
+        budget, server_used = int(row["server_budget"]), int(row["server_used"])
+        if budget and server_used + cost > budget:
+            return Denial("server_budget", server_used, budget, resets_at), True
+        return member, False
 
     async def _settle(
         self,
         reservation_id: str,
         state: str,
         reason: str | None,
-        tx: aiosqlite.Connection | None,
+        tx: Transaction | None,
     ) -> bool:
         sql = (
-            "UPDATE ledger_entries SET state = ?, reason = COALESCE(?, reason), settled_at = ?"
+            "UPDATE ledger_entries SET state = ?, reason = ?, settled_at = ?"
             " WHERE id = ? AND state = 'reserved'"
         )
         params = (state, reason, ts(self._clock()), reservation_id)
         if tx is not None:
-            cursor = await tx.execute(sql, params)
-            return cursor.rowcount == 1
+            return await tx.execute(sql, params) == 1
         return await self._db.write(sql, params) == 1
 
-    async def commit(self, reservation_id: str, *, tx: aiosqlite.Connection | None = None) -> bool:
+    async def commit(self, reservation_id: str, *, tx: Transaction | None = None) -> bool:
         """Charge a reservation. Idempotent; True only when this call changed it.
 
-        A refunded reservation stays refunded (commit after refund returns False).
+        A refunded reservation stays refunded (commit after refund returns False). Pass
+        ``tx`` to settle inside the caller's transaction (e.g. with the job's status).
         """
         return await self._settle(reservation_id, "committed", None, tx)
 
     async def refund(
-        self, reservation_id: str, reason: str, *, tx: aiosqlite.Connection | None = None
+        self, reservation_id: str, reason: str, *, tx: Transaction | None = None
     ) -> bool:
-        """Return a reservation's credits at once. Idempotent; a committed one stays charged."""
+        """Return a reservation's credits at once. Idempotent; True only when this call
+        changed it. A committed reservation stays charged (refund after commit returns
+        False): a delivered result is paid for. ``reason`` is kept for the records.
+        """
         return await self._settle(reservation_id, "refunded", reason, tx)
 
     async def refund_unsettled(self, *, exclude_job_ids: Collection[str] = ()) -> list[Reservation]:
-        """Refund reservations a crash left unsettled (except those of ``exclude_job_ids``)."""
+        """Refund reservations a crash left unsettled (except those of ``exclude_job_ids``).
+
+        Meant for start-up, before new work is accepted. Returns what was refunded.
+        """
         rows = await self._db.fetchall(
             "SELECT id, guild_id, member_id, cost, job_id, created_at FROM ledger_entries"
-            " WHERE state = 'reserved'"
+            " WHERE state = 'reserved' ORDER BY created_at, id"
         )
-        refunded: list[Reservation] = []
         excluded = set(exclude_job_ids)
+        refunded: list[Reservation] = []
         for row in rows:
             if row["job_id"] is not None and row["job_id"] in excluded:
                 continue
@@ -398,30 +428,33 @@ class Ledger:
     # -- queries -----------------------------------------------------------------------
 
     async def balance(self, guild_id: int, member_id: int, role_ids: Collection[int]) -> Balance:
-        """Used, pending and limit for this period, and when it resets."""
-        settings = await self._settings_row(guild_id)
-        period: Period = settings["period"]
+        """Used, pending and limit for this period, and when it resets (for /credits)."""
+        await self._ensure_guild(guild_id)
         now = self._clock()
-        limit_sql, _ = self._limit_sql(role_ids)
+        limit_sql, role_params = _limit_sql(role_ids)
         row = await self._db.fetchone(
-            f"SELECT {self._MEMBER_USED} AS used, {limit_sql} AS lim,"
-            " (SELECT COALESCE(SUM(cost), 0) FROM ledger_entries WHERE guild_id = :g"
-            "  AND member_id = :m AND state = 'reserved') AS pending",
-            {"g": guild_id, "m": member_id, "start": ts(period_start(now, period))},
+            f"SELECT gs.period, {_MEMBER_USED} AS used, {_MEMBER_PENDING} AS pending,"
+            f" {limit_sql} AS lim FROM {_GUILD}",
+            {"g": guild_id, "m": member_id, **_period_params(now), **role_params},
         )
         assert row is not None
         return Balance(
             used=int(row["used"]),
             pending=int(row["pending"]),
             limit=max(0, int(row["lim"])),
-            period=period,
-            resets_at=period_end(now, period),
+            period=row["period"],
+            resets_at=period_end(now, row["period"]),
         )
 
     async def usage(self, guild_id: int, period: Period | None = None) -> UsageReport:
-        """Per-member upscales, credits, failures and refunds since the period began."""
-        settings = await self._settings_row(guild_id)
-        chosen: Period = _check_period(period) if period else settings["period"]
+        """Per-member upscales, credits, failures and refunds since the period began.
+
+        ``period`` defaults to the guild's own; an unknown one raises LedgerValueError.
+        Resets do not hide anything here: the report is what was spent.
+        """
+        chosen: Period = (
+            _check_period(period) if period else (await self.guild_settings(guild_id)).period
+        )
         since = period_start(self._clock(), chosen)
         rows = await self._db.fetchall(
             "SELECT member_id,"
@@ -436,6 +469,7 @@ class Ledger:
         members = [
             MemberUsage(r["member_id"], r["upscales"], r["credits"], r["failures"], r["refunds"])
             for r in rows
+            if r["upscales"] or r["failures"]  # only pending reservations: nothing to report
         ]
         totals = MemberUsage(
             0,
@@ -447,6 +481,7 @@ class Ledger:
         return UsageReport(chosen, since, members, totals)
 
     async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
+        """The guild's most recent moderator changes, newest first."""
         rows = await self._db.fetchall(
             "SELECT actor_id, action, target, old_value, new_value, created_at FROM audit_log"
             " WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
@@ -465,6 +500,40 @@ class Ledger:
         ]
 
     # -- moderator changes -------------------------------------------------------------
+    # Each change and its audit row are written in one transaction.
+
+    async def _audit(
+        self,
+        tx: Transaction,
+        guild_id: int,
+        actor_id: int,
+        action: str,
+        target: str | None,
+        old_value: object,
+        new_value: object,
+    ) -> None:
+        await tx.execute(
+            "INSERT INTO audit_log (guild_id, actor_id, action, target, old_value,"
+            " new_value, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                guild_id,
+                actor_id,
+                action,
+                target,
+                None if old_value is None else str(old_value),
+                None if new_value is None else str(new_value),
+                ts(self._clock()),
+            ),
+        )
+        log.info(
+            "Guild %d: %s %s %s -> %s by %d",
+            guild_id, action, target or "", old_value, new_value, actor_id,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _scalar(tx: Transaction, sql: str, params: Any) -> Any:
+        row = await tx.fetchone(sql, params)
+        return None if row is None else row[0]
 
     async def _change(
         self,
@@ -481,26 +550,12 @@ class Ledger:
         """Read the old value, write the new one and the audit row, in one transaction."""
         async with self._db.transaction() as tx:
             await self._ensure_guild(guild_id, tx)
-            async with tx.execute(read_sql, read_params) as cursor:
-                row = await cursor.fetchone()
-            old = None if row is None or row[0] is None else str(row[0])
+            old = await self._scalar(tx, read_sql, read_params)
             await tx.execute(write_sql, write_params)
-            await tx.execute(
-                "INSERT INTO audit_log (guild_id, actor_id, action, target, old_value,"
-                " new_value, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    guild_id,
-                    actor_id,
-                    action,
-                    target,
-                    old,
-                    None if new_value is None else str(new_value),
-                    ts(self._clock()),
-                ),
-            )
-        log.info("Guild %d: %s %s -> %s by %d", guild_id, action, target or "", new_value, actor_id)
+            await self._audit(tx, guild_id, actor_id, action, target, old, new_value)
 
     async def set_default_limit(self, guild_id: int, actor_id: int, limit: int) -> None:
+        """Limit for members without an override or a limited role."""
         _check_limit(limit)
         await self._change(
             guild_id, actor_id, "default_limit", None,
@@ -510,6 +565,7 @@ class Ledger:
         )  # fmt: skip
 
     async def set_server_budget(self, guild_id: int, actor_id: int, limit: int) -> None:
+        """Total credits the whole guild may spend per period (0 = no server budget)."""
         _check_limit(limit, "The server budget")
         await self._change(
             guild_id, actor_id, "server_budget", None,
@@ -519,6 +575,7 @@ class Ledger:
         )  # fmt: skip
 
     async def set_period(self, guild_id: int, actor_id: int, period: str) -> None:
+        """The accounting period: daily, weekly, monthly or lifetime."""
         chosen = _check_period(period)
         await self._change(
             guild_id, actor_id, "period", None,
@@ -526,9 +583,9 @@ class Ledger:
             "UPDATE guild_settings SET period = ? WHERE guild_id = ?", (chosen, guild_id),
             chosen,
         )  # fmt: skip
-        self._periods[guild_id] = chosen
 
     async def set_role_limit(self, guild_id: int, actor_id: int, role_id: int, limit: int) -> None:
+        """Limit for members holding the role (a member gets their most generous role)."""
         _check_limit(limit)
         await self._change(
             guild_id, actor_id, "role_limit", f"role:{role_id}",
@@ -552,6 +609,7 @@ class Ledger:
     async def set_member_limit(
         self, guild_id: int, actor_id: int, member_id: int, limit: int
     ) -> None:
+        """A per-member override: beats role limits and the default."""
         _check_limit(limit)
         await self._change(
             guild_id, actor_id, "member_limit", f"member:{member_id}",
@@ -575,33 +633,46 @@ class Ledger:
         )  # fmt: skip
 
     async def grant(self, guild_id: int, actor_id: int, member_id: int, amount: int) -> None:
-        """One-off extra credits (negative takes away) for the current period."""
-        if not isinstance(amount, int) or amount == 0 or abs(amount) > MAX_CREDITS:
+        """One-off extra credits (negative takes away) for the current period.
+
+        The audit row's old and new values are the member's grant total for the period.
+        """
+        if not _is_int(amount) or amount == 0 or abs(amount) > MAX_CREDITS:
             raise LedgerValueError(
                 f"A grant must be a non-zero number of credits between -{MAX_CREDITS:,}"
                 f" and {MAX_CREDITS:,}."
             )
-        settings = await self._settings_row(guild_id)
         now = self._clock()
-        start = ts(period_start(now, settings["period"]))
-        await self._change(
-            guild_id, actor_id, "grant", f"member:{member_id}",
-            "SELECT SUM(amount) FROM grants WHERE guild_id = ? AND member_id = ?"
-            " AND period_start = ?", (guild_id, member_id, start),
-            "INSERT INTO grants (guild_id, member_id, amount, period_start, actor_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)", (guild_id, member_id, amount, start, actor_id, ts(now)),
-            amount,
-        )  # fmt: skip
+        params = {"g": guild_id, "m": member_id, **_period_params(now)}
+        async with self._db.transaction() as tx:
+            await self._ensure_guild(guild_id, tx)
+            before = int(await self._scalar(tx, f"SELECT {_GRANTS} FROM {_GUILD}", params))
+            await tx.execute(
+                "INSERT INTO grants"
+                " (guild_id, member_id, amount, period_start, actor_id, created_at)"
+                f" SELECT :g, :m, :amount, gs.since, :actor, :now FROM {_GUILD}",
+                {**params, "amount": amount, "actor": actor_id, "now": ts(now)},
+            )
+            await self._audit(
+                tx, guild_id, actor_id, "grant", f"member:{member_id}", before, before + amount
+            )
 
     async def reset_member(self, guild_id: int, actor_id: int, member_id: int) -> None:
-        """Zero a member's usage for this period (history is kept for reports)."""
-        now = ts(self._clock())
-        await self._change(
-            guild_id, actor_id, "reset_usage", f"member:{member_id}",
-            "SELECT reset_at FROM usage_resets WHERE guild_id = ? AND member_id = ?",
-            (guild_id, member_id),
-            "INSERT INTO usage_resets (guild_id, member_id, reset_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (guild_id, member_id) DO UPDATE SET reset_at = excluded.reset_at",
-            (guild_id, member_id, now),
-            now,
-        )  # fmt: skip
+        """Zero a member's usage for this period.
+
+        Nothing is deleted: the period's entries are marked as reset, so they stop
+        counting towards the member's limit but stay in reports and the server budget.
+        A reservation still pending is marked too (settling it later changes nothing).
+        """
+        now = self._clock()
+        params = {"g": guild_id, "m": member_id, **_period_params(now)}
+        async with self._db.transaction() as tx:
+            await self._ensure_guild(guild_id, tx)
+            used = int(await self._scalar(tx, f"SELECT {_MEMBER_USED} FROM {_GUILD}", params))
+            await tx.execute(
+                "UPDATE ledger_entries SET reset_at = :now"
+                " WHERE guild_id = :g AND member_id = :m AND reset_at IS NULL"
+                f" AND created_at >= (SELECT gs.since FROM {_GUILD})",
+                {**params, "now": ts(now)},
+            )
+            await self._audit(tx, guild_id, actor_id, "reset_usage", f"member:{member_id}", used, 0)

@@ -41,7 +41,9 @@ async def open_services(
     The HTTP session belongs to the caller. The database is closed on exit; the queue is
     shut down by the bot (it needs Discord to tell members about stopped jobs).
     """
-    db = await Database.open(settings.database_path)
+    path = settings.database_path
+    assert path is not None, "PostgreSQL is not wired yet"
+    db = await Database.open(path)
     image_workers = ImageWorkers()
     try:
         ledger = Ledger(

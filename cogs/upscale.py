@@ -37,7 +37,6 @@ from bot.jobs import (
     QueueFull,
     Stage,
 )
-from bot.settings import is_loopback_url
 from bot.tree import UserError, token_expired
 from cogs.checks import NOT_IN_DMS, is_moderator
 
@@ -46,15 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Discord hosts that serve attachments and embed media; nothing else is ever fetched.
-DISCORD_MEDIA_HOSTS = frozenset(
-    {
-        "cdn.discordapp.com",
-        "media.discordapp.net",
-        "images-ext-1.discordapp.net",
-        "images-ext-2.discordapp.net",
-    }
-)
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=10, sock_read=30)
 DOWNLOAD_CHUNK = 256 * 1024  # bytes read per chunk
 WRITE_BATCH = 4 * 1024 * 1024  # bytes buffered before a write in a thread
@@ -314,12 +304,10 @@ class Upscale(commands.Cog):
     # -- the job -----------------------------------------------------------------------
 
     def allowed_source(self, url: str) -> bool:
+        """True when ``url`` is on one of the bot's media origins (Discord's CDN)."""
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme == "https" and host in DISCORD_MEDIA_HOSTS:
-            return True
-        test_base = self.bot.settings.discord_api_base
-        return bool(test_base and is_loopback_url(test_base) and is_loopback_url(url))
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        return origin in self.bot.media_origins
 
     async def start_job(
         self, interaction: discord.Interaction, source: SourceImage, output_format: str

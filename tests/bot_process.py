@@ -1,15 +1,15 @@
 """Run the real bot in its own process against the emulators (restart tests, benchmarks).
 
 ``python -m tests.bot_process`` reads the usual settings from the environment, plus
-``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (the emulator), then runs exactly what
-``python -m bot`` runs. Tests start it with :func:`start_bot_process`.
+``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (the emulator, which also serves the
+attachments), points discord.py there, then runs exactly what ``python -m bot`` runs.
+Tests start it with :func:`start_bot_process`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import subprocess
 import sys
@@ -19,22 +19,23 @@ from pathlib import Path
 from bot.__main__ import main
 from bot.logs import configure_logging
 from bot.settings import load_settings
+from tests.emulators.discord import point_discord_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run() -> None:
     settings = load_settings(dotenv=False)
-    settings = dataclasses.replace(
-        settings,
-        discord_api_base=os.environ["DISCORD_API_BASE"],
-        discord_gateway_url=os.environ["DISCORD_GATEWAY_URL"],
-    )
+    api_base = os.environ["DISCORD_API_BASE"]
+    point_discord_at(api_base, os.environ["DISCORD_GATEWAY_URL"])
+    media_origin = api_base.split("/api/", 1)[0]
     configure_logging(
         settings.log_level, (settings.discord_token.get(), settings.onemin_api_key.get())
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(settings, guild_ready_timeout=0.05))
+        asyncio.run(
+            main(settings, media_origins=frozenset({media_origin}), guild_ready_timeout=0.05)
+        )
 
 
 def start_bot_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -28,7 +28,7 @@ from PIL import Image
 from bot.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
 from bot.services import Services, open_services
 from bot.settings import Secret, Settings
-from tests.emulators.discord import DiscordEmulator, Injected
+from tests.emulators.discord import DiscordEmulator, Injected, point_discord_at
 from tests.emulators.onemin import OneMinEmulator
 
 # Distinctive, not token-shaped: tests assert they never leak.
@@ -171,17 +171,17 @@ async def running_bot(
                 discord_token=Secret(DISCORD_TOKEN),
                 onemin_api_key=Secret(ONEMIN_KEY),
                 onemin_api_base=onemin_emu.base_url,
-                database_path=tmp_path / "data" / "upscaler.db",
+                database_url=Secret(f"sqlite:///{tmp_path / 'data' / 'upscaler.db'}"),
                 spool_dir=tmp_path / "data" / "spool",
-                discord_api_base=discord_emu.api_base,
-                discord_gateway_url=discord_emu.gateway_url,
             )
             settings = dataclasses.replace(settings, **overrides)
+            point_discord_at(discord_emu)
             async with open_services(settings, session) as services:
                 bot = create_bot(
                     settings,
                     session=session,
                     services=services,
+                    media_origins=discord_emu.media_origins,
                     extensions=DEFAULT_EXTENSIONS if extensions is None else extensions,
                     guild_ready_timeout=0.05,
                 )

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from bot.ledger import (
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
 ROLE_A, ROLE_B = 501, 502
+NOON = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)  # a Sunday
 
 
 class Clock:
@@ -37,7 +39,7 @@ class Clock:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock(datetime(2026, 3, 15, 12, 0, tzinfo=UTC))
+    return Clock(NOON)
 
 
 @pytest.fixture
@@ -58,31 +60,37 @@ async def reserve_ok(ledger: Ledger, member: int = ALICE, roles: tuple[int, ...]
     return outcome.id
 
 
+async def spend(ledger: Ledger, credits: int, member: int = ALICE) -> None:
+    for _ in range(credits):
+        await ledger.commit(await reserve_ok(ledger, member))
+
+
+async def used(ledger: Ledger, member: int = ALICE) -> int:
+    return (await ledger.balance(G, member, ())).used
+
+
 # -- atomicity -------------------------------------------------------------------------
 
 
 async def test_200_concurrent_reserves_never_pass_the_member_limit(ledger: Ledger) -> None:
     """200 simultaneous reserves for a member with 5 credits left give exactly 5."""
+    await ledger.set_member_limit(G, MOD, ALICE, 8)
+    await spend(ledger, 3)
     outcomes = await asyncio.gather(*(ledger.reserve(G, ALICE, (), 1) for _ in range(200)))
-    granted = [o for o in outcomes if isinstance(o, Reservation)]
-    assert len(granted) == 5
-    assert all(
-        isinstance(o, Denial) and o.reason == "member_limit" for o in outcomes if o not in granted
-    )
-    assert (await ledger.balance(G, ALICE, ())).used == 5
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 5
+    assert {o.reason for o in outcomes if isinstance(o, Denial)} == {"member_limit"}
+    assert await used(ledger) == 8
 
 
 async def test_200_concurrent_reserves_never_pass_the_server_budget(ledger: Ledger) -> None:
     """With a budget of 7, 200 reserves spread over 40 members give exactly 7."""
     await ledger.set_server_budget(G, MOD, 7)
     outcomes = await asyncio.gather(*(ledger.reserve(G, 1000 + i % 40, (), 1) for i in range(200)))
-    granted = [o for o in outcomes if isinstance(o, Reservation)]
-    assert len(granted) == 7
-    denials = [o for o in outcomes if isinstance(o, Denial)]
-    assert {d.reason for d in denials} == {"server_budget"}
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 7
+    assert {o.reason for o in outcomes if isinstance(o, Denial)} == {"server_budget"}
 
 
-async def test_two_ledgers_on_one_file_share_the_limit(tmp_path: Path, clock: Clock) -> None:
+async def test_two_connections_on_one_file_share_the_limit(tmp_path: Path, clock: Clock) -> None:
     """Two connections (as two processes would have) together still give exactly 5."""
     path = tmp_path / "shared.db"
     first, second = await Database.open(path), await Database.open(path)
@@ -99,6 +107,26 @@ async def test_two_ledgers_on_one_file_share_the_limit(tmp_path: Path, clock: Cl
         await second.close()
 
 
+async def test_period_changed_by_another_process_applies_at_once(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A ledger sees a period another connection set, without a restart."""
+    path = tmp_path / "shared.db"
+    first, second = await Database.open(path), await Database.open(path)
+    try:
+        mine = Ledger(first, default_limit=5, default_period="daily", clock=clock)
+        other = Ledger(second, default_limit=5, default_period="daily", clock=clock)
+        clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
+        await spend(mine, 5)
+        clock.now += timedelta(days=1)
+        await reserve_ok(mine)  # a new day under "daily"
+        await other.set_period(G, MOD, "weekly")
+        assert isinstance(await mine.reserve(G, ALICE, (), 1), Denial)
+    finally:
+        await first.close()
+        await second.close()
+
+
 # -- settlement ------------------------------------------------------------------------
 
 
@@ -107,32 +135,56 @@ async def test_refund_returns_the_credits_at_once(ledger: Ledger) -> None:
     ids = [await reserve_ok(ledger) for _ in range(5)]
     assert isinstance(await ledger.reserve(G, ALICE, (), 1), Denial)
     assert await ledger.refund(ids[0], "unavailable")
-    assert (await ledger.balance(G, ALICE, ())).used == 4
+    assert await used(ledger) == 4
     await reserve_ok(ledger)
 
 
-async def test_pending_counts_as_used_until_committed(ledger: Ledger) -> None:
-    """Reserved credits show as used and pending; committing keeps them used, not pending."""
+async def test_pending_counts_as_used_until_settled(ledger: Ledger) -> None:
+    """A reservation shows as used and pending; once committed it is used, not pending."""
     rid = await reserve_ok(ledger)
     before = await ledger.balance(G, ALICE, ())
     assert (before.used, before.pending, before.remaining) == (1, 1, 4)
-    assert await ledger.commit(rid)
+    await ledger.commit(rid)
     after = await ledger.balance(G, ALICE, ())
-    assert (after.used, after.pending) == (1, 0)
+    assert (after.used, after.pending, after.remaining) == (1, 0, 4)
 
 
-async def test_commit_and_refund_are_idempotent(ledger: Ledger) -> None:
-    """Settling twice changes nothing the second time; a committed credit cannot be refunded."""
+async def test_commit_is_idempotent(ledger: Ledger) -> None:
+    """Committing twice charges once; only the first call reports a change."""
     rid = await reserve_ok(ledger)
     assert await ledger.commit(rid) is True
     assert await ledger.commit(rid) is False
+    assert await used(ledger) == 1
+
+
+async def test_refund_is_idempotent(ledger: Ledger) -> None:
+    """Refunding twice refunds once; only the first call reports a change."""
+    rid = await reserve_ok(ledger)
+    assert await ledger.refund(rid, "unavailable") is True
+    assert await ledger.refund(rid, "unavailable") is False
+    assert await used(ledger) == 0
+
+
+async def test_refund_after_commit_changes_nothing(ledger: Ledger) -> None:
+    """A delivered (committed) upscale stays charged: a late refund returns False."""
+    rid = await reserve_ok(ledger)
+    await ledger.commit(rid)
     assert await ledger.refund(rid, "late") is False
-    assert (await ledger.balance(G, ALICE, ())).used == 1
-    other = await reserve_ok(ledger)
-    assert await ledger.refund(other, "x") is True
-    assert await ledger.refund(other, "x") is False
-    assert await ledger.commit(other) is False
-    assert (await ledger.balance(G, ALICE, ())).used == 1
+    assert await used(ledger) == 1
+
+
+async def test_commit_after_refund_changes_nothing(ledger: Ledger) -> None:
+    """A refunded reservation cannot be charged afterwards."""
+    rid = await reserve_ok(ledger)
+    await ledger.refund(rid, "timeout")
+    assert await ledger.commit(rid) is False
+    assert await used(ledger) == 0
+
+
+async def test_settling_an_unknown_reservation_does_nothing(ledger: Ledger) -> None:
+    """commit and refund of an id that does not exist return False."""
+    assert await ledger.commit("nope") is False
+    assert await ledger.refund("nope", "x") is False
 
 
 async def test_refund_joins_the_callers_transaction(ledger: Ledger, db: Database) -> None:
@@ -151,13 +203,22 @@ async def test_unsettled_reservations_are_refunded_at_start_up(
     """Reservations left by a crash are refunded, except those of jobs being taken over."""
     await ledger.reserve(G, ALICE, (), 1, job_id="job-a")
     await ledger.reserve(G, ALICE, (), 1, job_id="job-b")
+    await ledger.reserve(G, BOB, (), 1)
+    await ledger.commit(await reserve_ok(ledger, BOB))
     restarted = Ledger(db, default_limit=5, default_period="daily", clock=clock)
     refunded = await restarted.refund_unsettled(exclude_job_ids={"job-b"})
-    assert [r.job_id for r in refunded] == ["job-a"]
-    assert (await restarted.balance(G, ALICE, ())).used == 1
+    assert sorted((r.member_id, r.job_id or "") for r in refunded) == [(ALICE, "job-a"), (BOB, "")]
+    assert await used(restarted, ALICE) == 1
+    assert await used(restarted, BOB) == 1
 
 
 # -- limits ----------------------------------------------------------------------------
+
+
+async def test_new_guild_takes_the_configured_defaults(ledger: Ledger) -> None:
+    """First use in a guild creates it with DEFAULT_USER_LIMIT and LIMIT_PERIOD."""
+    settings = await ledger.guild_settings(777)
+    assert (settings.default_limit, settings.period, settings.server_budget) == (5, "daily", 0)
 
 
 async def test_override_beats_roles_and_default(ledger: Ledger) -> None:
@@ -172,106 +233,274 @@ async def test_most_generous_role_wins(ledger: Ledger) -> None:
     await ledger.set_role_limit(G, MOD, ROLE_A, 3)
     await ledger.set_role_limit(G, MOD, ROLE_B, 8)
     assert (await ledger.balance(G, ALICE, (ROLE_A, ROLE_B))).limit == 8
-    assert (await ledger.balance(G, ALICE, (ROLE_A,))).limit == 3
 
 
 async def test_role_limit_can_be_below_the_default(ledger: Ledger) -> None:
     """A role limit replaces the default even when it is smaller."""
     await ledger.set_role_limit(G, MOD, ROLE_A, 1)
     assert (await ledger.balance(G, ALICE, (ROLE_A,))).limit == 1
-    assert (await ledger.balance(G, ALICE, ())).limit == 5
 
 
-async def test_cleared_limits_fall_back(ledger: Ledger) -> None:
-    """Clearing an override or a role limit falls back to the next rule."""
+async def test_roles_without_a_limit_fall_back_to_the_default(ledger: Ledger) -> None:
+    """Holding only roles that have no limit leaves the guild default."""
+    await ledger.set_role_limit(G, MOD, ROLE_A, 9)
+    assert (await ledger.balance(G, ALICE, (ROLE_B, 12345))).limit == 5
+
+
+async def test_role_limit_is_enforced_by_reserve(ledger: Ledger) -> None:
+    """reserve applies the role limit, not only balance."""
+    await ledger.set_role_limit(G, MOD, ROLE_A, 2)
+    await reserve_ok(ledger, roles=(ROLE_A,))
+    await reserve_ok(ledger, roles=(ROLE_A,))
+    assert isinstance(await ledger.reserve(G, ALICE, (ROLE_A,), 1), Denial)
+
+
+async def test_cleared_override_falls_back_to_the_role(ledger: Ledger) -> None:
+    """Clearing a member override gives the member their role limit again."""
     await ledger.set_role_limit(G, MOD, ROLE_A, 9)
     await ledger.set_member_limit(G, MOD, ALICE, 1)
     await ledger.clear_member_limit(G, MOD, ALICE)
     assert (await ledger.balance(G, ALICE, (ROLE_A,))).limit == 9
+
+
+async def test_cleared_role_limit_falls_back_to_the_default(ledger: Ledger) -> None:
+    """Clearing a role limit gives its members the guild default again."""
+    await ledger.set_role_limit(G, MOD, ROLE_A, 9)
     await ledger.clear_role_limit(G, MOD, ROLE_A)
     assert (await ledger.balance(G, ALICE, (ROLE_A,))).limit == 5
 
 
-async def test_grants_add_to_the_limit_for_this_period_only(ledger: Ledger, clock: Clock) -> None:
-    """A grant raises this period's limit, a negative grant lowers it, both expire."""
+async def test_grants_add_to_the_override(ledger: Ledger) -> None:
+    """Grants (positive and negative) add to whichever limit applies."""
+    await ledger.set_member_limit(G, MOD, ALICE, 10)
     await ledger.grant(G, MOD, ALICE, 3)
     await ledger.grant(G, MOD, ALICE, -1)
-    assert (await ledger.balance(G, ALICE, ())).limit == 7
+    assert (await ledger.balance(G, ALICE, ())).limit == 12
+
+
+async def test_grants_expire_with_the_period(ledger: Ledger, clock: Clock) -> None:
+    """A grant counts for the period it was made in only."""
+    await ledger.grant(G, MOD, ALICE, 3)
     clock.now += timedelta(days=1)
     assert (await ledger.balance(G, ALICE, ())).limit == 5
 
 
-async def test_reset_zeroes_usage_this_period(ledger: Ledger) -> None:
-    """After /quota reset the member's used count is 0 and they can spend again."""
-    for _ in range(5):
-        await ledger.commit(await reserve_ok(ledger))
-    await ledger.reset_member(G, MOD, ALICE)
-    assert (await ledger.balance(G, ALICE, ())).used == 0
+async def test_grant_lets_a_member_at_the_limit_reserve_again(ledger: Ledger) -> None:
+    """After a grant, reserve accepts credits beyond the base limit."""
+    await spend(ledger, 5)
+    await ledger.grant(G, MOD, ALICE, 1)
     await reserve_ok(ledger)
 
 
-async def test_new_guild_takes_the_configured_defaults(ledger: Ledger) -> None:
-    """First use in a guild creates it with DEFAULT_USER_LIMIT and LIMIT_PERIOD."""
-    settings = await ledger.guild_settings(777)
-    assert (settings.default_limit, settings.period, settings.server_budget) == (5, "daily", 0)
+async def test_negative_grant_below_zero_blocks_the_member(ledger: Ledger) -> None:
+    """Taking away more than the limit leaves a limit of 0 and every reserve refused."""
+    await ledger.grant(G, MOD, ALICE, -8)
+    assert (await ledger.balance(G, ALICE, ())).limit == 0
+    denial = await ledger.reserve(G, ALICE, (), 1)
+    assert isinstance(denial, Denial) and (denial.reason, denial.limit) == ("member_limit", 0)
+
+
+async def test_grant_made_today_still_counts_after_switching_to_weekly(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Grants, like usage, count when made inside the current period's window."""
+    clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
+    await ledger.grant(G, MOD, ALICE, 4)
+    await ledger.set_period(G, MOD, "weekly")
+    assert (await ledger.balance(G, ALICE, ())).limit == 9
+
+
+async def test_reset_zeroes_usage_this_period(ledger: Ledger) -> None:
+    """After /quota reset the member's used count is 0 and they can spend again."""
+    await spend(ledger, 5)
+    await ledger.reset_member(G, MOD, ALICE)
+    assert await used(ledger) == 0
+    await reserve_ok(ledger)
+
+
+async def test_usage_after_a_reset_in_the_same_instant_counts(ledger: Ledger) -> None:
+    """Reservations made at the very moment of a reset still count towards the limit."""
+    await ledger.reset_member(G, MOD, ALICE)  # the clock does not move in this test
+    await spend(ledger, 5)
+    assert isinstance(await ledger.reserve(G, ALICE, (), 1), Denial)
+
+
+async def test_reset_keeps_the_history_for_reports(ledger: Ledger) -> None:
+    """A reset does not delete anything: /usage still shows what was spent."""
+    await spend(ledger, 3)
+    await ledger.reset_member(G, MOD, ALICE)
+    assert (await ledger.usage(G)).totals.credits == 3
+
+
+async def test_reset_does_not_raise_the_server_budget(ledger: Ledger) -> None:
+    """The server budget counts what was spent, whatever resets a moderator made."""
+    await ledger.set_server_budget(G, MOD, 3)
+    await spend(ledger, 3)
+    await ledger.reset_member(G, MOD, ALICE)
+    denial = await ledger.reserve(G, ALICE, (), 1)
+    assert isinstance(denial, Denial) and denial.reason == "server_budget"
+
+
+async def test_reservation_pending_at_reset_stays_zeroed_when_committed(ledger: Ledger) -> None:
+    """A job in flight during a reset is not counted again when it is delivered."""
+    rid = await reserve_ok(ledger)
+    await ledger.reset_member(G, MOD, ALICE)
+    await ledger.commit(rid)
+    assert await used(ledger) == 0
+
+
+async def test_reset_touches_only_that_member(ledger: Ledger) -> None:
+    """Resetting alice leaves bob's usage alone."""
+    await spend(ledger, 2, ALICE)
+    await spend(ledger, 2, BOB)
+    await ledger.reset_member(G, MOD, ALICE)
+    assert await used(ledger, BOB) == 2
 
 
 async def test_denial_says_when_the_period_resets(ledger: Ledger) -> None:
-    """A member at their limit is told the reset time (next UTC midnight for daily)."""
-    for _ in range(5):
-        await reserve_ok(ledger)
+    """A member at their limit is told used, limit and the reset time (next UTC midnight)."""
+    await spend(ledger, 5)
     denial = await ledger.reserve(G, ALICE, (), 1)
-    assert isinstance(denial, Denial)
-    assert (denial.used, denial.limit) == (5, 5)
-    assert denial.resets_at == datetime(2026, 3, 16, tzinfo=UTC)
+    assert denial == Denial("member_limit", 5, 5, datetime(2026, 3, 16, tzinfo=UTC))
+
+
+async def test_server_budget_denial_names_the_budget(ledger: Ledger) -> None:
+    """When the budget binds, the denial gives the server's usage and budget."""
+    await ledger.set_server_budget(G, MOD, 2)
+    await spend(ledger, 2, BOB)
+    denial = await ledger.reserve(G, ALICE, (), 1)
+    assert denial == Denial("server_budget", 2, 2, datetime(2026, 3, 16, tzinfo=UTC))
+
+
+async def test_lifetime_denial_has_no_reset_time(ledger: Ledger) -> None:
+    """Under the lifetime period a refused member is told it never resets."""
+    await ledger.set_period(G, MOD, "lifetime")
+    await spend(ledger, 5)
+    denial = await ledger.reserve(G, ALICE, (), 1)
+    assert isinstance(denial, Denial) and denial.resets_at is None
+
+
+async def test_cost_larger_than_one_is_checked_whole(ledger: Ledger) -> None:
+    """A cost of 3 with 2 credits left is refused rather than partly reserved."""
+    await spend(ledger, 3)
+    assert isinstance(await ledger.reserve(G, ALICE, (), 3), Denial)
+    assert isinstance(await ledger.reserve(G, ALICE, (), 2), Reservation)
+
+
+@pytest.mark.parametrize("cost", [0, -1, True, 1_000_001])
+async def test_invalid_cost_is_a_programming_error(ledger: Ledger, cost: Any) -> None:
+    """reserve refuses a cost that is not a positive whole number of credits."""
+    with pytest.raises(ValueError):
+        await ledger.reserve(G, ALICE, (), cost)
+
+
+# -- moderation ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("call", "args"),
+    ("call", "args", "message"),
     [
-        ("set_default_limit", (-1,)),
-        ("set_default_limit", (10_000_001,)),
-        ("set_server_budget", (-5,)),
-        ("set_period", ("hourly",)),
-        ("grant", (ALICE, 0)),
-        ("grant", (ALICE, 2_000_000)),
-        ("set_member_limit", (ALICE, -3)),
-        ("set_role_limit", (ROLE_A, -3)),
+        ("set_default_limit", (-1,), "between 0 and 1,000,000"),
+        ("set_default_limit", (1_000_001,), "between 0 and 1,000,000"),
+        ("set_server_budget", (-5,), "server budget"),
+        ("set_period", ("hourly",), "daily, weekly, monthly or lifetime"),
+        ("grant", (ALICE, 0), "non-zero"),
+        ("grant", (ALICE, 2_000_000), "non-zero"),
+        ("grant", (ALICE, -2_000_000), "non-zero"),
+        ("set_member_limit", (ALICE, -3), "between 0"),
+        ("set_role_limit", (ROLE_A, -3), "between 0"),
     ],
 )
-async def test_invalid_values_are_refused(ledger: Ledger, call: str, args: tuple) -> None:
+async def test_invalid_values_are_refused(
+    ledger: Ledger, call: str, args: tuple[Any, ...], message: str
+) -> None:
     """Negative limits, absurd amounts and unknown periods raise LedgerValueError."""
-    with pytest.raises(LedgerValueError):
+    with pytest.raises(LedgerValueError, match=message):
         await getattr(ledger, call)(G, MOD, *args)
     assert await ledger.audit_log(G) == []
 
 
-async def test_every_change_is_audited(ledger: Ledger) -> None:
-    """Each moderator change writes who, what, old and new value."""
+async def test_usage_with_an_unknown_period_is_refused(ledger: Ledger) -> None:
+    """/usage with a made-up period raises LedgerValueError."""
+    with pytest.raises(LedgerValueError):
+        await ledger.usage(G, "yearly")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "expected"),
+    [
+        ("set_default_limit", (7,), ("default_limit", None, "5", "7")),
+        ("set_server_budget", (40,), ("server_budget", None, "0", "40")),
+        ("set_period", ("monthly",), ("period", None, "daily", "monthly")),
+        ("set_role_limit", (ROLE_A, 20), ("role_limit", f"role:{ROLE_A}", None, "20")),
+        ("clear_role_limit", (ROLE_B,), ("clear_role_limit", f"role:{ROLE_B}", "4", None)),
+        ("set_member_limit", (ALICE, 3), ("member_limit", f"member:{ALICE}", None, "3")),
+        ("clear_member_limit", (BOB,), ("clear_member_limit", f"member:{BOB}", "6", None)),
+        ("grant", (BOB, -2), ("grant", f"member:{BOB}", "1", "-1")),
+        ("reset_member", (BOB,), ("reset_usage", f"member:{BOB}", "2", "0")),
+    ],
+)
+async def test_each_moderator_change_is_audited(
+    ledger: Ledger, clock: Clock, call: str, args: tuple[Any, ...], expected: tuple[Any, ...]
+) -> None:
+    """Every change writes who, what, target, old and new value, and when."""
+    await ledger.set_role_limit(G, 1, ROLE_B, 4)
+    await ledger.set_member_limit(G, 1, BOB, 6)
+    await ledger.grant(G, 1, BOB, 1)
+    await spend(ledger, 2, BOB)
+    clock.now += timedelta(minutes=1)
+    await getattr(ledger, call)(G, MOD, *args)
+    entry = (await ledger.audit_log(G))[0]
+    assert (entry.action, entry.target, entry.old_value, entry.new_value) == expected
+    assert (entry.actor_id, entry.created_at) == (MOD, clock.now)
+
+
+async def test_audit_log_is_newest_first_and_per_guild(ledger: Ledger) -> None:
+    """audit_log lists a guild's own changes, most recent first."""
     await ledger.set_default_limit(G, MOD, 7)
     await ledger.set_default_limit(G, MOD, 9)
-    await ledger.set_period(G, MOD, "weekly")
-    await ledger.grant(G, MOD, ALICE, 2)
+    await ledger.set_default_limit(2, MOD, 1)
     entries = await ledger.audit_log(G)
-    assert [(e.action, e.old_value, e.new_value) for e in entries] == [
-        ("grant", None, "2"),
-        ("period", "daily", "weekly"),
-        ("default_limit", "7", "9"),
-        ("default_limit", "5", "7"),
-    ]
-    assert all(e.actor_id == MOD for e in entries)
+    assert [(e.old_value, e.new_value) for e in entries] == [("7", "9"), ("5", "7")]
+
+
+async def test_guild_settings_lists_overrides(ledger: Ledger) -> None:
+    """guild_settings returns the role limits and member overrides set."""
+    await ledger.set_role_limit(G, MOD, ROLE_A, 20)
+    await ledger.set_member_limit(G, MOD, ALICE, 3)
+    settings = await ledger.guild_settings(G)
+    assert (settings.role_limits, settings.member_limits) == ({ROLE_A: 20}, {ALICE: 3})
+
+
+# -- reports ---------------------------------------------------------------------------
 
 
 async def test_usage_report_counts_credits_failures_and_refunds(ledger: Ledger) -> None:
     """The report has committed upscales and credits, failed reservations and refunds."""
-    await ledger.commit(await reserve_ok(ledger, ALICE))
-    await ledger.commit(await reserve_ok(ledger, ALICE))
+    await spend(ledger, 2, ALICE)
     await ledger.refund(await reserve_ok(ledger, BOB), "unavailable")
     report = await ledger.usage(G)
     by_member = {m.member_id: m for m in report.members}
     assert (by_member[ALICE].upscales, by_member[ALICE].credits) == (2, 2)
     assert (by_member[BOB].failures, by_member[BOB].refunds) == (1, 1)
-    assert (report.totals.upscales, report.totals.failures) == (2, 1)
+    assert (report.totals.upscales, report.totals.credits, report.totals.failures) == (2, 2, 1)
+
+
+async def test_usage_report_lists_top_members_first(ledger: Ledger) -> None:
+    """Members are ordered by credits spent, most first."""
+    await spend(ledger, 1, ALICE)
+    await spend(ledger, 3, BOB)
+    assert [m.member_id for m in (await ledger.usage(G)).members] == [BOB, ALICE]
+
+
+async def test_usage_report_for_another_period(ledger: Ledger, clock: Clock) -> None:
+    """Asking for the monthly report includes earlier days of the month."""
+    await spend(ledger, 2)
+    clock.now += timedelta(days=1)
+    await spend(ledger, 1)
+    assert (await ledger.usage(G)).totals.credits == 1
+    monthly = await ledger.usage(G, "monthly")
+    assert (monthly.totals.credits, monthly.since) == (3, datetime(2026, 3, 1, tzinfo=UTC))
 
 
 # -- periods ---------------------------------------------------------------------------
@@ -280,32 +509,50 @@ async def test_usage_report_counts_credits_failures_and_refunds(ledger: Ledger) 
 @pytest.mark.parametrize(
     ("now", "period", "start", "end"),
     [
-        ("2026-01-31T23:59:59", "daily", "2026-01-31T00:00", "2026-02-01T00:00"),
-        ("2026-03-01T00:00:00", "daily", "2026-03-01T00:00", "2026-03-02T00:00"),
-        ("2026-11-29T10:00:00", "weekly", "2026-11-23T00:00", "2026-11-30T00:00"),  # Sunday
-        ("2026-11-30T00:00:00", "weekly", "2026-11-30T00:00", "2026-12-07T00:00"),  # Monday
-        ("2026-01-31T12:00:00", "monthly", "2026-01-01T00:00", "2026-02-01T00:00"),
-        ("2028-02-29T12:00:00", "monthly", "2028-02-01T00:00", "2028-03-01T00:00"),  # leap
-        ("2026-12-31T23:59:59", "monthly", "2026-12-01T00:00", "2027-01-01T00:00"),
-        ("2026-12-31T23:59:59", "weekly", "2026-12-28T00:00", "2027-01-04T00:00"),
+        ("2026-01-31T23:59:59.999999", "daily", "2026-01-31", "2026-02-01"),
+        ("2026-03-01T00:00:00", "daily", "2026-03-01", "2026-03-02"),
+        ("2026-11-29T23:59:59", "weekly", "2026-11-23", "2026-11-30"),  # Sunday
+        ("2026-11-30T00:00:00", "weekly", "2026-11-30", "2026-12-07"),  # Monday
+        ("2026-01-31T12:00:00", "monthly", "2026-01-01", "2026-02-01"),
+        ("2026-04-30T23:59:59", "monthly", "2026-04-01", "2026-05-01"),
+        ("2028-02-29T12:00:00", "monthly", "2028-02-01", "2028-03-01"),  # leap day
+        ("2028-02-29T12:00:00", "daily", "2028-02-29", "2028-03-01"),
+        ("2027-02-28T12:00:00", "daily", "2027-02-28", "2027-03-01"),  # not a leap year
+        ("2026-12-31T23:59:59", "monthly", "2026-12-01", "2027-01-01"),  # year end
+        ("2026-12-31T23:59:59", "daily", "2026-12-31", "2027-01-01"),
+        ("2026-12-31T23:59:59", "weekly", "2026-12-28", "2027-01-04"),  # week spans years
     ],
 )
-def test_period_boundaries(now: str, period: str, start: str, end: str) -> None:
+def test_period_boundaries(now: str, period: Any, start: str, end: str) -> None:
     """Periods start at UTC midnight / Monday / the 1st and end where the next begins."""
     moment = datetime.fromisoformat(now).replace(tzinfo=UTC)
-    assert period_start(moment, period) == datetime.fromisoformat(start).replace(tzinfo=UTC)  # type: ignore[arg-type]
-    assert period_end(moment, period) == datetime.fromisoformat(end).replace(tzinfo=UTC)  # type: ignore[arg-type]
+    assert period_start(moment, period) == datetime.fromisoformat(start).replace(tzinfo=UTC)
+    assert period_end(moment, period) == datetime.fromisoformat(end).replace(tzinfo=UTC)
 
 
 def test_lifetime_never_resets() -> None:
-    """The lifetime period has no end."""
-    assert period_end(datetime(2026, 5, 5, tzinfo=UTC), "lifetime") is None
+    """The lifetime period starts at the epoch and has no end."""
+    moment = datetime(2026, 5, 5, tzinfo=UTC)
+    assert period_start(moment, "lifetime") == datetime(1970, 1, 1, tzinfo=UTC)
+    assert period_end(moment, "lifetime") is None
 
 
 def test_period_uses_utc_whatever_the_input_zone() -> None:
     """23:30 on the 31st in UTC-5 is already the 1st in UTC: the new month has begun."""
     moment = datetime(2026, 1, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
     assert period_start(moment, "monthly") == datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def test_naive_datetimes_are_refused() -> None:
+    """A datetime without a zone would mean the machine's zone: refused."""
+    with pytest.raises(ValueError):
+        period_start(datetime(2026, 1, 1), "daily")
+
+
+def test_unknown_period_is_refused() -> None:
+    """period_start rejects a period it does not know."""
+    with pytest.raises(ValueError):
+        period_start(NOON, "hourly")  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -322,15 +569,39 @@ def odd_local_timezone() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("odd_local_timezone")
+def test_period_maths_ignores_the_machine_timezone() -> None:
+    """With the machine in UTC+14, a UTC Sunday evening is still in the UTC week."""
+    assert time.localtime(NOON.timestamp()).tm_gmtoff == 14 * 3600  # the odd zone is in effect
+    moment = datetime(2026, 11, 29, 20, 0, tzinfo=UTC)  # already Monday in Kiritimati
+    assert period_start(moment, "weekly") == datetime(2026, 11, 23, tzinfo=UTC)
+    assert period_end(moment, "daily") == datetime(2026, 11, 30, tzinfo=UTC)
+
+
+@pytest.mark.usefixtures("odd_local_timezone")
 async def test_daily_rollover_ignores_the_machine_timezone(ledger: Ledger, clock: Clock) -> None:
     """With the machine in UTC+14, usage still resets at UTC midnight, not local."""
     clock.now = datetime(2026, 3, 15, 23, 0, tzinfo=UTC)
-    for _ in range(5):
-        await reserve_ok(ledger)
-    clock.now = datetime(2026, 3, 15, 23, 59, tzinfo=UTC)
+    await spend(ledger, 5)
+    clock.now = datetime(2026, 3, 15, 23, 59, 59, tzinfo=UTC)
     assert isinstance(await ledger.reserve(G, ALICE, (), 1), Denial)
     clock.now = datetime(2026, 3, 16, 0, 0, tzinfo=UTC)
     await reserve_ok(ledger)
+
+
+async def test_weekly_usage_resets_on_monday(ledger: Ledger, clock: Clock) -> None:
+    """Under "weekly", Sunday's usage counts until Monday 00:00 UTC, then it is gone."""
+    await ledger.set_period(G, MOD, "weekly")
+    clock.now = datetime(2026, 3, 22, 23, 59, tzinfo=UTC)  # Sunday
+    await spend(ledger, 5)
+    clock.now = datetime(2026, 3, 23, 0, 0, tzinfo=UTC)  # Monday
+    assert await used(ledger) == 0
+
+
+async def test_monthly_balance_resets_on_the_first(ledger: Ledger, clock: Clock) -> None:
+    """Under "monthly", /credits reports the 1st of next month as the reset time."""
+    await ledger.set_period(G, MOD, "monthly")
+    clock.now = datetime(2028, 2, 29, 23, 0, tzinfo=UTC)
+    assert (await ledger.balance(G, ALICE, ())).resets_at == datetime(2028, 3, 1, tzinfo=UTC)
 
 
 async def test_period_change_applies_to_the_current_accounting(
@@ -338,9 +609,8 @@ async def test_period_change_applies_to_the_current_accounting(
 ) -> None:
     """Switching to weekly counts the whole week's usage, not just today's."""
     clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
-    for _ in range(3):
-        await ledger.commit(await reserve_ok(ledger))
+    await spend(ledger, 3)
     clock.now += timedelta(days=1)
-    assert (await ledger.balance(G, ALICE, ())).used == 0
+    assert await used(ledger) == 0
     await ledger.set_period(G, MOD, "weekly")
-    assert (await ledger.balance(G, ALICE, ())).used == 3
+    assert await used(ledger) == 3

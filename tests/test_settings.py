@@ -25,12 +25,18 @@ def test_defaults_match_the_product_table() -> None:
     s = load_settings(env())
     assert s.onemin_api_base == "https://api.1min.ai"
     assert s.database_path == Path("data/upscaler.db")
+    assert s.database_engine == "sqlite"
     assert s.dev_guild_id is None
     assert (s.upscale_cost, s.default_user_limit, s.limit_period) == (1, 10, "daily")
     assert (s.max_concurrent_jobs, s.max_jobs_per_user) == (4, 2)
     assert s.moderator_role_ids == frozenset()
     assert s.log_level == "INFO"
     assert s.upscale_timeout == 180.0
+    assert s.onemin_requests_per_minute == 180
+    assert (s.shard_count, s.shard_ids) == (None, None)
+    assert s.allowed_guild_ids == frozenset()
+    assert (s.total_budget, s.total_budget_period) == (0, "monthly")
+    assert s.alert_channel_id is None
 
 
 @pytest.mark.parametrize("missing", ["DISCORD_TOKEN", "ONEMIN_API_KEY"])
@@ -54,12 +60,20 @@ def test_missing_secret_names_the_variable(missing: str) -> None:
         ("MAX_JOBS_PER_USER", "2.5"),
         ("DEV_GUILD_ID", "abc"),
         ("MODERATOR_ROLE_IDS", "123,x"),
-        ("DATABASE_URL", "postgres://db/x"),
+        ("DATABASE_URL", "mysql://db/x"),
+        ("DATABASE_URL", "postgresql://db/"),
         ("DATABASE_URL", "sqlite:///"),
         ("ONEMIN_API_BASE", "ftp://api.1min.ai"),
         ("ONEMIN_API_BASE", "http://example.com"),
         ("LOG_LEVEL", "LOUD"),
         ("ONEMIN_UPSCALE_TIMEOUT", "1"),
+        ("ONEMIN_REQUESTS_PER_MINUTE", "0"),
+        ("SHARD_COUNT", "0"),
+        ("ALLOWED_GUILD_IDS", "1,two"),
+        ("TOTAL_BUDGET", "-5"),
+        ("TOTAL_BUDGET_PERIOD", "lifetime"),
+        ("ALERT_CHANNEL_ID", "#general"),
+        ("JOB_LEASE_SECONDS", "60"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:
@@ -95,6 +109,37 @@ def test_parses_every_variable() -> None:
     assert (s.max_concurrent_jobs, s.max_jobs_per_user) == (8, 5)
     assert s.moderator_role_ids == frozenset({11, 22, 33})
     assert s.log_level == "DEBUG"
+
+
+def test_shard_ids_must_lie_within_the_shard_count() -> None:
+    """SHARD_IDS outside 0..SHARD_COUNT-1, or without SHARD_COUNT, names SHARD_IDS."""
+    for values in ({"SHARD_COUNT": "2", "SHARD_IDS": "0,2"}, {"SHARD_IDS": "0"}):
+        with pytest.raises(SettingsError) as info:
+            load_settings(env(**values))
+        assert info.value.variable == "SHARD_IDS"
+
+
+def test_parses_the_fleet_and_owner_variables() -> None:
+    """PostgreSQL URL, shards, allowed guilds, total budget and alert channel land typed."""
+    s = load_settings(
+        env(
+            DATABASE_URL="postgresql://bot:pw@127.0.0.1:5432/upscaler",
+            SHARD_COUNT="4",
+            SHARD_IDS="3,1",
+            ONEMIN_REQUESTS_PER_MINUTE="90",
+            ALLOWED_GUILD_IDS="111,222",
+            TOTAL_BUDGET="500",
+            TOTAL_BUDGET_PERIOD="weekly",
+            ALERT_CHANNEL_ID="333",
+        )
+    )
+    assert s.database_engine == "postgresql" and s.database_path is None
+    assert "pw" not in repr(s)
+    assert (s.shard_count, s.shard_ids) == (4, (1, 3))
+    assert s.onemin_requests_per_minute == 90
+    assert s.allowed_guild_ids == frozenset({111, 222})
+    assert (s.total_budget, s.total_budget_period) == (500, "weekly")
+    assert s.alert_channel_id == 333
 
 
 def test_secrets_never_in_repr_or_errors() -> None:

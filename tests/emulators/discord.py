@@ -6,7 +6,7 @@ webhook edits and followups, channel messages) and a CDN for attachment bytes. T
 inject interactions and read back what the bot did::
 
     async with DiscordEmulator() as discord_emu:
-        ...  # point the bot at discord_emu.api_base / discord_emu.gateway_url
+        point_discord_at(discord_emu)  # discord.py's REST and gateway go to the emulator
         it = await discord_emu.slash("upscale", {"image": discord_emu.attachment(data, "a.png")})
         message = await it.final()
 
@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 
+import discord
+import yarl
 from aiohttp import WSMsgType, web
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -45,6 +47,20 @@ BOT_PERMISSIONS = EVERYONE_PERMISSIONS | ATTACH_FILES | EMBED_LINKS
 HANG = 0  # a fault "status" that makes the call never answer
 
 _counter = itertools.count(1)
+
+
+def point_discord_at(emulator: DiscordEmulator | str, gateway_url: str | None = None) -> None:
+    """Send discord.py's REST and gateway traffic (process-wide) to the emulator.
+
+    discord.py keeps both addresses in class attributes; tests set them here so the bot's
+    own code has no branch for an emulator. Accepts an emulator or its two URLs.
+    """
+    if isinstance(emulator, str):
+        api_base, gateway = emulator, gateway_url or ""
+    else:
+        api_base, gateway = emulator.api_base, emulator.gateway_url
+    discord.http.Route.BASE = api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
 
 
 def snowflake(at: float | None = None) -> int:
@@ -394,6 +410,11 @@ class DiscordEmulator:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def media_origins(self) -> frozenset[str]:
+        """Where the emulator serves attachment bytes (the bot's allowed media origins)."""
+        return frozenset({self.base_url})
 
     @property
     def api_base(self) -> str:
