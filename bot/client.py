@@ -80,14 +80,18 @@ class UpscaleBot(commands.Bot):
         return self.services.queue
 
     async def setup_hook(self) -> None:
-        await self.queue.recover(self._post_restart_notice)
-        self.queue.start()
         for name in self._extensions:
             try:
                 await self.load_extension(name)
             except Exception:
                 self.failed_extensions.append(name)
                 log.exception("Could not load extension %s; continuing without it", name)
+        if self.queue.front_end is None:
+            log.warning("No extension runs upscale jobs: the queue stays stopped")
+        else:
+            # Jobs left by a restart continue; those that cannot are refunded and told.
+            await self.queue.recover(single_process=self.services.db.engine == "sqlite")
+            self.queue.start()
         await self.sync_commands()
 
     async def sync_commands(self) -> list[discord.app_commands.AppCommand]:
@@ -103,14 +107,6 @@ class UpscaleBot(commands.Bot):
             log.info("Synced %d commands globally", len(synced))
         return synced
 
-    async def _post_restart_notice(self, channel_id: int, member_id: int, job_id: str) -> None:
-        channel = self.get_partial_messageable(channel_id)
-        await channel.send(
-            f"<@{member_id}> the bot restarted while your upscale (job {job_id[:8]}) was in "
-            "progress. Your credits were refunded; please try again.",
-            allowed_mentions=discord.AllowedMentions(users=True),
-        )
-
     async def close(self) -> None:
         """Stop the queue first (members are told about stopped jobs), then disconnect."""
         if not self.is_closed():
@@ -122,6 +118,14 @@ class UpscaleBot(commands.Bot):
         log.info(
             "Ready as %s (id %s) in %d guilds", user, user.id if user else "?", len(self.guilds)
         )
+
+
+def bot_of(interaction: discord.Interaction[Any]) -> UpscaleBot:
+    """The bot that received ``interaction``, typed (instead of ``interaction.client``)."""
+    client = interaction.client
+    if not isinstance(client, UpscaleBot):
+        raise TypeError(f"interaction from an unexpected client: {type(client).__name__}")
+    return client
 
 
 def create_bot(

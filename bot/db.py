@@ -116,6 +116,8 @@ def split_statements(script: str) -> list[str]:
 class Database:
     """The bot's SQLite database."""
 
+    engine = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()

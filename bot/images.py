@@ -241,11 +241,11 @@ def _check_file_size(size: int, limits: ImageLimits) -> None:
     if size == 0:
         raise ImageRejected(EMPTY, "That file is empty (0 bytes).")
     if size > limits.max_bytes:
-        limit = _human_bytes(limits.max_bytes)
+        limit = human_bytes(limits.max_bytes)
         if size < limits.max_bytes * JUST_OVER_RATIO:  # "50.0 MB, limit 50 MB" reads oddly
             message = f"That file is just over the {limit} limit."
         else:
-            message = f"That file is {_human_bytes(size)}; the limit is {limit}."
+            message = f"That file is {human_bytes(size)}; the limit is {limit}."
         raise ImageRejected(TOO_LARGE, message)
 
 
@@ -691,7 +691,7 @@ def _dims(size: tuple[int, int]) -> str:
     return f"{size[0]}×{size[1]}"
 
 
-def _human_bytes(count: int) -> str:
+def human_bytes(count: int) -> str:
     """Bytes in the units people are told: MiB for Discord-style limits, else MB."""
     for unit, name in ((BYTES_PER_MIB, "MiB"), (BYTES_PER_MB, "MB")):
         if count >= unit and count % unit == 0:
@@ -713,7 +713,7 @@ def _limit_mib(limit_bytes: int) -> str:
     whole = round(mib)
     if whole >= 1 and abs(mib - whole) <= whole * LIMIT_ROUNDING:
         return f"{whole} MiB"
-    return f"{mib:.1f} MiB" if mib >= 1 else _human_bytes(limit_bytes)
+    return f"{mib:.1f} MiB" if mib >= 1 else human_bytes(limit_bytes)
 
 
 def _pixel_limit_words(original: tuple[int, int], limits: ImageLimits) -> str:

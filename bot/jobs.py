@@ -1,17 +1,37 @@
-"""The upscale job queue: admission, spooling, bounded concurrency, settlement, recovery.
+"""The upscale job queue: durable, paced, shared by every process on one database.
 
 This is the core of the product and imports nothing from Discord. A front end (the
 upscale cog) drives it in this order::
 
-    with queue.admit(guild_id, member_id) as ticket:      # per-member cap; raises QueueFull
-        path = queue.spool_path(ticket)                    # download the attachment here
+    async with await queue.admit(guild_id, member_id) as ticket:  # per-member cap
+        path = queue.spool_path(ticket)                     # download the attachment here
         prepared = await queue.prepare(ticket, path, name)  # validate in a thread; ImageRejected
-        job = await queue.submit(ticket, request, prepared, observer)  # reserve; LimitReached
+        job = await queue.submit(ticket, request, prepared)  # reserve + record; LimitReached
 
-and implements :class:`JobObserver` to show progress, deliver the result and report a
-failure. Credits are committed only after ``observer.deliver`` returns, in the same
-transaction that marks the job delivered; every failure refunds in the same transaction
-that records it. Inputs wait on disk in the spool directory, never in memory.
+and implements :class:`FrontEnd` (once, for every job) to show progress, deliver the
+result, find a result that was already delivered, and report a failure.
+
+Durability. A job is a row in ``jobs`` and its prepared input a row in ``job_inputs``,
+written in the same transaction as its credit reservation. Each stage the job completes
+is recorded as it happens: the 1min.ai asset path after the upload, the result URL after
+the ``IMAGE_UPSCALER`` call, ``delivering`` before the result is posted. A process runs a
+job under a lease (renewed while it runs); after a restart, or when a process dies and
+its lease runs out, the job continues from its last recorded stage: no second upload of
+an uploaded asset, no second upscale call once its record was stored (a call cut off in
+flight is repeated), and before posting a result that was being delivered the front end
+looks for the message first, so every job is delivered once and charged once. Credits
+are committed in the transaction that marks the job delivered; a failure refunds in the
+transaction that records it. A job is refunded only when finishing is impossible: its
+input is lost, it stayed unfinished longer than ``max_age``, or delivery failed for good.
+
+Fleet-wide limits. At most ``max_concurrent`` jobs hold a live lease at once across all
+processes (claims are serialised by a database lock), and every 1min.ai request passes
+the :class:`bot.pacing.RateGate`. A 429 sends the job back to wait with backoff; it fails
+as "busy" only after ``busy_timeout`` seconds.
+
+Cancel. A job that is queued, or running but not yet sent to the upscaler, can be
+cancelled by its requester or a moderator: the same transaction marks it cancelled and
+refunds it, and the guarded stage change before the upscale call then stops the worker.
 """
 
 from __future__ import annotations
@@ -19,22 +39,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
+import random
+import socket
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bot import images
-from bot.db import Database
-from bot.ledger import Denial, Ledger, Reservation
+from bot.db import Database, Row, Transaction
+from bot.failures import FailureKind
+from bot.ledger import Denial, Ledger, parse_ts, ts, utc_now
 from bot.onemin import OneMinClient, OneMinError, RateLimited
+from bot.pacing import waiting_hook
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +69,37 @@ PREPARE_CONCURRENCY = 2
 # A result must be at least this much larger per side than the input (catches an
 # unchanged or tiny "upscaled" image).
 MIN_RESULT_SCALE = 2.0
+POLL_INTERVAL = 1.0  # seconds between looks for work another process may have freed
+RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
+RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
+CLAIM_LOCK = "jobs:claim"
+UNFINISHED = ("queued", "running")
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_T = TypeVar("_T")
 
 
 class Stage(StrEnum):
-    """Where a job is; shown to the user."""
+    """Where a job is; shown to the user. Persisted except ``WAITING``."""
 
     QUEUED = "queued"
+    WAITING = "waiting"  # waiting for 1min.ai's rate window (display only)
     UPLOADING = "uploading"
     UPSCALING = "upscaling"
     DOWNLOADING = "downloading"
     DELIVERING = "delivering"
     DONE = "done"
+
+
+# Stages in which a job may still be cancelled: nothing has been sent to the upscaler.
+CANCELLABLE_STAGES = (Stage.QUEUED, Stage.UPLOADING)
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    TOO_LATE = "too_late"  # already sent to the upscaler
+    FINISHED = "finished"  # delivered, failed or cancelled before
+    NOT_ALLOWED = "not_allowed"  # neither the requester nor a moderator
+    NOT_FOUND = "not_found"
 
 
 class QueueFull(Exception):
@@ -83,7 +125,7 @@ class QueueClosed(Exception):
 class DeliveryFailed(Exception):
     """The front end could not deliver the result; ``kind`` says why."""
 
-    def __init__(self, kind: str, detail: str = "") -> None:
+    def __init__(self, kind: FailureKind, detail: str = "") -> None:
         super().__init__(detail or kind)
         self.kind = kind
 
@@ -91,44 +133,38 @@ class DeliveryFailed(Exception):
 class BadResult(Exception):
     """1min.ai returned something that is not a proper upscale of the input."""
 
-    kind = "bad_result"
+    kind = FailureKind.BAD_RESULT
+
+
+class InputLost(Exception):
+    """The job's prepared input is no longer stored (e.g. left by an older version)."""
+
+    kind = FailureKind.INPUT_LOST
+
+
+class Stopped(Exception):
+    """This process no longer owns the job (cancelled, or its lease was taken over)."""
 
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
-    """What the front end knows about the request."""
+    """What the front end knows about the request.
+
+    ``context`` is the front end's own (JSON-serialisable) data, stored with the job and
+    handed back with it in any process: e.g. how to answer the member.
+    """
 
     guild_id: int
     channel_id: int
     member_id: int
     role_ids: Collection[int]
     output_format: str = "png"
-
-
-@dataclass(slots=True)
-class Job:
-    """One accepted upscale. ``context`` is the front end's own (e.g. the interaction)."""
-
-    id: str
-    request: JobRequest
-    prepared: PreparedInfo
-    input_path: Path
-    reservation: Reservation
-    observer: JobObserver
-    ticket: Ticket
-    created: float = field(default_factory=time.monotonic)
-    stage: Stage = Stage.QUEUED
-    context: Any = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once settled
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.created
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedInfo:
-    """What validation found, without the bytes (those wait in the spool file)."""
+    """What validation found, without the bytes."""
 
     filename: str
     format: str
@@ -137,6 +173,65 @@ class PreparedInfo:
     source_format: str
     notes: tuple[str, ...]
     input_bytes: int
+
+
+@dataclass(slots=True)
+class Job:
+    """One accepted upscale, as recorded; any process can rebuild it from its row."""
+
+    id: str
+    guild_id: int
+    channel_id: int
+    member_id: int
+    output_format: str
+    prepared: PreparedInfo
+    reservation_id: str
+    created_at: float  # Unix seconds
+    context: dict[str, Any]
+    stage: Stage = Stage.QUEUED
+    asset_path: str | None = None
+    result_url: str | None = None
+    claims: int = 0  # how many times a process took it on (> 1: resumed)
+    resumed_from: Stage | None = None  # the stage recorded when this process claimed it
+
+    @property
+    def elapsed(self) -> float:
+        return max(0.0, time.time() - self.created_at)
+
+    @property
+    def resumed(self) -> bool:
+        return self.claims > 1
+
+    @classmethod
+    def from_row(cls, row: Row) -> Job:
+        notes = tuple(json.loads(row["notes"] or "[]"))
+        prepared = PreparedInfo(
+            filename=row["source_name"],
+            format=row["input_format"] or "png",
+            original_size=(
+                int(row["original_width"] or row["input_width"] or 0),
+                int(row["original_height"] or row["input_height"] or 0),
+            ),
+            size=(int(row["input_width"] or 0), int(row["input_height"] or 0)),
+            source_format=row["source_format"] or "",
+            notes=notes,
+            input_bytes=int(row["input_bytes"] or 0),
+        )
+        return cls(
+            id=row["id"],
+            guild_id=int(row["guild_id"]),
+            channel_id=int(row["channel_id"]),
+            member_id=int(row["member_id"]),
+            output_format=row["output_format"],
+            prepared=prepared,
+            reservation_id=row["reservation_id"] or "",
+            created_at=parse_ts(row["created_at"]).timestamp(),
+            context=json.loads(row["context"] or "{}"),
+            stage=_stage(row["stage"]),
+            asset_path=row["asset_path"],
+            result_url=row["result_url"],
+            claims=int(row["claims"] or 0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,16 +249,16 @@ class JobResult:
 class JobFailure:
     """Why a job failed, for the user's message."""
 
-    kind: str
+    kind: FailureKind
     retry_after: float | None = None
     detail: str = ""
 
 
-class JobObserver(Protocol):
-    """Implemented by the front end for each job."""
+class FrontEnd(Protocol):
+    """Implemented once by the front end; called for every job, in any process."""
 
     def progress(self, job: Job, stage: Stage, position: int | None) -> None:
-        """The job moved (``position``: its 1-based place in line while queued).
+        """The job moved (``position``: its 1-based place in line while it waits).
 
         Called synchronously from the queue: schedule any slow work, never block.
         """
@@ -171,18 +266,29 @@ class JobObserver(Protocol):
     async def deliver(self, job: Job, result: JobResult) -> int | None:
         """Post the result; return the message id. Raise :class:`DeliveryFailed` on failure."""
 
+    async def find_delivered(self, job: Job) -> int | None:
+        """The id of the job's result message if it was already posted, else None."""
+
     async def failed(self, job: Job, failure: JobFailure) -> None:
-        """Tell the user the job failed (its credits have been refunded)."""
+        """Tell the member the job failed (its credits have been refunded)."""
+
+    async def resumed(self, job: Job) -> None:
+        """Tell the member their job continues after a restart or a takeover."""
+
+    async def paused(self, job: Job) -> None:
+        """Tell the member the bot is stopping; the job continues when it is back."""
+
+    async def ended(self, job_id: str) -> None:
+        """The job ended outside the queue's run (cancelled): stop showing its progress."""
 
 
 class Ticket:
-    """A claimed per-member job slot, held from admission until the job ends."""
+    """A claimed per-member slot, held from admission until the job is recorded."""
 
     def __init__(self, queue: JobQueue, key: tuple[int, int]) -> None:
         self.id = uuid.uuid4().hex
         self._queue = queue
         self._key = key
-        self.submitted = False
         self._released = False
 
     def release(self) -> None:
@@ -190,21 +296,26 @@ class Ticket:
             self._released = True
             self._queue._release_slot(self._key)
 
-    def __enter__(self) -> Ticket:
+    async def __aenter__(self) -> Ticket:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if not self.submitted:
-            self.release()
-            self._queue._discard_spool(self.id)
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+        await asyncio.to_thread(self._queue._discard_spool, self.id)
 
 
-def _utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+def instance_name(shard_ids: Collection[int] | None = None) -> str:
+    """This process's stable name in the fleet: host and shards.
+
+    A process that restarts under the same name takes its own unfinished jobs back at
+    once instead of waiting for their leases to run out.
+    """
+    shards = ",".join(str(s) for s in sorted(shard_ids)) if shard_ids else "all"
+    return f"{socket.gethostname()}/{shards}"
 
 
 class JobQueue:
-    """Runs at most ``max_concurrent`` jobs; each member at most ``max_per_member``."""
+    """Runs at most ``max_concurrent`` jobs fleet-wide; each member at most ``max_per_member``."""
 
     def __init__(
         self,
@@ -217,6 +328,11 @@ class JobQueue:
         max_per_member: int,
         cost: int,
         limits: images.ImageLimits | None = None,
+        lease: float = 30.0,
+        busy_timeout: float = 1800.0,
+        max_age: float = 86_400.0,
+        instance: str | None = None,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self._db = db
         self._ledger = ledger
@@ -226,63 +342,101 @@ class JobQueue:
         self.max_per_member = max_per_member
         self.cost = cost
         self.limits = limits or images.ImageLimits()
+        self.lease = lease
+        self.busy_timeout = busy_timeout
+        self.max_age = max_age
+        self.instance = instance or instance_name()
+        self.owner = f"{self.instance}:{uuid.uuid4().hex[:8]}"
+        self.poll_interval = poll_interval
+        self.front_end: FrontEnd | None = None
         self._slots: dict[tuple[int, int], int] = {}
-        self._pending: deque[Job] = deque()
-        self._wakeup = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        self._watched: dict[str, Job] = {}  # queued jobs submitted here: shown their place
+        self._positions: dict[str, int] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def attach(self, front_end: FrontEnd) -> None:
+        self.front_end = front_end
+
+    @property
+    def _front(self) -> FrontEnd:
+        if self.front_end is None:
+            raise RuntimeError("no front end attached to the job queue")
+        return self.front_end
+
     def start(self) -> None:
-        """Create the spool directory and start the workers."""
+        """Create the spool directory and start claiming jobs and renewing leases."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        if not self._workers:
-            self._workers = [
-                asyncio.create_task(self._worker(), name=f"upscale-worker-{i}")
-                for i in range(self.max_concurrent)
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._dispatch(), name="jobs-dispatch"),
+                asyncio.create_task(self._renew_leases(), name="jobs-lease"),
             ]
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop taking jobs; let running ones finish for ``grace`` s, then cancel them.
+        """Stop taking work; running jobs get ``grace`` s, the rest wait for the next start.
 
-        Cancelled and still-queued jobs are refunded and their users told.
+        Nothing is refunded: queued jobs stay queued, and jobs stopped mid-way are handed
+        back (their lease released) with their recorded progress, so the next start, or
+        another process of the fleet, continues them. Their members are told.
         """
         self._closed = True
-        while self._pending:
-            job = self._pending.popleft()
-            await self._fail(job, JobFailure("shutdown"))
-        running = list(self._running.values())
-        for worker in self._workers:  # take no more jobs from the line
-            worker.cancel()
+        self._wakeup.set()
+        self._stopping.set()
+        # The dispatcher and the lease renewer stop by themselves (they check _closed):
+        # cancelling one in the middle of a database transaction would leave it open.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        running = dict(self._running)
         if running:
-            _, still = await asyncio.wait(running, timeout=grace)
+            _, still = await asyncio.wait(running.values(), timeout=grace)
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        stopped = await self._release_owned()
+        for job in stopped:
+            with contextlib.suppress(Exception):
+                await self._front.paused(job)
+        if stopped:
+            log.info("%d running jobs will continue at the next start", len(stopped))
+
+    async def _release_owned(self) -> list[Job]:
+        """Hand this process's running jobs back to the queue (their progress kept)."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT * FROM jobs WHERE status = 'running' AND lease_owner = ?", (self.owner,)
+            )
+            await tx.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
+                " WHERE status = 'running' AND lease_owner = ?",
+                (self.owner,),
+            )
+        return [Job.from_row(row) for row in rows]
 
     # -- admission ---------------------------------------------------------------------
 
-    def active_jobs(self, guild_id: int, member_id: int) -> int:
-        """Jobs the member has queued or running (including ones being prepared)."""
-        return self._slots.get((guild_id, member_id), 0)
+    async def active_jobs(self, guild_id: int, member_id: int) -> int:
+        """Jobs the member has queued or running (including ones being prepared here)."""
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) AS n FROM jobs WHERE guild_id = ? AND member_id = ?"
+            " AND status IN ('queued', 'running')",
+            (guild_id, member_id),
+        )
+        return (int(row["n"]) if row else 0) + self._slots.get((guild_id, member_id), 0)
 
-    def queue_length(self) -> int:
-        return len(self._pending)
-
-    def admit(self, guild_id: int, member_id: int) -> Ticket:
+    async def admit(self, guild_id: int, member_id: int) -> Ticket:
         """Claim a job slot for the member, or raise :class:`QueueFull`/:class:`QueueClosed`."""
         if self._closed:
             raise QueueClosed
-        key = (guild_id, member_id)
-        if self._slots.get(key, 0) >= self.max_per_member:
+        if await self.active_jobs(guild_id, member_id) >= self.max_per_member:
             raise QueueFull(self.max_per_member)
+        key = (guild_id, member_id)
         self._slots[key] = self._slots.get(key, 0) + 1
         return Ticket(self, key)
 
@@ -296,8 +450,8 @@ class JobQueue:
     def spool_path(self, ticket: Ticket, suffix: str = "in") -> Path:
         return self.spool_dir / f"{ticket.id}.{suffix}"
 
-    def _discard_spool(self, job_id: str) -> None:
-        for path in self.spool_dir.glob(f"{job_id}.*"):
+    def _discard_spool(self, ticket_id: str) -> None:
+        for path in self.spool_dir.glob(f"{ticket_id}.*"):
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -321,234 +475,449 @@ class JobQueue:
             input_bytes=len(prepared.data),
         )
 
-    async def submit(
-        self,
-        ticket: Ticket,
-        request: JobRequest,
-        prepared: PreparedInfo,
-        observer: JobObserver,
-        *,
-        context: Any = None,
-    ) -> Job:
-        """Reserve the credits and queue the job. Raises :class:`LimitReached`."""
+    async def submit(self, ticket: Ticket, request: JobRequest, prepared: PreparedInfo) -> Job:
+        """Reserve the credits and record the job with its input, in one transaction.
+
+        Raises :class:`LimitReached` (nothing recorded) or :class:`QueueClosed`.
+        """
         if self._closed:
             raise QueueClosed
-        outcome = await self._ledger.reserve(
-            request.guild_id, request.member_id, request.role_ids, self.cost, job_id=ticket.id
-        )
-        if isinstance(outcome, Denial):
-            raise LimitReached(outcome)
+        data = await asyncio.to_thread(self.spool_path(ticket, prepared.format).read_bytes)
+        now = utc_now()
         job = Job(
             id=ticket.id,
-            request=request,
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            member_id=request.member_id,
+            output_format=request.output_format,
             prepared=prepared,
-            input_path=self.spool_path(ticket, prepared.format),
-            reservation=outcome,
-            observer=observer,
-            ticket=ticket,
-            context=context,
+            reservation_id="",
+            created_at=now.timestamp(),
+            context=dict(request.context),
         )
-        try:
-            async with self._db.transaction() as tx:
-                await tx.execute(
-                    "INSERT INTO jobs (id, guild_id, channel_id, member_id, reservation_id,"
-                    " output_format, source_name, input_path, input_bytes, input_width,"
-                    " input_height, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        job.id,
-                        request.guild_id,
-                        request.channel_id,
-                        request.member_id,
-                        outcome.id,
-                        request.output_format,
-                        prepared.filename,
-                        str(job.input_path),
-                        prepared.input_bytes,
-                        prepared.size[0],
-                        prepared.size[1],
-                        _utcnow(),
-                    ),
-                )
-        except BaseException:
-            await self._ledger.refund(outcome.id, "not queued")
-            raise
-        ticket.submitted = True
-        self._pending.append(job)
+        async with self._db.transaction() as tx:
+            outcome = await self._ledger.reserve(
+                request.guild_id,
+                request.member_id,
+                request.role_ids,
+                self.cost,
+                job_id=job.id,
+                tx=tx,
+            )
+            if isinstance(outcome, Denial):
+                raise LimitReached(outcome)
+            job.reservation_id = outcome.id
+            await _insert_job(tx, job, ts(now))
+            await tx.execute("INSERT INTO job_inputs (job_id, data) VALUES (?, ?)", (job.id, data))
+        del data
+        ticket.release()
+        self._watched[job.id] = job
+        await self._update_positions()
         self._wakeup.set()
         return job
 
     def position(self, job: Job) -> int | None:
-        """1-based place in line, or None when the job is no longer waiting."""
-        for index, queued in enumerate(self._pending):
-            if queued is job:
-                return index + 1
-        return None
+        """1-based place in line as last seen, or None when the job no longer waits."""
+        return self._positions.get(job.id)
+
+    # -- cancel ------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
+        """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT member_id, status, reservation_id FROM jobs WHERE id = ?", (job_id,)
+            )
+            if row is None:
+                return CancelOutcome.NOT_FOUND
+            if int(row["member_id"]) != actor_id and not moderator:
+                return CancelOutcome.NOT_ALLOWED
+            if row["status"] not in UNFINISHED:
+                return CancelOutcome.FINISHED
+            changed = await tx.execute(
+                "UPDATE jobs SET status = 'cancelled', error_kind = ?, finished_at = ?,"
+                " lease_owner = NULL WHERE id = ? AND status IN ('queued', 'running')"
+                " AND stage IN (?, ?)",
+                (FailureKind.CANCELLED, ts(utc_now()), job_id, *CANCELLABLE_STAGES),
+            )
+            if not changed:
+                return CancelOutcome.TOO_LATE
+            if row["reservation_id"]:
+                await self._ledger.refund(row["reservation_id"], FailureKind.CANCELLED, tx=tx)
+            await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()  # stop an upload in flight; the job is settled already
+        if self.front_end is not None:
+            await self.front_end.ended(job_id)
+        self._watched.pop(job_id, None)
+        self._positions.pop(job_id, None)
+        log.info("Job %s cancelled by %d", job_id, actor_id)
+        await self._update_positions()
+        self._wakeup.set()
+        return CancelOutcome.CANCELLED
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self._closed:
+            try:
+                job = await self._claim() if len(self._running) < self.max_concurrent else None
+            except Exception:
+                log.warning("Could not claim a job; trying again", exc_info=True)
+                job = None
+            if job is not None:
+                self._start(job)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    async def _claim(self) -> Job | None:
+        """Take the oldest waiting job (or one whose lease ran out) if a slot is free."""
+        now = time.time()
+        async with self._db.transaction() as tx:
+            await tx.lock(CLAIM_LOCK)
+            row = await tx.fetchone(
+                "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND lease_expires > ?",
+                (now,),
+            )
+            if row is not None and int(row["n"]) >= self.max_concurrent:
+                return None
+            row = await tx.fetchone(
+                "SELECT * FROM jobs WHERE status = 'queued'"
+                " OR (status = 'running' AND (lease_expires IS NULL OR lease_expires <= ?))"
+                " ORDER BY created_at, id LIMIT 1",
+                (now,),
+            )
+            if row is None:
+                return None
+            await tx.execute(
+                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
+                " claims = claims + 1, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (self.owner, now + self.lease, ts(utc_now()), row["id"]),
+            )
+        job = Job.from_row(row)
+        job.claims += 1
+        job.resumed_from = job.stage
+        if row["status"] == "running":
+            log.info("Took over job %s (its lease ran out)", job.id)
+        return job
+
+    def _start(self, job: Job) -> None:
+        self._watched.pop(job.id, None)
+        self._positions.pop(job.id, None)
+        task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._finished(job.id))
+        asyncio.get_running_loop().create_task(self._update_positions())
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._wakeup.set()
+
+    async def _renew_leases(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.lease / 3)
+            if self._closed or not self._running:
+                continue
+            try:
+                await self._db.write(
+                    "UPDATE jobs SET lease_expires = ? WHERE status = 'running'"
+                    " AND lease_owner = ?",
+                    (time.time() + self.lease, self.owner),
+                )
+            except Exception:
+                log.warning("Could not renew job leases", exc_info=True)
+
+    async def _update_positions(self) -> None:
+        """Tell the queued jobs submitted here their place in the fleet's line."""
+        if not self._watched:
+            self._positions.clear()
+            return
+        try:
+            rows = await self._db.fetchall(
+                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
+            )
+        except Exception:
+            log.warning("Could not read the queue", exc_info=True)
+            return
+        positions = {row["id"]: index + 1 for index, row in enumerate(rows)}
+        for job_id, job in list(self._watched.items()):
+            place = positions.get(job_id)
+            if place is None:
+                continue
+            if self._positions.get(job_id) != place:
+                self._positions[job_id] = place
+                self._report(job, Stage.QUEUED, place)
 
     # -- running -----------------------------------------------------------------------
 
-    async def _next(self) -> Job:
-        while not self._pending:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        job = self._pending.popleft()
-        if not self._pending:
-            self._wakeup.clear()
-        return job
-
-    async def _worker(self) -> None:
-        while True:
-            job = await self._next()
-            self._notify_positions()
-            # Each job runs in its own task, so shutdown can wait for (or cancel) the jobs
-            # without touching the workers.
-            task = asyncio.create_task(self._run_job(job), name=f"upscale-job-{job.id[:8]}")
-            self._running[job.id] = task
-            try:
-                await asyncio.shield(task)
-            finally:
-                self._running.pop(job.id, None)
-
-    async def _run_job(self, job: Job) -> None:
-        try:
-            await self._run(job)
-        except asyncio.CancelledError:
-            # Stopped by shutdown: refund and tell the member before going away.
-            await asyncio.shield(self._fail(job, JobFailure("shutdown")))
-            raise
-
-    def _notify_positions(self) -> None:
-        for index, job in enumerate(self._pending):
-            _report(job, Stage.QUEUED, index + 1)
-
-    async def _stage(self, job: Job, stage: Stage) -> None:
-        job.stage = stage
-        async with self._db.transaction() as tx:
-            await tx.execute(
-                "UPDATE jobs SET status = 'running', stage = ?,"
-                " started_at = COALESCE(started_at, ?) WHERE id = ?",
-                (stage.value, _utcnow(), job.id),
-            )
-        _report(job, stage, None)
-
     async def _run(self, job: Job) -> None:
+        hook = waiting_hook.set(lambda place: self._report(job, Stage.WAITING, place))
         try:
-            result = await self._upscale(job)
-            await self._stage(job, Stage.DELIVERING)
-            message_id = await job.observer.deliver(job, result)
+            if job.resumed:
+                with contextlib.suppress(Exception):
+                    await self._front.resumed(job)
+            message_id = None
+            result: JobResult | None = None
+            if job.resumed_from is Stage.DELIVERING:
+                message_id = await self._front.find_delivered(job)
+            if message_id is None:
+                result = await self._work(job)
+                await self._advance(job, Stage.DELIVERING)
+                message_id = await self._front.deliver(job, result)
+        except Stopped as why:
+            log.info("Job %s stopped here: %s", job.id, why)
+            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            failure = _failure_for(exc)
-            if failure.kind == "bug":
-                log.error("Job %s failed unexpectedly", job.id, exc_info=exc)
-            elif failure.kind == "out_of_credits":
-                log.warning("1min.ai is out of credits: the owner must top up (job %s)", job.id)
-            elif failure.kind == "unauthorized":
-                log.warning("1min.ai refused the API key (job %s): check ONEMIN_API_KEY", job.id)
-            elif isinstance(exc, DeliveryFailed):
-                log.warning("Job %s could not be delivered: %s", job.id, failure.detail)
-            else:
-                log.info("Job %s failed: %s (%s)", job.id, failure.kind, failure.detail)
-            await self._fail(job, failure)
+            await self._fail(job, _failure_for(exc), exc)
             return
+        finally:
+            waiting_hook.reset(hook)
         await self._succeed(job, result, message_id)
 
-    async def _upscale(self, job: Job) -> JobResult:
-        await self._stage(job, Stage.UPLOADING)
-        data = await asyncio.to_thread(job.input_path.read_bytes)
-        asset = await self._onemin.upload(
-            data, job.prepared.filename, CONTENT_TYPES[job.prepared.format]
-        )
-        del data
-        await self._stage(job, Stage.UPSCALING)
-        record = await self._onemin.upscale(asset, job.request.output_format)
-        await self._stage(job, Stage.DOWNLOADING)
-        raw = await self._onemin.download(record.temporary_url, RESULT_MAX_BYTES)
+    async def _work(self, job: Job) -> JobResult:
+        if job.result_url is None:
+            if job.asset_path is None:
+                await self._advance(job, Stage.UPLOADING)
+                data = await self._input(job)
+                prepared = job.prepared
+                asset = await self._paced(
+                    job,
+                    lambda: self._onemin.upload(
+                        data, prepared.filename, images.CONTENT_TYPES[prepared.format]
+                    ),
+                )
+                del data
+                await self._record(job, "asset_path", asset)
+                job.asset_path = asset
+            asset_path = job.asset_path
+            await self._advance(job, Stage.UPSCALING)  # after this, too late to cancel
+            record = await self._paced(
+                job, lambda: self._onemin.upscale(asset_path, job.output_format)
+            )
+            await self._record(job, "result_url", record.temporary_url)
+            job.result_url = record.temporary_url
+        await self._advance(job, Stage.DOWNLOADING)
+        raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
         fmt, size = await asyncio.to_thread(_check_result, raw, job.prepared.size)
         return JobResult(
-            data=raw,
-            format=fmt,
-            size=size,
-            temporary_url=record.temporary_url,
-            elapsed=job.elapsed,
+            data=raw, format=fmt, size=size, temporary_url=job.result_url, elapsed=job.elapsed
         )
 
-    async def _succeed(self, job: Job, result: JobResult, message_id: int | None) -> None:
-        async with self._db.transaction() as tx:
-            await self._ledger.commit(job.reservation.id, tx=tx)
-            await tx.execute(
-                "UPDATE jobs SET status = 'delivered', stage = 'done', output_width = ?,"
-                " output_height = ?, output_bytes = ?, message_id = ?, finished_at = ?"
-                " WHERE id = ?",
-                (result.size[0], result.size[1], len(result.data), message_id, _utcnow(), job.id),
-            )
-        job.stage = Stage.DONE
-        self._finish(job)
+    async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except RateLimited as err:
+                attempt += 1
+                ceiling = min(RATE_BACKOFF_CAP, RATE_BACKOFF_BASE * 2 ** (attempt - 1))
+                delay = err.retry_after or random.uniform(ceiling / 2, ceiling)
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
+                self._report(job, Stage.WAITING, 1)
+                await asyncio.sleep(delay)
 
-    async def _fail(self, job: Job, failure: JobFailure) -> None:
-        async with self._db.transaction() as tx:
-            await self._ledger.refund(job.reservation.id, failure.kind, tx=tx)
-            await tx.execute(
-                "UPDATE jobs SET status = 'failed', error_kind = ?, finished_at = ? WHERE id = ?",
-                (failure.kind, _utcnow(), job.id),
-            )
-        self._finish(job)
+    async def _input(self, job: Job) -> bytes:
+        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
+        if row is None:
+            raise InputLost("the job's input is no longer stored")
+        return bytes(row["data"])
+
+    async def _advance(self, job: Job, stage: Stage) -> None:
+        """Record the job's new stage, if this process still owns it (else :class:`Stopped`)."""
+        changed = await self._db.write(
+            "UPDATE jobs SET stage = ? WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (stage.value, job.id, self.owner),
+        )
+        if not changed:
+            raise Stopped("cancelled, or taken over by another process")
+        job.stage = stage
+        self._report(job, stage, None)
+
+    async def _record(self, job: Job, column: str, value: str) -> None:
+        if column not in ("asset_path", "result_url"):
+            raise ValueError(column)
+        await self._db.write(
+            f"UPDATE jobs SET {column} = ? WHERE id = ? AND lease_owner = ?",
+            (value, job.id, self.owner),
+        )
+
+    def _report(self, job: Job, stage: Stage, position: int | None) -> None:
+        if self.front_end is None:
+            return
         try:
-            await job.observer.failed(job, failure)
+            self.front_end.progress(job, stage, position)
+        except Exception:
+            log.warning("Progress report for job %s failed", job.id, exc_info=True)
+
+    async def _succeed(self, job: Job, result: JobResult | None, message_id: int | None) -> None:
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE jobs SET status = 'delivered', stage = 'done', output_width = ?,"
+                " output_height = ?, output_bytes = ?, message_id = ?, finished_at = ?,"
+                " lease_owner = NULL WHERE id = ? AND status = 'running' AND lease_owner = ?",
+                (
+                    result.size[0] if result else None,
+                    result.size[1] if result else None,
+                    len(result.data) if result else None,
+                    message_id,
+                    ts(utc_now()),
+                    job.id,
+                    self.owner,
+                ),
+            )
+            if not changed:
+                # Another process took the job over while this one was delivering; it
+                # finds the posted message and settles the job itself.
+                log.warning("Job %s was taken over while delivering; settled there", job.id)
+                return
+            await self._ledger.commit(job.reservation_id, tx=tx)
+            await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
+        job.stage = Stage.DONE
+
+    async def _fail(self, job: Job, failure: JobFailure, exc: BaseException | None = None) -> None:
+        if failure.kind is FailureKind.BUG:
+            log.error("Job %s failed unexpectedly", job.id, exc_info=exc)
+        elif failure.kind is FailureKind.OUT_OF_CREDITS:
+            log.warning("1min.ai is out of credits: the owner must top up (job %s)", job.id)
+        elif failure.kind is FailureKind.UNAUTHORIZED:
+            log.warning("1min.ai refused the API key (job %s): check ONEMIN_API_KEY", job.id)
+        elif isinstance(exc, DeliveryFailed):
+            log.warning("Job %s could not be delivered: %s", job.id, failure.detail)
+        else:
+            log.info("Job %s failed: %s (%s)", job.id, failure.kind, failure.detail)
+        if not await self._settle_failed(job, failure.kind, owned=True):
+            return
+        try:
+            await self._front.failed(job, failure)
         except Exception:
             log.warning("Could not tell the member about failed job %s", job.id, exc_info=True)
 
-    def _finish(self, job: Job) -> None:
-        job.ticket.release()
-        self._discard_spool(job.id)
-        job.settled.set()
+    async def _settle_failed(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
+        """Record the failure and refund, in one transaction. False if already settled."""
+        owner_clause = " AND lease_owner = ?" if owned else ""
+        params: tuple[Any, ...] = (kind.value, ts(utc_now()), job.id)
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE jobs SET status = 'failed', error_kind = ?, finished_at = ?,"
+                " lease_owner = NULL WHERE id = ? AND status IN ('queued', 'running')"
+                + owner_clause,
+                params + ((self.owner,) if owned else ()),
+            )
+            if not changed:
+                return False
+            if job.reservation_id:
+                await self._ledger.refund(job.reservation_id, kind.value, tx=tx)
+            await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
+        return True
 
     # -- recovery ----------------------------------------------------------------------
 
-    async def recover(
-        self, notify: Callable[[int, int, str], Awaitable[None]] | None = None
-    ) -> list[str]:
-        """Settle jobs a crash left unfinished: refund them and tell their members.
+    async def recover(self, *, single_process: bool) -> list[Job]:
+        """At start-up: take this instance's jobs back, refund what cannot be finished.
 
-        ``notify(channel_id, member_id, job_id)`` posts the notice. Returns the job ids.
+        With ``single_process`` (SQLite) every running job was this bot's; in a fleet only
+        those of this instance are (others are taken over when their leases run out).
+        Jobs older than ``max_age``, or whose input was lost, are refunded and their
+        members told. Returns the jobs refunded.
         """
-        rows = await self._db.fetchall(
-            "SELECT id, channel_id, member_id, reservation_id FROM jobs"
-            " WHERE status IN ('queued', 'running')"
-        )
-        recovered: list[str] = []
-        for row in rows:
-            async with self._db.transaction() as tx:
-                if row["reservation_id"]:
-                    await self._ledger.refund(row["reservation_id"], "restart", tx=tx)
+        async with self._db.transaction() as tx:
+            if single_process:
                 await tx.execute(
-                    "UPDATE jobs SET status = 'failed', error_kind = 'restart', finished_at = ?"
-                    " WHERE id = ?",
-                    (_utcnow(), row["id"]),
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
+                    " WHERE status = 'running'"
                 )
-            self._discard_spool(row["id"])
-            recovered.append(row["id"])
-            if notify is not None:
-                try:
-                    await notify(row["channel_id"], row["member_id"], row["id"])
-                except Exception:
-                    log.warning("Could not post the restart notice for job %s", row["id"])
-        await self._ledger.refund_unsettled()
-        # Every job is settled now: whatever is left in the spool (e.g. a download cut
-        # off by the crash before its job was recorded) belongs to nobody.
+            else:
+                await tx.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
+                    " WHERE status = 'running' AND lease_owner LIKE ?",
+                    (self.instance + ":%",),
+                )
+        cutoff = ts(utc_now() - timedelta(seconds=self.max_age))
+        rows = await self._db.fetchall(
+            "SELECT j.*, (SELECT COUNT(*) FROM job_inputs i WHERE i.job_id = j.id) AS has_input"
+            " FROM jobs j WHERE j.status = 'queued' ORDER BY j.created_at, j.id"
+        )
+        refunded: list[Job] = []
+        for row in rows:
+            job = Job.from_row(row)
+            if row["created_at"] < cutoff:
+                kind = FailureKind.EXPIRED
+            elif not row["has_input"] and row["asset_path"] is None and row["result_url"] is None:
+                kind = FailureKind.INPUT_LOST
+            else:
+                continue
+            if await self._settle_failed(job, kind, owned=False):
+                refunded.append(job)
+                with contextlib.suppress(Exception):
+                    await self._front.failed(job, JobFailure(kind))
+        unfinished = await self._db.fetchall(
+            "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
+        )
+        if single_process:
+            await self._ledger.refund_unsettled(exclude_job_ids={r["id"] for r in unfinished})
         orphans = await asyncio.to_thread(_clear_dir, self.spool_dir)
         if orphans:
             log.info("Removed %d orphaned spool files", orphans)
-        if recovered:
-            log.info("Refunded %d jobs left unfinished by a restart", len(recovered))
-        return recovered
+        if unfinished:
+            log.info("%d unfinished jobs will continue", len(unfinished))
+        if refunded:
+            log.info("Refunded %d jobs that can no longer be finished", len(refunded))
+        return refunded
+
+    # -- observation -------------------------------------------------------------------
+
+    def busy_here(self) -> bool:
+        """True while this process prepares or runs a job."""
+        return bool(self._slots or self._running)
+
+    async def unfinished(self) -> int:
+        """Jobs queued or running anywhere in the fleet."""
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
+        )
+        return int(row["n"]) if row else 0
+
+    async def idle(self) -> bool:
+        return not self.busy_here() and await self.unfinished() == 0
 
 
-def _report(job: Job, stage: Stage, position: int | None) -> None:
-    try:
-        job.observer.progress(job, stage, position)
-    except Exception:
-        log.warning("Progress report for job %s failed", job.id, exc_info=True)
+async def _insert_job(tx: Transaction, job: Job, created_at: str) -> None:
+    prepared = job.prepared
+    await tx.execute(
+        "INSERT INTO jobs (id, guild_id, channel_id, member_id, reservation_id,"
+        " output_format, source_name, source_format, input_format, input_bytes,"
+        " input_width, input_height, original_width, original_height, notes, context,"
+        " created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            job.id,
+            job.guild_id,
+            job.channel_id,
+            job.member_id,
+            job.reservation_id,
+            job.output_format,
+            prepared.filename,
+            prepared.source_format,
+            prepared.format,
+            prepared.input_bytes,
+            prepared.size[0],
+            prepared.size[1],
+            prepared.original_size[0],
+            prepared.original_size[1],
+            json.dumps(list(prepared.notes)),
+            json.dumps(job.context),
+            created_at,
+        ),
+    )
 
 
 def _prepare_and_trim(
@@ -616,10 +985,13 @@ def _check_result(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[i
 def _failure_for(exc: BaseException) -> JobFailure:
     if isinstance(exc, RateLimited):
         return JobFailure(exc.kind, retry_after=exc.retry_after, detail=str(exc))
-    if isinstance(exc, OneMinError):
+    if isinstance(exc, OneMinError | DeliveryFailed | BadResult | InputLost):
         return JobFailure(exc.kind, detail=str(exc))
-    if isinstance(exc, DeliveryFailed):
-        return JobFailure(exc.kind, detail=str(exc))
-    if isinstance(exc, BadResult):
-        return JobFailure(exc.kind, detail=str(exc))
-    return JobFailure("bug", detail=type(exc).__name__)
+    return JobFailure(FailureKind.BUG, detail=type(exc).__name__)
+
+
+def _stage(value: str) -> Stage:
+    try:
+        return Stage(value)
+    except ValueError:
+        return Stage.QUEUED

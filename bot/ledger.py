@@ -299,16 +299,18 @@ class Ledger:
         cost: int,
         *,
         job_id: str | None = None,
+        tx: Transaction | None = None,
     ) -> Reservation | Denial:
         """Reserve ``cost`` credits atomically, or say which limit stops it.
 
         ``role_ids`` are the member's current roles (for role limits); ``job_id`` lets
-        :meth:`refund_unsettled` leave the reservation to the job recovery. Raises
+        :meth:`refund_unsettled` leave the reservation to the job recovery. With ``tx``
+        the reservation joins the caller's transaction (e.g. with the job's row). Raises
         ValueError for a cost that is not a positive whole number up to MAX_CREDITS.
         """
         if not _is_int(cost) or not 0 < cost <= MAX_CREDITS:
             raise ValueError(f"cost must be a whole number from 1 to {MAX_CREDITS}")
-        await self._ensure_guild(guild_id)
+        await self._ensure_guild(guild_id, tx)
         limit_sql, role_params = _limit_sql(role_ids)
         # The check and the write are this one statement, run by Database.write inside a
         # BEGIN IMMEDIATE transaction (shared with concurrent writes: each later INSERT
@@ -334,23 +336,29 @@ class Ledger:
                 **_period_params(now),
                 **role_params,
             }
-            if await self._db.write(sql, params) == 1:
+            changed = (
+                await tx.execute(sql, params)
+                if tx is not None
+                else await self._db.write(sql, params)
+            )
+            if changed == 1:
                 return reservation
-            denial, binds = await self._denial(params, limit_sql, now)
-            if binds or attempt == RESERVE_ATTEMPTS:
+            denial, binds = await self._denial(params, limit_sql, now, tx)
+            if binds or attempt == RESERVE_ATTEMPTS or tx is not None:
                 return denial
             # Neither limit binds any more (a refund landed in between): try again.
         raise AssertionError("unreachable")
 
     async def _denial(
-        self, params: dict[str, Any], limit_sql: str, now: datetime
+        self, params: dict[str, Any], limit_sql: str, now: datetime, tx: Transaction | None
     ) -> tuple[Denial, bool]:
         """Which limit refused a reservation, and whether it still binds."""
-        row = await self._db.fetchone(
+        sql = (
             f"SELECT gs.period, gs.server_budget, {_MEMBER_USED} AS used, {limit_sql} AS lim,"
-            f" {_SERVER_USED} AS server_used FROM {_GUILD}",
-            params,  # sqlite3 ignores the names this statement does not use
+            f" {_SERVER_USED} AS server_used FROM {_GUILD}"
         )
+        # sqlite3 ignores the names this statement does not use
+        row = await (tx.fetchone(sql, params) if tx is not None else self._db.fetchone(sql, params))
         assert row is not None, "the guild's settings row exists (reserve ensures it)"
         cost: int = params["cost"]
         resets_at = period_end(now, row["period"])

@@ -42,7 +42,8 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bot.settings import DEFAULT_RESULT_HOSTS, is_loopback_url
+from bot.failures import FailureKind
+from bot.settings import DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
 
 __all__ = [
     "DEFAULT_RESULT_HOSTS",
@@ -67,7 +68,6 @@ ASSETS_PATH = "/api/assets"
 FEATURES_PATH = "/api/features"
 UPSCALER_TYPE = "IMAGE_UPSCALER"
 UPSCALER_MODEL = "stable-image"
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
 MAX_JSON_BYTES = 1024 * 1024  # largest API response body we read, bytes
 MAX_REDIRECTS = 3  # redirect hops a download may take, each one re-checked
@@ -95,7 +95,7 @@ class OneMinError(Exception):
     the request provably never started on the service (safe to retry a paid call).
     """
 
-    kind: ClassVar[str] = "error"
+    kind: ClassVar[FailureKind] = FailureKind.ERROR
 
     def __init__(
         self,
@@ -115,7 +115,7 @@ class OneMinError(Exception):
 class Unauthorized(OneMinError):
     """The API key was refused (401/403)."""
 
-    kind = "unauthorized"
+    kind = FailureKind.UNAUTHORIZED
 
 
 class OutOfCredits(OneMinError):
@@ -124,7 +124,7 @@ class OutOfCredits(OneMinError):
     ``required`` and ``available`` come from the service's message when it names them.
     """
 
-    kind = "out_of_credits"
+    kind = FailureKind.OUT_OF_CREDITS
 
     def __init__(
         self,
@@ -142,7 +142,7 @@ class OutOfCredits(OneMinError):
 class RateLimited(OneMinError):
     """Too many requests (429). ``retry_after`` is in seconds when the service said."""
 
-    kind = "rate_limited"
+    kind = FailureKind.RATE_LIMITED
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -152,7 +152,7 @@ class RateLimited(OneMinError):
 class InputRejected(OneMinError):
     """The service refused the request or image (400); ``details`` is its explanation."""
 
-    kind = "input_rejected"
+    kind = FailureKind.INPUT_REJECTED
 
     def __init__(self, message: str, *, details: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -162,31 +162,31 @@ class InputRejected(OneMinError):
 class ServiceUnavailable(OneMinError):
     """The service could not be reached or failed (5xx, HTML page, dropped connection)."""
 
-    kind = "unavailable"
+    kind = FailureKind.UNAVAILABLE
 
 
 class TimedOut(OneMinError):
     """The call did not finish within its timeout."""
 
-    kind = "timeout"
+    kind = FailureKind.TIMEOUT
 
 
 class BadResponse(OneMinError):
     """The service answered something unusable (malformed JSON, failed or empty result)."""
 
-    kind = "bad_response"
+    kind = FailureKind.BAD_RESPONSE
 
 
 class DownloadRefused(OneMinError):
     """A result URL is not on the allow-list; nothing was fetched."""
 
-    kind = "download_refused"
+    kind = FailureKind.DOWNLOAD_REFUSED
 
 
 class ResponseTooLarge(OneMinError):
     """A response body exceeded its byte cap; reading stopped there."""
 
-    kind = "too_large"
+    kind = FailureKind.TOO_LARGE
 
 
 # -- results ----------------------------------------------------------------------------
@@ -235,6 +235,8 @@ class OneMinClient:
         max_attempts: int = 3,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
+        before_request: Callable[[], Awaitable[None]] | None = None,
+        retry_rate_limited: bool = True,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -249,6 +251,10 @@ class OneMinClient:
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
+        # Awaited before every API request, retries included (the bot's pacing gate).
+        self._before_request = before_request
+        # False: a 429 is raised at once (the caller waits in line and tries again).
+        self._retry_rate_limited = retry_rate_limited
 
     def __repr__(self) -> str:
         return f"OneMinClient(base_url={self._base_url!r})"
@@ -272,7 +278,7 @@ class OneMinClient:
         payload = await self._retrying(
             "upload",
             lambda: self._call_api(ASSETS_PATH, form(), self._request_timeout),
-            _is_transient,
+            self._transient,
         )
         path = _dig(payload, "fileContent", "path") or _dig(payload, "asset", "key")
         if not isinstance(path, str) or not path:
@@ -300,7 +306,7 @@ class OneMinClient:
         payload = await self._retrying(
             "upscale",
             lambda: self._call_api(FEATURES_PATH, body, self._upscale_timeout),
-            lambda err: err.not_started,
+            lambda err: err.not_started and self._retryable_429(err),
         )
         return _parse_upscale(payload)
 
@@ -319,8 +325,16 @@ class OneMinClient:
 
     # -- requests -----------------------------------------------------------------------
 
+    def _retryable_429(self, err: OneMinError) -> bool:
+        return self._retry_rate_limited or not isinstance(err, RateLimited)
+
+    def _transient(self, err: OneMinError) -> bool:
+        return _is_transient(err) and self._retryable_429(err)
+
     async def _call_api(self, path: str, body: Any, time_limit: float) -> Any:
         """POST ``body`` (JSON or a form) to the API and return the decoded JSON reply."""
+        if self._before_request is not None:
+            await self._before_request()
         headers = {"API-KEY": self._api_key}
         data = body
         if not isinstance(body, aiohttp.FormData):

@@ -14,9 +14,10 @@ import aiohttp
 
 from bot.db import Database
 from bot.images import ImageLimits
-from bot.jobs import JobQueue
+from bot.jobs import JobQueue, instance_name
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
+from bot.pacing import RateGate
 from bot.settings import Settings
 from bot.workers import ImageWorkers
 
@@ -28,6 +29,7 @@ class Services:
     db: Database
     ledger: Ledger
     onemin: OneMinClient
+    gate: RateGate
     queue: JobQueue
     image_workers: ImageWorkers
 
@@ -51,12 +53,15 @@ async def open_services(
             default_limit=settings.default_user_limit,
             default_period=settings.limit_period,
         )
+        gate = RateGate(db, settings.onemin_requests_per_minute)
         onemin = OneMinClient(
             session,
             settings.onemin_api_key.get(),
             base_url=settings.onemin_api_base,
             result_hosts=settings.result_hosts,
             upscale_timeout=settings.upscale_timeout,
+            before_request=gate.acquire,
+            retry_rate_limited=False,  # the queue waits in line and tries again
         )
         queue = JobQueue(
             db=db,
@@ -69,9 +74,18 @@ async def open_services(
             limits=ImageLimits(
                 max_pixels=settings.max_input_pixels, max_side=settings.max_input_side
             ),
+            lease=settings.job_lease,
+            busy_timeout=settings.busy_timeout,
+            max_age=settings.job_max_age,
+            instance=instance_name(settings.shard_ids),
         )
         yield Services(
-            db=db, ledger=ledger, onemin=onemin, queue=queue, image_workers=image_workers
+            db=db,
+            ledger=ledger,
+            onemin=onemin,
+            gate=gate,
+            queue=queue,
+            image_workers=image_workers,
         )
     finally:
         image_workers.close()

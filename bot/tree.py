@@ -3,23 +3,20 @@
 :class:`UpscaleTree` is the bot's ``CommandTree``. Every exception that escapes a command
 ends up in :meth:`UpscaleTree.on_error`, which picks a plain message by the error's type,
 logs the traceback when the error is unexpected, and sends the message whether the
-interaction is fresh, deferred, or its token has expired (:func:`send_reply`). Users never
-see exception text: only the messages written here or carried by :class:`UserError`.
+interaction is fresh, deferred, or its token has expired (:func:`bot.replies.send_reply`).
+Users never see exception text: only the messages written here or carried by :class:`UserError`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import discord
 from discord import app_commands
 
-log = logging.getLogger(__name__)
+from bot.replies import send_reply
 
-# Interaction tokens live 15 minutes; stop using them a little earlier (seconds).
-TOKEN_LIFETIME = 15 * 60
-TOKEN_SAFETY_MARGIN = 30
+log = logging.getLogger(__name__)
 
 GENERIC_FAILURE = "Something went wrong on our side. It has been logged; please try again later."
 
@@ -34,43 +31,6 @@ class UserError(app_commands.AppCommandError):
         super().__init__(message)
         self.message = message
         self.ephemeral = ephemeral
-
-
-def token_expired(interaction: discord.Interaction, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
-    """True when the interaction's webhook token is (nearly) past its 15 minutes."""
-    age = (discord.utils.utcnow() - interaction.created_at).total_seconds()
-    return age >= TOKEN_LIFETIME - margin
-
-
-async def send_reply(
-    interaction: discord.Interaction,
-    content: str | None = None,
-    *,
-    ephemeral: bool = True,
-    **kwargs: Any,
-) -> discord.Message | None:
-    """Send ``content`` however the interaction allows.
-
-    Fresh: the initial response. Deferred: edit the "thinking..." message when it is
-    ours to edit, else a followup. Expired token: a channel message mentioning the user.
-    Returns the message when discord.py gives one back.
-    """
-    if not interaction.response.is_done():
-        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
-        return None
-    if not token_expired(interaction):
-        return await interaction.edit_original_response(content=content, **kwargs)
-    channel = interaction.channel
-    if isinstance(channel, discord.abc.Messageable):
-        mention = interaction.user.mention
-        text = f"{mention} {content}" if content else mention
-        return await channel.send(
-            text,
-            allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
-            **kwargs,
-        )
-    log.warning("Could not reply to interaction %s: token expired, no channel", interaction.id)
-    return None
 
 
 def describe_error(error: app_commands.AppCommandError) -> tuple[str, bool]:

@@ -80,7 +80,7 @@ class Credits(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         role_ids = [r.id for r in getattr(target, "roles", ())]
         balance = await self.ledger.balance(guild.id, target.id, role_ids)
-        queued = self.bot.queue.active_jobs(guild.id, target.id)
+        queued = await self.bot.queue.active_jobs(guild.id, target.id)
         who = "You have" if target.id == interaction.user.id else f"{target.mention} has"
         lines = [
             f"{who} used **{balance.used}** of **{balance.limit}** credits this "

@@ -115,7 +115,16 @@ class Harness:
         it = await self.discord.slash("upscale", options, **kw)
         return it, await it.final(timeout=timeout)
 
-    async def balance(self, member_id: int, role_ids: Sequence[int] = ()) -> tuple[int, int]:
+    async def balance(
+        self, member_id: int, role_ids: Sequence[int] = (), *, settled: bool = True
+    ) -> tuple[int, int]:
+        """(used, pending) credits; by default after every job has settled.
+
+        A result is posted before its credit is committed (in the same transaction that
+        marks the job delivered), so a test that saw the result waits for the settlement.
+        """
+        if settled:
+            await self.idle()
         b = await self.services.ledger.balance(self.discord.guild.id, member_id, role_ids)
         return b.used, b.pending
 
@@ -123,7 +132,7 @@ class Harness:
         """Wait until no job is queued, being prepared or running."""
         queue = self.services.queue
         async with asyncio.timeout(timeout):
-            while queue._slots or queue._running or queue.queue_length():  # noqa: ASYNC110
+            while not await queue.idle():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, decode, png, running_bot
 
 
+# The deferred reply, edited through the interaction webhook (by id or as @original).
+WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+$"
+
 async def test_gateway_reconnect_mid_job_still_delivers_once(tmp_path: Path) -> None:
     """The gateway asks the bot to reconnect while a job is upscaling: the bot resumes,
     the result is delivered once and charged once."""
@@ -38,8 +41,8 @@ async def test_rest_429_and_500_while_delivering_are_retried(tmp_path: Path) -> 
     """Discord answers the delivery with 429 twice then 500: discord.py retries, the
     result arrives once and is charged once."""
     async with running_bot(tmp_path) as h:
-        h.discord.fail(r"/messages/@original$", 429, method="PATCH", times=2, files_only=True)
-        h.discord.fail(r"/messages/@original$", 500, method="PATCH", times=1, files_only=True)
+        h.discord.fail(WEBHOOK_MESSAGE, 429, method="PATCH", times=2, files_only=True)
+        h.discord.fail(WEBHOOK_MESSAGE, 500, method="PATCH", times=1, files_only=True)
         it = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
         final = await it.final(timeout=30)
         assert final.get("attachments")
@@ -53,7 +56,7 @@ async def test_final_delivery_failure_refunds_and_is_logged(tmp_path: Path) -> N
     tells the member and logs it."""
     async with running_bot(tmp_path) as h:
         it = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
-        h.discord.fail(r"/messages/@original$", 403, method="PATCH", files_only=True)
+        h.discord.fail(WEBHOOK_MESSAGE, 403, method="PATCH", files_only=True)
         final = await it.final(timeout=30)
         assert "Attach Files" in final["content"] and "refunded" in final["content"]
         assert await h.balance(h.discord.alice.user.id) == (0, 0)

@@ -142,7 +142,7 @@ async def test_member_job_cap_refuses_extra_jobs_without_reserving(tmp_path: Pat
         await first.wait(lambda it: bool(it.original and it.original["content"]))
         _, final = await h.upscale(png(), "b.png")
         assert "already have 1 upscale" in final["content"]
-        assert await h.balance(h.discord.alice.user.id) == (1, 1)
+        assert await h.balance(h.discord.alice.user.id, settled=False) == (1, 1)
         await first.final()
         assert h.onemin.upscales == 1
 
@@ -160,7 +160,8 @@ async def test_member_at_their_limit_is_told_when_it_resets(tmp_path: Path) -> N
 FAULTS = [
     ("upscale", "unauthorized", {}, "API key"),
     ("upscale", "out_of_credits", {}, "out of credits"),
-    ("upscale", "rate_limited", {"retry_after": "600", "times": 5}, "busy"),
+    # Rate limited for longer than ONEMIN_BUSY_TIMEOUT (default 30 min): busy, at once.
+    ("upscale", "rate_limited", {"retry_after": "7200", "times": 5}, "busy"),
     ("upscale", "rejected", {}, "could not process"),
     ("upscale", "server_error", {"status": 500}, "down"),
     ("upscale", "html_error", {"status": 502}, "down"),
@@ -195,6 +196,20 @@ async def test_service_fault_is_explained_refunded_and_next_job_works(
         it, final = await h.upscale(png())
         assert it.file(final)
         assert await h.balance(alice) == (1, 0)
+
+
+@pytest.mark.parametrize("retry_after", [1, None])
+async def test_rate_limited_job_waits_and_is_delivered_not_refunded(
+    tmp_path: Path, retry_after: int | None
+) -> None:
+    """A 429 (with or without Retry-After) sends the job back to wait; it is then delivered."""
+    async with running_bot(tmp_path) as h:
+        options = {} if retry_after is None else {"retry_after": retry_after}
+        h.onemin.fail("upscale", "rate_limited", times=2, **options)
+        it, final = await h.upscale(png(), timeout=30)
+        assert it.file(final)
+        assert await h.balance(h.discord.alice.user.id) == (1, 0)
+        assert any("Waiting for the upscaling service" in e["content"] for e in it.edits)
 
 
 async def test_out_of_credits_warns_the_owner_in_the_log(tmp_path: Path) -> None:

@@ -771,6 +771,8 @@ class DiscordEmulator:
     ) -> web.Response:
         it = self._interaction(token)
         self._check_token_alive(it)
+        if it.original is not None and which == str(it.original["id"]):
+            which = "@original"  # the original response by its id, as Discord allows
         if which == "@original":
             if it.original is None or it.deleted:
                 return _json({"message": "Unknown Message", "code": 10008}, status=404)

@@ -1,0 +1,109 @@
+"""Pacing: never send 1min.ai more than ``ONEMIN_REQUESTS_PER_MINUTE`` in any rolling minute.
+
+:class:`RateGate` is a sliding-window limiter kept in the database, so every process of a
+fleet shares one budget: each request (uploads, feature calls and their retries) first
+records its start time in ``onemin_calls`` inside a transaction that also counts the
+window, under a fleet-wide lock. When the window is full the caller waits until its
+oldest request leaves the window. Within a process waiters form a first-come line, and
+the job being paced hears its place in that line (see :data:`waiting_hook`).
+
+The window is a little longer than 1min.ai's minute (:data:`WINDOW_MARGIN`): the service
+counts arrivals, which come slightly after we record the start, by a latency that varies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+
+from bot.db import Database
+
+log = logging.getLogger(__name__)
+
+WINDOW = 60.0  # seconds: 1min.ai's documented limit is per minute
+WINDOW_MARGIN = 1.0  # seconds added to the window to absorb request latency
+PRUNE_EVERY = 200  # requests between deletions of rows older than the window
+LOCK_KEY = "onemin:rate"
+
+# Set by the job queue in each job's task: called with the job's 1-based place in the
+# line when its request has to wait for the window.
+waiting_hook: ContextVar[Callable[[int], None] | None] = ContextVar("waiting_hook", default=None)
+
+
+class RateGate:
+    """At most ``per_minute`` acquisitions in any ``WINDOW + WINDOW_MARGIN`` seconds."""
+
+    def __init__(
+        self,
+        db: Database,
+        per_minute: int,
+        *,
+        window: float = WINDOW + WINDOW_MARGIN,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self._db = db
+        self.per_minute = per_minute
+        self.window = window
+        self._clock = clock
+        self._line: list[object] = []
+        self._turn = asyncio.Condition()
+        self._since_prune = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests of this process waiting for the window."""
+        return len(self._line)
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent now, and record it."""
+        me = object()
+        self._line.append(me)
+        hook = waiting_hook.get()
+        told: int | None = None
+        try:
+            while True:
+                place = self._line.index(me) + 1
+                if place > 1:
+                    if hook is not None and told != place:
+                        told = place
+                        hook(place)
+                    async with self._turn:
+                        await self._turn.wait()
+                    continue
+                wait = await self._take()
+                if wait <= 0:
+                    return
+                if hook is not None and told != 1:
+                    told = 1
+                    hook(1)
+                await asyncio.sleep(wait)
+        finally:
+            self._line.remove(me)
+            async with self._turn:
+                self._turn.notify_all()
+
+    async def _take(self) -> float:
+        """Record a request if the window has room (returns 0), else seconds to wait."""
+        now = self._clock()
+        cutoff = now - self.window
+        async with self._db.transaction() as tx:
+            await tx.lock(LOCK_KEY)
+            row = await tx.fetchone(
+                "SELECT COUNT(*) AS n, MIN(at) AS first FROM onemin_calls WHERE at > ?",
+                (cutoff,),
+            )
+            count = int(row["n"]) if row else 0
+            if count >= self.per_minute:
+                first = float(row["first"]) if row and row["first"] is not None else now
+                return max(0.01, first + self.window - now + 0.005)
+            await tx.execute("INSERT INTO onemin_calls (at) VALUES (?)", (now,))
+            self._since_prune += 1
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                await tx.execute("DELETE FROM onemin_calls WHERE at <= ?", (cutoff,))
+        return 0.0

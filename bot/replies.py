@@ -1,0 +1,215 @@
+"""The one way the bot answers a member: edit the deferred reply, or post in the channel.
+
+Every answer goes through here, whether the interaction is fresh, deferred, or its
+15-minute token has expired, and whether or not this process is the one that received
+the interaction: a :class:`ReplyTarget` holds what is needed (application id, token,
+the deferred reply's message id, channel, member, locales) and can be stored with a job
+and rebuilt in any process. While the token lives, the deferred reply is edited through
+the interaction webhook; after that (or when Discord says the token is gone) the answer
+is a channel message that mentions the member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+log = logging.getLogger(__name__)
+
+# Interaction tokens live 15 minutes; stop using them a little earlier (seconds).
+TOKEN_LIFETIME = 15 * 60
+TOKEN_SAFETY_MARGIN = 30
+# Discord error codes that mean the interaction token can no longer be used.
+INVALID_WEBHOOK_TOKEN = 50027
+UNKNOWN_WEBHOOK = 10015
+TOKEN_GONE_CODES = frozenset({INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK})
+UNKNOWN_MESSAGE = 10008
+HISTORY_SCAN = 50  # recent channel messages searched for an already-posted result
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """Where and how to answer one interaction, from any process."""
+
+    application_id: int
+    token: str
+    created_at: float  # Unix seconds (the interaction's snowflake time)
+    channel_id: int
+    member_id: int
+    message_id: int | None = None  # the deferred reply, once known
+    locale: str | None = None  # the member's Discord language
+    guild_locale: str | None = None  # the server's preferred language
+
+    def expired(self, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
+        """True when the token is (nearly) past its 15 minutes."""
+        return time.time() - self.created_at >= TOKEN_LIFETIME - margin
+
+    @classmethod
+    def from_interaction(
+        cls, interaction: discord.Interaction, message_id: int | None = None
+    ) -> ReplyTarget:
+        return cls(
+            application_id=interaction.application_id,
+            token=interaction.token,
+            created_at=interaction.created_at.timestamp(),
+            channel_id=interaction.channel_id or 0,
+            member_id=interaction.user.id,
+            message_id=message_id,
+            locale=str(interaction.locale),
+            guild_locale=str(interaction.guild_locale) if interaction.guild_locale else None,
+        )
+
+    def to_context(self) -> dict[str, Any]:
+        """JSON-ready form, stored with a job (the token expires within 15 minutes)."""
+        return {
+            "app": self.application_id,
+            "token": self.token,
+            "at": self.created_at,
+            "msg": self.message_id,
+            "locale": self.locale,
+            "guild_locale": self.guild_locale,
+        }
+
+    @classmethod
+    def from_context(
+        cls, context: Mapping[str, Any], *, channel_id: int, member_id: int
+    ) -> ReplyTarget:
+        return cls(
+            application_id=int(context["app"]),
+            token=str(context["token"]),
+            created_at=float(context["at"]),
+            channel_id=channel_id,
+            member_id=member_id,
+            message_id=int(context["msg"]) if context.get("msg") else None,
+            locale=context.get("locale"),
+            guild_locale=context.get("guild_locale"),
+        )
+
+
+def token_expired(interaction: discord.Interaction, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
+    """True when the interaction's webhook token is (nearly) past its 15 minutes."""
+    age = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    return age >= TOKEN_LIFETIME - margin
+
+
+class Replies:
+    """Answers members through one client (its HTTP session and state)."""
+
+    def __init__(self, client: discord.Client) -> None:
+        self._client = client
+
+    def _webhook(self, target: ReplyTarget) -> discord.Webhook:
+        return discord.Webhook.partial(target.application_id, target.token, client=self._client)
+
+    async def edit(self, target: ReplyTarget, **fields: Any) -> discord.Message | None:
+        """Edit the deferred reply; None when the token can no longer be used."""
+        if target.message_id is None or target.expired():
+            return None
+        try:
+            return await self._webhook(target).edit_message(target.message_id, **fields)
+        except discord.HTTPException as exc:
+            if exc.code in TOKEN_GONE_CODES:
+                return None
+            raise
+
+    async def post(
+        self,
+        target: ReplyTarget,
+        content: str,
+        *,
+        embed: discord.Embed | None = None,
+        file: discord.File | None = None,
+        view: discord.ui.View | None = None,
+        channel_text: str | None = None,
+    ) -> discord.Message:
+        """Edit the deferred reply while the token lives, else post in the channel.
+
+        The channel message mentions the member and uses ``channel_text`` when given.
+        Raises :class:`discord.HTTPException` when neither works.
+        """
+        message = await self.edit(
+            target,
+            content=content,
+            embed=embed,
+            attachments=[file] if file is not None else [],
+            view=view,
+        )
+        if message is not None:
+            return message
+        if file is not None:
+            file.reset()
+        channel = self._client.get_partial_messageable(target.channel_id)
+        mentioned = channel_text or content
+        return await channel.send(
+            f"<@{target.member_id}> {mentioned}",
+            embed=embed if embed is not None else discord.utils.MISSING,
+            file=file if file is not None else discord.utils.MISSING,
+            view=view if view is not None else discord.utils.MISSING,
+            allowed_mentions=discord.AllowedMentions(users=True),
+        )
+
+    async def tell(self, target: ReplyTarget, content: str) -> None:
+        """Best-effort text answer (failures are logged, never raised)."""
+        try:
+            await self.post(target, content, view=None)
+        except discord.HTTPException as exc:
+            log.warning("Could not answer member %s: HTTP %s", target.member_id, exc.status)
+
+    async def find(
+        self, target: ReplyTarget, matches: Callable[[discord.Message], bool]
+    ) -> discord.Message | None:
+        """A message already posted for this interaction that ``matches``, if any.
+
+        Looks at the deferred reply (through the token, or the channel once it expired),
+        then at the channel's recent messages.
+        """
+        if target.message_id is not None:
+            with contextlib.suppress(discord.NotFound, discord.Forbidden):
+                if target.expired():
+                    channel = self._client.get_partial_messageable(target.channel_id)
+                    reply = await channel.fetch_message(target.message_id)
+                else:
+                    reply = await self._webhook(target).fetch_message(target.message_id)
+                if matches(reply):
+                    return reply
+        channel = self._client.get_partial_messageable(target.channel_id)
+        with contextlib.suppress(discord.NotFound, discord.Forbidden):
+            async for message in channel.history(limit=HISTORY_SCAN):
+                if matches(message):
+                    return message
+        return None
+
+
+async def send_reply(
+    interaction: discord.Interaction,
+    content: str,
+    *,
+    ephemeral: bool = True,
+    **kwargs: Any,
+) -> None:
+    """Answer a live interaction: the initial response when fresh, else :meth:`Replies.post`.
+
+    Deferred: edit the "thinking..." message while the token lives. Expired: a channel
+    message mentioning the member.
+    """
+    if not interaction.response.is_done():
+        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+        return
+    target = ReplyTarget.from_interaction(interaction)
+    if not target.expired():
+        try:
+            await interaction.edit_original_response(content=content, **kwargs)
+            return
+        except discord.HTTPException as exc:
+            if exc.code not in TOKEN_GONE_CODES:
+                raise
+    if interaction.channel_id is None:
+        log.warning("Could not reply to interaction %s: token expired, no channel", interaction.id)
+        return
+    await Replies(interaction.client).post(target, content, **kwargs)

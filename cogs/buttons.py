@@ -1,0 +1,111 @@
+"""Persistent buttons on upscale messages: Cancel (while waiting) and Delete (on results).
+
+Both are :class:`discord.ui.DynamicItem` s whose state lives in the custom id, so they
+keep working after a restart and in any process of a fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import discord
+
+from bot.client import bot_of
+from bot.jobs import CancelOutcome
+from cogs import messages
+from cogs.checks import is_moderator
+
+log = logging.getLogger(__name__)
+
+CANCEL_ANSWERS = {
+    CancelOutcome.TOO_LATE: messages.CANCEL_TOO_LATE,
+    CancelOutcome.NOT_ALLOWED: messages.CANCEL_NOT_ALLOWED,
+    CancelOutcome.FINISHED: messages.CANCEL_FINISHED,
+    CancelOutcome.NOT_FOUND: messages.CANCEL_FINISHED,
+}
+
+
+def _may_act_for(interaction: discord.Interaction[Any], owner_id: int) -> bool:
+    roles = bot_of(interaction).settings.moderator_role_ids
+    return interaction.user.id == owner_id or is_moderator(interaction.user, roles)
+
+
+class DeleteResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"upscale:delete:(?P<owner>[0-9]{1,20})",
+):
+    """Deletes a delivered result; only its requester or a moderator may press it."""
+
+    def __init__(self, owner_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete",
+                style=discord.ButtonStyle.secondary,
+                emoji="🗑️",
+                custom_id=f"upscale:delete:{owner_id}",
+            )
+        )
+        self.owner_id = owner_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> DeleteResultButton:
+        return cls(int(match["owner"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        if not _may_act_for(interaction, self.owner_id):
+            await interaction.response.send_message(messages.DELETE_NOT_ALLOWED, ephemeral=True)
+            return
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+
+
+class CancelJobButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"upscale:cancel:(?P<job>[0-9a-f]{32})",
+):
+    """Cancels a job not yet sent to the upscaler; requester or moderator only."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel",
+                style=discord.ButtonStyle.secondary,
+                emoji="✖️",
+                custom_id=f"upscale:cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> CancelJobButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = bot_of(interaction)
+        moderator = is_moderator(interaction.user, bot.settings.moderator_role_ids)
+        outcome = await bot.queue.cancel(self.job_id, interaction.user.id, moderator=moderator)
+        if outcome is CancelOutcome.CANCELLED:
+            await interaction.response.edit_message(content=messages.CANCELLED, view=None)
+            return
+        await interaction.response.send_message(CANCEL_ANSWERS[outcome], ephemeral=True)
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelJobButton(job_id))
+    return view

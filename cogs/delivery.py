@@ -1,0 +1,245 @@
+"""The Discord front end of the job queue: progress, delivery and failure messages.
+
+:class:`DiscordFrontEnd` implements :class:`bot.jobs.FrontEnd` for every job, in any
+process: what it needs to answer the member is stored with the job (a
+:class:`bot.replies.ReplyTarget` in the job's context), so a job resumed after a restart
+or taken over from another process is answered exactly like a fresh one. Progress edits
+are throttled; results are fitted under the interaction's upload limit in a worker
+process; a result that may already have been posted (a crash during delivery) is looked
+for by its job id in the embed footer before it is posted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import images
+from bot.failures import FailureKind
+from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
+from bot.replies import Replies, ReplyTarget
+from cogs import messages
+from cogs.buttons import DeleteResultButton, cancel_view
+
+if TYPE_CHECKING:
+    from bot.client import UpscaleBot
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
+FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
+UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
+CANCELLABLE = (Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
+
+
+def job_footer(job_id: str) -> str:
+    """The result embed's footer: how a posted result is recognised later."""
+    return f"Job {job_id[:8]}"
+
+
+def target_of(job: Job) -> ReplyTarget:
+    return ReplyTarget.from_context(job.context, channel_id=job.channel_id, member_id=job.member_id)
+
+
+class ProgressDisplay:
+    """Shows a job's place in line and stage on the deferred reply, throttled.
+
+    The first edit waits ``FIRST_PROGRESS_DELAY``: Discord already shows "thinking…",
+    and most jobs that start at once finish before a progress line would help; skipping
+    those edits keeps REST traffic (and event-loop work) down during bursts.
+    """
+
+    def __init__(
+        self,
+        replies: Replies,
+        target: ReplyTarget,
+        job_id: str,
+        interval: float = PROGRESS_INTERVAL,
+        first_delay: float = FIRST_PROGRESS_DELAY,
+    ) -> None:
+        self._replies = replies
+        self._target = target
+        self._job_id = job_id
+        self._interval = interval
+        self._latest: tuple[str, bool] | None = None
+        self._shown: tuple[str, bool] | None = None
+        # Pretend an edit happened so the first real one comes ``first_delay`` from now.
+        self._last_edit = time.monotonic() - interval + first_delay
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def show(self, text: str, cancellable: bool) -> None:
+        if self._closed:
+            return
+        self._latest = (text, cancellable)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._pump(), name="upscale-progress")
+
+    async def _pump(self) -> None:
+        while not self._closed and self._latest is not None and self._latest != self._shown:
+            wait = self._last_edit + self._interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            text, cancellable = self._latest
+            view = cancel_view(self._job_id) if cancellable else None
+            try:
+                message = await self._replies.edit(self._target, content=text, view=view)
+            except discord.HTTPException as exc:
+                log.info("Progress edit failed (%s); no more progress for this job", exc.status)
+                message = None
+            if message is None:
+                self._closed = True
+                return
+            self._shown = (text, cancellable)
+            self._last_edit = time.monotonic()
+
+    async def close(self) -> None:
+        """Stop editing (before the final edit); waits for an edit in flight."""
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class DiscordFrontEnd:
+    """Answers members about their jobs through Discord."""
+
+    def __init__(self, bot: UpscaleBot) -> None:
+        self.bot = bot
+        self.replies = Replies(bot)
+        self._displays: dict[str, ProgressDisplay] = {}
+        self._resumed: set[str] = set()
+
+    def _display(self, job: Job) -> ProgressDisplay:
+        display = self._displays.get(job.id)
+        if display is None:
+            display = ProgressDisplay(self.replies, target_of(job), job.id)
+            self._displays[job.id] = display
+        return display
+
+    async def _close(self, job_id: str) -> None:
+        self._resumed.discard(job_id)
+        display = self._displays.pop(job_id, None)
+        if display is not None:
+            await display.close()
+
+    # -- FrontEnd ----------------------------------------------------------------------
+
+    def progress(self, job: Job, stage: Stage, position: int | None) -> None:
+        since = f"<t:{int(job.created_at)}:R>"
+        text = messages.progress_text(stage, position, since)
+        if job.id in self._resumed:
+            text = f"{messages.RESUMED}\n{text}"
+        if job.prepared.notes:
+            text += "\n" + "\n".join(f"ℹ️ {note}" for note in job.prepared.notes)
+        self._display(job).show(text, stage in CANCELLABLE)
+
+    async def resumed(self, job: Job) -> None:
+        target = target_of(job)
+        if target.expired():
+            await self.replies.tell(target, messages.RESUMED)
+        else:
+            self._resumed.add(job.id)
+
+    async def paused(self, job: Job) -> None:
+        await self._close(job.id)
+        target = target_of(job)
+        with contextlib.suppress(discord.HTTPException):
+            await self.replies.edit(target, content=messages.PAUSED, view=None)
+
+    async def ended(self, job_id: str) -> None:
+        await self._close(job_id)
+
+    async def failed(self, job: Job, failure: JobFailure) -> None:
+        await self._close(job.id)
+        await self.replies.tell(target_of(job), f"❌ {messages.failure_message(failure)}")
+
+    async def find_delivered(self, job: Job) -> int | None:
+        footer = job_footer(job.id)
+        me = self.bot.user
+
+        def is_result(message: discord.Message) -> bool:
+            mine = me is None or message.author.id == me.id
+            return mine and any(e.footer.text == footer for e in message.embeds)
+
+        found = await self.replies.find(target_of(job), is_result)
+        if found is not None:
+            log.info("Job %s had already been delivered (message %d)", job.id, found.id)
+        return found.id if found is not None else None
+
+    async def deliver(self, job: Job, result: JobResult) -> int | None:
+        """Post the result, fitted under the interaction's upload limit."""
+        await self._close(job.id)
+        target = target_of(job)
+        upload_limit = int(job.context.get("limit") or DEFAULT_UPLOAD_LIMIT)
+        limit = max(1024 * 1024, upload_limit - UPLOAD_MARGIN)
+        stem = Path(job.prepared.filename).stem[:60] or "image"
+        fitted = await self.bot.services.image_workers.fit(
+            result.data, result.format, limit, f"{stem}_4x"
+        )
+        roles = [int(r) for r in job.context.get("roles", ())]
+        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, roles)
+        embed = result_embed(job, result, fitted, balance.remaining)
+        view = discord.ui.View(timeout=None)
+        view.add_item(DeleteResultButton(job.member_id))
+        if fitted.reencoded or fitted.resized:
+            view.add_item(discord.ui.Button(label="Full-size original", url=result.temporary_url))
+        file = discord.File(io.BytesIO(fitted.data), filename=fitted.filename)
+        embed.set_image(url=f"attachment://{fitted.filename}")
+        try:
+            message = await self.replies.post(
+                target,
+                f"<@{job.member_id}>",
+                embed=embed,
+                file=file,
+                view=view,
+                channel_text="your upscale is ready.",
+            )
+        except discord.Forbidden as exc:
+            raise DeliveryFailed(FailureKind.MISSING_PERMISSIONS, str(exc.code)) from exc
+        except discord.HTTPException as exc:
+            raise DeliveryFailed(
+                FailureKind.DELIVERY_ERROR, f"HTTP {exc.status} code {exc.code}"
+            ) from exc
+        return message.id
+
+
+def result_embed(
+    job: Job, result: JobResult, fitted: images.FittedImage, remaining: int | None
+) -> discord.Embed:
+    ow, oh = job.prepared.original_size
+    nw, nh = fitted.size
+    embed = discord.Embed(title="Upscaled 4×", colour=discord.Colour.green())
+    embed.add_field(name="Size", value=f"{ow}×{oh} → {nw}×{nh}")
+    embed.add_field(name="Format", value=fitted.format.upper())
+    embed.add_field(name="File size", value=images.human_bytes(len(fitted.data)))
+    embed.add_field(name="Time", value=f"{result.elapsed:.1f} s")
+    if remaining is not None:
+        embed.add_field(name="Credits left", value=str(remaining))
+    notes = list(job.prepared.notes)
+    if fitted.note:
+        notes.append(fitted.note)
+    if notes:
+        embed.description = "\n".join(f"ℹ️ {note}" for note in notes)
+    embed.set_footer(text=job_footer(job.id))
+    return embed
+
+
+def context_for(
+    interaction: discord.Interaction[Any], message_id: int | None, role_ids: list[int]
+) -> dict[str, Any]:
+    """What a job keeps about its interaction, to answer from any process later."""
+    context = ReplyTarget.from_interaction(interaction, message_id).to_context()
+    context["limit"] = interaction.filesize_limit
+    context["roles"] = role_ids
+    return context
