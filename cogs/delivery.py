@@ -38,6 +38,8 @@ FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
 CANCELLABLE = (Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
+LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
+LOOKUP_BACKOFF = 2.0  # seconds before the second try, doubling
 
 
 def job_footer(job_id: str) -> str:
@@ -148,8 +150,10 @@ class DiscordFrontEnd:
         target = target_of(job)
         if target.expired():
             await self.replies.tell(target, messages.RESUMED)
-        else:
-            self._resumed.add(job.id)
+            return
+        self._resumed.add(job.id)
+        with contextlib.suppress(discord.HTTPException):
+            await self.replies.edit(target, content=messages.RESUMED, view=None)
 
     async def paused(self, job: Job) -> None:
         await self._close(job.id)
@@ -172,7 +176,18 @@ class DiscordFrontEnd:
             mine = me is None or message.author.id == me.id
             return mine and any(e.footer.text == footer for e in message.embeds)
 
-        found = await self.replies.find(target_of(job), is_result)
+        found: discord.Message | None = None
+        for attempt in range(1, LOOKUP_ATTEMPTS + 1):
+            try:
+                found = await self.replies.find(target_of(job), is_result)
+                break
+            except discord.HTTPException as exc:
+                # Not knowing is not "not posted": never post again on a guess.
+                if attempt == LOOKUP_ATTEMPTS:
+                    raise DeliveryFailed(
+                        FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
+                    ) from exc
+                await asyncio.sleep(LOOKUP_BACKOFF * 2 ** (attempt - 1))
         if found is not None:
             log.info("Job %s had already been delivered (message %d)", job.id, found.id)
         return found.id if found is not None else None

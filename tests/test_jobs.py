@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
-from PIL import Image
 
 from bot.db import Database
+from bot.failures import FailureKind
 from bot.jobs import (
+    CancelOutcome,
     DeliveryFailed,
     Job,
     JobFailure,
@@ -27,50 +29,62 @@ from bot.jobs import (
 )
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
+from bot.pacing import RateGate
+from tests.conftest import png
 from tests.emulators.onemin import OneMinEmulator
 
 KEY = "jobs-test-key"
 GUILD, CHANNEL, ALICE, BOB = 100, 200, 301, 302
 
 
-def png(size: tuple[int, int] = (64, 48)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (10, 120, 200)).save(out, "PNG")
-    return out.getvalue()
+@dataclass
+class JobLog:
+    """What the queue told the front end about one job."""
+
+    stages: list[tuple[Stage, int | None]] = field(default_factory=list)
+    delivered: list[JobResult] = field(default_factory=list)
+    failures: list[JobFailure] = field(default_factory=list)
+    resumed: int = 0
+    paused: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
 class Recorder:
-    """A JobObserver that records what the queue told it."""
+    """A FrontEnd that records, per job, what the queue told it."""
 
-    fail_delivery: str | None = None
-    stages: list[tuple[Stage, int | None]] = field(default_factory=list)
-    delivered: list[JobResult] = field(default_factory=list)
-    failures: list[JobFailure] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    job: Job | None = None
+    fail_delivery: FailureKind | None = None
+    already_posted: set[str] = field(default_factory=set)
+    jobs: dict[str, JobLog] = field(default_factory=lambda: defaultdict(JobLog))
 
     def progress(self, job: Job, stage: Stage, position: int | None) -> None:
-        self.job = job
-        self.stages.append((stage, position))
-
-    async def settled(self, seconds: float = 10) -> None:
-        """Wait until the job has been delivered or failed, and settled in the ledger."""
-        async with asyncio.timeout(seconds):
-            await self.done.wait()
-            assert self.job is not None
-            await self.job.settled.wait()
+        self.jobs[job.id].stages.append((stage, position))
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
         if self.fail_delivery:
             raise DeliveryFailed(self.fail_delivery)
-        self.delivered.append(result)
-        self.done.set()
+        self.jobs[job.id].delivered.append(result)
+        self.jobs[job.id].done.set()
         return 42
 
+    async def find_delivered(self, job: Job) -> int | None:
+        if job.id in self.already_posted:
+            self.jobs[job.id].done.set()
+            return 43
+        return None
+
     async def failed(self, job: Job, failure: JobFailure) -> None:
-        self.failures.append(failure)
-        self.done.set()
+        self.jobs[job.id].failures.append(failure)
+        self.jobs[job.id].done.set()
+
+    async def resumed(self, job: Job) -> None:
+        self.jobs[job.id].resumed += 1
+
+    async def paused(self, job: Job) -> None:
+        self.jobs[job.id].paused += 1
+
+    async def ended(self, job_id: str) -> None:
+        self.jobs[job_id].done.set()
 
 
 @dataclass
@@ -79,35 +93,69 @@ class Rig:
     ledger: Ledger
     emu: OneMinEmulator
     queue: JobQueue
+    front: Recorder
     tmp: Path
 
-    async def submit(
-        self, member: int = ALICE, observer: Recorder | None = None, fmt: str = "png"
-    ) -> tuple[Job, Recorder]:
-        observer = observer or Recorder()
-        with self.queue.admit(GUILD, member) as ticket:
+    async def submit(self, member: int = ALICE, fmt: str = "png") -> tuple[Job, JobLog]:
+        async with await self.queue.admit(GUILD, member) as ticket:
             path = self.queue.spool_path(ticket)
             path.write_bytes(png())
             prepared = await self.queue.prepare(ticket, path, "cat.png")
             request = JobRequest(GUILD, CHANNEL, member, (), fmt)
-            job = await self.queue.submit(ticket, request, prepared, observer)
-        return job, observer
+            job = await self.queue.submit(ticket, request, prepared)
+        return job, self.front.jobs[job.id]
 
     async def used(self, member: int = ALICE) -> tuple[int, int]:
         balance = await self.ledger.balance(GUILD, member, ())
         return balance.used, balance.pending
 
+    async def settled(self, job: Job, seconds: float = 10) -> JobLog:
+        """Wait until the job has been delivered, failed or cancelled, and settled."""
+        async with asyncio.timeout(seconds):
+            await self.front.jobs[job.id].done.wait()
+            while (await job_row(self, job.id))["status"] in ("queued", "running"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        return self.front.jobs[job.id]
+
 
 async def make_rig(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator, **queue_options: int
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    emu: OneMinEmulator,
+    *,
+    limit: int = 10,
+    per_minute: int = 1000,
+    window: float = 61.0,
+    front: Recorder | None = None,
+    start: bool = True,
+    **queue_options: float,
 ) -> Rig:
     db = await Database.open(tmp_path / "db.sqlite")
-    ledger = Ledger(db, default_limit=queue_options.pop("limit", 10), default_period="daily")
-    client = OneMinClient(session, KEY, base_url=emu.base_url, backoff_base=0.01)
-    options = {"max_concurrent": 2, "max_per_member": 2, "cost": 1, **queue_options}
-    queue = JobQueue(db=db, ledger=ledger, onemin=client, spool_dir=tmp_path / "spool", **options)
-    queue.start()
-    return Rig(db, ledger, emu, queue, tmp_path)
+    ledger = Ledger(db, default_limit=limit, default_period="daily")
+    gate = RateGate(db, per_minute, window=window)
+    client = OneMinClient(
+        session,
+        KEY,
+        base_url=emu.base_url,
+        backoff_base=0.01,
+        before_request=gate.acquire,
+        retry_rate_limited=False,
+    )
+    options: dict[str, float] = {"max_concurrent": 2, "max_per_member": 2, "cost": 1}
+    options.update(queue_options)
+    queue = JobQueue(
+        db=db,
+        ledger=ledger,
+        onemin=client,
+        spool_dir=tmp_path / "spool",
+        **options,  # type: ignore[arg-type]
+    )
+    recorder = front or Recorder()
+    queue.attach(recorder)
+    if start:
+        await queue.recover(single_process=True)
+        queue.start()
+    return Rig(db, ledger, emu, queue, recorder, tmp_path)
 
 
 @pytest.fixture
@@ -132,8 +180,8 @@ async def rigs(
     """Builds rigs on the same files (as successive processes would); closes them all."""
     made: list[Rig] = []
 
-    async def make(**options: int) -> Rig:
-        made.append(await make_rig(tmp_path, session, emu, **options))
+    async def make(**options: object) -> Rig:
+        made.append(await make_rig(tmp_path, session, emu, **options))  # type: ignore[arg-type]
         return made[-1]
 
     yield make
@@ -147,6 +195,38 @@ async def rig(rigs: RigFactory) -> Rig:
     return await rigs()
 
 
+def freeze(rig: Rig) -> None:
+    """The rig's process "dies": it claims, renews and settles nothing more.
+
+    (A real process cannot be killed inside the test process; the restart tests in
+    tests/e2e do that with kill -9.)
+    """
+    queue = rig.queue
+    queue._closed = True
+    queue._wakeup.set()
+    queue._stopping.set()
+    for task in list(queue._running.values()):
+        task.cancel()
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Poll the database until ``predicate`` holds."""
+    async with asyncio.timeout(timeout):
+        while not await predicate():  # noqa: ASYNC110 - the state is in the database
+            await asyncio.sleep(0.01)
+
+
+async def until_row(rig: Rig, job_id: str, column: str, value: object) -> None:
+    async def reached() -> bool:
+        return (await job_row(rig, job_id))[column] == value
+
+    await until(reached)
+
+
+async def has_asset(rig: Rig, job_id: str) -> bool:
+    return (await job_row(rig, job_id))["asset_path"] is not None
+
+
 async def job_row(rig: Rig, job_id: str) -> dict[str, object]:
     row = await rig.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
     assert row is not None
@@ -155,8 +235,8 @@ async def job_row(rig: Rig, job_id: str) -> dict[str, object]:
 
 async def test_delivered_job_is_charged_once(rig: Rig) -> None:
     """A delivered job gets a 4x result and its credit is committed, nothing pending."""
-    job, obs = await rig.submit()
-    await obs.settled(10)
+    job, _ = await rig.submit()
+    obs = await rig.settled(job)
     assert obs.failures == []
     assert obs.delivered[0].size == (256, 192)
     assert await rig.used() == (1, 0)
@@ -166,8 +246,8 @@ async def test_delivered_job_is_charged_once(rig: Rig) -> None:
 
 async def test_stages_are_reported_in_order(rig: Rig) -> None:
     """The observer sees uploading, upscaling, downloading, delivering in that order."""
-    _, obs = await rig.submit()
-    await obs.settled(10)
+    job, _ = await rig.submit()
+    obs = await rig.settled(job)
     running = [stage for stage, _ in obs.stages if stage is not Stage.QUEUED]
     assert running == [Stage.UPLOADING, Stage.UPSCALING, Stage.DOWNLOADING, Stage.DELIVERING]
 
@@ -175,27 +255,29 @@ async def test_stages_are_reported_in_order(rig: Rig) -> None:
 async def test_api_failure_refunds_and_records_the_kind(rig: Rig) -> None:
     """A 1min.ai failure refunds the reservation and records the error kind on the job."""
     rig.emu.fail("upscale", "server_error", status=500)
-    job, obs = await rig.submit()
-    await obs.settled(10)
+    job, _ = await rig.submit()
+    obs = await rig.settled(job)
     assert [f.kind for f in obs.failures] == ["unavailable"]
     assert await rig.used() == (0, 0)
     row = await job_row(rig, job.id)
     assert (row["status"], row["error_kind"]) == ("failed", "unavailable")
 
 
-async def test_rate_limit_failure_carries_retry_after(rig: Rig) -> None:
-    """A 429 with a long Retry-After reaches the observer with its retry time."""
+async def test_rate_limit_failure_carries_retry_after(rigs: RigFactory) -> None:
+    """A 429 whose Retry-After is past the busy bound fails at once with its retry time."""
+    rig = await rigs(busy_timeout=60)
     rig.emu.fail("upscale", "rate_limited", times=5, retry_after="120")
-    _, obs = await rig.submit()
-    await obs.settled(10)
+    job, _ = await rig.submit()
+    obs = await rig.settled(job)
     assert obs.failures[0].kind == "rate_limited"
     assert obs.failures[0].retry_after == 120
 
 
 async def test_delivery_failure_refunds(rig: Rig) -> None:
     """When the front end cannot deliver, the credit is refunded."""
-    _, obs = await rig.submit(observer=Recorder(fail_delivery="missing_permissions"))
-    await obs.settled(10)
+    rig.front.fail_delivery = FailureKind.MISSING_PERMISSIONS
+    job, _ = await rig.submit()
+    obs = await rig.settled(job)
     assert [f.kind for f in obs.failures] == ["missing_permissions"]
     assert await rig.used() == (0, 0)
 
@@ -203,10 +285,10 @@ async def test_delivery_failure_refunds(rig: Rig) -> None:
 async def test_next_job_succeeds_after_a_failure(rig: Rig) -> None:
     """After a failed job the same member's next job is delivered normally."""
     rig.emu.fail("upload", "unauthorized")
-    _, first = await rig.submit()
-    await first.settled(10)
-    _, second = await rig.submit()
-    await second.settled(10)
+    job1, _ = await rig.submit()
+    first = await rig.settled(job1)
+    job2, _ = await rig.submit()
+    second = await rig.settled(job2)
     assert first.failures and second.delivered
     assert await rig.used() == (1, 0)
 
@@ -215,47 +297,47 @@ async def test_unchanged_image_is_not_a_result(rig: Rig) -> None:
     """A "result" that is not larger than the input fails as bad_result and is refunded."""
     same = png()
     rig.emu.fail("download", "respond", status=200, body=same)
-    _, obs = await rig.submit()
-    await obs.settled(10)
+    job, _ = await rig.submit()
+    obs = await rig.settled(job)
     assert [f.kind for f in obs.failures] == ["bad_result"]
     assert await rig.used() == (0, 0)
 
 
 async def test_member_cap_refuses_a_third_job(rig: Rig) -> None:
     """With MAX_JOBS_PER_USER=2, a third admission raises QueueFull; another member is fine."""
-    first = rig.queue.admit(GUILD, ALICE)
-    second = rig.queue.admit(GUILD, ALICE)
+    first = await rig.queue.admit(GUILD, ALICE)
+    second = await rig.queue.admit(GUILD, ALICE)
     with pytest.raises(QueueFull):
-        rig.queue.admit(GUILD, ALICE)
-    rig.queue.admit(GUILD, BOB).release()
+        await rig.queue.admit(GUILD, ALICE)
+    (await rig.queue.admit(GUILD, BOB)).release()
     first.release()
-    rig.queue.admit(GUILD, ALICE).release()
+    (await rig.queue.admit(GUILD, ALICE)).release()
     second.release()
 
 
 async def test_unsubmitted_ticket_frees_its_slot(rig: Rig) -> None:
     """Leaving the admission block without submitting (a refusal) frees the slot."""
     for _ in range(3):
-        with rig.queue.admit(GUILD, ALICE):
+        async with await rig.queue.admit(GUILD, ALICE):
             pass
-    assert rig.queue.active_jobs(GUILD, ALICE) == 0
+    assert await rig.queue.active_jobs(GUILD, ALICE) == 0
 
 
 async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmulator) -> None:
     """A member at their limit gets LimitReached, no API call and no reservation."""
     r = await rigs(limit=1)
-    _, obs = await r.submit()
-    await obs.settled(10)
+    job, _ = await r.submit()
+    await r.settled(job)
     with pytest.raises(LimitReached) as info:
         await r.submit()
     assert info.value.denial.reason == "member_limit"
     assert await r.used() == (1, 0)
     assert emu.calls["upload"] == 1
-    assert r.queue.active_jobs(GUILD, ALICE) == 0
+    assert await r.queue.active_jobs(GUILD, ALICE) == 0
 
 
 async def test_at_most_max_concurrent_jobs_run(rigs: RigFactory, emu: OneMinEmulator) -> None:
-    """With two workers, at most two jobs are past 'queued' at any time; the rest wait."""
+    """With two slots, at most two jobs are past 'queued' at any time; the rest wait."""
     r = await rigs(max_per_member=10)
     emu.upscale_delay = 0.2
     running = 0
@@ -274,10 +356,12 @@ async def test_at_most_max_concurrent_jobs_run(rigs: RigFactory, emu: OneMinEmul
             running -= 1
             return await super().deliver(job, result)
 
-    observers = [(await r.submit(observer=Counting()))[1] for _ in range(5)]
-    await asyncio.gather(*(o.settled(20) for o in observers))
+    r.queue.attach(Counting())
+    r.front = r.queue.front_end  # type: ignore[assignment]
+    jobs = [(await r.submit())[0] for _ in range(5)]
+    logs = [await r.settled(job, 20) for job in jobs]
     assert peak == 2
-    assert all(o.delivered for o in observers)
+    assert all(log.delivered for log in logs)
 
 
 async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMinEmulator) -> None:
@@ -285,56 +369,212 @@ async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMi
     r = await rigs(max_concurrent=1, max_per_member=10)
     emu.upscale_delay = 0.1
     submitted = [await r.submit() for _ in range(4)]
-    job, last = submitted[-1]
+    job, _ = submitted[-1]
     assert r.queue.position(job) is not None
-    await last.settled(20)
+    last = await r.settled(job, 20)
     positions = [p for stage, p in last.stages if stage is Stage.QUEUED]
     assert positions and positions == sorted(positions, reverse=True)
     assert positions[-1] == 1
 
 
-async def test_queued_input_waits_on_disk_and_is_removed_after(rig: Rig) -> None:
-    """A queued job's input is a spool file; it is gone once the job ends."""
+async def test_queued_input_waits_in_the_database_and_is_removed_after(rig: Rig) -> None:
+    """A queued job's input is stored with it (any process can run it); gone once it ends."""
     rig.emu.upscale_delay = 0.2
     job, _ = await rig.submit()
-    assert job.input_path.exists()
-    await asyncio.wait_for(job.settled.wait(), 10)
-    assert not job.input_path.exists()
+    assert await rig.db.fetchone("SELECT 1 FROM job_inputs WHERE job_id = ?", (job.id,))
     assert list(rig.queue.spool_dir.iterdir()) == []
+    await rig.settled(job)
+    assert await rig.db.fetchone("SELECT 1 FROM job_inputs WHERE job_id = ?", (job.id,)) is None
 
 
-async def test_shutdown_refunds_queued_and_running_jobs(
+async def test_shutdown_refunds_nothing_and_hands_jobs_back(
     rigs: RigFactory, emu: OneMinEmulator
 ) -> None:
-    """Shutdown cancels what cannot finish in the grace time and refunds every job."""
+    """Shutdown stops what cannot finish in the grace time without refunding anything;
+    running jobs are handed back with their progress, and the members told."""
     r = await rigs(max_concurrent=1, max_per_member=10)
     emu.upscale_delay = 5
-    observers = [(await r.submit())[1] for _ in range(3)]
-    await asyncio.sleep(0.2)
+    jobs = [(await r.submit())[0] for _ in range(3)]
+    await asyncio.sleep(0.3)
     await r.queue.shutdown(grace=0.1)
-    assert all([f.kind for f in o.failures] == ["shutdown"] for o in observers)
-    assert await r.used() == (0, 0)
+    assert await r.used() == (3, 3)
+    statuses = [(await job_row(r, job.id))["status"] for job in jobs]
+    assert statuses == ["queued", "queued", "queued"]
+    assert r.front.jobs[jobs[0].id].paused == 1
+    assert all(not r.front.jobs[j.id].failures for j in jobs)
     with pytest.raises(QueueClosed):
-        r.queue.admit(GUILD, BOB)
+        await r.queue.admit(GUILD, BOB)
 
 
-async def test_recover_refunds_jobs_left_by_a_crash(rigs: RigFactory, emu: OneMinEmulator) -> None:
-    """Jobs unfinished in the database at start-up are refunded and their members notified."""
+async def test_next_start_finishes_jobs_left_by_a_crash(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """Jobs unfinished in the database at start-up continue and are delivered once; the
+    member is told the job continues, and orphaned downloads are removed."""
     first = await rigs(max_concurrent=1)
     emu.upscale_delay = 5
     job, _ = await first.submit()
-    await asyncio.sleep(0.1)
-    # The first process "dies" here: a second one opens the same files and recovers.
-    second = await rigs()
-    orphan = second.queue.spool_dir / "cut-off-download.in"
+    await asyncio.sleep(0.3)
+    # The first process "dies" here (no shutdown): a second one opens the same files.
+    emu.upscale_delay = 0
+    orphan = first.queue.spool_dir / "cut-off-download.in"
     orphan.write_bytes(b"partial")
-    notices: list[tuple[int, int, str]] = []
-
-    async def notify(channel_id: int, member_id: int, job_id: str) -> None:
-        notices.append((channel_id, member_id, job_id))
-
-    assert await second.queue.recover(notify) == [job.id]
-    assert notices == [(CHANNEL, ALICE, job.id)]
-    assert await second.used() == (0, 0)
-    assert (await job_row(second, job.id))["status"] == "failed"
+    freeze(first)
+    second = await rigs(start=False)
+    await second.queue.recover(single_process=True)
     assert not orphan.exists()
+    second.queue.start()
+    log = await second.settled(job)
+    assert log.delivered and log.resumed == 1
+    assert await second.used() == (1, 0)
+
+
+async def test_a_stored_asset_is_not_uploaded_again(rigs: RigFactory, emu: OneMinEmulator) -> None:
+    """A job resumed after its upload was recorded goes straight to the upscale call."""
+    first = await rigs()
+    emu.upscale_delay = 5
+    job, _ = await first.submit()
+    await until(lambda: has_asset(first, job.id))
+    emu.upscale_delay = 0
+    freeze(first)
+    second = await rigs(start=False)
+    await second.queue.recover(single_process=True)
+    second.queue.start()
+    assert (await second.settled(job)).delivered
+    assert emu.calls["upload"] == 1
+
+
+async def test_a_stored_result_is_not_upscaled_again(rigs: RigFactory, emu: OneMinEmulator) -> None:
+    """A job resumed after its upscale record was stored downloads it again, no new call."""
+    first = await rigs(front=Recorder(fail_delivery=None))
+    gate = asyncio.Event()
+
+    class Stuck(Recorder):
+        async def deliver(self, job: Job, result: JobResult) -> int | None:
+            await gate.wait()  # the process "dies" while delivering
+            return None
+
+    first.queue.attach(Stuck())
+    job, _ = await first.submit()
+    await until_row(first, job.id, "stage", "delivering")
+    freeze(first)
+    second = await rigs(start=False)
+    await second.queue.recover(single_process=True)
+    second.queue.start()
+    assert (await second.settled(job)).delivered
+    assert emu.upscales == 1
+    gate.set()
+
+
+async def test_a_result_already_posted_is_settled_without_posting(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """Resumed in 'delivering', a job whose message exists is charged once, not re-posted."""
+    first = await rigs()
+    gate = asyncio.Event()
+
+    class Stuck(Recorder):
+        async def deliver(self, job: Job, result: JobResult) -> int | None:
+            await gate.wait()
+            return None
+
+    first.queue.attach(Stuck())
+    job, _ = await first.submit()
+    await until_row(first, job.id, "stage", "delivering")
+    freeze(first)
+    second = await rigs(start=False, front=Recorder(already_posted={job.id}))
+    await second.queue.recover(single_process=True)
+    second.queue.start()
+    log = await second.settled(job)
+    assert log.delivered == []
+    assert (await job_row(second, job.id))["message_id"] == 43
+    assert await second.used() == (1, 0)
+    gate.set()
+
+
+async def test_a_dead_process_jobs_are_taken_over_when_the_lease_runs_out(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """Another process (another instance name) takes a job over only after its lease ends."""
+    first = await rigs(lease=1.0, instance="host-a")
+    emu.upscale_delay = 5
+    job, _ = await first.submit()
+    await asyncio.sleep(0.3)
+    first.queue._closed = True
+    emu.upscale_delay = 0
+    started = time.monotonic()
+    second = await rigs(start=False, lease=1.0, instance="host-b")
+    await second.queue.recover(single_process=False)
+    second.queue.start()
+    log = await second.settled(job)
+    assert log.delivered and time.monotonic() - started >= 0.5
+    assert await second.used() == (1, 0)
+
+
+async def test_cancel_of_a_queued_job_refunds_and_never_calls_the_api(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """The requester cancels a job waiting in line: refunded, never uploaded."""
+    r = await rigs(max_concurrent=1, max_per_member=10)
+    emu.upscale_delay = 1
+    first, _ = await r.submit()
+    second, _ = await r.submit()
+    assert await r.queue.cancel(second.id, ALICE, moderator=False) is CancelOutcome.CANCELLED
+    await r.settled(first)
+    assert (await job_row(r, second.id))["status"] == "cancelled"
+    assert emu.calls["upload"] == 1
+    assert await r.used() == (1, 0)
+
+
+async def test_cancel_just_before_upload_stops_the_job(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """Cancelled while uploading (not yet sent to the upscaler): no upscale call, refunded."""
+    r = await rigs()
+    emu.fail("upload", "latency", seconds=1.0)
+    job, _ = await r.submit()
+    await until_row(r, job.id, "stage", "uploading")
+    assert await r.queue.cancel(job.id, ALICE, moderator=False) is CancelOutcome.CANCELLED
+    await asyncio.sleep(1.3)
+    assert emu.upscales == 0
+    assert await r.used() == (0, 0)
+
+
+async def test_a_moderator_may_cancel_another_members_job(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """A moderator's cancel is accepted; another member's is refused."""
+    r = await rigs(max_concurrent=1, max_per_member=10)
+    emu.upscale_delay = 1
+    await r.submit()
+    job, _ = await r.submit()
+    assert await r.queue.cancel(job.id, BOB, moderator=False) is CancelOutcome.NOT_ALLOWED
+    assert await r.queue.cancel(job.id, BOB, moderator=True) is CancelOutcome.CANCELLED
+
+
+async def test_cancel_after_the_upscale_started_is_too_late(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """Once the image was sent to the upscaler, cancel is refused and the job finishes."""
+    r = await rigs()
+    emu.upscale_delay = 0.5
+    job, _ = await r.submit()
+    await until_row(r, job.id, "stage", "upscaling")
+    assert await r.queue.cancel(job.id, ALICE, moderator=False) is CancelOutcome.TOO_LATE
+    assert (await r.settled(job)).delivered
+    assert await r.used() == (1, 0)
+
+
+async def test_requests_are_paced_under_the_per_minute_limit(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """With room for 3 requests per window, the 4th waits for the window to move, and
+    the job says it is waiting for the service."""
+    r = await rigs(per_minute=3, max_per_member=10)
+    r.queue._onemin._before_request = RateGate(r.db, 3, window=1.5).acquire
+    started = time.monotonic()
+    jobs = [(await r.submit())[0] for _ in range(2)]  # 4 requests
+    logs = [await r.settled(job, 10) for job in jobs]
+    assert time.monotonic() - started >= 1.4
+    assert all(log.delivered for log in logs)
+    assert any(stage is Stage.WAITING for log in logs for stage, _ in log.stages)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, decode, png, running_bot
 
-
 # The deferred reply, edited through the interaction webhook (by id or as @original).
 WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+$"
+
 
 async def test_gateway_reconnect_mid_job_still_delivers_once(tmp_path: Path) -> None:
     """The gateway asks the bot to reconnect while a job is upscaling: the bot resumes,

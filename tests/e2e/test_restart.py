@@ -1,4 +1,4 @@
-"""Restart safety with a real bot process: kill -9 mid-job, SIGTERM with jobs running.
+"""Durable jobs with a real bot process: kill -9 and SIGTERM mid-job, then a restart.
 
 The emulators run in the test process; the bot runs as ``python -m tests.bot_process``
 (what ``python -m bot`` runs) on a database and spool in a temporary directory.
@@ -11,19 +11,22 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.bot_process import start_bot_process
-from tests.emulators.discord import HANG, DiscordEmulator
+from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, find_button
 from tests.emulators.onemin import OneMinEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, png
 
 START_TIMEOUT = 30.0  # seconds for a bot process to start and sync its commands
+# The deferred reply, edited through the interaction webhook (by id or as @original).
+WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+$"
 
 
 @dataclass
@@ -76,6 +79,26 @@ class World:
             await asyncio.sleep(0.05)
         raise AssertionError(f"no job reached {stage}:\n{self.log()}")
 
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached:\n{self.log()}")
+            await asyncio.sleep(0.05)
+
+    async def wait_settled(self, timeout: float = 30.0) -> None:
+        """Until no job is queued or running and no credit is reserved."""
+        await self.wait_for(
+            lambda: (
+                self.query(
+                    "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running'))"
+                    " + (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved')"
+                )
+                == [(0,)]
+            ),
+            timeout,
+        )
+
 
 @asynccontextmanager
 async def world(tmp_path: Path) -> AsyncIterator[World]:
@@ -89,32 +112,55 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
-def notices_for(w: World, member_id: int) -> list[dict[str, object]]:
+def notices_for(w: World, member_id: int, words: str = "continues") -> list[dict[str, object]]:
+    """What the member was told about a restart: in the channel or on their reply."""
+    texts = [str(m.get("content")) for m in w.discord.channel_messages()]
+    return [{"content": t} for t in texts if f"<@{member_id}>" in t and words in t]
+
+
+def is_cancel(component: dict[str, Any]) -> bool:
+    return str(component.get("custom_id", "")).startswith("upscale:cancel:")
+
+
+def has_cancel(message: dict[str, Any] | None) -> bool:
+    return message is not None and any(
+        is_cancel(c) for row in message.get("components", []) for c in row.get("components", [])
+    )
+
+
+def results(w: World) -> list[dict[str, object]]:
+    """Every posted result (messages with an attachment), wherever it was posted."""
+    return [m for m in w.discord.channel_messages() if m.get("attachments")]
+
+
+def result_jobs(w: World) -> list[str]:
+    """The job footers of the posted results (one per delivered job)."""
     return [
-        m
-        for m in w.discord.channel_messages()
-        if f"<@{member_id}>" in str(m.get("content")) and "restarted" in str(m.get("content"))
+        str(e["footer"]["text"])
+        for m in results(w)
+        for e in m.get("embeds", [])  # type: ignore[attr-defined]
+        if e.get("footer")
     ]
 
 
 @pytest.mark.parametrize("stage", ["uploading", "upscaling", "delivering"])
-async def test_kill_9_mid_job_refunds_and_tells_the_member(tmp_path: Path, stage: str) -> None:
+async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: str) -> None:
     """kill -9 while a job is uploading/upscaling/delivering; after a restart on the same
-    database the job is refunded with a notice, nothing stays reserved, nothing is
-    delivered twice."""
+    database the job continues from its stage, is delivered once and charged once."""
     async with world(tmp_path) as w:
         if stage == "uploading":
             w.onemin.fail("upload", "latency", seconds=60)
         elif stage == "upscaling":
             w.onemin.upscale_delay = 60
         else:
-            w.discord.fail(r"/messages/@original$", HANG, method="PATCH", times=100)
+            w.discord.fail(WEBHOOK_MESSAGE, HANG, method="PATCH", times=100, files_only=True)
         proc = await w.start()
         try:
             alice = w.discord.alice.user.id
             it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
             await it.acked()
             await w.wait_stage(stage)
+            uploads_before = w.onemin.calls["upload"]
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             assert w.query("SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved'") == [(1,)]
@@ -122,28 +168,187 @@ async def test_kill_9_mid_job_refunds_and_tells_the_member(tmp_path: Path, stage
             stop(proc)
         w.onemin.clear_faults()
         w.onemin.upscale_delay = 0
-        w.discord._faults.clear()
+        w.discord.clear_faults()
         proc = await w.start()
         try:
-            await w.discord.wait_until(lambda: bool(notices_for(w, alice)), timeout=15)
-            assert w.query("SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved'") == [(0,)]
-            assert w.query("SELECT status, error_kind FROM jobs") == [("failed", "restart")]
-            delivered = [m for m in w.discord.channel_messages() if m.get("attachments")]
-            assert delivered == []
-            assert list((tmp_path / "data" / "spool").iterdir()) == []
-            # and the bot works again for the same member
-            again = await w.discord.slash(
-                "upscale", {"image": w.discord.attachment(png(), "b.png")}
-            )
-            final = await again.final(timeout=20)
+            final = await it.final(timeout=20)
             assert final.get("attachments")
+            await w.wait_settled()
+            assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
+            assert w.query("SELECT status FROM jobs") == [("delivered",)]
+            assert len(results(w)) == 1
+            assert any("continues" in e["content"] for e in it.edits)
+            if stage != "uploading":  # the asset was uploaded once, not again
+                assert w.onemin.calls["upload"] == uploads_before
+            if stage == "delivering":  # the record was stored: no second upscale call
+                assert w.onemin.upscales == 1
+            assert list((tmp_path / "data" / "spool").iterdir()) == []
+            assert notices_for(w, alice, "refunded") == []
         finally:
             stop(proc)
 
 
-async def test_sigterm_with_a_job_running_refunds_with_a_notice(tmp_path: Path) -> None:
-    """SIGTERM while a job runs: the process exits cleanly, the job is refunded and the
-    member told; nothing is left reserved."""
+async def test_kill_9_after_discord_took_the_result_does_not_post_it_again(
+    tmp_path: Path,
+) -> None:
+    """The result reached Discord but the process died before it heard back: after a
+    restart the bot finds the message by its job id and charges once, posting nothing."""
+    async with world(tmp_path) as w:
+        w.discord.fail(WEBHOOK_MESSAGE, APPLY_THEN_HANG, method="PATCH", files_only=True)
+        proc = await w.start()
+        try:
+            it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
+            await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        assert len(results(w)) == 1
+        w.discord.clear_faults()
+        proc = await w.start()
+        try:
+            await w.wait_settled()
+            assert len(results(w)) == 1
+            assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
+            assert w.query("SELECT status FROM jobs") == [("delivered",)]
+            assert it.file(results(w)[0])
+        finally:
+            stop(proc)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+async def test_twenty_jobs_in_every_stage_survive_a_restart(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    """20 jobs queued, uploading, upscaling and delivering when the process is stopped
+    (kill -9 or SIGTERM): after a restart all 20 are delivered exactly once, 20 credits
+    are charged, and 1min.ai saw no feature call beyond those cut off in flight."""
+    async with world(tmp_path) as w:
+        w.onemin.fail("upload", "latency", times=100, seconds=0.5)
+        w.onemin.upscale_delay = 1.0
+        w.discord.fail(WEBHOOK_MESSAGE, HANG, method="PATCH", times=1, files_only=True)
+        proc = await w.start(MAX_CONCURRENT_JOBS="4", MAX_JOBS_PER_USER="2", SHUTDOWN_GRACE="0")
+        members = [w.discord.add_member(f"m{i}") for i in range(10)]
+        try:
+            injected = [
+                await w.discord.slash(
+                    "upscale", {"image": w.discord.attachment(png(), f"{i}.png")}, member=m
+                )
+                for m in members
+                for i in range(2)
+            ]
+            for it in injected:
+                await it.acked()
+
+            def mixed() -> bool:
+                stages = {s for (s,) in w.query(
+                    "SELECT stage FROM jobs WHERE status IN ('queued', 'running')"
+                )}  # fmt: skip
+                return {"queued", "delivering"} <= stages and bool(
+                    stages & {"uploading", "upscaling"}
+                )
+
+            await w.wait_for(mixed, timeout=30)
+            in_flight = w.query(
+                "SELECT COUNT(*) FROM jobs WHERE stage = 'upscaling' AND result_url IS NULL"
+                " AND status = 'running'"
+            )[0][0]
+            proc.send_signal(how)
+            await asyncio.to_thread(proc.wait, 30)
+        finally:
+            stop(proc)
+        assert w.query("SELECT COUNT(*) FROM ledger_entries WHERE state = 'refunded'") == [(0,)]
+        w.onemin.clear_faults()
+        w.onemin.upscale_delay = 0
+        w.discord.clear_faults()
+        proc = await w.start()
+        try:
+            for it in injected:
+                final = await it.final(timeout=60)
+                assert final.get("attachments"), final
+            await w.wait_settled()
+            assert len(result_jobs(w)) == 20 and len(set(result_jobs(w))) == 20
+            assert w.query("SELECT state, COUNT(*) FROM ledger_entries GROUP BY state") == [
+                ("committed", 20)
+            ]
+            assert w.onemin.calls["upscale"] <= 20 + int(in_flight)  # type: ignore[call-overload]
+        finally:
+            stop(proc)
+
+
+async def test_queued_job_cancelled_before_a_restart_stays_cancelled(tmp_path: Path) -> None:
+    """A queued job cancelled with its button stays cancelled and refunded after a restart;
+    1min.ai never sees it."""
+    async with world(tmp_path) as w:
+        w.onemin.upscale_delay = 60
+        proc = await w.start(MAX_CONCURRENT_JOBS="1")
+        try:
+            bob = w.discord.bob
+            await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
+            await w.wait_stage("upscaling")
+            queued = await w.discord.slash(
+                "upscale", {"image": w.discord.attachment(png(), "b.png")}, member=bob
+            )
+            await queued.wait(lambda it: has_cancel(it.original))
+            assert queued.original is not None
+            button = find_button(queued.original, is_cancel)
+            click = await w.discord.click(queued.original, button["custom_id"], member=bob)
+            await click.acked()
+            await w.wait_for(
+                lambda: w.query("SELECT COUNT(*) FROM jobs WHERE status = 'cancelled'") == [(1,)]
+            )
+            uploads = w.onemin.calls["upload"]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        w.onemin.upscale_delay = 0
+        proc = await w.start()
+        try:
+            await w.wait_settled()
+            assert w.query("SELECT status FROM jobs ORDER BY created_at") == [
+                ("delivered",),
+                ("cancelled",),
+            ]
+            states = w.query("SELECT state FROM ledger_entries ORDER BY created_at")
+            assert states == [("committed",), ("refunded",)]
+            assert w.onemin.calls["upload"] == uploads  # b.png was never uploaded
+        finally:
+            stop(proc)
+
+
+async def test_job_older_than_the_bound_is_refunded_at_start_with_a_notice(
+    tmp_path: Path,
+) -> None:
+    """A job left unfinished for longer than JOB_MAX_AGE is refunded at start-up and its
+    member told, instead of being run a day late."""
+    async with world(tmp_path) as w:
+        w.onemin.upscale_delay = 60
+        proc = await w.start()
+        try:
+            it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
+            await w.wait_stage("upscaling")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        with sqlite3.connect(w.db_path) as conn:
+            conn.execute("UPDATE jobs SET created_at = '2000-01-01 00:00:00.000000'")
+        w.onemin.upscale_delay = 0
+        proc = await w.start()
+        try:
+            final = await it.final()
+            assert "offline too long" in final["content"] and "refunded" in final["content"]
+            assert w.query("SELECT status, error_kind FROM jobs") == [("failed", "expired")]
+            assert w.query("SELECT state FROM ledger_entries") == [("refunded",)]
+            assert results(w) == []
+        finally:
+            stop(proc)
+
+
+async def test_sigterm_hands_running_jobs_back_with_a_notice(tmp_path: Path) -> None:
+    """SIGTERM while a job runs: the process exits cleanly, the member is told the upscale
+    will continue, nothing is refunded, and the next start finishes it."""
     async with world(tmp_path) as w:
         w.onemin.upscale_delay = 60
         proc = await w.start(SHUTDOWN_GRACE="0.5")
@@ -152,10 +357,19 @@ async def test_sigterm_with_a_job_running_refunds_with_a_notice(tmp_path: Path) 
             await w.wait_stage("upscaling")
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 20) == 0
-            final = await it.final(timeout=5)
-            assert "restarting" in final["content"] and "refunded" in final["content"]
-            assert w.query("SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved'") == [(0,)]
+            await it.wait(lambda i: "continue" in str(i.original and i.original["content"]))
+            assert w.query("SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved'") == [(1,)]
+            assert w.query("SELECT status FROM jobs") == [("queued",)]
             assert "Stopped cleanly" in w.log()
+        finally:
+            stop(proc)
+        w.onemin.upscale_delay = 0
+        proc = await w.start()
+        try:
+            final = await it.final(timeout=20)
+            assert final.get("attachments")
+            await w.wait_settled()
+            assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
         finally:
             stop(proc)
 

@@ -45,6 +45,7 @@ ATTACH_FILES = 1 << 15
 EMBED_LINKS = 1 << 14
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS | ATTACH_FILES | EMBED_LINKS
 HANG = 0  # a fault "status" that makes the call never answer
+APPLY_THEN_HANG = -1  # a fault "status": the call takes effect, but its answer never comes
 
 _counter = itertools.count(1)
 
@@ -280,7 +281,7 @@ class Injected:
         await self.emulator.wait_until(lambda: predicate(self), timeout)
 
     async def final(
-        self, timeout: float = 15.0, progress: tuple[str, ...] = ("⏳", "⚙️")
+        self, timeout: float = 15.0, progress: tuple[str, ...] = ("⏳", "⚙️", "🔄", "⏸️")
     ) -> dict[str, Any]:
         """The @original message once it is neither empty ("thinking") nor progress."""
 
@@ -527,6 +528,10 @@ class DiscordEmulator:
             Fault(re.compile(path_regex), method, status, times, retry_after, files_only)
         )
 
+    def clear_faults(self) -> None:
+        """Forget every fault not yet used."""
+        self._faults.clear()
+
     def _take_fault(self, method: str, path: str, has_files: bool = False) -> Fault | None:
         for fault in self._faults:
             if fault.files_only and not has_files:
@@ -570,7 +575,7 @@ class DiscordEmulator:
             self.hung.append(f"{method} {path}")
             await self._notify()
             await asyncio.Event().wait()  # never answers; ends when the client goes away
-        if fault is not None:
+        if fault is not None and fault.status != APPLY_THEN_HANG:
             response = self._fault_response(fault)
         else:
             try:
@@ -579,6 +584,9 @@ class DiscordEmulator:
                 response = reply.response
         self.calls.append(Call(method, path, body, files, response.status, time.monotonic()))
         await self._notify()
+        if fault is not None and fault.status == APPLY_THEN_HANG:
+            self.hung.append(f"{method} {path}")
+            await asyncio.Event().wait()  # done, but the client never hears so
         return response
 
     def _fault_response(self, fault: Fault) -> web.Response:
@@ -627,7 +635,10 @@ class DiscordEmulator:
             if method == "GET":
                 channel = self._channel(int(m[1]))
                 latest = sorted(channel.messages.values(), key=lambda x: -int(x["id"]))
-                return _json(latest[: int(request.query.get("limit", "50"))])
+                if before := request.query.get("before"):
+                    latest = [x for x in latest if int(x["id"]) < int(before)]
+                limit = int(request.query.get("limit", "50"))
+                return _json([_public(x) for x in latest[:limit]])
         if m := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", api):
             return self._channel_message(method, int(m[1]), int(m[2]), body, files)
         self.unimplemented.append(f"{method} {path}")
