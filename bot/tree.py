@@ -40,13 +40,14 @@ def describe_error(error: app_commands.AppCommandError) -> tuple[str, bool]:
         return original.message, True
     if isinstance(error, app_commands.NoPrivateMessage):
         return "This command works in a server channel, not in direct messages.", True
-    if isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
-        return "You don't have permission to use this command.", True
+    # BotMissingPermissions and CommandOnCooldown are CheckFailures too: look at them first.
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down: try again in {error.retry_after:.0f} s.", True
     if isinstance(error, app_commands.BotMissingPermissions):
         missing = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
         return f"I need these permissions in this channel: {missing}.", True
-    if isinstance(error, app_commands.CommandOnCooldown):
-        return f"Slow down: try again in {error.retry_after:.0f} s.", True
+    if isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
+        return "You don't have permission to use this command.", True
     return GENERIC_FAILURE, False
 
 

@@ -1,0 +1,113 @@
+"""The error handler's choice of message, failure texts, and the secret-masking log filter."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+from discord import app_commands
+
+from bot.failures import FailureKind
+from bot.jobs import JobFailure
+from bot.logs import MASK, RedactSecrets
+from bot.tree import GENERIC_FAILURE, UserError, describe_error
+from cogs.messages import FAILURE_TEXT, failure_message
+
+SECRET = "s3cret-token-value"
+
+
+def test_every_failure_kind_has_a_text() -> None:
+    """No FailureKind falls back to a generic message: each has its own text."""
+    assert set(FAILURE_TEXT) == set(FailureKind)
+
+
+@pytest.mark.parametrize("kind", list(FailureKind))
+def test_failure_message_always_mentions_the_refund(kind: FailureKind) -> None:
+    """Whatever the kind, the member hears that their credits came back."""
+    assert "refunded" in failure_message(JobFailure(kind))
+
+
+def test_rate_limited_message_says_when_to_try_again() -> None:
+    """A busy service's message carries a relative Discord timestamp."""
+    text = failure_message(JobFailure(FailureKind.RATE_LIMITED, retry_after=60))
+    assert "<t:" in text and ":R>" in text
+
+
+def test_user_error_is_shown_as_written_and_expected() -> None:
+    """A UserError's own words reach the member, with no traceback logged."""
+    assert describe_error(UserError("Nope, not that.")) == ("Nope, not that.", True)
+
+
+def test_user_error_wrapped_by_discord_py_is_unwrapped() -> None:
+    """A UserError raised inside a command (wrapped in CommandInvokeError) keeps its words."""
+
+    class Wrapped(app_commands.AppCommandError):
+        original = UserError("Inner words.")
+
+    assert describe_error(Wrapped()) == ("Inner words.", True)
+
+
+def test_dm_refusal_is_explained() -> None:
+    """A guild-only command used in a DM says where it works."""
+    message, expected = describe_error(app_commands.NoPrivateMessage())
+    assert "server" in message and expected
+
+
+def test_failed_check_says_permission() -> None:
+    """A failed check tells the member they lack permission."""
+    message, expected = describe_error(app_commands.CheckFailure())
+    assert "permission" in message and expected
+
+
+def test_missing_bot_permissions_are_named() -> None:
+    """The bot's missing permissions are listed in plain words."""
+    error = app_commands.BotMissingPermissions(["attach_files", "embed_links"])
+    message, expected = describe_error(error)
+    assert "Attach Files" in message and "Embed Links" in message and expected
+
+
+def test_cooldown_says_when_to_try_again() -> None:
+    """A command on cooldown says how many seconds to wait."""
+    cooldown = app_commands.Cooldown(1, 30.0)
+    message, expected = describe_error(app_commands.CommandOnCooldown(cooldown, 12.0))
+    assert "12 s" in message and expected
+
+
+def test_unexpected_error_gets_the_generic_text_and_is_logged() -> None:
+    """Anything else shows the generic message and is marked unexpected (traceback logged)."""
+    error = app_commands.AppCommandError(f"boom with {SECRET}")
+    message, expected = describe_error(error)
+    assert message == GENERIC_FAILURE and not expected
+    assert SECRET not in message
+
+
+def _record(msg: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logging.LogRecord("t", logging.INFO, __file__, 1, msg, args, exc_info)
+
+
+def test_filter_masks_a_secret_in_the_message_and_its_arguments() -> None:
+    """A secret in the format string or an argument is replaced by the mask."""
+    record = _record("token=%s and " + SECRET, SECRET)
+    RedactSecrets([SECRET]).filter(record)
+    assert record.getMessage() == f"token={MASK} and {MASK}"
+
+
+def test_filter_masks_a_secret_in_an_exception() -> None:
+    """A secret inside a logged exception's text is masked in the formatted traceback."""
+    try:
+        raise RuntimeError(f"failed with {SECRET}")
+    except RuntimeError as exc:
+        record = _record("oops", exc=exc)
+        assert sys.exc_info()[1] is exc
+    RedactSecrets([SECRET]).filter(record)
+    assert record.exc_text is not None and SECRET not in record.exc_text
+    assert MASK in record.exc_text
+
+
+def test_filter_ignores_too_short_values_and_leaves_clean_records_alone() -> None:
+    """Values under 4 characters are not treated as secrets; clean records are untouched."""
+    record = _record("abc %s", "value")
+    RedactSecrets(["abc"]).filter(record)
+    assert record.getMessage() == "abc value" and record.args == ("value",)
