@@ -57,6 +57,8 @@ class UpscaleBot(commands.Bot):
         )
         self.settings = settings
         self.session = session
+        if isinstance(self.tree, UpscaleTree):
+            self.tree.allowed_guilds = settings.allowed_guild_ids
         self.services = services
         # Origins (scheme://host[:port]) members' images may be downloaded from.
         self.media_origins = media_origins
@@ -118,6 +120,21 @@ class UpscaleBot(commands.Bot):
         log.info(
             "Ready as %s (id %s) in %d guilds", user, user.id if user else "?", len(self.guilds)
         )
+        for guild in self.guilds:
+            self._warn_if_not_allowed(guild)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        self._warn_if_not_allowed(guild)
+
+    def _warn_if_not_allowed(self, guild: discord.Guild) -> None:
+        allowed = self.settings.allowed_guild_ids
+        if allowed and guild.id not in allowed:
+            log.warning(
+                "The bot is in server %s (%d), which ALLOWED_GUILD_IDS does not list: every"
+                " command there is refused. Remove the bot from it, or add the id.",
+                guild.name,
+                guild.id,
+            )
 
 
 def bot_of(interaction: discord.Interaction[Any]) -> UpscaleBot:

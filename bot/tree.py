@@ -51,8 +51,37 @@ def describe_error(error: app_commands.AppCommandError) -> tuple[str, bool]:
     return GENERIC_FAILURE, False
 
 
+GUILD_NOT_ALLOWED = "This bot is not enabled in this server. Nothing was charged."
+
+
+def guild_allowed(interaction: discord.Interaction, allowed: frozenset[int]) -> bool:
+    """``ALLOWED_GUILD_IDS``: empty allows every server; DMs pass (commands refuse them)."""
+    return not allowed or interaction.guild_id is None or interaction.guild_id in allowed
+
+
+async def refuse_if_not_allowed(interaction: discord.Interaction, allowed: frozenset[int]) -> bool:
+    """Answer an interaction from a server outside ``ALLOWED_GUILD_IDS``; True if refused."""
+    if guild_allowed(interaction, allowed):
+        return False
+    log.info("Refused an interaction from server %s (not allowed)", interaction.guild_id)
+    try:
+        await send_reply(interaction, GUILD_NOT_ALLOWED, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("Could not refuse an interaction: HTTP %s", exc.status)
+    return True
+
+
 class UpscaleTree(app_commands.CommandTree):
-    """The bot's command tree with the single error handler."""
+    """The bot's command tree with the single error handler.
+
+    ``allowed_guilds`` (``ALLOWED_GUILD_IDS``) is checked before any command runs:
+    elsewhere every command is refused at no cost.
+    """
+
+    allowed_guilds: frozenset[int] = frozenset()
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return not await refuse_if_not_allowed(interaction, self.allowed_guilds)
 
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError

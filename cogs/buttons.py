@@ -14,6 +14,7 @@ import discord
 
 from bot.client import bot_of
 from bot.jobs import CancelOutcome
+from bot.tree import refuse_if_not_allowed
 from cogs import messages
 from cogs.checks import is_moderator
 
@@ -25,6 +26,12 @@ CANCEL_ANSWERS = {
     CancelOutcome.FINISHED: messages.CANCEL_FINISHED,
     CancelOutcome.NOT_FOUND: messages.CANCEL_FINISHED,
 }
+
+
+async def _allowed_here(interaction: discord.Interaction[Any]) -> bool:
+    """Buttons obey ``ALLOWED_GUILD_IDS`` like commands do."""
+    allowed = bot_of(interaction).settings.allowed_guild_ids
+    return not await refuse_if_not_allowed(interaction, allowed)
 
 
 def _may_act_for(interaction: discord.Interaction[Any], owner_id: int) -> bool:
@@ -58,6 +65,9 @@ class DeleteResultButton(
         /,
     ) -> DeleteResultButton:
         return cls(int(match["owner"]))
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return await _allowed_here(interaction)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         if not _may_act_for(interaction, self.owner_id):
@@ -94,6 +104,9 @@ class CancelJobButton(
         /,
     ) -> CancelJobButton:
         return cls(match["job"])
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return await _allowed_here(interaction)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = bot_of(interaction)

@@ -1,0 +1,99 @@
+"""The Cancel button on a waiting job, through the real bot and the emulators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.emulators.discord import Injected, find_button
+from tests.harness import Harness, png, running_bot
+
+
+def shown(h: Harness, it: Injected) -> str:
+    """The current text of the interaction's reply, as the channel shows it."""
+    assert it.original is not None
+    message = h.discord.channel.messages.get(int(it.original["id"]), it.original)
+    return str(message.get("content"))
+
+
+def is_cancel(component: dict[str, Any]) -> bool:
+    return str(component.get("custom_id", "")).startswith("upscale:cancel:")
+
+
+def has_cancel(it: Injected) -> bool:
+    message = it.original
+    return message is not None and any(
+        is_cancel(c) for row in message.get("components", []) for c in row.get("components", [])
+    )
+
+
+async def waiting_job(h: Harness) -> tuple[Injected, Injected]:
+    """One job upscaling slowly (the only slot) and a second one of alice's waiting."""
+    h.onemin.upscale_delay = 3.0
+    running = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
+    await h.discord.wait_until(lambda: h.onemin.calls["upscale"] == 1)
+    queued = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "b.png")})
+    await queued.wait(has_cancel)
+    return running, queued
+
+
+async def press_cancel(h: Harness, it: Injected, member: Any = None) -> Injected:
+    assert it.original is not None
+    button = find_button(it.original, is_cancel)
+    click = await h.discord.click(it.original, button["custom_id"], member=member)
+    await click.acked()
+    return click
+
+
+async def test_requester_cancels_a_queued_job_and_is_refunded(tmp_path: Path) -> None:
+    """Cancel on a waiting job: the reply says cancelled, the credit comes back, and
+    1min.ai never sees the image."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        running, queued = await waiting_job(h)
+        await press_cancel(h, queued)
+        await h.discord.wait_until(lambda: "Cancelled" in shown(h, queued))
+        await running.final(timeout=20)
+        assert await h.balance(h.discord.alice.user.id) == (1, 0)
+        assert h.onemin.calls["upload"] == 1
+
+
+async def test_moderator_can_cancel_a_members_job(tmp_path: Path) -> None:
+    """A moderator pressing Cancel on someone's waiting job cancels and refunds it."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        running, queued = await waiting_job(h)
+        await press_cancel(h, queued, member=h.discord.moderator)
+        await h.discord.wait_until(lambda: "Cancelled" in shown(h, queued))
+        await running.final(timeout=20)
+        assert await h.balance(h.discord.alice.user.id) == (1, 0)
+
+
+async def test_another_member_cannot_cancel(tmp_path: Path) -> None:
+    """Another member pressing Cancel is told no; the job goes on and is delivered."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        _, queued = await waiting_job(h)
+        click = await press_cancel(h, queued, member=h.discord.bob)
+        reply = await click.final()
+        assert "Only the member" in reply["content"]
+        final = await queued.final(timeout=20)
+        assert final.get("attachments")
+        assert await h.balance(h.discord.alice.user.id) == (2, 0)
+
+
+async def test_cancel_after_the_upscale_started_is_too_late(tmp_path: Path) -> None:
+    """Pressed once the image is with the upscaler, Cancel says it is too late."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        h.onemin.upscale_delay = 3.0
+        h.onemin.fail("upload", "latency", seconds=2.0)
+        it = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
+        await it.wait(has_cancel)  # shown while queued or uploading
+        assert it.original is not None
+        # The member's client still shows the button it had while the job was uploading.
+        stale = {**it.original, "id": "1"}
+        await h.discord.wait_until(lambda: h.onemin.calls["upscale"] == 1)
+        button = find_button(stale, is_cancel)
+        click = await h.discord.click(stale, button["custom_id"])
+        reply = await click.final()
+        assert "Too late" in reply["content"]
+        final = await it.final(timeout=20)
+        assert final.get("attachments")
+        assert await h.balance(h.discord.alice.user.id) == (1, 0)
