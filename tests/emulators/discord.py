@@ -880,6 +880,8 @@ class DiscordEmulator:
                 return self._channel_post(int(m[1]), body, files)
             if method == "GET":
                 return _json(self._history(self._channel(int(m[1])), request.query))
+        if (m := re.fullmatch(r"/channels/(\d+)", api)) and method == "GET":
+            return _json(self._channel(int(m[1])).payload(self.bot_user.id))
         if m := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", api):
             return self._channel_message(method, int(m[1]), int(m[2]), body, files)
         self.unimplemented.append(f"{method} {path}")
