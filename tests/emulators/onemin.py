@@ -364,7 +364,8 @@ class OneMinEmulator:
         route = _route_of(request.path)
         if route is None:
             response = await handler(request)
-            self.statuses[("download", response.status)] += 1
+            if request.path.startswith(f"/{BUCKET}/"):
+                self.statuses[("download", response.status)] += 1
             return response
         entry = ApiRequest(time.monotonic(), request.headers.get("API-KEY", ""), route)
         self.api_requests.append(entry)
