@@ -17,17 +17,36 @@ Realism: an ack later than ``ack_deadline`` s gets 404 code 10062; webhook calls
 ``latency`` knob delays every REST answer. Every REST call is recorded in ``calls``; calls
 to routes it does not implement are answered 404 and listed in ``unimplemented``.
 Injected interactions are validated against the commands the bot registered.
+
+Guilds and shards: :meth:`DiscordEmulator.add_guild` adds guilds (ids placed on a chosen
+shard: ``(guild_id >> 22) % shard_count``) besides the default ``guild``. IDENTIFY may
+carry ``shard: [id, count]`` (none means ``[0, 1]``); READY echoes it and lists, like the
+GUILD_CREATEs after it, only that shard's guilds; guild events (interactions included) go
+only to the connection of the shard owning the guild, DM events to shard 0. Like Discord,
+IDENTIFYs in one concurrency bucket (``shard_id % max_concurrency``) less than
+``identify_interval`` (5 s) apart are refused with op 9 (``d: false``; counted in
+``identify_refusals``). Stricter than Discord (which lets two sessions share a shard), a
+second session on a shard that already has a live connection is refused the same way
+(``duplicate_session_refusals``); discord.py then identifies again after its
+``before_identify_hook`` and gets the shard once the old connection is gone. Every
+attempt is in ``identify_log``; :meth:`DiscordEmulator.connected_shards` lists live shards.
+
+Owner tooling: ``reject_token`` (401 on REST, 4004 on the gateway), ``GET
+/users/@me/guilds`` (``permissions`` from :attr:`Guild.bot_permissions`), message history,
+``POST /users/@me/channels`` and DMs (``dms_sent``, :meth:`DiscordEmulator.dms_to`;
+users in ``closed_dms`` refuse them with 50007), the application ``owner``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -35,6 +54,7 @@ from typing import Any, Self
 import discord
 import yarl
 from aiohttp import WSMsgType, web
+from PIL import Image
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
@@ -46,6 +66,8 @@ EMBED_LINKS = 1 << 14
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS | ATTACH_FILES | EMBED_LINKS
 HANG = 0  # a fault "status" that makes the call never answer
 APPLY_THEN_HANG = -1  # a fault "status": the call takes effect, but its answer never comes
+IDENTIFY_INTERVAL = 5.0  # seconds between IDENTIFYs in one concurrency bucket
+SESSION_START_TOTAL = 1000  # session starts allowed per day
 
 _counter = itertools.count(1)
 
@@ -72,6 +94,20 @@ def snowflake(at: float | None = None) -> int:
 
 def snowflake_time(value: int) -> float:
     return ((value >> 22) + DISCORD_EPOCH_MS) / 1000
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that carries ``guild_id`` when the bot runs ``shard_count`` shards."""
+    return (guild_id >> 22) % shard_count
+
+
+def snowflake_on_shard(shard_id: int, shard_count: int) -> int:
+    """A fresh snowflake (a guild id) that lands on ``shard_id`` of ``shard_count``."""
+    if not 0 <= shard_id < shard_count:
+        raise ValueError(f"shard {shard_id} is not in 0..{shard_count - 1}")
+    ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    ms -= (ms - shard_id) % shard_count
+    return (ms << 22) | (next(_counter) & 0x3FFFFF)
 
 
 def iso(at: float | None = None) -> str:
@@ -150,6 +186,7 @@ class Channel:
     type: int = 0
     bot_permissions: int = BOT_PERMISSIONS  # the bot's permissions here (app_permissions)
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    recipient: User | None = None  # for a DM the bot opened
 
     def payload(self, bot_id: int | None = None) -> dict[str, Any]:
         """The channel object; with ``bot_id``, an overwrite gives the bot exactly
@@ -165,6 +202,14 @@ class Channel:
                     "deny": str(ALL_PERMISSIONS & ~self.bot_permissions),
                 }
             )
+        if self.recipient is not None:
+            return {
+                "id": str(self.id),
+                "type": 1,
+                "last_message_id": None,
+                "flags": 0,
+                "recipients": [self.recipient.payload()],
+            }
         data: dict[str, Any] = {
             "id": str(self.id),
             "type": self.type,
@@ -190,6 +235,28 @@ class Guild:
     channels: list[Channel]
     members: list[Member]
     upload_limit: int = DEFAULT_UPLOAD_LIMIT
+    preferred_locale: str = "en-US"
+    bot_permissions: int = BOT_PERMISSIONS  # what GET /users/@me/guilds reports
+
+    @property
+    def channel(self) -> Channel:
+        """The guild's first text channel."""
+        return self.channels[0]
+
+    @property
+    def everyone(self) -> Role:
+        return self.roles[0]
+
+    def member(self, name: str) -> Member:
+        """The member whose user is called ``name``."""
+        for member in self.members:
+            if member.user.name == name:
+                return member
+        raise EmulatorError(f"no member {name!r} in {self.name}")
+
+    @property
+    def humans(self) -> list[Member]:
+        return [m for m in self.members if not m.user.bot]
 
     def payload(self, bot_id: int | None = None) -> dict[str, Any]:
         return {
@@ -218,11 +285,36 @@ class Guild:
             "default_message_notifications": 0,
             "afk_timeout": 300,
             "system_channel_flags": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.preferred_locale,
             "nsfw_level": 0,
             "premium_progress_bar_enabled": False,
             "joined_at": iso(1_600_000_000),
         }
+
+
+@dataclass
+class GatewaySession:
+    """One identified gateway session (a shard), and its connection while live."""
+
+    session_id: str
+    shard_id: int
+    shard_count: int
+    ws: web.WebSocketResponse | None
+    seq: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.ws is not None and not self.ws.closed
+
+
+@dataclass
+class IdentifyAttempt:
+    """An IDENTIFY the emulator received and what became of it."""
+
+    at: float  # time.monotonic()
+    shard_id: int
+    shard_count: int
+    outcome: str  # "ready", "rate_limited" (same bucket within 5 s) or "duplicate"
 
 
 @dataclass
@@ -326,12 +418,23 @@ class DiscordEmulator:
         self._blobs: dict[str, _Blob] = {}
         self.attachment_url_lifetime = 86_400.0  # seconds a CDN URL stays valid once made
         self._changed = asyncio.Condition()
-        self._ws: web.WebSocketResponse | None = None
-        self._seq = 0
-        self._session_id = secrets.token_hex(16)
-        self._pending_events: list[dict[str, Any]] = []
-        self.identifies = 0
+        self.sessions: dict[str, GatewaySession] = {}
+        self._pending: dict[int, list[dict[str, Any]]] = {}  # per shard, until it resumes
+        self._sockets: set[web.WebSocketResponse] = set()
+        self.identifies = 0  # admitted IDENTIFYs (sessions started)
         self.resumes = 0
+        self.shard_count = 1  # as the latest admitted IDENTIFY said
+        self.recommended_shards = 1  # "shards" in GET /gateway/bot
+        self.max_concurrency = 1
+        self.identify_interval = IDENTIFY_INTERVAL
+        self.identify_log: list[IdentifyAttempt] = []
+        self.identify_refusals = 0
+        self.duplicate_session_refusals = 0
+        self._bucket_last: dict[int, float] = {}
+        self.reject_token = False
+        self.dm_channels: dict[int, Channel] = {}  # user id -> the DM the bot opened
+        self.dms_sent: list[tuple[int, dict[str, Any]]] = []  # (user id, message)
+        self.closed_dms: set[int] = set()  # users who refuse DMs from the bot
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._ws_tasks: set[asyncio.Task[None]] = set()
@@ -363,11 +466,64 @@ class DiscordEmulator:
         )
         self.dm_channel = Channel(snowflake(), "dm", None, type=1)
         self.channels = {self.channel.id: self.channel, self.dm_channel.id: self.dm_channel}
+        self.guilds: list[Guild] = [self.guild]
+        self.owner: User = self.moderator.user  # the application's owner
 
-    def add_member(self, name: str, roles: list[Role] | None = None) -> Member:
-        member = Member(User(snowflake(), name), [self.everyone, *(roles or [])])
-        self.guild.members.append(member)
+    def add_member(
+        self, name: str, roles: list[Role] | None = None, *, guild: Guild | None = None
+    ) -> Member:
+        target = guild or self.guild
+        member = Member(User(snowflake(), name), [target.everyone, *(roles or [])])
+        target.members.append(member)
         return member
+
+    def add_guild(
+        self,
+        name: str = "Another Server",
+        *,
+        shard: tuple[int, int] | None = None,
+        locale: str = "en-US",
+        members: Sequence[str] = ("carol", "dave"),
+        channel_name: str = "general",
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+    ) -> Guild:
+        """A guild the bot is in, with one text channel, ``members`` and the bot.
+
+        ``shard=(shard_id, shard_count)`` picks an id on that shard. Add guilds before
+        the bot connects, or announce them with :meth:`announce_guild`.
+        """
+        gid = snowflake() if shard is None else snowflake_on_shard(*shard)
+        everyone = Role(gid, "@everyone", EVERYONE_PERMISSIONS, position=0)
+        channel = Channel(snowflake(), channel_name, gid)
+        people = [Member(User(snowflake(), n), [everyone]) for n in members]
+        me = Member(self.bot_user, [everyone], permissions=BOT_PERMISSIONS)
+        guild = Guild(
+            gid,
+            name,
+            [everyone],
+            [channel],
+            [*people, me],
+            upload_limit=upload_limit,
+            preferred_locale=locale,
+        )
+        self.guilds.append(guild)
+        self.channels[channel.id] = channel
+        return guild
+
+    async def announce_guild(self, guild: Guild) -> None:
+        """Send GUILD_CREATE for ``guild`` (the bot joined it) to the shard owning it."""
+        await self.dispatch("GUILD_CREATE", guild.payload(self.bot_user.id))
+
+    def guild_of(self, channel: Channel) -> Guild | None:
+        return next((g for g in self.guilds if g.id == channel.guild_id), None)
+
+    def guilds_on(self, shard_id: int, shard_count: int) -> list[Guild]:
+        return [g for g in self.guilds if shard_of(g.id, shard_count) == shard_id]
+
+    def _users(self) -> dict[int, User]:
+        users = {m.user.id: m.user for g in self.guilds for m in g.members}
+        users[self.owner.id] = self.owner
+        return users
 
     async def set_bot_permissions(self, channel: Channel, permissions: int) -> None:
         """Give the bot exactly ``permissions`` in ``channel``, as a server admin would.
@@ -394,8 +550,8 @@ class DiscordEmulator:
         self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        for ws in list(self._sockets):
+            await ws.close()
         for task in list(self._ws_tasks):
             task.cancel()
         if self._runner is not None:
@@ -440,72 +596,164 @@ class DiscordEmulator:
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
-        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}})
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            payload = json.loads(msg.data)
-            op = payload.get("op")
-            if op == 1:
-                await ws.send_json({"op": 11})
-            elif op == 2:
-                if payload["d"].get("token") != self.token:
-                    await ws.close(code=4004, message=b"Authentication failed.")
-                    break
-                self.identifies += 1
-                self._ws = ws
-                self._session_id = secrets.token_hex(16)
-                await self._send_ready(ws)
-                await self._notify()
-            elif op == 6:
-                self.resumes += 1
-                self._ws = ws
-                await self._dispatch_to(ws, "RESUMED", {})
-                pending, self._pending_events = self._pending_events, []
-                for event in pending:
-                    await self._dispatch_to(ws, event["t"], event["d"])
-                await self._notify()
-        if self._ws is ws:
-            self._ws = None
+        self._sockets.add(ws)
+        session: GatewaySession | None = None
+        try:
+            await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}})
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                payload = json.loads(msg.data)
+                op = payload.get("op")
+                if op == 1:
+                    await ws.send_json({"op": 11})
+                elif op == 2:
+                    session = await self._identify(ws, payload.get("d") or {}) or session
+                elif op == 6:
+                    session = await self._resume(ws, payload.get("d") or {}) or session
+        finally:
+            self._sockets.discard(ws)
+            if session is not None and session.ws is ws:
+                session.ws = None
+            await self._notify()
         return ws
 
-    async def _send_ready(self, ws: web.WebSocketResponse) -> None:
-        await self._dispatch_to(
-            ws,
+    async def _identify(
+        self, ws: web.WebSocketResponse, data: dict[str, Any]
+    ) -> GatewaySession | None:
+        if data.get("token") != self.token or self.reject_token:
+            await ws.close(code=4004, message=b"Authentication failed.")
+            return None
+        shard_id, shard_count = (int(x) for x in (data.get("shard") or (0, 1)))
+        if not 0 <= shard_id < shard_count:
+            await ws.close(code=4010, message=b"Invalid shard.")
+            return None
+        now = time.monotonic()
+        bucket = shard_id % self.max_concurrency
+        last = self._bucket_last.get(bucket)
+        outcome = "ready"
+        if last is not None and now - last < self.identify_interval:
+            outcome = "rate_limited"
+            self.identify_refusals += 1
+        elif self._live_session(shard_id) is not None:
+            outcome = "duplicate"
+            self.duplicate_session_refusals += 1
+        self.identify_log.append(IdentifyAttempt(now, shard_id, shard_count, outcome))
+        if outcome != "ready":
+            await ws.send_json({"op": 9, "d": False})
+            await self._notify()
+            return None
+        self._bucket_last[bucket] = now
+        self.identifies += 1
+        self.shard_count = shard_count
+        session = GatewaySession(secrets.token_hex(16), shard_id, shard_count, ws)
+        self.sessions[session.session_id] = session
+        await self._send_ready(session)
+        await self._notify()
+        return session
+
+    async def _resume(
+        self, ws: web.WebSocketResponse, data: dict[str, Any]
+    ) -> GatewaySession | None:
+        session = self.sessions.get(data.get("session_id") or "")
+        live = None if session is None else self._live_session(session.shard_id)
+        if (
+            data.get("token") != self.token
+            or session is None
+            or (live is not None and live is not session)
+        ):
+            await ws.send_json({"op": 9, "d": False})
+            return None
+        self.resumes += 1
+        session.ws = ws
+        await self._send_event(session, "RESUMED", {})
+        for event in self._pending.pop(session.shard_id, []):
+            await self._send_event(session, event["t"], event["d"])
+        await self._notify()
+        return session
+
+    async def _send_ready(self, session: GatewaySession) -> None:
+        guilds = self.guilds_on(session.shard_id, session.shard_count)
+        await self._send_event(
+            session,
             "READY",
             {
                 "v": 10,
                 "user": self.bot_user.payload(),
-                "guilds": [{"id": str(self.guild.id), "unavailable": True}],
-                "session_id": self._session_id,
+                "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
+                "session_id": session.session_id,
                 "resume_gateway_url": self.gateway_url,
                 "application": {"id": str(self.application_id), "flags": 0},
                 "private_channels": [],
                 "relationships": [],
+                "shard": [session.shard_id, session.shard_count],
             },
         )
-        await self._dispatch_to(ws, "GUILD_CREATE", self.guild.payload(self.bot_user.id))
+        for guild in guilds:
+            await self._send_event(session, "GUILD_CREATE", guild.payload(self.bot_user.id))
 
-    async def _dispatch_to(self, ws: web.WebSocketResponse, name: str, data: Any) -> None:
-        self._seq += 1
-        await ws.send_json({"op": 0, "t": name, "s": self._seq, "d": data})
+    async def _send_event(self, session: GatewaySession, name: str, data: Any) -> None:
+        assert session.ws is not None
+        session.seq += 1
+        await session.ws.send_json({"op": 0, "t": name, "s": session.seq, "d": data})
+
+    def _live_session(self, shard_id: int) -> GatewaySession | None:
+        for session in self.sessions.values():
+            if session.shard_id == shard_id and session.live:
+                return session
+        return None
+
+    def connected_shards(self) -> list[int]:
+        """Shard ids with a live, identified (or resumed) connection."""
+        return sorted({s.shard_id for s in self.sessions.values() if s.live})
+
+    def shard_for(self, name: str, data: Any) -> int:
+        """The shard an event goes to: its guild's, or 0 for events outside guilds."""
+        guild_id = None
+        if isinstance(data, dict):
+            key = "id" if name in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") else "guild_id"
+            guild_id = data.get(key)
+        return 0 if guild_id is None else shard_of(int(guild_id), self.shard_count)
+
+    @property
+    def _pending_events(self) -> list[dict[str, Any]]:
+        """Events held for shards that are reconnecting, every shard together."""
+        return [event for events in self._pending.values() for event in events]
+
+    @property
+    def _ws(self) -> web.WebSocketResponse | None:
+        session = self._live_session(0)
+        return None if session is None else session.ws
 
     async def dispatch(self, name: str, data: Any) -> None:
-        """Send an event to the bot, or hold it until the bot resumes."""
-        if self._ws is None or self._ws.closed:
-            self._pending_events.append({"t": name, "d": data})
+        """Send an event to the shard it belongs to, or hold it until that shard resumes."""
+        shard_id = self.shard_for(name, data)
+        session = self._live_session(shard_id)
+        if session is None:
+            self._pending.setdefault(shard_id, []).append({"t": name, "d": data})
             return
-        await self._dispatch_to(self._ws, name, data)
+        await self._send_event(session, name, data)
 
-    async def force_reconnect(self) -> None:
-        """Ask the bot to reconnect (op 7); it resumes on a new connection."""
-        ws = self._ws
-        assert ws is not None, "the bot is not connected"
-        self._ws = None
+    async def force_reconnect(self, shard_id: int = 0) -> None:
+        """Ask a shard to reconnect (op 7); it resumes on a new connection."""
+        session = self._live_session(shard_id)
+        assert session is not None and session.ws is not None, "the shard is not connected"
+        ws, session.ws = session.ws, None
         await ws.send_json({"op": 7, "d": None})
 
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        await self.wait_until(lambda: self._ws is not None and not self._ws.closed, timeout)
+    async def wait_connected(
+        self, timeout: float = 10.0, shards: Iterable[int] | None = None
+    ) -> None:
+        """Wait until a shard (or each of ``shards``) has a live session."""
+        wanted = None if shards is None else set(shards)
+        await self.wait_until(
+            lambda: (
+                bool(self.connected_shards())
+                if wanted is None
+                else wanted <= set(self.connected_shards())
+            ),
+            timeout,
+        )
 
     # -- REST --------------------------------------------------------------------------
 
@@ -617,8 +865,14 @@ class DiscordEmulator:
             return _json(self.bot_user.payload())
         if method == "GET" and api == "/oauth2/applications/@me":
             return _json(self._application())
-        if method == "GET" and api in ("/gateway", "/gateway/bot"):
-            return _json({"url": self.gateway_url, "shards": 1})
+        if method == "GET" and api == "/gateway":
+            return _json({"url": self.gateway_url})
+        if method == "GET" and api == "/gateway/bot":
+            return _json(self._gateway_bot())
+        if method == "GET" and api == "/users/@me/guilds":
+            return _json(self._my_guilds(request.query))
+        if method == "POST" and api == "/users/@me/channels":
+            return self._open_dm(body)
         if m := re.fullmatch(rf"/applications/{app}/commands", api):
             return self._sync_commands(method, body, None)
         if m := re.fullmatch(rf"/applications/{app}/guilds/(\d+)/commands", api):
@@ -633,19 +887,16 @@ class DiscordEmulator:
             if method == "POST":
                 return self._channel_post(int(m[1]), body, files)
             if method == "GET":
-                channel = self._channel(int(m[1]))
-                latest = sorted(channel.messages.values(), key=lambda x: -int(x["id"]))
-                if before := request.query.get("before"):
-                    latest = [x for x in latest if int(x["id"]) < int(before)]
-                limit = int(request.query.get("limit", "50"))
-                return _json([_public(x) for x in latest[:limit]])
+                return _json(self._history(self._channel(int(m[1])), request.query))
+        if (m := re.fullmatch(r"/channels/(\d+)", api)) and method == "GET":
+            return _json(self._channel(int(m[1])).payload(self.bot_user.id))
         if m := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", api):
             return self._channel_message(method, int(m[1]), int(m[2]), body, files)
         self.unimplemented.append(f"{method} {path}")
         return _json({"message": "404: Not Found", "code": 0}, status=404)
 
     def _check_auth(self, request: web.Request) -> None:
-        if request.headers.get("Authorization") != f"Bot {self.token}":
+        if self.reject_token or request.headers.get("Authorization") != f"Bot {self.token}":
             raise _Reply(_json({"message": "401: Unauthorized", "code": 0}, status=401))
 
     def _application(self) -> dict[str, Any]:
@@ -656,13 +907,84 @@ class DiscordEmulator:
             "icon": None,
             "bot_public": True,
             "bot_require_code_grant": False,
-            "owner": self.moderator.user.payload(),
+            "owner": self.owner.payload(),
             "verify_key": "0" * 64,
             "flags": 0,
             "interactions_endpoint_url": None,
             "team": None,
             "summary": "",
         }
+
+    def _gateway_bot(self) -> dict[str, Any]:
+        return {
+            "url": self.gateway_url,
+            "shards": self.recommended_shards,
+            "session_start_limit": {
+                "total": SESSION_START_TOTAL,
+                "remaining": max(SESSION_START_TOTAL - self.identifies, 0),
+                "reset_after": 86_400_000,
+                "max_concurrency": self.max_concurrency,
+            },
+        }
+
+    def _my_guilds(self, query: Any) -> list[dict[str, Any]]:
+        """GET /users/@me/guilds: the bot's guilds by id, with ``before``/``after``/``limit``."""
+        guilds = sorted(self.guilds, key=lambda g: g.id)
+        if "after" in query:
+            guilds = [g for g in guilds if g.id > int(query["after"])]
+        if "before" in query:
+            guilds = [g for g in guilds if g.id < int(query["before"])]
+            guilds = guilds[-int(query.get("limit", "200")) :]
+        else:
+            guilds = guilds[: int(query.get("limit", "200"))]
+        out = []
+        for guild in guilds:
+            item: dict[str, Any] = {
+                "id": str(guild.id),
+                "name": guild.name,
+                "icon": None,
+                "banner": None,
+                "owner": False,
+                "permissions": str(guild.bot_permissions),
+                "features": [],
+            }
+            if query.get("with_counts") == "true":
+                item["approximate_member_count"] = len(guild.members)
+                item["approximate_presence_count"] = 0
+            out.append(item)
+        return out
+
+    def _open_dm(self, body: Any) -> web.Response:
+        """POST /users/@me/channels: the bot's DM channel with a user (made once)."""
+        try:
+            user_id = int((body or {}).get("recipient_id"))
+        except (TypeError, ValueError):
+            user_id = 0
+        user = self._users().get(user_id)
+        if user is None:
+            return _json({"message": "Invalid Recipient(s)", "code": 50033}, status=400)
+        channel = self.dm_channels.get(user_id)
+        if channel is None:
+            channel = Channel(snowflake(), f"dm-{user.name}", None, type=1, recipient=user)
+            self.dm_channels[user_id] = channel
+            self.channels[channel.id] = channel
+        return _json(channel.payload())
+
+    def dms_to(self, user: User | Member) -> list[dict[str, Any]]:
+        """Messages the bot sent to ``user`` by DM, oldest first."""
+        uid = user.user.id if isinstance(user, Member) else user.id
+        return [message for target, message in self.dms_sent if target == uid]
+
+    def _history(self, channel: Channel, query: Any) -> list[dict[str, Any]]:
+        """GET /channels/{id}/messages: newest first, ``limit`` (1-100), ``before``,
+        ``after`` (then the oldest ones after it, still newest first)."""
+        limit = max(1, min(100, int(query.get("limit", "50"))))
+        messages = sorted(channel.messages.values(), key=lambda x: int(x["id"]))
+        if "before" in query:
+            messages = [x for x in messages if int(x["id"]) < int(query["before"])]
+        if "after" in query:
+            messages = [x for x in messages if int(x["id"]) > int(query["after"])][:limit]
+        return [_public(x) for x in reversed(messages[-limit:])]
 
     def _sync_commands(self, method: str, body: Any, guild_id: int | None) -> web.Response:
         if method == "GET":
@@ -693,9 +1015,10 @@ class DiscordEmulator:
             self.guild_commands[guild_id] = stored
         return _json(stored)
 
-    def registered(self, name: str, kind: int = 1) -> dict[str, Any]:
-        """The command the bot registered under ``name`` (guild commands first)."""
-        for command in [*self.guild_commands.get(self.guild.id, []), *self.global_commands]:
+    def registered(self, name: str, kind: int = 1, guild: Guild | None = None) -> dict[str, Any]:
+        """The command the bot registered under ``name`` (that guild's commands first)."""
+        gid = (guild or self.guild).id
+        for command in [*self.guild_commands.get(gid, []), *self.global_commands]:
             if command["name"] == name and command.get("type", 1) == kind:
                 return command
         raise EmulatorError(f"the bot registered no command {name!r} of type {kind}")
@@ -832,10 +1155,17 @@ class DiscordEmulator:
         self, channel_id: int, body: Any, files: list[tuple[str, bytes]]
     ) -> web.Response:
         channel = self._channel(channel_id)
+        if channel.recipient is not None and channel.recipient.id in self.closed_dms:
+            return _json(
+                {"message": "Cannot send messages to this user", "code": 50007}, status=403
+            )
         if files and not channel.bot_permissions & ATTACH_FILES:
             return _json({"message": "Missing Permissions", "code": 50013}, status=403)
-        self._check_upload(files, self.guild.upload_limit)
+        guild = self.guild_of(channel)
+        self._check_upload(files, DEFAULT_UPLOAD_LIMIT if guild is None else guild.upload_limit)
         message = self._new_message(channel, body or {}, files)
+        if channel.recipient is not None:
+            self.dms_sent.append((channel.recipient.id, message))
         return _json(_public(message))
 
     def _channel_message(
@@ -937,9 +1267,16 @@ class DiscordEmulator:
     # -- CDN ---------------------------------------------------------------------------
 
     def attachment(
-        self, data: bytes, filename: str, content_type: str | None = None
+        self,
+        data: bytes,
+        filename: str,
+        content_type: str | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
     ) -> dict[str, Any]:
-        """Host ``data`` on the emulated CDN; returns the attachment object."""
+        """Host ``data`` on the emulated CDN; returns the attachment object (with
+        ``width``/``height`` when given, as Discord adds them for images)."""
         attachment_id = snowflake()
         key = f"{attachment_id}/{filename}"
         now = time.time()
@@ -957,6 +1294,8 @@ class DiscordEmulator:
         }
         if content_type:
             payload["content_type"] = content_type
+        if width is not None and height is not None:
+            payload |= {"width": width, "height": height}
         return payload
 
     def _cdn(self, request: web.Request) -> web.Response:
@@ -981,6 +1320,7 @@ class DiscordEmulator:
         channel: Channel,
         upload_limit: int,
         age: float,
+        locale: str = "en-US",
     ) -> tuple[dict[str, Any], Injected]:
         interaction_id = snowflake(time.time() - age)
         token = "itok-" + secrets.token_urlsafe(24)
@@ -994,9 +1334,9 @@ class DiscordEmulator:
             "channel_id": str(channel.id),
             "channel": channel.payload(self.bot_user.id),
             "app_permissions": str(channel.bot_permissions),
-            "locale": "en-US",
+            "locale": locale,
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild.id)},
+            "authorizing_integration_owners": {"0": str(channel.guild_id or self.guild.id)},
             "attachment_size_limit": upload_limit,
         }
         if channel.guild_id is None:
@@ -1006,7 +1346,8 @@ class DiscordEmulator:
         else:
             assert member is not None
             payload["guild_id"] = str(channel.guild_id)
-            payload["guild_locale"] = "en-US"
+            guild = self.guild_of(channel)
+            payload["guild_locale"] = guild.preferred_locale if guild else "en-US"
             payload["member"] = member.payload(with_permissions=True)
             payload["context"] = 0
         it = Injected(
@@ -1031,15 +1372,17 @@ class DiscordEmulator:
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
         subcommand: str | None = None,
         age: float = 0.0,
+        locale: str = "en-US",
     ) -> Injected:
-        """Run ``/name [subcommand] options...`` as ``member`` (default alice).
+        """Run ``/name [subcommand] options...`` as ``member`` (default alice; in another
+        guild, its first member) with the user's ``locale``.
 
         Option values: plain values, a :class:`Member`/:class:`Role`, or an attachment
         object from :meth:`attachment`. Validated against what the bot registered.
         """
         chan = channel or self.channel
-        who = member or (None if chan.guild_id is None else self.alice)
-        command = self.registered(name, 1)
+        who = member or self._default_member(chan)
+        command = self.registered(name, 1, self.guild_of(chan))
         schema = command.get("options") or []
         if subcommand is not None:
             sub = next((o for o in schema if o["name"] == subcommand and o["type"] == 1), None)
@@ -1053,7 +1396,7 @@ class DiscordEmulator:
                 raise EmulatorError(f"/{name}: required option {spec['name']!r} missing")
         if subcommand is not None:
             opts = [{"name": subcommand, "type": 1, "options": opts}]
-        payload, it = self._base_interaction(2, who, chan, upload_limit, age)
+        payload, it = self._base_interaction(2, who, chan, upload_limit, age, locale)
         data: dict[str, Any] = {"id": command["id"], "name": name, "type": 1, "options": opts}
         if resolved:
             data["resolved"] = resolved
@@ -1061,6 +1404,12 @@ class DiscordEmulator:
             data["guild_id"] = command["guild_id"]
         payload["data"] = data
         return await self._send(payload, it)
+
+    def _default_member(self, channel: Channel) -> Member | None:
+        guild = self.guild_of(channel)
+        if guild is None:
+            return None
+        return self.alice if guild is self.guild else guild.humans[0]
 
     def _option(
         self,
@@ -1108,13 +1457,14 @@ class DiscordEmulator:
         attachments: list[dict[str, Any]] | None = None,
         embeds: list[dict[str, Any]] | None = None,
         content: str = "",
+        channel: Channel | None = None,
     ) -> dict[str, Any]:
         """A message posted by a member (for context-menu commands)."""
-        author = author or self.alice
+        chan = channel or self.channel
+        author = author or self._default_member(chan) or self.alice
         message = {
             "id": str(snowflake()),
-            "channel_id": str(self.channel.id),
-            "guild_id": str(self.guild.id),
+            "channel_id": str(chan.id),
             "author": author.user.payload(),
             "content": content,
             "timestamp": iso(),
@@ -1130,8 +1480,49 @@ class DiscordEmulator:
             "type": 0,
             "flags": 0,
         }
-        self.channel.messages[int(message["id"])] = message
+        if chan.guild_id is not None:
+            message["guild_id"] = str(chan.guild_id)
+        chan.messages[int(message["id"])] = message
         return message
+
+    def image_message(
+        self,
+        images: int | Sequence[tuple[str, bytes]] = 2,
+        *,
+        text_file: tuple[str, bytes] | None = ("notes.txt", b"not an image\n"),
+        embed_images: int | Sequence[tuple[str, bytes]] = 0,
+        embed_field: str = "image",
+        author: Member | None = None,
+        channel: Channel | None = None,
+        content: str = "",
+    ) -> dict[str, Any]:
+        """A member's message for the "Upscale image" context menu: image attachments
+        (``images``: a count of generated PNGs, or ``(filename, bytes)`` pairs) with their
+        content type and size, then a ``text/plain`` file (unless ``text_file`` is None),
+        and image embeds hosted on the CDN (``embed_field`` "image" for a rich embed,
+        "thumbnail" for a linked image's embed, as Discord makes them)."""
+        pairs = _images(images, "image")
+        embedded = _images(embed_images, "embedded")
+        attachments = [self._image_attachment(name, data) for name, data in pairs]
+        if text_file is not None:
+            attachments.append(
+                self.attachment(text_file[1], text_file[0], "text/plain; charset=utf-8")
+            )
+        embeds = []
+        for name, data in embedded:
+            hosted = self._image_attachment(name, data)
+            media = {k: hosted[k] for k in ("url", "proxy_url", "width", "height")}
+            kind = "rich" if embed_field == "image" else "image"
+            embeds.append({"type": kind, "url": hosted["url"], embed_field: media})
+        return self.user_message(
+            author, attachments=attachments, embeds=embeds, content=content, channel=channel
+        )
+
+    def _image_attachment(self, name: str, data: bytes) -> dict[str, Any]:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            mime = Image.MIME.get(image.format or "", "application/octet-stream")
+        return self.attachment(data, name, mime, width=width, height=height)
 
     async def message_command(
         self,
@@ -1141,12 +1532,13 @@ class DiscordEmulator:
         member: Member | None = None,
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
         age: float = 0.0,
+        locale: str = "en-US",
     ) -> Injected:
-        """Run the message context-menu command ``name`` on ``message``."""
-        command = self.registered(name, 3)
-        payload, it = self._base_interaction(
-            2, member or self.alice, self.channel, upload_limit, age
-        )
+        """Run the message context-menu command ``name`` on ``message`` (in its channel)."""
+        channel = self.channels[int(message["channel_id"])]
+        command = self.registered(name, 3, self.guild_of(channel))
+        who = member or self._default_member(channel)
+        payload, it = self._base_interaction(2, who, channel, upload_limit, age, locale)
         payload["data"] = {
             "id": command["id"],
             "name": name,
@@ -1157,7 +1549,12 @@ class DiscordEmulator:
         return await self._send(payload, it)
 
     async def click(
-        self, message: dict[str, Any], custom_id: str, *, member: Member | None = None
+        self,
+        message: dict[str, Any],
+        custom_id: str,
+        *,
+        member: Member | None = None,
+        locale: str = "en-US",
     ) -> Injected:
         """Press the button ``custom_id`` on a message the bot sent."""
         ids = [
@@ -1168,9 +1565,8 @@ class DiscordEmulator:
         if custom_id not in ids:
             raise EmulatorError(f"no button {custom_id!r} on that message (has {ids})")
         channel = self.channels[int(message["channel_id"])]
-        payload, it = self._base_interaction(
-            3, member or self.alice, channel, DEFAULT_UPLOAD_LIMIT, 0
-        )
+        who = member or self._default_member(channel)
+        payload, it = self._base_interaction(3, who, channel, DEFAULT_UPLOAD_LIMIT, 0, locale)
         payload["message"] = _public(channel.messages.get(int(message["id"]), message))
         it.message_id = int(message["id"])
         payload["data"] = {"custom_id": custom_id, "component_type": 2}
@@ -1199,6 +1595,19 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
         status=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
+
+
+def _images(spec: int | Sequence[tuple[str, bytes]], stem: str) -> list[tuple[str, bytes]]:
+    """``(filename, PNG bytes)`` pairs: ``spec`` itself, or that many small distinct PNGs."""
+    if not isinstance(spec, int):
+        return list(spec)
+    out = []
+    for n in range(spec):
+        buffer = io.BytesIO()
+        colour = (40 * n % 256, 200 - 30 * n % 200, 90)
+        Image.new("RGB", (64 + 8 * n, 48 + 4 * n), colour).save(buffer, "PNG")
+        out.append((f"{stem}{n + 1}.png", buffer.getvalue()))
+    return out
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:

@@ -51,8 +51,30 @@ API routes only: ``malformed_json``, ``unauthorized`` (401), ``rejected(details=
 
 Counters for assertions: ``calls`` (per route, faulted calls included), ``upscales``
 (successful), ``credits_spent``, ``assets`` (every upload), ``results`` (key -> bytes),
-``last_requests`` (per route: headers and body). ``upscale_delay`` (seconds) makes every
+``last_requests`` (per route: headers and body), ``statuses`` (``(route, status)`` ->
+count of answers). ``upscale_delay`` (alias ``feature_latency``, seconds) makes every
 upscale take that long, for throughput benchmarks.
+
+Async variant: a feature body with ``"async": true`` is answered at once with ``status:
+"PROCESSING"``; the upscale goes on in the background and ``GET /api/results/{uuid}``
+(route ``"result"``) returns the record (``{"aiRecord": null}`` for an unknown id).
+
+Fleet-level behaviour (runtime switches, all off by default):
+
+* ``rate_limit(requests=180, window=60.0, retry_after=False)``: an organic limit of
+  ``requests`` API calls (uploads, feature calls, result polls; not S3 downloads) per
+  sliding ``window`` seconds per presented ``API-KEY``. Calls over it get 429
+  ``RATE_LIMIT_EXCEEDED``, with ``Retry-After`` (whole seconds until the window frees a
+  slot) only when ``retry_after`` is true. Refused calls do not take a slot.
+  ``rate_limit(None)`` turns it off. ``rate_limited_count`` counts those 429s (not the
+  ``rate_limited`` fault's); ``api_requests`` logs every API call's arrival
+  (``at``: ``time.monotonic()``, key, route, status) and :meth:`max_in_window` gives the
+  most calls any window held.
+* ``refuse_key(True)``: 401 for every API call whatever the key; ``refuse_key(False)``
+  undoes it. ``set_credits(n)``: the team has ``n`` credits left (0: every upscale gets
+  406 ``INSUFFICIENT_CREDITS``).
+* ``features_in_flight`` / ``max_features_in_flight``: IMAGE_UPSCALER calls admitted and
+  not yet answered (or, async, not yet finished), now and at most.
 """
 
 from __future__ import annotations
@@ -61,7 +83,9 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import secrets
+import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -71,9 +95,9 @@ from typing import Any, Self
 from aiohttp import web
 from PIL import Image
 
-__all__ = ["FAULTS", "ROUTES", "Asset", "OneMinEmulator", "RecordedRequest"]
+__all__ = ["FAULTS", "ROUTES", "ApiRequest", "Asset", "OneMinEmulator", "RecordedRequest"]
 
-ROUTES = ("upload", "upscale", "download")
+ROUTES = ("upload", "upscale", "result", "download")
 _COMMON = frozenset(
     {
         "latency",
@@ -92,6 +116,7 @@ FAULTS: dict[str, frozenset[str]] = {
     "upload": _API,
     "upscale": _API
     | {"out_of_credits", "failure_status", "empty_url", "empty_result", "temporary_url"},
+    "result": _API,
     "download": _COMMON | {"expired", "forbidden", "truncated", "redirect"},
 }
 
@@ -129,6 +154,24 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     query: dict[str, str]
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    """One API call (upload, feature call or result poll) as it arrived."""
+
+    at: float  # time.monotonic() on arrival
+    key: str  # the API-KEY header, "" when missing
+    route: str
+    status: int | None = None  # the answer's status, once sent (None: dropped or hung)
+    limited: bool = False  # answered 429 by the organic rate limit
+
+
+@dataclass(frozen=True, slots=True)
+class _RateLimit:
+    requests: int
+    window: float
+    retry_after: bool
 
 
 @dataclass(slots=True)
@@ -171,6 +214,16 @@ class OneMinEmulator:
         self.assets: list[Asset] = []
         self.results: dict[str, bytes] = {}
         self.last_requests: dict[str, RecordedRequest] = {}
+        self.statuses: Counter[tuple[str, int]] = Counter()
+        self.api_requests: list[ApiRequest] = []
+        self.rate_limited_count = 0
+        self.key_refused = False
+        self.features_in_flight = 0
+        self.max_features_in_flight = 0
+        self._rate_limit: _RateLimit | None = None
+        self._admitted: dict[str, deque[float]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._assets_by_path: dict[str, Asset] = {}
         self._signatures: dict[str, str] = {}
         self._faults: dict[str, deque[_Fault]] = {route: deque() for route in ROUTES}
@@ -184,11 +237,14 @@ class OneMinEmulator:
 
     async def start(self) -> None:
         """Serve on 127.0.0.1 on a free port."""
-        app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024)
+        app = web.Application(
+            client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024, middlewares=[self._front_door]
+        )
         app.add_routes(
             [
                 web.post("/api/assets", self._upload),
                 web.post("/api/features", self._upscale),
+                web.get("/api/results/{uuid}", self._result),
                 web.get(f"/{BUCKET}/{{key:.+}}", self._download),
             ]
         )
@@ -203,6 +259,8 @@ class OneMinEmulator:
     async def stop(self) -> None:
         """Stop serving; requests left hanging are ended."""
         self._stopping.set()
+        for task in list(self._background):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -243,7 +301,119 @@ class OneMinEmulator:
         """Credits the team has left (``credit_limit - used_credit``)."""
         return self.credit_limit - self.used_credit
 
+    def set_credits(self, credits_left: int) -> None:
+        """Give the team exactly ``credits_left`` credits (0: upscales get 406)."""
+        self.credit_limit = self.used_credit + credits_left
+
+    def refuse_key(self, refused: bool = True) -> None:
+        """Answer 401 to every API call while ``refused`` (a revoked key), whatever the key."""
+        self.key_refused = refused
+
+    @property
+    def feature_latency(self) -> float:
+        """Seconds every IMAGE_UPSCALER call takes (the same knob as ``upscale_delay``)."""
+        return self.upscale_delay
+
+    @feature_latency.setter
+    def feature_latency(self, seconds: float) -> None:
+        self.upscale_delay = seconds
+
+    def rate_limit(
+        self, requests: int | None = 180, window: float = 60.0, *, retry_after: bool = False
+    ) -> None:
+        """Allow ``requests`` API calls per sliding ``window`` s per key (None: no limit).
+
+        Over the limit the answer is 429, with a ``Retry-After`` header only when
+        ``retry_after`` is true. Calls already admitted keep their slots.
+        """
+        if requests is None:
+            self._rate_limit = None
+            return
+        if requests < 1 or window <= 0:
+            raise ValueError("requests must be at least 1 and window positive")
+        self._rate_limit = _RateLimit(requests, window, retry_after)
+
+    def max_in_window(
+        self, window: float | None = None, *, key: str | None = None, admitted_only: bool = False
+    ) -> int:
+        """The most API calls that arrived within any ``window`` s (default: the limit's).
+
+        ``key`` restricts to one API key; ``admitted_only`` leaves out the limiter's 429s.
+        """
+        if window is None:
+            if self._rate_limit is None:
+                raise ValueError("no rate limit set: pass window")
+            window = self._rate_limit.window
+        times = sorted(
+            r.at
+            for r in self.api_requests
+            if (key is None or r.key == key) and not (admitted_only and r.limited)
+        )
+        best, start = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
     # -- routes -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _front_door(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Log API calls, apply the organic rate limit and the refused key, count answers."""
+        route = _route_of(request.path)
+        if route is None:
+            response = await handler(request)
+            if request.path.startswith(f"/{BUCKET}/"):
+                self.statuses[("download", response.status)] += 1
+            return response
+        entry = ApiRequest(time.monotonic(), request.headers.get("API-KEY", ""), route)
+        self.api_requests.append(entry)
+        response = self._limit(entry)
+        if response is not None:
+            self.calls[route] += 1
+            self.rate_limited_count += 1
+            entry.limited = True
+            await request.read()
+        elif self.key_refused:
+            self.calls[route] += 1
+            await request.read()
+            response = web.json_response({"message": "Invalid API Key"}, status=401)
+        else:
+            response = await handler(request)
+        entry.status = response.status
+        self.statuses[(route, response.status)] += 1
+        return response
+
+    def _limit(self, entry: ApiRequest) -> web.Response | None:
+        """A 429 when ``entry`` would overfill its key's window; else take a slot."""
+        limit = self._rate_limit
+        if limit is None:
+            return None
+        admitted = self._admitted.setdefault(entry.key, deque())
+        while admitted and entry.at - admitted[0] >= limit.window:
+            admitted.popleft()
+        if len(admitted) < limit.requests:
+            admitted.append(entry.at)
+            return None
+        headers = {}
+        if limit.retry_after:
+            wait = admitted[0] + limit.window - entry.at
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        body = {"errorCode": "RATE_LIMIT_EXCEEDED", "message": "Too many requests"}
+        return web.json_response(body, status=429, headers=headers)
+
+    async def _result(self, request: web.Request) -> web.StreamResponse:
+        self.calls["result"] += 1
+        fault = self._next_fault("result")
+        if fault is not None and (answer := await self._apply_fault(fault, request)) is not None:
+            return answer
+        self._remember("result", request, None)
+        try:
+            self._authorize(request)
+        except _Rejected as rejected:
+            return web.json_response(rejected.body, status=rejected.status)
+        return web.json_response({"aiRecord": self._records.get(request.match_info["uuid"])})
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         self.calls["upload"] += 1
@@ -261,6 +431,13 @@ class OneMinEmulator:
 
     async def _upscale(self, request: web.Request) -> web.StreamResponse:
         self.calls["upscale"] += 1
+        self._enter_feature()
+        try:
+            return await self._feature_call(request)
+        finally:
+            self._leave_feature()
+
+    async def _feature_call(self, request: web.Request) -> web.StreamResponse:
         fault = self._next_fault("upscale")
         if fault is not None and (answer := await self._apply_fault(fault, request)) is not None:
             return answer
@@ -274,23 +451,69 @@ class OneMinEmulator:
         # Held at once so concurrent calls cannot overspend; given back if the image fails.
         used_before = self.used_credit  # usedCredit lags one call on the real service
         self.used_credit += self.upscale_cost
+        if body.get("async") is True:
+            record = self._record(body["promptObject"], [], "", used_before)
+            record["status"] = "PROCESSING"
+            self._records[record["uuid"]] = record
+            self._enter_feature()
+            task = asyncio.create_task(self._finish_async(record, asset, fmt, fault))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return web.json_response({"aiRecord": record})
+        try:
+            record = await self._work(body["promptObject"], asset, fmt, fault, used_before)
+        except _Rejected as rejected:
+            return web.json_response(rejected.body, status=rejected.status)
+        self._records[record["uuid"]] = record
+        return web.json_response({"aiRecord": record})
+
+    async def _work(
+        self,
+        prompt: dict[str, Any],
+        asset: Asset,
+        fmt: str,
+        fault: _Fault | None,
+        used_before: int,
+    ) -> dict[str, Any]:
+        """Upscale (after the latency knob) and build the record; credits given back on
+        a rejected image."""
         try:
             if self.upscale_delay > 0:
                 await self._pause(self.upscale_delay)
             data = await asyncio.to_thread(_upscale_image, asset.data, fmt)
-        except _Rejected as rejected:
+        except _Rejected:
             self.used_credit -= self.upscale_cost
-            return web.json_response(rejected.body, status=rejected.status)
-
+            raise
         key = self._unique_path(f"upscaled.{fmt}")
         self.results[key] = data
         self._signatures[key] = secrets.token_hex(32)
         self.credits_spent += self.upscale_cost
         self.upscales += 1
-        record = self._record(body["promptObject"], [key], self._temporary_url(key), used_before)
+        record = self._record(prompt, [key], self._temporary_url(key), used_before)
         if fault is not None:
             _adjust_record(record, fault)
-        return web.json_response({"aiRecord": record})
+        return record
+
+    async def _finish_async(
+        self, record: dict[str, Any], asset: Asset, fmt: str, fault: _Fault | None
+    ) -> None:
+        try:
+            prompt = record["aiRecordDetail"]["promptObject"]
+            used_before = record["teamUser"]["usedCredit"]
+            done = await self._work(prompt, asset, fmt, fault, used_before)
+            done["uuid"] = record["uuid"]
+        except _Rejected as rejected:
+            done = record | {"status": "FAILURE", "additionalData": rejected.body}
+        finally:
+            self._leave_feature()
+        self._records[record["uuid"]] = done
+
+    def _enter_feature(self) -> None:
+        self.features_in_flight += 1
+        self.max_features_in_flight = max(self.max_features_in_flight, self.features_in_flight)
+
+    def _leave_feature(self) -> None:
+        self.features_in_flight -= 1
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         self.calls["download"] += 1
@@ -582,6 +805,17 @@ def _upscale_image(data: bytes, fmt: str) -> bytes:
     out = io.BytesIO()
     result.save(out, OUTPUT_FORMATS[fmt])
     return out.getvalue()
+
+
+def _route_of(path: str) -> str | None:
+    """The API route a path belongs to (None for S3 downloads and unknown paths)."""
+    if path == "/api/assets":
+        return "upload"
+    if path == "/api/features":
+        return "upscale"
+    if path.startswith("/api/results/"):
+        return "result"
+    return None
 
 
 def _adjust_record(record: dict[str, Any], fault: _Fault) -> None:
