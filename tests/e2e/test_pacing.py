@@ -1,0 +1,49 @@
+"""Pacing 1min.ai: a crowd waits in line under the rate limit instead of being refunded.
+
+The 1min.ai emulator enforces an organic limit like the documented one (180 requests per
+sliding minute per key, 429 without Retry-After); the bot must stay under it by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.harness import png, running_bot
+
+BURST = 120  # upscales: 240 requests, more than one window's worth
+PER_MINUTE = 180
+
+
+async def test_a_burst_over_the_rate_limit_is_delivered_in_full(tmp_path: Path) -> None:
+    """120 upscales from 60 members under 180 requests/min: all 120 delivered, none
+    refunded, the limit never exceeded, and 1min.ai answered 429 at most a few times."""
+    async with running_bot(tmp_path, max_jobs_per_user=2, onemin_requests_per_minute=180) as h:
+        h.onemin.rate_limit(PER_MINUTE, 60.0, retry_after=False)
+        members = [h.discord.add_member(f"member{i}") for i in range(BURST // 2)]
+        injected = await asyncio.gather(
+            *(
+                h.discord.slash(
+                    "upscale", {"image": h.discord.attachment(png(), f"{i}.png")}, member=m
+                )
+                for m in members
+                for i in range(2)
+            )
+        )
+        finals = [await it.final(timeout=150) for it in injected]
+        assert all(final.get("attachments") for final in finals)
+        await h.idle(30)
+        refunded = await h.services.db.fetchone(
+            "SELECT COUNT(*) AS n FROM ledger_entries WHERE state = 'refunded'"
+        )
+        assert refunded is not None and refunded["n"] == 0
+        charged = await h.services.db.fetchone(
+            "SELECT COUNT(*) AS n FROM ledger_entries WHERE state = 'committed'"
+        )
+        assert charged is not None and charged["n"] == BURST
+        assert h.onemin.max_in_window(60.0, admitted_only=True) <= PER_MINUTE
+        assert h.onemin.rate_limited_count <= 3
+        waited = [
+            e for it in injected for e in it.edits if "Waiting for the upscaling service" in str(e)
+        ]
+        assert waited, "members past the window were not told they wait for the service"
