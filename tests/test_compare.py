@@ -327,3 +327,20 @@ def test_undecodable_data_is_refused() -> None:
         make_crops(encode(source), encode(result)[:5000])
     with pytest.raises(CompareError):
         render(CompareCrops(b"junk", crops.after, crops.box, crops.scale))
+
+
+def test_a_sixteen_bit_grey_input_is_scaled_to_eight_bits_not_clipped() -> None:
+    """A 16-bit greyscale PNG input gives an RGB before crop of its values / 257."""
+    source = Image.new("I;16", (120, 120), 40000)
+    result = Image.new("RGB", (480, 480), (155, 155, 155))
+    crops = make_crops(encode(source), encode(result))
+    assert decode(crops.before).convert("RGB").getpixel((0, 0)) == (155, 155, 155)
+
+
+def test_a_jpeg_input_and_result_work() -> None:
+    """JPEG bytes on both sides (passthrough uploads and JPEG results) crop and render."""
+    source = textured_input()
+    data = encode(source, "JPEG", quality=90)
+    crops = make_crops(data, encode(upscaled(decode(data), (2048, 1536)), "JPEG", quality=90))
+    assert overlaps(crops.box, PATCH)
+    assert decode(render(crops)).size[0] == 2 * 384 + compare.GUTTER
