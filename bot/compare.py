@@ -63,7 +63,7 @@ LABEL_PAD = 6  # px above and below the label text
 MIN_FONT_SIZE = 10
 MAX_FONT_SIZE = 28
 FONT_SIZE_DIVISOR = 16  # font size = half width / this, clamped to the two above
-RENDER_MAX_SIDE = 1024  # crops larger than this (not made by make_crops) are shrunk
+RENDER_MAX_SIDE = 512  # after crops above this (not from make_crops) shrink: output < 2 MB
 STORED_MAX_PIXELS = 4 * 1_048_576  # stored crops decoded at click time: refuse far more
 BACKGROUND = (32, 34, 37)  # gutter and label band (Discord-dark, neutral)
 TEXT_COLOUR = (235, 235, 235)

@@ -344,3 +344,16 @@ def test_a_jpeg_input_and_result_work() -> None:
     crops = make_crops(data, encode(upscaled(decode(data), (2048, 1536)), "JPEG", quality=90))
     assert overlaps(crops.box, PATCH)
     assert decode(render(crops)).size[0] == 2 * 384 + compare.GUTTER
+
+
+def test_oversized_stored_crops_are_shrunk_so_the_render_stays_small() -> None:
+    """Crops larger than make_crops makes (1024 px noise) still render below 2 MB."""
+    crops = CompareCrops(
+        before=encode(noise((256, 256))),
+        after=encode(noise((1024, 1024), seed=SEED + 3)),
+        box=(0, 0, 256, 256),
+        scale=(4.0, 4.0),
+    )
+    im_bytes = render(crops)
+    assert len(im_bytes) < 2_000_000
+    assert decode(im_bytes).width == 2 * compare.RENDER_MAX_SIDE + compare.GUTTER
