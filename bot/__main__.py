@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -43,7 +44,7 @@ async def main(settings: Settings, **bot_options: Any) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, lambda s=sig: _request_stop(bot, s))
+                loop.add_signal_handler(sig, functools.partial(_request_stop, bot, sig))
         async with bot:
             await bot.start(settings.discord_token.get())
     log.info("Stopped cleanly")

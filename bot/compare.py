@@ -576,7 +576,7 @@ def _covers(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> bo
 @functools.lru_cache(maxsize=4096)
 def _glyph(font: ImageFont.FreeTypeFont, char: str) -> tuple[tuple[int, int, int], bytes | None]:
     """A character's advance and ink box, and its ink (None when it draws nothing)."""
-    left, top, right, bottom = font.getbbox(char)
+    left, top, right, bottom = (int(v) for v in font.getbbox(char))
     width, height = max(1, right - left), max(1, bottom - top)
     image = Image.new("L", (width, height))
     ImageDraw.Draw(image).text((-left, -top), char, font=font, fill=255)

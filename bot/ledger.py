@@ -174,9 +174,10 @@ def _check_limit(value: int, what: str = "Limits") -> int:
 
 
 def _check_period(period: str) -> Period:
-    if period not in PERIODS:
-        raise LedgerValueError("The period must be daily, weekly, monthly or lifetime.")
-    return period  # type: ignore[return-value]
+    for known in PERIODS:
+        if period == known:
+            return known
+    raise LedgerValueError("The period must be daily, weekly, monthly or lifetime.")
 
 
 # -- SQL fragments ---------------------------------------------------------------------

@@ -6,11 +6,13 @@ change it, so moderator commands also check here, every time they run.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import TypeVar
 
 import discord
 from discord import app_commands
 
+from bot.client import bot_of
 from bot.tree import UserError
 
 NOT_IN_DMS = "This command works in a server channel, not in direct messages."
@@ -35,7 +37,7 @@ def interaction_is_moderator(interaction: discord.Interaction) -> bool:
         return False
     if interaction.permissions.manage_guild:
         return True
-    role_ids: Collection[int] = interaction.client.settings.moderator_role_ids  # type: ignore[attr-defined]
+    role_ids = bot_of(interaction).settings.moderator_role_ids
     return any(role.id in role_ids for role in member.roles)
 
 
@@ -46,7 +48,10 @@ def require_guild(interaction: discord.Interaction) -> discord.Guild:
     return interaction.guild
 
 
-def moderator_only() -> app_commands.check:  # type: ignore[valid-type]
+_T = TypeVar("_T")
+
+
+def moderator_only() -> Callable[[_T], _T]:
     """An ``app_commands`` check: guild only, and moderators only."""
 
     async def predicate(interaction: discord.Interaction) -> bool:
