@@ -1,13 +1,16 @@
-"""The credit ledger on a real SQLite file: atomic limits, settlement, periods, moderation."""
+"""The credit ledger on both engines: atomic limits, settlement, periods, moderation.
+
+Tests using ``ledger`` or ``db`` run once on a fresh SQLite file and once on a fresh
+PostgreSQL schema (fixtures in conftest.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from bot.ledger import (
     period_end,
     period_start,
 )
+from tests.conftest import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
 ROLE_A, ROLE_B = 501, 502
@@ -40,13 +44,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock(NOON)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "nested" / "ledger.db")
-    yield database
-    await database.close()
 
 
 @pytest.fixture
@@ -90,41 +87,31 @@ async def test_200_concurrent_reserves_never_pass_the_server_budget(ledger: Ledg
     assert {o.reason for o in outcomes if isinstance(o, Denial)} == {"server_budget"}
 
 
-async def test_two_connections_on_one_file_share_the_limit(tmp_path: Path, clock: Clock) -> None:
+async def test_two_connections_to_one_database_share_the_limit(
+    databases: Databases, clock: Clock
+) -> None:
     """Two connections (as two processes would have) together still give exactly 5."""
-    path = tmp_path / "shared.db"
-    first, second = await Database.open(path), await Database.open(path)
-    try:
-        ledgers = [
-            Ledger(d, default_limit=5, default_period="daily", clock=clock) for d in (first, second)
-        ]
-        outcomes = await asyncio.gather(
-            *(ledgers[i % 2].reserve(G, ALICE, (), 1) for i in range(60))
-        )
-        assert sum(isinstance(o, Reservation) for o in outcomes) == 5
-    finally:
-        await first.close()
-        await second.close()
+    first, second = await databases.open(), await databases.open()
+    ledgers = [
+        Ledger(d, default_limit=5, default_period="daily", clock=clock) for d in (first, second)
+    ]
+    outcomes = await asyncio.gather(*(ledgers[i % 2].reserve(G, ALICE, (), 1) for i in range(60)))
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 5
 
 
 async def test_period_changed_by_another_process_applies_at_once(
-    tmp_path: Path, clock: Clock
+    databases: Databases, clock: Clock
 ) -> None:
     """A ledger sees a period another connection set, without a restart."""
-    path = tmp_path / "shared.db"
-    first, second = await Database.open(path), await Database.open(path)
-    try:
-        mine = Ledger(first, default_limit=5, default_period="daily", clock=clock)
-        other = Ledger(second, default_limit=5, default_period="daily", clock=clock)
-        clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
-        await spend(mine, 5)
-        clock.now += timedelta(days=1)
-        await reserve_ok(mine)  # a new day under "daily"
-        await other.set_period(G, MOD, "weekly")
-        assert isinstance(await mine.reserve(G, ALICE, (), 1), Denial)
-    finally:
-        await first.close()
-        await second.close()
+    first, second = await databases.open(), await databases.open()
+    mine = Ledger(first, default_limit=5, default_period="daily", clock=clock)
+    other = Ledger(second, default_limit=5, default_period="daily", clock=clock)
+    clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
+    await spend(mine, 5)
+    clock.now += timedelta(days=1)
+    await reserve_ok(mine)  # a new day under "daily"
+    await other.set_period(G, MOD, "weekly")
+    assert isinstance(await mine.reserve(G, ALICE, (), 1), Denial)
 
 
 # -- settlement ------------------------------------------------------------------------
