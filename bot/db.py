@@ -597,7 +597,14 @@ class PostgresDatabase(Database):
 
     @staticmethod
     async def _version(conn: asyncpg.Connection[Any]) -> int:
-        if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+        # pg_class is read with this statement's snapshot, not the relation cache, which
+        # can still say "no such table" after waiting for another migrator's lock.
+        exists = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname = 'schema_version')"
+        )
+        if not exists:
             return 0
         value = await conn.fetchval("SELECT max(version) FROM schema_version")
         return int(value or 0)
