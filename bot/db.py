@@ -261,6 +261,10 @@ class Transaction(abc.ABC):
         """Run one statement; returns the rows it changed."""
 
     @abc.abstractmethod
+    async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
+        """Run one statement once per parameter set, in order (pipelined on PostgreSQL)."""
+
+    @abc.abstractmethod
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
 
     @abc.abstractmethod
@@ -354,6 +358,9 @@ class SqliteTransaction(Transaction):
     async def execute(self, sql: str, params: Params = ()) -> int:
         cursor = await self._conn.execute(sql, params)
         return cursor.rowcount
+
+    async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
+        await self._conn.executemany(sql, params_seq)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._conn.execute(sql, params) as cursor:
@@ -519,6 +526,11 @@ class PostgresTransaction(Transaction):
     async def execute(self, sql: str, params: Params = ()) -> int:
         query, args = _pg_args(sql, params)
         return _rowcount(await self._conn.execute(query, *args))
+
+    async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
+        batches = [_pg_args(sql, params) for params in params_seq]
+        if batches:
+            await self._conn.executemany(batches[0][0], [args for _, args in batches])
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         query, args = _pg_args(sql, params)

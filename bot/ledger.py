@@ -34,12 +34,14 @@ parameters whose type PostgreSQL cannot infer are ``CAST``, sums are ``CAST`` to
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from bot.db import TS_FORMAT as TS_FORMAT
 from bot.db import Database, Transaction, parse_ts, ts, utc_now
@@ -196,6 +198,63 @@ class _Update:
     new_value: object
 
 
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Batcher(Generic[K, T, R]):
+    """Group commit for PostgreSQL: concurrent requests with the same key share one run.
+
+    ``run(key, items)`` handles a whole batch (one transaction) and returns one result
+    per item. While a batch runs, new items for its key queue up and form the next one.
+    If a batch fails, each of its items is run alone, so one bad item fails only its own
+    caller.
+    """
+
+    def __init__(self, run: Callable[[K, list[T]], Awaitable[list[R]]]) -> None:
+        self._run = run
+        self._queues: dict[K, list[tuple[T, asyncio.Future[R]]]] = {}
+        self._flushers: dict[K, asyncio.Task[None]] = {}
+
+    async def submit(self, key: K, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((item, future))
+        flusher = self._flushers.get(key)
+        if flusher is None or flusher.done():
+            self._flushers[key] = asyncio.create_task(self._flush(key), name="ledger-batch")
+        return await future
+
+    async def _flush(self, key: K) -> None:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        try:
+            while self._queues.get(key):
+                batch = self._queues.pop(key)
+                try:
+                    results = await self._run(key, [item for item, _ in batch])
+                except Exception:
+                    for item, future in batch:
+                        try:
+                            (result,) = await self._run(key, [item])
+                        except Exception as exc:
+                            if not future.done():
+                                future.set_exception(exc)
+                        else:
+                            if not future.done():
+                                future.set_result(result)
+                else:
+                    for (_, future), result in zip(batch, results, strict=True):
+                        if not future.done():
+                            future.set_result(result)
+                batch = []
+        finally:
+            # Only reached with work left if this task was cancelled: nobody must wait
+            # forever for a batch that will not run.
+            for _, future in [*batch, *self._queues.pop(key, [])]:
+                if not future.done():
+                    future.cancel()
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -293,6 +352,11 @@ class Ledger:
         self._clock = clock
         # Guilds whose settings row exists. Rows are never deleted, so this cannot go stale.
         self._known_guilds: set[int] = set()
+        # PostgreSQL group commit: reservations per lock keys, settlements per outcome.
+        self._reserves: _Batcher[tuple[str, ...], tuple[str, dict[str, Any]], int] = _Batcher(
+            self._reserve_batch
+        )
+        self._settles: _Batcher[tuple[str, str | None], str, bool] = _Batcher(self._settle_batch)
 
     # -- guild settings ----------------------------------------------------------------
 
@@ -416,9 +480,29 @@ class Ledger:
             # Database.write runs it inside BEGIN IMMEDIATE, shared with concurrent writes:
             # each later INSERT sees the earlier ones, so the sums include every reservation.
             return await self._db.write(sql, params)
-        async with self._db.transaction() as own:
-            await own.lock(*self._lock_keys(guild_id))
-            return await own.execute(sql, params)
+        return await self._reserves.submit(self._lock_keys(guild_id), (sql, params))
+
+    async def _reserve_batch(
+        self, keys: tuple[str, ...], batch: list[tuple[str, dict[str, Any]]]
+    ) -> list[int]:
+        """PostgreSQL: reservations sharing lock keys, in one transaction under the locks.
+
+        Each INSERT sees the ones before it in the transaction, and the locks make every
+        other process's transaction for these keys wait, so the sums stay exact.
+        """
+        async with self._db.transaction() as tx:
+            await tx.lock(*keys)
+            if len(batch) == 1:
+                sql, params = batch[0]
+                return [await tx.execute(sql, params)]
+            for sql, group in itertools.groupby(batch, key=lambda item: item[0]):
+                await tx.executemany(sql, [params for _, params in group])
+            rows = await tx.fetchall(
+                "SELECT id FROM ledger_entries WHERE id = ANY(CAST(? AS TEXT[]))",
+                ([params["id"] for _, params in batch],),
+            )
+        inserted = {row[0] for row in rows}
+        return [1 if params["id"] in inserted else 0 for _, params in batch]
 
     async def _denial(
         self,
@@ -467,7 +551,24 @@ class Ledger:
         params = (state, reason, ts(self._clock()), reservation_id)
         if tx is not None:
             return await tx.execute(sql, params) == 1
-        return await self._db.write(sql, params) == 1
+        if self._db.engine == "sqlite":
+            return await self._db.write(sql, params) == 1
+        return await self._settles.submit((state, reason), reservation_id)
+
+    async def _settle_batch(self, outcome: tuple[str, str | None], ids: list[str]) -> list[bool]:
+        """PostgreSQL: settle many reservations the same way in one statement."""
+        state, reason = outcome
+        rows = await self._db.fetchall(
+            "UPDATE ledger_entries SET state = ?, reason = ?, settled_at = ?"
+            " WHERE id = ANY(CAST(? AS TEXT[])) AND state = 'reserved' RETURNING id",
+            (state, reason, ts(self._clock()), ids),
+        )
+        changed = {row[0] for row in rows}
+        results: list[bool] = []
+        for reservation_id in ids:  # the same id twice in a batch: only the first changed it
+            results.append(reservation_id in changed)
+            changed.discard(reservation_id)
+        return results
 
     async def commit(self, reservation_id: str, *, tx: Transaction | None = None) -> bool:
         """Charge a reservation. Idempotent; True only when this call changed it.
