@@ -6,10 +6,12 @@ Prints two tables:
 
 - one process on a SQLite file at concurrency 1 and 50 (each pair is one ``reserve``
   then one ``commit``, as a delivered upscale does);
-- two processes at concurrency 50 each, one guild, members spread, on a SQLite file and
-  on PostgreSQL (a fresh schema, dropped afterwards). The guild's server budget is 90 %
-  of the attempts, so the end of the run is a race against the budget: *overspend* is
-  how many credits went past it (must be 0) and *granted* must equal the budget.
+- two processes at concurrency 50 each, one guild, 500 members, on a SQLite file and on
+  PostgreSQL (a fresh schema, dropped afterwards), racing either the members' limits
+  (each member's limit is 90 % of their share of the attempts) or a server budget (90 %
+  of all attempts). *overspend* is how many credits went past a limit (must be 0) and
+  *granted* must equal the sum of the limits. The server budget sums the guild's whole
+  period on every reservation, so its figure falls as the period's entries grow.
 
 PostgreSQL is skipped with a note when the server (``--pg``, default the test server)
 cannot be reached. The URL is never printed (it may hold a password).
@@ -82,10 +84,12 @@ async def run_single(concurrency: int, pairs: int, path: Path) -> dict[str, Any]
     }
 
 
-async def worker_main(url: str, schema: str | None, concurrency: int, pairs: int) -> None:
+async def worker_main(
+    url: str, schema: str | None, concurrency: int, pairs: int, limit: int
+) -> None:
     """One of the racing processes: waits for "go" on stdin, prints its figures as JSON."""
     db = await open_database(url, schema=schema)
-    ledger = Ledger(db, default_limit=1_000_000, default_period="daily")
+    ledger = Ledger(db, default_limit=limit, default_period="daily")
     await ledger.guild_settings(GUILD)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -97,14 +101,20 @@ async def worker_main(url: str, schema: str | None, concurrency: int, pairs: int
 
 
 async def run_two_processes(
-    engine: str, url: str, schema: str | None, concurrency: int, pairs: int
+    engine: str, url: str, schema: str | None, concurrency: int, pairs: int, race: str
 ) -> dict[str, Any]:
-    """PROCESSES processes, ``pairs`` attempts each, racing one guild's server budget."""
+    """PROCESSES processes, ``pairs`` attempts each, racing member limits or a budget."""
     db = await open_database(url, schema=schema)
-    budget = PROCESSES * pairs * 9 // 10
+    attempts = PROCESSES * pairs
+    if race == "member":
+        limit = attempts * 9 // 10 // MEMBERS
+        budget = limit * MEMBERS
+    else:
+        limit, budget = 1_000_000, attempts * 9 // 10
     try:
-        ledger = Ledger(db, default_limit=1_000_000, default_period="daily")
-        await ledger.set_server_budget(GUILD, 0, budget)
+        ledger = Ledger(db, default_limit=limit, default_period="daily")
+        if race == "server":
+            await ledger.set_server_budget(GUILD, 0, budget)
         procs = [
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -115,6 +125,7 @@ async def run_two_processes(
                 schema or "",
                 str(concurrency),
                 str(pairs),
+                str(limit),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
@@ -130,6 +141,13 @@ async def run_two_processes(
             await proc.stdin.drain()
         results = [json.loads((await proc.communicate())[0]) for proc in procs]
         used = (await ledger.server_usage(GUILD)).used
+        over_members = await db.fetchone(
+            "SELECT CAST(COALESCE(SUM(used - ?), 0) AS BIGINT) FROM (SELECT member_id,"
+            " SUM(cost) AS used FROM ledger_entries WHERE state IN ('reserved', 'committed')"
+            " GROUP BY member_id) m WHERE used > ?",
+            (limit, limit),
+        )
+        assert over_members is not None
     finally:
         if isinstance(db, PostgresDatabase) and schema:
             await db.drop_schema()
@@ -138,6 +156,7 @@ async def run_two_processes(
     granted = sum(r["granted"] for r in results)
     return {
         "engine": engine,
+        "race": race,
         "processes": PROCESSES,
         "concurrency": concurrency,
         "pairs": granted,
@@ -145,7 +164,7 @@ async def run_two_processes(
         "pairs_per_s": granted / elapsed,
         "budget": budget,
         "granted": granted,
-        "overspend": max(0, used - budget),
+        "overspend": max(0, used - budget) + int(over_members[0]),
         **_summary([lat for r in results for lat in r["lat"]]),
     }
 
@@ -155,11 +174,11 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=4000, help="attempts per process")
     parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL URL (never printed)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        url, schema, concurrency, pairs = args.worker
-        await worker_main(url, schema or None, int(concurrency), int(pairs))
+        url, schema, concurrency, pairs, limit = args.worker
+        await worker_main(url, schema or None, int(concurrency), int(pairs), int(limit))
         return 0
     single: list[dict[str, Any]] = []
     fleet: list[dict[str, Any]] = []
@@ -167,13 +186,16 @@ async def main(argv: list[str] | None = None) -> int:
         for concurrency in (1, 50):
             path = Path(tmp) / f"ledger-{concurrency}.db"
             single.append(await run_single(concurrency, args.pairs, path))
-        sqlite_url = f"sqlite:///{Path(tmp) / 'fleet.db'}"
-        fleet.append(await run_two_processes("sqlite", sqlite_url, None, 50, args.pairs))
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    try:
-        fleet.append(await run_two_processes("postgresql", args.pg, schema, 50, args.pairs))
-    except (OSError, ConnectionError) as exc:
-        print(f"PostgreSQL skipped: cannot connect ({type(exc).__name__})")
+        for race in ("member", "server"):
+            sqlite_url = f"sqlite:///{Path(tmp) / f'fleet-{race}.db'}"
+            fleet.append(await run_two_processes("sqlite", sqlite_url, None, 50, args.pairs, race))
+            schema = f"bench_{uuid.uuid4().hex[:12]}"
+            try:
+                fleet.append(
+                    await run_two_processes("postgresql", args.pg, schema, 50, args.pairs, race)
+                )
+            except (OSError, ConnectionError) as exc:
+                print(f"PostgreSQL skipped: cannot connect ({type(exc).__name__})")
     print("One process, SQLite file")
     print(f"{'concurrency':>11} {'pairs':>7} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for r in single:
@@ -181,14 +203,15 @@ async def main(argv: list[str] | None = None) -> int:
             f"{r['concurrency']:>11} {r['pairs']:>7} {r['pairs_per_s']:>9.0f}"
             f" {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
         )
-    print(f"\n{PROCESSES} processes x concurrency 50, one guild, racing a server budget")
+    print(f"\n{PROCESSES} processes x concurrency 50, one guild, {MEMBERS} members")
     print(
-        f"{'engine':>10} {'attempts':>8} {'granted':>7} {'budget':>6} {'overspend':>9}"
+        f"{'engine':>10} {'race':>6} {'attempts':>8} {'granted':>7} {'budget':>6} {'overspend':>9}"
         f" {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
     )
     for r in fleet:
         print(
-            f"{r['engine']:>10} {r['attempts']:>8} {r['granted']:>7} {r['budget']:>6}"
+            f"{r['engine']:>10} {r['race']:>6} {r['attempts']:>8} {r['granted']:>7}"
+            f" {r['budget']:>6}"
             f" {r['overspend']:>9} {r['pairs_per_s']:>8.0f} {r['p50_ms']:>7.2f}"
             f" {r['p99_ms']:>7.2f}"
         )

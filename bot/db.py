@@ -573,7 +573,12 @@ class PostgresDatabase(Database):
         max_size: int = PG_POOL_MAX,
     ) -> PostgresDatabase:
         """Connect a pool (in ``schema`` if given, creating it) and migrate."""
-        settings: dict[str, str] = {"application_name": "upscale-bot"}
+        # Custom plans: a generic plan cached while a table was nearly empty (sequential
+        # scans) would be kept as the ledger grows; measured 4x slower at 8,000 entries.
+        settings: dict[str, str] = {
+            "application_name": "upscale-bot",
+            "plan_cache_mode": "force_custom_plan",
+        }
         if schema is not None:
             if not _SCHEMA_NAME.match(schema):
                 raise ValueError("schema names are lower-case letters, digits and _")
