@@ -54,9 +54,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from bot import images
-from bot.db import Database, Row, Transaction
+from bot.db import Database, Row, Transaction, parse_ts, ts, utc_now
 from bot.failures import FailureKind
-from bot.ledger import Denial, Ledger, parse_ts, ts, utc_now
+from bot.ledger import Denial, Ledger
 from bot.onemin import OneMinClient, OneMinError, RateLimited
 from bot.pacing import waiting_hook
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bot.db import Database
+from bot.db import Database, open_database
 from bot.images import ImageLimits
 from bot.jobs import JobQueue, instance_name
 from bot.ledger import Ledger
@@ -43,9 +43,7 @@ async def open_services(
     The HTTP session belongs to the caller. The database is closed on exit; the queue is
     shut down by the bot (it needs Discord to tell members about stopped jobs).
     """
-    path = settings.database_path
-    assert path is not None, "PostgreSQL is not wired yet"
-    db = await Database.open(path)
+    db = await open_database(settings.database_url.get())
     image_workers = ImageWorkers()
     try:
         ledger = Ledger(

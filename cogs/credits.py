@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.ledger import Ledger, LedgerValueError
+from bot.ledger import Change, Ledger, LedgerValueError
 from bot.tree import UserError
 from cogs.checks import (
     NOT_A_MODERATOR,
@@ -95,7 +95,7 @@ class Credits(commands.Cog):
     # -- /quota ------------------------------------------------------------------------
 
     async def _change(
-        self, interaction: discord.Interaction, text: str, action: Awaitable[None]
+        self, interaction: discord.Interaction, text: str, action: Awaitable[Change | None]
     ) -> None:
         """Defer, run the ledger change, then confirm (or explain a refused value)."""
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -1,11 +1,16 @@
-"""The credit ledger on a real SQLite file: atomic limits, settlement, periods, moderation."""
+"""The credit ledger on both engines: atomic limits, settlement, periods, moderation.
+
+Tests using ``ledger`` or ``db`` run once on a fresh SQLite file and once on a fresh
+PostgreSQL schema (fixtures in conftest.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,13 +19,17 @@ import pytest
 
 from bot.db import Database
 from bot.ledger import (
+    Change,
     Denial,
     Ledger,
     LedgerValueError,
     Reservation,
+    ServerUsage,
+    TotalUsage,
     period_end,
     period_start,
 )
+from tests.conftest import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
 ROLE_A, ROLE_B = 501, 502
@@ -40,13 +49,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock(NOON)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "nested" / "ledger.db")
-    yield database
-    await database.close()
 
 
 @pytest.fixture
@@ -90,41 +92,31 @@ async def test_200_concurrent_reserves_never_pass_the_server_budget(ledger: Ledg
     assert {o.reason for o in outcomes if isinstance(o, Denial)} == {"server_budget"}
 
 
-async def test_two_connections_on_one_file_share_the_limit(tmp_path: Path, clock: Clock) -> None:
+async def test_two_connections_to_one_database_share_the_limit(
+    databases: Databases, clock: Clock
+) -> None:
     """Two connections (as two processes would have) together still give exactly 5."""
-    path = tmp_path / "shared.db"
-    first, second = await Database.open(path), await Database.open(path)
-    try:
-        ledgers = [
-            Ledger(d, default_limit=5, default_period="daily", clock=clock) for d in (first, second)
-        ]
-        outcomes = await asyncio.gather(
-            *(ledgers[i % 2].reserve(G, ALICE, (), 1) for i in range(60))
-        )
-        assert sum(isinstance(o, Reservation) for o in outcomes) == 5
-    finally:
-        await first.close()
-        await second.close()
+    first, second = await databases.open(), await databases.open()
+    ledgers = [
+        Ledger(d, default_limit=5, default_period="daily", clock=clock) for d in (first, second)
+    ]
+    outcomes = await asyncio.gather(*(ledgers[i % 2].reserve(G, ALICE, (), 1) for i in range(60)))
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 5
 
 
 async def test_period_changed_by_another_process_applies_at_once(
-    tmp_path: Path, clock: Clock
+    databases: Databases, clock: Clock
 ) -> None:
     """A ledger sees a period another connection set, without a restart."""
-    path = tmp_path / "shared.db"
-    first, second = await Database.open(path), await Database.open(path)
-    try:
-        mine = Ledger(first, default_limit=5, default_period="daily", clock=clock)
-        other = Ledger(second, default_limit=5, default_period="daily", clock=clock)
-        clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
-        await spend(mine, 5)
-        clock.now += timedelta(days=1)
-        await reserve_ok(mine)  # a new day under "daily"
-        await other.set_period(G, MOD, "weekly")
-        assert isinstance(await mine.reserve(G, ALICE, (), 1), Denial)
-    finally:
-        await first.close()
-        await second.close()
+    first, second = await databases.open(), await databases.open()
+    mine = Ledger(first, default_limit=5, default_period="daily", clock=clock)
+    other = Ledger(second, default_limit=5, default_period="daily", clock=clock)
+    clock.now = datetime(2026, 3, 18, 12, tzinfo=UTC)  # a Wednesday
+    await spend(mine, 5)
+    clock.now += timedelta(days=1)
+    await reserve_ok(mine)  # a new day under "daily"
+    await other.set_period(G, MOD, "weekly")
+    assert isinstance(await mine.reserve(G, ALICE, (), 1), Denial)
 
 
 # -- settlement ------------------------------------------------------------------------
@@ -426,28 +418,33 @@ async def test_usage_with_an_unknown_period_is_refused(ledger: Ledger) -> None:
         await ledger.usage(G, "yearly")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("call", "args", "expected"),
-    [
-        ("set_default_limit", (7,), ("default_limit", None, "5", "7")),
-        ("set_server_budget", (40,), ("server_budget", None, "0", "40")),
-        ("set_period", ("monthly",), ("period", None, "daily", "monthly")),
-        ("set_role_limit", (ROLE_A, 20), ("role_limit", f"role:{ROLE_A}", None, "20")),
-        ("clear_role_limit", (ROLE_B,), ("clear_role_limit", f"role:{ROLE_B}", "4", None)),
-        ("set_member_limit", (ALICE, 3), ("member_limit", f"member:{ALICE}", None, "3")),
-        ("clear_member_limit", (BOB,), ("clear_member_limit", f"member:{BOB}", "6", None)),
-        ("grant", (BOB, -2), ("grant", f"member:{BOB}", "1", "-1")),
-        ("reset_member", (BOB,), ("reset_usage", f"member:{BOB}", "2", "0")),
-    ],
-)
-async def test_each_moderator_change_is_audited(
-    ledger: Ledger, clock: Clock, call: str, args: tuple[Any, ...], expected: tuple[Any, ...]
-) -> None:
-    """Every change writes who, what, target, old and new value, and when."""
+CHANGES = [
+    ("set_default_limit", (7,), ("default_limit", None, "5", "7")),
+    ("set_server_budget", (40,), ("server_budget", None, "0", "40")),
+    ("set_period", ("monthly",), ("period", None, "daily", "monthly")),
+    ("set_role_limit", (ROLE_A, 20), ("role_limit", f"role:{ROLE_A}", None, "20")),
+    ("clear_role_limit", (ROLE_B,), ("clear_role_limit", f"role:{ROLE_B}", "4", None)),
+    ("set_member_limit", (ALICE, 3), ("member_limit", f"member:{ALICE}", None, "3")),
+    ("clear_member_limit", (BOB,), ("clear_member_limit", f"member:{BOB}", "6", None)),
+    ("grant", (BOB, -2), ("grant", f"member:{BOB}", "1", "-1")),
+    ("reset_member", (BOB,), ("reset_usage", f"member:{BOB}", "2", "0")),
+    ("set_log_channel", (777,), ("log_channel", None, None, "777")),
+]
+
+
+async def changed_setup(ledger: Ledger) -> None:
     await ledger.set_role_limit(G, 1, ROLE_B, 4)
     await ledger.set_member_limit(G, 1, BOB, 6)
     await ledger.grant(G, 1, BOB, 1)
     await spend(ledger, 2, BOB)
+
+
+@pytest.mark.parametrize(("call", "args", "expected"), CHANGES)
+async def test_each_moderator_change_is_audited(
+    ledger: Ledger, clock: Clock, call: str, args: tuple[Any, ...], expected: tuple[Any, ...]
+) -> None:
+    """Every change writes who, what, target, old and new value, and when."""
+    await changed_setup(ledger)
     clock.now += timedelta(minutes=1)
     await getattr(ledger, call)(G, MOD, *args)
     entry = (await ledger.audit_log(G))[0]
@@ -614,3 +611,262 @@ async def test_period_change_applies_to_the_current_accounting(
     assert await used(ledger) == 0
     await ledger.set_period(G, MOD, "weekly")
     assert await used(ledger) == 3
+
+
+# -- quota log: change records, log channel, budget alerts ----------------------------
+
+
+@pytest.mark.parametrize(("call", "args", "expected"), CHANGES)
+async def test_each_moderator_change_returns_what_it_audited(
+    ledger: Ledger, call: str, args: tuple[Any, ...], expected: tuple[Any, ...]
+) -> None:
+    """The Change a method returns is the action, target, old and new value it audited."""
+    await changed_setup(ledger)
+    change = await getattr(ledger, call)(G, MOD, *args)
+    assert change == Change(*expected)
+
+
+async def test_log_channel_is_set_and_cleared(ledger: Ledger) -> None:
+    """set_log_channel shows in guild_settings; None stops posting and is audited too."""
+    await ledger.set_log_channel(G, MOD, 2**60)
+    assert (await ledger.guild_settings(G)).log_channel_id == 2**60
+    change = await ledger.set_log_channel(G, MOD, None)
+    assert change == Change("log_channel", None, str(2**60), None)
+    assert (await ledger.guild_settings(G)).log_channel_id is None
+
+
+async def test_server_usage_reports_live_credits_and_the_budget(ledger: Ledger) -> None:
+    """server_usage counts reserved and committed credits of every member, with the budget."""
+    await ledger.set_server_budget(G, MOD, 10)
+    await spend(ledger, 2, ALICE)
+    await reserve_ok(ledger, BOB)
+    assert await ledger.server_usage(G) == ServerUsage(used=3, budget=10)
+
+
+async def test_budget_alert_is_claimed_once_per_threshold(ledger: Ledger) -> None:
+    """The first claim of a threshold wins, later ones do not; 80 and 100 are separate."""
+    assert await ledger.claim_budget_alert(G, 80) is True
+    assert await ledger.claim_budget_alert(G, 80) is False
+    assert await ledger.claim_budget_alert(G, 100) is True
+    assert await ledger.claim_budget_alert(2, 80) is True
+
+
+async def test_budget_alert_can_be_claimed_again_next_period(ledger: Ledger, clock: Clock) -> None:
+    """A threshold claimed today is claimable again after the daily period rolls over."""
+    assert await ledger.claim_budget_alert(G, 80)
+    clock.now += timedelta(days=1)
+    assert await ledger.claim_budget_alert(G, 80)
+
+
+async def test_concurrent_budget_alert_claims_have_one_winner(
+    databases: Databases, clock: Clock
+) -> None:
+    """Twenty claims from two connections at once: exactly one returns True."""
+    first, second = await databases.open(), await databases.open()
+    ledgers = [
+        Ledger(d, default_limit=5, default_period="daily", clock=clock) for d in (first, second)
+    ]
+    await ledgers[0].guild_settings(G)
+    claims = await asyncio.gather(*(ledgers[i % 2].claim_budget_alert(G, 100) for i in range(20)))
+    assert claims.count(True) == 1
+
+
+# -- the owner's total budget ----------------------------------------------------------
+
+
+def total_ledger(db: Database, clock: Clock, budget: int = 7) -> Ledger:
+    return Ledger(
+        db,
+        default_limit=100,
+        default_period="daily",
+        total_budget=budget,
+        total_budget_period="monthly",
+        clock=clock,
+    )
+
+
+async def test_200_concurrent_reserves_in_40_guilds_never_pass_the_total_budget(
+    db: Database, clock: Clock
+) -> None:
+    """With a total budget of 7, 200 reserves spread over 40 guilds give exactly 7."""
+    ledger = total_ledger(db, clock)
+    outcomes = await asyncio.gather(
+        *(ledger.reserve(100 + i % 40, ALICE, (), 1) for i in range(200))
+    )
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 7
+    assert {o.reason for o in outcomes if isinstance(o, Denial)} == {"total_budget"}
+
+
+async def test_total_budget_denial_reports_the_total_period(db: Database, clock: Clock) -> None:
+    """The denial gives the total used, the cap and the start of next month."""
+    ledger = total_ledger(db, clock, budget=3)
+    for guild in (1, 2, 3):
+        assert isinstance(await ledger.reserve(guild, ALICE, (), 1), Reservation)
+    denial = await ledger.reserve(4, ALICE, (), 1)
+    assert denial == Denial("total_budget", 3, 3, datetime(2026, 4, 1, tzinfo=UTC))
+
+
+async def test_refunds_give_back_total_budget(db: Database, clock: Clock) -> None:
+    """A refunded reservation no longer counts towards the total budget."""
+    ledger = total_ledger(db, clock, budget=1)
+    first = await ledger.reserve(1, ALICE, (), 1)
+    assert isinstance(first, Reservation)
+    assert isinstance(await ledger.reserve(2, BOB, (), 1), Denial)
+    await ledger.refund(first.id, "failed")
+    assert isinstance(await ledger.reserve(2, BOB, (), 1), Reservation)
+
+
+async def test_total_budget_resets_with_its_own_period(db: Database, clock: Clock) -> None:
+    """A monthly total budget spent on March 31st is available again on April 1st."""
+    ledger = total_ledger(db, clock, budget=2)
+    clock.now = datetime(2026, 3, 31, 23, 0, tzinfo=UTC)
+    await ledger.commit((await ledger.reserve(1, ALICE, (), 2)).id)  # type: ignore[union-attr]
+    assert isinstance(await ledger.reserve(2, BOB, (), 1), Denial)
+    clock.now = datetime(2026, 4, 1, tzinfo=UTC)
+    assert isinstance(await ledger.reserve(2, BOB, (), 1), Reservation)
+
+
+async def test_total_usage_is_none_without_a_cap(ledger: Ledger) -> None:
+    """With no total budget configured, total_usage returns None."""
+    assert await ledger.total_usage() is None
+
+
+async def test_total_usage_counts_every_guild(db: Database, clock: Clock) -> None:
+    """total_usage sums live credits of all guilds, with the cap and the reset time."""
+    ledger = total_ledger(db, clock, budget=50)
+    await ledger.reserve(1, ALICE, (), 2)
+    await ledger.reserve(2, BOB, (), 3)
+    assert await ledger.total_usage() == TotalUsage(5, 50, datetime(2026, 4, 1, tzinfo=UTC))
+
+
+# -- reserving inside the caller's transaction ----------------------------------------
+
+
+async def test_reservation_commits_with_the_callers_transaction(
+    ledger: Ledger, db: Database
+) -> None:
+    """A reservation made with tx= exists once the caller's transaction commits."""
+    async with db.transaction() as tx:
+        outcome = await ledger.reserve(G, ALICE, (), 2, job_id="job", tx=tx)
+    assert isinstance(outcome, Reservation)
+    assert (await ledger.balance(G, ALICE, ())).pending == 2
+
+
+async def test_reservation_rolls_back_with_the_callers_transaction(
+    ledger: Ledger, db: Database
+) -> None:
+    """A reservation made with tx= disappears when the caller's block raises."""
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            assert isinstance(await ledger.reserve(G, ALICE, (), 2, tx=tx), Reservation)
+            raise RuntimeError("the job row could not be written")
+    assert await used(ledger) == 0
+
+
+async def test_reservation_in_a_transaction_is_denied_at_the_limit(
+    ledger: Ledger, db: Database
+) -> None:
+    """Inside the caller's transaction the limit holds and the denial says which one."""
+    await spend(ledger, 5)
+    async with db.transaction() as tx:
+        outcome = await ledger.reserve(G, ALICE, (), 1, tx=tx)
+    assert isinstance(outcome, Denial) and outcome.reason == "member_limit"
+
+
+async def test_concurrent_reservations_in_transactions_never_pass_the_limit(
+    ledger: Ledger, db: Database
+) -> None:
+    """50 callers each reserving inside their own transaction together get exactly 5."""
+
+    async def attempt() -> Reservation | Denial:
+        async with db.transaction() as tx:
+            return await ledger.reserve(G, ALICE, (), 1, tx=tx)
+
+    outcomes = await asyncio.gather(*(attempt() for _ in range(50)))
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 5
+
+
+# -- two real processes ---------------------------------------------------------------
+
+RACE_WORKER = """
+import asyncio, sys
+from bot.db import open_database
+from bot.ledger import Ledger, Reservation
+
+async def main() -> None:
+    url, schema = sys.argv[1], sys.argv[2] or None
+    spread, attempts, limit = (int(arg) for arg in sys.argv[3:6])
+    db = await open_database(url, schema=schema)
+    ledger = Ledger(db, default_limit=limit, default_period="lifetime")
+    await ledger.guild_settings(1)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    outcomes = await asyncio.gather(
+        *(ledger.reserve(1, 1000 + i % spread, (), 1) for i in range(attempts))
+    )
+    print(sum(isinstance(o, Reservation) for o in outcomes), flush=True)
+    await db.close()
+
+asyncio.run(main())
+"""
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def race_in_two_processes(
+    databases: Databases, *, spread: int, default_limit: int, attempts: int = 150
+) -> list[int]:
+    """Two worker processes reserve 1 credit ``attempts`` times each, released together."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            RACE_WORKER,
+            databases.url,
+            databases.schema or "",
+            str(spread),
+            str(attempts),
+            str(default_limit),
+            cwd=REPO,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line.strip() == b"ready", line
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+        outputs = [await asyncio.wait_for(proc.communicate(), 60) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0]
+        return [int(out.strip()) for out, _ in outputs]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_two_processes_never_pass_a_member_limit(databases: Databases) -> None:
+    """Two processes racing 150 reserves each for one member with limit 30 get 30 in all."""
+    db = await databases.open()
+    granted = await race_in_two_processes(databases, spread=1, default_limit=30)
+    assert sum(granted) == 30
+    row = await db.fetchone("SELECT SUM(cost) FROM ledger_entries WHERE state = 'reserved'")
+    assert row is not None and int(row[0]) == 30
+
+
+async def test_two_processes_never_pass_a_server_budget(databases: Databases) -> None:
+    """Two processes racing 150 reserves each over 40 members against a budget of 25 get 25."""
+    db = await databases.open()
+    ledger = Ledger(db, default_limit=1000, default_period="lifetime")
+    await ledger.set_server_budget(1, MOD, 25)
+    granted = await race_in_two_processes(databases, spread=40, default_limit=1000)
+    assert sum(granted) == 25
+    assert (await ledger.server_usage(1)).used == 25
