@@ -609,6 +609,8 @@ class DiscordEmulator:
             return _json(self.bot_user.payload())
         if method == "GET" and api == "/oauth2/applications/@me":
             return _json(self._application())
+        if method == "GET" and api == "/users/@me/guilds":  # `upscale-bot check`
+            return self._my_guilds(request)
         if method == "GET" and api in ("/gateway", "/gateway/bot"):
             return _json({"url": self.gateway_url, "shards": 1})
         if m := re.fullmatch(rf"/applications/{app}/commands", api):
@@ -632,6 +634,31 @@ class DiscordEmulator:
             return self._channel_message(method, int(m[1]), int(m[2]), body, files)
         self.unimplemented.append(f"{method} {path}")
         return _json({"message": "404: Not Found", "code": 0}, status=404)
+
+    # -- GET /users/@me/guilds (start-up checks) -------------------------------------
+
+    def _my_guilds(self, request: web.Request) -> web.Response:
+        """The bot's servers as partial guilds, with its server-wide ``permissions``.
+
+        The bot's permissions there are ``self.me.permissions``; ``after``/``limit``
+        page as Discord does (ascending ids).
+        """
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", "200"))
+        guilds = [
+            {
+                "id": str(guild.id),
+                "name": guild.name,
+                "icon": None,
+                "banner": None,
+                "owner": False,
+                "permissions": str(self.me.permissions),
+                "features": [],
+            }
+            for guild in [self.guild]
+            if guild.id > after
+        ]
+        return _json(guilds[:limit])
 
     def _check_auth(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bot {self.token}":
