@@ -55,6 +55,7 @@ async def main(settings: Settings, **bot_options: Any) -> None:
             aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT)
         )
         with startup.database_errors(settings):
+            await startup.probe_database(settings)
             services = await stack.enter_async_context(open_services(settings, session))
         startup.prepare_spool(settings)
         await startup.resolve_onemin(settings.onemin_api_base, retry)

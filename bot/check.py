@@ -242,6 +242,7 @@ async def check_database(settings: Settings) -> CheckLine:
     where = startup.describe_database(settings)
     try:
         with startup.database_errors(settings):
+            await startup.probe_database(settings)
             db = await open_database(settings)
             try:
                 version = await db.version()

@@ -60,6 +60,8 @@ __all__ = [
     "discord_host",
     "discord_login",
     "network_reason",
+    "prepare_spool",
+    "probe_database",
     "quiet_voice_warnings",
     "resolve",
     "resolve_onemin",
@@ -82,6 +84,7 @@ MAX_RETRY_SECONDS = 3600.0
 FIRST_RETRY_DELAY = 1.0  # seconds before the second try; doubles after each try
 MAX_RETRY_DELAY = 15.0  # seconds, the longest wait between two tries
 TRY_TIMEOUT = 10.0  # seconds one try (a lookup or a login) may take
+MIN_RETRY_WAIT = 0.05  # seconds; with less time left than this, start-up gives up
 
 # What opening the database can raise that an owner fixes (paths, permissions, a damaged
 # file). A PostgreSQL engine adds its driver's connection errors here.
@@ -183,7 +186,7 @@ async def retrying(
                 raise
             reason = found
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left < MIN_RETRY_WAIT:
             raise GaveUp(reason, tries, time.monotonic() - started)
         wait = min(delay, left)
         log.warning("%s: try %d failed (%s); trying again in %.1f s", what, tries, reason, wait)
@@ -368,6 +371,24 @@ def database_errors(settings: Settings) -> Iterator[None]:
             f" {_storage_reason(exc)}: check DATABASE_URL, and that its directory exists"
             " or can be created and is writable by the bot",
         ) from None
+
+
+async def probe_database(settings: Settings) -> None:
+    """Check that SQLite can create and open the database file, before aiosqlite does.
+
+    aiosqlite 0.22 leaves its worker thread reporting a failed connect to the event loop
+    after it closed, which prints a thread traceback at exit; a plain ``sqlite3`` open
+    (in a thread) fails the same way, cleanly. A no-op on PostgreSQL.
+    """
+    path = settings.database_path
+    if path is None:
+        return
+
+    def probe() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sqlite3.connect(path).close()
+
+    await asyncio.to_thread(probe)
 
 
 def prepare_spool(settings: Settings) -> None:
