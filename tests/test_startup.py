@@ -8,6 +8,7 @@ which is ``python -m bot`` with discord.py pointed at the Discord emulator.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import signal
@@ -261,7 +262,7 @@ async def test_retrying_logs_one_line_per_failed_try_and_gives_up_after_the_budg
     with caplog.at_level(logging.WARNING, "bot.startup"), pytest.raises(GaveUp) as info:
         await startup.retrying("Reaching it", attempt, startup.network_reason, policy)
     assert info.value.tries == 3 and info.value.reason == "connection refused"
-    waits = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    waits = [b - a for a, b in itertools.pairwise(calls)]
     assert 0.09 <= waits[0] < 0.2 and 0.19 <= waits[1] < 0.3
     assert [r.getMessage().split(":")[1].split("(")[0].strip() for r in caplog.records] == [
         "try 1 failed",
