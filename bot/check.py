@@ -264,7 +264,7 @@ async def check_onemin(settings: Settings) -> CheckLine:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            await startup.resolve(host, port, CHECK_TIMEOUT)
+            await startup.resolve(host, port)
     except (OSError, TimeoutError) as exc:
         reason = startup.network_reason(exc) or f"no answer within {CHECK_TIMEOUT:.0f} s"
         return CheckLine(

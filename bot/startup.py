@@ -157,11 +157,11 @@ class RetryPolicy:
 
 async def retrying(
     what: str,
-    attempt: Callable[[float], Awaitable[_T]],
+    attempt: Callable[[], Awaitable[_T]],
     transient: Callable[[BaseException], str | None],
     policy: RetryPolicy,
 ) -> _T:
-    """Call ``attempt(timeout)`` until it succeeds or ``policy.budget`` seconds are spent.
+    """Call ``attempt()`` until it succeeds or ``policy.budget`` seconds are spent.
 
     ``transient(exc)`` returns a short reason for a failure worth retrying (anything else
     is raised at once). Each failed try is logged as one line; when time runs out,
@@ -177,7 +177,7 @@ async def retrying(
         time_limit = max(1.0, min(policy.try_timeout, deadline - time.monotonic()))
         try:
             async with asyncio.timeout(time_limit):
-                return await attempt(time_limit)
+                return await attempt()
         except TimeoutError:
             reason = f"no answer within {time_limit:.0f} s"
         except Exception as exc:
@@ -225,9 +225,11 @@ def _gai_text(exc: OSError) -> str:
 # -- 1min.ai ---------------------------------------------------------------------------
 
 
-async def resolve(host: str, port: int, time_limit: float) -> None:
-    """Look ``host`` up (getaddrinfo in a thread); raises :class:`socket.gaierror`."""
-    del time_limit  # the caller bounds the wait; the lookup thread ends on its own
+async def resolve(host: str, port: int) -> None:
+    """Look ``host`` up (getaddrinfo in a thread); raises :class:`socket.gaierror`.
+
+    Callers bound the wait with a timeout; a lookup thread left behind ends on its own.
+    """
     await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
 
 
@@ -237,8 +239,8 @@ async def resolve_onemin(base_url: str, policy: RetryPolicy) -> None:
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
 
-    async def attempt(time_limit: float) -> None:
-        await resolve(host, port, time_limit)
+    async def attempt() -> None:
+        await resolve(host, port)
 
     try:
         await retrying(f"Looking up 1min.ai host {host}", attempt, network_reason, policy)
@@ -282,8 +284,7 @@ async def wait_for_discord(token: str, policy: RetryPolicy) -> None:
     ``policy.budget`` seconds (then status 4).
     """
 
-    async def attempt(time_limit: float) -> None:
-        del time_limit
+    async def attempt() -> None:
         http, _ = await discord_login(token)
         await http.close()
 
