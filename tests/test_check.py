@@ -15,11 +15,10 @@ import pytest
 
 from bot.check import EXIT_CHECK_FAILED, TEST_IMAGE
 from bot.startup import EXIT_CONFIG
-from tests.bot_process import ROOT, Finished, run_bot_process
+from tests.bot_process import ROOT, Finished, closed_port, run_bot_process
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
-from tests.test_startup import closed_port
 
 Emulators = tuple[DiscordEmulator, OneMinEmulator]
 ADMINISTRATOR = 1 << 3

@@ -12,7 +12,6 @@ import itertools
 import logging
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from bot.startup import (
     GaveUp,
     RetryPolicy,
 )
-from tests.bot_process import ROOT, Finished, run_bot_process, start_bot_process
+from tests.bot_process import ROOT, Finished, closed_port, run_bot_process, start_bot_process
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
@@ -40,13 +39,6 @@ from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # bot.logs.LOG_FORMAT
 VOICE_WARNING = "voice will NOT be supported"
 START_TIMEOUT = 30.0  # seconds for a bot process to log in and sync its commands
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def the_one_line(run: Finished) -> str:
@@ -158,6 +150,18 @@ async def test_a_database_that_cannot_be_opened_prints_one_line_and_exits_5(
     line = the_one_line(run)
     assert line.startswith(f"Cannot start: cannot open the database (SQLite {db}): {reason}")
     assert "check DATABASE_URL" in line
+    assert "Connecting to Discord" not in run.stderr
+
+
+async def test_an_unusable_spool_dir_prints_one_line_and_exits_5(tmp_path: Path) -> None:
+    """SPOOL_DIR under a regular file: one line naming SPOOL_DIR, before any network."""
+    (tmp_path / "file.txt").write_text("not a directory")
+    spool = tmp_path / "file.txt" / "spool"
+    run = await run_bot_process(base_env(tmp_path, SPOOL_DIR=str(spool)))
+    assert run.status == EXIT_DATABASE
+    line = the_one_line(run)
+    assert line.startswith(f"Cannot start: cannot create the spool directory {spool}:")
+    assert "check SPOOL_DIR" in line
     assert "Connecting to Discord" not in run.stderr
 
 
