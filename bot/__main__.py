@@ -1,8 +1,13 @@
 """``python -m bot``: read the settings, open shared resources, run the bot until stopped.
 
 A missing or malformed setting prints one line naming the variable and exits with
-status 2 before anything connects. SIGINT and SIGTERM close the bot, then the HTTP
-session and the database, in that order.
+status 2 before anything connects. Other start-up problems (a rejected token, no network,
+a database that cannot be opened, a 1min.ai host that does not resolve) print one line
+and exit with the status documented in :mod:`bot.startup`. SIGINT and SIGTERM close the
+bot, then the HTTP session and the database, in that order.
+
+``python -m bot check`` (``upscale-bot check``) checks the configuration, the token, the
+database and both services without starting the bot (:mod:`bot.check`).
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from typing import Any
 
 import aiohttp
 
+from bot import startup
 from bot.client import UpscaleBot, create_bot
 from bot.logs import configure_logging
 from bot.services import open_services
 from bot.settings import Settings, SettingsError, load_settings
+from bot.startup import EXIT_CONFIG, StartupError
 
 log = logging.getLogger("bot")
 
-EXIT_CONFIG = 2
+USAGE = "usage: upscale-bot [check]"
 # Whole-request ceiling for the shared session; calls that need less set their own.
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
 
@@ -33,20 +40,35 @@ async def main(settings: Settings, **bot_options: Any) -> None:
     """Open the session, build the bot, run it until a signal or a fatal error.
 
     ``bot_options`` go to :func:`create_bot` (the test process passes the emulator's media
-    origin and a short guild_ready_timeout).
+    origin and a short guild_ready_timeout). Start-up problems an owner can fix raise
+    :class:`~bot.startup.StartupError`: the database first, then the 1min.ai host lookup
+    and the Discord login, both waiting up to ``STARTUP_RETRY_SECONDS`` for the network.
     """
+    try:
+        retry = startup.RetryPolicy.from_env()
+    except SettingsError as exc:
+        raise StartupError(EXIT_CONFIG, str(exc), prefix="Configuration error") from None
+    startup.quiet_voice_warnings()
+    token = settings.discord_token.get()
     connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session,
-        open_services(settings, session) as services,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT)
+        )
+        with startup.database_errors(settings):
+            await startup.probe_database(settings)
+            services = await stack.enter_async_context(open_services(settings, session))
+        startup.prepare_spool(settings)
+        await startup.resolve_onemin(settings.onemin_api_base, retry)
+        await startup.wait_for_discord(token, retry)
         bot = create_bot(settings, session=session, services=services, **bot_options)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, functools.partial(_request_stop, bot, sig))
         async with bot:
-            await bot.start(settings.discord_token.get())
+            with startup.discord_errors():
+                await bot.start(token)
     log.info("Stopped cleanly")
 
 
@@ -60,8 +82,26 @@ def _request_stop(bot: UpscaleBot, sig: signal.Signals) -> None:
 _stopping: set[asyncio.Task[None]] = set()
 
 
+def serve(settings: Settings, **bot_options: Any) -> None:
+    """Run :func:`main` until stopped; a start-up problem prints one line and exits."""
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main(settings, **bot_options))
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(exc.status)
+
+
 def run() -> None:
-    """Console entry point (``upscale-bot``)."""
+    """Console entry point (``upscale-bot``, ``upscale-bot check``)."""
+    args = sys.argv[1:]
+    if args == ["check"]:
+        from bot.check import run_check
+
+        sys.exit(run_check(load_settings))
+    if args:
+        print(USAGE, file=sys.stderr)
+        sys.exit(0 if args[0] in ("-h", "--help") else EXIT_CONFIG)
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -71,8 +111,7 @@ def run() -> None:
         settings.log_level,
         secrets=(settings.discord_token.get(), settings.onemin_api_key.get()),
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(settings))
+    serve(settings)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,26 @@
 
 ``python -m tests.bot_process`` reads the usual settings from the environment, plus
 ``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (the emulator, which also serves the
-attachments), points discord.py there, then runs exactly what ``python -m bot`` runs.
-Tests start it with :func:`start_bot_process`.
+attachments), points discord.py there, then runs exactly what ``python -m bot`` runs;
+``python -m tests.bot_process check`` runs what ``python -m bot check`` runs.
+Tests start it with :func:`start_bot_process`, or run it to its end with
+:func:`run_bot_process`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from bot.__main__ import main
+from bot.__main__ import serve
+from bot.check import run_check
 from bot.logs import configure_logging
 from bot.settings import load_settings
 from tests.emulators.discord import point_discord_at
@@ -25,17 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run() -> None:
-    settings = load_settings(dotenv=False)
     api_base = os.environ["DISCORD_API_BASE"]
     point_discord_at(api_base, os.environ["DISCORD_GATEWAY_URL"])
+    if sys.argv[1:] == ["check"]:
+        sys.exit(run_check(lambda: load_settings(dotenv=False)))
+    settings = load_settings(dotenv=False)
     media_origin = api_base.split("/api/", 1)[0]
     configure_logging(
         settings.log_level, (settings.discord_token.get(), settings.onemin_api_key.get())
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            main(settings, media_origins=frozenset({media_origin}), guild_ready_timeout=0.05)
-        )
+    serve(settings, media_origins=frozenset({media_origin}), guild_ready_timeout=0.05)
 
 
 def start_bot_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -49,6 +53,60 @@ def start_bot_process(env: Mapping[str, str], log_path: Path) -> subprocess.Pope
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+    )
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A bot process that ran to its end: exit status and what it printed."""
+
+    status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+async def run_bot_process(env: Mapping[str, str], *args: str, timeout: float = 60.0) -> Finished:
+    """Run ``python -m tests.bot_process [args]`` to its end without blocking the loop.
+
+    The emulators keep serving in the caller's event loop meanwhile. ``env`` is added to
+    PATH and PYTHONPATH only (no variable of the test process leaks in).
+    """
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **env}
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.bot_process",
+        *args,
+        env=full_env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(
+            f"bot process still running after {timeout} s:\n{err.decode(errors='replace')}"
+        ) from None
+    assert proc.returncode is not None
+    return Finished(
+        proc.returncode,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+        time.monotonic() - started,
     )
 
 

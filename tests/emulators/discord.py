@@ -895,6 +895,8 @@ class DiscordEmulator:
         self.unimplemented.append(f"{method} {path}")
         return _json({"message": "404: Not Found", "code": 0}, status=404)
 
+    # -- GET /users/@me/guilds (start-up checks) -------------------------------------
+
     def _check_auth(self, request: web.Request) -> None:
         if self.reject_token or request.headers.get("Authorization") != f"Bot {self.token}":
             raise _Reply(_json({"message": "401: Unauthorized", "code": 0}, status=401))

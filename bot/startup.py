@@ -1,0 +1,427 @@
+"""Start-up that explains itself: one line and a documented exit status per problem.
+
+``python -m bot`` runs its start-up in phases; each phase turns the failures an owner can
+fix into a :class:`StartupError`, which ``bot.__main__`` prints as one line on stderr
+(never a traceback, never a secret) before exiting with the error's status:
+
+=====  =========================================================================
+ 2     configuration: a missing or malformed setting (:data:`EXIT_CONFIG`)
+ 3     Discord rejected ``DISCORD_TOKEN`` (:data:`EXIT_TOKEN_REJECTED`)
+ 4     Discord could not be reached (:data:`EXIT_DISCORD_UNREACHABLE`)
+ 5     the database (or the spool beside it) cannot be opened (:data:`EXIT_DATABASE`)
+ 6     the 1min.ai host in ``ONEMIN_API_BASE`` does not resolve
+       (:data:`EXIT_ONEMIN_UNRESOLVABLE`)
+=====  =========================================================================
+
+A network that is not up yet (the machine just booted, a container started before its
+network) is waited for: name lookups and the Discord login are retried with exponential
+backoff for ``STARTUP_RETRY_SECONDS`` (default 60) in all, one log line per failed try.
+
+The bot has no voice: :func:`quiet_voice_warnings` turns off discord.py's warnings about
+the missing voice libraries (PyNaCl, davey) through the flags discord.py reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import discord
+import discord.http
+
+from bot.settings import Settings, SettingsError
+
+__all__ = [
+    "DATABASE_ERRORS",
+    "DEFAULT_RETRY_SECONDS",
+    "EXIT_CONFIG",
+    "EXIT_DATABASE",
+    "EXIT_DISCORD_UNREACHABLE",
+    "EXIT_ONEMIN_UNRESOLVABLE",
+    "EXIT_TOKEN_REJECTED",
+    "RETRY_VARIABLE",
+    "GaveUp",
+    "RetryPolicy",
+    "StartupError",
+    "database_errors",
+    "describe_database",
+    "discord_errors",
+    "discord_host",
+    "discord_login",
+    "network_reason",
+    "prepare_spool",
+    "probe_database",
+    "quiet_voice_warnings",
+    "resolve",
+    "resolve_onemin",
+    "retrying",
+    "wait_for_discord",
+]
+
+log = logging.getLogger(__name__)
+
+# Exit statuses of ``python -m bot`` (documented for owners and service managers).
+EXIT_CONFIG = 2  # a setting is missing or malformed
+EXIT_TOKEN_REJECTED = 3  # Discord refused DISCORD_TOKEN
+EXIT_DISCORD_UNREACHABLE = 4  # no answer from Discord within the retry time
+EXIT_DATABASE = 5  # the database or the spool directory cannot be opened
+EXIT_ONEMIN_UNRESOLVABLE = 6  # ONEMIN_API_BASE's host does not resolve
+
+RETRY_VARIABLE = "STARTUP_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 60.0  # total time start-up waits for the network
+MAX_RETRY_SECONDS = 3600.0
+FIRST_RETRY_DELAY = 1.0  # seconds before the second try; doubles after each try
+MAX_RETRY_DELAY = 15.0  # seconds, the longest wait between two tries
+TRY_TIMEOUT = 10.0  # seconds one try (a lookup or a login) may take
+MIN_RETRY_WAIT = 0.05  # seconds; with less time left than this, start-up gives up
+
+# What opening the database can raise that an owner fixes (paths, permissions, a damaged
+# file). A PostgreSQL engine adds its driver's connection errors here.
+# What opening either engine raises when it cannot (asyncpg's errors, including a refused
+# connection or an unknown database, all derive from these two).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+TOKEN_HINT = (
+    "copy the token again from the Developer Portal (your application > Bot > Reset Token)"
+    " into DISCORD_TOKEN"
+)
+
+_T = TypeVar("_T")
+
+
+class StartupError(Exception):
+    """A start-up problem the owner can fix: ``str()`` is the one line to print.
+
+    ``status`` is the process exit status; ``message`` says what is wrong and what to do.
+    """
+
+    def __init__(self, status: int, message: str, *, prefix: str = "Cannot start") -> None:
+        super().__init__(f"{prefix}: {message}")
+        self.status = status
+        self.message = message
+
+
+class GaveUp(Exception):
+    """:func:`retrying` ran out of time; ``reason`` describes the last failure."""
+
+    def __init__(self, reason: str, tries: int, elapsed: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.tries = tries
+        self.elapsed = elapsed
+
+    @property
+    def after(self) -> str:
+        """``after 5 tries in 31 s`` (or ``after 1 try``) for the final message."""
+        if self.tries == 1:
+            return "after 1 try"
+        return f"after {self.tries} tries in {self.elapsed:.0f} s"
+
+
+# -- retries ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long start-up waits for the network: ``budget`` seconds in all (0: one try)."""
+
+    budget: float = DEFAULT_RETRY_SECONDS
+    first_delay: float = FIRST_RETRY_DELAY
+    max_delay: float = MAX_RETRY_DELAY
+    try_timeout: float = TRY_TIMEOUT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
+        """Read ``STARTUP_RETRY_SECONDS`` (advanced; raises :class:`SettingsError`)."""
+        raw = (os.environ if env is None else env).get(RETRY_VARIABLE, "").strip()
+        if not raw:
+            return cls()
+        expected = f"expected a number of seconds from 0 to {MAX_RETRY_SECONDS:g}"
+        try:
+            budget = float(raw)
+        except ValueError:
+            raise SettingsError(RETRY_VARIABLE, expected) from None
+        if not 0 <= budget <= MAX_RETRY_SECONDS:
+            raise SettingsError(RETRY_VARIABLE, expected)
+        return cls(budget=budget)
+
+
+async def retrying(
+    what: str,
+    attempt: Callable[[], Awaitable[_T]],
+    transient: Callable[[BaseException], str | None],
+    policy: RetryPolicy,
+) -> _T:
+    """Call ``attempt()`` until it succeeds or ``policy.budget`` seconds are spent.
+
+    ``transient(exc)`` returns a short reason for a failure worth retrying (anything else
+    is raised at once). Each failed try is logged as one line; when time runs out,
+    :class:`GaveUp` carries the last reason. Each try is bounded by ``policy.try_timeout``
+    (and by the time left), and a try that times out counts as a transient failure.
+    """
+    started = time.monotonic()
+    deadline = started + policy.budget
+    delay = policy.first_delay
+    tries = 0
+    while True:
+        tries += 1
+        time_limit = max(1.0, min(policy.try_timeout, deadline - time.monotonic()))
+        try:
+            async with asyncio.timeout(time_limit):
+                return await attempt()
+        except TimeoutError:
+            reason = f"no answer within {time_limit:.0f} s"
+        except Exception as exc:
+            found = transient(exc)
+            if found is None:
+                raise
+            reason = found
+        left = deadline - time.monotonic()
+        if left < MIN_RETRY_WAIT:
+            raise GaveUp(reason, tries, time.monotonic() - started)
+        wait = min(delay, left)
+        log.warning("%s: try %d failed (%s); trying again in %.1f s", what, tries, reason, wait)
+        await asyncio.sleep(wait)
+        delay = min(delay * 2, policy.max_delay)
+
+
+def network_reason(exc: BaseException) -> str | None:
+    """A short reason for a network failure worth retrying, or None for anything else."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"name lookup failed: {_gai_text(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _os_text(exc.os_error)
+    if isinstance(exc, socket.gaierror):
+        return f"name lookup failed: {_gai_text(exc)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the connection was dropped"
+    if isinstance(exc, discord.DiscordServerError):
+        return f"Discord answered {exc.status}"
+    if isinstance(exc, aiohttp.ClientOSError | ConnectionError):
+        return _os_text(exc)
+    return None
+
+
+def _os_text(exc: OSError) -> str:
+    # asyncio words a refused connect as "Connect call failed (addr)"; the errno says more.
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _gai_text(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+# -- 1min.ai ---------------------------------------------------------------------------
+
+
+async def resolve(host: str, port: int) -> None:
+    """Look ``host`` up (getaddrinfo in a thread); raises :class:`socket.gaierror`.
+
+    Callers bound the wait with a timeout; a lookup thread left behind ends on its own.
+    """
+    await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+
+
+async def resolve_onemin(base_url: str, policy: RetryPolicy) -> None:
+    """Wait until the host of ``ONEMIN_API_BASE`` resolves, or raise :class:`StartupError`."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    async def attempt() -> None:
+        await resolve(host, port)
+
+    try:
+        await retrying(f"Looking up 1min.ai host {host}", attempt, network_reason, policy)
+    except GaveUp as gave_up:
+        raise StartupError(
+            EXIT_ONEMIN_UNRESOLVABLE,
+            f"the 1min.ai host {host} (ONEMIN_API_BASE) cannot be looked up"
+            f" ({gave_up.reason}) {gave_up.after}: check ONEMIN_API_BASE for typos, and"
+            " the machine's network and DNS",
+        ) from None
+
+
+# -- Discord ---------------------------------------------------------------------------
+
+
+def discord_host() -> str:
+    """Where discord.py sends REST calls (``discord.com``, or a test emulator)."""
+    return urlsplit(discord.http.Route.BASE).netloc or discord.http.Route.BASE
+
+
+async def discord_login(token: str) -> tuple[discord.http.HTTPClient, dict[str, object]]:
+    """Log in over REST (``GET /users/@me``) as discord.py does; no gateway.
+
+    Returns the logged-in :class:`discord.http.HTTPClient` (close it) and the bot user.
+    Raises :class:`discord.LoginFailure` for a rejected token, aiohttp or discord.py
+    errors when Discord cannot be reached.
+    """
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    try:
+        user = await http.static_login(token)
+    except BaseException:
+        await http.close()
+        raise
+    return http, dict(user)
+
+
+async def wait_for_discord(token: str, policy: RetryPolicy) -> None:
+    """Wait until Discord answers a login, or raise :class:`StartupError`.
+
+    A rejected token is not retried (status 3); a network that is not up yet is, for
+    ``policy.budget`` seconds (then status 4).
+    """
+
+    async def attempt() -> None:
+        http, _ = await discord_login(token)
+        await http.close()
+
+    host = discord_host()
+    with discord_errors():
+        try:
+            await retrying(f"Connecting to Discord ({host})", attempt, network_reason, policy)
+        except GaveUp as gave_up:
+            raise StartupError(
+                EXIT_DISCORD_UNREACHABLE,
+                f"cannot reach Discord at {host} ({gave_up.reason}) {gave_up.after}:"
+                " check the machine's network connection, firewall and proxy, or"
+                " set STARTUP_RETRY_SECONDS to wait longer",
+            ) from None
+
+
+@contextmanager
+def discord_errors() -> Iterator[None]:
+    """Turn a rejected token or an unreachable Discord into a :class:`StartupError`.
+
+    Wraps the bot's own login and gateway connection too: a token reset while the bot
+    runs closes the gateway with code 4004, which is the same problem.
+    """
+    try:
+        yield
+    except discord.LoginFailure:
+        raise StartupError(
+            EXIT_TOKEN_REJECTED, f"Discord rejected DISCORD_TOKEN (401): {TOKEN_HINT}"
+        ) from None
+    except discord.ConnectionClosed as exc:
+        if exc.code != 4004:
+            raise
+        raise StartupError(
+            EXIT_TOKEN_REJECTED,
+            f"Discord closed the connection: the token is no longer valid (4004): {TOKEN_HINT}",
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        reason = network_reason(exc)
+        if reason is None:
+            raise
+        raise StartupError(
+            EXIT_DISCORD_UNREACHABLE,
+            f"cannot reach Discord at {discord_host()} ({reason}): check the machine's"
+            " network connection, firewall and proxy",
+        ) from None
+
+
+# -- the database ----------------------------------------------------------------------
+
+
+def describe_database(settings: Settings) -> str:
+    """The database for messages: the SQLite path, or PostgreSQL without its password."""
+    path = settings.database_path
+    if path is not None:
+        return f"SQLite {path}"
+    parts = urlsplit(settings.database_url.get())
+    where = parts.hostname or "?"
+    if parts.port:
+        where += f":{parts.port}"
+    return f"PostgreSQL {where}/{parts.path.strip('/')}"
+
+
+def _storage_reason(exc: BaseException) -> str:
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        return f"{exc.filename or 'a part of the path'} is a file, not a directory"
+    if isinstance(exc, PermissionError):
+        return f"permission denied on {exc.filename or 'the path'}"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return f"{exc.filename or 'the path'} is on a read-only file system"
+    if isinstance(exc, OSError):
+        text = exc.strerror or type(exc).__name__
+        return f"{text}: {exc.filename}" if exc.filename else text
+    return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def database_errors(settings: Settings) -> Iterator[None]:
+    """Turn a database that cannot be opened or migrated into a :class:`StartupError`."""
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        raise StartupError(
+            EXIT_DATABASE,
+            f"cannot open the database ({describe_database(settings)}):"
+            f" {_storage_reason(exc)}: check DATABASE_URL, and that its directory exists"
+            " or can be created and is writable by the bot",
+        ) from None
+
+
+async def probe_database(settings: Settings) -> None:
+    """Check that SQLite can create and open the database file, before aiosqlite does.
+
+    aiosqlite 0.22 leaves its worker thread reporting a failed connect to the event loop
+    after it closed, which prints a thread traceback at exit; a plain ``sqlite3`` open
+    (in a thread) fails the same way, cleanly. A no-op on PostgreSQL.
+    """
+    path = settings.database_path
+    if path is None:
+        return
+
+    def probe() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sqlite3.connect(path).close()
+
+    await asyncio.to_thread(probe)
+
+
+def prepare_spool(settings: Settings) -> None:
+    """Create the spool directory now, so a bad ``SPOOL_DIR`` stops start-up with one line."""
+    try:
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(
+            EXIT_DATABASE,
+            f"cannot create the spool directory {settings.spool_dir}: {_storage_reason(exc)}:"
+            " check SPOOL_DIR (default: a spool folder beside the database)",
+        ) from None
+
+
+# -- voice -----------------------------------------------------------------------------
+
+
+def quiet_voice_warnings() -> None:
+    """Stop discord.py warning that voice is unsupported: the bot never uses voice.
+
+    discord.py 2.7 logs "PyNaCl is not installed, voice will NOT be supported" and the
+    same for davey when a client is built while ``VoiceClient.warn_nacl`` /
+    ``warn_dave`` are true; it clears them itself after warning once.
+    """
+    discord.VoiceClient.warn_nacl = False
+    if hasattr(discord.VoiceClient, "warn_dave"):
+        discord.VoiceClient.warn_dave = False
