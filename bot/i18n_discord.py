@@ -18,6 +18,7 @@ translated: they are part of the product.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import discord
 from discord import app_commands
@@ -41,6 +42,17 @@ _NAME_LOCATIONS = frozenset(
 def cmd_text(key: str) -> app_commands.locale_str:
     """A ``locale_str`` carrying the English text of ``key`` and the key for the translator."""
     return app_commands.locale_str(english(key), key=key)
+
+
+def localised_choices(prefix: str, values: Iterable[str]) -> list[app_commands.Choice[str]]:
+    """Choices named by the catalogue keys ``<prefix>.<value>`` (e.g. ``period.daily``).
+
+    ``Literal[...]`` parameters get untranslatable choice names; use
+    ``@app_commands.choices(period=localised_choices("period", PERIODS))`` instead.
+    """
+    return [
+        app_commands.Choice(name=cmd_text(f"{prefix}.{value}"), value=value) for value in values
+    ]
 
 
 def interaction_locale(interaction: discord.Interaction) -> str:

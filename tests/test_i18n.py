@@ -22,7 +22,13 @@ from bot.i18n import (
     resolve,
     t,
 )
-from bot.i18n_discord import MAX_DESCRIPTION, Translator, cmd_text, translate_key
+from bot.i18n_discord import (
+    MAX_DESCRIPTION,
+    Translator,
+    cmd_text,
+    localised_choices,
+    translate_key,
+)
 
 TRANSLATIONS = tuple(lang for lang in SUPPORTED if lang != ENGLISH)
 
@@ -462,3 +468,38 @@ def test_catalogue_rejects_format_specs_and_mixed_tables() -> None:
 def test_catalogue_is_cached() -> None:
     """The files are read once."""
     assert catalogue() is catalogue()
+
+
+def test_sync_payload_carries_localisations() -> None:
+    """discord.py's sync payload gets German descriptions and choice names via the Translator."""
+
+    @app_commands.command(name="usage", description=cmd_text("cmd.usage.description"))
+    @app_commands.describe(period=cmd_text("cmd.usage.option.period"))
+    @app_commands.choices(
+        period=localised_choices("period", ("daily", "weekly", "monthly", "lifetime"))
+    )
+    async def usage(
+        interaction: discord.Interaction, period: app_commands.Choice[str] | None = None
+    ) -> None:
+        """Unused."""
+
+    async def payload() -> dict[str, object]:
+        client = discord.Client(intents=discord.Intents.none())
+        tree = app_commands.CommandTree(client)
+        return await usage.get_translated_payload(tree, Translator())
+
+    data = asyncio.run(payload())
+    assert data["name"] == "usage"
+    assert data["name_localizations"] == {}
+    assert data["description_localizations"]["de"] == catalogue().entry(  # type: ignore[index]
+        "de", "cmd.usage.description"
+    )
+    option = data["options"][0]  # type: ignore[index]
+    assert option["description_localizations"]["ja"] == catalogue().entry(
+        "ja", "cmd.usage.option.period"
+    )
+    daily = option["choices"][0]
+    assert (daily["name"], daily["value"]) == ("daily", "daily")
+    assert daily["name_localizations"]["de"] == "täglich"
+    assert daily["name_localizations"]["es-419"] == daily["name_localizations"]["es-ES"]
+    assert "en-GB" not in daily["name_localizations"]
