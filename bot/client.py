@@ -15,6 +15,7 @@ import aiohttp
 import discord
 from discord.ext import commands
 
+from bot.fleet import IdentifyGate, command_digest, sync_once
 from bot.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.tree import UpscaleTree
 
@@ -64,6 +65,8 @@ class UpscaleBot(commands.Bot):
         self.media_origins = media_origins
         self._extensions = tuple(extensions)
         self.failed_extensions: list[str] = []
+        self.identify_gate = IdentifyGate(services.db)
+        self._identify_concurrency: int | None = None
 
     @property
     def db(self) -> Database:
@@ -96,18 +99,57 @@ class UpscaleBot(commands.Bot):
             self.queue.start()
         await self.sync_commands()
 
-    async def sync_commands(self) -> list[discord.app_commands.AppCommand]:
-        """Register the application commands: to ``DEV_GUILD_ID`` if set, else globally."""
+    async def sync_commands(self) -> list[discord.app_commands.AppCommand] | None:
+        """Register the application commands: to ``DEV_GUILD_ID`` if set, else globally.
+
+        Once per fleet (:func:`bot.fleet.sync_once`): skipped, returning None, when this
+        command set was already synced for this application and scope.
+        """
         guild_id = self.settings.dev_guild_id
-        if guild_id is not None:
-            guild = discord.Object(id=guild_id)
+        guild = None if guild_id is None else discord.Object(id=guild_id)
+        if guild is not None:
             self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
-            log.info("Synced %d commands to guild %d", len(synced), guild_id)
+        where = "globally" if guild_id is None else f"to guild {guild_id}"
+        scope = f"{self.application_id}:{'global' if guild_id is None else f'guild:{guild_id}'}"
+        digest = command_digest(await self._sync_payload(guild))
+        synced = await sync_once(
+            self.db, scope, digest, lambda: self.tree.sync(guild=guild), instance=self.queue.owner
+        )
+        if synced is None:
+            log.info("Commands unchanged since the fleet last synced them %s; not syncing", where)
         else:
-            synced = await self.tree.sync()
-            log.info("Synced %d commands globally", len(synced))
+            log.info("Synced %d commands %s", len(synced), where)
         return synced
+
+    async def _sync_payload(self, guild: discord.abc.Snowflake | None) -> list[dict[str, Any]]:
+        """What :meth:`discord.app_commands.CommandTree.sync` would send, translated."""
+        commands = self.tree.get_commands(guild=guild)
+        translator = self.tree.translator
+        if translator is None:
+            return [command.to_dict(self.tree) for command in commands]
+        return [await command.get_translated_payload(self.tree, translator) for command in commands]
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this shard's IDENTIFY turn, fleet-wide (:class:`bot.fleet.IdentifyGate`).
+
+        A database failure falls back to discord.py's own pacing (5 s unless initial).
+        """
+        try:
+            await self.identify_gate.wait_turn(shard_id, await self._max_concurrency())
+        except Exception:
+            log.warning("Could not take an IDENTIFY turn in the database", exc_info=True)
+            await super().before_identify_hook(shard_id, initial=initial)
+
+    async def _max_concurrency(self) -> int:
+        """``max_concurrency`` from ``GET /gateway/bot`` (asked once; 1 if that fails)."""
+        if self._identify_concurrency is None:
+            try:
+                _, _, limits = await self.http.get_bot_gateway()
+                self._identify_concurrency = max(1, int(limits["max_concurrency"]))
+            except (discord.DiscordException, KeyError, TypeError, ValueError):
+                log.warning("GET /gateway/bot failed: identifying one shard at a time")
+                self._identify_concurrency = 1
+        return self._identify_concurrency
 
     async def close(self) -> None:
         """Stop the queue first (members are told about stopped jobs), then disconnect."""
@@ -137,6 +179,15 @@ class UpscaleBot(commands.Bot):
             )
 
 
+class ShardedUpscaleBot(UpscaleBot, commands.AutoShardedBot):
+    """The bot running the shards ``SHARD_IDS`` of ``SHARD_COUNT`` (all of them if unset).
+
+    Built by :func:`create_bot` when ``SHARD_COUNT`` is set; several such processes on
+    one PostgreSQL database form a fleet (see :mod:`bot.fleet`). Without ``SHARD_COUNT``
+    the bot is a plain :class:`UpscaleBot` with one gateway connection, as before.
+    """
+
+
 def bot_of(interaction: discord.Interaction[Any]) -> UpscaleBot:
     """The bot that received ``interaction``, typed (instead of ``interaction.client``)."""
     client = interaction.client
@@ -154,8 +205,17 @@ def create_bot(
     extensions: Iterable[str] | None = None,
     **options: Any,
 ) -> UpscaleBot:
-    """Build the bot from ``settings`` and the shared resources the caller owns."""
-    return UpscaleBot(
+    """Build the bot from ``settings`` and the shared resources the caller owns.
+
+    With ``SHARD_COUNT`` set, a :class:`ShardedUpscaleBot` running ``SHARD_IDS``.
+    """
+    cls: type[UpscaleBot] = UpscaleBot
+    if settings.shard_count is not None:
+        cls = ShardedUpscaleBot
+        options.setdefault("shard_count", settings.shard_count)
+        if settings.shard_ids is not None:
+            options.setdefault("shard_ids", list(settings.shard_ids))
+    return cls(
         settings,
         session=session,
         services=services,

@@ -6,9 +6,11 @@ wired exactly like the one owners run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -17,7 +19,7 @@ from bot.images import ImageLimits
 from bot.jobs import JobQueue, instance_name
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
-from bot.pacing import RateGate
+from bot.pacing import WINDOW_MARGIN, RateGate
 from bot.settings import Settings
 from bot.workers import ImageWorkers
 
@@ -34,6 +36,17 @@ class Services:
     image_workers: ImageWorkers
 
 
+def spool_dir(settings: Settings, db: Database) -> Path:
+    """Where this process spools downloads: in a fleet, a folder of its own.
+
+    A process clears its spool at start-up; processes of a fleet sharing a disk must not
+    clear each other's downloads in flight.
+    """
+    if db.engine == "sqlite":
+        return settings.spool_dir
+    return settings.spool_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", instance_name(settings.shard_ids))
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings, session: aiohttp.ClientSession
@@ -44,6 +57,7 @@ async def open_services(
     shut down by the bot (it needs Discord to tell members about stopped jobs).
     """
     db = await open_database(settings.database_url.get())
+    instance = instance_name(settings.shard_ids)
     image_workers = ImageWorkers()
     try:
         ledger = Ledger(
@@ -51,7 +65,11 @@ async def open_services(
             default_limit=settings.default_user_limit,
             default_period=settings.limit_period,
         )
-        gate = RateGate(db, settings.onemin_requests_per_minute)
+        gate = RateGate(
+            db,
+            settings.onemin_requests_per_minute,
+            window=settings.onemin_rate_window + WINDOW_MARGIN,
+        )
         onemin = OneMinClient(
             session,
             settings.onemin_api_key.get(),
@@ -65,7 +83,7 @@ async def open_services(
             db=db,
             ledger=ledger,
             onemin=onemin,
-            spool_dir=settings.spool_dir,
+            spool_dir=spool_dir(settings, db),
             max_concurrent=settings.max_concurrent_jobs,
             max_per_member=settings.max_jobs_per_user,
             cost=settings.upscale_cost,
@@ -75,7 +93,7 @@ async def open_services(
             lease=settings.job_lease,
             busy_timeout=settings.busy_timeout,
             max_age=settings.job_max_age,
-            instance=instance_name(settings.shard_ids),
+            instance=instance,
         )
         yield Services(
             db=db,

@@ -107,6 +107,7 @@ class Settings:
     moderator_role_ids: frozenset[int] = field(default_factory=frozenset)
     log_level: str = "INFO"
     onemin_requests_per_minute: int = 180  # fleet-wide on PostgreSQL
+    onemin_rate_window: float = 60.0  # advanced: seconds the request limit counts over
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None  # None: this process runs every shard
     allowed_guild_ids: frozenset[int] = field(default_factory=frozenset)  # empty: any
@@ -329,6 +330,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         moderator_role_ids=_id_set(env, "MODERATOR_ROLE_IDS"),
         log_level=log_level,
         onemin_requests_per_minute=_int(env, "ONEMIN_REQUESTS_PER_MINUTE", 180, 2, 100_000),
+        onemin_rate_window=_float(env, "ONEMIN_RATE_WINDOW", 60.0, 1.0, 3600.0),
         shard_count=shard_count,
         shard_ids=shard_ids,
         allowed_guild_ids=_id_set(env, "ALLOWED_GUILD_IDS"),
