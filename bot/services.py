@@ -64,6 +64,8 @@ async def open_services(
             db,
             default_limit=settings.default_user_limit,
             default_period=settings.limit_period,
+            total_budget=settings.total_budget,
+            total_budget_period=settings.total_budget_period,
         )
         gate = RateGate(
             db,
