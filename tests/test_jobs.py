@@ -1,4 +1,9 @@
-"""The job queue against the real ledger, database and 1min.ai client (emulated API)."""
+"""The job queue against the real ledger, database and 1min.ai client (emulated API).
+
+Every test runs on both engines (the ``databases`` fixture of tests/conftest.py): a SQLite
+file, and a fresh schema on the PostgreSQL test server. Rigs made in one test share that
+database, as successive (or concurrent) processes of one bot would.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from bot.jobs import (
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
 from bot.pacing import RateGate
-from tests.conftest import png
+from tests.conftest import Databases, png
 from tests.emulators.onemin import OneMinEmulator
 
 KEY = "jobs-test-key"
@@ -105,6 +110,11 @@ class Rig:
             job = await self.queue.submit(ticket, request, prepared)
         return job, self.front.jobs[job.id]
 
+    async def recover(self) -> None:
+        """What the bot does at start-up: every running job is this process's on SQLite;
+        on PostgreSQL only those of this instance (all rigs share one instance name)."""
+        await self.queue.recover(single_process=self.db.engine == "sqlite")
+
     async def used(self, member: int = ALICE) -> tuple[int, int]:
         balance = await self.ledger.balance(GUILD, member, ())
         return balance.used, balance.pending
@@ -120,6 +130,7 @@ class Rig:
 
 async def make_rig(
     tmp_path: Path,
+    databases: Databases,
     session: aiohttp.ClientSession,
     emu: OneMinEmulator,
     *,
@@ -130,7 +141,7 @@ async def make_rig(
     start: bool = True,
     **queue_options: float,
 ) -> Rig:
-    db = await Database.open(tmp_path / "db.sqlite")
+    db = await databases.open()
     ledger = Ledger(db, default_limit=limit, default_period="daily")
     gate = RateGate(db, per_minute, window=window)
     client = OneMinClient(
@@ -152,10 +163,11 @@ async def make_rig(
     )
     recorder = front or Recorder()
     queue.attach(recorder)
+    rig = Rig(db, ledger, emu, queue, recorder, tmp_path)
     if start:
-        await queue.recover(single_process=True)
+        await rig.recover()
         queue.start()
-    return Rig(db, ledger, emu, queue, recorder, tmp_path)
+    return rig
 
 
 @pytest.fixture
@@ -175,19 +187,21 @@ RigFactory = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def rigs(
-    tmp_path: Path, session: aiohttp.ClientSession, emu: OneMinEmulator
+    tmp_path: Path, databases: Databases, session: aiohttp.ClientSession, emu: OneMinEmulator
 ) -> AsyncIterator[RigFactory]:
-    """Builds rigs on the same files (as successive processes would); closes them all."""
+    """Builds rigs on one database (as successive processes would); stops them all.
+
+    The ``databases`` fixture closes their connections afterwards (and drops the schema).
+    """
     made: list[Rig] = []
 
     async def make(**options: object) -> Rig:
-        made.append(await make_rig(tmp_path, session, emu, **options))  # type: ignore[arg-type]
+        made.append(await make_rig(tmp_path, databases, session, emu, **options))  # type: ignore[arg-type]
         return made[-1]
 
     yield make
     for r in reversed(made):
         await r.queue.shutdown(grace=0.5)
-        await r.db.close()
 
 
 @pytest.fixture
@@ -421,7 +435,7 @@ async def test_next_start_finishes_jobs_left_by_a_crash(
     orphan.write_bytes(b"partial")
     freeze(first)
     second = await rigs(start=False)
-    await second.queue.recover(single_process=True)
+    await second.recover()
     assert not orphan.exists()
     second.queue.start()
     log = await second.settled(job)
@@ -438,7 +452,7 @@ async def test_a_stored_asset_is_not_uploaded_again(rigs: RigFactory, emu: OneMi
     emu.upscale_delay = 0
     freeze(first)
     second = await rigs(start=False)
-    await second.queue.recover(single_process=True)
+    await second.recover()
     second.queue.start()
     assert (await second.settled(job)).delivered
     assert emu.calls["upload"] == 1
@@ -459,7 +473,7 @@ async def test_a_stored_result_is_not_upscaled_again(rigs: RigFactory, emu: OneM
     await until_row(first, job.id, "stage", "delivering")
     freeze(first)
     second = await rigs(start=False)
-    await second.queue.recover(single_process=True)
+    await second.recover()
     second.queue.start()
     assert (await second.settled(job)).delivered
     assert emu.upscales == 1
@@ -483,7 +497,7 @@ async def test_a_result_already_posted_is_settled_without_posting(
     await until_row(first, job.id, "stage", "delivering")
     freeze(first)
     second = await rigs(start=False, front=Recorder(already_posted={job.id}))
-    await second.queue.recover(single_process=True)
+    await second.recover()
     second.queue.start()
     log = await second.settled(job)
     assert log.delivered == []
