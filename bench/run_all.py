@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ack_burst, burst, ledger_bench, loop_lag, memory, throughput
+from bench import ack_burst, burst, fleet, ledger_bench, loop_lag, memory, throughput
 from bench.common import table
 
 OUT = Path(__file__).with_name("out") / "results.json"
@@ -47,6 +47,10 @@ async def main() -> int:
             await ledger_bench.run(c, 4000, Path(tmp) / f"l{c}.db") for c in (1, 50)
         ]
     print(table(results["ledger"], list(results["ledger"][0])))
+    print("\n== fleet: 2 processes on PostgreSQL, 24 jobs, 1 s each, 4 at once fleet-wide;")
+    print("   failover after kill -9 with a 3 s lease (3 runs) ==")
+    results["fleet"] = await fleet.run(24, 1.0, 4, 3)
+    print(fleet.report(results["fleet"]))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
     print(f"\nwritten {OUT}")
