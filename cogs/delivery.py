@@ -27,6 +27,7 @@ from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
 from bot.replies import Replies, ReplyTarget
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
+from cogs.compare import CompareButton
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -207,6 +208,8 @@ class DiscordFrontEnd:
         embed = result_embed(job, result, fitted, balance.remaining)
         view = discord.ui.View(timeout=None)
         view.add_item(DeleteResultButton(job.member_id))
+        if result.crops is not None:
+            view.add_item(CompareButton(job.id, target.locale))
         if fitted.reencoded or fitted.resized:
             view.add_item(discord.ui.Button(label="Full-size original", url=result.temporary_url))
         file = discord.File(io.BytesIO(fitted.data), filename=fitted.filename)

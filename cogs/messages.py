@@ -49,6 +49,7 @@ FAILURE_TEXT: dict[FailureKind, str] = {
     FailureKind.BUG: "The upscale failed. Try again later.",
 }
 
+CIRCUIT_OPEN_REFUSAL = f"{FAILURE_TEXT[FailureKind.CIRCUIT_OPEN]} Nothing was charged."
 RESUMED = "🔄 The bot restarted; your upscale continues."
 PAUSED = "⏸️ The bot is restarting; your upscale will continue when it is back."
 CANCELLED = f"🚫 Cancelled. {REFUNDED}"
@@ -76,11 +77,18 @@ def too_large_message(max_bytes: int) -> str:
 
 def limit_message(error: LimitReached) -> str:
     denial = error.denial
+    resets = (
+        f" It resets <t:{int(denial.resets_at.timestamp())}:R>."
+        if denial.resets_at is not None
+        else ""
+    )
+    if denial.reason == "total_budget":
+        return (
+            f"The bot's total upscale budget is used up ({denial.used}/{denial.limit} credits"
+            f" this period).{resets}"
+        )
     who = "this server's upscale budget" if denial.reason == "server_budget" else "your limit"
-    text = f"You've reached {who} ({denial.used}/{denial.limit} credits used this period)."
-    if denial.resets_at is not None:
-        text += f" It resets <t:{int(denial.resets_at.timestamp())}:R>."
-    return text
+    return f"You've reached {who} ({denial.used}/{denial.limit} credits used this period).{resets}"
 
 
 def queue_full_message(limit: int) -> str:

@@ -28,6 +28,7 @@ from bot.tree import UserError
 from cogs import messages
 from cogs.buttons import CancelJobButton, DeleteResultButton
 from cogs.checks import NOT_IN_DMS
+from cogs.compare import CompareButton
 from cogs.delivery import DiscordFrontEnd, context_for
 
 if TYPE_CHECKING:
@@ -58,12 +59,12 @@ class Upscale(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)
-        self.bot.add_dynamic_items(DeleteResultButton, CancelJobButton)
+        self.bot.add_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
         self.bot.queue.attach(self.front)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
-        self.bot.remove_dynamic_items(DeleteResultButton, CancelJobButton)
+        self.bot.remove_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -123,6 +124,10 @@ class Upscale(commands.Cog):
         if not (perms.attach_files and perms.embed_links):
             raise UserError(messages.FAILURE_TEXT[FailureKind.MISSING_PERMISSIONS])
         queue = self.bot.queue
+        if (await self.bot.services.circuit.state()).open:
+            raise UserError(
+                messages.FAILURE_TEXT[FailureKind.CIRCUIT_OPEN] + " Nothing was charged."
+            )
         limits = queue.limits
         if source.declared_size is not None and source.declared_size > limits.max_bytes:
             raise UserError(messages.too_large_message(limits.max_bytes))
