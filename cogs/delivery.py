@@ -212,6 +212,8 @@ class DiscordFrontEnd:
             view.add_item(CompareButton(job.id, target.locale))
         if fitted.reencoded or fitted.resized:
             view.add_item(discord.ui.Button(label="Full-size original", url=result.temporary_url))
+        if job.context.get("source"):
+            view.add_item(discord.ui.Button(label="Source", url=str(job.context["source"])))
         file = discord.File(io.BytesIO(fitted.data), filename=fitted.filename)
         embed.set_image(url=f"attachment://{fitted.filename}")
         try:
@@ -254,10 +256,15 @@ def result_embed(
 
 
 def context_for(
-    interaction: discord.Interaction[Any], message_id: int | None, role_ids: list[int]
+    interaction: discord.Interaction[Any],
+    message_id: int | None,
+    role_ids: list[int],
+    source_url: str | None = None,
 ) -> dict[str, Any]:
     """What a job keeps about its interaction, to answer from any process later."""
     context = ReplyTarget.from_interaction(interaction, message_id).to_context()
     context["limit"] = interaction.filesize_limit
     context["roles"] = role_ids
+    if source_url:
+        context["source"] = source_url
     return context

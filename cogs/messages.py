@@ -59,7 +59,6 @@ CANCEL_FINISHED = "This upscale has already finished."
 DELETE_NOT_ALLOWED = "Only the member who asked for this upscale, or a moderator, can delete it."
 NOT_ON_DISCORD = "I can only upscale images hosted on Discord."
 DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
-NO_IMAGE = "That message has no image attached or embedded from Discord."
 
 
 def failure_message(failure: JobFailure) -> str:
