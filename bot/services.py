@@ -6,6 +6,8 @@ wired exactly like the one owners run.
 
 from __future__ import annotations
 
+import functools
+import io
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from PIL import Image
 
+from bot.circuit import Circuit
 from bot.db import Database, open_database
+from bot.failures import FailureKind
 from bot.images import ImageLimits
 from bot.jobs import JobQueue, instance_name
 from bot.ledger import Ledger
@@ -32,6 +37,7 @@ class Services:
     ledger: Ledger
     onemin: OneMinClient
     gate: RateGate
+    circuit: Circuit
     queue: JobQueue
     image_workers: ImageWorkers
 
@@ -45,6 +51,26 @@ def spool_dir(settings: Settings, db: Database) -> Path:
     if db.engine == "sqlite":
         return settings.spool_dir
     return settings.spool_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", instance_name(settings.shard_ids))
+
+
+PROBE_SIDE = 64  # px: the smallest square the upscaler takes comfortably
+
+
+def _probe_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (PROBE_SIDE, PROBE_SIDE), (128, 128, 128)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def probe_onemin(onemin: OneMinClient, reason: FailureKind) -> None:
+    """One cheap check that 1min.ai accepts the bot again (raises while it does not).
+
+    A refused key shows on a tiny asset upload; an empty account only on a feature call,
+    so then the probe also upscales the 64 px image (the cheapest upscale there is).
+    """
+    asset = await onemin.upload(_probe_png(), "probe.png", "image/png")
+    if reason is FailureKind.OUT_OF_CREDITS:
+        await onemin.upscale(asset, "png")
 
 
 @asynccontextmanager
@@ -81,6 +107,11 @@ async def open_services(
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
         )
+        circuit = Circuit(
+            db,
+            probe=functools.partial(probe_onemin, onemin),
+            probe_interval=settings.circuit_probe_interval,
+        )
         queue = JobQueue(
             db=db,
             ledger=ledger,
@@ -96,12 +127,15 @@ async def open_services(
             busy_timeout=settings.busy_timeout,
             max_age=settings.job_max_age,
             instance=instance,
+            circuit=circuit,
+            circuit_give_up=settings.circuit_give_up,
         )
         yield Services(
             db=db,
             ledger=ledger,
             onemin=onemin,
             gate=gate,
+            circuit=circuit,
             queue=queue,
             image_workers=image_workers,
         )

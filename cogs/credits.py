@@ -26,6 +26,7 @@ from cogs.checks import (
     moderator_only,
     require_guild,
 )
+from cogs.owner import owner_cog
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -100,10 +101,13 @@ class Credits(commands.Cog):
         """Defer, run the ledger change, then confirm (or explain a refused value)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await action
+            change = await action
         except LedgerValueError as exc:
             raise UserError(str(exc)) from None
         await interaction.edit_original_response(content=text)
+        owner = owner_cog(self.bot)
+        if owner is not None and interaction.guild_id is not None:
+            await owner.log_change(interaction.guild_id, interaction.user.id, change)
 
     @quota.command(name="show", description="Show this server's limits and period")
     @moderator_only()
@@ -122,6 +126,19 @@ class Credits(commands.Cog):
         if gs.member_limits:
             members = ", ".join(f"<@{mid}>: {lim}" for mid, lim in sorted(gs.member_limits.items()))
             lines.append(f"Member overrides: {members}")
+        total = await self.ledger.total_usage()
+        if total is not None:
+            lines.append(
+                f"Total budget (all servers): **{total.used}/{total.limit}** credits,"
+                f" resets {_timestamp(total.resets_at)}"
+            )
+        circuit = await self.bot.services.circuit.state()
+        lines.append(
+            "Upscaling service: "
+            + ("**refusing the bot's account; upscales are paused**" if circuit.open else "working")
+        )
+        if gs.log_channel_id is not None:
+            lines.append(f"Quota log: <#{gs.log_channel_id}>")
         await interaction.edit_original_response(content="\n".join(lines))
 
     @quota.command(name="default", description="Per-member limit for members without override")
@@ -240,6 +257,31 @@ class Credits(commands.Cog):
             interaction,
             f"{member.mention}'s usage for this period was reset to 0.",
             self.ledger.reset_member(guild.id, interaction.user.id, member.id),
+        )
+
+    @quota.command(name="log", description="Where to post quota changes and budget alerts")
+    @app_commands.describe(channel="The channel (omit to stop posting)")
+    @moderator_only()
+    async def quota_log(
+        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
+    ) -> None:
+        guild = require_guild(interaction)
+        if channel is not None:
+            perms = channel.permissions_for(guild.me)
+            if not (perms.send_messages and perms.embed_links):
+                raise UserError(
+                    f"I can't post in {channel.mention}: I need the **Send Messages** and"
+                    " **Embed Links** permissions there."
+                )
+            text = f"Quota changes and budget alerts will be posted in {channel.mention}."
+        else:
+            text = "Quota changes and budget alerts will no longer be posted."
+        await self._change(
+            interaction,
+            text,
+            self.ledger.set_log_channel(
+                guild.id, interaction.user.id, channel.id if channel else None
+            ),
         )
 
     # -- /usage ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
 from bot.replies import Replies, ReplyTarget
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
+from cogs.compare import CompareButton
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -207,8 +208,12 @@ class DiscordFrontEnd:
         embed = result_embed(job, result, fitted, balance.remaining)
         view = discord.ui.View(timeout=None)
         view.add_item(DeleteResultButton(job.member_id))
+        if result.crops is not None:
+            view.add_item(CompareButton(job.id, target.locale))
         if fitted.reencoded or fitted.resized:
             view.add_item(discord.ui.Button(label="Full-size original", url=result.temporary_url))
+        if job.context.get("source"):
+            view.add_item(discord.ui.Button(label="Source", url=str(job.context["source"])))
         file = discord.File(io.BytesIO(fitted.data), filename=fitted.filename)
         embed.set_image(url=f"attachment://{fitted.filename}")
         try:
@@ -251,10 +256,15 @@ def result_embed(
 
 
 def context_for(
-    interaction: discord.Interaction[Any], message_id: int | None, role_ids: list[int]
+    interaction: discord.Interaction[Any],
+    message_id: int | None,
+    role_ids: list[int],
+    source_url: str | None = None,
 ) -> dict[str, Any]:
     """What a job keeps about its interaction, to answer from any process later."""
     context = ReplyTarget.from_interaction(interaction, message_id).to_context()
     context["limit"] = interaction.filesize_limit
     context["roles"] = role_ids
+    if source_url:
+        context["source"] = source_url
     return context

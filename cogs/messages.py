@@ -49,6 +49,7 @@ FAILURE_TEXT: dict[FailureKind, str] = {
     FailureKind.BUG: "The upscale failed. Try again later.",
 }
 
+CIRCUIT_OPEN_REFUSAL = f"{FAILURE_TEXT[FailureKind.CIRCUIT_OPEN]} Nothing was charged."
 RESUMED = "🔄 The bot restarted; your upscale continues."
 PAUSED = "⏸️ The bot is restarting; your upscale will continue when it is back."
 CANCELLED = f"🚫 Cancelled. {REFUNDED}"
@@ -58,7 +59,6 @@ CANCEL_FINISHED = "This upscale has already finished."
 DELETE_NOT_ALLOWED = "Only the member who asked for this upscale, or a moderator, can delete it."
 NOT_ON_DISCORD = "I can only upscale images hosted on Discord."
 DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
-NO_IMAGE = "That message has no image attached or embedded from Discord."
 
 
 def failure_message(failure: JobFailure) -> str:
@@ -76,11 +76,18 @@ def too_large_message(max_bytes: int) -> str:
 
 def limit_message(error: LimitReached) -> str:
     denial = error.denial
+    resets = (
+        f" It resets <t:{int(denial.resets_at.timestamp())}:R>."
+        if denial.resets_at is not None
+        else ""
+    )
+    if denial.reason == "total_budget":
+        return (
+            f"The bot's total upscale budget is used up ({denial.used}/{denial.limit} credits"
+            f" this period).{resets}"
+        )
     who = "this server's upscale budget" if denial.reason == "server_budget" else "your limit"
-    text = f"You've reached {who} ({denial.used}/{denial.limit} credits used this period)."
-    if denial.resets_at is not None:
-        text += f" It resets <t:{int(denial.resets_at.timestamp())}:R>."
-    return text
+    return f"You've reached {who} ({denial.used}/{denial.limit} credits used this period).{resets}"
 
 
 def queue_full_message(limit: int) -> str:
