@@ -59,6 +59,7 @@ _PgConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+WAL_ATTEMPTS = 40  # tries to switch a new file to WAL while another process does the same
 BUSY_TIMEOUT_MS = 5_000  # how long a SQLite statement waits for another process's lock
 PG_POOL_MIN = 1
 PG_POOL_MAX = 10
@@ -379,6 +380,20 @@ class SqliteTransaction(Transaction):
         return None
 
 
+async def _set_wal(conn: aiosqlite.Connection) -> None:
+    """``PRAGMA journal_mode = WAL``, retried: changing the journal mode needs an exclusive
+    lock and does not wait for ``busy_timeout``, so two processes opening a new file at
+    once can see "database is locked" for a moment."""
+    for attempt in range(1, WAL_ATTEMPTS + 1):
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.025 * attempt)
+
+
 class SqliteDatabase(Database):
     """SQLite: one aiosqlite connection, serialised writes with group commit."""
 
@@ -402,7 +417,7 @@ class SqliteDatabase(Database):
         try:
             conn.row_factory = aiosqlite.Row
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
+            await _set_wal(conn)
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
             db = cls(conn)
