@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.ledger import Change, Ledger, LedgerValueError
+from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError
 from bot.tree import UserError
 from cogs.checks import (
     NOT_A_MODERATOR,
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PeriodChoice = Literal["daily", "weekly", "monthly", "lifetime"]
-MAX_LIMIT = 1_000_000  # credits; larger values are certainly typos
 TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
@@ -145,7 +144,7 @@ class Credits(commands.Cog):
     @app_commands.describe(limit="Credits per period")
     @moderator_only()
     async def quota_default(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_LIMIT]
+        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         guild = require_guild(interaction)
         await self._change(
@@ -161,7 +160,7 @@ class Credits(commands.Cog):
         self,
         interaction: discord.Interaction,
         role: discord.Role,
-        limit: app_commands.Range[int, 0, MAX_LIMIT],
+        limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
         guild = require_guild(interaction)
         await self._change(
@@ -178,7 +177,7 @@ class Credits(commands.Cog):
         self,
         interaction: discord.Interaction,
         member: discord.Member,
-        limit: app_commands.Range[int, 0, MAX_LIMIT],
+        limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
         guild = require_guild(interaction)
         await self._change(
@@ -211,7 +210,7 @@ class Credits(commands.Cog):
     @app_commands.describe(limit="Credits per period for everyone together (0 = no budget)")
     @moderator_only()
     async def quota_server(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_LIMIT]
+        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         guild = require_guild(interaction)
         await self._change(
@@ -237,7 +236,7 @@ class Credits(commands.Cog):
         self,
         interaction: discord.Interaction,
         member: discord.Member,
-        amount: app_commands.Range[int, -MAX_LIMIT, MAX_LIMIT],
+        amount: app_commands.Range[int, -MAX_CREDITS, MAX_CREDITS],
     ) -> None:
         guild = require_guild(interaction)
         if amount == 0:
