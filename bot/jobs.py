@@ -75,6 +75,7 @@ RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
 RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
 CLAIM_LOCK = "jobs:claim"
 COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
+PURGE_INTERVAL = 3600.0  # seconds between purges of expired Compare crops
 UNFINISHED = ("queued", "running")
 
 _T = TypeVar("_T")
@@ -665,9 +666,15 @@ class JobQueue:
         self._wakeup.set()
 
     async def _renew_leases(self) -> None:
+        """Renew this process's leases every third of a lease; purge old crops hourly."""
+        next_purge = time.monotonic() + PURGE_INTERVAL
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.lease / 3)
+            if not self._closed and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_INTERVAL
+                with contextlib.suppress(Exception):
+                    await self._purge_crops()
             if self._closed or not self._running:
                 continue
             try:
@@ -783,7 +790,7 @@ class JobQueue:
             return None
 
     async def compare_crops(self, job_id: str) -> compare.CompareCrops | None:
-        """The stored crops of a delivered job (kept ``COMPARE_RETENTION`` days), or None."""
+        """The stored crops of a delivered job (kept ``COMPARE_RETENTION_DAYS`` days), or None."""
         row = await self._db.fetchone(
             "SELECT input_crop, result_crop, box FROM compare_crops WHERE job_id = ?", (job_id,)
         )
@@ -981,10 +988,7 @@ class JobQueue:
         )
         if single_process:
             await self._ledger.refund_unsettled(exclude_job_ids={r["id"] for r in unfinished})
-        await self._db.write(
-            "DELETE FROM compare_crops WHERE created_at < ?",
-            (ts(utc_now() - timedelta(days=COMPARE_RETENTION_DAYS)),),
-        )
+        await self._purge_crops()
         orphans = await asyncio.to_thread(_clear_dir, self.spool_dir)
         if orphans:
             log.info("Removed %d orphaned spool files", orphans)
@@ -993,6 +997,13 @@ class JobQueue:
         if refunded:
             log.info("Refunded %d jobs that can no longer be finished", len(refunded))
         return refunded
+
+    async def _purge_crops(self) -> None:
+        """Forget Compare crops older than the retention (the button then says so)."""
+        await self._db.write(
+            "DELETE FROM compare_crops WHERE created_at < ?",
+            (ts(utc_now() - timedelta(days=COMPARE_RETENTION_DAYS)),),
+        )
 
     # -- observation -------------------------------------------------------------------
 
