@@ -592,3 +592,23 @@ async def test_requests_are_paced_under_the_per_minute_limit(
     assert time.monotonic() - started >= 1.4
     assert all(log.delivered for log in logs)
     assert any(stage is Stage.WAITING for log in logs for stage, _ in log.stages)
+
+
+async def test_compare_crops_are_kept_a_week_and_then_forgotten(rig: Rig) -> None:
+    """A delivered job's crops can be read back; at start-up crops older than eight days
+    are purged, a six-day-old one stays (the button works for at least a week)."""
+    from datetime import timedelta
+
+    from bot.db import ts, utc_now
+
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    crops = await rig.queue.compare_crops(job.id)
+    assert crops is not None and crops.before and crops.after
+    for age, kept in ((6, True), (9, False)):
+        await rig.db.write(
+            "UPDATE compare_crops SET created_at = ? WHERE job_id = ?",
+            (ts(utc_now() - timedelta(days=age)), job.id),
+        )
+        await rig.recover()
+        assert (await rig.queue.compare_crops(job.id) is not None) is kept
