@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -527,3 +528,11 @@ def test_fuzz_seeds_are_all_accepted() -> None:
     """The fuzzing seeds are valid images, so mutations start from decodable files."""
     for seed in corpus.seeds():
         assert isinstance(images.prepare_input(seed, "seed.png"), PreparedImage)
+
+
+def test_notes_survive_the_jobs_json_round_trip() -> None:
+    """Notes are stored with a job as JSON and read back as the same texts."""
+    notes = prepare("big_jpeg_4000x3000").notes
+    stored = json.dumps(list(notes))
+    assert tuple(Text.from_json(n) for n in json.loads(stored)) == notes
+    assert Text.from_json("Old English note.").render("de") == "Old English note."
