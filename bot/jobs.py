@@ -53,11 +53,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bot import images
+from bot import compare, images
+from bot.circuit import Circuit
 from bot.db import Database, Row, Transaction, parse_ts, ts, utc_now
 from bot.failures import FailureKind
 from bot.ledger import Denial, Ledger
-from bot.onemin import OneMinClient, OneMinError, RateLimited
+from bot.onemin import OneMinClient, OneMinError, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ POLL_INTERVAL = 1.0  # seconds between looks for work another process may have f
 RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
 RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
 CLAIM_LOCK = "jobs:claim"
+COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
 UNFINISHED = ("queued", "running")
 
 _T = TypeVar("_T")
@@ -243,6 +245,7 @@ class JobResult:
     size: tuple[int, int]
     temporary_url: str
     elapsed: float
+    crops: compare.CompareCrops | None = None  # for the Compare button, when they could be made
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +336,8 @@ class JobQueue:
         max_age: float = 86_400.0,
         instance: str | None = None,
         poll_interval: float = POLL_INTERVAL,
+        circuit: Circuit | None = None,
+        circuit_give_up: float = 3600.0,
     ) -> None:
         self._db = db
         self._ledger = ledger
@@ -348,7 +353,10 @@ class JobQueue:
         self.instance = instance or instance_name()
         self.owner = f"{self.instance}:{uuid.uuid4().hex[:8]}"
         self.poll_interval = poll_interval
+        self.circuit = circuit
+        self.circuit_give_up = circuit_give_up
         self.front_end: FrontEnd | None = None
+        self._charged_listeners: list[Callable[[Job], Awaitable[None]]] = []
         self._slots: dict[tuple[int, int], int] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._watched: dict[str, Job] = {}  # queued jobs submitted here: shown their place
@@ -364,6 +372,10 @@ class JobQueue:
     def attach(self, front_end: FrontEnd) -> None:
         self.front_end = front_end
 
+    def subscribe_charged(self, listener: Callable[[Job], Awaitable[None]]) -> None:
+        """Call ``listener`` after a job's credit is charged (e.g. for budget alerts)."""
+        self._charged_listeners.append(listener)
+
     @property
     def _front(self) -> FrontEnd:
         if self.front_end is None:
@@ -378,6 +390,10 @@ class JobQueue:
                 asyncio.create_task(self._dispatch(), name="jobs-dispatch"),
                 asyncio.create_task(self._renew_leases(), name="jobs-lease"),
             ]
+            if self.circuit is not None:
+                self._tasks.append(
+                    asyncio.create_task(self.circuit.run(self._stopping), name="jobs-circuit")
+                )
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop taking work; running jobs get ``grace`` s, the rest wait for the next start.
@@ -562,7 +578,12 @@ class JobQueue:
     async def _dispatch(self) -> None:
         while not self._closed:
             try:
-                job = await self._claim() if len(self._running) < self.max_concurrent else None
+                if await self._service_refusing():
+                    job = None
+                elif len(self._running) < self.max_concurrent:
+                    job = await self._claim()
+                else:
+                    job = None
             except Exception:
                 log.warning("Could not claim a job; trying again", exc_info=True)
                 job = None
@@ -572,6 +593,33 @@ class JobQueue:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    async def _service_refusing(self) -> bool:
+        """True while the 1min.ai circuit is open: jobs wait in line (see bot.circuit).
+
+        When it has been open longer than ``circuit_give_up``, waiting jobs are refunded.
+        """
+        if self.circuit is None:
+            return False
+        state = await self.circuit.state()
+        if not state.open:
+            return False
+        if state.open_for > self.circuit_give_up:
+            await self._refund_waiting(FailureKind.CIRCUIT_OPEN)
+        return True
+
+    async def _refund_waiting(self, kind: FailureKind) -> None:
+        rows = await self._db.fetchall(
+            "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
+        )
+        for row in rows:
+            job = Job.from_row(row)
+            if await self._settle_failed(job, kind, owned=False):
+                self._watched.pop(job.id, None)
+                with contextlib.suppress(Exception):
+                    await self._front.failed(job, JobFailure(kind))
+        if rows:
+            log.warning("Refunded %d waiting jobs: 1min.ai kept refusing", len(rows))
 
     async def _claim(self) -> Job | None:
         """Take the oldest waiting job (or one whose lease ran out) if a slot is free."""
@@ -673,6 +721,14 @@ class JobQueue:
             return
         except asyncio.CancelledError:
             raise
+        except (Unauthorized, OutOfCredits) as exc:
+            if self.circuit is None:
+                await self._fail(job, _failure_for(exc), exc)
+                return
+            # Not this job's fault: it waits in line while the circuit is open.
+            await self.circuit.trip(exc.kind)
+            await self._hand_back(job)
+            return
         except Exception as exc:
             await self._fail(job, _failure_for(exc), exc)
             return
@@ -705,8 +761,40 @@ class JobQueue:
         await self._advance(job, Stage.DOWNLOADING)
         raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
         fmt, size = await asyncio.to_thread(_check_result, raw, job.prepared.size)
+        crops = await self._crops(job, raw)
         return JobResult(
-            data=raw, format=fmt, size=size, temporary_url=job.result_url, elapsed=job.elapsed
+            data=raw,
+            format=fmt,
+            size=size,
+            temporary_url=job.result_url,
+            elapsed=job.elapsed,
+            crops=crops,
+        )
+
+    async def _crops(self, job: Job, result: bytes) -> compare.CompareCrops | None:
+        """Small crops of the input and the result for the Compare button, if possible."""
+        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
+        if row is None:
+            return None
+        try:
+            return await asyncio.to_thread(compare.make_crops, bytes(row["data"]), result)
+        except compare.CompareError as exc:
+            log.info("No comparison for job %s: %s", job.id, exc)
+            return None
+
+    async def compare_crops(self, job_id: str) -> compare.CompareCrops | None:
+        """The stored crops of a delivered job (kept ``COMPARE_RETENTION`` days), or None."""
+        row = await self._db.fetchone(
+            "SELECT input_crop, result_crop, box FROM compare_crops WHERE job_id = ?", (job_id,)
+        )
+        if row is None:
+            return None
+        box, scale = json.loads(row["box"])
+        return compare.CompareCrops(
+            before=bytes(row["input_crop"]),
+            after=bytes(row["result_crop"]),
+            box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+            scale=(float(scale[0]), float(scale[1])),
         )
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
@@ -725,6 +813,16 @@ class JobQueue:
                 log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
                 self._report(job, Stage.WAITING, 1)
                 await asyncio.sleep(delay)
+
+    async def _hand_back(self, job: Job) -> None:
+        """Put a running job back in line, its recorded progress kept."""
+        await self._db.write(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
+            " WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (job.id, self.owner),
+        )
+        self._watched[job.id] = job
+        await self._update_positions()
 
     async def _input(self, job: Job) -> bytes:
         row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
@@ -782,7 +880,25 @@ class JobQueue:
                 return
             await self._ledger.commit(job.reservation_id, tx=tx)
             await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
+            if result is not None and result.crops is not None:
+                crops = result.crops
+                await tx.execute(
+                    "INSERT INTO compare_crops (job_id, input_crop, result_crop, box, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                    (
+                        job.id,
+                        crops.before,
+                        crops.after,
+                        json.dumps([list(crops.box), list(crops.scale)]),
+                        ts(utc_now()),
+                    ),
+                )
         job.stage = Stage.DONE
+        for listener in self._charged_listeners:
+            try:
+                await listener(job)
+            except Exception:
+                log.warning("A listener failed after job %s was charged", job.id, exc_info=True)
 
     async def _fail(self, job: Job, failure: JobFailure, exc: BaseException | None = None) -> None:
         if failure.kind is FailureKind.BUG:
@@ -865,6 +981,10 @@ class JobQueue:
         )
         if single_process:
             await self._ledger.refund_unsettled(exclude_job_ids={r["id"] for r in unfinished})
+        await self._db.write(
+            "DELETE FROM compare_crops WHERE created_at < ?",
+            (ts(utc_now() - timedelta(days=COMPARE_RETENTION_DAYS)),),
+        )
         orphans = await asyncio.to_thread(_clear_dir, self.spool_dir)
         if orphans:
             log.info("Removed %d orphaned spool files", orphans)

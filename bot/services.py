@@ -6,13 +6,18 @@ wired exactly like the one owners run.
 
 from __future__ import annotations
 
+import functools
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+from PIL import Image
 
+from bot.circuit import Circuit
 from bot.db import Database, open_database
+from bot.failures import FailureKind
 from bot.images import ImageLimits
 from bot.jobs import JobQueue, instance_name
 from bot.ledger import Ledger
@@ -30,8 +35,29 @@ class Services:
     ledger: Ledger
     onemin: OneMinClient
     gate: RateGate
+    circuit: Circuit
     queue: JobQueue
     image_workers: ImageWorkers
+
+
+PROBE_SIDE = 64  # px: the smallest square the upscaler takes comfortably
+
+
+def _probe_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (PROBE_SIDE, PROBE_SIDE), (128, 128, 128)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def probe_onemin(onemin: OneMinClient, reason: FailureKind) -> None:
+    """One cheap check that 1min.ai accepts the bot again (raises while it does not).
+
+    A refused key shows on a tiny asset upload; an empty account only on a feature call,
+    so then the probe also upscales the 64 px image (the cheapest upscale there is).
+    """
+    asset = await onemin.upload(_probe_png(), "probe.png", "image/png")
+    if reason is FailureKind.OUT_OF_CREDITS:
+        await onemin.upscale(asset, "png")
 
 
 @asynccontextmanager
@@ -50,6 +76,8 @@ async def open_services(
             db,
             default_limit=settings.default_user_limit,
             default_period=settings.limit_period,
+            total_budget=settings.total_budget,
+            total_budget_period=settings.total_budget_period,
         )
         gate = RateGate(db, settings.onemin_requests_per_minute)
         onemin = OneMinClient(
@@ -60,6 +88,11 @@ async def open_services(
             upscale_timeout=settings.upscale_timeout,
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
+        )
+        circuit = Circuit(
+            db,
+            probe=functools.partial(probe_onemin, onemin),
+            probe_interval=settings.circuit_probe_interval,
         )
         queue = JobQueue(
             db=db,
@@ -76,12 +109,15 @@ async def open_services(
             busy_timeout=settings.busy_timeout,
             max_age=settings.job_max_age,
             instance=instance_name(settings.shard_ids),
+            circuit=circuit,
+            circuit_give_up=settings.circuit_give_up,
         )
         yield Services(
             db=db,
             ledger=ledger,
             onemin=onemin,
             gate=gate,
+            circuit=circuit,
             queue=queue,
             image_workers=image_workers,
         )

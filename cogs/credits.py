@@ -31,6 +31,7 @@ from cogs.checks import (
     moderator_only,
     require_guild,
 )
+from cogs.owner import owner_cog
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -128,12 +129,15 @@ class Credits(commands.Cog):
         """
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await action
+            change = await action
         except LedgerValueError as exc:
             raise UserError(invalid or Text.verbatim(str(exc))) from None
         await interaction.edit_original_response(
             content=text.render(interaction_locale(interaction))
         )
+        owner = owner_cog(self.bot)
+        if owner is not None and interaction.guild_id is not None:
+            await owner.log_change(interaction.guild_id, interaction.user.id, change)
 
     @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
@@ -157,6 +161,27 @@ class Credits(commands.Cog):
                 f"<@{mid}>: {number(lang, lim)}" for mid, lim in sorted(gs.member_limits.items())
             )
             lines.append(t(lang, "quota.show.member_overrides", members=members))
+        total = await self.ledger.total_usage()
+        if total is not None:
+            value = t(
+                lang,
+                "quota.show.total_budget_value",
+                used=total.used,
+                limit=total.limit,
+                reset=_reset(lang, total.resets_at),
+            )
+            name = t(lang, "quota.show.total_budget")
+            lines.append(t(lang, "quota.show.line", name=name, value=f"**{value}**"))
+        circuit = await self.bot.services.circuit.state()
+        state = t(
+            lang, "quota.show.service_state.open" if circuit.open else "quota.show.service_state.ok"
+        )
+        if circuit.open:
+            state = f"**{state}**"
+        name = t(lang, "quota.show.service_state.name")
+        lines.append(t(lang, "quota.show.line", name=name, value=state))
+        if gs.log_channel_id is not None:
+            lines.append(t(lang, "quota.show.log_channel", channel=f"<#{gs.log_channel_id}>"))
         await interaction.edit_original_response(content="\n".join(lines))
 
     @quota.command(name="default", description=cmd_text("cmd.quota.default.description"))
@@ -296,6 +321,28 @@ class Credits(commands.Cog):
             interaction,
             Text.of("quota.reset.done", member=member.mention),
             self.ledger.reset_member(guild.id, interaction.user.id, member.id),
+        )
+
+    @quota.command(name="log", description=cmd_text("cmd.quota.log.description"))
+    @app_commands.describe(channel=cmd_text("cmd.quota.log.option.channel"))
+    @moderator_only()
+    async def quota_log(
+        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
+    ) -> None:
+        guild = require_guild(interaction)
+        if channel is not None:
+            perms = channel.permissions_for(guild.me)
+            if not (perms.send_messages and perms.embed_links):
+                raise UserError("quota.log.cannot_post", channel=channel.mention)
+            text = Text.of("quota.log.set", channel=channel.mention)
+        else:
+            text = Text.of("quota.log.cleared")
+        await self._change(
+            interaction,
+            text,
+            self.ledger.set_log_channel(
+                guild.id, interaction.user.id, channel.id if channel else None
+            ),
         )
 
     # -- /usage ------------------------------------------------------------------------

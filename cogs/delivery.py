@@ -32,6 +32,7 @@ from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
 from bot.replies import Answer, Replies, ReplyTarget
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
+from cogs.compare import CompareButton
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -224,6 +225,8 @@ class DiscordFrontEnd:
             embed.set_image(url=f"attachment://{fitted.filename}")
             view = discord.ui.View(timeout=None)
             view.add_item(DeleteResultButton(job.member_id, language))
+            if result.crops is not None:
+                view.add_item(CompareButton(job.id, language))
             if fitted.reencoded or fitted.resized:
                 label = t(language, "button.full_size")
                 view.add_item(discord.ui.Button(label=label, url=result.temporary_url))

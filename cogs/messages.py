@@ -60,6 +60,7 @@ DOWNLOAD_FAILED = Text.of("error.download_failed")
 NO_IMAGE = Text.of("error.no_image_in_message")
 SHUTDOWN = Text.of("failure.shutdown")
 MISSING_PERMISSIONS = Text.of("failure.missing_permissions")
+CIRCUIT_OPEN_REFUSAL = Text.of("service.circuit_open")
 
 
 def timestamp(when: float | datetime) -> str:

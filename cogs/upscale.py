@@ -28,6 +28,7 @@ from bot.tree import UserError
 from cogs import messages
 from cogs.buttons import CancelJobButton, DeleteResultButton
 from cogs.checks import NOT_IN_DMS
+from cogs.compare import CompareButton
 from cogs.delivery import DiscordFrontEnd, context_for
 
 if TYPE_CHECKING:
@@ -61,12 +62,12 @@ class Upscale(commands.Cog):
         # syncs the commands (extensions load first).
         await self.bot.tree.set_translator(Translator())
         self.bot.tree.add_command(self.menu)
-        self.bot.add_dynamic_items(DeleteResultButton, CancelJobButton)
+        self.bot.add_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
         self.bot.queue.attach(self.front)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
-        self.bot.remove_dynamic_items(DeleteResultButton, CancelJobButton)
+        self.bot.remove_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -128,6 +129,8 @@ class Upscale(commands.Cog):
         if not (perms.attach_files and perms.embed_links):
             raise UserError(messages.MISSING_PERMISSIONS)
         queue = self.bot.queue
+        if (await self.bot.services.circuit.state()).open:
+            raise UserError(messages.CIRCUIT_OPEN_REFUSAL)
         limits = queue.limits
         if source.declared_size is not None and source.declared_size > limits.max_bytes:
             raise UserError(messages.too_large_text(limits.max_bytes))

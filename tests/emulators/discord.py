@@ -1438,6 +1438,16 @@ class DiscordEmulator:
                 k: v for k, v in value.payload().items() if k != "user"
             } | {"permissions": str(value.permissions)}
             return {"name": key, "type": kind, "value": str(value.user.id)}
+        if kind == 7 and isinstance(value, Channel):  # CHANNEL
+            resolved.setdefault("channels", {})[str(value.id)] = {
+                "id": str(value.id),
+                "type": value.type,
+                "name": value.name,
+                "permissions": str(value.bot_permissions),
+                "guild_id": str(value.guild_id),
+                "position": 0,
+            }
+            return {"name": key, "type": kind, "value": str(value.id)}
         if kind == 8 and isinstance(value, Role):  # ROLE
             resolved.setdefault("roles", {})[str(value.id)] = value.payload()
             return {"name": key, "type": kind, "value": str(value.id)}
