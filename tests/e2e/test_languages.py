@@ -9,6 +9,7 @@ not the English ones.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from bot import images
 from bot.i18n import t
 from tests.emulators.discord import Injected, find_button
-from tests.harness import Harness, png, running_bot
+from tests.harness import Harness, eventually, png, running_bot
 from tests.imagecorpus import case
 
 FIELDS = ("size", "format", "file_size", "time", "credits_left")
@@ -73,6 +74,7 @@ async def test_result_refusal_and_delete_button_in_the_members_language(
         assert final["embeds"][0]["title"] == t(language, "embed.title")
         assert button_label(final, "upscale:delete:") == t(language, "button.delete")
         assert t(language, "button.delete") != "Delete"
+        assert button_label(final, "upscale:compare:") == t(language, "button.compare")
 
         text_file = b"Just some notes, not a picture.\n"
         _, refused = await upscale_in(h, language, text_file, "notes.txt")
@@ -205,3 +207,31 @@ async def test_synced_commands_carry_localised_descriptions(tmp_path: Path) -> N
         assert choices["weekly"]["name_localizations"]["de"] == t("de", "period.weekly")
         credits = h.discord.registered("credits")
         assert credits["description_localizations"]["de"] == t("de", "cmd.credits.description")
+
+
+@pytest.mark.parametrize("language", ["de", "ja"])
+async def test_moderator_commands_answer_in_the_moderators_language(
+    tmp_path: Path, language: str
+) -> None:
+    """/quota period and /credits answer in the moderator's language, the period by its
+    localised name; a member's refusal of a moderator command too."""
+    async with running_bot(tmp_path) as h:
+        it = await h.discord.slash(
+            "quota",
+            {"period": "weekly"},
+            subcommand="period",
+            member=h.discord.moderator,
+            locale=language,
+        )
+        answer = (await it.final())["content"]
+        assert answer == t(language, "quota.period.done", period=t(language, "period.weekly"))
+        refused = await h.discord.slash("usage", member=h.discord.alice, locale=language)
+        assert (await refused.final())["content"] == t(language, "error.not_a_moderator")
+        # /quota logs the change after answering: let the commands finish before stopping.
+        await eventually(lambda: not commands_running())
+
+
+def commands_running() -> bool:
+    return any(
+        task.get_name() == "CommandTree-invoker" and not task.done() for task in asyncio.all_tasks()
+    )
