@@ -109,7 +109,7 @@ def run() -> None:
         sys.exit(EXIT_CONFIG)
     configure_logging(
         settings.log_level,
-        secrets=(settings.discord_token.get(), settings.onemin_api_key.get()),
+        secrets=settings.secret_values(),
     )
     serve(settings)
 

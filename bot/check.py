@@ -352,9 +352,7 @@ def run_check(load: Callable[[], Settings], stream: TextIO | None = None) -> int
     except SettingsError as exc:
         write(CheckLine(False, "Settings", str(exc)))
         return startup.EXIT_CONFIG
-    configure_logging(
-        "WARNING", secrets=(settings.discord_token.get(), settings.onemin_api_key.get())
-    )
+    configure_logging("WARNING", secrets=settings.secret_values())
     write(
         CheckLine(
             True,

@@ -163,4 +163,4 @@ class Circuit:
             except Exception:
                 log.warning("1min.ai circuit check failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), CHECK_INTERVAL)
+                await asyncio.wait_for(stopping.wait(), min(CHECK_INTERVAL, self.probe_interval))

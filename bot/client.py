@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 # Extensions loaded at start-up, in order. Each is loaded on its own so that one broken
 # cog is logged and skipped instead of stopping the bot.
-DEFAULT_EXTENSIONS: tuple[str, ...] = ("cogs.upscale", "cogs.credits", "cogs.owner")
+DEFAULT_EXTENSIONS: tuple[str, ...] = (
+    "cogs.upscale",
+    "cogs.menu",
+    "cogs.credits",
+    "cogs.owner",
+)
 
 
 class UpscaleBot(commands.Bot):

@@ -455,16 +455,20 @@ class SqliteDatabase(Database):
         A failing ``COMMIT`` is rolled back too, and its error raised.
         """
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
             try:
+                await self._conn.execute("BEGIN IMMEDIATE")
                 yield SqliteTransaction(self._conn)
                 await self._conn.execute("COMMIT")
             except BaseException:
-                if self._conn.in_transaction:  # SQLite may have rolled back already
-                    try:
-                        await self._conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        log.warning("ROLLBACK failed after an error", exc_info=True)
+                # aiosqlite runs statements in order on its thread, and a cancelled await
+                # does not withdraw a statement already queued: a ROLLBACK queued now runs
+                # after it, so a cancelled BEGIN or COMMIT never leaves a transaction open.
+                try:
+                    await asyncio.shield(self._conn.execute("ROLLBACK"))
+                except sqlite3.OperationalError:
+                    pass  # no transaction was active (SQLite may have rolled back already)
+                except sqlite3.Error:
+                    log.warning("ROLLBACK failed after an error", exc_info=True)
                 raise
 
     async def write(self, sql: str, params: Params = ()) -> int:

@@ -605,7 +605,7 @@ class JobQueue:
         if not state.open:
             return False
         if state.open_for > self.circuit_give_up:
-            await self._refund_waiting(FailureKind.CIRCUIT_OPEN)
+            await self._refund_waiting(state.reason or FailureKind.CIRCUIT_OPEN)
         return True
 
     async def _refund_waiting(self, kind: FailureKind) -> None:

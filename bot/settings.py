@@ -130,6 +130,16 @@ class Settings:
     def api_base_is_loopback(self) -> bool:
         return is_loopback_url(self.onemin_api_base)
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret string the bot holds, for the log filter: the token, the API key,
+        and the database password (with the whole URL) when there is one."""
+        values = [self.discord_token.get(), self.onemin_api_key.get()]
+        url = self.database_url.get()
+        password = urlsplit(url).password if not url.startswith("sqlite:") else None
+        if password:
+            values += [password, url]
+        return tuple(values)
+
     @property
     def database_engine(self) -> Engine:
         url = self.database_url.get()

@@ -171,7 +171,7 @@ class Credits(commands.Cog):
                 reset=_reset(lang, total.resets_at),
             )
             name = t(lang, "quota.show.total_budget")
-            lines.append(t(lang, "quota.show.line", name=name, value=f"**{value}**"))
+            lines.append(t(lang, "quota.show.line", name=name, value=value))
         circuit = await self.bot.services.circuit.state()
         state = t(
             lang, "quota.show.service_state.open" if circuit.open else "quota.show.service_state.ok"

@@ -230,6 +230,9 @@ class DiscordFrontEnd:
             if fitted.reencoded or fitted.resized:
                 label = t(language, "button.full_size")
                 view.add_item(discord.ui.Button(label=label, url=result.temporary_url))
+            if job.context.get("source"):
+                label = t(language, "button.source")
+                view.add_item(discord.ui.Button(label=label, url=str(job.context["source"])))
             content = t(language, "result.ready", mention=mention) if channel_mention else mention
             return Answer(content, embed, view)
 
@@ -287,10 +290,15 @@ def file_size(language: str, count: int) -> str:
 
 
 def context_for(
-    interaction: discord.Interaction[Any], message_id: int | None, role_ids: list[int]
+    interaction: discord.Interaction[Any],
+    message_id: int | None,
+    role_ids: list[int],
+    source_url: str | None = None,
 ) -> dict[str, Any]:
     """What a job keeps about its interaction, to answer from any process later."""
     context = ReplyTarget.from_interaction(interaction, message_id).to_context()
     context["limit"] = interaction.filesize_limit
     context["roles"] = role_ids
+    if source_url:
+        context["source"] = source_url
     return context

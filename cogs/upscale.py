@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -54,19 +53,15 @@ class Upscale(commands.Cog):
     def __init__(self, bot: UpscaleBot) -> None:
         self.bot = bot
         self.front = DiscordFrontEnd(bot)
-        self.menu = app_commands.ContextMenu(name="Upscale image", callback=self.upscale_message)
-        self.menu.guild_only = True
 
     async def cog_load(self) -> None:
         # Command descriptions in the members' languages; installed before setup_hook
         # syncs the commands (extensions load first).
         await self.bot.tree.set_translator(Translator())
-        self.bot.tree.add_command(self.menu)
         self.bot.add_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
         self.bot.queue.attach(self.front)
 
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
         self.bot.remove_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
 
     # -- commands ----------------------------------------------------------------------
@@ -83,29 +78,9 @@ class Upscale(commands.Cog):
         image: discord.Attachment,
         format: app_commands.Choice[str] | None = None,
     ) -> None:
-        message_id = await _defer(interaction)
+        message_id = await defer(interaction)
         source = SourceImage(image.url, image.filename, image.size)
         await self.start_job(interaction, message_id, source, format.value if format else "png")
-
-    async def upscale_message(
-        self, interaction: discord.Interaction[Any], message: discord.Message
-    ) -> None:
-        message_id = await _defer(interaction)
-        source = self.source_from_message(message)
-        await self.start_job(interaction, message_id, source, "png")
-
-    def source_from_message(self, message: discord.Message) -> SourceImage:
-        """The first image attachment, else the first image embed hosted by Discord."""
-        for attachment in message.attachments:
-            if attachment.content_type is None or attachment.content_type.startswith("image/"):
-                return SourceImage(attachment.url, attachment.filename, attachment.size)
-        for embed in message.embeds:
-            for media in (embed.image, embed.thumbnail):
-                for url in (media.proxy_url, media.url):
-                    if url and self.allowed_source(url):
-                        name = Path(urlsplit(url).path).name or "image.png"
-                        return SourceImage(url, name, None)
-        raise UserError(messages.NO_IMAGE)
 
     # -- the job -----------------------------------------------------------------------
 
@@ -121,7 +96,14 @@ class Upscale(commands.Cog):
         message_id: int | None,
         source: SourceImage,
         output_format: str,
+        *,
+        source_url: str | None = None,
     ) -> None:
+        """Check, download, validate and queue one image; its answers go to ``message_id``.
+
+        ``source_url`` (the message the image came from) becomes the result's Source link.
+        Raises :class:`UserError` with the member's message when the image is refused.
+        """
         guild = interaction.guild
         if guild is None:
             raise UserError(NOT_IN_DMS)
@@ -162,7 +144,7 @@ class Upscale(commands.Cog):
                 member_id=member.id,
                 role_ids=role_ids,
                 output_format=output_format,
-                context=context_for(interaction, message_id, role_ids),
+                context=context_for(interaction, message_id, role_ids, source_url),
             )
             try:
                 job = await queue.submit(ticket, request, prepared)
@@ -175,7 +157,7 @@ class Upscale(commands.Cog):
             self.front.progress(job, Stage.QUEUED, position)
 
 
-async def _defer(interaction: discord.Interaction[Any]) -> int | None:
+async def defer(interaction: discord.Interaction[Any]) -> int | None:
     """Acknowledge at once; returns the deferred reply's message id when Discord gives it."""
     response = await interaction.response.defer(thinking=True)
     return response.message_id if response is not None else None

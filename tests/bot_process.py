@@ -36,9 +36,7 @@ def run() -> None:
         sys.exit(run_check(lambda: load_settings(dotenv=False)))
     settings = load_settings(dotenv=False)
     media_origin = api_base.split("/api/", 1)[0]
-    configure_logging(
-        settings.log_level, (settings.discord_token.get(), settings.onemin_api_key.get())
-    )
+    configure_logging(settings.log_level, settings.secret_values())
     serve(settings, media_origins=frozenset({media_origin}), guild_ready_timeout=0.05)
 
 

@@ -6,6 +6,7 @@ Tests taking ``db`` or ``databases`` run on SQLite and on a fresh PostgreSQL sch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -393,3 +394,26 @@ def test_migration_numbers_are_unique_and_ordered() -> None:
     """The shipped migrations are numbered 1, 2, ... without gaps or repeats."""
     versions = [m.version for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_a_transaction_cancelled_mid_statement_leaves_none_open(tmp_path: Path) -> None:
+    """Cancelling a task inside a transaction (as a shutdown does) never leaves the shared
+    connection in a transaction: the next one begins normally."""
+    db = await Database.open(tmp_path / "cancel.db")
+    try:
+        for delay in (0, 0.0005, 0.001, 0.002):
+
+            async def write() -> None:
+                async with db.transaction() as tx:
+                    await tx.execute("UPDATE service_circuit SET state = 'closed'")
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(write())
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            async with db.transaction() as tx:
+                assert await tx.execute("DELETE FROM service_circuit") == 0
+    finally:
+        await db.close()

@@ -135,6 +135,7 @@ def test_parses_the_fleet_and_owner_variables() -> None:
     )
     assert s.database_engine == "postgresql" and s.database_path is None
     assert "pw" not in repr(s)
+    assert "pw" in s.secret_values()  # masked in every log line
     assert (s.shard_count, s.shard_ids) == (4, (1, 3))
     assert s.onemin_requests_per_minute == 90
     assert s.allowed_guild_ids == frozenset({111, 222})

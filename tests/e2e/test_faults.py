@@ -66,7 +66,7 @@ async def test_final_delivery_failure_refunds_and_is_logged(tmp_path: Path) -> N
 async def test_secrets_never_reach_logs_or_discord(tmp_path: Path) -> None:
     """Across a success, a refusal and several service faults, neither the bot token nor
     the API key appears in any log line or in anything sent to Discord."""
-    async with running_bot(tmp_path) as h:
+    async with running_bot(tmp_path, circuit_probe_interval=0.2) as h:
         await h.upscale(png())
         await h.upscale(b"not an image", "x.png")
         for route, fault in (

@@ -63,6 +63,7 @@ async def test_total_budget_raced_by_three_servers_delivers_exactly_the_budget(
         assert len(delivered) == 5
         assert len(refused) == 25
         assert h.onemin.upscales == 5
+        assert "Total budget (all servers): **5/5** credits" in await moderator_quota(h, "show")
 
 
 async def test_circuit_opens_on_401_and_406_alerts_once_and_recovers(tmp_path: Path) -> None:
@@ -88,6 +89,7 @@ async def test_circuit_opens_on_401_and_406_alerts_once_and_recovers(tmp_path: P
             _, refused = await h.upscale(png(), "b.png", member=h.discord.bob)
             assert "refusing the bot's account" in refused["content"]
             assert "Nothing was charged" in refused["content"]
+            assert "upscales are paused" in await moderator_quota(h, "show")
             await asyncio.sleep(0.3)
             assert h.onemin.calls["upscale"] - calls_before == failed_calls
             if trouble == "401":

@@ -180,8 +180,12 @@ FAULTS = [
 async def test_service_fault_is_explained_refunded_and_next_job_works(
     tmp_path: Path, route: str, fault: str, options: dict[str, object], words: str
 ) -> None:
-    """Each 1min.ai fault: a plain message, the credit refunded, the next upscale works."""
-    async with running_bot(tmp_path) as h:
+    """Each 1min.ai fault: a plain message, the credit refunded, the next upscale works.
+
+    (A refused key or an empty account opens the circuit breaker: the job waits, and is
+    refunded with the same words once the outage lasts ``circuit_give_up``, here at once.)
+    """
+    async with running_bot(tmp_path, circuit_probe_interval=0.2, circuit_give_up=0.0) as h:
         options = dict(options)
         times = int(options.pop("times", 1))  # type: ignore[call-overload]
         h.onemin.fail(route, fault, times=times, **options)
@@ -193,6 +197,9 @@ async def test_service_fault_is_explained_refunded_and_next_job_works(
         alice = h.discord.alice.user.id
         assert await h.balance(alice) == (0, 0)
         h.onemin.clear_faults()
+        async with asyncio.timeout(10):  # the circuit (if it opened) closes after a probe
+            while (await h.services.circuit.state()).open:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         it, final = await h.upscale(png())
         assert it.file(final)
         assert await h.balance(alice) == (1, 0)
@@ -214,7 +221,7 @@ async def test_rate_limited_job_waits_and_is_delivered_not_refunded(
 
 async def test_out_of_credits_warns_the_owner_in_the_log(tmp_path: Path) -> None:
     """1min.ai running out of credits is logged as a warning for the owner."""
-    async with running_bot(tmp_path) as h:
+    async with running_bot(tmp_path, circuit_probe_interval=0.2) as h:
         h.onemin.fail("upscale", "out_of_credits")
         await h.upscale(png())
         assert any("out of credits" in line and "WARNING" in line for line in h.logs.lines)

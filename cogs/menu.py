@@ -1,0 +1,125 @@
+"""The **Upscale image** message command: every image of a message, each its own job.
+
+Right-click a message → Apps → Upscale image takes every image attached to or embedded
+in it (Discord-hosted), up to :data:`MAX_IMAGES`. Each image is its own job with its own
+credit, progress message and result, and its result carries a **Source** link back to
+the message. The first image answers in the deferred reply, the others in followups.
+``MAX_JOBS_PER_USER`` still applies: images beyond the member's free slots are refused
+with a message saying how many were taken; an image that fails validation is refused in
+its own message without stopping the others; a file that is not an image is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.i18n import t
+from bot.i18n_discord import interaction_locale
+from bot.tree import UserError
+from cogs import messages
+from cogs.upscale import SourceImage, Upscale, defer
+
+if TYPE_CHECKING:
+    from bot.client import UpscaleBot
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES = 4  # images taken from one message
+
+
+def images_of(message: discord.Message, allowed: Any) -> tuple[list[SourceImage], list[str]]:
+    """The message's images (attachments, then Discord-hosted embeds), and the names of
+    attached files that are not images."""
+    found: list[SourceImage] = []
+    skipped: list[str] = []
+    for attachment in message.attachments:
+        if attachment.content_type is None or attachment.content_type.startswith("image/"):
+            found.append(SourceImage(attachment.url, attachment.filename, attachment.size))
+        else:
+            skipped.append(attachment.filename)
+    seen = {source.url for source in found}
+    for embed in message.embeds:
+        for media in (embed.image, embed.thumbnail):
+            url = next((u for u in (media.proxy_url, media.url) if u and allowed(u)), None)
+            if url and url not in seen:
+                seen.add(url)
+                found.append(SourceImage(url, Path(urlsplit(url).path).name or "image.png", None))
+    return found, skipped
+
+
+class UpscaleMenu(commands.Cog):
+    """The message context menu."""
+
+    def __init__(self, bot: UpscaleBot) -> None:
+        self.bot = bot
+        self.menu = app_commands.ContextMenu(name="Upscale image", callback=self.upscale_message)
+        self.menu.guild_only = True
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    def _upscale(self) -> Upscale:
+        cog = self.bot.get_cog("Upscale")
+        if cog is None or not hasattr(cog, "start_job"):
+            raise RuntimeError("the Upscale cog is not loaded")
+        return cog  # type: ignore[return-value]  # the loaded module's class, same shape
+
+    async def upscale_message(
+        self, interaction: discord.Interaction[Any], message: discord.Message
+    ) -> None:
+        first_id = await defer(interaction)
+        upscale = self._upscale()
+        locale = interaction_locale(interaction)
+        sources, skipped = images_of(message, upscale.allowed_source)
+        if not sources:
+            raise UserError("batch.no_images")
+        sources = sources[:MAX_IMAGES]
+        guild_id = interaction.guild_id or 0
+        queue = self.bot.queue
+        room = max(0, queue.max_per_member - await queue.active_jobs(guild_id, interaction.user.id))
+        if room == 0:
+            raise UserError(messages.queue_full_text(queue.max_per_member))
+        notes = [t(locale, "batch.skipped_not_image", filename=name) for name in skipped]
+        if room < len(sources):
+            notes.append(
+                t(
+                    locale,
+                    "batch.taken",
+                    taken=room,
+                    total=len(sources),
+                    count=queue.max_per_member,
+                )
+            )
+        for index, source in enumerate(sources[:room]):
+            message_id = first_id
+            if index > 0:
+                followup = await interaction.followup.send("⏳", wait=True)
+                message_id = followup.id
+            try:
+                await upscale.start_job(
+                    interaction, message_id, source, "png", source_url=message.jump_url
+                )
+            except UserError as exc:  # this image only; the others go on
+                log.info("Image %d of a message refused: %s", index + 1, exc.message)
+                refusal = f"❌ {exc.render(locale)}"
+                if message_id is None:
+                    await interaction.edit_original_response(content=refusal)
+                else:
+                    await interaction.followup.edit_message(message_id, content=refusal)
+        if notes:
+            lines = (t(locale, "note.line", note=note) for note in notes)
+            await interaction.followup.send("\n".join(lines))
+
+
+async def setup(bot: UpscaleBot) -> None:
+    await bot.add_cog(UpscaleMenu(bot))

@@ -1,0 +1,117 @@
+"""The fleet-wide 1min.ai circuit breaker and rate window, on both database engines.
+
+Two objects opened on one database stand for two processes of a fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.circuit import CACHE_SECONDS, Circuit, CircuitEvent
+from bot.failures import FailureKind
+from bot.pacing import RateGate
+from tests.conftest import Databases
+
+
+class Probe:
+    def __init__(self, succeed: bool = True) -> None:
+        self.succeed = succeed
+        self.calls: list[FailureKind] = []
+
+    async def __call__(self, reason: FailureKind) -> None:
+        self.calls.append(reason)
+        if not self.succeed:
+            raise RuntimeError("still refused")
+
+
+async def test_only_one_of_two_processes_opens_the_circuit(databases: Databases) -> None:
+    """Two processes hitting 401 at once: one opening, one announcement."""
+    events: list[CircuitEvent] = []
+    circuits = [Circuit(await databases.open(), probe=Probe()) for _ in range(2)]
+    for circuit in circuits:
+        circuit.subscribe(lambda e: _record(events, e))
+    opened = await asyncio.gather(*(c.trip(FailureKind.UNAUTHORIZED) for c in circuits))
+    assert sorted(opened) == [False, True]
+    assert [e.opened for e in events] == [True]
+    state = await circuits[1].state()
+    assert state.open and state.reason is FailureKind.UNAUTHORIZED
+
+
+async def _record(events: list[CircuitEvent], event: CircuitEvent) -> None:
+    events.append(event)
+
+
+async def test_a_due_probe_runs_once_across_processes_and_closes(databases: Databases) -> None:
+    """When a probe is due, exactly one process runs it; its success closes the circuit
+    and announces the recovery once."""
+    probes = [Probe(), Probe()]
+    events: list[CircuitEvent] = []
+    circuits = [Circuit(await databases.open(), probe=p, probe_interval=0.05) for p in probes]
+    for circuit in circuits:
+        circuit.subscribe(lambda e: _record(events, e))
+    await circuits[0].trip(FailureKind.OUT_OF_CREDITS)
+    await asyncio.sleep(0.1)
+    await asyncio.gather(*(c.probe_if_due() for c in circuits))
+    assert sum(len(p.calls) for p in probes) == 1
+    assert next(p for p in probes if p.calls).calls == [FailureKind.OUT_OF_CREDITS]
+    assert [e.opened for e in events] == [True, False]
+    await asyncio.sleep(CACHE_SECONDS)  # another process sees it within its cache time
+    assert not (await circuits[1].state()).open
+
+
+async def test_a_failing_probe_keeps_the_circuit_open(databases: Databases) -> None:
+    """A probe that is still refused leaves the circuit open and announces nothing."""
+    events: list[CircuitEvent] = []
+    circuit = Circuit(await databases.open(), probe=Probe(succeed=False), probe_interval=0.01)
+    circuit.subscribe(lambda e: _record(events, e))
+    await circuit.trip(FailureKind.UNAUTHORIZED)
+    await asyncio.sleep(0.05)
+    await circuit.probe_if_due()
+    assert (await circuit.state()).open
+    assert [e.opened for e in events] == [True]
+
+
+async def test_no_probe_before_its_interval(databases: Databases) -> None:
+    """Right after opening, no probe is made (1min.ai is left alone until it is due)."""
+    probe = Probe()
+    circuit = Circuit(await databases.open(), probe=probe, probe_interval=60)
+    await circuit.trip(FailureKind.UNAUTHORIZED)
+    await circuit.probe_if_due()
+    assert probe.calls == []
+
+
+async def test_two_processes_share_one_rate_window(databases: Databases) -> None:
+    """With 4 requests per window shared by two processes, the 5th waits for the window
+    to move, whichever process asks."""
+    gates = [RateGate(await databases.open(), 4, window=1.0) for _ in range(2)]
+    started = time.monotonic()
+    await asyncio.gather(*(gates[i % 2].acquire() for i in range(4)))
+    assert time.monotonic() - started < 0.8
+    await gates[1].acquire()
+    assert time.monotonic() - started >= 0.95
+
+
+@pytest.mark.parametrize("waiters", [3])
+async def test_waiting_requests_hear_their_place_in_line(
+    databases: Databases, waiters: int
+) -> None:
+    """Requests that wait for the window are told their 1-based place, first come first."""
+    from bot.pacing import waiting_hook
+
+    gate = RateGate(await databases.open(), 1, window=0.5)
+    await gate.acquire()
+    places: dict[int, list[int]] = {i: [] for i in range(waiters)}
+
+    async def ask(i: int) -> None:
+        waiting_hook.set(places[i].append)
+        await gate.acquire()
+
+    tasks = []
+    for i in range(waiters):
+        tasks.append(asyncio.create_task(ask(i)))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    assert [p[0] for p in places.values()] == [1, 2, 3]
