@@ -32,7 +32,7 @@ import string
 import tomllib
 from collections.abc import Iterator, Mapping
 from importlib import resources
-from typing import TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 log = logging.getLogger(__name__)
 
@@ -314,3 +314,55 @@ def t(locale: str | None, key: str, /, **params: object) -> str:
 def english(key: str, /, **params: object) -> str:
     """The English text of ``key`` (logs, audit rows, the source of command descriptions)."""
     return t(ENGLISH, key, **params)
+
+
+# -- words not yet rendered ----------------------------------------------------------------
+
+
+class Text(NamedTuple):
+    """A catalogue key and its parameters: words to render later, in whichever language.
+
+    Code that cannot know the reader's language (image checks, the job queue, errors
+    raised deep in a command) returns or raises a ``Text``; the front end renders it for
+    the member (``text.render(locale)``). A parameter that is itself a ``Text`` is
+    rendered in the same language (``Text("failure.message", {"reason": Text(...)})``).
+
+    A ``Text`` is picklable, and JSON-ready as ``[key, params]`` when its parameters are
+    plain values (:meth:`from_json` reads that back). The empty key marks words already
+    written (:meth:`verbatim`), e.g. an English note stored before the catalogue existed.
+    """
+
+    key: str
+    params: dict[str, Any]
+
+    @classmethod
+    def of(cls, key: str, /, **params: object) -> Text:
+        return cls(key, dict(params))
+
+    @classmethod
+    def verbatim(cls, words: str) -> Text:
+        """Words shown as they are, whatever the language."""
+        return cls("", {"text": words})
+
+    def render(self, locale: str | None) -> str:
+        """The words in the member's language (English when unsupported)."""
+        if not self.key:
+            return str(self.params.get("text", ""))
+        params = {
+            name: value.render(locale) if isinstance(value, Text) else value
+            for name, value in self.params.items()
+        }
+        return t(locale, self.key, **params)
+
+    def english(self) -> str:
+        return self.render(ENGLISH)
+
+    @classmethod
+    def from_json(cls, value: object) -> Text:
+        """A ``Text`` from its JSON form (``[key, params]``); a bare string is verbatim."""
+        if isinstance(value, str):
+            return cls.verbatim(value)
+        if isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[0], str):
+            params = value[1] if isinstance(value[1], dict) else {}
+            return cls(value[0], {str(k): v for k, v in params.items()})
+        raise ValueError(f"not a Text: {value!r}")

@@ -174,7 +174,7 @@ class PreparedInfo:
     original_size: tuple[int, int]
     size: tuple[int, int]
     source_format: str
-    notes: tuple[str, ...]
+    notes: tuple[images.Note, ...]  # ``note.*`` texts, rendered for the member
     input_bytes: int
 
 
@@ -207,7 +207,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
-        notes = tuple(json.loads(row["notes"] or "[]"))
+        notes = tuple(images.Note.from_json(n) for n in json.loads(row["notes"] or "[]"))
         prepared = PreparedInfo(
             filename=row["source_name"],
             format=row["input_format"] or "png",

@@ -7,6 +7,13 @@ the deferred reply's message id, channel, member, locales) and can be stored wit
 and rebuilt in any process. While the token lives, the deferred reply is edited through
 the interaction webhook; after that (or when Discord says the token is gone) the answer
 is a channel message that mentions the member.
+
+Languages: an answer is given as words not yet rendered (a :class:`bot.i18n.Text`, a
+callable taking the catalogue language, or a :data:`Compose` for a whole message). The
+edit of the member's own reply is written in the member's Discord language
+(``target.locale``); a channel post, which the whole server reads, in the server's
+preferred language (``target.guild_locale``). :meth:`Replies.post` is the one place
+that chooses.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import discord
+
+from bot.i18n import Text, resolve
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,40 @@ UNKNOWN_WEBHOOK = 10015
 TOKEN_GONE_CODES = frozenset({INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK})
 UNKNOWN_MESSAGE = 10008
 HISTORY_SCAN = 50  # recent channel messages searched for an already-posted result
+
+
+Words: TypeAlias = Text | Callable[[str], str]
+"""Words for a member, rendered in a catalogue language ("de", "en-US"...) when sent."""
+
+
+def render(words: Words, language: str) -> str:
+    """``words`` in ``language``."""
+    return words.render(language) if isinstance(words, Text) else words(language)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One message, in one language, ready to send."""
+
+    content: str
+    embed: discord.Embed | None = None
+    view: discord.ui.View | None = None
+
+
+Compose: TypeAlias = Callable[[str, str | None], Answer]
+"""Builds an answer in a catalogue language. The second argument is None when the
+member's own reply is edited, and the member's mention (``<@id>``) for a channel post,
+which must name them."""
+
+
+def saying(words: Words) -> Compose:
+    """A text-only answer: the words, after the member's mention in a channel post."""
+
+    def compose(language: str, mention: str | None) -> Answer:
+        text = render(words, language)
+        return Answer(f"{mention} {text}" if mention else text)
+
+    return compose
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +92,16 @@ class ReplyTarget:
     def expired(self, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
         """True when the token is (nearly) past its 15 minutes."""
         return time.time() - self.created_at >= TOKEN_LIFETIME - margin
+
+    @property
+    def member_language(self) -> str:
+        """The catalogue language of the member's own reply (English when unsupported)."""
+        return resolve(self.locale)
+
+    @property
+    def channel_language(self) -> str:
+        """The catalogue language of a channel post: the server's preferred one."""
+        return resolve(self.guild_locale)
 
     @classmethod
     def from_interaction(
@@ -121,43 +174,41 @@ class Replies:
     async def post(
         self,
         target: ReplyTarget,
-        content: str,
+        compose: Compose,
         *,
-        embed: discord.Embed | None = None,
         file: discord.File | None = None,
-        view: discord.ui.View | None = None,
-        channel_text: str | None = None,
     ) -> discord.Message:
         """Edit the deferred reply while the token lives, else post in the channel.
 
-        The channel message mentions the member and uses ``channel_text`` when given.
-        Raises :class:`discord.HTTPException` when neither works.
+        The edit is composed in the member's language; the channel post (mentioning the
+        member) in the server's. Raises :class:`discord.HTTPException` when neither works.
         """
+        answer = compose(target.member_language, None)
         message = await self.edit(
             target,
-            content=content,
-            embed=embed,
+            content=answer.content,
+            embed=answer.embed,
             attachments=[file] if file is not None else [],
-            view=view,
+            view=answer.view,
         )
         if message is not None:
             return message
         if file is not None:
             file.reset()
+        answer = compose(target.channel_language, f"<@{target.member_id}>")
         channel = self._client.get_partial_messageable(target.channel_id)
-        mentioned = channel_text or content
         return await channel.send(
-            f"<@{target.member_id}> {mentioned}",
-            embed=embed if embed is not None else discord.utils.MISSING,
+            answer.content,
+            embed=answer.embed if answer.embed is not None else discord.utils.MISSING,
             file=file if file is not None else discord.utils.MISSING,
-            view=view if view is not None else discord.utils.MISSING,
+            view=answer.view if answer.view is not None else discord.utils.MISSING,
             allowed_mentions=discord.AllowedMentions(users=True),
         )
 
-    async def tell(self, target: ReplyTarget, content: str) -> None:
+    async def tell(self, target: ReplyTarget, words: Words) -> None:
         """Best-effort text answer (failures are logged, never raised)."""
         try:
-            await self.post(target, content, view=None)
+            await self.post(target, saying(words))
         except discord.HTTPException as exc:
             log.warning("Could not answer member %s: HTTP %s", target.member_id, exc.status)
 
@@ -188,23 +239,24 @@ class Replies:
 
 async def send_reply(
     interaction: discord.Interaction,
-    content: str,
+    words: Words,
     *,
     ephemeral: bool = True,
-    **kwargs: Any,
 ) -> None:
     """Answer a live interaction: the initial response when fresh, else :meth:`Replies.post`.
 
-    Deferred: edit the "thinking..." message while the token lives. Expired: a channel
-    message mentioning the member.
+    Written in the member's language. Deferred: edit the "thinking..." message while the
+    token lives. Expired: a channel message mentioning the member, in the server's
+    language.
     """
-    if not interaction.response.is_done():
-        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
-        return
     target = ReplyTarget.from_interaction(interaction)
+    content = render(words, target.member_language)
+    if not interaction.response.is_done():
+        await interaction.response.send_message(content, ephemeral=ephemeral)
+        return
     if not target.expired():
         try:
-            await interaction.edit_original_response(content=content, **kwargs)
+            await interaction.edit_original_response(content=content)
             return
         except discord.HTTPException as exc:
             if exc.code not in TOKEN_GONE_CODES:
@@ -212,4 +264,4 @@ async def send_reply(
     if interaction.channel_id is None:
         log.warning("Could not reply to interaction %s: token expired, no channel", interaction.id)
         return
-    await Replies(interaction.client).post(target, content, **kwargs)
+    await Replies(interaction.client).post(target, saying(words))

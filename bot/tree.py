@@ -4,7 +4,8 @@
 ends up in :meth:`UpscaleTree.on_error`, which picks a plain message by the error's type,
 logs the traceback when the error is unexpected, and sends the message whether the
 interaction is fresh, deferred, or its token has expired (:func:`bot.replies.send_reply`).
-Users never see exception text: only the messages written here or carried by :class:`UserError`.
+Users never see exception text: only catalogue texts chosen here or carried by
+:class:`UserError`, in the member's Discord language (:mod:`bot.i18n`).
 """
 
 from __future__ import annotations
@@ -14,44 +15,63 @@ import logging
 import discord
 from discord import app_commands
 
-from bot.replies import send_reply
+from bot.i18n import ENGLISH, Text, english
+from bot.replies import Words, render, send_reply
 
 log = logging.getLogger(__name__)
 
-GENERIC_FAILURE = "Something went wrong on our side. It has been logged; please try again later."
+GENERIC_FAILURE_TEXT = Text.of("error.generic")
+GENERIC_FAILURE = english("error.generic")
+GUILD_NOT_ALLOWED = Text.of("guild.not_allowed")
 
 
 class UserError(app_commands.AppCommandError):
-    """An error whose message is written for the user and safe to show as is.
+    """An error whose words are written for the user and safe to show.
 
-    Raise it from a command or a check; :class:`UpscaleTree` shows ``message`` as is.
+    Raise it from a command or a check with the words not yet rendered: a catalogue key
+    and its parameters (``UserError("error.not_in_dms")``, ``UserError(text)`` with a
+    :class:`bot.i18n.Text`), or any callable that gives the words in a catalogue
+    language. :class:`UpscaleTree` renders them in the member's language. ``str()`` and
+    :attr:`message` are the English words, for logs.
     """
 
-    def __init__(self, message: str, *, ephemeral: bool = True) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, words: Words | str, /, *, ephemeral: bool = True, **params: object) -> None:
+        self.words: Words = Text.of(words, **params) if isinstance(words, str) else words
         self.ephemeral = ephemeral
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return self.render(ENGLISH)
+
+    def render(self, language: str) -> str:
+        return render(self.words, language)
 
 
-def describe_error(error: app_commands.AppCommandError) -> tuple[str, bool]:
-    """The user's message for ``error`` and whether it was expected (no traceback needed)."""
+def _permission_names(permissions: list[str]) -> str:
+    # Discord's own names for permissions are English in the API; keep them as they are.
+    return ", ".join(p.replace("_", " ").title() for p in permissions)
+
+
+def describe_error(
+    error: app_commands.AppCommandError, language: str = ENGLISH
+) -> tuple[str, bool]:
+    """The user's message for ``error`` in ``language`` and whether it was expected."""
     original = getattr(error, "original", error)
     if isinstance(original, UserError):
-        return original.message, True
+        return original.render(language), True
     if isinstance(error, app_commands.NoPrivateMessage):
-        return "This command works in a server channel, not in direct messages.", True
+        return Text.of("error.not_in_dms").render(language), True
     # BotMissingPermissions and CommandOnCooldown are CheckFailures too: look at them first.
     if isinstance(error, app_commands.CommandOnCooldown):
-        return f"Slow down: try again in {error.retry_after:.0f} s.", True
+        seconds = round(error.retry_after)
+        return Text.of("error.cooldown", seconds=seconds).render(language), True
     if isinstance(error, app_commands.BotMissingPermissions):
-        missing = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
-        return f"I need these permissions in this channel: {missing}.", True
+        missing = _permission_names(error.missing_permissions)
+        return Text.of("error.bot_missing_permissions", permissions=missing).render(language), True
     if isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
-        return "You don't have permission to use this command.", True
-    return GENERIC_FAILURE, False
-
-
-GUILD_NOT_ALLOWED = "This bot is not enabled in this server. Nothing was charged."
+        return Text.of("error.no_permission").render(language), True
+    return GENERIC_FAILURE_TEXT.render(language), False
 
 
 def guild_allowed(interaction: discord.Interaction, allowed: frozenset[int]) -> bool:
@@ -86,10 +106,10 @@ class UpscaleTree(app_commands.CommandTree):
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        message, expected = describe_error(error)
+        words, expected = describe_error(error)  # English, for the log
         command = interaction.command.qualified_name if interaction.command else "?"
         if expected:
-            log.info("Command %s refused for user %s: %s", command, interaction.user.id, message)
+            log.info("Command %s refused for user %s: %s", command, interaction.user.id, words)
         else:
             original = getattr(error, "original", error)
             log.error(
@@ -99,6 +119,6 @@ class UpscaleTree(app_commands.CommandTree):
                 exc_info=(type(original), original, original.__traceback__),
             )
         try:
-            await send_reply(interaction, message, ephemeral=True)
+            await send_reply(interaction, lambda lang: describe_error(error, lang)[0])
         except discord.HTTPException as exc:
             log.warning("Could not tell user %s about an error: %s", interaction.user.id, exc)

@@ -1,6 +1,8 @@
 """Persistent buttons on upscale messages: Cancel (while waiting) and Delete (on results).
 
-Both are :class:`discord.ui.DynamicItem` s whose state lives in the custom id, so they
+Labels are written in the language of the message that carries them (``language``, a
+catalogue language); answers to a press in the presser's Discord language. Both are
+:class:`discord.ui.DynamicItem` s whose state lives in the custom id, so they
 keep working after a restart and in any process of a fleet.
 """
 
@@ -13,6 +15,8 @@ from typing import Any
 import discord
 
 from bot.client import bot_of
+from bot.i18n import ENGLISH, t
+from bot.i18n_discord import interaction_locale
 from bot.jobs import CancelOutcome
 from bot.tree import refuse_if_not_allowed
 from cogs import messages
@@ -45,10 +49,10 @@ class DeleteResultButton(
 ):
     """Deletes a delivered result; only its requester or a moderator may press it."""
 
-    def __init__(self, owner_id: int) -> None:
+    def __init__(self, owner_id: int, language: str = ENGLISH) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Delete",
+                label=t(language, "button.delete"),
                 style=discord.ButtonStyle.secondary,
                 emoji="🗑️",
                 custom_id=f"upscale:delete:{owner_id}",
@@ -71,7 +75,8 @@ class DeleteResultButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         if not _may_act_for(interaction, self.owner_id):
-            await interaction.response.send_message(messages.DELETE_NOT_ALLOWED, ephemeral=True)
+            text = messages.DELETE_NOT_ALLOWED.render(interaction_locale(interaction))
+            await interaction.response.send_message(text, ephemeral=True)
             return
         await interaction.response.defer()
         if interaction.message is not None:
@@ -84,10 +89,10 @@ class CancelJobButton(
 ):
     """Cancels a job not yet sent to the upscaler; requester or moderator only."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, language: str = ENGLISH) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Cancel",
+                label=t(language, "button.cancel"),
                 style=discord.ButtonStyle.secondary,
                 emoji="✖️",
                 custom_id=f"upscale:cancel:{job_id}",
@@ -112,13 +117,17 @@ class CancelJobButton(
         bot = bot_of(interaction)
         moderator = is_moderator(interaction.user, bot.settings.moderator_role_ids)
         outcome = await bot.queue.cancel(self.job_id, interaction.user.id, moderator=moderator)
+        language = interaction_locale(interaction)
         if outcome is CancelOutcome.CANCELLED:
-            await interaction.response.edit_message(content=messages.CANCELLED, view=None)
+            done = messages.cancelled_text(bot.settings.upscale_cost).render(language)
+            await interaction.response.edit_message(content=done, view=None)
             return
-        await interaction.response.send_message(CANCEL_ANSWERS[outcome], ephemeral=True)
+        answer = CANCEL_ANSWERS[outcome].render(language)
+        await interaction.response.send_message(answer, ephemeral=True)
 
 
-def cancel_view(job_id: str) -> discord.ui.View:
+def cancel_view(job_id: str, language: str = ENGLISH) -> discord.ui.View:
+    """The Cancel button, labelled in ``language``."""
     view = discord.ui.View(timeout=None)
-    view.add_item(CancelJobButton(job_id))
+    view.add_item(CancelJobButton(job_id, language))
     return view

@@ -13,10 +13,11 @@ import discord
 from discord import app_commands
 
 from bot.client import bot_of
+from bot.i18n import Text
 from bot.tree import UserError
 
-NOT_IN_DMS = "This command works in a server channel, not in direct messages."
-NOT_A_MODERATOR = "Only moderators (Manage Server, or a moderator role) can do that."
+NOT_IN_DMS = Text.of("error.not_in_dms")
+NOT_A_MODERATOR = Text.of("error.not_a_moderator")
 
 
 def is_moderator(

@@ -3,6 +3,8 @@
 Every moderator command checks at run time (Manage Server or a moderator role), not only
 through Discord's ``default_permissions``, which server admins can change. Moderator
 replies are ephemeral; every change is written to the ledger's audit log by the ledger.
+Replies are in the member's Discord language; descriptions and the period choices are
+localised through :class:`bot.i18n_discord.Translator`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import io
 import logging
 from collections.abc import Awaitable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import Text, number, t
+from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
 from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError
+from bot.settings import PERIODS, Period
 from bot.tree import UserError
 from cogs.checks import (
     NOT_A_MODERATOR,
@@ -33,19 +38,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PeriodChoice = Literal["daily", "weekly", "monthly", "lifetime"]
+PERIOD_CHOICES = localised_choices("period", PERIODS)
 TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
 
-def _timestamp(when: datetime | None) -> str:
+def _reset(language: str, when: datetime | None) -> str:
     if when is None:
-        return "never (lifetime limit)"
+        return t(language, "credits.resets_never")
     return f"<t:{int(when.timestamp())}:R>"
 
 
-def _limit_text(limit: int) -> str:
-    return "no budget" if limit == 0 else f"{limit} credits"
+def _budget(language: str, limit: int) -> str:
+    if limit == 0:
+        return t(language, "quota.no_budget")
+    return t(language, "unit.credits", count=limit)
+
+
+def _period(period: str) -> Text:
+    return Text.of(f"period.{period}")
+
+
+INVALID_LIMIT = Text.of("quota.invalid.limit", max=MAX_CREDITS)
 
 
 class Credits(commands.Cog):
@@ -53,7 +67,7 @@ class Credits(commands.Cog):
 
     quota = app_commands.Group(
         name="quota",
-        description="Moderators: limit how many credits members may spend",
+        description=cmd_text("cmd.quota.description"),
         guild_only=True,
         default_permissions=MANAGE_GUILD,
     )
@@ -67,8 +81,8 @@ class Credits(commands.Cog):
 
     # -- /credits ----------------------------------------------------------------------
 
-    @app_commands.command(name="credits", description="Your upscale credits this period")
-    @app_commands.describe(member="Moderators: whose credits to show")
+    @app_commands.command(name="credits", description=cmd_text("cmd.credits.description"))
+    @app_commands.describe(member=cmd_text("cmd.credits.option.member"))
     @app_commands.guild_only()
     async def credits(
         self, interaction: discord.Interaction, member: discord.Member | None = None
@@ -81,67 +95,96 @@ class Credits(commands.Cog):
         role_ids = [r.id for r in getattr(target, "roles", ())]
         balance = await self.ledger.balance(guild.id, target.id, role_ids)
         queued = await self.bot.queue.active_jobs(guild.id, target.id)
-        who = "You have" if target.id == interaction.user.id else f"{target.mention} has"
-        lines = [
-            f"{who} used **{balance.used}** of **{balance.limit}** credits this "
-            f"{balance.period} period ({balance.remaining} left).",
-        ]
+        lang = interaction_locale(interaction)
+        figures = {
+            "used": balance.used,
+            "count": balance.limit,
+            "period": t(lang, f"period.{balance.period}"),
+            "remaining": balance.remaining,
+        }
+        if target.id == interaction.user.id:
+            lines = [t(lang, "credits.balance_self", **figures)]
+        else:
+            lines = [t(lang, "credits.balance_member", member=target.mention, **figures)]
         if balance.pending:
-            lines.append(f"{balance.pending} credits are reserved for jobs in progress.")
-        lines.append(f"Resets: {_timestamp(balance.resets_at)}.")
-        lines.append(f"Jobs queued or running: {queued}.")
+            lines.append(t(lang, "credits.reserved", count=balance.pending))
+        lines.append(t(lang, "credits.resets", reset=_reset(lang, balance.resets_at)))
+        lines.append(t(lang, "credits.jobs", count=queued))
         await interaction.edit_original_response(content="\n".join(lines))
 
     # -- /quota ------------------------------------------------------------------------
 
     async def _change(
-        self, interaction: discord.Interaction, text: str, action: Awaitable[Change | None]
+        self,
+        interaction: discord.Interaction,
+        text: Text,
+        action: Awaitable[Change | None],
+        invalid: Text | None = None,
     ) -> None:
-        """Defer, run the ledger change, then confirm (or explain a refused value)."""
+        """Defer, run the ledger change, then confirm (or explain a refused value).
+
+        ``invalid`` explains a value the ledger refuses; without it the ledger's own
+        (English) words are shown.
+        """
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             change = await action
         except LedgerValueError as exc:
-            raise UserError(str(exc)) from None
-        await interaction.edit_original_response(content=text)
+            raise UserError(invalid or Text.verbatim(str(exc))) from None
+        await interaction.edit_original_response(
+            content=text.render(interaction_locale(interaction))
+        )
         owner = owner_cog(self.bot)
         if owner is not None and interaction.guild_id is not None:
             await owner.log_change(interaction.guild_id, interaction.user.id, change)
 
-    @quota.command(name="show", description="Show this server's limits and period")
+    @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
     async def quota_show(self, interaction: discord.Interaction) -> None:
         guild = require_guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         gs = await self.ledger.guild_settings(guild.id)
+        lang = interaction_locale(interaction)
         lines = [
-            f"Period: **{gs.period}**",
-            f"Default member limit: **{gs.default_limit}** credits",
-            f"Server budget: **{_limit_text(gs.server_budget)}**",
+            t(lang, "quota.show.period", period=t(lang, f"period.{gs.period}")),
+            t(lang, "quota.show.default_limit", count=gs.default_limit),
+            t(lang, "quota.show.server_budget", budget=_budget(lang, gs.server_budget)),
         ]
         if gs.role_limits:
-            roles = ", ".join(f"<@&{rid}>: {lim}" for rid, lim in sorted(gs.role_limits.items()))
-            lines.append(f"Role limits: {roles}")
+            roles = ", ".join(
+                f"<@&{rid}>: {number(lang, lim)}" for rid, lim in sorted(gs.role_limits.items())
+            )
+            lines.append(t(lang, "quota.show.role_limits", roles=roles))
         if gs.member_limits:
-            members = ", ".join(f"<@{mid}>: {lim}" for mid, lim in sorted(gs.member_limits.items()))
-            lines.append(f"Member overrides: {members}")
+            members = ", ".join(
+                f"<@{mid}>: {number(lang, lim)}" for mid, lim in sorted(gs.member_limits.items())
+            )
+            lines.append(t(lang, "quota.show.member_overrides", members=members))
         total = await self.ledger.total_usage()
         if total is not None:
-            lines.append(
-                f"Total budget (all servers): **{total.used}/{total.limit}** credits,"
-                f" resets {_timestamp(total.resets_at)}"
+            value = t(
+                lang,
+                "quota.show.total_budget_value",
+                used=total.used,
+                limit=total.limit,
+                reset=_reset(lang, total.resets_at),
             )
+            name = t(lang, "quota.show.total_budget")
+            lines.append(t(lang, "quota.show.line", name=name, value=value))
         circuit = await self.bot.services.circuit.state()
-        lines.append(
-            "Upscaling service: "
-            + ("**refusing the bot's account; upscales are paused**" if circuit.open else "working")
+        state = t(
+            lang, "quota.show.service_state.open" if circuit.open else "quota.show.service_state.ok"
         )
+        if circuit.open:
+            state = f"**{state}**"
+        name = t(lang, "quota.show.service_state.name")
+        lines.append(t(lang, "quota.show.line", name=name, value=state))
         if gs.log_channel_id is not None:
-            lines.append(f"Quota log: <#{gs.log_channel_id}>")
+            lines.append(t(lang, "quota.show.log_channel", channel=f"<#{gs.log_channel_id}>"))
         await interaction.edit_original_response(content="\n".join(lines))
 
-    @quota.command(name="default", description="Per-member limit for members without override")
-    @app_commands.describe(limit="Credits per period")
+    @quota.command(name="default", description=cmd_text("cmd.quota.default.description"))
+    @app_commands.describe(limit=cmd_text("cmd.quota.default.option.limit"))
     @moderator_only()
     async def quota_default(
         self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
@@ -149,12 +192,15 @@ class Credits(commands.Cog):
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"Default member limit set to **{limit}** credits per period.",
+            Text.of("quota.default.done", count=limit),
             self.ledger.set_default_limit(guild.id, interaction.user.id, limit),
+            INVALID_LIMIT,
         )
 
-    @quota.command(name="role", description="Limit for members holding a role")
-    @app_commands.describe(role="The role", limit="Credits per period")
+    @quota.command(name="role", description=cmd_text("cmd.quota.role.description"))
+    @app_commands.describe(
+        role=cmd_text("cmd.quota.role.option.role"), limit=cmd_text("cmd.quota.role.option.limit")
+    )
     @moderator_only()
     async def quota_role(
         self,
@@ -165,13 +211,16 @@ class Credits(commands.Cog):
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"Members with {role.mention} may use **{limit}** credits per period "
-            "(a member gets the most generous of their role limits).",
+            Text.of("quota.role.done", role=role.mention, count=limit),
             self.ledger.set_role_limit(guild.id, interaction.user.id, role.id, limit),
+            INVALID_LIMIT,
         )
 
-    @quota.command(name="user", description="Per-member override (beats role and default)")
-    @app_commands.describe(member="The member", limit="Credits per period")
+    @quota.command(name="user", description=cmd_text("cmd.quota.user.description"))
+    @app_commands.describe(
+        member=cmd_text("cmd.quota.user.option.member"),
+        limit=cmd_text("cmd.quota.user.option.limit"),
+    )
     @moderator_only()
     async def quota_user(
         self,
@@ -182,55 +231,68 @@ class Credits(commands.Cog):
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"{member.mention} may now use **{limit}** credits per period.",
+            Text.of("quota.user.done", member=member.mention, count=limit),
             self.ledger.set_member_limit(guild.id, interaction.user.id, member.id, limit),
+            INVALID_LIMIT,
         )
 
-    @quota.command(name="clear", description="Remove a member's override")
+    @quota.command(name="clear", description=cmd_text("cmd.quota.clear.description"))
+    @app_commands.describe(member=cmd_text("cmd.quota.clear.option.member"))
     @moderator_only()
     async def quota_clear(self, interaction: discord.Interaction, member: discord.Member) -> None:
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"{member.mention}'s override removed; role and default limits apply.",
+            Text.of("quota.clear.done", member=member.mention),
             self.ledger.clear_member_limit(guild.id, interaction.user.id, member.id),
         )
 
-    @quota.command(name="clear-role", description="Remove a role's limit")
+    @quota.command(name="clear-role", description=cmd_text("cmd.quota.clear_role.description"))
+    @app_commands.describe(role=cmd_text("cmd.quota.clear_role.option.role"))
     @moderator_only()
     async def quota_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"The limit for {role.mention} was removed.",
+            Text.of("quota.clear_role.done", role=role.mention),
             self.ledger.clear_role_limit(guild.id, interaction.user.id, role.id),
         )
 
-    @quota.command(name="server", description="Total budget for the server per period")
-    @app_commands.describe(limit="Credits per period for everyone together (0 = no budget)")
+    @quota.command(name="server", description=cmd_text("cmd.quota.server.description"))
+    @app_commands.describe(limit=cmd_text("cmd.quota.server.option.limit"))
     @moderator_only()
     async def quota_server(
         self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         guild = require_guild(interaction)
+        budget = Text.of("unit.credits", count=limit) if limit else Text.of("quota.no_budget")
         await self._change(
             interaction,
-            f"Server budget set to **{_limit_text(limit)}** per period.",
+            Text.of("quota.server.done", budget=budget),
             self.ledger.set_server_budget(guild.id, interaction.user.id, limit),
+            Text.of("quota.invalid.server_budget", max=MAX_CREDITS),
         )
 
-    @quota.command(name="period", description="The accounting period")
+    @quota.command(name="period", description=cmd_text("cmd.quota.period.description"))
+    @app_commands.describe(period=cmd_text("cmd.quota.period.option.period"))
+    @app_commands.choices(period=PERIOD_CHOICES)
     @moderator_only()
-    async def quota_period(self, interaction: discord.Interaction, period: PeriodChoice) -> None:
+    async def quota_period(
+        self, interaction: discord.Interaction, period: app_commands.Choice[str]
+    ) -> None:
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"Accounting period set to **{period}**.",
-            self.ledger.set_period(guild.id, interaction.user.id, period),
+            Text.of("quota.period.done", period=_period(period.value)),
+            self.ledger.set_period(guild.id, interaction.user.id, period.value),
+            Text.of("quota.invalid.period"),
         )
 
-    @quota.command(name="grant", description="One-off extra credits for this period")
-    @app_commands.describe(amount="Credits to add (negative takes away)")
+    @quota.command(name="grant", description=cmd_text("cmd.quota.grant.description"))
+    @app_commands.describe(
+        member=cmd_text("cmd.quota.grant.option.member"),
+        amount=cmd_text("cmd.quota.grant.option.amount"),
+    )
     @moderator_only()
     async def quota_grant(
         self,
@@ -240,26 +302,28 @@ class Credits(commands.Cog):
     ) -> None:
         guild = require_guild(interaction)
         if amount == 0:
-            raise UserError("A grant of 0 credits changes nothing.")
-        verb = "granted" if amount > 0 else "taken from"
+            raise UserError("quota.grant.zero")
+        key = "quota.grant.granted" if amount > 0 else "quota.grant.taken"
         await self._change(
             interaction,
-            f"**{abs(amount)}** credits {verb} {member.mention} for this period.",
+            Text.of(key, count=abs(amount), member=member.mention),
             self.ledger.grant(guild.id, interaction.user.id, member.id, amount),
+            Text.of("quota.invalid.grant", max=MAX_CREDITS),
         )
 
-    @quota.command(name="reset", description="Zero a member's usage for this period")
+    @quota.command(name="reset", description=cmd_text("cmd.quota.reset.description"))
+    @app_commands.describe(member=cmd_text("cmd.quota.reset.option.member"))
     @moderator_only()
     async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
         guild = require_guild(interaction)
         await self._change(
             interaction,
-            f"{member.mention}'s usage for this period was reset to 0.",
+            Text.of("quota.reset.done", member=member.mention),
             self.ledger.reset_member(guild.id, interaction.user.id, member.id),
         )
 
-    @quota.command(name="log", description="Where to post quota changes and budget alerts")
-    @app_commands.describe(channel="The channel (omit to stop posting)")
+    @quota.command(name="log", description=cmd_text("cmd.quota.log.description"))
+    @app_commands.describe(channel=cmd_text("cmd.quota.log.option.channel"))
     @moderator_only()
     async def quota_log(
         self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
@@ -268,13 +332,10 @@ class Credits(commands.Cog):
         if channel is not None:
             perms = channel.permissions_for(guild.me)
             if not (perms.send_messages and perms.embed_links):
-                raise UserError(
-                    f"I can't post in {channel.mention}: I need the **Send Messages** and"
-                    " **Embed Links** permissions there."
-                )
-            text = f"Quota changes and budget alerts will be posted in {channel.mention}."
+                raise UserError("quota.log.cannot_post", channel=channel.mention)
+            text = Text.of("quota.log.set", channel=channel.mention)
         else:
-            text = "Quota changes and budget alerts will no longer be posted."
+            text = Text.of("quota.log.cleared")
         await self._change(
             interaction,
             text,
@@ -285,33 +346,47 @@ class Credits(commands.Cog):
 
     # -- /usage ------------------------------------------------------------------------
 
-    @app_commands.command(name="usage", description="Moderators: usage report with a CSV")
-    @app_commands.describe(period="Which period (default: the server's own)")
+    @app_commands.command(name="usage", description=cmd_text("cmd.usage.description"))
+    @app_commands.describe(period=cmd_text("cmd.usage.option.period"))
+    @app_commands.choices(period=PERIOD_CHOICES)
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @moderator_only()
     async def usage(
-        self, interaction: discord.Interaction, period: PeriodChoice | None = None
+        self, interaction: discord.Interaction, period: app_commands.Choice[str] | None = None
     ) -> None:
         guild = require_guild(interaction)
+        chosen = _check_period(period.value) if period is not None else None
         await interaction.response.defer(ephemeral=True, thinking=True)
-        report = await self.ledger.usage(guild.id, period)
+        report = await self.ledger.usage(guild.id, chosen)
+        lang = interaction_locale(interaction)
         rows = sorted(report.members, key=lambda m: (-m.credits, m.member_id))
-        embed = discord.Embed(title=f"Upscale usage ({report.period})")
+        period_name = t(lang, f"period.{report.period}")
+        embed = discord.Embed(title=t(lang, "usage.title", period=period_name))
         top = rows[:TOP_MEMBERS]
         if top:
             embed.description = "\n".join(
-                f"<@{m.member_id}>: {m.credits} credits, {m.upscales} upscales, "
-                f"{m.failures} failed, {m.refunds} refunded"
+                t(
+                    lang,
+                    "usage.row",
+                    member=f"<@{m.member_id}>",
+                    credits=t(lang, "unit.credits", count=m.credits),
+                    upscales=t(lang, "unit.upscales", count=m.upscales),
+                    failed=t(lang, "usage.failed", count=m.failures),
+                    refunded=t(lang, "usage.refunded", count=m.refunds),
+                )
                 for m in top
             )
         else:
-            embed.description = "No upscales in this period."
-        t = report.totals
-        embed.add_field(name="Upscales", value=str(t.upscales))
-        embed.add_field(name="Credits", value=str(t.credits))
-        embed.add_field(name="Failures", value=str(t.failures))
-        embed.add_field(name="Refunds", value=str(t.refunds))
+            embed.description = t(lang, "usage.empty")
+        totals = report.totals
+        for key, value in (
+            ("upscales", totals.upscales),
+            ("credits", totals.credits),
+            ("failures", totals.failures),
+            ("refunds", totals.refunds),
+        ):
+            embed.add_field(name=t(lang, f"usage.field.{key}"), value=number(lang, value))
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["member_id", "upscales", "credits", "failures", "refunds"])
@@ -321,6 +396,14 @@ class Credits(commands.Cog):
         await interaction.edit_original_response(
             embed=embed, attachments=[discord.File(data, filename=f"usage-{guild.id}.csv")]
         )
+
+
+def _check_period(value: str) -> Period:
+    """A period choice as the ledger's type (Discord only sends the offered choices)."""
+    for period in PERIODS:
+        if period == value:
+            return period
+    raise UserError("quota.invalid.period")
 
 
 async def setup(bot: UpscaleBot) -> None:

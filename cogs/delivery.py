@@ -7,6 +7,10 @@ or taken over from another process is answered exactly like a fresh one. Progres
 are throttled; results are fitted under the interaction's upload limit in a worker
 process; a result that may already have been posted (a crash during delivery) is looked
 for by its job id in the embed footer before it is posted again.
+
+Languages: progress lines and the result are written in the member's Discord language
+when they edit the member's reply, and in the server's preferred language when they
+are posted in the channel after the token expired (:meth:`bot.replies.Replies.post`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import discord
 
 from bot import images
 from bot.failures import FailureKind
+from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
-from bot.replies import Replies, ReplyTarget
+from bot.replies import Answer, Replies, ReplyTarget
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
@@ -43,9 +48,14 @@ LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
 LOOKUP_BACKOFF = 2.0  # seconds before the second try, doubling
 
 
-def job_footer(job_id: str) -> str:
+def job_footer(job_id: str, language: str) -> str:
     """The result embed's footer: how a posted result is recognised later."""
-    return f"Job {job_id[:8]}"
+    return t(language, "embed.footer", job=job_id[:8])
+
+
+def job_footers(job_id: str) -> frozenset[str]:
+    """The footer in every language (a result may have been posted in any of them)."""
+    return frozenset(job_footer(job_id, language) for language in SUPPORTED)
 
 
 def target_of(job: Job) -> ReplyTarget:
@@ -93,7 +103,7 @@ class ProgressDisplay:
                 await asyncio.sleep(wait)
                 continue
             text, cancellable = self._latest
-            view = cancel_view(self._job_id) if cancellable else None
+            view = cancel_view(self._job_id, self._target.member_language) if cancellable else None
             try:
                 message = await self._replies.edit(self._target, content=text, view=view)
             except discord.HTTPException as exc:
@@ -139,13 +149,14 @@ class DiscordFrontEnd:
     # -- FrontEnd ----------------------------------------------------------------------
 
     def progress(self, job: Job, stage: Stage, position: int | None) -> None:
-        since = f"<t:{int(job.created_at)}:R>"
-        text = messages.progress_text(stage, position, since)
+        language = target_of(job).member_language  # progress only edits the member's reply
+        since = messages.timestamp(job.created_at)
+        lines = [messages.progress_text(stage, position, since).render(language)]
         if job.id in self._resumed:
-            text = f"{messages.RESUMED}\n{text}"
+            lines.insert(0, messages.RESUMED.render(language))
         if job.prepared.notes:
-            text += "\n" + "\n".join(f"ℹ️ {note}" for note in job.prepared.notes)
-        self._display(job).show(text, stage in CANCELLABLE)
+            lines.append(messages.note_lines(job.prepared.notes, language))
+        self._display(job).show("\n".join(lines), stage in CANCELLABLE)
 
     async def resumed(self, job: Job) -> None:
         target = target_of(job)
@@ -154,28 +165,30 @@ class DiscordFrontEnd:
             return
         self._resumed.add(job.id)
         with contextlib.suppress(discord.HTTPException):
-            await self.replies.edit(target, content=messages.RESUMED, view=None)
+            content = messages.RESUMED.render(target.member_language)
+            await self.replies.edit(target, content=content, view=None)
 
     async def paused(self, job: Job) -> None:
         await self._close(job.id)
         target = target_of(job)
         with contextlib.suppress(discord.HTTPException):
-            await self.replies.edit(target, content=messages.PAUSED, view=None)
+            content = messages.PAUSED.render(target.member_language)
+            await self.replies.edit(target, content=content, view=None)
 
     async def ended(self, job_id: str) -> None:
         await self._close(job_id)
 
     async def failed(self, job: Job, failure: JobFailure) -> None:
         await self._close(job.id)
-        await self.replies.tell(target_of(job), f"❌ {messages.failure_message(failure)}")
+        await self.replies.tell(target_of(job), messages.failure_text(failure))
 
     async def find_delivered(self, job: Job) -> int | None:
-        footer = job_footer(job.id)
+        footers = job_footers(job.id)
         me = self.bot.user
 
         def is_result(message: discord.Message) -> bool:
             mine = me is None or message.author.id == me.id
-            return mine and any(e.footer.text == footer for e in message.embeds)
+            return mine and any(e.footer.text in footers for e in message.embeds)
 
         found: discord.Message | None = None
         for attempt in range(1, LOOKUP_ATTEMPTS + 1):
@@ -205,26 +218,27 @@ class DiscordFrontEnd:
         )
         roles = [int(r) for r in job.context.get("roles", ())]
         balance = await self.bot.ledger.balance(job.guild_id, job.member_id, roles)
-        embed = result_embed(job, result, fitted, balance.remaining)
-        view = discord.ui.View(timeout=None)
-        view.add_item(DeleteResultButton(job.member_id))
-        if result.crops is not None:
-            view.add_item(CompareButton(job.id, target.locale))
-        if fitted.reencoded or fitted.resized:
-            view.add_item(discord.ui.Button(label="Full-size original", url=result.temporary_url))
-        if job.context.get("source"):
-            view.add_item(discord.ui.Button(label="Source", url=str(job.context["source"])))
+        mention = f"<@{job.member_id}>"
+
+        def compose(language: str, channel_mention: str | None) -> Answer:
+            embed = result_embed(job, result, fitted, balance.remaining, language)
+            embed.set_image(url=f"attachment://{fitted.filename}")
+            view = discord.ui.View(timeout=None)
+            view.add_item(DeleteResultButton(job.member_id, language))
+            if result.crops is not None:
+                view.add_item(CompareButton(job.id, language))
+            if fitted.reencoded or fitted.resized:
+                label = t(language, "button.full_size")
+                view.add_item(discord.ui.Button(label=label, url=result.temporary_url))
+            if job.context.get("source"):
+                label = t(language, "button.source")
+                view.add_item(discord.ui.Button(label=label, url=str(job.context["source"])))
+            content = t(language, "result.ready", mention=mention) if channel_mention else mention
+            return Answer(content, embed, view)
+
         file = discord.File(io.BytesIO(fitted.data), filename=fitted.filename)
-        embed.set_image(url=f"attachment://{fitted.filename}")
         try:
-            message = await self.replies.post(
-                target,
-                f"<@{job.member_id}>",
-                embed=embed,
-                file=file,
-                view=view,
-                channel_text="your upscale is ready.",
-            )
+            message = await self.replies.post(target, compose, file=file)
         except discord.Forbidden as exc:
             raise DeliveryFailed(FailureKind.MISSING_PERMISSIONS, str(exc.code)) from exc
         except discord.HTTPException as exc:
@@ -235,24 +249,44 @@ class DiscordFrontEnd:
 
 
 def result_embed(
-    job: Job, result: JobResult, fitted: images.FittedImage, remaining: int | None
+    job: Job,
+    result: JobResult,
+    fitted: images.FittedImage,
+    remaining: int | None,
+    language: str,
 ) -> discord.Embed:
+    """The delivered result's embed, in ``language``."""
     ow, oh = job.prepared.original_size
     nw, nh = fitted.size
-    embed = discord.Embed(title="Upscaled 4×", colour=discord.Colour.green())
-    embed.add_field(name="Size", value=f"{ow}×{oh} → {nw}×{nh}")
-    embed.add_field(name="Format", value=fitted.format.upper())
-    embed.add_field(name="File size", value=images.human_bytes(len(fitted.data)))
-    embed.add_field(name="Time", value=f"{result.elapsed:.1f} s")
+    field = "embed.field."
+    embed = discord.Embed(title=t(language, "embed.title"), colour=discord.Colour.green())
+    embed.add_field(name=t(language, field + "size"), value=f"{ow}×{oh} → {nw}×{nh}")
+    embed.add_field(name=t(language, field + "format"), value=fitted.format.upper())
+    embed.add_field(
+        name=t(language, field + "file_size"), value=file_size(language, len(fitted.data))
+    )
+    seconds = number(language, result.elapsed, decimals=1)
+    embed.add_field(
+        name=t(language, field + "time"), value=t(language, "unit.seconds", value=seconds)
+    )
     if remaining is not None:
-        embed.add_field(name="Credits left", value=str(remaining))
-    notes = list(job.prepared.notes)
+        embed.add_field(name=t(language, field + "credits_left"), value=number(language, remaining))
+    notes: list[Text] = list(job.prepared.notes)
     if fitted.note:
         notes.append(fitted.note)
     if notes:
-        embed.description = "\n".join(f"ℹ️ {note}" for note in notes)
-    embed.set_footer(text=job_footer(job.id))
+        embed.description = messages.note_lines(notes, language)
+    embed.set_footer(text=job_footer(job.id, language))
     return embed
+
+
+def file_size(language: str, count: int) -> str:
+    """A file size with the language's decimal separator: 1.2 MB, de 1,2 MB."""
+    if count >= images.BYTES_PER_MB:
+        return t(language, "unit.mb", value=number(language, count / images.BYTES_PER_MB, 1))
+    if count >= 1000:
+        return t(language, "unit.kb", value=number(language, round(count / 1000)))
+    return images.human_bytes(count)
 
 
 def context_for(

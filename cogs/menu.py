@@ -21,6 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.i18n import t
+from bot.i18n_discord import interaction_locale
 from bot.tree import UserError
 from cogs import messages
 from cogs.upscale import SourceImage, Upscale, defer
@@ -78,16 +79,16 @@ class UpscaleMenu(commands.Cog):
     ) -> None:
         first_id = await defer(interaction)
         upscale = self._upscale()
-        locale = str(interaction.locale)
+        locale = interaction_locale(interaction)
         sources, skipped = images_of(message, upscale.allowed_source)
         if not sources:
-            raise UserError(t(locale, "batch.no_images"))
+            raise UserError("batch.no_images")
         sources = sources[:MAX_IMAGES]
         guild_id = interaction.guild_id or 0
         queue = self.bot.queue
         room = max(0, queue.max_per_member - await queue.active_jobs(guild_id, interaction.user.id))
         if room == 0:
-            raise UserError(messages.queue_full_message(queue.max_per_member))
+            raise UserError(messages.queue_full_text(queue.max_per_member))
         notes = [t(locale, "batch.skipped_not_image", filename=name) for name in skipped]
         if room < len(sources):
             notes.append(
@@ -110,12 +111,14 @@ class UpscaleMenu(commands.Cog):
                 )
             except UserError as exc:  # this image only; the others go on
                 log.info("Image %d of a message refused: %s", index + 1, exc.message)
+                refusal = f"❌ {exc.render(locale)}"
                 if message_id is None:
-                    await interaction.edit_original_response(content=f"❌ {exc.message}")
+                    await interaction.edit_original_response(content=refusal)
                 else:
-                    await interaction.followup.edit_message(message_id, content=f"❌ {exc.message}")
+                    await interaction.followup.edit_message(message_id, content=refusal)
         if notes:
-            await interaction.followup.send("\n".join(f"ℹ️ {note}" for note in notes))
+            lines = (t(locale, "note.line", note=note) for note in notes)
+            await interaction.followup.send("\n".join(lines))
 
 
 async def setup(bot: UpscaleBot) -> None:

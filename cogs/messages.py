@@ -1,109 +1,134 @@
-"""What the upscale commands say to members, in one place.
+"""What the upscale commands say to members, in one place: which catalogue key says it.
 
-The texts are keyed by :class:`bot.failures.FailureKind` and by :class:`bot.jobs.Stage`,
-so a kind without a text is caught by a test, not shown as a generic message.
+Failures are keyed by :class:`bot.failures.FailureKind` and progress by
+:class:`bot.jobs.Stage`, so a kind without a text is caught by a test (every kind maps to
+a key that every language has), not shown as a generic message. Everything here returns
+a :class:`bot.i18n.Text` (a key and its parameters); the caller renders it in the
+member's language (``text.render(locale)``) or, for a channel post after the token
+expired, in the server's (:meth:`bot.replies.Replies.post`).
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from bot.failures import FailureKind
+from bot.i18n import ENGLISH, Text
 from bot.jobs import JobFailure, LimitReached, Stage
 
-STAGE_TEXT = {
-    Stage.UPLOADING: "Uploading your image to the upscaler",
-    Stage.UPSCALING: "Upscaling 4×",
-    Stage.DOWNLOADING: "Fetching the result",
-    Stage.DELIVERING: "Posting the result",
+STAGE_KEYS: dict[Stage, str] = {
+    Stage.UPLOADING: "progress.stage.uploading",
+    Stage.UPSCALING: "progress.stage.upscaling",
+    Stage.DOWNLOADING: "progress.stage.downloading",
+    Stage.DELIVERING: "progress.stage.delivering",
 }
 
-REFUNDED = "Your credits were refunded."
-_UNUSABLE = "The upscaling service sent back an unusable result. Try again later."
-FAILURE_TEXT: dict[FailureKind, str] = {
-    FailureKind.UNAUTHORIZED: "The upscaling service refused the bot's API key. "
-    "Please ask a moderator to tell the bot owner.",
-    FailureKind.OUT_OF_CREDITS: "The upscaling service is out of credits. "
-    "Please ask a moderator to let the bot owner know.",
-    FailureKind.RATE_LIMITED: "The upscaling service is busy right now.",
-    FailureKind.INPUT_REJECTED: "The upscaling service could not process this image. "
-    "Try a different image.",
-    FailureKind.UNAVAILABLE: "The upscaling service is down right now. Try again in a few minutes.",
-    FailureKind.TIMEOUT: "The upscale took too long and was stopped. Try again later.",
+_UNUSABLE = "failure.bad_result"
+FAILURE_KEYS: dict[FailureKind, str] = {
+    FailureKind.UNAUTHORIZED: "failure.unauthorized",
+    FailureKind.OUT_OF_CREDITS: "failure.out_of_credits",
+    FailureKind.RATE_LIMITED: "failure.rate_limited",
+    FailureKind.INPUT_REJECTED: "failure.input_rejected",
+    FailureKind.UNAVAILABLE: "failure.unavailable",
+    FailureKind.TIMEOUT: "failure.timeout",
     FailureKind.BAD_RESPONSE: _UNUSABLE,
     FailureKind.DOWNLOAD_REFUSED: _UNUSABLE,
     FailureKind.TOO_LARGE: _UNUSABLE,
-    FailureKind.ERROR: "The upscaling service failed. Try again later.",
+    FailureKind.ERROR: "failure.generic",
     FailureKind.BAD_RESULT: _UNUSABLE,
-    FailureKind.MISSING_PERMISSIONS: "I can't post the result here: I need the "
-    "**Attach Files** and **Embed Links** permissions in this channel.",
-    FailureKind.DELIVERY_ERROR: "I couldn't post the result in this channel. Try again later.",
-    FailureKind.CIRCUIT_OPEN: "The upscaling service is refusing the bot's account right "
-    "now, so no upscale can run. The bot owner has been told.",
-    FailureKind.INPUT_LOST: "The bot restarted and could not finish your upscale. "
-    "Please try again.",
-    FailureKind.EXPIRED: "The bot was offline too long to finish your upscale. Please try again.",
-    FailureKind.SHUTDOWN: "The bot is restarting, so your upscale was stopped. "
-    "Please try again shortly.",
-    FailureKind.CANCELLED: "Cancelled.",
-    FailureKind.BUG: "The upscale failed. Try again later.",
+    FailureKind.MISSING_PERMISSIONS: "failure.missing_permissions",
+    FailureKind.DELIVERY_ERROR: "failure.delivery_error",
+    FailureKind.CIRCUIT_OPEN: "failure.circuit_open",
+    FailureKind.INPUT_LOST: "failure.restart",
+    FailureKind.EXPIRED: "failure.expired",
+    FailureKind.SHUTDOWN: "failure.shutdown",
+    FailureKind.CANCELLED: "failure.cancelled",
+    FailureKind.BUG: "failure.generic",
 }
+RATE_LIMIT_MIN_WAIT = 5  # seconds: "try again" is never sooner than this
+RATE_LIMIT_DEFAULT_WAIT = 30  # seconds, when the service did not say
 
-CIRCUIT_OPEN_REFUSAL = f"{FAILURE_TEXT[FailureKind.CIRCUIT_OPEN]} Nothing was charged."
-RESUMED = "🔄 The bot restarted; your upscale continues."
-PAUSED = "⏸️ The bot is restarting; your upscale will continue when it is back."
-CANCELLED = f"🚫 Cancelled. {REFUNDED}"
-CANCEL_TOO_LATE = "Too late to cancel: the image is already being upscaled."
-CANCEL_NOT_ALLOWED = "Only the member who asked for this upscale, or a moderator, can cancel it."
-CANCEL_FINISHED = "This upscale has already finished."
-DELETE_NOT_ALLOWED = "Only the member who asked for this upscale, or a moderator, can delete it."
-NOT_ON_DISCORD = "I can only upscale images hosted on Discord."
-DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
+RESUMED = Text.of("progress.resumed")
+PAUSED = Text.of("progress.stopping")
+CANCEL_TOO_LATE = Text.of("cancel.too_late")
+CANCEL_NOT_ALLOWED = Text.of("cancel.not_allowed")
+CANCEL_FINISHED = Text.of("cancel.already_finished")
+DELETE_NOT_ALLOWED = Text.of("result.delete_not_allowed")
+NOT_ON_DISCORD = Text.of("error.not_discord_hosted")
+DOWNLOAD_FAILED = Text.of("error.download_failed")
+SHUTDOWN = Text.of("failure.shutdown")
+MISSING_PERMISSIONS = Text.of("failure.missing_permissions")
+CIRCUIT_OPEN_REFUSAL = Text.of("service.circuit_open")
 
 
-def failure_message(failure: JobFailure) -> str:
-    """The member's message for a failed job (always mentions the refund)."""
-    text = FAILURE_TEXT[failure.kind]
+def timestamp(when: float | datetime) -> str:
+    """A Discord relative timestamp (each member's client shows it in their language)."""
+    seconds = when.timestamp() if isinstance(when, datetime) else when
+    return f"<t:{int(seconds)}:R>"
+
+
+def failure_reason(failure: JobFailure) -> Text:
+    """Why the job failed, in plain words (without the refund)."""
+    key = FAILURE_KEYS[failure.kind]
     if failure.kind is FailureKind.RATE_LIMITED:
-        wait = max(5, int(failure.retry_after or 30))
-        text += f" Try again <t:{int(time.time()) + wait}:R>."
-    return f"{text} {REFUNDED}"
+        wait = max(RATE_LIMIT_MIN_WAIT, int(failure.retry_after or RATE_LIMIT_DEFAULT_WAIT))
+        return Text.of(key, when=timestamp(time.time() + wait))
+    return Text.of(key)
 
 
-def too_large_message(max_bytes: int) -> str:
-    return f"That file is too large: the upscaler takes images up to {max_bytes // 1_000_000} MB."
+def failure_text(failure: JobFailure) -> Text:
+    """The member's message for a failed job (always mentions the refund)."""
+    return Text.of("failure.message", reason=failure_reason(failure))
 
 
-def limit_message(error: LimitReached) -> str:
+def failure_message(failure: JobFailure, locale: str | None = ENGLISH) -> str:
+    """:func:`failure_text` rendered in ``locale``."""
+    return failure_text(failure).render(locale)
+
+
+def cancelled_text(cost: int) -> Text:
+    return Text.of("cancel.done", count=cost)
+
+
+def too_large_text(max_bytes: int) -> Text:
+    return Text.of("error.too_large_download", max_mb=max_bytes // 1_000_000)
+
+
+def limit_text(error: LimitReached) -> Text:
+    """Which limit the member reached, how much of it is used, and when it resets."""
     denial = error.denial
-    resets = (
-        f" It resets <t:{int(denial.resets_at.timestamp())}:R>."
-        if denial.resets_at is not None
-        else ""
-    )
+    params: dict[str, object] = {"used": denial.used, "limit": denial.limit}
     if denial.reason == "total_budget":
-        return (
-            f"The bot's total upscale budget is used up ({denial.used}/{denial.limit} credits"
-            f" this period).{resets}"
+        reset = (
+            timestamp(denial.resets_at)
+            if denial.resets_at is not None
+            else Text.of("credits.resets_never")
         )
-    who = "this server's upscale budget" if denial.reason == "server_budget" else "your limit"
-    return f"You've reached {who} ({denial.used}/{denial.limit} credits used this period).{resets}"
+        return Text.of("limit.total_budget", reset=reset, **params)
+    key = "limit.server" if denial.reason == "server_budget" else "limit.member"
+    if denial.resets_at is not None:
+        return Text.of(f"{key}_resets", reset=timestamp(denial.resets_at), **params)
+    return Text.of(key, **params)
 
 
-def queue_full_message(limit: int) -> str:
-    jobs = "upscale" if limit == 1 else "upscales"
-    return (
-        f"You already have {limit} {jobs} queued or running. "
-        "Wait for one to finish, then try again."
-    )
+def queue_full_text(limit: int) -> Text:
+    return Text.of("error.queue_full", count=limit)
 
 
-def progress_text(stage: Stage, position: int | None, since: str) -> str:
+def progress_text(stage: Stage, position: int | None, since: str) -> Text:
     """The progress line for a stage (``since``: when it was requested, as markup)."""
     if stage is Stage.QUEUED:
-        place = f"#{position}" if position else "next"
-        return f"⏳ Queued: you're {place} in line (requested {since})."
+        if not position:
+            return Text.of("progress.queued_next", since=since)
+        return Text.of("progress.queued", position=position, since=since)
     if stage is Stage.WAITING:
-        place = f"#{position}" if position else "next"
-        return f"⏳ Waiting for the upscaling service: you're {place} in line (requested {since})."
-    return f"⚙️ {STAGE_TEXT.get(stage, stage.value)}… (requested {since})"
+        return Text.of("progress.waiting_service", position=position or 1, since=since)
+    key = STAGE_KEYS.get(stage)
+    what = Text.of(key) if key is not None else Text.verbatim(stage.value)
+    return Text.of("progress.working", stage=what, since=since)
+
+
+def note_lines(notes: list[Text] | tuple[Text, ...], locale: str | None) -> str:
+    """Notes about what was done to an image, one ``ℹ️`` line each."""
+    return "\n".join(Text.of("note.line", note=note).render(locale) for note in notes)

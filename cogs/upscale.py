@@ -20,7 +20,7 @@ from discord.ext import commands
 
 from bot import images
 from bot.download import DownloadFailed, DownloadTooLarge, download_to
-from bot.failures import FailureKind
+from bot.i18n_discord import Translator, cmd_text
 from bot.jobs import JobRequest, LimitReached, QueueClosed, QueueFull, Stage
 from bot.settings import OUTPUT_FORMATS
 from bot.tree import UserError
@@ -55,6 +55,9 @@ class Upscale(commands.Cog):
         self.front = DiscordFrontEnd(bot)
 
     async def cog_load(self) -> None:
+        # Command descriptions in the members' languages; installed before setup_hook
+        # syncs the commands (extensions load first).
+        await self.bot.tree.set_translator(Translator())
         self.bot.add_dynamic_items(DeleteResultButton, CancelJobButton, CompareButton)
         self.bot.queue.attach(self.front)
 
@@ -63,8 +66,10 @@ class Upscale(commands.Cog):
 
     # -- commands ----------------------------------------------------------------------
 
-    @app_commands.command(name="upscale", description="Upscale an image 4× with AI")
-    @app_commands.describe(image="The image to upscale", format="Output format (default PNG)")
+    @app_commands.command(name="upscale", description=cmd_text("cmd.upscale.description"))
+    @app_commands.describe(
+        image=cmd_text("cmd.upscale.option.image"), format=cmd_text("cmd.upscale.option.format")
+    )
     @app_commands.choices(format=FORMAT_CHOICES)
     @app_commands.guild_only()
     async def upscale(
@@ -104,15 +109,13 @@ class Upscale(commands.Cog):
             raise UserError(NOT_IN_DMS)
         perms = interaction.app_permissions
         if not (perms.attach_files and perms.embed_links):
-            raise UserError(messages.FAILURE_TEXT[FailureKind.MISSING_PERMISSIONS])
+            raise UserError(messages.MISSING_PERMISSIONS)
         queue = self.bot.queue
         if (await self.bot.services.circuit.state()).open:
-            raise UserError(
-                messages.FAILURE_TEXT[FailureKind.CIRCUIT_OPEN] + " Nothing was charged."
-            )
+            raise UserError(messages.CIRCUIT_OPEN_REFUSAL)
         limits = queue.limits
         if source.declared_size is not None and source.declared_size > limits.max_bytes:
-            raise UserError(messages.too_large_message(limits.max_bytes))
+            raise UserError(messages.too_large_text(limits.max_bytes))
         if not self.allowed_source(source.url):
             raise UserError(messages.NOT_ON_DISCORD)
         member = interaction.user
@@ -120,21 +123,21 @@ class Upscale(commands.Cog):
         try:
             ticket = await queue.admit(guild.id, member.id)
         except QueueFull as exc:
-            raise UserError(messages.queue_full_message(exc.limit)) from None
+            raise UserError(messages.queue_full_text(exc.limit)) from None
         except QueueClosed:
-            raise UserError(messages.FAILURE_TEXT[FailureKind.SHUTDOWN]) from None
+            raise UserError(messages.SHUTDOWN) from None
         async with ticket:
             path = queue.spool_path(ticket)
             try:
                 await download_to(self.bot.session, source.url, path, limits.max_bytes)
             except DownloadTooLarge:
-                raise UserError(messages.too_large_message(limits.max_bytes)) from None
+                raise UserError(messages.too_large_text(limits.max_bytes)) from None
             except DownloadFailed:
                 raise UserError(messages.DOWNLOAD_FAILED) from None
             try:
                 prepared = await queue.prepare(ticket, path, source.filename)
             except images.ImageRejected as exc:
-                raise UserError(exc.message) from None
+                raise UserError(exc.text) from None
             request = JobRequest(
                 guild_id=guild.id,
                 channel_id=interaction.channel_id or 0,
@@ -146,9 +149,9 @@ class Upscale(commands.Cog):
             try:
                 job = await queue.submit(ticket, request, prepared)
             except LimitReached as exc:
-                raise UserError(messages.limit_message(exc)) from None
+                raise UserError(messages.limit_text(exc)) from None
             except QueueClosed:
-                raise UserError(messages.FAILURE_TEXT[FailureKind.SHUTDOWN]) from None
+                raise UserError(messages.SHUTDOWN) from None
         position = queue.position(job)
         if position is not None:
             self.front.progress(job, Stage.QUEUED, position)

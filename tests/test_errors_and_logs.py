@@ -9,17 +9,30 @@ import pytest
 from discord import app_commands
 
 from bot.failures import FailureKind
+from bot.i18n import SUPPORTED, catalogue
 from bot.jobs import JobFailure
 from bot.logs import MASK, RedactSecrets
 from bot.tree import GENERIC_FAILURE, UserError, describe_error
-from cogs.messages import FAILURE_TEXT, failure_message
+from cogs.messages import FAILURE_KEYS, failure_message
 
 SECRET = "s3cret-token-value"
 
 
 def test_every_failure_kind_has_a_text() -> None:
-    """No FailureKind falls back to a generic message: each has its own text."""
-    assert set(FAILURE_TEXT) == set(FailureKind)
+    """No FailureKind falls back to a generic message: each maps to a catalogue key that
+    every language has."""
+    assert set(FAILURE_KEYS) == set(FailureKind)
+    for kind, key in FAILURE_KEYS.items():
+        for language in SUPPORTED:
+            assert catalogue().entry(language, key), (kind, language)
+
+
+@pytest.mark.parametrize("language", SUPPORTED)
+def test_failure_messages_are_written_in_the_members_language(language: str) -> None:
+    """A failure reads in the member's language: not the English words elsewhere."""
+    text = failure_message(JobFailure(FailureKind.TIMEOUT), language)
+    assert text.startswith("❌ ")
+    assert ("took too long" in text) == (language == "en-US")
 
 
 @pytest.mark.parametrize("kind", list(FailureKind))
@@ -36,16 +49,27 @@ def test_rate_limited_message_says_when_to_try_again() -> None:
 
 def test_user_error_is_shown_as_written_and_expected() -> None:
     """A UserError's own words reach the member, with no traceback logged."""
-    assert describe_error(UserError("Nope, not that.")) == ("Nope, not that.", True)
+    assert describe_error(UserError(lambda _language: "Nope, not that.")) == (
+        "Nope, not that.",
+        True,
+    )
 
 
 def test_user_error_wrapped_by_discord_py_is_unwrapped() -> None:
     """A UserError raised inside a command (wrapped in CommandInvokeError) keeps its words."""
 
     class Wrapped(app_commands.AppCommandError):
-        original = UserError("Inner words.")
+        original = UserError(lambda _language: "Inner words.")
 
     assert describe_error(Wrapped()) == ("Inner words.", True)
+
+
+def test_user_error_is_rendered_in_the_members_language() -> None:
+    """A UserError carrying a catalogue key reads in the language it is described in."""
+    error = UserError("error.queue_full", count=2)
+    assert "already have 2 upscales" in describe_error(error)[0]
+    assert describe_error(error, "de")[0] != describe_error(error)[0]
+    assert str(error) == describe_error(error)[0]
 
 
 def test_dm_refusal_is_explained() -> None:

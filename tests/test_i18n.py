@@ -35,7 +35,16 @@ TRANSLATIONS = tuple(lang for lang in SUPPORTED if lang != ENGLISH)
 # Keys whose text may equal the English one: units, pure layout, and words that are the
 # same in that language (French "Source", German "Format").
 SAME_AS_ENGLISH_ANYWHERE = frozenset(
-    {"note.line", "usage.row", "unit.seconds", "unit.kb", "unit.mb", "unit.kib", "unit.mib"}
+    {
+        "note.line",
+        "usage.row",
+        "quota.show.line",
+        "unit.seconds",
+        "unit.kb",
+        "unit.mb",
+        "unit.kib",
+        "unit.mib",
+    }
 )
 SAME_AS_ENGLISH: frozenset[tuple[str, str]] = frozenset(
     {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from bot import images
+from bot.i18n import Text
 from bot.images import FittedImage, ImageLimits, ImageRejected, PreparedImage
 from tests import imagecorpus as corpus
 
@@ -32,6 +34,13 @@ def prepare(name: str, limits: ImageLimits | None = None) -> PreparedImage:
     """prepare_input on a corpus case (cached: it is pure, and several tests inspect it)."""
     case = corpus.case(name)
     return images.prepare_input(case.data, case.filename, limits or ImageLimits())
+
+
+def english(words: ImageRejected | Text | None) -> str:
+    """A refusal or a note as an English-speaking member reads it."""
+    if words is None:
+        return ""
+    return words.render("en-US")
 
 
 def decode(data: bytes) -> Image.Image:
@@ -85,7 +94,7 @@ def test_refusal_message_is_plain_words(name: str) -> None:
     """Refusal messages are short sentences, with no exception names or internals."""
     with pytest.raises(ImageRejected) as caught:
         prepare(name)
-    message = caught.value.message
+    message = english(caught.value)
     assert message.endswith(".") and len(message) < 300
     for leak in ("Error", "Traceback", "Exception", "PIL", "0x"):
         assert leak not in message
@@ -138,34 +147,43 @@ def test_oversized_file_on_disk_is_refused_before_reading(tmp_path: Path) -> Non
     with pytest.raises(ImageRejected) as caught:
         images.prepare_input(path, "huge.png")
     assert caught.value.kind == "too_large"
-    assert "50 MB" in caught.value.message
+    assert "50 MB" in english(caught.value)
 
 
 def test_aspect_refusal_states_the_supported_range() -> None:
     """The aspect-ratio refusal tells the user which shapes are accepted."""
     with pytest.raises(ImageRejected) as caught:
         prepare("wide_3_to_1")
-    assert "1:2.5" in caught.value.message and "2.5:1" in caught.value.message
+    assert "1:2.5" in english(caught.value) and "2.5:1" in english(caught.value)
 
 
 def test_too_small_refusal_names_the_minimum() -> None:
     """The too-small refusal says the minimum side in pixels."""
     with pytest.raises(ImageRejected) as caught:
         prepare("one_by_one")
-    assert "32 pixels" in caught.value.message
+    assert "32 pixels" in english(caught.value)
 
 
 def test_non_image_refusal_says_what_the_file_looks_like() -> None:
     """A PDF renamed .png is called a PDF, so the user knows what went wrong."""
     with pytest.raises(ImageRejected) as caught:
         prepare("pdf_as_png")
-    assert "PDF" in caught.value.message
+    assert "PDF" in english(caught.value)
 
 
 def test_image_rejected_survives_pickling() -> None:
-    """ImageRejected keeps kind and message across a process boundary."""
-    error = pickle.loads(pickle.dumps(ImageRejected("bomb", "Too big.")))
-    assert (error.kind, error.message, str(error)) == ("bomb", "Too big.", "Too big.")
+    """ImageRejected keeps kind and message (key and params) across a process boundary."""
+    error = pickle.loads(pickle.dumps(ImageRejected("bomb", "image.bomb_claimed", size="9×9")))
+    too_big = (
+        "That image claims to be 9×9 pixels, which is far too large to process safely, "
+        "so it was refused without opening it."
+    )
+    assert (error.kind, english(error), str(error)) == ("bomb", too_big, too_big)
+    looks = Text.of("image.looks.pdf")
+    nested = ImageRejected("not_image", "image.not_image_looks_like", looks=looks)
+    nested = pickle.loads(pickle.dumps(nested))
+    assert "(it looks like a PDF document)" in english(nested)
+    assert "PDF" in nested.render("ja") and nested.render("ja") != english(nested)
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -197,7 +215,7 @@ def test_prepared_upload_meets_the_api_limits(name: str) -> None:
 def test_changes_are_explained_in_notes(name: str) -> None:
     """Frames dropped, conversions and downscales are told to the user in a note."""
     fragment = corpus.case(name).expect.note
-    assert any(fragment in note for note in prepare(name).notes)
+    assert any(fragment in english(note) for note in prepare(name).notes)
 
 
 @pytest.mark.parametrize("name", PASSTHROUGH)
@@ -265,7 +283,7 @@ def test_pixel_limit_is_configurable() -> None:
     prepared = prepare("plain_png", ImageLimits(max_pixels=20_000))
     width, height = prepared.size
     assert width * height <= 20_000 and abs(width / height - 1.5) < 0.02
-    assert any("Scaled down" in note for note in prepared.notes)
+    assert any("Scaled down" in english(note) for note in prepared.notes)
 
 
 def test_content_decides_the_format_not_the_name() -> None:
@@ -373,7 +391,7 @@ def test_fit_output_is_what_it_claims(fitted_noisy_png: FittedImage) -> None:
 
 def test_fit_note_says_what_was_done(fitted_noisy_png: FittedImage) -> None:
     """The note names the new format, the limit and where the original is."""
-    note = fitted_noisy_png.note or ""
+    note = english(fitted_noisy_png.note)
     assert fitted_noisy_png.reencoded
     assert "WebP" in note and "10 MiB" in note and "original" in note
 
@@ -382,7 +400,7 @@ def test_fit_note_names_the_limit_a_caller_kept_a_margin_under(noisy_jpeg: bytes
     """A limit of 1 MiB minus a small safety margin is still called "1 MiB" in the note."""
     assert len(noisy_jpeg) > MIB
     fitted = images.fit_to_limit(noisy_jpeg, "jpeg", MIB - 16 * 1024, "result")
-    assert "Discord's 1 MiB upload limit" in (fitted.note or "")
+    assert "Discord's 1 MiB upload limit" in english(fitted.note)
 
 
 def test_fit_leaves_a_result_within_the_limit_untouched() -> None:
@@ -420,7 +438,7 @@ def test_fit_resizes_as_a_last_resort(noisy_jpeg: bytes) -> None:
     fitted = images.fit_to_limit(noisy_jpeg, "jpeg", 100_000, "result")
     assert fitted.resized and len(fitted.data) <= 100_000
     assert fitted.size[0] < 1024 and abs(fitted.size[0] - fitted.size[1]) <= 1
-    assert "Scaled down" in (fitted.note or "")
+    assert "Scaled down" in english(fitted.note)
 
 
 def test_fit_flattens_transparency_for_jpeg() -> None:
@@ -457,7 +475,7 @@ def _prepare_or_reject(data: bytes) -> None:
     try:
         result = images.prepare_input(data, "fuzz.png")
     except ImageRejected as rejected:
-        assert rejected.kind and rejected.message
+        assert rejected.kind and english(rejected)
     else:
         assert isinstance(result, PreparedImage) and result.data
 
@@ -510,3 +528,11 @@ def test_fuzz_seeds_are_all_accepted() -> None:
     """The fuzzing seeds are valid images, so mutations start from decodable files."""
     for seed in corpus.seeds():
         assert isinstance(images.prepare_input(seed, "seed.png"), PreparedImage)
+
+
+def test_notes_survive_the_jobs_json_round_trip() -> None:
+    """Notes are stored with a job as JSON and read back as the same texts."""
+    notes = prepare("big_jpeg_4000x3000").notes
+    stored = json.dumps(list(notes))
+    assert tuple(Text.from_json(n) for n in json.loads(stored)) == notes
+    assert Text.from_json("Old English note.").render("de") == "Old English note."

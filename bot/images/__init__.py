@@ -1,0 +1,75 @@
+"""Image handling for upscales: validate and prepare inputs, fit results under an upload cap.
+
+Everything here is synchronous, CPU-bound Pillow work; callers run it in a thread or a
+worker process. Nothing here knows about Discord or HTTP, nor about any language: a
+refusal (:class:`ImageRejected`) and every note about what was done to an image is a
+catalogue key with named parameters (:class:`bot.i18n.Text`, keys ``image.*``,
+``note.*``, ``fit.*``), rendered by the front end in the member's language.
+
+* :mod:`bot.images.sniff`: what a file is, from its first bytes.
+* :mod:`bot.images.decode`: opening untrusted data safely; :func:`describe_image`.
+* :mod:`bot.images.prepare`: :func:`prepare_input` turns an untrusted upload into what
+  the upscaler accepts, or raises :class:`ImageRejected`.
+* :mod:`bot.images.fit`: :func:`fit_to_limit` makes a result fit an upload limit.
+* :mod:`bot.images.model`: the limits, the refusal, the records, size formatting.
+
+``from bot import images`` gives all of the public names below.
+"""
+
+from __future__ import annotations
+
+from bot.images.decode import RESULT_BOMB_PIXELS, describe_image
+from bot.images.fit import fit_to_limit
+from bot.images.model import (
+    ASPECT,
+    BOMB,
+    BYTES_PER_MB,
+    BYTES_PER_MIB,
+    CONTENT_TYPES,
+    CORRUPT,
+    EMPTY,
+    EXTENSIONS,
+    NOT_IMAGE,
+    TOO_LARGE,
+    TOO_SMALL,
+    UNSUPPORTED,
+    FittedImage,
+    ImageLimits,
+    ImageRejected,
+    Note,
+    PreparedImage,
+    dims,
+    human_bytes,
+)
+from bot.images.prepare import prepare_input
+from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, UPLOAD_FORMATS, sniff
+
+__all__ = [
+    "ASPECT",
+    "BOMB",
+    "BYTES_PER_MB",
+    "BYTES_PER_MIB",
+    "CONTENT_TYPES",
+    "CORRUPT",
+    "DECODABLE_FORMATS",
+    "EMPTY",
+    "EXTENSIONS",
+    "HEAD_BYTES",
+    "NOT_IMAGE",
+    "RESULT_BOMB_PIXELS",
+    "TOO_LARGE",
+    "TOO_SMALL",
+    "UNSUPPORTED",
+    "UPLOAD_FORMATS",
+    "FittedImage",
+    "ImageLimits",
+    "ImageRejected",
+    "Note",
+    "PreparedImage",
+    "describe_image",
+    "dims",
+    "fit_to_limit",
+    "human_bytes",
+    "prepare_input",
+    "sniff",
+]
