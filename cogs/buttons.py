@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import discord
 
@@ -32,33 +32,34 @@ CANCEL_ANSWERS = {
 }
 
 
-async def _allowed_here(interaction: discord.Interaction[Any]) -> bool:
-    """Buttons obey ``ALLOWED_GUILD_IDS`` like commands do."""
-    allowed = bot_of(interaction).settings.allowed_guild_ids
-    return not await refuse_if_not_allowed(interaction, allowed)
-
-
 def _may_act_for(interaction: discord.Interaction[Any], owner_id: int) -> bool:
     roles = bot_of(interaction).settings.moderator_role_ids
     return interaction.user.id == owner_id or is_moderator(interaction.user, roles)
 
 
-class DeleteResultButton(
+class UpscaleButton(
     discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"upscale:delete:(?P<owner>[0-9]{1,20})",
+    template=r"(?!)",  # matches nothing: only the subclasses below are registered
 ):
-    """Deletes a delivered result; only its requester or a moderator may press it."""
+    """What the bot's persistent buttons share: a secondary button labelled in
+    ``language`` whose custom id ``upscale:<action>:<value>`` carries all its state, and
+    that obeys ``ALLOWED_GUILD_IDS`` like the commands. Subclasses give the template
+    (with a ``value`` group), the action, the label key and the emoji."""
 
-    def __init__(self, owner_id: int, language: str = ENGLISH) -> None:
+    action: ClassVar[str]
+    label_key: ClassVar[str]
+    emoji: ClassVar[str]
+
+    def __init__(self, value: str, language: str | None = ENGLISH) -> None:
         super().__init__(
             discord.ui.Button(
-                label=t(language, "button.delete"),
+                label=t(language, self.label_key),
                 style=discord.ButtonStyle.secondary,
-                emoji="🗑️",
-                custom_id=f"upscale:delete:{owner_id}",
+                emoji=self.emoji,
+                custom_id=f"upscale:{self.action}:{value}",
             )
         )
-        self.owner_id = owner_id
+        self.value = value
 
     @classmethod
     async def from_custom_id(
@@ -67,11 +68,22 @@ class DeleteResultButton(
         item: discord.ui.Item[Any],
         match: re.Match[str],
         /,
-    ) -> DeleteResultButton:
-        return cls(int(match["owner"]))
+    ) -> Self:
+        return cls(match["value"])
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        return await _allowed_here(interaction)
+        allowed = bot_of(interaction).settings.allowed_guild_ids
+        return not await refuse_if_not_allowed(interaction, allowed)
+
+
+class DeleteResultButton(UpscaleButton, template=r"upscale:delete:(?P<value>[0-9]{1,20})"):
+    """Deletes a delivered result; only its requester or a moderator may press it."""
+
+    action, label_key, emoji = "delete", "button.delete", "🗑️"
+
+    def __init__(self, owner_id: int | str, language: str | None = ENGLISH) -> None:
+        super().__init__(str(owner_id), language)
+        self.owner_id = int(owner_id)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         if not _may_act_for(interaction, self.owner_id):
@@ -83,40 +95,15 @@ class DeleteResultButton(
             await interaction.message.delete()
 
 
-class CancelJobButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"upscale:cancel:(?P<job>[0-9a-f]{32})",
-):
+class CancelJobButton(UpscaleButton, template=r"upscale:cancel:(?P<value>[0-9a-f]{32})"):
     """Cancels a job not yet sent to the upscaler; requester or moderator only."""
 
-    def __init__(self, job_id: str, language: str = ENGLISH) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=t(language, "button.cancel"),
-                style=discord.ButtonStyle.secondary,
-                emoji="✖️",
-                custom_id=f"upscale:cancel:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> CancelJobButton:
-        return cls(match["job"])
-
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        return await _allowed_here(interaction)
+    action, label_key, emoji = "cancel", "button.cancel", "✖️"
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = bot_of(interaction)
         moderator = is_moderator(interaction.user, bot.settings.moderator_role_ids)
-        outcome = await bot.queue.cancel(self.job_id, interaction.user.id, moderator=moderator)
+        outcome = await bot.queue.cancel(self.value, interaction.user.id, moderator=moderator)
         language = interaction_locale(interaction)
         if outcome is CancelOutcome.CANCELLED:
             done = messages.cancelled_text(bot.settings.upscale_cost).render(language)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 from typing import Any
 
 import discord
@@ -17,44 +16,18 @@ import discord
 from bot import compare
 from bot.client import bot_of
 from bot.i18n import t
-from bot.tree import refuse_if_not_allowed
+from cogs.buttons import UpscaleButton
 
 
-class CompareButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"upscale:compare:(?P<job>[0-9a-f]{32})",
-):
+class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]{32})"):
     """Shows the same region of the input (scaled 4x, nearest-neighbour) and the result."""
 
-    def __init__(self, job_id: str, locale: str | None = None) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=t(locale, "button.compare"),
-                style=discord.ButtonStyle.secondary,
-                emoji="🔍",
-                custom_id=f"upscale:compare:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> CompareButton:
-        return cls(match["job"])
-
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        allowed = bot_of(interaction).settings.allowed_guild_ids
-        return not await refuse_if_not_allowed(interaction, allowed)
+    action, label_key, emoji = "compare", "button.compare", "🔍"
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         locale = str(interaction.locale)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        crops = await bot_of(interaction).queue.compare_crops(self.job_id)
+        crops = await bot_of(interaction).queue.compare_crops(self.value)
         if crops is None:
             await interaction.edit_original_response(content=t(locale, "compare.expired"))
             return
