@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from bot.db import Database, Engine, Migration, open_database
+from bot.i18n import set_strict
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ENGINES: tuple[Engine, ...] = ("sqlite", "postgresql")
@@ -74,6 +75,15 @@ class Databases:
         for db in self.opened:
             await db.close()
         self.opened.clear()
+
+
+@pytest.fixture(autouse=True)
+def strict_translations() -> Iterator[None]:
+    """In tests a missing catalogue key or placeholder raises instead of falling back to
+    English, so a message that would be shown half-translated fails the suite."""
+    set_strict(True)
+    yield
+    set_strict(False)
 
 
 @pytest.fixture(params=ENGINES)
