@@ -704,7 +704,10 @@ class JobQueue:
             job.result_url = record.temporary_url
         await self._advance(job, Stage.DOWNLOADING)
         raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
-        fmt, size = await asyncio.to_thread(_check_result, raw, job.prepared.size)
+        # A full decode: 64 MB for a 4096x4096 result. Bounded like input decodes, and
+        # the freed memory handed back to the OS afterwards (see _prepare_and_trim).
+        async with self._prepare_gate:
+            fmt, size = await asyncio.to_thread(_check_result_and_trim, raw, job.prepared.size)
         return JobResult(
             data=raw, format=fmt, size=size, temporary_url=job.result_url, elapsed=job.elapsed
         )
@@ -980,6 +983,13 @@ def _check_result(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[i
     if size[0] < input_size[0] * MIN_RESULT_SCALE or size[1] < input_size[1] * MIN_RESULT_SCALE:
         raise BadResult(f"result {size} is not an upscale of {input_size}")
     return fmt, size
+
+
+def _check_result_and_trim(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+    try:
+        return _check_result(raw, input_size)
+    finally:
+        _malloc_trim()
 
 
 def _failure_for(exc: BaseException) -> JobFailure:
