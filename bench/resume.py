@@ -6,8 +6,8 @@ emulators in this process. With 1min.ai's upscale hanging, ``jobs`` jobs are acc
 (``MAX_CONCURRENT_JOBS=4``: four upscaling, the rest queued); the process is killed with
 SIGKILL; 1min.ai is made instant and a new process is started. Reported, from the moment
 the new process is started: when it identified on the gateway (``identified_s``;
-results are posted over REST and need not wait for it), when the first job was delivered (``first_delivered_s``, the
-figure) and when all were (``all_delivered_s``).
+results are posted over REST and need not wait for it), when the first job was
+delivered (``first_delivered_s``, the figure) and when all were (``all_delivered_s``).
 """
 
 from __future__ import annotations
