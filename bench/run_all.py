@@ -50,7 +50,7 @@ async def main() -> int:
     print("\n== ledger: reserve+commit pairs ==")
     with tempfile.TemporaryDirectory() as tmp:
         results["ledger"] = [
-            await ledger_bench.run(c, 4000, Path(tmp) / f"l{c}.db") for c in (1, 50)
+            await ledger_bench.run_single(c, 4000, Path(tmp) / f"l{c}.db") for c in (1, 50)
         ]
     print(table(results["ledger"], list(results["ledger"][0])))
     OUT.parent.mkdir(parents=True, exist_ok=True)
