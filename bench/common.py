@@ -6,9 +6,11 @@ import asyncio
 import io
 import json
 import multiprocessing
+import os
 import random
 import statistics
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,18 +56,15 @@ def emit(name: str, result: Any, json_path: Path | None, text: str | None = None
         json_path.write_text(json.dumps({name: result}, indent=2))
 
 
-def png(size: tuple[int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (40, 120, 200)).save(out, "PNG")
-    return out.getvalue()
-
-
 def noise_png(size: tuple[int, int], seed: int = 1) -> bytes:
     rng = random.Random(seed)
     image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+EMULATOR_PIDS: set[int] = set()
 
 
 def _serve_onemin(api_key: str, upscale_delay: float, conn: Any) -> None:
@@ -83,15 +82,109 @@ def _serve_onemin(api_key: str, upscale_delay: float, conn: Any) -> None:
 @contextmanager
 def onemin_in_subprocess(api_key: str, upscale_delay: float = 0.0) -> Iterator[str]:
     """Serve the 1min.ai emulator from another process (its 4x encodes then do not share
-    the measured process's GIL). Yields its base URL."""
+    the measured process's GIL). Yields its base URL; the process id is in
+    :data:`EMULATOR_PIDS` meanwhile (to leave it out of memory figures)."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_serve_onemin, args=(api_key, upscale_delay, child))
     process.start()
+    assert process.pid is not None
+    EMULATOR_PIDS.add(process.pid)
     try:
         yield parent.recv()
     finally:
+        EMULATOR_PIDS.discard(process.pid)
         parent.send("stop")
         process.join(timeout=10)
         if process.is_alive():
             process.kill()
+
+
+def _status_kb(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status (0 when the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                text = Path(f"/proc/{parent}/task/{tid}/children").read_text()
+            except OSError:
+                continue
+            for child in text.split():
+                found.append(int(child))
+                todo.append(int(child))
+    return found
+
+
+class TreeRss:
+    """Samples the resident memory of a process and its descendants from a thread.
+
+    ``peak_mb`` is the largest sum of VmRSS over the tree seen at one sample (every
+    ``interval`` s); ``peak_root_mb`` is the root's own VmHWM (kernel-kept peak, exact);
+    ``peak_child_mb`` the largest VmHWM of any one descendant seen. Processes in
+    ``exclude`` (and their descendants) are left out, e.g. an emulator's process.
+    """
+
+    def __init__(
+        self, pid: int | None = None, exclude: Collection[int] = (), interval: float = 0.01
+    ) -> None:
+        self.pid = pid or os.getpid()
+        self.exclude = set(exclude)
+        self.interval = interval
+        self.peak_mb = 0.0
+        self.peak_root_mb = 0.0
+        self.peak_child_mb = 0.0
+        self.children_seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="tree-rss", daemon=True)
+
+    def tree(self) -> list[int]:
+        pids = [self.pid]
+        skip: set[int] = set()
+        for child in descendants(self.pid):
+            if child in self.exclude or child in skip:
+                skip.update(descendants(child))
+                continue
+            pids.append(child)
+        return pids
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self.tree():
+                total += _status_kb(pid, "VmRSS")
+                if pid != self.pid:
+                    self.children_seen.add(pid)
+                    hwm = _status_kb(pid, "VmHWM") / 1000
+                    self.peak_child_mb = max(self.peak_child_mb, hwm)
+            self.peak_mb = max(self.peak_mb, total / 1000)
+            self.peak_root_mb = max(self.peak_root_mb, _status_kb(self.pid, "VmHWM") / 1000)
+            self._stop.wait(self.interval)
+
+    def current_mb(self) -> float:
+        return sum(_status_kb(pid, "VmRSS") for pid in self.tree()) / 1000
+
+    def __enter__(self) -> TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -2,7 +2,8 @@
 
 Run: ``python -m bench.memory [--json PATH]``. The bot runs as its own process
 (``tests.bot_process``, what ``python -m bot`` runs); the emulators run here. RSS is read
-from /proc. Target: queued jobs add almost nothing (their inputs wait on disk).
+from /proc. Target: queued jobs add almost nothing (their inputs wait in the database,
+table ``job_inputs``).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ async def run() -> dict[str, Any]:
                     await asyncio.sleep(0.1)
                 queued = await settle(proc.pid, 2.0)
                 peak_all = rss_mb(proc.pid)[1]
-                spool = sum(p.stat().st_size for p in (tmp_path / "spool").glob("*")) / MB
+                stored = count(db, "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM job_inputs") / MB
             finally:
                 proc.kill()
                 proc.wait(timeout=10)
@@ -123,7 +124,7 @@ async def run() -> dict[str, Any]:
         "queued_peak_mb": peak_all,
         "mb_per_running_job": (running - idle) / RUNNING,
         "mb_per_queued_job": (queued - running) / waiting,
-        "spool_mb_on_disk": spool,
+        "inputs_mb_in_db": stored,
     }
 
 

@@ -14,7 +14,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ack_burst, burst, fleet, ledger_bench, loop_lag, memory, throughput
+from bench import (
+    ack_burst,
+    burst,
+    fleet,
+    ledger_bench,
+    loop_lag,
+    memory,
+    rate_burst,
+    resume,
+    throughput,
+)
 from bench.common import table
 
 OUT = Path(__file__).with_name("out") / "results.json"
@@ -35,16 +45,22 @@ async def main() -> int:
     print("\n== throughput: 24 jobs, 1min.ai answers after 1 s, 4 at once ==")
     results["throughput"] = await throughput.run(24, 1.0, 4)
     print(table([results["throughput"]], list(results["throughput"])))
-    print("\n== event loop lag while 4 jobs fit 4096x4096 results under 10 MiB ==")
+    print("\n== event loop lag and peak RSS while 4 jobs fit 4096x4096 results ==")
     results["loop_lag"] = await loop_lag.run()
     print(table([results["loop_lag"]], list(results["loop_lag"])))
+    print("\n== rate-limited burst: 45 jobs (90 calls), 1min.ai allows 30 per 10 s ==")
+    results["rate_burst"] = await rate_burst.run(45, 30, 10.0)
+    print(table([results["rate_burst"]], list(results["rate_burst"])))
+    print("\n== resume: kill -9 with 8 jobs queued/running, restart, first delivery ==")
+    results["resume"] = await resume.run(8)
+    print(table([results["resume"]], list(results["resume"])))
     print("\n== memory of the bot process (40 MB inputs) ==")
     results["memory"] = await memory.run()
     print(table([results["memory"]], list(results["memory"])))
     print("\n== ledger: reserve+commit pairs ==")
     with tempfile.TemporaryDirectory() as tmp:
         results["ledger"] = [
-            await ledger_bench.run(c, 4000, Path(tmp) / f"l{c}.db") for c in (1, 50)
+            await ledger_bench.run_single(c, 4000, Path(tmp) / f"l{c}.db") for c in (1, 50)
         ]
     print(table(results["ledger"], list(results["ledger"][0])))
     print("\n== fleet: 2 processes on PostgreSQL, 24 jobs, 1 s each, 4 at once fleet-wide;")

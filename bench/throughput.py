@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, png
+from bench.common import emit
+from tests.conftest import png
 from tests.harness import running_bot
 
 IMAGE = png((64, 64))

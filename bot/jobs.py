@@ -767,8 +767,12 @@ class JobQueue:
             job.result_url = record.temporary_url
         await self._advance(job, Stage.DOWNLOADING)
         raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
-        fmt, size = await asyncio.to_thread(_check_result, raw, job.prepared.size)
-        crops = await self._crops(job, raw)
+        # Full decodes (64 MB for a 4096x4096 result, for the check and for the Compare
+        # crops): bounded like input decodes, and the freed memory handed back to the OS
+        # afterwards (see _prepare_and_trim).
+        async with self._prepare_gate:
+            fmt, size = await asyncio.to_thread(_check_result_and_trim, raw, job.prepared.size)
+            crops = await self._crops(job, raw)
         return JobResult(
             data=raw,
             format=fmt,
@@ -784,7 +788,7 @@ class JobQueue:
         if row is None:
             return None
         try:
-            return await asyncio.to_thread(compare.make_crops, bytes(row["data"]), result)
+            return await asyncio.to_thread(_make_crops_and_trim, bytes(row["data"]), result)
         except compare.CompareError as exc:
             log.info("No comparison for job %s: %s", job.id, exc)
             return None
@@ -1066,6 +1070,14 @@ def _prepare_and_trim(
         _malloc_trim()
 
 
+def _make_crops_and_trim(input_image: bytes, result: bytes) -> compare.CompareCrops:
+    """The Compare crops (decodes the whole result), then the freed memory given back."""
+    try:
+        return compare.make_crops(input_image, result)
+    finally:
+        _malloc_trim()
+
+
 def _malloc_trim() -> None:
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
@@ -1111,6 +1123,13 @@ def _check_result(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[i
     if size[0] < input_size[0] * MIN_RESULT_SCALE or size[1] < input_size[1] * MIN_RESULT_SCALE:
         raise BadResult(f"result {size} is not an upscale of {input_size}")
     return fmt, size
+
+
+def _check_result_and_trim(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+    try:
+        return _check_result(raw, input_size)
+    finally:
+        _malloc_trim()
 
 
 def _failure_for(exc: BaseException) -> JobFailure:
