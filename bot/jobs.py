@@ -74,6 +74,12 @@ POLL_INTERVAL = 1.0  # seconds between looks for work another process may have f
 RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
 RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
 CLAIM_LOCK = "jobs:claim"
+UPSCALE_LOCK = "jobs:upscale"
+# Jobs worked on at once, per upscale slot: while K upscales are in flight, up to K more
+# jobs are claimed and uploaded ahead, so a freed slot is used at once (throughput), and
+# downloads and deliveries overlap the next upscales. Bounds memory and the line's order.
+CLAIM_AHEAD = 2
+SLOT_POLL = 0.25  # seconds between looks for an upscale slot another process freed
 COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
 PURGE_INTERVAL = 3600.0  # seconds between purges of expired Compare crops
 UNFINISHED = ("queued", "running")
@@ -364,6 +370,7 @@ class JobQueue:
         self._positions: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # set when an upscale of this process answers
         self._tasks: list[asyncio.Task[None]] = []
         self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
         self._closed = False
@@ -581,7 +588,7 @@ class JobQueue:
             try:
                 if await self._service_refusing():
                     job = None
-                elif len(self._running) < self.max_concurrent:
+                elif len(self._running) < self.max_concurrent * CLAIM_AHEAD:
                     job = await self._claim()
                 else:
                     job = None
@@ -623,7 +630,9 @@ class JobQueue:
             log.warning("Refunded %d waiting jobs: 1min.ai kept refusing", len(rows))
 
     async def _claim(self) -> Job | None:
-        """Take the oldest waiting job (or one whose lease ran out) if a slot is free."""
+        """Take the oldest waiting job (or one whose lease ran out) if the fleet works on
+        fewer than ``max_concurrent * CLAIM_AHEAD`` jobs (upscales themselves are limited
+        to ``max_concurrent`` by :meth:`_take_upscale_slot`)."""
         now = time.time()
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
@@ -631,7 +640,7 @@ class JobQueue:
                 "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND lease_expires > ?",
                 (now,),
             )
-            if row is not None and int(row["n"]) >= self.max_concurrent:
+            if row is not None and int(row["n"]) >= self.max_concurrent * CLAIM_AHEAD:
                 return None
             row = await tx.fetchone(
                 "SELECT * FROM jobs WHERE status = 'queued'"
@@ -664,6 +673,7 @@ class JobQueue:
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
         self._wakeup.set()
+        self._slot_freed.set()  # a job that ended while upscaling freed its slot
 
     async def _renew_leases(self) -> None:
         """Renew this process's leases every third of a lease; purge old crops hourly."""
@@ -759,13 +769,14 @@ class JobQueue:
                 await self._record(job, "asset_path", asset)
                 job.asset_path = asset
             asset_path = job.asset_path
-            await self._advance(job, Stage.UPSCALING)  # after this, too late to cancel
+            await self._take_upscale_slot(job)  # after this, too late to cancel
             record = await self._paced(
                 job, lambda: self._onemin.upscale(asset_path, job.output_format)
             )
             await self._record(job, "result_url", record.temporary_url)
             job.result_url = record.temporary_url
         await self._advance(job, Stage.DOWNLOADING)
+        self._slot_freed.set()  # the upscale answered: its slot is free for the next job
         raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
         # Full decodes (64 MB for a 4096x4096 result, for the check and for the Compare
         # crops): bounded like input decodes, and the freed memory handed back to the OS
@@ -807,6 +818,41 @@ class JobQueue:
             box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
             scale=(float(scale[0]), float(scale[1])),
         )
+
+    async def _take_upscale_slot(self, job: Job) -> None:
+        """Wait until fewer than ``max_concurrent`` upscales are in flight fleet-wide, then
+        move the job to ``upscaling`` (atomically, under a fleet-wide lock).
+
+        Meanwhile the job stays in ``uploading``: it can still be cancelled. Raises
+        :class:`Stopped` when the job was cancelled or taken over while it waited.
+        """
+        told = False
+        while True:
+            self._slot_freed.clear()
+            now = time.time()
+            async with self._db.transaction() as tx:
+                await tx.lock(UPSCALE_LOCK)
+                row = await tx.fetchone(
+                    "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running'"
+                    " AND stage = 'upscaling' AND lease_expires > ? AND id <> ?",
+                    (now, job.id),
+                )
+                if row is None or int(row["n"]) < self.max_concurrent:
+                    changed = await tx.execute(
+                        "UPDATE jobs SET stage = 'upscaling' WHERE id = ?"
+                        " AND status = 'running' AND lease_owner = ?",
+                        (job.id, self.owner),
+                    )
+                    if not changed:
+                        raise Stopped("cancelled, or taken over by another process")
+                    break
+            if not told:
+                told = True
+                self._report(job, Stage.WAITING, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), SLOT_POLL)
+        job.stage = Stage.UPSCALING
+        self._report(job, Stage.UPSCALING, None)
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""

@@ -350,8 +350,9 @@ async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmula
     assert await r.queue.active_jobs(GUILD, ALICE) == 0
 
 
-async def test_at_most_max_concurrent_jobs_run(rigs: RigFactory, emu: OneMinEmulator) -> None:
-    """With two slots, at most two jobs are past 'queued' at any time; the rest wait."""
+async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMinEmulator) -> None:
+    """With two slots, at most two upscales are in flight at any time (1min.ai's own
+    count agrees); the next jobs are uploaded ahead and wait for a slot."""
     r = await rigs(max_per_member=10)
     emu.upscale_delay = 0.2
     running = 0
@@ -360,21 +361,19 @@ async def test_at_most_max_concurrent_jobs_run(rigs: RigFactory, emu: OneMinEmul
     class Counting(Recorder):
         def progress(self, job: Job, stage: Stage, position: int | None) -> None:
             nonlocal running, peak
-            if stage is Stage.UPLOADING:
+            if stage is Stage.UPSCALING:
                 running += 1
                 peak = max(peak, running)
+            elif stage is Stage.DOWNLOADING:
+                running -= 1
             super().progress(job, stage, position)
-
-        async def deliver(self, job: Job, result: JobResult) -> int | None:
-            nonlocal running
-            running -= 1
-            return await super().deliver(job, result)
 
     r.queue.attach(Counting())
     r.front = r.queue.front_end  # type: ignore[assignment]
     jobs = [(await r.submit())[0] for _ in range(5)]
     logs = [await r.settled(job, 20) for job in jobs]
     assert peak == 2
+    assert emu.max_features_in_flight == 2
     assert all(log.delivered for log in logs)
 
 
