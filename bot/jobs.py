@@ -74,12 +74,12 @@ POLL_INTERVAL = 1.0  # seconds between looks for work another process may have f
 RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
 RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
 CLAIM_LOCK = "jobs:claim"
-UPSCALE_LOCK = "jobs:upscale"
-# Jobs worked on at once, per upscale slot: while K upscales are in flight, up to K more
-# jobs are claimed and uploaded ahead, so a freed slot is used at once (throughput), and
-# downloads and deliveries overlap the next upscales. Bounds memory and the line's order.
+SLOT_LOCK = "jobs:slot"
+# Jobs worked on at once, per slot: while K jobs are with 1min.ai (uploading or
+# upscaling), up to K more are claimed and wait for a slot with their input loaded, and
+# downloads and deliveries overlap the next uploads and upscales. Bounds memory.
 CLAIM_AHEAD = 2
-SLOT_POLL = 0.25  # seconds between looks for an upscale slot another process freed
+SLOT_POLL = 0.25  # seconds between looks for a slot another process freed
 COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
 PURGE_INTERVAL = 3600.0  # seconds between purges of expired Compare crops
 UNFINISHED = ("queued", "running")
@@ -632,7 +632,7 @@ class JobQueue:
     async def _claim(self) -> Job | None:
         """Take the oldest waiting job (or one whose lease ran out) if the fleet works on
         fewer than ``max_concurrent * CLAIM_AHEAD`` jobs (upscales themselves are limited
-        to ``max_concurrent`` by :meth:`_take_upscale_slot`)."""
+        to ``max_concurrent`` by :meth:`_take_slot`)."""
         now = time.time()
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
@@ -650,11 +650,18 @@ class JobQueue:
             )
             if row is None:
                 return None
-            await tx.execute(
+            # Guarded: on PostgreSQL a Cancel may have committed since the SELECT (the
+            # claim lock does not cover it); a cancelled job must never be run.
+            claimed = await tx.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
-                " claims = claims + 1, started_at = COALESCE(started_at, ?) WHERE id = ?",
-                (self.owner, now + self.lease, ts(utc_now()), row["id"]),
+                " claims = claims + 1, started_at = COALESCE(started_at, ?) WHERE id = ?"
+                " AND (status = 'queued' OR (status = 'running'"
+                " AND (lease_expires IS NULL OR lease_expires <= ?)))",
+                (self.owner, now + self.lease, ts(utc_now()), row["id"], now),
             )
+            if not claimed:
+                self._wakeup.set()  # look again at once
+                return None
         job = Job.from_row(row)
         job.claims += 1
         job.resumed_from = job.stage
@@ -755,8 +762,8 @@ class JobQueue:
 
     async def _work(self, job: Job) -> JobResult:
         if job.result_url is None:
+            await self._take_slot(job)  # uploading, or upscaling when the asset is stored
             if job.asset_path is None:
-                await self._advance(job, Stage.UPLOADING)
                 data = await self._input(job)
                 prepared = job.prepared
                 asset = await self._paced(
@@ -769,7 +776,7 @@ class JobQueue:
                 await self._record(job, "asset_path", asset)
                 job.asset_path = asset
             asset_path = job.asset_path
-            await self._take_upscale_slot(job)  # after this, too late to cancel
+            await self._advance(job, Stage.UPSCALING)  # after this, too late to cancel
             record = await self._paced(
                 job, lambda: self._onemin.upscale(asset_path, job.output_format)
             )
@@ -819,29 +826,33 @@ class JobQueue:
             scale=(float(scale[0]), float(scale[1])),
         )
 
-    async def _take_upscale_slot(self, job: Job) -> None:
-        """Wait until fewer than ``max_concurrent`` upscales are in flight fleet-wide, then
-        move the job to ``upscaling`` (atomically, under a fleet-wide lock).
+    async def _take_slot(self, job: Job) -> None:
+        """Wait until fewer than ``max_concurrent`` jobs are with 1min.ai fleet-wide
+        (uploading or upscaling), then move this one there, atomically under a
+        fleet-wide lock: to ``uploading``, or back to ``upscaling`` when it resumes with
+        its asset stored.
 
-        Meanwhile the job stays in ``uploading``: it can still be cancelled. Raises
-        :class:`Stopped` when the job was cancelled or taken over while it waited.
+        Until then the job has not called 1min.ai and can still be cancelled. Raises
+        :class:`Stopped` when it was cancelled or taken over while it waited.
         """
+        stage = Stage.UPLOADING if job.asset_path is None else Stage.UPSCALING
         told = False
         while True:
             self._slot_freed.clear()
             now = time.time()
             async with self._db.transaction() as tx:
-                await tx.lock(UPSCALE_LOCK)
+                await tx.lock(SLOT_LOCK)
                 row = await tx.fetchone(
                     "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running'"
-                    " AND stage = 'upscaling' AND lease_expires > ? AND id <> ?",
+                    " AND stage IN ('uploading', 'upscaling') AND lease_expires > ?"
+                    " AND id <> ?",
                     (now, job.id),
                 )
                 if row is None or int(row["n"]) < self.max_concurrent:
                     changed = await tx.execute(
-                        "UPDATE jobs SET stage = 'upscaling' WHERE id = ?"
-                        " AND status = 'running' AND lease_owner = ?",
-                        (job.id, self.owner),
+                        "UPDATE jobs SET stage = ? WHERE id = ? AND status = 'running'"
+                        " AND lease_owner = ?",
+                        (stage.value, job.id, self.owner),
                     )
                     if not changed:
                         raise Stopped("cancelled, or taken over by another process")
@@ -851,8 +862,8 @@ class JobQueue:
                 self._report(job, Stage.WAITING, None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), SLOT_POLL)
-        job.stage = Stage.UPSCALING
-        self._report(job, Stage.UPSCALING, None)
+        job.stage = stage
+        self._report(job, stage, None)
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""

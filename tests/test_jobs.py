@@ -351,8 +351,8 @@ async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmula
 
 
 async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMinEmulator) -> None:
-    """With two slots, at most two upscales are in flight at any time (1min.ai's own
-    count agrees); the next jobs are uploaded ahead and wait for a slot."""
+    """With two slots, at most two jobs are with 1min.ai (uploading or upscaling) at any
+    time, and 1min.ai's own count of upscales in flight agrees; the next jobs wait."""
     r = await rigs(max_per_member=10)
     emu.upscale_delay = 0.2
     running = 0
@@ -361,7 +361,7 @@ async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMin
     class Counting(Recorder):
         def progress(self, job: Job, stage: Stage, position: int | None) -> None:
             nonlocal running, peak
-            if stage is Stage.UPSCALING:
+            if stage is Stage.UPLOADING:
                 running += 1
                 peak = max(peak, running)
             elif stage is Stage.DOWNLOADING:
@@ -534,7 +534,8 @@ async def test_cancel_of_a_queued_job_refunds_and_never_calls_the_api(
     second, _ = await r.submit()
     assert await r.queue.cancel(second.id, ALICE, moderator=False) is CancelOutcome.CANCELLED
     await r.settled(first)
-    assert (await job_row(r, second.id))["status"] == "cancelled"
+    row = await job_row(r, second.id)
+    assert row["status"] == "cancelled", row["error_kind"]
     assert emu.calls["upload"] == 1
     assert await r.used() == (1, 0)
 

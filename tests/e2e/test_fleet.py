@@ -117,14 +117,15 @@ async def test_racing_for_the_total_budget_delivers_exactly_the_budget(tmp_path:
 async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
     tmp_path: Path,
 ) -> None:
-    """Process 0 is busy (its one slot held by a slow upload): the next job it accepts is
-    run by process 1, which delivers it by editing the original reply through the
-    interaction webhook, with no gateway connection to that guild."""
+    """Process 0 is full (its one slot held by a slow upload, and the one job it may
+    claim ahead waiting for that slot): the next job it accepts is run by process 1,
+    which delivers it by editing the original reply through the interaction webhook,
+    with no gateway connection to that guild."""
     async with fleet(tmp_path) as f:
         await f.start(0, MAX_CONCURRENT_JOBS="1")
         await f.start(1, MAX_CONCURRENT_JOBS="2")
-        f.onemin.fail("upload", "latency", seconds=4.0)
-        alice, bob = f.members(0, 2)
+        f.onemin.fail("upload", "latency", times=2, seconds=4.0)
+        alice, carol, bob = f.members(0, 3)
         async with f.watching_owners():
             first = await f.upscale(0, alice)
             await wait_until(
@@ -132,13 +133,20 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
                 "first job running",
                 f,
             )
-            second = await f.upscale(0, bob)
-            final = await second.final(timeout=20)
+            ahead = await f.upscale(0, carol)
+
+            async def two_running() -> bool:
+                return await f.value("SELECT COUNT(*) FROM jobs WHERE status = 'running'") == 2
+
+            await wait_until(two_running, "second job claimed ahead", f)
+            third = await f.upscale(0, bob)
+            final = await third.final(timeout=20)
             assert final.get("attachments")
             await first.final(timeout=20)
+            await ahead.final(timeout=20)
         jobs = [r["id"] for r in await f.db.fetchall("SELECT id FROM jobs ORDER BY created_at")]
-        assert f.ran_on(jobs[0]) == {"0"} and f.ran_on(jobs[1]) == {"1"}
-        assert delivered_through_webhook(f, second)
+        assert f.ran_on(jobs[0]) == {"0"} and f.ran_on(jobs[2]) == {"1"}
+        assert delivered_through_webhook(f, third)
 
 
 # -- failover ------------------------------------------------------------------------------
