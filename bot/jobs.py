@@ -38,28 +38,72 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
-import os
 import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from bot import compare, images
 from bot.circuit import Circuit
-from bot.db import Database, Row, Transaction, parse_ts, ts, utc_now
+from bot.db import Database, Transaction, ts, utc_now
 from bot.failures import FailureKind
+from bot.job_model import (
+    CANCELLABLE_STAGES,
+    BadResult,
+    CancelOutcome,
+    DeliveryFailed,
+    FrontEnd,
+    InputLost,
+    Job,
+    JobFailure,
+    JobRequest,
+    JobResult,
+    LimitReached,
+    PreparedInfo,
+    QueueClosed,
+    QueueFull,
+    Stage,
+    Stopped,
+    failure_for,
+)
+from bot.job_work import (
+    check_result_and_trim,
+    clear_dir,
+    make_crops_and_trim,
+    prepare_and_trim,
+    write_file,
+)
 from bot.ledger import Denial, Ledger
-from bot.onemin import OneMinClient, OneMinError, OutOfCredits, RateLimited, Unauthorized
+from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
+
+__all__ = [  # the queue's API, with the types it deals in (defined in bot.job_model)
+    "CANCELLABLE_STAGES",
+    "BadResult",
+    "CancelOutcome",
+    "DeliveryFailed",
+    "FrontEnd",
+    "InputLost",
+    "Job",
+    "JobFailure",
+    "JobQueue",
+    "JobRequest",
+    "JobResult",
+    "LimitReached",
+    "PreparedInfo",
+    "QueueClosed",
+    "QueueFull",
+    "Stage",
+    "Stopped",
+    "Ticket",
+    "instance_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +111,6 @@ log = logging.getLogger(__name__)
 RESULT_MAX_BYTES = 200 * 1024 * 1024
 # Image decodes in flight at once while validating inputs; bounds memory under bursts.
 PREPARE_CONCURRENCY = 2
-# A result must be at least this much larger per side than the input (catches an
-# unchanged or tiny "upscaled" image).
-MIN_RESULT_SCALE = 2.0
 POLL_INTERVAL = 1.0  # seconds between looks for work another process may have freed
 RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
 RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
@@ -85,211 +126,6 @@ PURGE_INTERVAL = 3600.0  # seconds between purges of expired Compare crops
 UNFINISHED = ("queued", "running")
 
 _T = TypeVar("_T")
-
-
-class Stage(StrEnum):
-    """Where a job is; shown to the user. Persisted except ``WAITING``."""
-
-    QUEUED = "queued"
-    WAITING = "waiting"  # waiting for 1min.ai's rate window (display only)
-    UPLOADING = "uploading"
-    UPSCALING = "upscaling"
-    DOWNLOADING = "downloading"
-    DELIVERING = "delivering"
-    DONE = "done"
-
-
-# Stages in which a job may still be cancelled: nothing has been sent to the upscaler.
-CANCELLABLE_STAGES = (Stage.QUEUED, Stage.UPLOADING)
-
-
-class CancelOutcome(StrEnum):
-    CANCELLED = "cancelled"
-    TOO_LATE = "too_late"  # already sent to the upscaler
-    FINISHED = "finished"  # delivered, failed or cancelled before
-    NOT_ALLOWED = "not_allowed"  # neither the requester nor a moderator
-    NOT_FOUND = "not_found"
-
-
-class QueueFull(Exception):
-    """The member already has their maximum number of jobs queued or running."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"member has {limit} jobs queued or running")
-        self.limit = limit
-
-
-class LimitReached(Exception):
-    """The ledger refused the reservation."""
-
-    def __init__(self, denial: Denial) -> None:
-        super().__init__(denial.reason)
-        self.denial = denial
-
-
-class QueueClosed(Exception):
-    """The queue is shutting down and takes no new jobs."""
-
-
-class DeliveryFailed(Exception):
-    """The front end could not deliver the result; ``kind`` says why."""
-
-    def __init__(self, kind: FailureKind, detail: str = "") -> None:
-        super().__init__(detail or kind)
-        self.kind = kind
-
-
-class BadResult(Exception):
-    """1min.ai returned something that is not a proper upscale of the input."""
-
-    kind = FailureKind.BAD_RESULT
-
-
-class InputLost(Exception):
-    """The job's prepared input is no longer stored (e.g. left by an older version)."""
-
-    kind = FailureKind.INPUT_LOST
-
-
-class Stopped(Exception):
-    """This process no longer owns the job (cancelled, or its lease was taken over)."""
-
-
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """What the front end knows about the request.
-
-    ``context`` is the front end's own (JSON-serialisable) data, stored with the job and
-    handed back with it in any process: e.g. how to answer the member.
-    """
-
-    guild_id: int
-    channel_id: int
-    member_id: int
-    role_ids: Collection[int]
-    output_format: str = "png"
-    context: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedInfo:
-    """What validation found, without the bytes."""
-
-    filename: str
-    format: str
-    original_size: tuple[int, int]
-    size: tuple[int, int]
-    source_format: str
-    notes: tuple[images.Note, ...]  # ``note.*`` texts, rendered for the member
-    input_bytes: int
-
-
-@dataclass(slots=True)
-class Job:
-    """One accepted upscale, as recorded; any process can rebuild it from its row."""
-
-    id: str
-    guild_id: int
-    channel_id: int
-    member_id: int
-    output_format: str
-    prepared: PreparedInfo
-    reservation_id: str
-    created_at: float  # Unix seconds
-    context: dict[str, Any]
-    stage: Stage = Stage.QUEUED
-    asset_path: str | None = None
-    result_url: str | None = None
-    claims: int = 0  # how many times a process took it on (> 1: resumed)
-    resumed_from: Stage | None = None  # the stage recorded when this process claimed it
-
-    @property
-    def elapsed(self) -> float:
-        return max(0.0, time.time() - self.created_at)
-
-    @property
-    def resumed(self) -> bool:
-        return self.claims > 1
-
-    @classmethod
-    def from_row(cls, row: Row) -> Job:
-        notes = tuple(images.Note.from_json(n) for n in json.loads(row["notes"] or "[]"))
-        prepared = PreparedInfo(
-            filename=row["source_name"],
-            format=row["input_format"] or "png",
-            original_size=(
-                int(row["original_width"] or row["input_width"] or 0),
-                int(row["original_height"] or row["input_height"] or 0),
-            ),
-            size=(int(row["input_width"] or 0), int(row["input_height"] or 0)),
-            source_format=row["source_format"] or "",
-            notes=notes,
-            input_bytes=int(row["input_bytes"] or 0),
-        )
-        return cls(
-            id=row["id"],
-            guild_id=int(row["guild_id"]),
-            channel_id=int(row["channel_id"]),
-            member_id=int(row["member_id"]),
-            output_format=row["output_format"],
-            prepared=prepared,
-            reservation_id=row["reservation_id"] or "",
-            created_at=parse_ts(row["created_at"]).timestamp(),
-            context=json.loads(row["context"] or "{}"),
-            stage=_stage(row["stage"]),
-            asset_path=row["asset_path"],
-            result_url=row["result_url"],
-            claims=int(row["claims"] or 0),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class JobResult:
-    """The upscaled image handed to the front end for delivery."""
-
-    data: bytes
-    format: str
-    size: tuple[int, int]
-    temporary_url: str
-    elapsed: float
-    crops: compare.CompareCrops | None = None  # for the Compare button, when they could be made
-
-
-@dataclass(frozen=True, slots=True)
-class JobFailure:
-    """Why a job failed, for the user's message."""
-
-    kind: FailureKind
-    retry_after: float | None = None
-    detail: str = ""
-
-
-class FrontEnd(Protocol):
-    """Implemented once by the front end; called for every job, in any process."""
-
-    def progress(self, job: Job, stage: Stage, position: int | None) -> None:
-        """The job moved (``position``: its 1-based place in line while it waits).
-
-        Called synchronously from the queue: schedule any slow work, never block.
-        """
-
-    async def deliver(self, job: Job, result: JobResult) -> int | None:
-        """Post the result; return the message id. Raise :class:`DeliveryFailed` on failure."""
-
-    async def find_delivered(self, job: Job) -> int | None:
-        """The id of the job's result message if it was already posted, else None."""
-
-    async def failed(self, job: Job, failure: JobFailure) -> None:
-        """Tell the member the job failed (its credits have been refunded)."""
-
-    async def resumed(self, job: Job) -> None:
-        """Tell the member their job continues after a restart or a takeover."""
-
-    async def paused(self, job: Job) -> None:
-        """Tell the member the bot is stopping; the job continues when it is back."""
-
-    async def ended(self, job_id: str) -> None:
-        """The job ended outside the queue's run (cancelled): stop showing its progress."""
 
 
 class Ticket:
@@ -485,9 +321,9 @@ class JobQueue:
         Raises :class:`bot.images.ImageRejected` with a message for the user.
         """
         async with self._prepare_gate:
-            prepared = await asyncio.to_thread(_prepare_and_trim, source, filename, self.limits)
+            prepared = await asyncio.to_thread(prepare_and_trim, source, filename, self.limits)
             target = self.spool_path(ticket, prepared.format)
-            await asyncio.to_thread(_write_file, target, prepared.data)
+            await asyncio.to_thread(write_file, target, prepared.data)
         await asyncio.to_thread(source.unlink, missing_ok=True)
         return PreparedInfo(
             filename=prepared.filename,
@@ -747,14 +583,14 @@ class JobQueue:
             raise
         except (Unauthorized, OutOfCredits) as exc:
             if self.circuit is None:
-                await self._fail(job, _failure_for(exc), exc)
+                await self._fail(job, failure_for(exc), exc)
                 return
             # Not this job's fault: it waits in line while the circuit is open.
             await self.circuit.trip(exc.kind)
             await self._hand_back(job)
             return
         except Exception as exc:
-            await self._fail(job, _failure_for(exc), exc)
+            await self._fail(job, failure_for(exc), exc)
             return
         finally:
             waiting_hook.reset(hook)
@@ -787,9 +623,9 @@ class JobQueue:
         raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
         # Full decodes (64 MB for a 4096x4096 result, for the check and for the Compare
         # crops): bounded like input decodes, and the freed memory handed back to the OS
-        # afterwards (see _prepare_and_trim).
+        # afterwards (see prepare_and_trim).
         async with self._prepare_gate:
-            fmt, size = await asyncio.to_thread(_check_result_and_trim, raw, job.prepared.size)
+            fmt, size = await asyncio.to_thread(check_result_and_trim, raw, job.prepared.size)
             crops = await self._crops(job, raw)
         return JobResult(
             data=raw,
@@ -806,7 +642,7 @@ class JobQueue:
         if row is None:
             return None
         try:
-            return await asyncio.to_thread(_make_crops_and_trim, bytes(row["data"]), result)
+            return await asyncio.to_thread(make_crops_and_trim, bytes(row["data"]), result)
         except compare.CompareError as exc:
             log.info("No comparison for job %s: %s", job.id, exc)
             return None
@@ -1050,7 +886,7 @@ class JobQueue:
         if single_process:
             await self._ledger.refund_unsettled(exclude_job_ids={r["id"] for r in unfinished})
         await self._purge_crops()
-        orphans = await asyncio.to_thread(_clear_dir, self.spool_dir)
+        orphans = await asyncio.to_thread(clear_dir, self.spool_dir)
         if orphans:
             log.info("Removed %d orphaned spool files", orphans)
         if unfinished:
@@ -1110,95 +946,3 @@ async def _insert_job(tx: Transaction, job: Job, created_at: str) -> None:
             created_at,
         ),
     )
-
-
-def _prepare_and_trim(
-    source: Path, filename: str, limits: images.ImageLimits
-) -> images.PreparedImage:
-    """Validate and convert, then hand the decode's freed memory back to the OS.
-
-    A 40 MB input decodes to hundreds of MB of short-lived buffers; glibc keeps freed
-    blocks in per-thread arenas, so without a trim every queued job would leave several
-    MB of resident memory behind.
-    """
-    try:
-        return images.prepare_input(source, filename, limits)
-    finally:
-        _malloc_trim()
-
-
-def _make_crops_and_trim(input_image: bytes, result: bytes) -> compare.CompareCrops:
-    """The Compare crops (decodes the whole result), then the freed memory given back."""
-    try:
-        return compare.make_crops(input_image, result)
-    finally:
-        _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _load_libc()
-
-
-def _clear_dir(directory: Path) -> int:
-    removed = 0
-    if directory.is_dir():
-        for path in directory.iterdir():
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def _check_result(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
-    """Decode the result's header: it must be an image clearly larger than the input."""
-    try:
-        fmt, size = images.describe_image(raw)
-    except Exception as exc:
-        raise BadResult("result is not a decodable image") from exc
-    if size[0] < input_size[0] * MIN_RESULT_SCALE or size[1] < input_size[1] * MIN_RESULT_SCALE:
-        raise BadResult(f"result {size} is not an upscale of {input_size}")
-    return fmt, size
-
-
-def _check_result_and_trim(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
-    try:
-        return _check_result(raw, input_size)
-    finally:
-        _malloc_trim()
-
-
-def _failure_for(exc: BaseException) -> JobFailure:
-    if isinstance(exc, RateLimited):
-        return JobFailure(exc.kind, retry_after=exc.retry_after, detail=str(exc))
-    if isinstance(exc, OneMinError | DeliveryFailed | BadResult | InputLost):
-        return JobFailure(exc.kind, detail=str(exc))
-    return JobFailure(FailureKind.BUG, detail=type(exc).__name__)
-
-
-def _stage(value: str) -> Stage:
-    try:
-        return Stage(value)
-    except ValueError:
-        return Stage.QUEUED
