@@ -54,11 +54,6 @@ class RateGate:
         self._turn = asyncio.Condition()
         self._since_prune = 0
 
-    @property
-    def waiting(self) -> int:
-        """Requests of this process waiting for the window."""
-        return len(self._line)
-
     async def acquire(self) -> None:
         """Wait until a request may be sent now, and record it."""
         me = object()

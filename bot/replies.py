@@ -38,7 +38,6 @@ TOKEN_SAFETY_MARGIN = 30
 INVALID_WEBHOOK_TOKEN = 50027
 UNKNOWN_WEBHOOK = 10015
 TOKEN_GONE_CODES = frozenset({INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK})
-UNKNOWN_MESSAGE = 10008
 HISTORY_SCAN = 50  # recent channel messages searched for an already-posted result
 
 
@@ -143,12 +142,6 @@ class ReplyTarget:
             locale=context.get("locale"),
             guild_locale=context.get("guild_locale"),
         )
-
-
-def token_expired(interaction: discord.Interaction, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
-    """True when the interaction's webhook token is (nearly) past its 15 minutes."""
-    age = (discord.utils.utcnow() - interaction.created_at).total_seconds()
-    return age >= TOKEN_LIFETIME - margin
 
 
 class Replies:

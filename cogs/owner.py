@@ -17,10 +17,11 @@ import discord
 from discord.ext import commands
 
 from bot.circuit import CircuitEvent
+from bot.db import utc_now
 from bot.failures import FailureKind
 from bot.i18n import t
 from bot.jobs import Job
-from bot.ledger import Change
+from bot.ledger import Change, period_end
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -171,7 +172,8 @@ class Owner(commands.Cog):
             channel_id = channel_id or await self._log_channel(job.guild_id)
             if channel_id is None:
                 return
-            resets_at = (await self.bot.ledger.balance(job.guild_id, 0, ())).resets_at
+            period = (await self.bot.ledger.guild_settings(job.guild_id)).period
+            resets_at = period_end(utc_now(), period)
             reset = (
                 f"<t:{int(resets_at.timestamp())}:R>"
                 if resets_at
