@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 
 from bot import images
 from bot.i18n import Text
-from bot.images import FittedImage, ImageLimits, ImageRejected, PreparedImage
+from bot.images import FittedImage, ImageLimits, ImageRejected, PreparedImage, fit
 from tests import imagecorpus as corpus
 
 MIB = 1024 * 1024
@@ -453,6 +453,126 @@ def test_fit_gives_up_on_an_impossible_limit(noisy_jpeg: bytes) -> None:
     """A limit too small for even a tiny image raises ValueError instead of looping."""
     with pytest.raises(ValueError, match="cannot fit"):
         images.fit_to_limit(noisy_jpeg, "jpeg", 50, "result")
+
+
+def test_describe_image_reads_a_result_from_its_file(tmp_path: Path) -> None:
+    """A result given as a file path is described like the same bytes."""
+    data = corpus.case("plain_webp").data
+    path = tmp_path / "result.bin"
+    path.write_bytes(data)
+    assert images.describe_image(path) == images.describe_image(data) == ("webp", (300, 200))
+
+
+def test_describe_image_rejects_an_empty_result_file(tmp_path: Path) -> None:
+    """A 0-byte result file is refused as empty, like 0 bytes."""
+    path = tmp_path / "result.bin"
+    path.write_bytes(b"")
+    with pytest.raises(ImageRejected) as caught:
+        images.describe_image(path)
+    assert caught.value.kind == images.EMPTY
+
+
+def test_fit_from_a_file_path_matches_the_fit_from_bytes(tmp_path: Path) -> None:
+    """fit_to_limit decodes a result from its file with the same outcome as from bytes."""
+    data = corpus.encode(corpus.noise((300, 300), seed=3), "PNG")
+    path = tmp_path / "result.png"
+    path.write_bytes(data)
+    from_path = images.fit_to_limit(path, "png", len(data) // 3, "result")
+    from_bytes = images.fit_to_limit(data, "png", len(data) // 3, "result")
+    assert from_path == from_bytes and from_path.reencoded
+
+
+def test_fit_returns_a_file_within_the_limit_as_its_bytes(tmp_path: Path) -> None:
+    """A result file already within the limit comes back as its own bytes, undecoded."""
+    data = corpus.case("plain_png").data
+    path = tmp_path / "result.png"
+    path.write_bytes(data)
+    fitted = images.fit_to_limit(path, "png", DISCORD_LIMIT, "result")
+    assert fitted.data == data and not fitted.reencoded and fitted.size == (300, 200)
+
+
+@pytest.fixture
+def webp_methods(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], int]]:
+    """Records (image size, libwebp method) of every lossy WebP encode the fit makes."""
+    calls: list[tuple[tuple[int, int], int]] = []
+    real = fit._save_webp
+
+    def recording(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
+        calls.append((im.size, method))
+        real(im, buffer, quality, method)
+
+    monkeypatch.setattr(fit, "_save_webp", recording)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def noisy_webp_case() -> bytes:
+    """1200x900 noise as PNG (~3 MB): fits as lossy WebP at full size under half that."""
+    return corpus.encode(corpus.noise((1200, 900), seed=11), "PNG", compress_level=1)
+
+
+@pytest.mark.parametrize(
+    ("low_memory_pixels", "method"),
+    [(500_000, fit.WEBP_LOW_MEMORY_METHOD), (2_000_000, fit.WEBP_METHOD)],
+    ids=["above-threshold", "below-threshold"],
+)
+def test_lossy_webp_method_follows_the_image_size_in_estimate_and_encode(
+    monkeypatch: pytest.MonkeyPatch,
+    webp_methods: list[tuple[tuple[int, int], int]],
+    noisy_webp_case: bytes,
+    low_memory_pixels: int,
+    method: int,
+) -> None:
+    """A lossy WebP fit of an image above WEBP_LOW_MEMORY_PIXELS uses the low-memory
+    method, both for the sampled estimate (a small mosaic) and the full encode; an image
+    below it keeps the default method for both."""
+    monkeypatch.setattr(fit, "WEBP_LOW_MEMORY_PIXELS", low_memory_pixels)
+    monkeypatch.setattr(fit, "SAMPLE_WHOLE_PIXELS", 100_000)  # estimate from a mosaic...
+    monkeypatch.setattr(fit, "SAMPLE_TILE", 64)  # ...of 256x256 px, below either threshold
+    limit = len(noisy_webp_case) // 2
+    fitted = images.fit_to_limit(noisy_webp_case, "webp", limit, "result")
+    assert fitted.format == "webp" and not fitted.resized and len(fitted.data) <= limit
+    assert {size for size, _ in webp_methods} == {(256, 256), (1200, 900)}
+    assert {used for _, used in webp_methods} == {method}
+
+
+def test_failed_low_memory_webp_encode_falls_back_to_the_default_method(
+    monkeypatch: pytest.MonkeyPatch,
+    webp_methods: list[tuple[tuple[int, int], int]],
+    noisy_webp_case: bytes,
+) -> None:
+    """When libwebp fails at the low-memory method (as methods 0 and 1 do on 16 MP:
+    "encoding error 6"), the encode is repeated at the default method and still fits."""
+    monkeypatch.setattr(fit, "WEBP_LOW_MEMORY_PIXELS", 500_000)
+    recording = fit._save_webp
+
+    def failing_low(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
+        recording(im, buffer, quality, method)
+        if method == fit.WEBP_LOW_MEMORY_METHOD:
+            raise ValueError("encoding error 6")
+
+    monkeypatch.setattr(fit, "_save_webp", failing_low)
+    limit = len(noisy_webp_case) // 2
+    fitted = images.fit_to_limit(noisy_webp_case, "webp", limit, "result")
+    assert len(fitted.data) <= limit
+    assert decode(fitted.data).size == (1200, 900)
+    methods = [used for _, used in webp_methods]  # each failure, then its retry
+    assert methods[::2] == [fit.WEBP_LOW_MEMORY_METHOD] * (len(methods) // 2)
+    assert methods[1::2] == [fit.WEBP_METHOD] * (len(methods) // 2)
+    assert webp_methods[-1][0] == (1200, 900)
+
+
+def test_default_webp_method_failure_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, noisy_webp_case: bytes
+) -> None:
+    """An encode that fails at the default method raises (no loop of retries)."""
+
+    def failing(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
+        raise ValueError("encoding error 6")
+
+    monkeypatch.setattr(fit, "_save_webp", failing)
+    with pytest.raises(ValueError, match="encoding error"):
+        images.fit_to_limit(noisy_webp_case, "webp", len(noisy_webp_case) // 2, "result")
 
 
 # --------------------------------------------------------------------------- fuzzing

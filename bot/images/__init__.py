@@ -7,7 +7,8 @@ catalogue key with named parameters (:class:`bot.i18n.Text`, keys ``image.*``,
 ``note.*``, ``fit.*``), rendered by the front end in the member's language.
 
 * :mod:`bot.images.sniff`: what a file is, from its first bytes.
-* :mod:`bot.images.decode`: opening untrusted data safely; :func:`describe_image`.
+* :mod:`bot.images.decode`: opening untrusted data (bytes or a file) safely;
+  :func:`describe_image`.
 * :mod:`bot.images.prepare`: :func:`prepare_input` turns an untrusted upload into what
   the upscaler accepts, or raises :class:`ImageRejected`.
 * :mod:`bot.images.fit`: :func:`fit_to_limit` makes a result fit an upload limit.
@@ -18,7 +19,7 @@ catalogue key with named parameters (:class:`bot.i18n.Text`, keys ``image.*``,
 
 from __future__ import annotations
 
-from bot.images.decode import RESULT_BOMB_PIXELS, describe_image
+from bot.images.decode import RESULT_BOMB_PIXELS, ImageSource, describe_image
 from bot.images.fit import fit_to_limit
 from bot.images.model import (
     ASPECT,
@@ -64,6 +65,7 @@ __all__ = [
     "FittedImage",
     "ImageLimits",
     "ImageRejected",
+    "ImageSource",
     "Note",
     "PreparedImage",
     "describe_image",

@@ -3,6 +3,10 @@
 Shared by :mod:`bot.images.prepare` (inputs) and :mod:`bot.images.fit` (results):
 headers are read before anything is decoded, decompression bombs are refused unopened,
 and any decoding failure becomes an :class:`ImageRejected` ("damaged").
+
+A result is an :data:`ImageSource`: its bytes, or the path of the file holding them. A
+file is opened as a file (Pillow reads it block by block while decoding), so a large
+result is never held as bytes and decoded pixels at once.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, TypeAlias
 
 from PIL import Image
 
@@ -21,6 +26,8 @@ from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, sniff
 log = logging.getLogger(__name__)
 
 RESULT_BOMB_PIXELS = 64_000_000  # results are at most 4x of ~1 MP, i.e. ~17 MP
+
+ImageSource: TypeAlias = bytes | Path  # image data, or the file that holds it
 
 NOTE_16BIT = Text.of("note.reduced_16bit")
 NOTE_CMYK = Text.of("note.cmyk")
@@ -40,8 +47,12 @@ def corrupt(fmt: str | None) -> ImageRejected:
     return ImageRejected(CORRUPT, "image.corrupt_format", format=fmt)
 
 
-def open_image(fp: BinaryIO, fmt: str, bomb_pixels: int) -> Image.Image:
-    """Open lazily (header only) as exactly the sniffed format; refuse bombs unopened."""
+def open_image(fp: BinaryIO | Path, fmt: str, bomb_pixels: int) -> Image.Image:
+    """Open lazily (header only) as exactly the sniffed format; refuse bombs unopened.
+
+    A path is opened by Pillow, which closes the file once the image is loaded (or when
+    the image is closed, or used as a context manager).
+    """
     try:
         im = Image.open(fp, formats=[fmt])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -91,23 +102,37 @@ def to_upload_mode(im: Image.Image) -> tuple[Image.Image, Note | None]:
     return im.convert("RGB"), None
 
 
-def describe_image(data: bytes) -> tuple[str, tuple[int, int]]:
+def describe_image(source: ImageSource) -> tuple[str, tuple[int, int]]:
     """Decode an image fully and return its format ("png", "jpeg", ...) and size.
 
     Raises :class:`ImageRejected` for empty, unrecognised, oversized or damaged data, so a
     0-byte or truncated "result" is caught rather than delivered.
     """
-    if not data:
+    if source_size(source) == 0:
         raise ImageRejected(EMPTY, "image.result_empty")
-    im = open_result(data)
+    im = open_result(source)
     with im:
         guard(im.load, im.format)
         return (im.format or "").lower(), im.size
 
 
-def open_result(data: bytes) -> Image.Image:
-    """Open a result (or any decodable image data) lazily, refusing non-images and bombs."""
-    fmt = sniff(data[:HEAD_BYTES])
+def open_result(source: ImageSource) -> Image.Image:
+    """Open a result (or any decodable image) lazily, refusing non-images and bombs."""
+    fmt = sniff(source_head(source))
     if fmt is None or fmt not in DECODABLE_FORMATS:
         raise ImageRejected(NOT_IMAGE, "image.result_not_image")
-    return open_image(io.BytesIO(data), fmt, RESULT_BOMB_PIXELS)
+    fp = source if isinstance(source, Path) else io.BytesIO(source)
+    return open_image(fp, fmt, RESULT_BOMB_PIXELS)
+
+
+def source_head(source: ImageSource) -> bytes:
+    """The first :data:`HEAD_BYTES` of the image (enough to sniff its format)."""
+    if isinstance(source, Path):
+        with source.open("rb") as fh:
+            return fh.read(HEAD_BYTES)
+    return source[:HEAD_BYTES]
+
+
+def source_size(source: ImageSource) -> int:
+    """The image's length in bytes."""
+    return source.stat().st_size if isinstance(source, Path) else len(source)

@@ -3,6 +3,10 @@
 Lossless re-encoding when that can plausibly be enough, then high-quality lossy
 WebP/JPEG, then downscaling; each full encode is tried only when an estimate from a
 sample of the image says it will fit. What was done is told in a ``fit.*`` note.
+
+Memory: a large result is opened from its file (never held as bytes beside its pixels),
+and large lossy WebP encodes use a cheaper libwebp method (see
+:data:`WEBP_LOW_MEMORY_METHOD`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,22 @@ import io
 import logging
 import math
 import tempfile
+from pathlib import Path
 
 from PIL import Image
 
 from bot.i18n import Text
-from bot.images.decode import guard, open_result, to_upload_mode
+from bot.images.decode import (
+    ImageSource,
+    guard,
+    open_result,
+    source_head,
+    source_size,
+    to_upload_mode,
+)
 from bot.images.model import EXTENSIONS, FittedImage, Note, dims, limit_mib
 from bot.images.prepare import clean_stem
-from bot.images.sniff import HEAD_BYTES, UPLOAD_FORMATS, sniff
+from bot.images.sniff import UPLOAD_FORMATS, sniff
 
 log = logging.getLogger(__name__)
 
@@ -33,31 +45,49 @@ SAMPLE_GRID = 4  # size estimates encode a SAMPLE_GRID x SAMPLE_GRID mosaic of t
 SAMPLE_TILE = 256  # ...of this many px a side...
 SAMPLE_WHOLE_PIXELS = 2 * (SAMPLE_GRID * SAMPLE_TILE) ** 2  # ...unless the image is small
 WEBP_METHOD = 4  # libwebp effort 0-6; 4 is its default and a good speed/size balance
+# Lossy WebP of more than WEBP_LOW_MEMORY_PIXELS uses WEBP_LOW_MEMORY_METHOD instead. From
+# method 3 up, libwebp buffers the tokens of the whole picture before writing them: about
+# 15-27 bytes per pixel of detailed content (measured on 16 MP at quality 90: +257 MB for
+# 4x-upscaled noise, +366 MB for pure noise), where method 2 needs about 6.5 (+110 MB),
+# and takes half the time. Its files were 1-6% larger on photos and upscaled content
+# (1.4% on the benchmark's 4x-upscaled noise) but up to 2.2x on pure pixel noise at some
+# sizes, so small images, where the buffer costs little, keep method 4: at the threshold
+# (4 MP) it costs at most about what method 2 costs at 16 MP. Methods 0 and 1 are not
+# usable: they fail on 16 MP of detail ("encoding error 6", the first partition
+# overflows). Should method 2 fail too, the encode is repeated at WEBP_METHOD. Size
+# estimates sample with the method the full encode will use.
+WEBP_LOW_MEMORY_METHOD = 2
+WEBP_LOW_MEMORY_PIXELS = 4 * 1024 * 1024
 WEBP_LOSSLESS_METHOD = 0  # fastest lossless effort (1.5 s for 16 MP vs 5 s at method 1)
 
 
-def fit_to_limit(data: bytes, fmt: str, limit_bytes: int, filename_stem: str) -> FittedImage:
+def fit_to_limit(
+    source: ImageSource, fmt: str, limit_bytes: int, filename_stem: str
+) -> FittedImage:
     """Return the image within ``limit_bytes``, changing as little as possible.
 
-    ``fmt`` is the requested format ("png", "jpeg" or "webp"). In order: the data as it is
-    if it fits; lossless WebP (same pixels) when that can plausibly be enough for a PNG or
-    WebP; lossy WebP (or JPEG when JPEG was requested) at quality 90 then 80; then
-    downscaling, each step sized from an estimate made on a sample of the image. A result
-    already within the limit is returned as it is without being decoded (check results
-    with :func:`bot.images.describe_image`). Raises
-    :class:`bot.images.ImageRejected` for data that is not a decodable image, and
+    ``source`` is the image's bytes or the path of its file (a file is decoded from the
+    file, not read into memory first). ``fmt`` is the requested format ("png", "jpeg" or
+    "webp"). In order: the data as it is if it fits; lossless WebP (same pixels) when
+    that can plausibly be enough for a PNG or WebP; lossy WebP (or JPEG when JPEG was
+    requested) at quality 90 then 80; then downscaling, each step sized from an estimate
+    made on a sample of the image. A result already within the limit is returned as it
+    is without being decoded (check results with :func:`bot.images.describe_image`).
+    Raises :class:`bot.images.ImageRejected` for data that is not a decodable image, and
     ``ValueError`` if even a tiny version cannot fit (a limit of a few bytes).
     """
     requested = "jpeg" if fmt.lower() in ("jpg", "jpeg") else fmt.lower()
     stem = clean_stem(filename_stem)
-    sniffed = sniff(data[:HEAD_BYTES])
+    sniffed = sniff(source_head(source))
     actual = sniffed.lower() if sniffed in UPLOAD_FORMATS else requested
-    if len(data) <= limit_bytes:
+    source_bytes = source_size(source)
+    if source_bytes <= limit_bytes:
+        data = source.read_bytes() if isinstance(source, Path) else source
         with open_result(data) as im:
             size = im.size
         return FittedImage(data, actual, _named(stem, actual), size, False, False, None)
 
-    with open_result(data) as opened:
+    with open_result(source) as opened:
         guard(opened.load, opened.format)
         im, _ = to_upload_mode(opened)
         im.load()
@@ -68,14 +98,14 @@ def fit_to_limit(data: bytes, fmt: str, limit_bytes: int, filename_stem: str) ->
 
     def done(out: bytes, out_fmt: str, note: Note, size: tuple[int, int]) -> FittedImage:
         log.debug(
-            "Fitted %s (%d bytes) into %d bytes: %s", requested, len(data), limit_bytes, note.key
+            "Fitted %s (%d bytes) into %d bytes: %s", requested, source_bytes, limit_bytes, note.key
         )
         return FittedImage(out, out_fmt, _named(stem, out_fmt), size, size != full_size, True, note)
 
     worth_trying, aim = limit_bytes * FIT_TRY, limit_bytes * RESIZE_AIM
     if (
         requested == "png"
-        and len(data) <= limit_bytes * LOSSLESS_PLAUSIBLE_RATIO
+        and source_bytes <= limit_bytes * LOSSLESS_PLAUSIBLE_RATIO
         and _sampled_size(im, "webp", None) <= worth_trying
     ):
         out = _encode(im, "webp", None)
@@ -127,7 +157,8 @@ def _sampled_size(im: Image.Image, fmt: str, quality: int | None) -> float:
     """Estimate the encoded size of ``im`` from a mosaic of tiles spread over it.
 
     Encoding a 4x4 grid of 256 px tiles costs about 1/16 of a 4096x4096 encode and
-    predicts its size well, because tiles keep the image's own detail per pixel.
+    predicts its size well, because tiles keep the image's own detail per pixel. The
+    mosaic is encoded with the WebP method the full image would be encoded with.
     """
     width, height = im.size
     tile_w, tile_h = min(SAMPLE_TILE, width // SAMPLE_GRID), min(SAMPLE_TILE, height // SAMPLE_GRID)
@@ -139,12 +170,22 @@ def _sampled_size(im: Image.Image, fmt: str, quality: int | None) -> float:
             x = (width - tile_w) * col // (SAMPLE_GRID - 1)
             y = (height - tile_h) * row // (SAMPLE_GRID - 1)
             mosaic.paste(im.crop((x, y, x + tile_w, y + tile_h)), (col * tile_w, row * tile_h))
-    sampled = len(_encode(mosaic, fmt, quality))
+    sampled = len(_encode(mosaic, fmt, quality, _webp_method(im.size)))
     return sampled * (width * height) / (mosaic.width * mosaic.height)
 
 
-def _encode(im: Image.Image, fmt: str, quality: int | None) -> bytes:
-    """Encode as lossy (quality given) or lossless (quality None) WebP, or as JPEG."""
+def _webp_method(size: tuple[int, int]) -> int:
+    """The libwebp method for a lossy encode of an image this size (see WEBP_METHOD)."""
+    return WEBP_LOW_MEMORY_METHOD if size[0] * size[1] > WEBP_LOW_MEMORY_PIXELS else WEBP_METHOD
+
+
+def _encode(
+    im: Image.Image, fmt: str, quality: int | None, webp_method: int | None = None
+) -> bytes:
+    """Encode as lossy (quality given) or lossless (quality None) WebP, or as JPEG.
+
+    Lossy WebP uses ``webp_method``, by default the one for the image's size.
+    """
     if fmt == "jpeg":
         # Through a real file: Pillow then encodes with the GIL released. Into a BytesIO
         # an optimised JPEG is one long call that holds it (~0.3 s for 16 MP), which
@@ -156,9 +197,27 @@ def _encode(im: Image.Image, fmt: str, quality: int | None) -> bytes:
     buffer = io.BytesIO()
     if quality is None:
         im.save(buffer, "WEBP", lossless=True, quality=0, method=WEBP_LOSSLESS_METHOD)
-    else:
-        im.save(buffer, "WEBP", quality=quality, method=WEBP_METHOD)
+        return buffer.getvalue()
+    method = _webp_method(im.size) if webp_method is None else webp_method
+    try:
+        _save_webp(im, buffer, quality, method)
+    except (OSError, ValueError) as exc:  # libwebp's errors ("encoding error 6")
+        if method == WEBP_METHOD:
+            raise
+        log.info(
+            "WebP method %d failed on %s (%s); encoding with method %d",
+            method,
+            dims(im.size),
+            exc,
+            WEBP_METHOD,
+        )
+        buffer = io.BytesIO()
+        _save_webp(im, buffer, quality, WEBP_METHOD)
     return buffer.getvalue()
+
+
+def _save_webp(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
+    im.save(buffer, "WEBP", quality=quality, method=method)
 
 
 def _flatten(im: Image.Image) -> Image.Image:
