@@ -7,12 +7,13 @@ one), following the contract in ``ONEMIN_API.md``::
     path = await client.upload(data, "cat.png", "image/png")  # POST /api/assets
     result = await client.upscale(path, "webp")                # POST /api/features
     image = await client.download(result.temporary_url, max_bytes=50 * 1024 * 1024)
+    size = await client.download_to(result.temporary_url, path, max_bytes=200 * 1024 * 1024)
 
 Every failure is a :class:`OneMinError` subclass with a short ``kind`` the caller maps to
 a user message, the HTTP ``status`` and 1min.ai ``error_code`` when there were any, and
 ``not_started`` telling whether the request provably never reached the service.
 
-Retries: ``upload`` and ``download`` retry transient failures (connection errors, 5xx,
+Retries: ``upload`` and the downloads retry transient failures (connection errors, 5xx,
 dropped or truncated responses, 429) with capped exponential backoff and jitter, or after
 the ``Retry-After`` the service asked for when that is within the cap. ``upscale`` spends
 credits, so it is retried only when the request provably did not start (connection
@@ -28,6 +29,7 @@ and never appears in an exception, a log line or a repr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -36,7 +38,8 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -73,6 +76,7 @@ MAX_JSON_BYTES = 1024 * 1024  # largest API response body we read, bytes
 MAX_REDIRECTS = 3  # redirect hops a download may take, each one re-checked
 DOWNLOAD_CHUNK_BYTES = 64 * 1024  # read size while streaming a download, bytes
 JOIN_IN_THREAD_BYTES = 1024 * 1024  # bodies larger than this are joined in a thread
+SPOOL_WRITE_BYTES = 1024 * 1024  # download_to hands the file this much at a time, bytes
 MAX_REASON_CHARS = 300  # longest service message kept in an error, characters
 REDACTED = "[redacted]"
 
@@ -322,7 +326,32 @@ class OneMinClient:
         :class:`TimedOut` or :class:`BadResponse` (403 expired link, other 4xx).
         """
         self._check_download_url(url)
-        return await self._retrying("download", lambda: self._fetch(url, max_bytes), _is_transient)
+
+        async def read(response: aiohttp.ClientResponse) -> bytes:
+            return await _read_capped(response, max_bytes, capped_error=True)
+
+        return await self._retrying("download", lambda: self._fetch(url, read), _is_transient)
+
+    async def download_to(self, url: str, path: Path, max_bytes: int) -> int:
+        """Stream a result URL into the file ``path`` (replaced); return its length.
+
+        Like :meth:`download` (the same allow-list, redirect checks, cap, timeout per
+        attempt, retries and errors), but the body goes to the file as it arrives, so at
+        most about ``SPOOL_WRITE_BYTES`` of it is in memory; file writes run in a thread.
+        Each attempt starts the file again. When the download fails or is cancelled the
+        file is removed: ``path`` then holds nothing.
+        """
+        self._check_download_url(url)
+
+        async def write(response: aiohttp.ClientResponse) -> int:
+            return await _stream_capped(response, max_bytes, path)
+
+        try:
+            return await self._retrying("download", lambda: self._fetch(url, write), _is_transient)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise
 
     # -- requests -----------------------------------------------------------------------
 
@@ -442,8 +471,8 @@ class OneMinClient:
         text = " ".join(text.split())
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
-    async def _fetch(self, url: str, max_bytes: int) -> bytes:
-        """GET ``url``, following allowed redirects, and return at most ``max_bytes``."""
+    async def _fetch(self, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[_T]]) -> _T:
+        """GET ``url``, following allowed redirects; ``read`` takes the 2xx body."""
         host = urlsplit(url).hostname
         try:
             async with asyncio.timeout(self._download_timeout):
@@ -459,7 +488,7 @@ class OneMinClient:
                         if response.status >= 400:
                             raw = await _read_capped(response, MAX_JSON_BYTES, capped_error=False)
                             raise _download_error(response, raw)
-                        return await _read_capped(response, max_bytes, capped_error=True)
+                        return await read(response)
                 raise BadResponse(f"result download redirected more than {MAX_REDIRECTS} times")
         except OneMinError:
             raise
@@ -582,6 +611,43 @@ async def _read_capped(
         # Joining ~50 MB holds the event loop for 50-90 ms; in a thread it does not.
         return await asyncio.to_thread(b"".join, chunks)
     return b"".join(chunks)
+
+
+async def _stream_capped(response: aiohttp.ClientResponse, max_bytes: int, path: Path) -> int:
+    """Write the body to ``path`` (truncated first) as it arrives; return its length.
+
+    A body longer than ``max_bytes`` raises :class:`ResponseTooLarge` (before anything
+    is read when Content-Length already says so). Chunks are handed to the file in
+    batches of about ``SPOOL_WRITE_BYTES``, each written in a thread.
+    """
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise ResponseTooLarge(
+            f"response of {length} bytes exceeds the {max_bytes}-byte cap",
+            status=response.status,
+        )
+    fh: BinaryIO = await asyncio.to_thread(path.open, "wb")
+    try:
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseTooLarge(
+                    f"response exceeds the {max_bytes}-byte cap", status=response.status
+                )
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= SPOOL_WRITE_BYTES:
+                await asyncio.to_thread(fh.writelines, pending)
+                pending, pending_size = [], 0
+        if pending:
+            await asyncio.to_thread(fh.writelines, pending)
+    finally:
+        # In a thread too: closing flushes, and waits for a write still running there.
+        await asyncio.to_thread(fh.close)
+    return size
 
 
 def _download_error(response: aiohttp.ClientResponse, raw: bytes) -> OneMinError:

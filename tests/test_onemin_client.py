@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import io
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -533,6 +535,137 @@ async def test_json_response_over_the_cap_raises_response_too_large(
     emu.fail("upscale", "oversized", size=2 * onemin.MAX_JSON_BYTES)
     with pytest.raises(ResponseTooLarge):
         await client.upscale(await upload(client))
+
+
+# -- downloading to a file ----------------------------------------------------------------
+
+
+async def test_download_to_writes_the_whole_result_to_the_file(
+    client: OneMinClient, emu: OneMinEmulator, tmp_path: Path
+) -> None:
+    """download_to streams the result into the file and returns its length."""
+    url = await upscaled_url(client)
+    target = tmp_path / "result.bin"
+    target.write_bytes(b"left from an earlier attempt, longer than nothing")
+    (data,) = emu.results.values()
+    assert await client.download_to(url, target, max_bytes=10_000_000) == len(data)
+    assert target.read_bytes() == data
+    assert "API-KEY" not in emu.last_requests["download"].headers
+
+
+async def test_download_to_writes_in_batches_while_it_streams(
+    client: OneMinClient,
+    emu: OneMinEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The body reaches the file in several writes as it arrives, never joined whole."""
+    url = await upscaled_url(client)
+    emu.fail("download", "respond", body=bytes(range(256)) * 4096)  # 1 MiB
+    monkeypatch.setattr(onemin, "SPOOL_WRITE_BYTES", 64 * 1024)
+    monkeypatch.setattr(onemin, "DOWNLOAD_CHUNK_BYTES", 16 * 1024)
+    writes: list[int] = []
+    real_to_thread = asyncio.to_thread
+
+    async def counting(func: Callable[..., Any], /, *args: Any) -> Any:
+        if getattr(func, "__name__", "") == "writelines":
+            writes.append(sum(len(chunk) for chunk in args[0]))
+        return await real_to_thread(func, *args)
+
+    monkeypatch.setattr(onemin.asyncio, "to_thread", counting)
+    target = tmp_path / "result.bin"
+    assert await client.download_to(url, target, max_bytes=2 * 1024 * 1024) == 1024 * 1024
+    assert target.read_bytes() == bytes(range(256)) * 4096
+    assert len(writes) >= 8 and max(writes) < 128 * 1024
+
+
+async def test_download_to_cap_is_enforced_while_streaming_and_leaves_no_file(
+    client: OneMinClient, emu: OneMinEmulator, tmp_path: Path
+) -> None:
+    """A chunked body with no Content-Length is cut off at the cap; the file is removed."""
+    url = await upscaled_url(client)
+    emu.fail("download", "oversized", size=5_000_000)
+    target = tmp_path / "result.bin"
+    with pytest.raises(ResponseTooLarge):
+        await client.download_to(url, target, max_bytes=100_000)
+    assert not target.exists()
+
+
+async def test_download_to_over_the_declared_length_cap_writes_nothing(
+    client: OneMinClient, emu: OneMinEmulator, tmp_path: Path
+) -> None:
+    """A Content-Length over the cap raises ResponseTooLarge before the file is made."""
+    url = await upscaled_url(client)
+    (size,) = (len(data) for data in emu.results.values())
+    target = tmp_path / "result.bin"
+    with pytest.raises(ResponseTooLarge):
+        await client.download_to(url, target, max_bytes=size - 1)
+    assert not target.exists()
+
+
+async def test_download_to_retries_a_truncated_body_from_the_start(
+    client: OneMinClient, emu: OneMinEmulator, tmp_path: Path
+) -> None:
+    """A download cut short is retried; the file then holds the whole image once."""
+    url = await upscaled_url(client)
+    emu.fail("download", "truncated")
+    target = tmp_path / "result.bin"
+    await client.download_to(url, target, max_bytes=10_000_000)
+    assert target.read_bytes() == next(iter(emu.results.values()))
+    assert emu.calls["download"] == 2
+
+
+async def test_download_to_refuses_urls_off_the_allow_list_unfetched(
+    session: aiohttp.ClientSession, traced: RequestLog, tmp_path: Path
+) -> None:
+    """download_to applies the allow-list: nothing is requested and no file is made."""
+    client = OneMinClient(session, KEY)
+    target = tmp_path / "result.bin"
+    with pytest.raises(DownloadRefused):
+        await client.download_to("http://169.254.169.254/latest/", target, max_bytes=1000)
+    assert traced.urls == [] and not target.exists()
+
+
+async def test_download_to_redirect_to_another_host_is_refused(
+    client: OneMinClient, emu: OneMinEmulator, traced: RequestLog, tmp_path: Path
+) -> None:
+    """A redirect hop off the allow-list is refused, not followed, and leaves no file."""
+    url = await upscaled_url(client)
+    emu.fail("download", "redirect", location="http://169.254.169.254/latest/meta-data/")
+    target = tmp_path / "result.bin"
+    with pytest.raises(DownloadRefused):
+        await client.download_to(url, target, max_bytes=10_000_000)
+    assert not any("169.254" in u for u in traced.urls) and not target.exists()
+
+
+async def test_download_to_times_out_and_removes_the_partial_file(
+    make_client: Callable[..., OneMinClient], emu: OneMinEmulator, tmp_path: Path
+) -> None:
+    """A body that never ends raises TimedOut after the timeout; the partial file is gone."""
+    client = make_client(download_timeout=SHORT_TIMEOUT)
+    url = await upscaled_url(client)
+    emu.fail("download", "hang")
+    target = tmp_path / "result.bin"
+    with pytest.raises(TimedOut):
+        await client.download_to(url, target, max_bytes=10_000_000)
+    assert not target.exists()
+
+
+async def test_cancelled_download_to_removes_the_partial_file(
+    client: OneMinClient, emu: OneMinEmulator, tmp_path: Path
+) -> None:
+    """Cancelling a download in the middle of the body leaves no file behind."""
+    url = await upscaled_url(client)
+    emu.fail("download", "hang")
+    target = tmp_path / "result.bin"
+    task = asyncio.create_task(client.download_to(url, target, max_bytes=10_000_000))
+    async with asyncio.timeout(5):
+        while not target.exists():  # noqa: ASYNC110 - the file appears once the body starts
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not target.exists()
 
 
 # -- retries ----------------------------------------------------------------------------
