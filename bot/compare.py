@@ -36,10 +36,12 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from bot.images import DECODABLE_FORMATS, HEAD_BYTES, RESULT_BOMB_PIXELS, sniff
+from bot.images import DECODABLE_FORMATS, HEAD_BYTES, RESULT_BOMB_PIXELS, ImageSource, sniff
+from bot.images.decode import source_head
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ class CompareCrops:
 
 def make_crops(
     input_image: bytes,
-    result_image: bytes,
+    result_image: ImageSource,
     *,
     crop_side: int = 96,
     max_after_side: int = 512,
@@ -147,7 +149,8 @@ def make_crops(
     input's gradient energy is highest, scored on a grid of ``crop_side / 4`` cells; ties
     (a flat image) go to the window nearest the centre, so the choice is deterministic.
     If the two encoded crops together exceed ``max_bytes`` the region shrinks about its
-    centre (never below 16 px) rather than losing pixels to lossy coding. Raises
+    centre (never below 16 px) rather than losing pixels to lossy coding.
+    ``result_image`` may be the path of the result's file (decoded from the file). Raises
     :class:`CompareError` when either image cannot be decoded or they are not the same
     picture at two scales (their per-axis scales differ by more than 5%).
     """
@@ -237,13 +240,17 @@ def _decode_input(data: bytes) -> Image.Image:
         return out if out is not im else im.copy()
 
 
-def _open(data: bytes, max_pixels: int, what: str) -> Image.Image:
+def _open(source: ImageSource, max_pixels: int, what: str) -> Image.Image:
     """Open lazily (header only) as exactly the sniffed format; refuse bombs unopened."""
-    fmt = sniff(data[:HEAD_BYTES])
+    try:
+        head = source_head(source)
+    except OSError as exc:
+        raise CompareError(f"the {what} could not be read") from exc
+    fmt = sniff(head[:HEAD_BYTES])
     if fmt is None or fmt not in DECODABLE_FORMATS:
         raise CompareError(f"the {what} is not an image we decode")
     try:
-        im = Image.open(io.BytesIO(data), formats=[fmt])
+        im = Image.open(source if isinstance(source, Path) else io.BytesIO(source), formats=[fmt])
     except Exception as exc:  # includes Pillow's DecompressionBombError
         raise CompareError(f"the {what} image could not be opened") from exc
     width, height = im.size

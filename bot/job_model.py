@@ -11,6 +11,7 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from bot import compare, images
@@ -178,9 +179,16 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """The upscaled image handed to the front end for delivery."""
+    """The upscaled image handed to the front end for delivery.
 
-    data: bytes
+    The image stays in a file: ``path``, in the queue's spool (``byte_count`` bytes, up to
+    :data:`bot.jobs.RESULT_MAX_BYTES`). Open it from there (e.g.
+    :meth:`bot.workers.ImageWorkers.fit`) rather than reading it whole; the queue removes
+    it when the job ends, so the front end is done with it when ``deliver`` returns.
+    """
+
+    path: Path
+    byte_count: int
     format: str
     size: tuple[int, int]
     temporary_url: str

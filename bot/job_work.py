@@ -1,5 +1,6 @@
-"""The CPU and file work the job queue runs in threads: validating inputs, checking
-results, making the Compare crops, and handing the decodes' memory back to the OS."""
+"""The CPU and file work the job queue runs in threads: validating inputs, handing the
+decodes' memory back to the OS, and spool files. (Results are checked, and their Compare
+crops made, by :mod:`bot.workers`.)"""
 
 from __future__ import annotations
 
@@ -7,12 +8,7 @@ import ctypes
 import os
 from pathlib import Path
 
-from bot import compare, images
-from bot.job_model import BadResult
-
-# A result must be at least this much larger per side than the input (catches an
-# unchanged or tiny "upscaled" image).
-MIN_RESULT_SCALE = 2.0
+from bot import images
 
 
 def prepare_and_trim(
@@ -26,14 +22,6 @@ def prepare_and_trim(
     """
     try:
         return images.prepare_input(source, filename, limits)
-    finally:
-        malloc_trim()
-
-
-def make_crops_and_trim(input_image: bytes, result: bytes) -> compare.CompareCrops:
-    """The Compare crops (decodes the whole result), then the freed memory given back."""
-    try:
-        return compare.make_crops(input_image, result)
     finally:
         malloc_trim()
 
@@ -72,21 +60,3 @@ def write_file(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
-
-
-def check_result(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
-    """Decode the result's header: it must be an image clearly larger than the input."""
-    try:
-        fmt, size = images.describe_image(raw)
-    except Exception as exc:
-        raise BadResult("result is not a decodable image") from exc
-    if size[0] < input_size[0] * MIN_RESULT_SCALE or size[1] < input_size[1] * MIN_RESULT_SCALE:
-        raise BadResult(f"result {size} is not an upscale of {input_size}")
-    return fmt, size
-
-
-def check_result_and_trim(raw: bytes, input_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
-    try:
-        return check_result(raw, input_size)
-    finally:
-        malloc_trim()

@@ -29,6 +29,11 @@ processes (claims are serialised by a database lock), and every 1min.ai request 
 the :class:`bot.pacing.RateGate`. A 429 sends the job back to wait with backoff; it fails
 as "busy" only after ``busy_timeout`` seconds.
 
+Memory. Queued inputs wait in the database (``job_inputs``). A result is streamed into
+this process's spool (``result-<job>.img``, removed when the job's run ends), then
+checked, cropped for Compare and fitted from that file by :mod:`bot.workers` (a large
+one in the image worker process), so this process never holds a whole large result.
+
 Cancel. A job that is queued, or running but not yet sent to the upscaler, can be
 cancelled by its requester or a moderator: the same transaction marks it cancelled and
 refunds it, and the guarded stage change before the upscale call then stops the worker.
@@ -72,16 +77,11 @@ from bot.job_model import (
     Stopped,
     failure_for,
 )
-from bot.job_work import (
-    check_result_and_trim,
-    clear_dir,
-    make_crops_and_trim,
-    prepare_and_trim,
-    write_file,
-)
+from bot.job_work import clear_dir, prepare_and_trim, write_file
 from bot.ledger import Denial, Ledger
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
+from bot.workers import ImageWorkers, ResultUnusable
 
 __all__ = [  # the queue's API, with the types it deals in (defined in bot.job_model)
     "CANCELLABLE_STAGES",
@@ -108,6 +108,7 @@ __all__ = [  # the queue's API, with the types it deals in (defined in bot.job_m
 log = logging.getLogger(__name__)
 
 # The largest result we accept from 1min.ai: 4x of a 1536 px side, lossless, with margin.
+# It is streamed into a spool file, never held in memory.
 RESULT_MAX_BYTES = 200 * 1024 * 1024
 # Image decodes in flight at once while validating inputs; bounds memory under bursts.
 PREPARE_CONCURRENCY = 2
@@ -181,6 +182,7 @@ class JobQueue:
         poll_interval: float = POLL_INTERVAL,
         circuit: Circuit | None = None,
         circuit_give_up: float = 3600.0,
+        image_workers: ImageWorkers | None = None,
     ) -> None:
         self._db = db
         self._ledger = ledger
@@ -198,6 +200,10 @@ class JobQueue:
         self.poll_interval = poll_interval
         self.circuit = circuit
         self.circuit_give_up = circuit_give_up
+        # Checks results (and makes their Compare crops) away from the event loop; the
+        # queue closes only workers it made itself.
+        self._own_workers = image_workers is None
+        self.image_workers = image_workers or ImageWorkers()
         self.front_end: FrontEnd | None = None
         self._charged_listeners: list[Callable[[Job], Awaitable[None]]] = []
         self._slots: dict[tuple[int, int], int] = {}
@@ -259,6 +265,8 @@ class JobQueue:
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
+        if self._own_workers:
+            self.image_workers.close()
         stopped = await self._release_owned()
         for job in stopped:
             with contextlib.suppress(Exception):
@@ -309,6 +317,13 @@ class JobQueue:
 
     def spool_path(self, ticket: Ticket, suffix: str = "in") -> Path:
         return self.spool_dir / f"{ticket.id}.{suffix}"
+
+    def result_path(self, job: Job) -> Path:
+        """Where the job's result is downloaded (removed when the job's run ends here).
+
+        Not named ``<ticket>.*``, so a ticket's clean-up never touches it.
+        """
+        return self.spool_dir / f"result-{job.id}.img"
 
     def _discard_spool(self, ticket_id: str) -> None:
         for path in self.spool_dir.glob(f"{ticket_id}.*"):
@@ -563,6 +578,15 @@ class JobQueue:
     # -- running -----------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        try:
+            await self._run_and_settle(job)
+        finally:
+            # Delivered, failed, stopped or cancelled: the result file is not needed any
+            # more (a job run again downloads it again from its stored URL).
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.result_path(job).unlink, missing_ok=True)
+
+    async def _run_and_settle(self, job: Job) -> None:
         hook = waiting_hook.set(lambda place: self._report(job, Stage.WAITING, place))
         try:
             if job.resumed:
@@ -620,32 +644,28 @@ class JobQueue:
             job.result_url = record.temporary_url
         await self._advance(job, Stage.DOWNLOADING)
         self._slot_freed.set()  # the upscale answered: its slot is free for the next job
-        raw = await self._onemin.download(job.result_url, RESULT_MAX_BYTES)
-        # Full decodes (64 MB for a 4096x4096 result, for the check and for the Compare
-        # crops): bounded like input decodes, and the freed memory handed back to the OS
-        # afterwards (see prepare_and_trim).
-        async with self._prepare_gate:
-            fmt, size = await asyncio.to_thread(check_result_and_trim, raw, job.prepared.size)
-            crops = await self._crops(job, raw)
+        # The result (up to RESULT_MAX_BYTES) goes straight to a file; the check (a full
+        # decode: 64 MB for a 4096x4096 result) and the Compare crops of a large result
+        # are made in the image worker, from that file.
+        path = self.result_path(job)
+        byte_count = await self._onemin.download_to(job.result_url, path, RESULT_MAX_BYTES)
+        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
+        input_image = bytes(row["data"]) if row is not None else None
+        try:
+            checked = await self.image_workers.check_result(path, input_image, job.prepared.size)
+        except ResultUnusable as exc:
+            raise BadResult(str(exc)) from exc
+        if checked.crops is None:
+            log.info("No comparison for job %s: %s", job.id, checked.no_crops)
         return JobResult(
-            data=raw,
-            format=fmt,
-            size=size,
+            path=path,
+            byte_count=byte_count,
+            format=checked.format,
+            size=checked.size,
             temporary_url=job.result_url,
             elapsed=job.elapsed,
-            crops=crops,
+            crops=checked.crops,
         )
-
-    async def _crops(self, job: Job, result: bytes) -> compare.CompareCrops | None:
-        """Small crops of the input and the result for the Compare button, if possible."""
-        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
-        if row is None:
-            return None
-        try:
-            return await asyncio.to_thread(make_crops_and_trim, bytes(row["data"]), result)
-        except compare.CompareError as exc:
-            log.info("No comparison for job %s: %s", job.id, exc)
-            return None
 
     async def compare_crops(self, job_id: str) -> compare.CompareCrops | None:
         """The stored crops of a delivered job (kept ``COMPARE_RETENTION_DAYS`` days), or None."""
@@ -770,7 +790,7 @@ class JobQueue:
                 (
                     result.size[0] if result else None,
                     result.size[1] if result else None,
-                    len(result.data) if result else None,
+                    result.byte_count if result else None,
                     message_id,
                     ts(utc_now()),
                     job.id,

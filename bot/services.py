@@ -129,6 +129,7 @@ async def open_services(
             instance=instance,
             circuit=circuit,
             circuit_give_up=settings.circuit_give_up,
+            image_workers=image_workers,
         )
         yield Services(
             db=db,

@@ -214,7 +214,7 @@ class DiscordFrontEnd:
         limit = max(1024 * 1024, upload_limit - UPLOAD_MARGIN)
         stem = Path(job.prepared.filename).stem[:60] or "image"
         fitted = await self.bot.services.image_workers.fit(
-            result.data, result.format, limit, f"{stem}_4x"
+            result.path, result.format, limit, f"{stem}_4x"
         )
         roles = [int(r) for r in job.context.get("roles", ())]
         balance = await self.bot.ledger.balance(job.guild_id, job.member_id, roles)

@@ -476,6 +476,7 @@ async def test_a_stored_result_is_not_upscaled_again(rigs: RigFactory, emu: OneM
     second.queue.start()
     assert (await second.settled(job)).delivered
     assert emu.upscales == 1
+    assert emu.calls["download"] == 2  # downloaded again from the stored result URL
     gate.set()
 
 
@@ -612,3 +613,82 @@ async def test_compare_crops_are_kept_a_week_and_then_forgotten(rig: Rig) -> Non
         )
         await rig.recover()
         assert (await rig.queue.compare_crops(job.id) is not None) is kept
+
+
+class FileWatcher(Recorder):
+    """Records, at delivery, where the result is and what the file holds then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[Path, bool, int]] = []
+
+    async def deliver(self, job: Job, result: JobResult) -> int | None:
+        exists = result.path.exists()
+        self.seen.append((result.path, exists, result.path.stat().st_size if exists else -1))
+        return await super().deliver(job, result)
+
+
+def result_files(rig: Rig) -> list[Path]:
+    return [p for p in rig.queue.spool_dir.iterdir() if p.name.startswith("result-")]
+
+
+async def test_result_is_delivered_from_a_spool_file_removed_afterwards(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """The result is downloaded into the spool, not memory: the front end gets its path
+    and size, and the file is gone once the job is delivered."""
+    watcher = FileWatcher()
+    r = await rigs(front=watcher)
+    job, _ = await r.submit()
+    log = await r.settled(job)
+    ((path, existed, size),) = watcher.seen
+    (data,) = emu.results.values()
+    assert existed and size == len(data) == log.delivered[0].byte_count
+    assert path.parent == r.queue.spool_dir
+    assert not path.exists() and list(r.queue.spool_dir.iterdir()) == []
+    assert (await job_row(r, job.id))["output_bytes"] == len(data)
+
+
+@pytest.mark.parametrize("failure", ["delivery_failed", "bad_result"])
+async def test_result_file_is_removed_when_the_job_fails(
+    rigs: RigFactory, emu: OneMinEmulator, failure: str
+) -> None:
+    """A job that fails after its download (delivery refused, or the result is not an
+    upscale) leaves no result file in the spool."""
+    r = await rigs()
+    if failure == "delivery_failed":
+        r.front.fail_delivery = FailureKind.DELIVERY_ERROR
+    else:
+        emu.fail("download", "respond", status=200, body=png())
+    job, _ = await r.submit()
+    log = await r.settled(job)
+    assert log.failures and emu.calls["download"] == 1
+    assert list(r.queue.spool_dir.iterdir()) == []
+
+
+async def test_shutdown_during_a_download_leaves_no_result_file(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """A download cut off by shutdown (its task cancelled after the grace time) leaves
+    no partial file; the job is handed back to be downloaded again."""
+    r = await rigs()
+    emu.fail("download", "hang")
+    job, _ = await r.submit()
+
+    async def downloading() -> bool:
+        return bool(result_files(r))
+
+    await until(downloading)
+    await r.queue.shutdown(grace=0.1)
+    assert result_files(r) == []
+    assert (await job_row(r, job.id))["status"] == "queued"
+
+
+async def test_a_result_file_left_by_a_crash_is_removed_at_start(rigs: RigFactory) -> None:
+    """A result file orphaned by a dead process is removed when the next one recovers."""
+    r = await rigs(start=False)
+    r.queue.spool_dir.mkdir(parents=True, exist_ok=True)
+    orphan = r.queue.spool_dir / "result-0123abcd.img"
+    orphan.write_bytes(b"half a result")
+    await r.recover()
+    assert not orphan.exists()
