@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from bot import startup
+from bot import heap, startup
 from bot.client import UpscaleBot, create_bot
 from bot.logs import configure_logging
 from bot.services import open_services
@@ -44,6 +44,7 @@ async def main(settings: Settings, **bot_options: Any) -> None:
     :class:`~bot.startup.StartupError`: the database first, then the 1min.ai host lookup
     and the Discord login, both waiting up to ``STARTUP_RETRY_SECONDS`` for the network.
     """
+    heap.map_large_blocks()  # large buffers go back to the OS once freed (see bot.heap)
     try:
         retry = startup.RetryPolicy.from_env()
     except SettingsError as exc:

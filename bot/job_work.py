@@ -4,11 +4,10 @@ crops made, by :mod:`bot.workers`.)"""
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
-from bot import images
+from bot import heap, images
 
 
 def prepare_and_trim(
@@ -23,24 +22,7 @@ def prepare_and_trim(
     try:
         return images.prepare_input(source, filename, limits)
     finally:
-        malloc_trim()
-
-
-def malloc_trim() -> None:
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _load_libc()
+        heap.trim()
 
 
 def clear_dir(directory: Path) -> int:
