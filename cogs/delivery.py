@@ -236,7 +236,8 @@ class DiscordFrontEnd:
             content = t(language, "result.ready", mention=mention) if channel_mention else mention
             return Answer(content, embed, view)
 
-        file = discord.File(io.BytesIO(fitted.data), filename=fitted.filename)
+        buffer = io.BytesIO(fitted.data)
+        file = discord.File(buffer, filename=fitted.filename)
         try:
             message = await self.replies.post(target, compose, file=file)
         except discord.Forbidden as exc:
@@ -245,6 +246,12 @@ class DiscordFrontEnd:
             raise DeliveryFailed(
                 FailureKind.DELIVERY_ERROR, f"HTTP {exc.status} code {exc.code}"
             ) from exc
+        finally:
+            # Free the buffer now (up to the upload limit; aiohttp made it copy the
+            # bytes): discord.File leaves it in a reference cycle (its ``close`` set to
+            # its own bound method) that only the cyclic GC would collect, much later.
+            file.close()
+            io.BytesIO.close(buffer)
         return message.id
 
 
