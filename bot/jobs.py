@@ -266,7 +266,7 @@ class JobQueue:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
         if self._own_workers:
-            self.image_workers.close()
+            await self.image_workers.close()
         stopped = await self._release_owned()
         for job in stopped:
             with contextlib.suppress(Exception):

@@ -141,5 +141,5 @@ async def open_services(
             image_workers=image_workers,
         )
     finally:
-        image_workers.close()
+        await image_workers.close()
         await db.close()

@@ -1,145 +1,157 @@
-"""A small process pool for the heaviest image work on results: checking them, making
-their Compare crops, and fitting them under an upload limit.
+"""The image worker: the heaviest image work on results, in a process of its own.
 
-Decoding a 16-megapixel result, and encoding it again, holds the GIL for tens of
-milliseconds at a time inside Pillow and touches hundreds of MB; in the bot's process
-that would stall the event loop and stack up memory with every job in flight. In one
-separate process the loop stays responsive, and at most one result is decoded at a time
-(see :data:`DEFAULT_WORKERS`). Small results skip the pool: a result of at most
-:data:`IN_PROCESS_PIXELS` is checked in a thread, and one already within the upload
-limit is returned as it is. The workers run at a lower priority than the bot (see
-:data:`WORKER_NICENESS`).
+Checking a 16-megapixel result, making its Compare crops and fitting it under an upload
+limit decode it (64 MB) and encode it again (~110 MB more), holding the GIL for tens of
+milliseconds at a time inside Pillow. In the bot's process that would stall the event
+loop and stack up memory with every job in flight. :class:`ImageWorkers` runs that work
+(:mod:`bot.imagework`) in one worker process instead, one call at a time, so at most one
+result is decoded at once; the worker runs at a lower priority than the bot. Small
+results skip it: a result of at most :data:`IN_PROCESS_PIXELS` is checked in a thread,
+and one already within the upload limit is returned as it is.
 
 Results stay in files. The job queue streams each download into its spool
 (:meth:`bot.onemin.OneMinClient.download_to`); the worker opens the image from that path
 (Pillow reads it block by block while decoding), so neither process holds a whole result
-as bytes. Only small things come back through the pool's pipe: the format and size, the
-Compare crops (tens of KB), and the fitted image through a temporary file (at most the
-upload limit): pickling megabytes would copy them while holding the GIL in the pool's
-feeder thread, which stalls the event loop. After each call the worker hands the freed
-memory back to the OS (``malloc_trim``), which glibc would otherwise keep resident in the
-idle worker.
+as bytes. Only small things come back: the format and size, the Compare crops (tens of
+KB), and the fitted image through a temporary file (at most the upload limit).
 
-This module is imported by the worker process: it must stay light (Pillow and
-:mod:`bot.images`, :mod:`bot.compare`; no database or HTTP client).
+The worker is a plain ``python -c`` child speaking length-prefixed pickles on its pipes
+(see :mod:`bot.imagework`), not a :mod:`multiprocessing` pool: "spawn" would also start
+multiprocessing's resource tracker (another interpreter, ~13 MB) and import the bot's
+main script again in the worker (discord.py, aiohttp and the drivers, ~30 MB). If the
+worker dies (e.g. killed for memory), the call fails with :class:`WorkerDied` and the
+next call starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
-import multiprocessing
 import os
+import pickle
 import shutil
+import sys
 import tempfile
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from bot import compare, images
+import bot
+from bot import heap, images
 from bot.images.decode import open_result
+from bot.imagework import HEADER_BYTES, ResultCheck, ResultUnusable, inspect_result
+
+__all__ = ["IN_PROCESS_PIXELS", "ImageWorkers", "ResultCheck", "ResultUnusable", "WorkerDied"]
 
 log = logging.getLogger(__name__)
 
-# Processes. One: a full decode of 16 MP is 48-64 MB and a WebP encode of it ~110 MB more;
-# a second worker would double that peak on a 2-core machine for little gain (the bot,
-# the HTTP traffic and Discord's uploads need the other core).
-DEFAULT_WORKERS = 1
-# Added to the workers' niceness: on a busy 2-core machine the event loop (acks, the
-# HTTP traffic) gets the CPU first, and image work, which nobody waits on to the
-# millisecond, takes what is left.
-WORKER_NICENESS = 10
 # Results of at most this many pixels (a decode of at most 4 MB) are checked in a thread
 # of the bot's process: a round trip to the worker, or a wait behind a large fit there,
 # would cost small jobs more than their decode.
 IN_PROCESS_PIXELS = 1024 * 1024
 IN_PROCESS_CONCURRENCY = 2  # such small checks at once in the bot's process
-# A result must be at least this much larger per side than the input (catches an
-# unchanged or tiny "upscaled" image).
-MIN_RESULT_SCALE = 2.0
-
-_T = TypeVar("_T")
-
-
-class ResultUnusable(Exception):
-    """The result is not a decodable image clearly larger than the input."""
+WORKER_CODE = "from bot.imagework import main; main()"
+# Put first on the worker's import path, so it imports this very ``bot`` package.
+BOT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bot.__file__)))
+STOP_TIMEOUT = 5.0  # seconds for the worker to exit once its input is closed
 
 
-@dataclass(frozen=True, slots=True)
-class ResultCheck:
-    """What checking a result found: its format and size, and the Compare crops.
-
-    ``crops`` is None when they could not be made (``no_crops`` says why); the result can
-    still be delivered, without a Compare button.
-    """
-
-    format: str
-    size: tuple[int, int]
-    crops: compare.CompareCrops | None
-    no_crops: str = ""
+class WorkerDied(Exception):
+    """The worker process ended during a call (the next call starts a new one)."""
 
 
 class ImageWorkers:
-    """Runs result checks and fits in worker processes started on first use."""
+    """Runs result checks and fits in a worker process started on first use."""
 
-    def __init__(self, max_workers: int = DEFAULT_WORKERS) -> None:
-        self._max_workers = max_workers
-        self._pool: ProcessPoolExecutor | None = None
-        self._dir: Path | None = None
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._calls = asyncio.Lock()  # one call at a time, in order
         self._threads = asyncio.Semaphore(IN_PROCESS_CONCURRENCY)
+        self._dir: Path | None = None
+        self._reaping: set[asyncio.Task[int]] = set()
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # "spawn": a clean interpreter, never a fork of a process with running threads.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                self._max_workers, mp_context=context, initializer=_lower_priority
-            )
-        return self._pool
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process's id while one runs."""
+        return self._process.pid if self._process is not None else None
 
     def _spool(self) -> Path:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="upscaler-fit-"))
         return self._dir
 
-    async def _in_worker(self, func: Callable[..., _T], *args: Any) -> _T:
-        pool = self._executor()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, func, *args)
-        except BrokenProcessPool:
-            # The worker died (e.g. killed for memory): the next call starts a new one.
-            if self._pool is pool:
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    async def _worker(self) -> asyncio.subprocess.Process:
+        if self._process is None or self._process.returncode is not None:
+            path = os.pathsep.join(p for p in (BOT_ROOT, os.environ.get("PYTHONPATH")) if p)
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                WORKER_CODE,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": path},
+            )
+            log.debug("Image worker started (pid %d)", self._process.pid)
+        return self._process
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        """Run ``bot.imagework.CALLS[name](*args)`` in the worker; its exception is raised."""
+        async with self._calls:
+            process = await self._worker()
+            assert process.stdin is not None and process.stdout is not None
+            request = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                process.stdin.write(len(request).to_bytes(HEADER_BYTES, "big") + request)
+                await process.stdin.drain()
+                size = int.from_bytes(await process.stdout.readexactly(HEADER_BYTES), "big")
+                ok, value = pickle.loads(await process.stdout.readexactly(size))
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                self._discard(process)
+                raise WorkerDied(f"the image worker ended during {name}") from exc
+            except BaseException:
+                # Cancelled mid-call: its answer would be read as the next call's.
+                self._discard(process)
+                raise
+        if ok:
+            return value
+        raise value
+
+    def _discard(self, process: asyncio.subprocess.Process) -> None:
+        """Kill the worker (if it still runs) and reap it in the background."""
+        if self._process is process:
+            self._process = None
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        task = asyncio.get_running_loop().create_task(process.wait())
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
 
     async def check_result(
         self, result: Path, input_image: bytes | None, input_size: tuple[int, int]
     ) -> ResultCheck:
         """Check the downloaded result in ``result`` and make its Compare crops.
 
-        See :func:`inspect_result`; ``input_image`` is the image sent to the upscaler (no
-        crops without it). Raises :class:`ResultUnusable`.
+        See :func:`bot.imagework.inspect_result`; ``input_image`` is the image sent to
+        the upscaler (no crops without it). Raises :class:`ResultUnusable`, or
+        :class:`WorkerDied`.
         """
         if await asyncio.to_thread(_small_or_unreadable, result):
             async with self._threads:
                 return await asyncio.to_thread(_inspect_and_trim, result, input_image, input_size)
-        input_path = self._spool() / f"{uuid.uuid4().hex}.input"
+        input_path = None
         if input_image is not None:
+            input_path = self._spool() / f"{uuid.uuid4().hex}.input"
             await asyncio.to_thread(input_path.write_bytes, input_image)
         try:
-            return await self._in_worker(
-                _inspect_file, str(result), str(input_path), input_image is not None, input_size
+            checked: ResultCheck = await self._call(
+                "inspect", str(result), input_path and str(input_path), input_size
             )
         finally:
-            await asyncio.to_thread(_unlink, input_path)
+            if input_path is not None:
+                await asyncio.to_thread(_unlink, input_path)
+        return checked
 
     async def fit(
         self, source: Path, fmt: str, limit_bytes: int, filename_stem: str
@@ -148,6 +160,7 @@ class ImageWorkers:
 
         See :func:`bot.images.fit_to_limit`. A file already within the limit is read
         (never decoded) in a thread; a larger one is fitted in the worker, from the file.
+        Raises :class:`WorkerDied` if the worker ends meanwhile.
         """
         stat = await asyncio.to_thread(source.stat)
         if stat.st_size <= limit_bytes:
@@ -156,45 +169,29 @@ class ImageWorkers:
             )
         target = self._spool() / f"{uuid.uuid4().hex}.out"
         try:
-            fitted = await self._in_worker(
-                _fit_file, str(source), str(target), fmt, limit_bytes, filename_stem
+            fitted: images.FittedImage = await self._call(
+                "fit", str(source), str(target), fmt, limit_bytes, filename_stem
             )
             out = await asyncio.to_thread(target.read_bytes)
         finally:
             await asyncio.to_thread(_unlink, target)
         return dataclasses.replace(fitted, data=out)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    async def close(self) -> None:
+        """Stop the worker (its input closes, so it exits) and remove the temporary files."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                self._discard(process)
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
         if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self._dir, ignore_errors=True)
             self._dir = None
-
-
-def inspect_result(
-    result: images.ImageSource, input_image: bytes | None, input_size: tuple[int, int]
-) -> ResultCheck:
-    """Decode the result fully: it must be an image clearly larger than the input. Then
-    make the Compare crops (one decode at a time: the check's is freed first).
-
-    Raises :class:`ResultUnusable` when the result is not an image, is damaged or
-    truncated, or is less than :data:`MIN_RESULT_SCALE` times the input per side.
-    """
-    try:
-        fmt, size = images.describe_image(result)
-    except Exception as exc:
-        raise ResultUnusable("result is not a decodable image") from exc
-    if size[0] < input_size[0] * MIN_RESULT_SCALE or size[1] < input_size[1] * MIN_RESULT_SCALE:
-        raise ResultUnusable(f"result {size} is not an upscale of {input_size}")
-    if input_image is None:
-        return ResultCheck(fmt, size, None, "the input is no longer stored")
-    try:
-        crops = compare.make_crops(input_image, result)
-    except compare.CompareError as exc:
-        return ResultCheck(fmt, size, None, str(exc))
-    return ResultCheck(fmt, size, crops)
 
 
 def _small_or_unreadable(result: Path) -> bool:
@@ -214,49 +211,10 @@ def _inspect_and_trim(
     try:
         return inspect_result(result, input_image, input_size)
     finally:
-        _malloc_trim()
-
-
-def _inspect_file(
-    result: str, input_path: str, has_input: bool, input_size: tuple[int, int]
-) -> ResultCheck:
-    """In the worker: :func:`inspect_result` on the files, then the memory handed back."""
-    try:
-        input_image = Path(input_path).read_bytes() if has_input else None
-        return inspect_result(Path(result), input_image, input_size)
-    finally:
-        _malloc_trim()
-
-
-def _fit_file(
-    source: str, target: str, fmt: str, limit_bytes: int, filename_stem: str
-) -> images.FittedImage:
-    """In the worker: fit the image in ``source``, write the bytes to ``target``.
-
-    Returns the :class:`~bot.images.FittedImage` without its bytes (they are in
-    ``target``).
-    """
-    try:
-        fitted = images.fit_to_limit(Path(source), fmt, limit_bytes, filename_stem)
-        with open(target, "wb") as fh:
-            fh.write(fitted.data)
-        return dataclasses.replace(fitted, data=b"")
-    finally:
-        _malloc_trim()
-
-
-def _lower_priority() -> None:
-    """In the worker: yield the CPU to the bot's event loop when both want it."""
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICENESS)
+        heap.trim()
 
 
 def _unlink(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
             os.unlink(path)
-
-
-def _malloc_trim() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

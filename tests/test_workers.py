@@ -1,21 +1,23 @@
-"""The image worker pool: results are checked, cropped and fitted from their files, large
-ones in the worker process, small ones in a thread; a dead worker is replaced."""
+"""The image worker: results are checked, cropped and fitted from their files, large ones
+in the worker process, small ones in a thread; a dead or abandoned worker is replaced."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
 
-from bot import workers
+from bot import imagework, workers
 from bot.compare import CompareCrops
-from bot.workers import ImageWorkers, ResultUnusable, inspect_result
+from bot.imagework import ResultCheck, inspect_result
+from bot.workers import ImageWorkers, ResultUnusable, WorkerDied
 from tests import imagecorpus as corpus
 
 INPUT_SIZE = (64, 48)
@@ -25,7 +27,7 @@ INPUT_SIZE = (64, 48)
 async def pool() -> AsyncIterator[ImageWorkers]:
     image_workers = ImageWorkers()
     yield image_workers
-    image_workers.close()
+    await image_workers.close()
 
 
 @pytest.fixture
@@ -49,12 +51,21 @@ def in_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = workers._inspect_and_trim
 
-    def recording(result: Path, *args: object) -> workers.ResultCheck:
+    def recording(result: Path, *args: object) -> ResultCheck:
         calls.append(result)
         return real(result, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(workers, "_inspect_and_trim", recording)
     return calls
+
+
+async def started(pool: ImageWorkers) -> int:
+    """The worker's pid, once a call has started it."""
+    async with asyncio.timeout(10):
+        while pool.worker_pid is None:  # noqa: ASYNC110 - set by the call in another task
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    return pool.worker_pid
 
 
 def test_inspect_result_reads_the_result_from_its_file(tmp_path: Path) -> None:
@@ -94,7 +105,7 @@ async def test_small_result_is_checked_in_a_thread_without_the_worker(
     path = picture_file(tmp_path, (256, 192))
     checked = await pool.check_result(path, input_png(), INPUT_SIZE)
     assert checked.size == (256, 192) and checked.crops is not None
-    assert calls == [path] and pool._pool is None
+    assert calls == [path] and pool.worker_pid is None
 
 
 @pytest.mark.usefixtures("in_worker")
@@ -108,7 +119,7 @@ async def test_large_result_is_checked_and_cropped_in_the_worker(
     checked = await pool.check_result(path, input_png(), INPUT_SIZE)
     assert (checked.format, checked.size) == ("png", (256, 192))
     assert checked.crops is not None and checked.crops.scale == (4.0, 4.0)
-    assert calls == [] and pool._pool is not None
+    assert calls == [] and pool.worker_pid is not None
     assert list(pool._spool().iterdir()) == []
 
 
@@ -120,7 +131,7 @@ async def test_worker_check_rejects_a_result_that_is_not_an_upscale(
     path = picture_file(tmp_path, INPUT_SIZE)
     with pytest.raises(ResultUnusable, match="not an upscale"):
         await pool.check_result(path, input_png(), INPUT_SIZE)
-    assert pool._pool is not None
+    assert pool.worker_pid is not None
 
 
 async def test_fit_of_a_large_result_runs_in_the_worker_from_the_file(
@@ -134,7 +145,7 @@ async def test_fit_of_a_large_result_runs_in_the_worker_from_the_file(
     fitted = await pool.fit(path, "png", limit, "cat_4x")
     assert fitted.reencoded and 0 < len(fitted.data) <= limit
     assert fitted.filename == f"cat_4x.{fitted.format}"
-    assert pool._pool is not None and list(pool._spool().iterdir()) == []
+    assert pool.worker_pid is not None and list(pool._spool().iterdir()) == []
     assert path.exists()  # the caller's file is the caller's to remove
 
 
@@ -145,38 +156,104 @@ async def test_fit_of_a_result_within_the_limit_stays_in_process(
     path = picture_file(tmp_path, (256, 192))
     fitted = await pool.fit(path, "png", 10 * 1024 * 1024, "cat_4x")
     assert fitted.data == path.read_bytes() and not fitted.reencoded
-    assert pool._pool is None
+    assert pool.worker_pid is None
 
 
 @pytest.mark.usefixtures("in_worker")
-async def test_a_dead_worker_is_replaced_for_the_next_call(
+async def test_a_worker_that_died_idle_is_replaced_by_the_next_call(
     tmp_path: Path, pool: ImageWorkers
 ) -> None:
-    """When the worker process dies (e.g. killed for memory), the call in flight fails
-    and the next one starts a new worker."""
+    """A worker process that died between calls (e.g. killed for memory) is replaced by
+    the next call, which succeeds."""
     path = picture_file(tmp_path, (256, 192))
     await pool.check_result(path, input_png(), INPUT_SIZE)
-    assert pool._pool is not None
-    for pid in list(pool._pool._processes):
-        os.kill(pid, signal.SIGKILL)
-    with pytest.raises(BrokenProcessPool):
-        for _ in range(50):  # until the pool has noticed
-            await pool.check_result(path, input_png(), INPUT_SIZE)
+    first = pool.worker_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await asyncio.sleep(0.2)
     checked = await pool.check_result(path, input_png(), INPUT_SIZE)
-    assert checked.size == (256, 192)
+    assert checked.size == (256, 192) and pool.worker_pid not in (None, first)
 
 
-def test_worker_module_stays_light() -> None:
-    """The worker process imports bot.workers: no database driver or HTTP client with it."""
-    code = (
-        "import sys, bot.workers; "
-        "print(','.join(m for m in ('aiohttp', 'asyncpg', 'aiosqlite', 'discord') "
-        "if m in sys.modules))"
+async def test_a_worker_that_dies_during_a_call_fails_it_with_worker_died(
+    tmp_path: Path, pool: ImageWorkers
+) -> None:
+    """The call in flight when the worker dies raises WorkerDied; the next call starts
+    a new worker."""
+    big = tmp_path / "big.png"
+    big.write_bytes(corpus.encode(corpus.noise((1500, 1500), seed=9), "PNG"))
+    slow = asyncio.create_task(pool.fit(big, "png", 100_000, "slow"))
+    first = await started(pool)  # the call is in flight (seconds of work)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(WorkerDied):
+        await slow
+    fitted = await pool.fit(picture_file(tmp_path, (256, 192)), "png", 5_000, "next")
+    assert len(fitted.data) <= 5_000 and pool.worker_pid not in (None, first)
+
+
+@pytest.mark.usefixtures("in_worker")
+async def test_a_call_cancelled_midway_leaves_no_answer_for_the_next(
+    tmp_path: Path, pool: ImageWorkers
+) -> None:
+    """A call cancelled while the worker works on it ends that worker, so its late
+    answer can never be taken for the next call's; the next call gets its own."""
+    big = tmp_path / "big.png"
+    big.write_bytes(corpus.encode(corpus.noise((1500, 1500), seed=9), "PNG"))
+    slow = asyncio.create_task(pool.fit(big, "png", 100_000, "slow"))
+    first = await started(pool)  # the call is in flight (seconds of work)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    small = picture_file(tmp_path, (256, 192))
+    checked = await pool.check_result(small, input_png(), INPUT_SIZE)
+    assert checked.size == (256, 192) and pool.worker_pid != first
+
+
+@pytest.mark.usefixtures("in_worker")
+async def test_calls_are_answered_in_turn(tmp_path: Path, pool: ImageWorkers) -> None:
+    """Calls made at once are served one at a time, each with its own answer."""
+    sizes = [(256, 192), (200, 160), (320, 240)]
+    paths = [picture_file(tmp_path, size, f"r{i}.png") for i, size in enumerate(sizes)]
+    inputs = [(64, 48), (50, 40), (80, 60)]
+    checks = await asyncio.gather(
+        *(pool.check_result(p, None, i) for p, i in zip(paths, inputs, strict=True))
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    assert [c.size for c in checks] == sizes
+
+
+@pytest.mark.usefixtures("in_worker")
+async def test_close_stops_the_worker_and_removes_its_files(
+    tmp_path: Path, pool: ImageWorkers
+) -> None:
+    """close() ends the worker process (its input closes) and removes the temporary files."""
+    await pool.check_result(picture_file(tmp_path, (256, 192)), input_png(), INPUT_SIZE)
+    pid, spool = pool.worker_pid, pool._spool()
+    assert pid is not None
+    await pool.close()
+    assert pool.worker_pid is None and not spool.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_worker_serves_calls_until_its_input_ends(tmp_path: Path) -> None:
+    """The worker's loop answers each call in turn, an exception as the exception, and
+    returns when its input ends."""
+    good = picture_file(tmp_path, (256, 192))
+    same = picture_file(tmp_path, INPUT_SIZE, "same.png")
+    requests = io.BytesIO(
+        imagework.pack(("inspect", (str(good), None, INPUT_SIZE)))
+        + imagework.pack(("inspect", (str(same), None, INPUT_SIZE)))
     )
-    assert out.stdout.strip() == ""
+    answers = io.BytesIO()
+    imagework.serve(requests, answers)
+    answers.seek(0)
+    replies = []
+    while header := answers.read(imagework.HEADER_BYTES):
+        size = int.from_bytes(header, "big")
+        replies.append(imagework.pickle.loads(answers.read(size)))
+    (ok, checked), (failed, error) = replies
+    assert ok and checked.size == (256, 192)
+    assert not failed and isinstance(error, ResultUnusable)
 
 
 def test_inspect_result_leaves_no_file_open(tmp_path: Path) -> None:
@@ -185,3 +262,17 @@ def test_inspect_result_leaves_no_file_open(tmp_path: Path) -> None:
     inspect_result(path, input_png(), INPUT_SIZE)
     fds = Path("/proc/self/fd")
     assert all(os.path.realpath(fds / fd) != str(path) for fd in os.listdir(fds))
+
+
+def test_worker_module_stays_light() -> None:
+    """The worker process imports bot.imagework: no event loop, multiprocessing, database
+    driver or HTTP client come with it."""
+    code = (
+        "import sys, bot.imagework; "
+        "print(','.join(m for m in ('asyncio', 'multiprocessing', 'aiohttp', 'asyncpg', "
+        "'aiosqlite', 'discord') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
