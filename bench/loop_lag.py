@@ -1,67 +1,120 @@
-"""Event-loop lag and peak memory while 4 jobs fit 4096x4096 results under 10 MiB.
+"""Event-loop lag and peak memory of the bot while 4 jobs fit 4096x4096 results under 10 MiB.
 
-Run: ``python -m bench.loop_lag [--json PATH]``. The bot runs in this process with the
-Discord emulator; the 1min.ai emulator runs in another process (its 4x encodes must not
-share this process's GIL). A probe task sleeps 5 ms in a loop and records how late it
-wakes. Memory: a thread sums the resident memory (VmRSS) of this process and its
-children (the bot's image worker pool; the 1min.ai emulator's process is left out) every
-10 ms and keeps the largest sum; ``base_rss_mb`` is that sum just before the jobs (the
-emulator, the bench's own inputs and the idle bot). Targets: lag max under 50 ms, p99
-under 20 ms; peak memory under 300 MB.
+Run: ``python -m bench.loop_lag [--json PATH]``. The bot runs as its own process
+(``tests.bot_process``, what ``python -m bot`` runs, on a SQLite database in a temporary
+directory), against the Discord emulator in this process and the 1min.ai emulator in
+another one. Four members each upscale a 1024x1024 noise PNG at once; the emulator
+answers with the 4x result, a 37 MB PNG of 4096x4096 upscaled noise, which the bot must
+check, crop for Compare and fit under Discord's 10 MiB limit.
+
+What is measured, from when the four ``/upscale`` are sent until the last result is
+posted (``elapsed_s``):
+
+* Memory of the bot alone: a thread sums the resident memory (VmRSS, from /proc) of the
+  bot's process and all its descendants (the image worker; ``children`` counts the
+  processes seen) every 10 ms and keeps the largest sum (``peak_rss_mb``).
+  ``peak_main_mb`` is the bot process's own peak (VmHWM, kept by the kernel, so it may
+  fall between samples) and ``peak_worker_mb`` the largest peak of any one descendant.
+  Neither emulator, nor this process's inputs, is counted. RSS counts pages of shared
+  libraries in each process that maps them. ``base_rss_mb`` is the sum just before the
+  jobs (the idle bot; its worker starts on first use).
+* Event-loop lag in the bot's own loop: with ``LAG_PROBE_FILE`` the bot process runs a
+  probe task that sleeps 5 ms in a loop and records how late it wakes
+  (:func:`tests.bot_process.with_lag_probe`); the samples taken while the jobs ran are
+  kept.
+
+Targets: peak memory (bot + worker) under 300 MB; lag max under 50 ms, p99 under 20 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import EMULATOR_PIDS, TreeRss, emit, noise_png, onemin_in_subprocess, percentile
-from tests.harness import ONEMIN_KEY, running_bot
+from bench.common import TreeRss, emit, noise_png, onemin_in_subprocess, percentile
+from tests.bot_process import LAG_PROBE_ENV, start_bot_process
+from tests.emulators.discord import DiscordEmulator
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
 
-PROBE_SLEEP = 0.005  # seconds
 JOBS = 4
 MiB = 1024 * 1024
+START_TIMEOUT = 60.0  # seconds for the bot process to connect and sync its commands
+SETTLE = 1.0  # seconds of idle before the base memory is read
+STOP_TIMEOUT = 30.0  # seconds for the bot process to stop after SIGTERM
+
+
+async def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an owner would (the bot then writes its lag samples), then wait."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
 
 
 async def run() -> dict[str, Any]:
-    image = noise_png((1024, 1024))  # 4x -> 4096x4096 noise: ~48 MB PNG, must be fitted
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def probe() -> None:
-        while not stop.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(PROBE_SLEEP)
-            lags.append(time.perf_counter() - before - PROBE_SLEEP)
-
+    image = noise_png((1024, 1024))  # 4x -> 4096x4096 upscaled noise: a 37 MB PNG
     with onemin_in_subprocess(ONEMIN_KEY) as base_url, tempfile.TemporaryDirectory() as tmp:
-        async with running_bot(Path(tmp), onemin_api_base=base_url) as h:
-            members = [h.discord.add_member(f"l{i}") for i in range(JOBS)]
-            memory = TreeRss(exclude=EMULATOR_PIDS)
-            base_rss = memory.current_mb()
-            memory.__enter__()
-            task = asyncio.create_task(probe())
-            start = time.perf_counter()
-            its = await asyncio.gather(
-                *(
-                    h.discord.slash(
-                        "upscale", {"image": h.discord.attachment(image, "n.png")}, member=m
-                    )
-                    for m in members
+        tmp_path = Path(tmp)
+        lag_file = tmp_path / "lag.json"
+        log_path = tmp_path / "bot.log"
+        async with DiscordEmulator(token=DISCORD_TOKEN) as discord_emu:
+            env = {
+                "DISCORD_TOKEN": DISCORD_TOKEN,
+                "ONEMIN_API_KEY": ONEMIN_KEY,
+                "ONEMIN_API_BASE": base_url,
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'bot.db'}",
+                "DISCORD_API_BASE": discord_emu.api_base,
+                "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
+                "LOG_LEVEL": "WARNING",
+                LAG_PROBE_ENV: str(lag_file),
+            }
+            proc = start_bot_process(env, log_path)
+            try:
+                await discord_emu.wait_until(
+                    lambda: bool(discord_emu.global_commands) or proc.poll() is not None,
+                    START_TIMEOUT,
                 )
-            )
-            finals = await asyncio.gather(*(it.final(timeout=300) for it in its))
-            elapsed = time.perf_counter() - start
-            stop.set()
-            await task
-            memory.__exit__()
-            sizes = [len(it.file(f)[1]) for it, f in zip(its, finals, strict=True)]
-    ms = [lag * 1000 for lag in lags]
+                if proc.poll() is not None:
+                    raise AssertionError(f"the bot did not start:\n{log_path.read_text()}")
+                await discord_emu.wait_connected()
+                members = [discord_emu.add_member(f"l{i}") for i in range(JOBS)]
+                await asyncio.sleep(SETTLE)
+                memory = TreeRss(pid=proc.pid)
+                base_rss = memory.current_mb()
+                with memory:
+                    start_wall, start = time.time(), time.perf_counter()
+                    its = await asyncio.gather(
+                        *(
+                            discord_emu.slash(
+                                "upscale",
+                                {"image": discord_emu.attachment(image, "n.png")},
+                                member=m,
+                            )
+                            for m in members
+                        )
+                    )
+                    finals = await asyncio.gather(*(it.final(timeout=300) for it in its))
+                    elapsed = time.perf_counter() - start
+                    end_wall = time.time()
+                sizes = [len(it.file(f)[1]) for it, f in zip(its, finals, strict=True)]
+            finally:
+                await stop(proc)
+        log = log_path.read_text(errors="replace")
+        if "ERROR" in log or "Traceback" in log:
+            raise AssertionError(f"the bot logged errors:\n{log}")
+        samples = json.loads(lag_file.read_text())
+    ms = [lag * 1000 for at, lag in samples if start_wall <= at <= end_wall]
     return {
         "jobs": JOBS,
         "elapsed_s": elapsed,
@@ -74,6 +127,7 @@ async def run() -> dict[str, Any]:
         "peak_rss_mb": memory.peak_mb,
         "peak_main_mb": memory.peak_root_mb,
         "peak_worker_mb": memory.peak_child_mb,
+        "children": len(memory.children_seen),
     }
 
 

@@ -6,27 +6,38 @@ attachments), points discord.py there, then runs exactly what ``python -m bot`` 
 ``python -m tests.bot_process check`` runs what ``python -m bot check`` runs.
 Tests start it with :func:`start_bot_process`, or run it to its end with
 :func:`run_bot_process`.
+
+For benchmarks, ``LAG_PROBE_FILE`` names a file: a probe task then runs in the bot's
+event loop, sleeping :data:`PROBE_SLEEP` s in a loop and recording how late it wakes,
+and when the bot stops, the samples are written there as JSON
+(``[[wall-clock time, lag in seconds], ...]``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bot.__main__ import serve
+from bot.__main__ import main, serve
 from bot.check import run_check
 from bot.logs import configure_logging
 from bot.settings import load_settings
+from bot.startup import StartupError
 from tests.emulators.discord import point_discord_at
 
 ROOT = Path(__file__).resolve().parents[1]
+LAG_PROBE_ENV = "LAG_PROBE_FILE"
+PROBE_SLEEP = 0.005  # seconds the lag probe sleeps between wake-ups
 
 
 def run() -> None:
@@ -37,7 +48,38 @@ def run() -> None:
     settings = load_settings(dotenv=False)
     media_origin = api_base.split("/api/", 1)[0]
     configure_logging(settings.log_level, settings.secret_values())
-    serve(settings, media_origins=frozenset({media_origin}), guild_ready_timeout=0.05)
+    options: dict[str, Any] = {
+        "media_origins": frozenset({media_origin}),
+        "guild_ready_timeout": 0.05,
+    }
+    probe_file = os.environ.get(LAG_PROBE_ENV)
+    if not probe_file:
+        serve(settings, **options)
+        return
+    try:  # what serve() does, with the probe beside the bot
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(with_lag_probe(main(settings, **options), Path(probe_file)))
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(exc.status)
+
+
+async def with_lag_probe(bot_main: Awaitable[None], out: Path) -> None:
+    """Run ``bot_main`` with the lag probe in the same loop; write its samples at the end."""
+    samples: list[tuple[float, float]] = []
+
+    async def probe() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(PROBE_SLEEP)
+            samples.append((time.time(), time.perf_counter() - before - PROBE_SLEEP))
+
+    task = asyncio.create_task(probe())
+    try:
+        await bot_main
+    finally:
+        task.cancel()
+        await asyncio.to_thread(out.write_text, json.dumps(samples))
 
 
 def start_bot_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
