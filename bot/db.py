@@ -367,14 +367,14 @@ class SqliteTransaction(Transaction):
     async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
         await self._conn.executemany(sql, params_seq)
 
+    # One trip to aiosqlite's thread per read (a cursor's execute, fetch and close are
+    # three); reads in a transaction are small.
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cursor:
-            row: Row | None = await cursor.fetchone()
-            return row
+        rows = await self._conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def lock(self, *keys: str) -> None:
         return None
