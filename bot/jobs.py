@@ -643,9 +643,18 @@ class JobQueue:
 
     async def _work(self, job: Job) -> JobResult:
         if job.result_url is None:
-            await self._take_slot(job)  # uploading, or upscaling when the asset is stored
-            if job.asset_path is None:
-                data = await self._input(job)
+            # The input is read while the job waits for its slot (a job claimed ahead waits
+            # for one), so the upload can start the moment it has it.
+            reading = asyncio.create_task(self._input(job)) if job.asset_path is None else None
+            try:
+                await self._take_slot(job)  # uploading, or upscaling with the asset stored
+            except BaseException:
+                if reading is not None:
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
+                raise
+            if reading is not None:
+                data = await reading
                 prepared = job.prepared
                 asset = await self._paced(
                     job,
@@ -658,6 +667,7 @@ class JobQueue:
                 await self._advance(job, Stage.UPSCALING, asset_path=asset)
                 job.asset_path = asset
             asset_path = job.asset_path
+            assert asset_path is not None  # uploaded just now, or stored before a restart
             record = await self._paced(
                 job, lambda: self._onemin.upscale(asset_path, job.output_format)
             )
