@@ -10,8 +10,8 @@ Prints two tables:
   PostgreSQL (a fresh schema, dropped afterwards), racing either the members' limits
   (each member's limit is 90 % of their share of the attempts) or a server budget (90 %
   of all attempts). *overspend* is how many credits went past a limit (must be 0) and
-  *granted* must equal the sum of the limits. The server budget sums the guild's whole
-  period on every reservation, so its figure falls as the period's entries grow.
+  *granted* must equal the sum of the limits. Reservations read usage counters (two rows)
+  rather than summing the period's entries, so the figures do not fall as they grow.
 
 PostgreSQL is skipped with a note when the server (``--pg``, default the test server)
 cannot be reached. The URL is never printed (it may hold a password).

@@ -38,7 +38,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import re
 import sqlite3
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 WAL_ATTEMPTS = 40  # tries to switch a new file to WAL while another process does the same
 BUSY_TIMEOUT_MS = 5_000  # how long a SQLite statement waits for another process's lock
+CHECKPOINT_INTERVAL = 1.0  # seconds between background WAL checkpoints (SQLite)
 PG_POOL_MIN = 1
 PG_POOL_MAX = 10
 PG_COMMAND_TIMEOUT = 30.0  # seconds; a PostgreSQL statement running longer is cancelled
@@ -72,7 +76,7 @@ TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 Engine = Literal["sqlite", "postgresql"]
 Params = Sequence[Any] | dict[str, Any]
-_PendingWrite = tuple[str, "Params", "asyncio.Future[int]"]
+_PendingWrite = tuple[str, "Params", "asyncio.Future[int]", bool]  # ..., urgent
 
 # Errors a constraint violation raises, whichever the engine.
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (
@@ -296,12 +300,14 @@ class Database(abc.ABC):
         return await SqliteDatabase.open_file(path, migrations=migrations)
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+    def transaction(self, *, urgent: bool = False) -> AbstractAsyncContextManager[Transaction]:
         """``async with db.transaction() as tx``: a write transaction, rolled back if the
-        block raises. ``tx`` is for this block only; do not keep it."""
+        block raises. ``tx`` is for this block only; do not keep it. ``urgent`` (work a
+        job waits on before calling 1min.ai) goes ahead of ordinary work where callers
+        queue for one connection (SQLite); PostgreSQL has a pool and ignores it."""
 
     @abc.abstractmethod
-    async def write(self, sql: str, params: Params = ()) -> int:
+    async def write(self, sql: str, params: Params = (), *, urgent: bool = False) -> int:
         """Run one statement atomically on its own; returns the rows changed."""
 
     @abc.abstractmethod
@@ -367,14 +373,14 @@ class SqliteTransaction(Transaction):
     async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
         await self._conn.executemany(sql, params_seq)
 
+    # One trip to aiosqlite's thread per read (a cursor's execute, fetch and close are
+    # three); reads in a transaction are small.
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cursor:
-            row: Row | None = await cursor.fetchone()
-            return row
+        rows = await self._conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def lock(self, *keys: str) -> None:
         return None
@@ -394,6 +400,89 @@ async def _set_wal(conn: aiosqlite.Connection) -> None:
             await asyncio.sleep(0.025 * attempt)
 
 
+class _TurnLock:
+    """The lock of the one SQLite connection, serving urgent waiters first.
+
+    SQLite runs one statement at a time on the bot's connection, so under a burst every
+    caller queues for it. Work that a job is waiting on before it can call 1min.ai (its
+    turn in the rate window, its upscale slot, its next stage) is marked urgent and goes
+    ahead of intake and bookkeeping; waiters of the same urgency keep their order.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def enqueue(self, urgent: bool) -> asyncio.Future[None]:
+        """A place in line (already granted when the lock is free); await it with
+        :meth:`wait`, then :meth:`release`."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._held:
+            heapq.heappush(self._queue, (0 if urgent else 1, next(self._order), turn))
+        else:
+            self._held = True
+            turn.set_result(None)
+        return turn
+
+    def hurry(self, turn: asyncio.Future[None]) -> None:
+        """Move a waiting place among the urgent ones."""
+        if not turn.done():
+            heapq.heappush(self._queue, (0, next(self._order), turn))
+
+    async def wait(self, turn: asyncio.Future[None]) -> None:
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # the lock was handed over just as the waiter was cancelled
+            raise
+
+    def release(self) -> None:
+        while self._queue:
+            _, _, turn = heapq.heappop(self._queue)
+            if not turn.done():  # skips cancelled waiters and places hurried twice
+                turn.set_result(None)
+                return
+        self._held = False
+
+    @asynccontextmanager
+    async def hold(self, urgent: bool = False) -> AsyncIterator[None]:
+        await self.wait(self.enqueue(urgent))
+        try:
+            yield
+        finally:
+            self.release()
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """A connection in autocommit mode (transactions are explicit), rows by column name."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = aiosqlite.Row
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _checkpoint_loop(path: Path) -> None:
+    """Checkpoint the WAL every :data:`CHECKPOINT_INTERVAL` seconds on a connection of its
+    own (its own thread): ``PASSIVE`` copies what it can without blocking writers or
+    readers, and the WAL starts over once all of it is in the database file."""
+    conn = await _connect(path)
+    try:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                log.warning("WAL checkpoint failed; trying again", exc_info=True)
+    finally:
+        await asyncio.shield(conn.close())
+
+
 class SqliteDatabase(Database):
     """SQLite: one aiosqlite connection, serialised writes with group commit."""
 
@@ -403,9 +492,11 @@ class SqliteDatabase(Database):
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._lock = asyncio.Lock()
+        self._lock = _TurnLock()
         self._writes: list[_PendingWrite] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_turn: asyncio.Future[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     @classmethod
     async def open_file(
@@ -413,24 +504,32 @@ class SqliteDatabase(Database):
     ) -> SqliteDatabase:
         """Open (creating the directory and file), configure, and migrate the database."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn = await _connect(path)
         try:
-            conn.row_factory = aiosqlite.Row
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await _set_wal(conn)
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
             db = cls(conn)
             await db.migrate(load_migrations() if migrations is None else list(migrations))
+            # Checkpoints move the WAL into the database file and fsync it: tens of
+            # milliseconds, more after a few large inputs. Run by SQLite at the commit
+            # that crosses its threshold, they would stall every caller waiting for this
+            # connection; a second connection runs them in the background instead.
+            await conn.execute("PRAGMA wal_autocheckpoint = 0")
+            db._checkpoints = asyncio.create_task(_checkpoint_loop(path), name="sqlite-wal")
         except BaseException:
             await conn.close()
             raise
         return db
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
         if self._flusher is not None:
             await self._flusher
-        async with self._lock:
+        async with self._lock.hold():
             await self._conn.close()
 
     async def version(self) -> int:
@@ -464,39 +563,48 @@ class SqliteDatabase(Database):
         return applied
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[Transaction]:
         """A write transaction (``BEGIN IMMEDIATE``); rolled back if the block raises.
 
-        A failing ``COMMIT`` is rolled back too, and its error raised.
+        A failing ``COMMIT`` is rolled back too, and its error raised. ``urgent`` puts
+        it ahead of ordinary work waiting for the connection.
         """
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                yield SqliteTransaction(self._conn)
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                # aiosqlite runs statements in order on its thread, and a cancelled await
-                # does not withdraw a statement already queued: a ROLLBACK queued now runs
-                # after it, so a cancelled BEGIN or COMMIT never leaves a transaction open.
-                try:
-                    await asyncio.shield(self._conn.execute("ROLLBACK"))
-                except sqlite3.OperationalError:
-                    pass  # no transaction was active (SQLite may have rolled back already)
-                except sqlite3.Error:
-                    log.warning("ROLLBACK failed after an error", exc_info=True)
-                raise
+        async with self._lock.hold(urgent), self._begin() as tx:
+            yield tx
 
-    async def write(self, sql: str, params: Params = ()) -> int:
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[Transaction]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``); the caller holds the lock."""
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            yield SqliteTransaction(self._conn)
+            await self._conn.execute("COMMIT")
+        except BaseException:
+            # aiosqlite runs statements in order on its thread, and a cancelled await
+            # does not withdraw a statement already queued: a ROLLBACK queued now runs
+            # after it, so a cancelled BEGIN or COMMIT never leaves a transaction open.
+            try:
+                await asyncio.shield(self._conn.execute("ROLLBACK"))
+            except sqlite3.OperationalError:
+                pass  # no transaction was active (SQLite may have rolled back already)
+            except sqlite3.Error:
+                log.warning("ROLLBACK failed after an error", exc_info=True)
+            raise
+
+    async def write(self, sql: str, params: Params = (), *, urgent: bool = False) -> int:
         """Run one statement in a write transaction; returns the rows changed.
 
         Writes that arrive while another is in flight are grouped into one ``BEGIN
         IMMEDIATE`` ... ``COMMIT`` (group commit): each statement is still atomic on its
         own, but many concurrent callers share the cost of the transaction. If a
         statement fails, the group is rolled back and each statement is retried alone,
-        so one caller's error never undoes another's write.
+        so one caller's error never undoes another's write. An ``urgent`` write makes
+        its group urgent (see :meth:`transaction`).
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._writes.append((sql, params, future))
+        self._writes.append((sql, params, future, urgent))
+        if urgent and self._flush_turn is not None:
+            self._lock.hurry(self._flush_turn)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_writes(), name="db-group-commit")
         return await future
@@ -505,39 +613,50 @@ class SqliteDatabase(Database):
         batch: list[_PendingWrite] = []
         try:
             while self._writes:
-                batch, self._writes = self._writes, []
+                self._flush_turn = self._lock.enqueue(any(w[3] for w in self._writes))
                 try:
-                    counts = await self._run_batch(batch)
-                except Exception:
-                    for sql, params, future in batch:  # isolate the failing statement
-                        try:
-                            (count,) = await self._run_batch([(sql, params, future)])
-                        except Exception as exc:
-                            if not future.done():
-                                future.set_exception(exc)
-                        else:
-                            if not future.done():
-                                future.set_result(count)
-                else:
-                    for (_, _, future), count in zip(batch, counts, strict=True):
-                        if not future.done():
-                            future.set_result(count)
+                    await self._lock.wait(self._flush_turn)
+                finally:
+                    self._flush_turn = None
+                try:
+                    batch, self._writes = self._writes, []  # with what came meanwhile
+                    await self._run_batch(batch)
+                    batch = []
+                finally:
+                    self._lock.release()
         finally:
             # Only reached with work left if this task was cancelled: nobody must wait
             # forever for a write that will not run.
             abandoned, self._writes = [*batch, *self._writes], []
-            for _, _, future in abandoned:
+            for _, _, future, _ in abandoned:
                 if not future.done():
                     future.cancel()
 
-    async def _run_batch(self, batch: list[_PendingWrite]) -> list[int]:
-        async with self.transaction() as tx:
-            return [await tx.execute(sql, params) for sql, params, _ in batch]
+    async def _run_batch(self, batch: list[_PendingWrite]) -> None:
+        """Run a group of writes (the caller holds the lock) and answer each caller."""
+        try:
+            async with self._begin() as tx:
+                counts = [await tx.execute(sql, params) for sql, params, _, _ in batch]
+        except Exception:
+            for sql, params, future, _ in batch:  # isolate the failing statement
+                try:
+                    async with self._begin() as tx:
+                        count = await tx.execute(sql, params)
+                except Exception as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(count)
+        else:
+            for (_, _, future, _), count in zip(batch, counts, strict=True):
+                if not future.done():
+                    future.set_result(count)
 
     # Reads take the lock too: a read left open on the shared connection while another
     # task begins a write would pin a stale snapshot (SQLITE_BUSY_SNAPSHOT).
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._lock:
+        async with self._lock.hold():
             return list(await self._conn.execute_fetchall(sql, params))
 
 
@@ -684,13 +803,13 @@ class PostgresDatabase(Database):
         return applied
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[Transaction]:
         """A transaction (READ COMMITTED) on one pooled connection; rolled back if the
         block raises. Use ``tx.lock`` to serialise a check-then-write."""
         async with self._pool.acquire() as conn, conn.transaction():
             yield PostgresTransaction(conn)
 
-    async def write(self, sql: str, params: Params = ()) -> int:
+    async def write(self, sql: str, params: Params = (), *, urgent: bool = False) -> int:
         query, args = _pg_args(sql, params)
         return _rowcount(await self._pool.execute(query, *args))
 

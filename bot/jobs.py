@@ -77,7 +77,7 @@ from bot.job_model import (
     Stopped,
     failure_for,
 )
-from bot.job_work import clear_dir, prepare_and_trim, write_file
+from bot.job_work import clear_dir, prepare_and_trim, write_spool_file
 from bot.ledger import Denial, Ledger
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
@@ -112,6 +112,10 @@ log = logging.getLogger(__name__)
 RESULT_MAX_BYTES = 200 * 1024 * 1024
 # Image decodes in flight at once while validating inputs; bounds memory under bursts.
 PREPARE_CONCURRENCY = 2
+# Intakes (download, validation, recording) in progress at once; the rest wait their turn
+# in arrival order. Interleaving a whole burst would finish every intake late, the first
+# ones included, while 1min.ai sat idle: in turn, the first jobs start at once.
+INTAKE_CONCURRENCY = 4
 POLL_INTERVAL = 1.0  # seconds between looks for work another process may have freed
 RATE_BACKOFF_BASE = 2.0  # seconds: first wait after a 429 without Retry-After
 RATE_BACKOFF_CAP = 60.0  # seconds: longest wait between tries after 429s
@@ -130,20 +134,30 @@ _T = TypeVar("_T")
 
 
 class Ticket:
-    """A claimed per-member slot, held from admission until the job is recorded."""
+    """A claimed per-member slot, held from admission until the job is recorded.
+
+    ``async with ticket`` also waits for one of the queue's intake places (download,
+    validation and recording of an image; see :data:`INTAKE_CONCURRENCY`).
+    """
 
     def __init__(self, queue: JobQueue, key: tuple[int, int]) -> None:
         self.id = uuid.uuid4().hex
         self._queue = queue
         self._key = key
         self._released = False
+        self._intake = False
 
     def release(self) -> None:
+        if self._intake:
+            self._intake = False
+            self._queue._intake_gate.release()
         if not self._released:
             self._released = True
             self._queue._release_slot(self._key)
 
     async def __aenter__(self) -> Ticket:
+        await self._queue._intake_gate.acquire()
+        self._intake = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -210,11 +224,18 @@ class JobQueue:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._watched: dict[str, Job] = {}  # queued jobs submitted here: shown their place
         self._positions: dict[str, int] = {}
+        # Refreshes of the places in line asked for, and the last one a finished read
+        # covered (see _refresh_positions).
+        self._positions_wanted = 0
+        self._positions_done = 0
+        self._positions_round = asyncio.Event()
+        self._positions_task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()  # set when an upscale of this process answers
         self._tasks: list[asyncio.Task[None]] = []
         self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
+        self._intake_gate = asyncio.Semaphore(INTAKE_CONCURRENCY)
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -338,7 +359,7 @@ class JobQueue:
         async with self._prepare_gate:
             prepared = await asyncio.to_thread(prepare_and_trim, source, filename, self.limits)
             target = self.spool_path(ticket, prepared.format)
-            await asyncio.to_thread(write_file, target, prepared.data)
+            await asyncio.to_thread(write_spool_file, target, prepared.data)
         await asyncio.to_thread(source.unlink, missing_ok=True)
         return PreparedInfo(
             filename=prepared.filename,
@@ -387,8 +408,8 @@ class JobQueue:
         del data
         ticket.release()
         self._watched[job.id] = job
-        await self._update_positions()
         self._wakeup.set()
+        await self._refresh_positions()
         return job
 
     def position(self, job: Job) -> int | None:
@@ -428,7 +449,7 @@ class JobQueue:
         self._watched.pop(job_id, None)
         self._positions.pop(job_id, None)
         log.info("Job %s cancelled by %d", job_id, actor_id)
-        await self._update_positions()
+        await self._refresh_positions()
         self._wakeup.set()
         return CancelOutcome.CANCELLED
 
@@ -526,7 +547,7 @@ class JobQueue:
         task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._finished(job.id))
-        asyncio.get_running_loop().create_task(self._update_positions())
+        asyncio.get_running_loop().create_task(self._refresh_positions())
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
@@ -553,6 +574,30 @@ class JobQueue:
                 )
             except Exception:
                 log.warning("Could not renew job leases", exc_info=True)
+
+    async def _refresh_positions(self) -> None:
+        """Bring the places in line up to date, sharing the work with concurrent callers.
+
+        A burst of submissions would otherwise read the whole queue once per job: calls
+        that arrive while a read runs are all served by the next one. Returns once a read
+        that started after this call has finished.
+        """
+        self._positions_wanted += 1
+        wanted = self._positions_wanted
+        while self._positions_done < wanted:
+            if self._positions_task is None or self._positions_task.done():
+                self._positions_task = asyncio.create_task(self._positions_loop())
+            await self._positions_round.wait()
+
+    async def _positions_loop(self) -> None:
+        while self._positions_done < self._positions_wanted:
+            covers = self._positions_wanted
+            try:
+                await self._update_positions()
+            finally:
+                self._positions_done = covers
+                finished, self._positions_round = self._positions_round, asyncio.Event()
+                finished.set()
 
     async def _update_positions(self) -> None:
         """Tell the queued jobs submitted here their place in the fleet's line."""
@@ -622,9 +667,18 @@ class JobQueue:
 
     async def _work(self, job: Job) -> JobResult:
         if job.result_url is None:
-            await self._take_slot(job)  # uploading, or upscaling when the asset is stored
-            if job.asset_path is None:
-                data = await self._input(job)
+            # The input is read while the job waits for its slot (a job claimed ahead waits
+            # for one), so the upload can start the moment it has it.
+            reading = asyncio.create_task(self._input(job)) if job.asset_path is None else None
+            try:
+                await self._take_slot(job)  # uploading, or upscaling with the asset stored
+            except BaseException:
+                if reading is not None:
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
+                raise
+            if reading is not None:
+                data = await reading
                 prepared = job.prepared
                 asset = await self._paced(
                     job,
@@ -633,16 +687,18 @@ class JobQueue:
                     ),
                 )
                 del data
-                await self._record(job, "asset_path", asset)
+                # After this, too late to cancel.
+                await self._advance(job, Stage.UPSCALING, asset_path=asset)
                 job.asset_path = asset
             asset_path = job.asset_path
-            await self._advance(job, Stage.UPSCALING)  # after this, too late to cancel
+            assert asset_path is not None  # uploaded just now, or stored before a restart
             record = await self._paced(
                 job, lambda: self._onemin.upscale(asset_path, job.output_format)
             )
-            await self._record(job, "result_url", record.temporary_url)
             job.result_url = record.temporary_url
-        await self._advance(job, Stage.DOWNLOADING)
+            await self._advance(job, Stage.DOWNLOADING, result_url=job.result_url)
+        else:
+            await self._advance(job, Stage.DOWNLOADING)
         self._slot_freed.set()  # the upscale answered: its slot is free for the next job
         # The result (up to RESULT_MAX_BYTES) goes straight to a file; the check (a full
         # decode: 64 MB for a 4096x4096 result) and the Compare crops of a large result
@@ -685,8 +741,8 @@ class JobQueue:
     async def _take_slot(self, job: Job) -> None:
         """Wait until fewer than ``max_concurrent`` jobs are with 1min.ai fleet-wide
         (uploading or upscaling), then move this one there, atomically under a
-        fleet-wide lock: to ``uploading``, or back to ``upscaling`` when it resumes with
-        its asset stored.
+        fleet-wide lock: to ``uploading``, or to ``upscaling`` when it resumes with its
+        asset stored.
 
         Until then the job has not called 1min.ai and can still be cancelled. Raises
         :class:`Stopped` when it was cancelled or taken over while it waited.
@@ -696,7 +752,7 @@ class JobQueue:
         while True:
             self._slot_freed.clear()
             now = time.time()
-            async with self._db.transaction() as tx:
+            async with self._db.transaction(urgent=True) as tx:
                 await tx.lock(SLOT_LOCK)
                 row = await tx.fetchone(
                     "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running'"
@@ -746,7 +802,7 @@ class JobQueue:
             (job.id, self.owner),
         )
         self._watched[job.id] = job
-        await self._update_positions()
+        await self._refresh_positions()
 
     async def _input(self, job: Job) -> bytes:
         row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
@@ -754,24 +810,27 @@ class JobQueue:
             raise InputLost("the job's input is no longer stored")
         return bytes(row["data"])
 
-    async def _advance(self, job: Job, stage: Stage) -> None:
-        """Record the job's new stage, if this process still owns it (else :class:`Stopped`)."""
+    async def _advance(
+        self,
+        job: Job,
+        stage: Stage,
+        *,
+        asset_path: str | None = None,
+        result_url: str | None = None,
+    ) -> None:
+        """Record the job's new stage, with the uploaded asset or the upscale's result
+        URL when given, if this process still owns it (else :class:`Stopped`)."""
         changed = await self._db.write(
-            "UPDATE jobs SET stage = ? WHERE id = ? AND status = 'running' AND lease_owner = ?",
-            (stage.value, job.id, self.owner),
+            "UPDATE jobs SET stage = ?, asset_path = COALESCE(?, asset_path),"
+            " result_url = COALESCE(?, result_url)"
+            " WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            (stage.value, asset_path, result_url, job.id, self.owner),
+            urgent=True,
         )
         if not changed:
             raise Stopped("cancelled, or taken over by another process")
         job.stage = stage
         self._report(job, stage, None)
-
-    async def _record(self, job: Job, column: str, value: str) -> None:
-        if column not in ("asset_path", "result_url"):
-            raise ValueError(column)
-        await self._db.write(
-            f"UPDATE jobs SET {column} = ? WHERE id = ? AND lease_owner = ?",
-            (value, job.id, self.owner),
-        )
 
     def _report(self, job: Job, stage: Stage, position: int | None) -> None:
         if self.front_end is None:

@@ -4,21 +4,21 @@ A job first *reserves* its cost; the reservation is *committed* when the result 
 delivered or *refunded* when anything fails. Settlement is final and idempotent: a second
 commit or refund, a refund after a commit, or a commit after a refund changes nothing
 and returns False. Reserved-but-unsettled credits count as used, so a member can never go
-past a limit however many requests arrive at once: the check and the write are one
-``INSERT ... SELECT ... WHERE used + cost <= limit`` statement. On SQLite it runs inside
-a ``BEGIN IMMEDIATE`` transaction (every writer serialised, several processes on one file
-included; concurrent reserves share one transaction). On PostgreSQL, READ COMMITTED
-would let two such checks pass at once, so the statement runs in a transaction that
-first takes advisory locks on the guild (and on the owner's total budget when one is
-set): every process's reservations for a guild are serialised, and each sees the ones
-committed before it.
+past a limit however many requests arrive at once: each reservation is decided under the
+guild's lock, from usage counters (migration 0008) that every reservation, refund and
+reset keeps in step with the entries, and written in the same transaction. On SQLite the
+lock is ``BEGIN IMMEDIATE`` (every writer serialised, several processes on one file
+included); on PostgreSQL it is an advisory lock on the guild (and on the owner's total
+budget when one is set), taken before anything is read, so every process's reservations
+for a guild are serialised and each sees the ones committed before it. Concurrent
+reservations of a guild in one process share one transaction, as do settlements.
 
 Limits: a member's limit is their override if any, else the most generous of their role
 limits, else the guild default; plus this period's grants (which may be negative). A
 guild may also have a server budget shared by everyone (0 = none); it counts what was
 actually spent, so a member's ``/quota reset`` does not raise it. The owner may cap all
 guilds together (``total_budget`` per ``total_budget_period``, 0 = none), enforced in the
-same statement. Periods are in UTC: daily from 00:00, weekly from Monday 00:00, monthly
+same transaction. Periods are in UTC: daily from 00:00, weekly from Monday 00:00, monthly
 from the 1st 00:00, or lifetime. Usage and grants count when they were made inside the
 current period, so changing the period re-reads the history with the new window. A
 guild's settings row is created with the configured defaults (``DEFAULT_USER_LIMIT``,
@@ -28,17 +28,18 @@ Every moderator change is written with its audit row in one transaction and retu
 a :class:`Change` (who changed what from what to what), for the guild's quota log.
 
 The public surface is free of engine specifics (plain values and frozen dataclasses in
-and out; ``tx`` is whatever :meth:`Database.transaction` yields). SQL here is portable:
-parameters whose type PostgreSQL cannot infer are ``CAST``, sums are ``CAST`` to BIGINT.
+and out; ``tx`` is whatever :meth:`Database.transaction` yields). SQL here is portable
+(lists of ids aside, see ``Ledger._list``): parameters whose type PostgreSQL cannot infer
+are ``CAST``, sums are ``CAST`` to BIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
@@ -50,7 +51,6 @@ from bot.settings import PERIODS, Period
 log = logging.getLogger(__name__)
 
 MAX_CREDITS = 1_000_000  # largest limit, budget, grant or cost, in credits
-RESERVE_ATTEMPTS = 3  # a reserve refused while no limit binds (a refund raced it) retries
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # start of the "lifetime" period
 LIVE = "e.state IN ('reserved', 'committed')"
 
@@ -204,7 +204,7 @@ R = TypeVar("R")
 
 
 class _Batcher(Generic[K, T, R]):
-    """Group commit for PostgreSQL: concurrent requests with the same key share one run.
+    """Group commit: concurrent requests with the same key share one run.
 
     ``run(key, items)`` handles a whole batch (one transaction) and returns one result
     per item. While a batch runs, new items for its key queue up and form the next one.
@@ -286,50 +286,91 @@ _GUILD = (
     " WHEN 'monthly' THEN :p_monthly ELSE :p_lifetime END AS since"
     " FROM guild_settings WHERE guild_id = :g) gs"
 )
-_MEMBER_USED = (
-    "(SELECT CAST(COALESCE(SUM(e.cost), 0) AS BIGINT) FROM ledger_entries e"
-    f" WHERE e.guild_id = :g AND e.member_id = :m AND {LIVE}"
-    " AND e.reset_at IS NULL AND e.created_at >= gs.since)"
-)
-_MEMBER_PENDING = (
-    "(SELECT CAST(COALESCE(SUM(e.cost), 0) AS BIGINT) FROM ledger_entries e"
-    " WHERE e.guild_id = :g AND e.member_id = :m AND e.state = 'reserved'"
-    " AND e.reset_at IS NULL AND e.created_at >= gs.since)"
-)
-_SERVER_USED = (
-    "(SELECT CAST(COALESCE(SUM(e.cost), 0) AS BIGINT) FROM ledger_entries e"
-    f" WHERE e.guild_id = :g AND {LIVE} AND e.created_at >= gs.since)"
-)
 _TOTAL_USED = (
-    "(SELECT CAST(COALESCE(SUM(e.cost), 0) AS BIGINT) FROM ledger_entries e"
-    f" WHERE {LIVE} AND e.created_at >= CAST(:t_since AS TEXT))"
+    "SELECT CAST(COALESCE(SUM(e.cost), 0) AS BIGINT) FROM ledger_entries e"
+    f" WHERE {LIVE} AND e.created_at >= CAST(:t_since AS TEXT)"
 )
 _GRANTS = (
     "(SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM grants"
     " WHERE guild_id = :g AND member_id = :m AND created_at >= gs.since)"
 )
-
-
-def _limit_sql(role_ids: Collection[int]) -> tuple[str, dict[str, int]]:
-    """SQL for a member's effective limit, and the parameters for their roles."""
-    roles = list(dict.fromkeys(int(r) for r in role_ids))
-    params = {f"r{i}": role for i, role in enumerate(roles)}
-    role_limit = (
-        "(SELECT MAX(credit_limit) FROM role_limits WHERE guild_id = :g"
-        f" AND role_id IN ({', '.join(':' + name for name in params)}))"
-        if roles
-        else "NULL"
-    )
-    sql = (
-        "(COALESCE((SELECT credit_limit FROM member_limits"
-        "  WHERE guild_id = :g AND member_id = :m),"
-        f" {role_limit}, gs.default_limit) + {_GRANTS})"
-    )
-    return sql, params
+# Recomputing a usage counter (see migration 0008): what it counts, from the entries.
+_MEMBER_RECOUNT = (
+    "SELECT e.member_id, CAST(SUM(e.cost) AS BIGINT) AS used FROM ledger_entries e"
+    f" WHERE e.guild_id = :g AND e.member_id IN {{members}} AND {LIVE}"
+    " AND e.reset_at IS NULL AND e.created_at >= :since GROUP BY e.member_id"
+)
+_GUILD_RECOUNT = (
+    "SELECT CAST(COALESCE(SUM(e.cost), 0) AS BIGINT) FROM ledger_entries e"
+    f" WHERE e.guild_id = :g AND {LIVE} AND e.created_at >= :since"
+)
+# Per member of a list: the usage counter, the override and this period's grants.
+_MEMBERS = (
+    "SELECT m.id AS member_id, u.since, u.used, ml.credit_limit AS override,"
+    " (SELECT CAST(COALESCE(SUM(gr.amount), 0) AS BIGINT) FROM grants gr"
+    "  WHERE gr.guild_id = :g AND gr.member_id = m.id AND gr.created_at >= :since) AS grants"
+    " FROM {members} m"
+    " LEFT JOIN member_usage u ON u.guild_id = :g AND u.member_id = m.id"
+    " LEFT JOIN member_limits ml ON ml.guild_id = :g AND ml.member_id = m.id"
+)
+_SAVE_MEMBER_USAGE = (
+    "INSERT INTO member_usage (guild_id, member_id, since, used) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (guild_id, member_id)"
+    " DO UPDATE SET since = excluded.since, used = excluded.used"
+)
+_SAVE_GUILD_USAGE = (
+    "INSERT INTO guild_usage (guild_id, since, used) VALUES (?, ?, ?)"
+    " ON CONFLICT (guild_id) DO UPDATE SET since = excluded.since, used = excluded.used"
+)
 
 
 def _period_params(now: datetime) -> dict[str, str]:
     return {f"p_{period}": ts(period_start(now, period)) for period in PERIODS}
+
+
+def _effective_limit(
+    default_limit: int,
+    override: int | None,
+    role_limits: Mapping[int, int],
+    role_ids: Collection[int],
+    grants: int,
+) -> int:
+    """A member's limit: their override, else their most generous limited role, else the
+    guild default; plus this period's grants (so it may be negative)."""
+    if override is None:
+        held = [role_limits[r] for r in role_ids if r in role_limits]
+        override = max(held) if held else default_limit
+    return override + grants
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One reservation waiting for its guild's lock."""
+
+    member_id: int
+    role_ids: tuple[int, ...]
+    cost: int
+    job_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Guild:
+    """A guild's settings and live usage for the current period, read in a transaction."""
+
+    period: Period
+    since: str
+    default_limit: int
+    server_budget: int
+    used: int
+    stale: bool  # the guild_usage row was not for this period: recomputed
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    used: int
+    override: int | None
+    grants: int
+    stale: bool  # the member_usage row was not for this period: recomputed
 
 
 class Ledger:
@@ -353,10 +394,8 @@ class Ledger:
         self._clock = clock
         # Guilds whose settings row exists. Rows are never deleted, so this cannot go stale.
         self._known_guilds: set[int] = set()
-        # PostgreSQL group commit: reservations per lock keys, settlements per outcome.
-        self._reserves: _Batcher[tuple[str, ...], tuple[str, dict[str, Any]], int] = _Batcher(
-            self._reserve_batch
-        )
+        # Group commit: concurrent reservations per guild, settlements per outcome.
+        self._reserves: _Batcher[int, _Ask, Reservation | Denial] = _Batcher(self._reserve_batch)
         self._settles: _Batcher[tuple[str, str | None], str, bool] = _Batcher(self._settle_batch)
 
     # -- guild settings ----------------------------------------------------------------
@@ -402,26 +441,26 @@ class Ledger:
         )
 
     # -- reservations ------------------------------------------------------------------
+    # A reservation is decided under the guild's lock (and the total budget's, when there
+    # is one) from the usage counters of migration 0008: two rows read, a few rows
+    # written, whatever the size of the history. Concurrent reservations of a guild in
+    # this process share one transaction (group commit); every process's transactions for
+    # the guild are serialised by the lock (PostgreSQL) or by ``BEGIN IMMEDIATE``
+    # (SQLite), and each reads what the ones before it committed.
 
     def _lock_keys(self, guild_id: int) -> tuple[str, ...]:
-        """Advisory lock keys serialising reservations that share a limit (PostgreSQL)."""
+        """Advisory lock keys serialising the writers of a guild's usage (PostgreSQL)."""
         if self._total_budget:
             return (f"guild:{guild_id}", "total")
         return (f"guild:{guild_id}",)
 
-    def _reserve_sql(self, limit_sql: str) -> str:
-        total = f" AND {_TOTAL_USED} + :cost <= :t_budget" if self._total_budget else ""
-        return (
-            "INSERT INTO ledger_entries"
-            " (id, guild_id, member_id, cost, state, job_id, created_at)"
-            " SELECT CAST(:id AS TEXT), CAST(:g AS BIGINT), CAST(:m AS BIGINT),"
-            " CAST(:cost AS BIGINT), 'reserved', CAST(:job AS TEXT), CAST(:now AS TEXT)"
-            f" FROM {_GUILD}"
-            f" WHERE {_MEMBER_USED} + :cost <= {limit_sql}"
-            " AND (CASE WHEN gs.server_budget = 0 THEN 1"
-            f"  WHEN {_SERVER_USED} + :cost <= gs.server_budget THEN 1 ELSE 0 END) = 1"
-            f"{total}"
-        )
+    def _list(self, values: Collection[Any], of: Literal["BIGINT", "TEXT"]) -> tuple[str, Any]:
+        """A list of values for SQL: a table of one column ``id`` to put in FROM or an IN
+        subquery, and the value of its ``:ids`` parameter (an array on PostgreSQL, JSON on
+        SQLite: one statement whatever the length)."""
+        if self._db.engine == "postgresql":
+            return f"(SELECT unnest(CAST(:ids AS {of}[])) AS id)", list(values)
+        return "(SELECT value AS id FROM json_each(:ids))", json.dumps(list(values))
 
     async def reserve(
         self,
@@ -444,99 +483,139 @@ class Ledger:
         """
         if not _is_int(cost) or not 0 < cost <= MAX_CREDITS:
             raise ValueError(f"cost must be a whole number from 1 to {MAX_CREDITS}")
-        await self._ensure_guild(guild_id, tx)
-        limit_sql, role_params = _limit_sql(role_ids)
-        sql = self._reserve_sql(limit_sql)
-        for attempt in range(1, RESERVE_ATTEMPTS + 1):
-            now = self._clock()
-            reservation = Reservation(uuid.uuid4().hex, guild_id, member_id, cost, job_id, now)
-            params: dict[str, Any] = {
-                "id": reservation.id,
-                "g": guild_id,
-                "m": member_id,
-                "cost": cost,
-                "job": job_id,
-                "now": ts(now),
-                **_period_params(now),
-                **role_params,
-            }
-            if self._total_budget:
-                params["t_since"] = ts(period_start(now, self._total_period))
-                params["t_budget"] = self._total_budget
-            if await self._insert_reservation(guild_id, sql, params, tx) == 1:
-                return reservation
-            denial, binds = await self._denial(params, limit_sql, now, tx)
-            if binds or attempt == RESERVE_ATTEMPTS:
-                return denial
-            # Neither limit binds any more (a refund landed in between): try again.
-        raise AssertionError("unreachable")
-
-    async def _insert_reservation(
-        self, guild_id: int, sql: str, params: dict[str, Any], tx: Transaction | None
-    ) -> int:
+        ask = _Ask(member_id, tuple(dict.fromkeys(int(r) for r in role_ids)), cost, job_id)
         if tx is not None:
+            await self._ensure_guild(guild_id, tx)
             await tx.lock(*self._lock_keys(guild_id))
-            return await tx.execute(sql, params)
-        if self._db.engine == "sqlite":
-            # Database.write runs it inside BEGIN IMMEDIATE, shared with concurrent writes:
-            # each later INSERT sees the earlier ones, so the sums include every reservation.
-            return await self._db.write(sql, params)
-        return await self._reserves.submit(self._lock_keys(guild_id), (sql, params))
+            (outcome,) = await self._reserve_locked(tx, guild_id, [ask])
+            return outcome
+        await self._ensure_guild(guild_id)
+        return await self._reserves.submit(guild_id, ask)
 
-    async def _reserve_batch(
-        self, keys: tuple[str, ...], batch: list[tuple[str, dict[str, Any]]]
-    ) -> list[int]:
-        """PostgreSQL: reservations sharing lock keys, in one transaction under the locks.
-
-        Each INSERT sees the ones before it in the transaction, and the locks make every
-        other process's transaction for these keys wait, so the sums stay exact.
-        """
+    async def _reserve_batch(self, guild_id: int, asks: list[_Ask]) -> list[Reservation | Denial]:
         async with self._db.transaction() as tx:
-            await tx.lock(*keys)
-            if len(batch) == 1:
-                sql, params = batch[0]
-                return [await tx.execute(sql, params)]
-            for sql, group in itertools.groupby(batch, key=lambda item: item[0]):
-                await tx.executemany(sql, [params for _, params in group])
-            rows = await tx.fetchall(
-                "SELECT id FROM ledger_entries WHERE id = ANY(CAST(? AS TEXT[]))",
-                ([params["id"] for _, params in batch],),
-            )
-        inserted = {row[0] for row in rows}
-        return [1 if params["id"] in inserted else 0 for _, params in batch]
+            await tx.lock(*self._lock_keys(guild_id))
+            return await self._reserve_locked(tx, guild_id, asks)
 
-    async def _denial(
-        self,
-        params: dict[str, Any],
-        limit_sql: str,
-        now: datetime,
-        tx: Transaction | None = None,
-    ) -> tuple[Denial, bool]:
-        """Which limit refused a reservation, and whether it still binds."""
-        total = f", {_TOTAL_USED} AS total_used" if self._total_budget else ""
-        sql = (
-            f"SELECT gs.period, gs.server_budget, {_MEMBER_USED} AS used, {limit_sql} AS lim,"
-            f" {_SERVER_USED} AS server_used{total} FROM {_GUILD}"
-        )
-        # Unused names in ``params`` are ignored by both engines' placeholder handling.
-        row = await (tx.fetchone(sql, params) if tx else self._db.fetchone(sql, params))
-        assert row is not None, "the guild's settings row exists (reserve ensures it)"
-        cost: int = params["cost"]
-        resets_at = period_end(now, row["period"])
-        used, limit = int(row["used"]), max(0, int(row["lim"]))
-        member = Denial("member_limit", used, limit, resets_at)
-        if used + cost > limit:
-            return member, True
-        budget, server_used = int(row["server_budget"]), int(row["server_used"])
-        if budget and server_used + cost > budget:
-            return Denial("server_budget", server_used, budget, resets_at), True
-        if self._total_budget and int(row["total_used"]) + cost > self._total_budget:
-            total_resets = period_end(now, self._total_period)
-            return (
-                Denial("total_budget", int(row["total_used"]), self._total_budget, total_resets),
-                True,
+    async def _reserve_locked(
+        self, tx: Transaction, guild_id: int, asks: list[_Ask]
+    ) -> list[Reservation | Denial]:
+        """Decide ``asks`` in order and record the granted ones. The caller holds the locks."""
+        now = self._clock()
+        guild = await self._guild(tx, guild_id, now)
+        members = await self._members(tx, guild_id, guild.since, [a.member_id for a in asks])
+        role_limits = await self._role_limits(tx, guild_id, [r for a in asks for r in a.role_ids])
+        total_used = 0
+        if self._total_budget:
+            total_since = ts(period_start(now, self._total_period))
+            total_used = int(await self._scalar(tx, _TOTAL_USED, {"t_since": total_since}))
+        resets_at = period_end(now, guild.period)
+        used = {m: state.used for m, state in members.items()}
+        server_used = guild.used
+        outcomes: list[Reservation | Denial] = []
+        for ask in asks:
+            member = members[ask.member_id]
+            limit = _effective_limit(
+                guild.default_limit, member.override, role_limits, ask.role_ids, member.grants
             )
-        return member, False
+            mine = used[ask.member_id]
+            if mine + ask.cost > limit:
+                outcomes.append(Denial("member_limit", mine, max(0, limit), resets_at))
+            elif guild.server_budget and server_used + ask.cost > guild.server_budget:
+                outcomes.append(
+                    Denial("server_budget", server_used, guild.server_budget, resets_at)
+                )
+            elif self._total_budget and total_used + ask.cost > self._total_budget:
+                total_resets = period_end(now, self._total_period)
+                outcomes.append(
+                    Denial("total_budget", total_used, self._total_budget, total_resets)
+                )
+            else:
+                used[ask.member_id] += ask.cost
+                server_used += ask.cost
+                total_used += ask.cost
+                outcomes.append(
+                    Reservation(
+                        uuid.uuid4().hex, guild_id, ask.member_id, ask.cost, ask.job_id, now
+                    )
+                )
+        granted = [o for o in outcomes if isinstance(o, Reservation)]
+        if granted:
+            await tx.executemany(
+                "INSERT INTO ledger_entries"
+                " (id, guild_id, member_id, cost, state, job_id, created_at)"
+                " VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
+                [(r.id, guild_id, r.member_id, r.cost, r.job_id, ts(now)) for r in granted],
+            )
+        changed = sorted(m for m, s in members.items() if s.stale or used[m] != s.used)
+        if changed:
+            await tx.executemany(
+                _SAVE_MEMBER_USAGE, [(guild_id, m, guild.since, used[m]) for m in changed]
+            )
+        if guild.stale or server_used != guild.used:
+            await tx.execute(_SAVE_GUILD_USAGE, (guild_id, guild.since, server_used))
+        return outcomes
+
+    async def _guild(self, q: Transaction | Database, guild_id: int, now: datetime) -> _Guild:
+        """The guild's settings and live credits this period (its counter, or a recount)."""
+        row = await q.fetchone(
+            "SELECT gs.period, gs.default_limit, gs.server_budget, gu.since, gu.used"
+            " FROM guild_settings gs LEFT JOIN guild_usage gu ON gu.guild_id = gs.guild_id"
+            " WHERE gs.guild_id = ?",
+            (guild_id,),
+        )
+        assert row is not None, "the guild's settings row exists (callers ensure it)"
+        period: Period = row["period"]
+        since = ts(period_start(now, period))
+        stale = row["since"] != since
+        used = (
+            int(await self._scalar(q, _GUILD_RECOUNT, {"g": guild_id, "since": since}))
+            if stale
+            else int(row["used"])
+        )
+        return _Guild(
+            period, since, int(row["default_limit"]), int(row["server_budget"]), used, stale
+        )
+
+    async def _members(
+        self, q: Transaction | Database, guild_id: int, since: str, member_ids: Collection[int]
+    ) -> dict[int, _Member]:
+        """Each member's live credits this period (counter or recount), override, grants."""
+        table, ids = self._list(sorted(set(member_ids)), "BIGINT")
+        rows = await q.fetchall(
+            _MEMBERS.format(members=table), {"g": guild_id, "since": since, "ids": ids}
+        )
+        stale = [int(r["member_id"]) for r in rows if r["since"] != since]
+        recounted: dict[int, int] = {}
+        if stale:
+            table, ids = self._list(stale, "BIGINT")
+            recount = _MEMBER_RECOUNT.format(members=f"(SELECT id FROM {table} s)")
+            for r in await q.fetchall(recount, {"g": guild_id, "since": since, "ids": ids}):
+                recounted[int(r["member_id"])] = int(r["used"])
+        return {
+            int(r["member_id"]): _Member(
+                used=recounted.get(int(r["member_id"]), 0)
+                if r["since"] != since
+                else int(r["used"]),
+                override=None if r["override"] is None else int(r["override"]),
+                grants=int(r["grants"]),
+                stale=r["since"] != since,
+            )
+            for r in rows
+        }
+
+    async def _role_limits(
+        self, q: Transaction | Database, guild_id: int, role_ids: Collection[int]
+    ) -> dict[int, int]:
+        if not role_ids:
+            return {}
+        table, ids = self._list(sorted(set(role_ids)), "BIGINT")
+        rows = await q.fetchall(
+            f"SELECT rl.role_id, rl.credit_limit FROM role_limits rl JOIN {table} r"
+            " ON r.id = rl.role_id WHERE rl.guild_id = :g",
+            {"g": guild_id, "ids": ids},
+        )
+        return {int(r["role_id"]): int(r["credit_limit"]) for r in rows}
 
     async def _settle(
         self,
@@ -545,26 +624,53 @@ class Ledger:
         reason: str | None,
         tx: Transaction | None,
     ) -> bool:
-        sql = (
-            "UPDATE ledger_entries SET state = ?, reason = ?, settled_at = ?"
-            " WHERE id = ? AND state = 'reserved'"
-        )
-        params = (state, reason, ts(self._clock()), reservation_id)
         if tx is not None:
-            return await tx.execute(sql, params) == 1
-        if self._db.engine == "sqlite":
-            return await self._db.write(sql, params) == 1
+            return (await self._settle_in(tx, state, reason, [reservation_id]))[0]
         return await self._settles.submit((state, reason), reservation_id)
 
     async def _settle_batch(self, outcome: tuple[str, str | None], ids: list[str]) -> list[bool]:
-        """PostgreSQL: settle many reservations the same way in one statement."""
+        """Settle many reservations the same way in one transaction."""
         state, reason = outcome
-        rows = await self._db.fetchall(
-            "UPDATE ledger_entries SET state = ?, reason = ?, settled_at = ?"
-            " WHERE id = ANY(CAST(? AS TEXT[])) AND state = 'reserved' RETURNING id",
-            (state, reason, ts(self._clock()), ids),
+        async with self._db.transaction() as tx:
+            return await self._settle_in(tx, state, reason, ids)
+
+    async def _settle_in(
+        self, tx: Transaction, state: str, reason: str | None, ids: list[str]
+    ) -> list[bool]:
+        """Commit or refund ``ids`` (those still reserved) in ``tx``, in one statement.
+
+        A refund gives the credits back to the usage counters that counted them, under
+        the guilds' locks; a commit changes no total (reserved credits already count).
+        """
+        table, listed = self._list(ids, "TEXT")
+        if state == "refunded":
+            guilds = await tx.fetchall(
+                "SELECT DISTINCT guild_id FROM ledger_entries"
+                f" WHERE id IN (SELECT id FROM {table} s)",
+                {"ids": listed},
+            )
+            await tx.lock(*(f"guild:{int(r['guild_id'])}" for r in guilds))
+        rows = await tx.fetchall(
+            "UPDATE ledger_entries SET state = :state, reason = :reason, settled_at = :now"
+            f" WHERE id IN (SELECT id FROM {table} s) AND state = 'reserved'"
+            " RETURNING id, guild_id, member_id, cost, created_at, reset_at",
+            {"state": state, "reason": reason, "now": ts(self._clock()), "ids": listed},
         )
-        changed = {row[0] for row in rows}
+        if state == "refunded" and rows:
+            await tx.executemany(
+                "UPDATE guild_usage SET used = used - ? WHERE guild_id = ? AND since <= ?",
+                [(r["cost"], r["guild_id"], r["created_at"]) for r in rows],
+            )
+            await tx.executemany(
+                "UPDATE member_usage SET used = used - ?"
+                " WHERE guild_id = ? AND member_id = ? AND since <= ?",
+                [
+                    (r["cost"], r["guild_id"], r["member_id"], r["created_at"])
+                    for r in rows
+                    if r["reset_at"] is None
+                ],
+            )
+        changed = {r["id"] for r in rows}
         results: list[bool] = []
         for reservation_id in ids:  # the same id twice in a batch: only the first changed it
             results.append(reservation_id in changed)
@@ -623,41 +729,41 @@ class Ledger:
         """Used, pending and limit for this period, and when it resets (for /credits)."""
         await self._ensure_guild(guild_id)
         now = self._clock()
-        limit_sql, role_params = _limit_sql(role_ids)
-        row = await self._db.fetchone(
-            f"SELECT gs.period, {_MEMBER_USED} AS used, {_MEMBER_PENDING} AS pending,"
-            f" {limit_sql} AS lim FROM {_GUILD}",
-            {"g": guild_id, "m": member_id, **_period_params(now), **role_params},
+        guild = await self._guild(self._db, guild_id, now)
+        member = (await self._members(self._db, guild_id, guild.since, [member_id]))[member_id]
+        role_limits = await self._role_limits(self._db, guild_id, role_ids)
+        pending = await self._scalar(
+            self._db,
+            "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM ledger_entries"
+            " WHERE guild_id = :g AND member_id = :m AND state = 'reserved'"
+            " AND reset_at IS NULL AND created_at >= :since",
+            {"g": guild_id, "m": member_id, "since": guild.since},
         )
-        assert row is not None
+        limit = _effective_limit(
+            guild.default_limit, member.override, role_limits, role_ids, member.grants
+        )
         return Balance(
-            used=int(row["used"]),
-            pending=int(row["pending"]),
-            limit=max(0, int(row["lim"])),
-            period=row["period"],
-            resets_at=period_end(now, row["period"]),
+            used=member.used,
+            pending=int(pending),
+            limit=max(0, limit),
+            period=guild.period,
+            resets_at=period_end(now, guild.period),
         )
 
     async def server_usage(self, guild_id: int) -> ServerUsage:
         """The guild's live credits this period and its server budget (budget alerts)."""
         await self._ensure_guild(guild_id)
-        row = await self._db.fetchone(
-            f"SELECT gs.server_budget, {_SERVER_USED} AS used FROM {_GUILD}",
-            {"g": guild_id, **_period_params(self._clock())},
-        )
-        assert row is not None
-        return ServerUsage(int(row["used"]), int(row["server_budget"]))
+        guild = await self._guild(self._db, guild_id, self._clock())
+        return ServerUsage(guild.used, guild.server_budget)
 
     async def total_usage(self) -> TotalUsage | None:
         """Credits all guilds used this total-budget period; None when there is no cap."""
         if not self._total_budget:
             return None
         now = self._clock()
-        row = await self._db.fetchone(
-            f"SELECT {_TOTAL_USED} AS used", {"t_since": ts(period_start(now, self._total_period))}
-        )
-        assert row is not None
-        return TotalUsage(int(row["used"]), self._total_budget, period_end(now, self._total_period))
+        since = ts(period_start(now, self._total_period))
+        used = await self._scalar(self._db, _TOTAL_USED, {"t_since": since})
+        return TotalUsage(int(used), self._total_budget, period_end(now, self._total_period))
 
     async def claim_budget_alert(self, guild_id: int, threshold_percent: int) -> bool:
         """True exactly once per guild, period and threshold: the caller posts the alert.
@@ -759,7 +865,7 @@ class Ledger:
         return change
 
     @staticmethod
-    async def _scalar(tx: Transaction, sql: str, params: Any) -> Any:
+    async def _scalar(tx: Transaction | Database, sql: str, params: Any) -> Any:
         row = await tx.fetchone(sql, params)
         return None if row is None else row[0]
 
@@ -954,15 +1060,17 @@ class Ledger:
         A reservation still pending is marked too (settling it later changes nothing).
         """
         now = self._clock()
-        params = {"g": guild_id, "m": member_id, **_period_params(now)}
         async with self._db.transaction() as tx:
             await self._ensure_guild(guild_id, tx)
-            used = int(await self._scalar(tx, f"SELECT {_MEMBER_USED} FROM {_GUILD}", params))
+            await tx.lock(f"guild:{guild_id}")  # the member's usage counter changes
+            guild = await self._guild(tx, guild_id, now)
+            members = await self._members(tx, guild_id, guild.since, [member_id])
             await tx.execute(
                 "UPDATE ledger_entries SET reset_at = :now"
                 " WHERE guild_id = :g AND member_id = :m AND reset_at IS NULL"
-                f" AND created_at >= (SELECT gs.since FROM {_GUILD})",
-                {**params, "now": ts(now)},
+                " AND created_at >= :since",
+                {"g": guild_id, "m": member_id, "since": guild.since, "now": ts(now)},
             )
-            change = Change("reset_usage", f"member:{member_id}", str(used), "0")
+            await tx.execute(_SAVE_MEMBER_USAGE, (guild_id, member_id, guild.since, 0))
+            change = Change("reset_usage", f"member:{member_id}", str(members[member_id].used), "0")
             return await self._audit(tx, guild_id, actor_id, change)

@@ -33,6 +33,15 @@ LOCK_KEY = "onemin:rate"
 waiting_hook: ContextVar[Callable[[int], None] | None] = ContextVar("waiting_hook", default=None)
 
 
+class _Place:
+    """A caller's place in the line; ``granted`` once a turn was recorded for it."""
+
+    __slots__ = ("granted",)
+
+    def __init__(self) -> None:
+        self.granted = False
+
+
 class RateGate:
     """At most ``per_minute`` acquisitions in any ``WINDOW + WINDOW_MARGIN`` seconds."""
 
@@ -50,18 +59,24 @@ class RateGate:
         self.per_minute = per_minute
         self.window = window
         self._clock = clock
-        self._line: list[object] = []
+        self._line: list[_Place] = []
         self._turn = asyncio.Condition()
         self._since_prune = 0
 
     async def acquire(self) -> None:
-        """Wait until a request may be sent now, and record it."""
-        me = object()
+        """Wait until a request may be sent now, and record it.
+
+        The caller at the head of the line records turns for everyone in line at that
+        moment, as far as the window has room, in one transaction: when several jobs
+        are ready at once (an upscale slot freed for each), none waits for the others'
+        round trips to the database.
+        """
+        me = _Place()
         self._line.append(me)
         hook = waiting_hook.get()
         told: int | None = None
         try:
-            while True:
+            while not me.granted:
                 place = self._line.index(me) + 1
                 if place > 1:
                     if hook is not None and told != place:
@@ -70,8 +85,11 @@ class RateGate:
                     async with self._turn:
                         await self._turn.wait()
                     continue
-                wait = await self._take()
-                if wait <= 0:
+                line = list(self._line)
+                granted, wait = await self._take(len(line))
+                for waiting in line[:granted]:
+                    waiting.granted = True
+                if granted:
                     return
                 if hook is not None and told != 1:
                     told = 1
@@ -82,23 +100,25 @@ class RateGate:
             async with self._turn:
                 self._turn.notify_all()
 
-    async def _take(self) -> float:
-        """Record a request if the window has room (returns 0), else seconds to wait."""
+    async def _take(self, wanted: int) -> tuple[int, float]:
+        """Record up to ``wanted`` requests as the window has room: (recorded, 0), or
+        (0, seconds until it has room)."""
         now = self._clock()
         cutoff = now - self.window
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(urgent=True) as tx:  # a request waits on it
             await tx.lock(LOCK_KEY)
             row = await tx.fetchone(
                 "SELECT COUNT(*) AS n, MIN(at) AS first FROM onemin_calls WHERE at > ?",
                 (cutoff,),
             )
             count = int(row["n"]) if row else 0
-            if count >= self.per_minute:
+            room = min(wanted, self.per_minute - count)
+            if room <= 0:
                 first = float(row["first"]) if row and row["first"] is not None else now
-                return max(0.01, first + self.window - now + 0.005)
-            await tx.execute("INSERT INTO onemin_calls (at) VALUES (?)", (now,))
-            self._since_prune += 1
+                return 0, max(0.01, first + self.window - now + 0.005)
+            await tx.executemany("INSERT INTO onemin_calls (at) VALUES (?)", [(now,)] * room)
+            self._since_prune += room
             if self._since_prune >= PRUNE_EVERY:
                 self._since_prune = 0
                 await tx.execute("DELETE FROM onemin_calls WHERE at <= ?", (cutoff,))
-        return 0.0
+        return room, 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,29 @@ async def test_two_processes_share_one_rate_window(databases: Databases) -> None
     await asyncio.gather(*(gates[i % 2].acquire() for i in range(4)))
     assert time.monotonic() - started < 0.8
     await gates[1].acquire()
+    assert time.monotonic() - started >= 0.95
+
+
+async def test_requests_ready_together_take_their_turns_in_one_round(
+    databases: Databases,
+) -> None:
+    """Requests that queue while the first one is recorded are recorded together by the
+    next in line (one transaction, not one each), and never past the window."""
+    db = await databases.open()
+    gate = RateGate(db, 5, window=1.0)
+    rounds = 0
+    transaction = db.transaction
+
+    def counted(*, urgent: bool = False) -> Any:
+        nonlocal rounds
+        rounds += 1
+        return transaction(urgent=urgent)
+
+    db.transaction = counted  # type: ignore[method-assign]
+    started = time.monotonic()
+    await asyncio.gather(*(gate.acquire() for _ in range(5)))
+    assert rounds == 2 and time.monotonic() - started < 0.8
+    await gate.acquire()  # the 6th waits for the window to move
     assert time.monotonic() - started >= 0.95
 
 

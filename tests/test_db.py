@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,6 +86,115 @@ async def test_open_sets_the_pragmas(tmp_path: Path) -> None:
         assert await pragma(db, "busy_timeout") == BUSY_TIMEOUT_MS
         assert await pragma(db, "foreign_keys") == 1
         assert await pragma(db, "synchronous") == 1  # NORMAL
+
+
+async def test_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Path) -> None:
+    """The bot's connection never checkpoints at a commit (which would stall every caller
+    queued behind it); a background connection moves the WAL into the database file."""
+    path = tmp_path / "wal.db"
+    async with await Database.open(path) as db:
+        assert await pragma(db, "wal_autocheckpoint") == 0
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE service_circuit SET state = 'closed'")
+            await tx.execute("INSERT INTO onemin_calls (at) VALUES (1.0), (2.0), (3.0)")
+        # The database file alone (WAL ignored) has the rows once a checkpoint ran.
+        file_only = f"file:{path}?immutable=1"
+        deadline = asyncio.get_running_loop().time() + 5
+        while True:
+            plain = sqlite3.connect(file_only, uri=True)
+            try:
+                (rows,) = plain.execute("SELECT COUNT(*) FROM onemin_calls").fetchone()
+            except sqlite3.OperationalError:  # not even the table is in the file yet
+                rows = 0
+            finally:
+                plain.close()
+            if rows == 3 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert rows == 3
+
+
+async def test_urgent_transactions_go_ahead_of_ordinary_work(tmp_path: Path) -> None:
+    """While the connection is busy, an urgent transaction that arrives later is served
+    before ordinary ones already waiting; ordinary ones keep their order."""
+    async with await Database.open(tmp_path / "turns.db") as db:
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with db.transaction():
+                await release.wait()
+
+        async def run(name: str, urgent: bool) -> None:
+            async with db.transaction(urgent=urgent):
+                order.append(name)
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        waiting = [
+            asyncio.create_task(run("first", False)),
+            asyncio.create_task(run("second", False)),
+        ]
+        await asyncio.sleep(0.01)
+        waiting.append(asyncio.create_task(run("urgent", True)))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(holder, *waiting)
+        assert order == ["urgent", "first", "second"]
+
+
+async def test_an_urgent_write_hurries_the_group_it_joins(tmp_path: Path) -> None:
+    """A grouped write waiting behind a busy connection is moved ahead of ordinary
+    transactions as soon as an urgent write joins its group."""
+    async with await Database.open(tmp_path / "group.db") as db:
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with db.transaction():
+                await release.wait()
+
+        async def ordinary() -> None:
+            async with db.transaction():
+                order.append("transaction")
+
+        async def write(urgent: bool) -> None:
+            await db.write("UPDATE service_circuit SET state = 'closed'", urgent=urgent)
+            order.append("urgent write" if urgent else "write")
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(write(False))]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(ordinary()))
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(write(True)))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(holder, *tasks)
+        assert order.index("urgent write") < order.index("transaction")
+        assert order.index("write") < order.index("transaction")
+
+
+async def test_a_cancelled_waiter_does_not_keep_the_connection(tmp_path: Path) -> None:
+    """A caller cancelled while it waits for the connection never holds it: the next
+    caller gets it when the current holder is done."""
+    async with await Database.open(tmp_path / "cancel-wait.db") as db:
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with db.transaction():
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(db.fetchall("SELECT 1"))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        release.set()
+        await holder
+        async with asyncio.timeout(2):
+            assert await db.fetchall("SELECT 2")
 
 
 # -- both engines ----------------------------------------------------------------------

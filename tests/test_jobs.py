@@ -20,6 +20,7 @@ import pytest
 from bot.db import Database
 from bot.failures import FailureKind
 from bot.jobs import (
+    INTAKE_CONCURRENCY,
     CancelOutcome,
     DeliveryFailed,
     Job,
@@ -375,6 +376,61 @@ async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMin
     assert peak == 2
     assert emu.max_features_in_flight == 2
     assert all(log.delivered for log in logs)
+
+
+async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
+    rigs: RigFactory,
+) -> None:
+    """Ten refreshes of the places in line asked for while one read runs are served by a
+    single further read, and each caller returns only after a read that began after it
+    asked (a burst of submissions does not read the whole line once per job)."""
+    r = await rigs()
+    started: list[float] = []
+
+    async def slow_read() -> None:
+        started.append(time.monotonic())
+        await asyncio.sleep(0.05)
+
+    r.queue._update_positions = slow_read  # type: ignore[method-assign]
+    first = asyncio.create_task(r.queue._refresh_positions())
+    await asyncio.sleep(0.01)
+    asked = time.monotonic()
+    returned = []
+
+    async def refresh() -> None:
+        await r.queue._refresh_positions()
+        returned.append(time.monotonic())
+
+    await asyncio.gather(first, *(refresh() for _ in range(10)))
+    assert len(started) == 2
+    assert started[1] >= asked and all(t >= started[1] + 0.05 for t in returned)
+
+
+async def test_intakes_past_the_limit_wait_their_turn_in_arrival_order(
+    rigs: RigFactory,
+) -> None:
+    """While INTAKE_CONCURRENCY images are being taken in, the next ones wait, and go on
+    in the order they came as places free up."""
+    r = await rigs(max_per_member=20)
+    busy = [await r.queue.admit(GUILD, ALICE) for _ in range(INTAKE_CONCURRENCY)]
+    for ticket in busy:
+        await ticket.__aenter__()
+    entered: list[int] = []
+
+    async def take_in(i: int) -> None:
+        async with await r.queue.admit(GUILD, ALICE):
+            entered.append(i)
+
+    waiting = []
+    for i in range(3):
+        waiting.append(asyncio.create_task(take_in(i)))
+        await asyncio.sleep(0.01)
+    assert entered == []
+    await busy[0].__aexit__(None, None, None)
+    await asyncio.gather(*waiting)
+    assert entered == [0, 1, 2]
+    for ticket in busy[1:]:
+        await ticket.__aexit__(None, None, None)
 
 
 async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMinEmulator) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -611,6 +612,102 @@ async def test_period_change_applies_to_the_current_accounting(
     assert await used(ledger) == 0
     await ledger.set_period(G, MOD, "weekly")
     assert await used(ledger) == 3
+
+
+# -- usage counters: always what a recount of the entries says ------------------------
+
+
+async def recount(db: Database, guild: int, member: int | None, since: datetime) -> int:
+    """Live credits from the entries themselves (a member's: not reset), for comparison."""
+    sql = (
+        "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM ledger_entries"
+        " WHERE guild_id = ? AND state IN ('reserved', 'committed') AND created_at >= ?"
+    )
+    params: list[Any] = [guild, since.strftime("%Y-%m-%d %H:%M:%S.%f")]
+    if member is not None:
+        sql += " AND member_id = ? AND reset_at IS NULL"
+        params.append(member)
+    row = await db.fetchone(sql, params)
+    assert row is not None
+    return int(row[0])
+
+
+async def test_refund_of_last_periods_reservation_leaves_this_periods_usage(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A job from yesterday refunded today gives nothing back to today's usage."""
+    old = await reserve_ok(ledger)
+    clock.now += timedelta(days=1)
+    await spend(ledger, 2)
+    assert await ledger.refund(old, "failed")
+    assert await used(ledger) == 2
+    assert (await ledger.server_usage(G)).used == 2
+
+
+async def test_refund_of_a_reservation_pending_at_a_reset_leaves_the_member_at_zero(
+    ledger: Ledger,
+) -> None:
+    """A job in flight during a reset that then fails does not push usage below zero,
+    but gives its credit back to the server's usage."""
+    rid = await reserve_ok(ledger)
+    await ledger.reset_member(G, MOD, ALICE)
+    assert await ledger.refund(rid, "failed")
+    assert await used(ledger) == 0
+    assert (await ledger.server_usage(G)).used == 0
+    await spend(ledger, 5)
+
+
+async def test_entries_written_before_the_usage_counters_still_count(
+    ledger: Ledger, db: Database, clock: Clock
+) -> None:
+    """A ledger migrated from a version without counters (entries, no counter rows) is
+    recounted on first use: nobody gets their period's credits again."""
+    await ledger.guild_settings(G)
+    stamp = clock.now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    async with db.transaction() as tx:
+        for i in range(4):
+            await tx.execute(
+                "INSERT INTO ledger_entries (id, guild_id, member_id, cost, state, created_at)"
+                " VALUES (?, ?, ?, 1, 'committed', ?)",
+                (f"old{i}", G, ALICE, stamp),
+            )
+    assert await used(ledger) == 4
+    await reserve_ok(ledger)
+    assert isinstance(await ledger.reserve(G, ALICE, (), 1), Denial)
+    assert (await ledger.server_usage(G)).used == 5
+
+
+async def test_usage_counters_match_a_recount_through_every_kind_of_change(
+    db: Database, clock: Clock
+) -> None:
+    """Reserves, commits, refunds, resets, grants, period changes and days passing, in a
+    fixed pseudo-random order: after each step the counters equal a recount."""
+    rng = random.Random(8)
+    ledger = Ledger(db, default_limit=6, default_period="daily", clock=clock)
+    members = (ALICE, BOB, 13)
+    pending: list[str] = []
+    for step in range(300):
+        action = rng.choice(("reserve",) * 6 + ("commit", "refund", "reset", "period", "day"))
+        member = rng.choice(members)
+        if action == "reserve":
+            outcome = await ledger.reserve(G, member, (), rng.randint(1, 2))
+            if isinstance(outcome, Reservation):
+                pending.append(outcome.id)
+        elif action in ("commit", "refund") and pending:
+            rid = pending.pop(rng.randrange(len(pending)))
+            settled = await (ledger.commit(rid) if action == "commit" else ledger.refund(rid, "x"))
+            assert settled
+        elif action == "reset":
+            await ledger.reset_member(G, MOD, member)
+        elif action == "period":
+            await ledger.set_period(G, MOD, rng.choice(("daily", "weekly", "monthly", "lifetime")))
+        elif action == "day":
+            clock.now += timedelta(hours=rng.choice((6, 30)))
+        settings = await ledger.guild_settings(G)
+        since = period_start(clock.now, settings.period)
+        for m in members:
+            assert (await ledger.balance(G, m, ())).used == await recount(db, G, m, since), step
+        assert (await ledger.server_usage(G)).used == await recount(db, G, None, since), step
 
 
 # -- quota log: change records, log channel, budget alerts ----------------------------
