@@ -165,6 +165,9 @@ async def test_kill_9_of_one_process_mid_burst_the_other_finishes_every_job(
             its = await f.burst(4)
             for it in its:
                 await it.acked()
+            # Every job recorded (a process killed while still taking an image in loses
+            # that intake: see the README), and one of them upscaling.
+            await wait_until(lambda: f.value("SELECT COUNT(*) = 8 FROM jobs"), "8 jobs", f)
             await wait_until(
                 lambda: f.value(
                     "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND stage = 'upscaling'"
