@@ -13,8 +13,9 @@ posted (``elapsed_s``):
 * Memory of the bot alone: a thread sums the resident memory (VmRSS, from /proc) of the
   bot's process and all its descendants (the image worker; ``children`` counts the
   processes seen) every 10 ms and keeps the largest sum (``peak_rss_mb``).
-  ``peak_main_mb`` is the bot process's own peak (VmHWM, kept by the kernel, so it may
-  fall between samples) and ``peak_worker_mb`` the largest peak of any one descendant.
+  ``peak_main_mb`` is the bot process's own peak since it started (VmHWM, kept by the
+  kernel, so it may fall between samples) and ``peak_worker_mb`` the largest such peak
+  of any one descendant.
   Neither emulator, nor this process's inputs, is counted. RSS counts pages of shared
   libraries in each process that maps them. ``base_rss_mb`` is the sum just before the
   jobs (the idle bot; its worker starts on first use).

@@ -48,12 +48,12 @@ WEBP_METHOD = 4  # libwebp effort 0-6; 4 is its default and a good speed/size ba
 # Lossy WebP of more than WEBP_LOW_MEMORY_PIXELS uses WEBP_LOW_MEMORY_METHOD instead. From
 # method 3 up, libwebp buffers the tokens of the whole picture before writing them: about
 # 15-27 bytes per pixel of detailed content (measured on 16 MP at quality 90: +257 MB for
-# 4x-upscaled noise, +366 MB for pure noise), where method 2 needs about 6.5 (+110 MB),
-# and takes half the time. Its files were 1-6% larger on photos and upscaled content
-# (1.4% on the benchmark's 4x-upscaled noise) but up to 2.2x on pure pixel noise at some
-# sizes, so small images, where the buffer costs little, keep method 4: at the threshold
-# (4 MP) it costs at most about what method 2 costs at 16 MP. Methods 0 and 1 are not
-# usable: they fail on 16 MP of detail ("encoding error 6", the first partition
+# 4x-upscaled noise, +366 MB for pure noise), where method 2 needs about 6.5 (+110 MB)
+# and takes half the time. Its files were 1-6% larger on three real pictures upscaled to
+# 4096 px and 1.4% on the benchmark's 4x-upscaled noise, but up to 2.2x on pure pixel
+# noise at some sizes, so small images, where the buffer costs little, keep method 4: at
+# the threshold (4 MP) it costs at most about what method 2 costs at 16 MP. Methods 0 and
+# 1 are not usable: they fail on 16 MP of detail ("encoding error 6", the first partition
 # overflows). Should method 2 fail too, the encode is repeated at WEBP_METHOD. Size
 # estimates sample with the method the full encode will use.
 WEBP_LOW_MEMORY_METHOD = 2
