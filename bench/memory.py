@@ -105,8 +105,10 @@ async def run() -> dict[str, Any]:
                 running = await settle(proc.pid, 2.0)
                 peak_running = rss_mb(proc.pid)[1]
                 await asyncio.gather(*(submit(i) for i in range(RUNNING, QUEUED_TOTAL)))
-                queued_sql = "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
-                while count(db, queued_sql) < QUEUED_TOTAL - RUNNING:  # noqa: ASYNC110
+                # Every job recorded: RUNNING upscaling, the rest waiting (queued, or claimed
+                # ahead of a free slot with their input read).
+                recorded_sql = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                while count(db, recorded_sql) < QUEUED_TOTAL:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)
                 queued = await settle(proc.pid, 2.0)
                 peak_all = rss_mb(proc.pid)[1]

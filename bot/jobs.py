@@ -125,7 +125,7 @@ SLOT_LOCK = "jobs:slot"
 # upscaling), up to K more are claimed and wait for a slot with their input loaded, and
 # downloads and deliveries overlap the next uploads and upscales. Bounds memory.
 CLAIM_AHEAD = 2
-SLOT_POLL = 0.25  # seconds between looks for a slot another process freed
+SLOT_POLL = 0.1  # seconds between looks for a slot another process freed
 COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
 PURGE_INTERVAL = 3600.0  # seconds between purges of expired Compare crops
 UNFINISHED = ("queued", "running")
