@@ -705,8 +705,7 @@ class JobQueue:
         # are made in the image worker, from that file.
         path = self.result_path(job)
         byte_count = await self._onemin.download_to(job.result_url, path, RESULT_MAX_BYTES)
-        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
-        input_image = bytes(row["data"]) if row is not None else None
+        input_image = await self._stored_input(job)  # for the crops; none without it
         try:
             checked = await self.image_workers.check_result(path, input_image, job.prepared.size)
         except ResultUnusable as exc:
@@ -805,10 +804,14 @@ class JobQueue:
         await self._refresh_positions()
 
     async def _input(self, job: Job) -> bytes:
-        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
-        if row is None:
+        data = await self._stored_input(job)
+        if data is None:
             raise InputLost("the job's input is no longer stored")
-        return bytes(row["data"])
+        return data
+
+    async def _stored_input(self, job: Job) -> bytes | None:
+        row = await self._db.fetchone("SELECT data FROM job_inputs WHERE job_id = ?", (job.id,))
+        return None if row is None else bytes(row["data"])
 
     async def _advance(
         self,

@@ -585,18 +585,17 @@ class Ledger:
         rows = await q.fetchall(
             _MEMBERS.format(members=table), {"g": guild_id, "since": since, "ids": ids}
         )
-        stale = [int(r["member_id"]) for r in rows if r["since"] != since]
-        recounted: dict[int, int] = {}
+        stale = sorted(int(r["member_id"]) for r in rows if r["since"] != since)
+        used = {int(r["member_id"]): int(r["used"] or 0) for r in rows}
         if stale:
+            used.update(dict.fromkeys(stale, 0))  # members with no live entry recount to 0
             table, ids = self._list(stale, "BIGINT")
             recount = _MEMBER_RECOUNT.format(members=f"(SELECT id FROM {table} s)")
             for r in await q.fetchall(recount, {"g": guild_id, "since": since, "ids": ids}):
-                recounted[int(r["member_id"])] = int(r["used"])
+                used[int(r["member_id"])] = int(r["used"])
         return {
             int(r["member_id"]): _Member(
-                used=recounted.get(int(r["member_id"]), 0)
-                if r["since"] != since
-                else int(r["used"]),
+                used=used[int(r["member_id"])],
                 override=None if r["override"] is None else int(r["override"]),
                 grants=int(r["grants"]),
                 stale=r["since"] != since,
