@@ -41,7 +41,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from bot.db import TS_FORMAT as TS_FORMAT
@@ -144,11 +144,21 @@ class MemberUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class DayUsage:
+    """One UTC day of a guild's settled credits (for the /usage chart)."""
+
+    day: date  # the day the reservations were made
+    delivered: int  # committed credits
+    refunded: int  # refunded credits
+
+
+@dataclass(frozen=True, slots=True)
 class UsageReport:
     period: Period
     since: datetime
     members: list[MemberUsage]  # most credits first
     totals: MemberUsage
+    days: list[DayUsage] = field(default_factory=list)  # oldest first, days with use only
 
 
 @dataclass(frozen=True, slots=True)

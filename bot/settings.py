@@ -126,6 +126,9 @@ class Settings:
     job_lease: float = MAX_JOB_LEASE  # seconds a process holds a job without renewing
     circuit_probe_interval: float = 180.0  # seconds between probes while 1min.ai refuses
     circuit_give_up: float = 3600.0  # seconds queued jobs wait for 1min.ai to accept again
+    job_retention_days: int = 30  # days a finished job's row is kept (ledger and audit stay)
+    metrics_port: int | None = None  # serve /metrics, /healthz, /readyz here; None: off
+    metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
 
     @property
     def api_base_is_loopback(self) -> bool:
@@ -358,4 +361,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         job_lease=_float(env, "JOB_LEASE_SECONDS", MAX_JOB_LEASE, 3.0, MAX_JOB_LEASE),
         circuit_probe_interval=_float(env, "ONEMIN_PROBE_INTERVAL", 180.0, 5.0, 3600.0),
         circuit_give_up=_float(env, "ONEMIN_OUTAGE_REFUND_AFTER", 3600.0, 60.0, 7 * 86_400.0),
+        job_retention_days=_int(env, "JOB_RETENTION_DAYS", 30, 1, 3650),
+        metrics_port=_int(env, "METRICS_PORT", 0, 1, 65_535) or None,
+        metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
     )
