@@ -997,6 +997,11 @@ class JobQueue:
         )
         return int(row["n"]) if row else 0
 
+    async def waiting(self) -> int:
+        """Jobs waiting in line anywhere in the fleet (not yet claimed by a process)."""
+        row = await self._db.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'")
+        return int(row["n"]) if row else 0
+
     async def idle(self) -> bool:
         return not self.busy_here() and await self.unfinished() == 0
 
