@@ -133,6 +133,63 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of ``pid``: user + system time from
+    /proc/<pid>/stat, and that of its children it has waited for; (0, 0) when gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0, 0.0
+    # Fields after the command name (which may hold spaces), from the state (field 3):
+    # utime, stime, cutime and cstime are fields 14-17.
+    fields = text[text.rindex(")") + 2 :].split()
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return (utime + stime) / CLOCK_TICKS, (cutime + cstime) / CLOCK_TICKS
+
+
+class TreeCpu:
+    """CPU time (user + system) a process and its descendants spent between two reads.
+
+    :meth:`read` gives the root's own seconds and its descendants' (live ones, plus those
+    that ended and were waited for by their parent: their time moves to the parent's
+    children's time, which is counted too). Process ids are remembered per read, so a
+    descendant started between two reads counts from its start. Resolution: 1/CLOCK_TICKS s
+    per process (10 ms), ample over a burst.
+    """
+
+    def __init__(self, pid: int, exclude: Collection[int] = ()) -> None:
+        self.pid = pid
+        self.exclude = set(exclude)
+
+    def read(self) -> tuple[float, dict[int, float]]:
+        """(root's own CPU s, {pid: CPU s}): each descendant's own and reaped children's
+        time, and under the root's pid the root's reaped children's time."""
+        own, reaped = process_cpu(self.pid)
+        others: dict[int, float] = {self.pid: reaped}
+        skip: set[int] = set()
+        for child in descendants(self.pid):
+            if child in self.exclude or child in skip:
+                skip.update(descendants(child))
+                continue
+            child_own, child_reaped = process_cpu(child)
+            others[child] = child_own + child_reaped
+        return own, others
+
+    @staticmethod
+    def spent(
+        before: tuple[float, dict[int, float]], after: tuple[float, dict[int, float]]
+    ) -> tuple[float, float]:
+        """(root's own CPU s, its descendants' CPU s) between two reads."""
+        own = after[0] - before[0]
+        # Sums, not per pid: a descendant that ended in between moved all its time
+        # (before and since) into its parent's reaped time.
+        others = sum(after[1].values()) - sum(before[1].values())
+        return own, max(0.0, others)
+
+
 class TreeRss:
     """Samples the resident memory of a process and its descendants from a thread.
 

@@ -1,18 +1,24 @@
 """Before/after comparison images for delivered upscales, made locally at no cost.
 
-Two pure, synchronous, CPU-bound steps (callers run them in a thread or process pool;
-nothing here knows about Discord, asyncio or the database):
+Two pure, synchronous, CPU-bound steps (callers run them in a thread or the image
+worker; nothing here knows about Discord, asyncio or the database):
 
-* :func:`make_crops`, at delivery time: pick the most detailed region of the input, crop
-  it (at most ``crop_side`` px a side) and the exactly corresponding region of the result
-  (the box times the per-axis scale, rounded half up). The two small crops
-  (:class:`CompareCrops`, normally 96x96 PNG + 384x384 lossless WebP, some tens of KB) are
-  what gets stored, so a Compare click works after a restart and for as long as the row
-  is kept, without keeping the full-size images.
-* :func:`render`, at click time: the input crop scaled with NEAREST to exactly the result
-  crop's size (so the difference shown is honest: no smoothing is credited to the
-  upscaler), side by side with the result crop, a small gutter, and a label band on top
-  of each half. Transparency is flattened onto the same checkerboard in both halves.
+* :func:`input_crop`, when a result is checked: pick the most detailed region of the
+  input, at most ``crop_side`` px a side, and keep it (:class:`CompareCrops`: a PNG of
+  at most 96x96 px, tens of bytes to ~37 KB, with the box, the result's scale and the
+  input's size). That is all that is stored, so a Compare click works after a restart
+  and in any process of a fleet for as long as the row is kept, without keeping either
+  full-size image and without making, for every delivered job, an after crop that few
+  members ever ask for.
+* :func:`render`, at click time: the result region is cut from the result as it was
+  posted (the message's attachment, which the click carries): the box times that
+  image's own per-axis scale, each edge rounded half up, so a result that was fitted to
+  the upload limit (re-encoded or resized) is compared as it was delivered. The input
+  crop is scaled with NEAREST to exactly the result crop's size (so the difference shown
+  is honest: no smoothing is credited to the upscaler) and set beside it, with a small
+  gutter and a label band on top of each half. Transparency is flattened onto the same
+  checkerboard in both halves. Crops stored by earlier versions carry their after crop
+  (a lossless WebP made at delivery) and render from it alone.
 
 ``input_image`` must be the image that was sent to the upscaler (``PreparedImage.data``:
 upright, at most about one megapixel), not the user's original upload, so that its pixel
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import os
 import shutil
@@ -47,16 +54,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LABELS = ("Before", "After")
 
-# make_crops tuning.
+# input_crop tuning.
+CROP_SIDE = 96  # px of input: the side of the compared region (clipped to small images)
 INPUT_MAX_PIXELS = 4 * 1_048_576  # inputs are prepared to about 1 MP; refuse far more
 SCALE_ASPECT_TOLERANCE = 0.05  # per-axis scales this far apart mean the images differ
 CELLS_PER_CROP = 4  # detail is scored on a grid of crop_side / 4 cells
-MAX_STORED_BYTES = 300_000  # before + after; the box shrinks until the pair fits
-SHRINK_STEP = 0.75  # each shrink keeps this much of the crop side
-MIN_CROP_SIDE = 16  # px of input; never shrink below this
 FLATTEN_GREY = 128  # analysis backdrop for transparent pixels (flat, so never "detail")
-WEBP_LOSSLESS_METHOD = 1  # libwebp effort: a 384 px crop in ~40 ms, within 1% of the best
-WEBP_LOSSLESS_QUALITY = 50  # (lossless "quality" is effort too: 100 takes ~10x longer)
 FLAT_ENERGY = 0.25  # mean grey-level gradient below which a window counts as flat
 
 # render tuning.
@@ -65,13 +68,15 @@ LABEL_PAD = 6  # px above and below the label text
 MIN_FONT_SIZE = 10
 MAX_FONT_SIZE = 28
 FONT_SIZE_DIVISOR = 16  # font size = half width / this, clamped to the two above
-RENDER_MAX_SIDE = 512  # after crops above this (not from make_crops) shrink: output < 2 MB
+RENDER_MAX_SIDE = 512  # after crops above this shrink (LANCZOS): the output stays < 2 MB
 STORED_MAX_PIXELS = 4 * 1_048_576  # stored crops decoded at click time: refuse far more
 BACKGROUND = (32, 34, 37)  # gutter and label band (Discord-dark, neutral)
 TEXT_COLOUR = (235, 235, 235)
 CHECKER = ((204, 204, 204), (240, 240, 240))  # transparency backdrop, light greys
 CHECKER_SQUARE = 8  # px
 JPEG_QUALITY = 90
+WEBP_LOSSLESS_METHOD = 1  # libwebp effort for fmt="WEBP" output
+WEBP_LOSSLESS_QUALITY = 50  # (lossless "quality" is effort too: 100 takes ~10x longer)
 STORED_FORMATS = frozenset({"PNG", "WEBP"})
 
 # System fonts tried, in order, for labels the built-in font cannot draw.
@@ -101,128 +106,128 @@ _MISSING_PROBE = "\uffff"  # a noncharacter: every font draws its "missing glyph
 
 
 class CompareError(ValueError):
-    """The comparison cannot be made (undecodable or mismatched images); skip the button."""
+    """The comparison cannot be made (undecodable or mismatched images)."""
 
 
 @dataclass(frozen=True)
 class CompareCrops:
-    """The two small crops stored at delivery time; everything :func:`render` needs.
+    """What a delivered job keeps for its Compare button.
 
     ``before`` is a PNG of the input region ``box`` (input pixel coordinates, left, top,
-    right, bottom). ``after`` is a lossless WebP of the result region ``box`` x ``scale``
-    (each edge rounded half up), shrunk with LANCZOS only if it would exceed
-    ``max_after_side``. ``scale`` is always the true result/input scale per axis (what the
-    user got, e.g. (4.0, 4.0)); :meth:`shown_scale` is what the stored crops show.
+    right, bottom). ``scale`` is the true result/input scale per axis, as checked at
+    delivery (e.g. (4.0, 4.0)); ``input_size`` the input's size, which maps the box onto
+    the posted result at click time. ``after`` is None: the result region is cut at
+    click time (:func:`render` with ``result``). Crops stored by earlier versions have no
+    ``input_size`` and carry ``after``, a lossless WebP of the result region made at
+    delivery (shrunk to at most 512 px a side), which :func:`render` uses instead.
     """
 
     before: bytes
-    after: bytes
     box: tuple[int, int, int, int]
     scale: tuple[float, float]
+    input_size: tuple[int, int] | None = None
+    after: bytes | None = None
 
     @property
     def stored_bytes(self) -> int:
-        return len(self.before) + len(self.after)
+        return len(self.before) + len(self.after or b"")
 
-    def shown_scale(self) -> tuple[float, float]:
-        """The after crop's size over the box's size per axis (reads only its header)."""
-        with Image.open(io.BytesIO(self.after)) as im:
-            width, height = im.size
-        left, top, right, bottom = self.box
-        return width / (right - left), height / (bottom - top)
+    def stored(self) -> tuple[bytes, bytes, str]:
+        """The ``compare_crops`` row's ``input_crop``, ``result_crop`` and ``box``.
+
+        ``result_crop`` is empty when the after half is cut at click time; ``box`` is
+        JSON: ``[[left, top, right, bottom], [scale x, scale y], [input w, input h]]``
+        (earlier versions wrote the first two only).
+        """
+        parts: list[list[float] | list[int]] = [list(self.box), list(self.scale)]
+        if self.input_size is not None:
+            parts.append(list(self.input_size))
+        return self.before, self.after or b"", json.dumps(parts)
+
+    @classmethod
+    def from_stored(cls, input_crop: bytes, result_crop: bytes, box: str) -> CompareCrops:
+        """Read back what :meth:`stored` wrote (or an earlier version did)."""
+        parts = json.loads(box)
+        left, top, right, bottom = (int(v) for v in parts[0])
+        scale = (float(parts[1][0]), float(parts[1][1]))
+        size = (int(parts[2][0]), int(parts[2][1])) if len(parts) > 2 else None
+        return cls(
+            before=input_crop,
+            box=(left, top, right, bottom),
+            scale=scale,
+            input_size=size,
+            after=result_crop or None,
+        )
 
 
-# --------------------------------------------------------------------------- make_crops
+# --------------------------------------------------------------------------- input_crop
 
 
-def make_crops(
-    input_image: bytes,
-    result_image: ImageSource,
-    *,
-    crop_side: int = 96,
-    max_after_side: int = 512,
-    max_bytes: int = MAX_STORED_BYTES,
+def input_crop(
+    input_image: bytes, result_size: tuple[int, int], *, crop_side: int = CROP_SIDE
 ) -> CompareCrops:
-    """Crop the most detailed region of the input and the matching region of the result.
+    """Crop the most detailed region of the input, for a result of ``result_size``.
 
     The region is a ``crop_side`` square (clipped to small images) placed where the
     input's gradient energy is highest, scored on a grid of ``crop_side / 4`` cells; ties
     (a flat image) go to the window nearest the centre, so the choice is deterministic.
-    If the two encoded crops together exceed ``max_bytes`` the region shrinks about its
-    centre (never below 16 px) rather than losing pixels to lossy coding.
-    ``result_image`` may be the path of the result's file (decoded from the file). Raises
-    :class:`CompareError` when either image cannot be decoded or they are not the same
-    picture at two scales (their per-axis scales differ by more than 5%).
+    Raises :class:`CompareError` when the input cannot be decoded, or the result is not
+    the same picture at one scale (its per-axis scales differ by more than 5%).
     """
-    if crop_side < 1 or max_after_side < 1:
-        raise ValueError("crop_side and max_after_side must be positive")
-    with (
-        _decode_input(input_image) as source,
-        _open(result_image, RESULT_BOMB_PIXELS, "result") as result,
-    ):
+    if crop_side < 1:
+        raise ValueError("crop_side must be positive")
+    with _decode_input(input_image) as source:
         width, height = source.size
-        centre = _most_detailed_centre(source, crop_side)
+        scale = _scale_of(result_size, source.size)
+        box = _box_around(_most_detailed_centre(source, crop_side), crop_side, width, height)
+        before = _png(source.crop(box))
+    log.debug("Compare crop: box %s scale %.3fx%.3f, %d bytes", box, *scale, len(before))
+    return CompareCrops(before=before, box=box, scale=scale, input_size=(width, height))
+
+
+def _scale_of(size: tuple[int, int], base: tuple[int, int]) -> tuple[float, float]:
+    """``size / base`` per axis; :class:`CompareError` unless both axes agree within 5%."""
+    scale = (size[0] / base[0], size[1] / base[1])
+    if abs(scale[0] / scale[1] - 1) > SCALE_ASPECT_TOLERANCE:
+        raise CompareError(f"result {size[0]}x{size[1]} is not a scaled {base[0]}x{base[1]} input")
+    return scale
+
+
+def _cut_after(
+    result_image: ImageSource,
+    box: tuple[int, int, int, int],
+    input_size: tuple[int, int],
+    max_side: int,
+) -> Image.Image:
+    """The region ``box`` (input px) of the result, in RGB or RGBA, at most ``max_side``
+    px a side (shrunk with LANCZOS). The box is mapped with the result's own per-axis
+    scale, each edge rounded half up. Raises :class:`CompareError` for a result that
+    cannot be decoded or is not the input at one scale."""
+    with _open(result_image, RESULT_BOMB_PIXELS, "result") as result:
         full_w, full_h = result.size
-        scale = (full_w / width, full_h / height)
-        if abs(scale[0] / scale[1] - 1) > SCALE_ASPECT_TOLERANCE:
-            raise CompareError(f"result {full_w}x{full_h} is not a scaled {width}x{height} input")
-        max_after_crop = max(crop_side * scale[0], crop_side * scale[1])
-        if result.format == "JPEG" and max_after_crop >= 2 * max_after_side:
+        scale = _scale_of(result.size, input_size)
+        max_crop = max((box[2] - box[0]) * scale[0], (box[3] - box[1]) * scale[1])
+        if result.format == "JPEG" and max_crop >= 2 * max_side:
             # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 of the size: the crop is
             # shrunk below anyway, so the full-resolution pixels are never needed.
-            reduce_by = min(8, 2 ** int(max_after_crop / max_after_side).bit_length() // 2)
+            reduce_by = min(8, 2 ** int(max_crop / max_side).bit_length() // 2)
             result.draft("RGB", (-(-full_w // reduce_by), -(-full_h // reduce_by)))
         try:
             result.load()
         except Exception as exc:
             raise CompareError("the result image could not be decoded") from exc
-        box, before, after = _crop_pair(
-            source, result, centre, crop_side, max_after_side, max_bytes
-        )
-    log.debug(
-        "Compare crops: box %s scale %.3fx%.3f, %d + %d bytes",
-        box,
-        scale[0],
-        scale[1],
-        len(before),
-        len(after),
-    )
-    return CompareCrops(before=before, after=after, box=box, scale=scale)
-
-
-def _crop_pair(
-    source: Image.Image,
-    result: Image.Image,
-    centre: tuple[float, float],
-    crop_side: int,
-    max_after_side: int,
-    max_bytes: int,
-) -> tuple[tuple[int, int, int, int], bytes, bytes]:
-    """The box and both encoded crops, shrinking the box about ``centre`` to fit the bytes.
-
-    Only the result's crop is converted (RGB/RGBA), never the whole decoded result.
-    """
-    width, height = source.size
-    mode = "RGBA" if _has_alpha(result) else "RGB"
-    side = crop_side
-    while True:
-        box = _box_around(centre, side, width, height)
-        before = _png(source.crop(box))
         left, top, right, bottom = (
-            _scaled_edge(edge, result.size[axis], source.size[axis])
+            _scaled_edge(edge, result.size[axis], input_size[axis])
             for axis, edge in ((0, box[0]), (1, box[1]), (0, box[2]), (1, box[3]))
         )
         crop = _to_working_mode(
-            result.crop((left, top, max(right, left + 1), max(bottom, top + 1))), mode
+            result.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
         )
-        if max(crop.size) > max_after_side:
-            ratio = max_after_side / max(crop.size)
-            target = (max(1, round(crop.width * ratio)), max(1, round(crop.height * ratio)))
-            crop = crop.resize(target, Image.Resampling.LANCZOS)
-        after = _webp_lossless(crop)
-        if len(before) + len(after) <= max_bytes or side <= MIN_CROP_SIDE:
-            return box, before, after
-        side = max(MIN_CROP_SIDE, int(side * SHRINK_STEP))
+    if max(crop.size) > max_side:
+        ratio = max_side / max(crop.size)
+        target = (max(1, round(crop.width * ratio)), max(1, round(crop.height * ratio)))
+        crop = crop.resize(target, Image.Resampling.LANCZOS)
+    return crop
 
 
 def _scaled_edge(edge: int, full: int, base: int) -> int:
@@ -264,9 +269,9 @@ def _has_alpha(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
 
 
-def _to_working_mode(im: Image.Image, mode: str | None = None) -> Image.Image:
+def _to_working_mode(im: Image.Image) -> Image.Image:
     """RGBA when the image has transparency, RGB otherwise (the same object if already)."""
-    mode = mode or ("RGBA" if _has_alpha(im) else "RGB")
+    mode = "RGBA" if _has_alpha(im) else "RGB"
     if im.mode == mode:
         return im
     if im.mode.startswith("I;16") or im.mode == "I":
@@ -355,46 +360,42 @@ def _png(im: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _webp_lossless(im: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    # exact: keep the colour under fully transparent pixels, so the pixels are identical.
-    im.save(
-        buffer,
-        "WEBP",
-        lossless=True,
-        quality=WEBP_LOSSLESS_QUALITY,
-        method=WEBP_LOSSLESS_METHOD,
-        exact=True,
-    )
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------- render
 
 
 def render(
     crops: CompareCrops,
     *,
+    result: ImageSource | None = None,
     labels: tuple[str, str] = DEFAULT_LABELS,
     fmt: str = "PNG",
 ) -> bytes:
     """One image: the input crop (NEAREST, at the result crop's size) beside the result crop.
 
-    Layout: ``[label band | gutter | label band]`` over ``[before | gutter | after]``; the
-    width is ``2 * after width + GUTTER``. ``fmt`` is "PNG" (default), "WEBP" (lossless)
-    or "JPEG". The output is RGB: transparency is flattened onto a light checkerboard,
-    aligned identically in both halves. Raises :class:`CompareError` for stored crops that
-    do not decode.
+    The result crop is the stored ``crops.after`` when there is one (crops of earlier
+    versions), else the region cut from ``result``: the result as it was posted (its
+    bytes, or the path of its file), mapped with its own scale and shrunk to at most
+    :data:`RENDER_MAX_SIDE` px a side. Layout: ``[label band | gutter | label band]``
+    over ``[before | gutter | after]``; the width is ``2 * after width + GUTTER``.
+    ``fmt`` is "PNG" (default), "WEBP" (lossless) or "JPEG". The output is RGB:
+    transparency is flattened onto a light checkerboard, aligned identically in both
+    halves. Raises :class:`CompareError` for crops or a result that do not decode, a
+    result that is not the input at one scale, or no result to cut from.
     """
     out_format = fmt.upper().replace("JPG", "JPEG")
     if out_format not in ("PNG", "WEBP", "JPEG"):
         raise ValueError(f"unsupported output format {fmt!r}")
     before = _decode_stored(crops.before, "before")
-    after = _decode_stored(crops.after, "after")
-    if max(after.size) > RENDER_MAX_SIDE:
-        ratio = RENDER_MAX_SIDE / max(after.size)
-        target = (max(1, round(after.width * ratio)), max(1, round(after.height * ratio)))
-        after = after.resize(target, Image.Resampling.LANCZOS)
+    if crops.after is not None:
+        after = _decode_stored(crops.after, "after")
+        if max(after.size) > RENDER_MAX_SIDE:
+            ratio = RENDER_MAX_SIDE / max(after.size)
+            target = (max(1, round(after.width * ratio)), max(1, round(after.height * ratio)))
+            after = after.resize(target, Image.Resampling.LANCZOS)
+    elif result is None or crops.input_size is None:
+        raise CompareError("no result to cut the after half from")
+    else:
+        after = _cut_after(result, crops.box, crops.input_size, RENDER_MAX_SIDE)
     half_w, half_h = after.size
     before = before.resize(after.size, Image.Resampling.NEAREST)
     if before.mode == "RGBA" or after.mode == "RGBA":

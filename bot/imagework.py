@@ -1,8 +1,9 @@
 """The image work on results, and the worker process that does it for the bot.
 
-:func:`inspect_result` checks a downloaded result and makes its Compare crops;
-:func:`fit_file` fits it under an upload limit. Both open the image from its file. The
-bot runs them in one worker process (:class:`bot.workers.ImageWorkers`), started as
+:func:`inspect_result` checks a downloaded result and keeps the input's Compare crop;
+:func:`fit_file` fits it under an upload limit; :func:`render_file` renders a Compare
+image from a posted result. All open the image from its file. The bot runs them in one
+worker process (:class:`bot.workers.ImageWorkers`), started as
 ``python -c "from bot.imagework import main; main()"``, which serves calls one at a time
 over its standard input and output: each message is an 8-byte big-endian length and a
 pickle; a call is ``(name, args)`` (a name of :data:`CALLS`), its answer ``(True, value)``
@@ -42,9 +43,9 @@ class ResultUnusable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ResultCheck:
-    """What checking a result found: its format and size, and the Compare crops.
+    """What checking a result found: its format and size, and what Compare keeps.
 
-    ``crops`` is None when they could not be made (``no_crops`` says why); the result can
+    ``crops`` is None when it could not be made (``no_crops`` says why); the result can
     still be delivered, without a Compare button.
     """
 
@@ -58,7 +59,8 @@ def inspect_result(
     result: images.ImageSource, input_image: bytes | None, input_size: tuple[int, int]
 ) -> ResultCheck:
     """Decode the result fully: it must be an image clearly larger than the input. Then
-    make the Compare crops (one decode at a time: the check's is freed first).
+    crop the input for Compare (:func:`bot.compare.input_crop`; the result's side of the
+    comparison is cut at click time, from the posted result).
 
     Raises :class:`ResultUnusable` when the result is not an image, is damaged or
     truncated, or is less than :data:`MIN_RESULT_SCALE` times the input per side.
@@ -72,7 +74,7 @@ def inspect_result(
     if input_image is None:
         return ResultCheck(fmt, size, None, "the input is no longer stored")
     try:
-        crops = compare.make_crops(input_image, result)
+        crops = compare.input_crop(input_image, size)
     except compare.CompareError as exc:
         return ResultCheck(fmt, size, None, str(exc))
     return ResultCheck(fmt, size, crops)
@@ -98,7 +100,16 @@ def fit_file(
     return dataclasses.replace(fitted, data=b"")
 
 
-CALLS: dict[str, Callable[..., Any]] = {"inspect": inspect_file, "fit": fit_file}
+def render_file(crops: compare.CompareCrops, result: str, labels: tuple[str, str]) -> bytes:
+    """:func:`bot.compare.render` with the after half cut from the result in ``result``."""
+    return compare.render(crops, result=Path(result), labels=labels)
+
+
+CALLS: dict[str, Callable[..., Any]] = {
+    "inspect": inspect_file,
+    "fit": fit_file,
+    "compare": render_file,
+}
 
 
 # -- the worker process -----------------------------------------------------------------

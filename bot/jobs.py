@@ -723,18 +723,15 @@ class JobQueue:
         )
 
     async def compare_crops(self, job_id: str) -> compare.CompareCrops | None:
-        """The stored crops of a delivered job (kept ``COMPARE_RETENTION_DAYS`` days), or None."""
+        """What a delivered job keeps for Compare (kept ``COMPARE_RETENTION_DAYS`` days), or
+        None."""
         row = await self._db.fetchone(
             "SELECT input_crop, result_crop, box FROM compare_crops WHERE job_id = ?", (job_id,)
         )
         if row is None:
             return None
-        box, scale = json.loads(row["box"])
-        return compare.CompareCrops(
-            before=bytes(row["input_crop"]),
-            after=bytes(row["result_crop"]),
-            box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
-            scale=(float(scale[0]), float(scale[1])),
+        return compare.CompareCrops.from_stored(
+            bytes(row["input_crop"]), bytes(row["result_crop"]), row["box"]
         )
 
     async def _take_slot(self, job: Job) -> None:
@@ -867,17 +864,11 @@ class JobQueue:
             await self._ledger.commit(job.reservation_id, tx=tx)
             await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
             if result is not None and result.crops is not None:
-                crops = result.crops
+                input_crop, result_crop, box = result.crops.stored()
                 await tx.execute(
                     "INSERT INTO compare_crops (job_id, input_crop, result_crop, box, created_at)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                    (
-                        job.id,
-                        crops.before,
-                        crops.after,
-                        json.dumps([list(crops.box), list(crops.scale)]),
-                        ts(utc_now()),
-                    ),
+                    (job.id, input_crop, result_crop, box, ts(utc_now())),
                 )
         job.stage = Stage.DONE
         for listener in self._charged_listeners:

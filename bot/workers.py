@@ -1,19 +1,21 @@
 """The image worker: the heaviest image work on results, in a process of its own.
 
-Checking a 16-megapixel result, making its Compare crops and fitting it under an upload
-limit decode it (64 MB) and encode it again (~110 MB more), holding the GIL for tens of
-milliseconds at a time inside Pillow. In the bot's process that would stall the event
-loop and stack up memory with every job in flight. :class:`ImageWorkers` runs that work
-(:mod:`bot.imagework`) in one worker process instead, one call at a time, so at most one
-result is decoded at once; the worker runs at a lower priority than the bot. Small
-results skip it: a result of at most :data:`IN_PROCESS_PIXELS` is checked in a thread,
-and one already within the upload limit is returned as it is.
+Checking a 16-megapixel result, fitting it under an upload limit and cutting a Compare
+region from it decode it (64 MB), and a fit encodes it again (~110 MB more), holding the
+GIL for tens of milliseconds at a time inside Pillow. In the bot's process that would
+stall the event loop and stack up memory with every job in flight.
+:class:`ImageWorkers` runs that work (:mod:`bot.imagework`) in one worker process
+instead, one call at a time, so at most one result is decoded at once; the worker runs
+at a lower priority than the bot. Small results skip it: a result of at most
+:data:`IN_PROCESS_PIXELS` is checked (or cut for Compare) in a thread, and one already
+within the upload limit is returned as it is.
 
 Results stay in files. The job queue streams each download into its spool
 (:meth:`bot.onemin.OneMinClient.download_to`); the worker opens the image from that path
 (Pillow reads it block by block while decoding), so neither process holds a whole result
-as bytes. Only small things come back: the format and size, the Compare crops (tens of
-KB), and the fitted image through a temporary file (at most the upload limit).
+as bytes. Only small things come back: the format and size, the input's Compare crop
+(at most tens of KB), a Compare image (under 2 MB), and the fitted image through a
+temporary file (at most the upload limit).
 
 The worker is a plain ``python -c`` child speaking length-prefixed pickles on its pipes
 (see :mod:`bot.imagework`), not a :mod:`multiprocessing` pool: "spawn" would also start
@@ -35,11 +37,12 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import bot
-from bot import heap, images
+from bot import compare, heap, images
 from bot.images.decode import open_result
 from bot.imagework import HEADER_BYTES, ResultCheck, ResultUnusable, inspect_result
 
@@ -131,7 +134,7 @@ class ImageWorkers:
     async def check_result(
         self, result: Path, input_image: bytes | None, input_size: tuple[int, int]
     ) -> ResultCheck:
-        """Check the downloaded result in ``result`` and make its Compare crops.
+        """Check the downloaded result in ``result`` and crop the input for Compare.
 
         See :func:`bot.imagework.inspect_result`; ``input_image`` is the image sent to
         the upscaler (no crops without it). Raises :class:`ResultUnusable`, or
@@ -177,6 +180,30 @@ class ImageWorkers:
             await asyncio.to_thread(_unlink, target)
         return dataclasses.replace(fitted, data=out)
 
+    async def render_compare(
+        self,
+        crops: compare.CompareCrops,
+        labels: tuple[str, str],
+        fetch: Callable[[Path], Awaitable[object]],
+    ) -> bytes:
+        """The Compare image (PNG) of ``crops``, its after half cut from the posted result.
+
+        ``fetch`` writes the posted result into the path it is given (a spool file,
+        removed afterwards). A result of at most :data:`IN_PROCESS_PIXELS` is cut and
+        rendered in a thread, a larger one in the worker. Raises what ``fetch`` raises,
+        :class:`bot.compare.CompareError`, or :class:`WorkerDied`.
+        """
+        path = self._spool() / f"{uuid.uuid4().hex}.posted"
+        try:
+            await fetch(path)
+            if await asyncio.to_thread(_small_or_unreadable, path):
+                async with self._threads:
+                    return await asyncio.to_thread(_render_and_trim, crops, path, labels)
+            rendered: bytes = await self._call("compare", crops, str(path), labels)
+            return rendered
+        finally:
+            await asyncio.to_thread(_unlink, path)
+
     async def close(self) -> None:
         """Stop the worker (its input closes, so it exits) and remove the temporary files."""
         process, self._process = self._process, None
@@ -210,6 +237,13 @@ def _inspect_and_trim(
 ) -> ResultCheck:
     try:
         return inspect_result(result, input_image, input_size)
+    finally:
+        heap.trim()
+
+
+def _render_and_trim(crops: compare.CompareCrops, result: Path, labels: tuple[str, str]) -> bytes:
+    try:
+        return compare.render(crops, result=result, labels=labels)
     finally:
         heap.trim()
 

@@ -1,22 +1,53 @@
 """The **Compare** button on a delivered result: before and after, side by side.
 
 Anyone may press it. It answers ephemerally with one image rendered locally (no credit,
-no call to 1min.ai) from the two small crops stored when the result was delivered, so it
-works after a restart and in any process of a fleet, for at least a week.
+no call to 1min.ai). When the result was delivered the bot kept only a small crop of the
+input and where it lies (:func:`bot.compare.input_crop`, in the database: it works after a
+restart and in any process of a fleet, for at least a week); the same region of the
+result is cut at click time from the result message's own attachment, which the click
+carries: the file as it was posted, downloaded from Discord's CDN (bounded in size and
+time, like a member's image) and cut in a thread or the image worker, never on the event
+loop. Crops kept by earlier versions carry their result region and need no download.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import discord
 
-from bot import compare
+from bot import compare, images
 from bot.client import bot_of
+from bot.download import DownloadFailed, DownloadTooLarge, download_to
 from bot.i18n import t
+from bot.workers import WorkerDied
 from cogs.buttons import UpscaleButton
+
+log = logging.getLogger(__name__)
+
+# The largest posted result Compare downloads: the most a bot may upload anywhere (a
+# server at boost level 3). A posted result is at most its interaction's upload limit.
+POSTED_MAX_BYTES = 100 * images.BYTES_PER_MIB
+
+
+def posted_result(
+    message: discord.Message | None, media_origins: frozenset[str]
+) -> discord.Attachment | None:
+    """The result file of a delivered result message: its first attachment, when it is
+    on one of the bot's media origins (Discord's CDN) and not larger than
+    :data:`POSTED_MAX_BYTES`; else None."""
+    if message is None or not message.attachments:
+        return None
+    attachment = message.attachments[0]
+    parts = urlsplit(attachment.url)
+    if f"{parts.scheme}://{parts.netloc}".lower() not in media_origins:
+        return None
+    return attachment if attachment.size <= POSTED_MAX_BYTES else None
 
 
 class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]{32})"):
@@ -27,12 +58,31 @@ class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         locale = str(interaction.locale)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        crops = await bot_of(interaction).queue.compare_crops(self.value)
-        if crops is None:
+        bot = bot_of(interaction)
+        crops = await bot.queue.compare_crops(self.value)
+        posted = posted_result(interaction.message, bot.media_origins)
+        if crops is None or (crops.after is None and posted is None):
             await interaction.edit_original_response(content=t(locale, "compare.expired"))
             return
         labels = (t(locale, "compare.label_before"), t(locale, "compare.label_after"))
-        image = await asyncio.to_thread(compare.render, crops, labels=labels)
+        try:
+            if crops.after is not None or posted is None:
+                image = await asyncio.to_thread(compare.render, crops, labels=labels)
+            else:
+                url = posted.url
+
+                async def fetch(path: Path) -> int:
+                    return await download_to(bot.session, url, path, POSTED_MAX_BYTES)
+
+                image = await bot.services.image_workers.render_compare(crops, labels, fetch)
+        except (DownloadFailed, DownloadTooLarge, WorkerDied) as exc:
+            log.info("Compare for job %s failed: %s", self.value, type(exc).__name__)
+            await interaction.edit_original_response(content=t(locale, "compare.failed"))
+            return
+        except compare.CompareError as exc:
+            log.info("No comparison for job %s: %s", self.value, exc)
+            await interaction.edit_original_response(content=t(locale, "compare.expired"))
+            return
         await interaction.edit_original_response(
             content=t(locale, "compare.caption"),
             attachments=[discord.File(io.BytesIO(image), filename="compare.png")],

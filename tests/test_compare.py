@@ -1,4 +1,5 @@
-"""Tests for bot.compare: the stored crops and the rendered before/after image."""
+"""Tests for bot.compare: the input crop kept per job and the before/after image rendered
+from it and the posted result."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import io
 import random
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from bot import compare
-from bot.compare import CompareCrops, CompareError, make_crops, render
+from bot.compare import CompareCrops, CompareError, input_crop, render
 
 SEED = 20260802
 PATCH = (300, 180, 380, 260)  # the one textured region of the synthetic input (512x384)
@@ -63,42 +64,65 @@ def scaled_box(box: tuple[int, int, int, int], scale: tuple[float, float]) -> tu
     return tuple(int(v * s + 0.5) for v, s in zip(box, scale * 2, strict=True))
 
 
+def crop_for(source: Image.Image | bytes, result: Image.Image) -> CompareCrops:
+    """What a job keeps for Compare, for ``source`` and its result ``result``."""
+    data = source if isinstance(source, bytes) else encode(source)
+    return input_crop(data, result.size)
+
+
+def after_size(crops: CompareCrops, scale: float = 4.0) -> tuple[int, int]:
+    """The size of the after half for a result at ``scale`` (no shrinking)."""
+    left, top, right, bottom = crops.box
+    return round((right - left) * scale), round((bottom - top) * scale)
+
+
 @functools.cache
 def standard() -> tuple[Image.Image, Image.Image, CompareCrops]:
-    """The synthetic 512x384 input, its 4x result, and their crops (cached: pure)."""
+    """The synthetic 512x384 input, its 4x result, and what is kept (cached: pure)."""
     source = textured_input()
     result = upscaled(source, (2048, 1536))
-    return source, result, make_crops(encode(source), encode(result))
+    return source, result, crop_for(source, result)
+
+
+@functools.cache
+def standard_posted() -> bytes:
+    """The standard 4x result as posted (a PNG)."""
+    return encode(standard()[1])
+
+
+def standard_render(**params: object) -> bytes:
+    """The standard comparison, its after half cut from the posted 4x result."""
+    *_, crops = standard()
+    return render(crops, result=standard_posted(), **params)  # type: ignore[arg-type]
 
 
 def test_the_rendered_image_decodes_as_rgb_png() -> None:
     """render() returns a PNG that decodes fully, in RGB."""
-    *_, crops = standard()
-    im = decode(render(crops))
+    im = decode(standard_render())
     assert (im.format, im.mode) == ("PNG", "RGB")
 
 
 def test_the_width_is_twice_the_after_width_plus_the_gutter_under_a_label_band() -> None:
     """The canvas is two after-widths plus the gutter, with a band of drawn text on top."""
     *_, crops = standard()
-    after = decode(crops.after)
-    im = decode(render(crops))
-    band = im.height - after.height
-    assert im.width == 2 * after.width + compare.GUTTER
+    width, height = after_size(crops)
+    im = decode(standard_render())
+    band = im.height - height
+    assert im.width == 2 * width + compare.GUTTER
     assert band >= compare.MIN_FONT_SIZE
-    for left in (0, after.width + compare.GUTTER):
-        label = im.crop((left, 0, left + after.width, band))
+    for left in (0, width + compare.GUTTER):
+        label = im.crop((left, 0, left + width, band))
         colours = {colour for _, colour in label.getcolors(1 << 16)}
         assert compare.BACKGROUND in colours
         assert len(colours) > 1  # text was drawn
 
 
 def test_the_before_half_is_the_input_crop_scaled_with_nearest() -> None:
-    """The before half pixel-equals the stored input crop resized with NEAREST."""
+    """The before half pixel-equals the kept input crop resized with NEAREST."""
     *_, crops = standard()
-    after_size = decode(crops.after).size
-    before, _ = halves(decode(render(crops)), after_size)
-    expected = decode(crops.before).resize(after_size, Image.Resampling.NEAREST)
+    size = after_size(crops)
+    before, _ = halves(decode(standard_render()), size)
+    expected = decode(crops.before).resize(size, Image.Resampling.NEAREST)
     assert before.tobytes() == expected.convert("RGB").tobytes()
 
 
@@ -110,105 +134,140 @@ def test_the_chosen_region_overlaps_the_only_textured_patch() -> None:
 
 
 def test_the_before_crop_is_the_input_at_the_box() -> None:
-    """The stored before crop is exactly the input's pixels inside the box."""
+    """The kept before crop is exactly the input's pixels inside the box."""
     source, _, crops = standard()
     assert decode(crops.before).tobytes() == source.crop(crops.box).tobytes()
 
 
-def test_the_after_half_is_the_result_cropped_at_four_times_the_box() -> None:
-    """The after half pixel-equals the 4x result cropped at box x 4."""
+def test_only_the_input_crop_and_where_it_lies_are_kept() -> None:
+    """A job keeps the before crop, the box, the result's scale and the input's size; no
+    after crop is made when the result is checked."""
+    *_, crops = standard()
+    assert crops.after is None
+    assert (crops.scale, crops.input_size) == ((4.0, 4.0), (512, 384))
+
+
+def test_the_after_half_is_the_posted_result_cut_at_four_times_the_box() -> None:
+    """The after half pixel-equals the posted 4x result cropped at box x 4."""
     _, result, crops = standard()
-    assert crops.scale == (4.0, 4.0)
     expected = result.crop(tuple(4 * v for v in crops.box))
-    _, after = halves(decode(render(crops)), expected.size)
+    _, after = halves(decode(standard_render()), expected.size)
+    assert after.tobytes() == expected.tobytes()
+
+
+def test_a_resized_posted_result_is_cut_with_its_own_scale() -> None:
+    """A result posted at 3x (fitted to the upload limit) is cut at the box x 3: the same
+    region as it was delivered; the kept scale stays the true 4x."""
+    _, result, crops = standard()
+    posted = result.resize((1536, 1152), Image.Resampling.LANCZOS)
+    expected = posted.crop(tuple(3 * v for v in crops.box))
+    im = decode(render(crops, result=encode(posted)))
+    before, after = halves(im, expected.size)
+    assert after.tobytes() == expected.tobytes()
+    assert before.size == expected.size
+    assert crops.scale == (4.0, 4.0)
+
+
+def test_a_reencoded_posted_result_is_cut_as_it_was_posted() -> None:
+    """A result posted as lossy WebP is cut from the WebP's own pixels."""
+    _, result, crops = standard()
+    posted = encode(result, "WEBP", quality=90)
+    expected = decode(posted).convert("RGB").crop(tuple(4 * v for v in crops.box))
+    _, after = halves(decode(render(crops, result=posted)), expected.size)
     assert after.tobytes() == expected.tobytes()
 
 
 def test_the_choice_is_deterministic() -> None:
-    """The same images give byte-identical crops and renders every time."""
+    """The same images give identical crops and byte-identical renders every time."""
     source, result, crops = standard()
-    again = make_crops(encode(source), encode(result))
+    again = crop_for(source, result)
     assert again == crops
-    assert render(again) == render(crops)
+    assert render(again, result=standard_posted()) == standard_render()
 
 
 def test_a_flat_image_is_cropped_at_its_centre() -> None:
     """Without any detail the crop is centred, not in a corner."""
     source = Image.new("RGB", (400, 300), (10, 200, 30))
-    crops = make_crops(encode(source), encode(upscaled(source, (1600, 1200))))
+    crops = crop_for(source, upscaled(source, (1600, 1200)))
     assert crops.box == (152, 102, 248, 198)
 
 
 def test_an_image_smaller_than_the_crop_side_is_taken_whole() -> None:
-    """A 40x60 input gives a 40x60 box and a 160x240 after crop, and renders."""
+    """A 40x60 input gives a 40x60 box, and its 160x240 result is the whole after half."""
     source = noise((40, 60))
     result = upscaled(source, (160, 240))
-    crops = make_crops(encode(source), encode(result))
+    crops = crop_for(source, result)
     assert crops.box == (0, 0, 40, 60)
-    assert decode(crops.after).tobytes() == result.tobytes()
-    im = decode(render(crops))
+    im = decode(render(crops, result=encode(result)))
     assert im.width == 2 * 160 + compare.GUTTER
+    _, after = halves(im, (160, 240))
+    assert after.tobytes() == result.tobytes()
 
 
 def test_a_thin_image_is_clipped_on_its_short_side_only() -> None:
     """A 600x50 input gives a 96x50 box."""
     source = noise((600, 50))
-    crops = make_crops(encode(source), encode(upscaled(source, (2400, 200))))
+    crops = crop_for(source, upscaled(source, (2400, 200)))
     left, top, right, bottom = crops.box
     assert (right - left, top, bottom) == (96, 0, 50)
 
 
 def test_a_result_not_exactly_four_times_maps_the_box_with_its_own_scale() -> None:
-    """A 1199x801 result of a 300x200 input is cropped at the box times 1199/300, 801/200."""
+    """A 1199x801 result of a 300x200 input is cut at the box times 1199/300, 801/200."""
     source = textured_input((300, 200))
     result = upscaled(source, (1199, 801))
-    crops = make_crops(encode(source), encode(result))
+    crops = crop_for(source, result)
     assert crops.scale == (1199 / 300, 801 / 200)
     expected = result.crop(scaled_box(crops.box, crops.scale))
-    after = decode(crops.after)
+    before, after = halves(decode(render(crops, result=encode(result))), expected.size)
     assert after.tobytes() == expected.tobytes()
-    before, after_half = halves(decode(render(crops)), after.size)
-    assert after_half.tobytes() == expected.tobytes()
-    assert before.size == after.size
+    assert before.size == expected.size
 
 
 def test_a_two_times_result_works_too() -> None:
-    """A 2x result gives scale (2, 2) and an after crop twice the box."""
+    """A 2x result gives scale (2, 2) and an after half twice the box."""
     source = textured_input()
-    crops = make_crops(encode(source), encode(upscaled(source, (1024, 768))))
+    result = upscaled(source, (1024, 768))
+    crops = crop_for(source, result)
     assert crops.scale == (2.0, 2.0)
-    assert decode(crops.after).size == (192, 192)
+    im = decode(render(crops, result=encode(result)))
+    assert im.width == 2 * 192 + compare.GUTTER
 
 
-def test_an_after_crop_over_the_side_limit_is_shrunk_and_the_scale_stays_true() -> None:
-    """With max_after_side=200 the after crop is 200 px; scale stays 4, shown scale ~2.08."""
-    source, result, _ = standard()
-    crops = make_crops(encode(source), encode(result), max_after_side=200)
-    assert decode(crops.after).size == (200, 200)
-    assert crops.scale == (4.0, 4.0)
-    assert crops.shown_scale() == pytest.approx((200 / 96, 200 / 96))
-    assert decode(render(crops)).width == 2 * 200 + compare.GUTTER
+def test_an_after_half_over_the_side_limit_is_shrunk() -> None:
+    """A 96 px box of an 8x result (768 px) is shown at RENDER_MAX_SIDE (512 px)."""
+    source = noise((128, 128))
+    result = upscaled(source, (1024, 1024))
+    crops = crop_for(source, result)
+    im = decode(render(crops, result=encode(result, compress_level=1)))
+    assert im.width == 2 * compare.RENDER_MAX_SIDE + compare.GUTTER
 
 
 def test_a_large_jpeg_result_is_decoded_reduced_when_it_will_be_shrunk() -> None:
-    """A JPEG result whose crop must shrink 4x is drafted and still maps onto the box."""
-    source, result, _ = standard()
-    crops = make_crops(encode(source), encode(result, "JPEG", quality=95), max_after_side=96)
-    assert decode(crops.after).size == (96, 96)
-    assert overlaps(crops.box, PATCH)
+    """A JPEG result whose region must shrink 2x is drafted, still cut at the box."""
+    source = textured_input((256, 192))
+    result = upscaled(source, (4096, 3072))  # 16x: a 96 px box is 1536 px, shown at 512
+    crops = crop_for(source, result)
+    posted = encode(result, "JPEG", quality=95)
+    im = decode(render(crops, result=posted))
+    assert im.width == 2 * compare.RENDER_MAX_SIDE + compare.GUTTER
+    _, after = halves(im, (compare.RENDER_MAX_SIDE, compare.RENDER_MAX_SIDE))
+    expected = result.crop(tuple(16 * v for v in crops.box)).resize(after.size)
+    difference = ImageChops.difference(after, expected.convert("RGB")).convert("L")
+    assert difference.getextrema()[1] < 64  # the same region, not a shifted one
 
 
-def test_alpha_inputs_are_kept_in_the_crops_and_flattened_on_a_checkerboard() -> None:
-    """An RGBA input keeps alpha in both crops; the render is RGB with a checker backdrop."""
+def test_alpha_inputs_are_kept_in_the_crop_and_flattened_on_a_checkerboard() -> None:
+    """An RGBA input keeps alpha in its crop; the render is RGB with a checker backdrop
+    behind both halves."""
     source = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
     ImageDraw.Draw(source).ellipse((100, 100, 180, 180), fill=(200, 30, 30, 255))
-    crops = make_crops(encode(source), encode(upscaled(source, (1024, 1024))))
+    result = upscaled(source, (1024, 1024))
+    crops = crop_for(source, result)
     assert decode(crops.before).mode == "RGBA"
-    assert decode(crops.after).mode == "RGBA"
-    after_size = decode(crops.after).size
-    im = decode(render(crops))
+    im = decode(render(crops, result=encode(result)))
     assert im.mode == "RGB"
-    before, after = halves(im, after_size)
+    before, after = halves(im, after_size(crops))
     corner = (0, 0, 2 * compare.CHECKER_SQUARE, 2 * compare.CHECKER_SQUARE)
     for half in (before, after):
         colours = {colour for _, colour in half.crop(corner).getcolors()}
@@ -220,46 +279,66 @@ def test_a_palette_input_with_transparency_is_handled() -> None:
     source = textured_input((200, 200)).quantize(16)
     source.info["transparency"] = 0
     data = encode(source, transparency=0)
-    crops = make_crops(data, encode(upscaled(source.convert("RGBA"), (800, 800))))
-    assert decode(render(crops)).mode == "RGB"
+    result = upscaled(source.convert("RGBA"), (800, 800))
+    crops = crop_for(data, result)
+    assert decode(render(crops, result=encode(result))).mode == "RGB"
 
 
-def test_stored_crops_of_a_photo_are_small() -> None:
-    """A 1024x1024 photo-like input and its 4096x4096 result store well under 400 KB."""
-    small = noise((64, 64))
-    source = small.resize((1024, 1024), Image.Resampling.BICUBIC)
-    result = upscaled(source, (4096, 4096))
-    crops = make_crops(encode(source), encode(result, compress_level=1))
-    assert decode(crops.after).size == (384, 384)
-    assert crops.stored_bytes < 150_000
-
-
-def test_stored_crops_of_pure_noise_stay_within_the_byte_budget() -> None:
-    """Incompressible crops shrink the box until before + after fit max_bytes."""
-    source = noise((256, 256))
-    result = noise((1024, 1024), seed=SEED + 1)
-    crops = make_crops(encode(source), encode(result, compress_level=1), max_bytes=200_000)
-    assert crops.stored_bytes <= 200_000
-    assert crops.box[2] - crops.box[0] < 96
-    assert len(render(crops)) < 2_000_000
+def test_what_a_job_keeps_is_small_even_for_noise() -> None:
+    """The kept crop of a 1024x1024 RGBA noise input is under 40 KB (96x96 px at most)."""
+    source = noise((1024, 1024), "RGBA")
+    crops = input_crop(encode(source, compress_level=1), (4096, 4096))
+    assert crops.stored_bytes < 40_000
+    assert decode(crops.before).size == (96, 96)
 
 
 def test_the_rendered_image_is_under_two_megabytes_at_the_largest_crops() -> None:
-    """Even incompressible 512 px crops render below 2 MB."""
+    """Even incompressible 512 px after halves render below 2 MB."""
     crops = CompareCrops(
         before=encode(noise((128, 128))),
-        after=encode(noise((512, 512), seed=SEED + 2)),
         box=(0, 0, 128, 128),
         scale=(4.0, 4.0),
+        input_size=(128, 128),
     )
-    assert len(render(crops)) < 2_000_000
+    posted = encode(noise((512, 512), seed=SEED + 2), compress_level=1)
+    assert len(render(crops, result=posted)) < 2_000_000
+
+
+def test_crops_kept_by_an_earlier_version_render_from_their_after_crop() -> None:
+    """Crops stored with an after crop (earlier versions) render without a result."""
+    _, result, crops = standard()
+    expected = result.crop(tuple(4 * v for v in crops.box))
+    old = CompareCrops(
+        before=crops.before,
+        box=crops.box,
+        scale=crops.scale,
+        after=encode(expected, "WEBP", lossless=True),
+    )
+    _, after = halves(decode(render(old)), expected.size)
+    assert after.tobytes() == expected.tobytes()
+
+
+def test_what_is_kept_reads_back_from_its_row() -> None:
+    """stored() and from_stored() round-trip: the row has no after crop and a box of
+    box, scale and input size."""
+    *_, crops = standard()
+    input_crop_bytes, result_crop, box = crops.stored()
+    assert result_crop == b""
+    assert CompareCrops.from_stored(input_crop_bytes, result_crop, box) == crops
+
+
+def test_a_row_of_an_earlier_version_reads_back_with_its_after_crop() -> None:
+    """A row written before crops were cut at click time (a two-part box, an after crop)
+    reads back with its after crop and no input size."""
+    crops = CompareCrops.from_stored(b"before", b"after", "[[1, 2, 3, 4], [4.0, 4.0]]")
+    assert crops == CompareCrops(b"before", (1, 2, 3, 4), (4.0, 4.0), None, b"after")
 
 
 def test_a_cjk_label_does_not_crash_and_is_drawn_or_replaced() -> None:
     """Japanese labels render; without a CJK font they fall back to the English ones."""
     *_, crops = standard()
-    im = decode(render(crops, labels=("前", "後")))
-    assert im.width == 2 * decode(crops.after).width + compare.GUTTER
+    im = decode(standard_render(labels=("前", "後")))
+    assert im.width == 2 * after_size(crops)[0] + compare.GUTTER
 
 
 def test_the_built_in_font_reports_its_missing_glyphs() -> None:
@@ -304,36 +383,43 @@ def test_a_long_label_is_shortened_to_fit_its_half() -> None:
 
 def test_webp_and_jpeg_output_formats_decode() -> None:
     """fmt="WEBP" and fmt="JPEG" give images of the same size as the PNG."""
-    *_, crops = standard()
-    size = decode(render(crops)).size
+    size = decode(standard_render()).size
     for fmt in ("WEBP", "JPEG"):
-        im = decode(render(crops, fmt=fmt))
+        im = decode(standard_render(fmt=fmt))
         assert (im.format, im.size) == (fmt, size)
 
 
 def test_mismatched_images_are_refused() -> None:
-    """A result whose aspect ratio differs from the input's raises CompareError."""
-    source = textured_input()
+    """A result whose aspect ratio differs from the input's raises CompareError, when the
+    input is cropped and when a posted result is cut."""
+    source, _, crops = standard()
     with pytest.raises(CompareError):
-        make_crops(encode(source), encode(upscaled(source, (2048, 2048))))
+        input_crop(encode(source), (2048, 2048))
+    with pytest.raises(CompareError):
+        render(crops, result=encode(upscaled(source, (2048, 2048))))
 
 
 def test_undecodable_data_is_refused() -> None:
-    """Non-images, truncated results and bad stored crops raise CompareError."""
-    source, result, crops = standard()
+    """Non-image inputs, truncated posted results, bad kept crops and no result at all
+    raise CompareError."""
+    *_, crops = standard()
     with pytest.raises(CompareError):
-        make_crops(b"not an image", encode(result))
+        input_crop(b"not an image", (2048, 1536))
     with pytest.raises(CompareError):
-        make_crops(encode(source), encode(result)[:5000])
+        render(crops, result=standard_posted()[:5000])
     with pytest.raises(CompareError):
-        render(CompareCrops(b"junk", crops.after, crops.box, crops.scale))
+        render(
+            CompareCrops(b"junk", crops.box, crops.scale, crops.input_size),
+            result=standard_posted(),
+        )
+    with pytest.raises(CompareError):
+        render(crops)
 
 
 def test_a_sixteen_bit_grey_input_is_scaled_to_eight_bits_not_clipped() -> None:
     """A 16-bit greyscale PNG input gives an RGB before crop of its values / 257."""
     source = Image.new("I;16", (120, 120), 40000)
-    result = Image.new("RGB", (480, 480), (155, 155, 155))
-    crops = make_crops(encode(source), encode(result))
+    crops = input_crop(encode(source), (480, 480))
     assert decode(crops.before).convert("RGB").getpixel((0, 0)) == (155, 155, 155)
 
 
@@ -341,18 +427,21 @@ def test_a_jpeg_input_and_result_work() -> None:
     """JPEG bytes on both sides (passthrough uploads and JPEG results) crop and render."""
     source = textured_input()
     data = encode(source, "JPEG", quality=90)
-    crops = make_crops(data, encode(upscaled(decode(data), (2048, 1536)), "JPEG", quality=90))
+    result = upscaled(decode(data), (2048, 1536))
+    crops = crop_for(data, result)
     assert overlaps(crops.box, PATCH)
-    assert decode(render(crops)).size[0] == 2 * 384 + compare.GUTTER
+    posted = encode(result, "JPEG", quality=90)
+    assert decode(render(crops, result=posted)).size[0] == 2 * 384 + compare.GUTTER
 
 
 def test_oversized_stored_crops_are_shrunk_so_the_render_stays_small() -> None:
-    """Crops larger than make_crops makes (1024 px noise) still render below 2 MB."""
+    """Kept after crops larger than earlier versions made (1024 px noise) still render
+    below 2 MB."""
     crops = CompareCrops(
         before=encode(noise((256, 256))),
-        after=encode(noise((1024, 1024), seed=SEED + 3)),
         box=(0, 0, 256, 256),
         scale=(4.0, 4.0),
+        after=encode(noise((1024, 1024), seed=SEED + 3)),
     )
     im_bytes = render(crops)
     assert len(im_bytes) < 2_000_000

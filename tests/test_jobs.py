@@ -652,8 +652,9 @@ async def test_requests_are_paced_under_the_per_minute_limit(
 
 
 async def test_compare_crops_are_kept_a_week_and_then_forgotten(rig: Rig) -> None:
-    """A delivered job's crops can be read back; at start-up crops older than eight days
-    are purged, a six-day-old one stays (the button works for at least a week)."""
+    """What a delivered job keeps for Compare (the input crop and where it lies) can be
+    read back; at start-up rows older than eight days are purged, a six-day-old one
+    stays (the button works for at least a week)."""
     from datetime import timedelta
 
     from bot.db import ts, utc_now
@@ -661,7 +662,7 @@ async def test_compare_crops_are_kept_a_week_and_then_forgotten(rig: Rig) -> Non
     job, _ = await rig.submit()
     await rig.settled(job)
     crops = await rig.queue.compare_crops(job.id)
-    assert crops is not None and crops.before and crops.after
+    assert crops is not None and crops.before and crops.input_size == job.prepared.size
     for age, kept in ((6, True), (9, False)):
         await rig.db.write(
             "UPDATE compare_crops SET created_at = ? WHERE job_id = ?",

@@ -9,13 +9,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from bot import imagework, workers
+from bot import compare, imagework, workers
 from bot.compare import CompareCrops
+from bot.download import DownloadFailed
 from bot.imagework import ResultCheck, inspect_result
 from bot.workers import ImageWorkers, ResultUnusable, WorkerDied
 from tests import imagecorpus as corpus
@@ -69,7 +71,7 @@ async def started(pool: ImageWorkers) -> int:
 
 
 def test_inspect_result_reads_the_result_from_its_file(tmp_path: Path) -> None:
-    """A 4x result file is checked (format, size) and gets Compare crops."""
+    """A 4x result file is checked (format, size) and gets the input's Compare crop."""
     path = picture_file(tmp_path, (256, 192))
     checked = inspect_result(path, input_png(), INPUT_SIZE)
     assert (checked.format, checked.size) == ("png", (256, 192))
@@ -121,6 +123,74 @@ async def test_large_result_is_checked_and_cropped_in_the_worker(
     assert checked.crops is not None and checked.crops.scale == (4.0, 4.0)
     assert calls == [] and pool.worker_pid is not None
     assert list(pool._spool().iterdir()) == []
+
+
+def fetch_copy(source: Path, seen: list[Path]) -> Callable[[Path], Awaitable[int]]:
+    """A ``fetch`` for render_compare that copies ``source`` and records the spool path."""
+    data = source.read_bytes()
+
+    async def fetch(path: Path) -> int:
+        seen.append(path)
+        return await asyncio.to_thread(path.write_bytes, data)
+
+    return fetch
+
+
+def compare_crops() -> CompareCrops:
+    """What a job with the test input and a 4x result keeps for Compare."""
+    return compare.input_crop(input_png(), (256, 192))
+
+
+async def test_a_small_posted_result_is_compared_in_a_thread_without_the_worker(
+    tmp_path: Path, pool: ImageWorkers
+) -> None:
+    """A posted result of at most IN_PROCESS_PIXELS is cut and rendered in this process
+    into a PNG comparison; the downloaded file is removed afterwards."""
+    seen: list[Path] = []
+    posted = picture_file(tmp_path, (256, 192))
+    image = await pool.render_compare(compare_crops(), ("B", "A"), fetch_copy(posted, seen))
+    assert Image.open(io.BytesIO(image)).width == 2 * 256 + compare.GUTTER
+    assert pool.worker_pid is None
+    assert len(seen) == 1 and not seen[0].exists()
+
+
+@pytest.mark.usefixtures("in_worker")
+async def test_a_large_posted_result_is_compared_in_the_worker(
+    tmp_path: Path, pool: ImageWorkers
+) -> None:
+    """A posted result over IN_PROCESS_PIXELS is cut and rendered in the worker process,
+    from the downloaded file, which is removed afterwards."""
+    seen: list[Path] = []
+    posted = picture_file(tmp_path, (256, 192))
+    image = await pool.render_compare(compare_crops(), ("B", "A"), fetch_copy(posted, seen))
+    assert Image.open(io.BytesIO(image)).width == 2 * 256 + compare.GUTTER
+    assert pool.worker_pid is not None
+    assert len(seen) == 1 and not seen[0].exists()
+
+
+async def test_a_failed_download_fails_the_comparison_and_leaves_no_file(
+    pool: ImageWorkers,
+) -> None:
+    """What ``fetch`` raises reaches the caller, and a partial download is removed."""
+    seen: list[Path] = []
+
+    async def failing(path: Path) -> int:
+        seen.append(path)
+        await asyncio.to_thread(path.write_bytes, b"\x89PNG partial")
+        raise DownloadFailed("HTTP 404")
+
+    with pytest.raises(DownloadFailed):
+        await pool.render_compare(compare_crops(), ("B", "A"), failing)
+    assert len(seen) == 1 and not seen[0].exists()
+
+
+async def test_a_posted_file_that_is_not_the_result_is_refused(
+    tmp_path: Path, pool: ImageWorkers
+) -> None:
+    """A posted image that is not the input at one scale raises CompareError."""
+    posted = picture_file(tmp_path, (256, 256))
+    with pytest.raises(compare.CompareError):
+        await pool.render_compare(compare_crops(), ("B", "A"), fetch_copy(posted, []))
 
 
 @pytest.mark.usefixtures("in_worker")
