@@ -24,6 +24,9 @@ Reported:
   and ``worker_cpu_ms_per_job``. Neither emulator is counted. Target: at most 35 ms in
   the burst. The idle bot's CPU (``idle_cpu_ms_per_s``, read over :data:`IDLE_WINDOW`
   before the commands) is included in the figure, not subtracted: it is ~1% of it.
+* ``discord_calls_per_job``: REST requests the bot made to Discord per job, of which
+  ``edits_per_job`` edited a message (progress, results): most of the bot's work per job
+  is answering Discord.
 
 With ``--profile PATH`` (py-spy installed), py-spy samples the bot's process and its
 worker while the jobs run and writes their stacks to PATH (collapsed, one line a
@@ -121,6 +124,7 @@ async def run(
         async with bot_process(tmp_path, settings, upscale_delay=latency) as bot:
             emu = bot.discord
             members = [emu.add_member(f"t{i}") for i in range(jobs)]
+            calls_before = len(emu.calls)
             cpu = TreeCpu(bot.pid, exclude=EMULATOR_PIDS)
             idle_start = cpu.read()
             await asyncio.sleep(IDLE_WINDOW)
@@ -139,6 +143,8 @@ async def run(
                 await wait_settled(bot, tmp_path / "data" / "bot.db")
                 own, worker = TreeCpu.spent(start_cpu, cpu.read())
             delivered = sum(bool(f.get("attachments")) for f in finals)
+            calls = emu.calls[calls_before:]
+            edits = sum(c.method == "PATCH" for c in calls)
     ideal = jobs * latency / concurrency
     return {
         "jobs": jobs,
@@ -154,6 +160,8 @@ async def run(
         "bot_cpu_ms_per_job": own * 1000 / jobs,
         "worker_cpu_ms_per_job": worker * 1000 / jobs,
         "idle_cpu_ms_per_s": idle_ms,
+        "discord_calls_per_job": len(calls) / jobs,
+        "edits_per_job": edits / jobs,
     }
 
 

@@ -41,11 +41,25 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
 FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
+# A place in line that changed, the stage staying "queued", is shown at most every
+# PLACE_INTERVAL_PER_PLACE s x the place (2 s up to #10, 10 s at #50), and at least
+# every PLACE_INTERVAL_MAX s: far back in a long line, places change several times a
+# second, and an edit per place is the bot's largest cost per job. Stage changes keep
+# PROGRESS_INTERVAL.
+PLACE_INTERVAL_PER_PLACE = 0.2  # seconds
+PLACE_INTERVAL_MAX = 20.0  # seconds
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
 CANCELLABLE = (Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
 LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
 LOOKUP_BACKOFF = 2.0  # seconds before the second try, doubling
+
+
+def progress_interval(stage: Stage, position: int | None) -> float:
+    """Seconds between progress edits while the job shows ``stage`` at ``position``."""
+    if stage is not Stage.QUEUED or position is None:
+        return PROGRESS_INTERVAL
+    return min(PLACE_INTERVAL_MAX, max(PROGRESS_INTERVAL, position * PLACE_INTERVAL_PER_PLACE))
 
 
 def job_footer(job_id: str, language: str) -> str:
@@ -67,7 +81,9 @@ class ProgressDisplay:
 
     The first edit waits ``FIRST_PROGRESS_DELAY``: Discord already shows "thinking…",
     and most jobs that start at once finish before a progress line would help; skipping
-    those edits keeps REST traffic (and event-loop work) down during bursts.
+    those edits keeps REST traffic (and event-loop work) down during bursts. Each later
+    edit comes at least the interval given with its text (:func:`progress_interval`)
+    after the one before.
     """
 
     def __init__(
@@ -83,27 +99,39 @@ class ProgressDisplay:
         self._job_id = job_id
         self._interval = interval
         self._latest: tuple[str, bool] | None = None
+        self._latest_interval = interval
         self._shown: tuple[str, bool] | None = None
-        # Pretend an edit happened so the first real one comes ``first_delay`` from now.
-        self._last_edit = time.monotonic() - interval + first_delay
+        self._first_due = time.monotonic() + first_delay
+        self._last_edit: float | None = None
+        self._cancel_view: discord.ui.View | None = None  # made once, shown on every edit
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def show(self, text: str, cancellable: bool) -> None:
+    def show(self, text: str, cancellable: bool, interval: float | None = None) -> None:
+        """Show ``text`` (with the Cancel button when ``cancellable``), at least
+        ``interval`` s (default: the display's) after the previous edit."""
         if self._closed:
             return
         self._latest = (text, cancellable)
+        self._latest_interval = self._interval if interval is None else interval
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._pump(), name="upscale-progress")
 
+    def _due(self) -> float:
+        if self._last_edit is None:
+            return self._first_due
+        return self._last_edit + self._latest_interval
+
     async def _pump(self) -> None:
         while not self._closed and self._latest is not None and self._latest != self._shown:
-            wait = self._last_edit + self._interval - time.monotonic()
+            wait = self._due() - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                # In steps of at most the default interval: newer text may be due sooner
+                # (a stage change, or a place near the front).
+                await asyncio.sleep(min(wait, self._interval))
                 continue
             text, cancellable = self._latest
-            view = cancel_view(self._job_id, self._target.member_language) if cancellable else None
+            view = self._view() if cancellable else None
             try:
                 message = await self._replies.edit(self._target, content=text, view=view)
             except discord.HTTPException as exc:
@@ -114,6 +142,11 @@ class ProgressDisplay:
                 return
             self._shown = (text, cancellable)
             self._last_edit = time.monotonic()
+
+    def _view(self) -> discord.ui.View:
+        if self._cancel_view is None:
+            self._cancel_view = cancel_view(self._job_id, self._target.member_language)
+        return self._cancel_view
 
     async def close(self) -> None:
         """Stop editing (before the final edit); waits for an edit in flight."""
@@ -156,7 +189,8 @@ class DiscordFrontEnd:
             lines.insert(0, messages.RESUMED.render(language))
         if job.prepared.notes:
             lines.append(messages.note_lines(job.prepared.notes, language))
-        self._display(job).show("\n".join(lines), stage in CANCELLABLE)
+        interval = progress_interval(stage, position)
+        self._display(job).show("\n".join(lines), stage in CANCELLABLE, interval)
 
     async def resumed(self, job: Job) -> None:
         target = target_of(job)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cogs import delivery
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, find_button
 from tests.harness import Harness, decode, png, running_bot
 from tests.imagecorpus import case
@@ -301,6 +302,52 @@ async def test_waiting_job_shows_its_place_in_line(tmp_path: Path) -> None:
         assert "#1 in line" in second.original["content"]  # type: ignore[index]
         await first.final()
         await second.final()
+
+
+async def far_back_in_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, ahead: int = 4
+) -> list[str]:
+    """Every version of the reply of a member queued behind ``ahead`` others (one job
+    at a time, 1min.ai taking 2.5 s each: the member is #3 in line, then #2, then #1),
+    with a place in line shown at most every 20 s x the place (so once, while this
+    member waits)."""
+    monkeypatch.setattr(delivery, "PLACE_INTERVAL_PER_PLACE", 20.0)
+    monkeypatch.setattr(delivery, "PLACE_INTERVAL_MAX", 120.0)
+    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
+        h.onemin.upscale_delay = 2.5
+        members = [h.discord.add_member(f"q{i}") for i in range(ahead)]
+        for member in members:
+            await h.discord.slash(
+                "upscale", {"image": h.discord.attachment(png(), "a.png")}, member=member
+            )
+        last = await h.discord.slash(
+            "upscale", {"image": h.discord.attachment(png(), "b.png")}, member=h.discord.bob
+        )
+        final = await last.final(timeout=60)
+        assert final.get("attachments")
+        return [str(edit.get("content") or "") for edit in last.edits]
+
+
+async def test_a_member_far_back_in_line_sees_their_place_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Far back in line, the reply shows the member's place soon after the command, then
+    not every change of it: one place while the jobs ahead start (2.5 s apart; with an
+    edit every 2 s it would show three)."""
+    shown = await far_back_in_line(tmp_path, monkeypatch)
+    queued = re.compile(r"Queued: you're (#\d+|next) in line")
+    places = {m[1] for text in shown if (m := queued.search(text))}
+    assert len(places) == 1
+
+
+async def test_a_member_far_back_in_line_still_sees_the_stage_change_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long the wait for the next place, the job's own stages (waiting for a
+    slot, uploading, upscaling) are shown within the usual 2 s, before the result."""
+    shown = await far_back_in_line(tmp_path, monkeypatch)
+    stages = ("Waiting for the upscaling service", "Uploading", "Upscaling")
+    assert any(stage in text for text in shown[:-1] for stage in stages)
 
 
 async def test_gif_is_converted_and_the_user_told(tmp_path: Path) -> None:
