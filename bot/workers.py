@@ -140,9 +140,10 @@ class ImageWorkers:
         the upscaler (no crops without it). Raises :class:`ResultUnusable`, or
         :class:`WorkerDied`.
         """
-        if await asyncio.to_thread(_small_or_unreadable, result):
-            async with self._threads:
-                return await asyncio.to_thread(_inspect_and_trim, result, input_image, input_size)
+        async with self._threads:
+            here = await asyncio.to_thread(_inspect_if_small, result, input_image, input_size)
+        if here is not None:
+            return here
         input_path = None
         if input_image is not None:
             input_path = self._spool() / f"{uuid.uuid4().hex}.input"
@@ -165,11 +166,9 @@ class ImageWorkers:
         (never decoded) in a thread; a larger one is fitted in the worker, from the file.
         Raises :class:`WorkerDied` if the worker ends meanwhile.
         """
-        stat = await asyncio.to_thread(source.stat)
-        if stat.st_size <= limit_bytes:
-            return await asyncio.to_thread(
-                images.fit_to_limit, source, fmt, limit_bytes, filename_stem
-            )
+        as_is = await asyncio.to_thread(_fit_if_within, source, fmt, limit_bytes, filename_stem)
+        if as_is is not None:
+            return as_is
         target = self._spool() / f"{uuid.uuid4().hex}.out"
         try:
             fitted: images.FittedImage = await self._call(
@@ -196,9 +195,10 @@ class ImageWorkers:
         path = self._spool() / f"{uuid.uuid4().hex}.posted"
         try:
             await fetch(path)
-            if await asyncio.to_thread(_small_or_unreadable, path):
-                async with self._threads:
-                    return await asyncio.to_thread(_render_and_trim, crops, path, labels)
+            async with self._threads:
+                image = await asyncio.to_thread(_render_if_small, crops, path, labels)
+            if image is not None:
+                return image
             rendered: bytes = await self._call("compare", crops, str(path), labels)
             return rendered
         finally:
@@ -232,6 +232,19 @@ def _small_or_unreadable(result: Path) -> bool:
     return width * height <= IN_PROCESS_PIXELS
 
 
+def _inspect_if_small(
+    result: Path, input_image: bytes | None, input_size: tuple[int, int]
+) -> ResultCheck | None:
+    """The check of a small (or unreadable) result, made here; None for the worker's.
+
+    The header read and the check in one thread hop: for a small job the hops between
+    the event loop and the threads cost more than the image work.
+    """
+    if not _small_or_unreadable(result):
+        return None
+    return _inspect_and_trim(result, input_image, input_size)
+
+
 def _inspect_and_trim(
     result: Path, input_image: bytes | None, input_size: tuple[int, int]
 ) -> ResultCheck:
@@ -241,11 +254,27 @@ def _inspect_and_trim(
         heap.trim()
 
 
-def _render_and_trim(crops: compare.CompareCrops, result: Path, labels: tuple[str, str]) -> bytes:
+def _render_if_small(
+    crops: compare.CompareCrops, result: Path, labels: tuple[str, str]
+) -> bytes | None:
+    """The Compare image cut from a small (or unreadable) posted result, made here;
+    None when the worker should make it."""
+    if not _small_or_unreadable(result):
+        return None
     try:
         return compare.render(crops, result=result, labels=labels)
     finally:
         heap.trim()
+
+
+def _fit_if_within(
+    source: Path, fmt: str, limit_bytes: int, filename_stem: str
+) -> images.FittedImage | None:
+    """A result file already within ``limit_bytes``, as it is (read, never decoded);
+    None when it must be fitted, in the worker."""
+    if source.stat().st_size > limit_bytes:
+        return None
+    return images.fit_to_limit(source, fmt, limit_bytes, filename_stem)
 
 
 def _unlink(*paths: Path) -> None:

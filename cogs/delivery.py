@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,18 @@ def progress_interval(stage: Stage, position: int | None) -> float:
     return min(PLACE_INTERVAL_MAX, max(PROGRESS_INTERVAL, position * PLACE_INTERVAL_PER_PLACE))
 
 
+def progress_lines(job: Job, stage: Stage, position: int | None, resumed: bool) -> str:
+    """The progress text on the member's reply, in the member's language."""
+    language = target_of(job).member_language  # progress only edits the member's reply
+    since = messages.timestamp(job.created_at)
+    lines = [messages.progress_text(stage, position, since).render(language)]
+    if resumed:
+        lines.insert(0, messages.RESUMED.render(language))
+    if job.prepared.notes:
+        lines.append(messages.note_lines(job.prepared.notes, language))
+    return "\n".join(lines)
+
+
 def job_footer(job_id: str, language: str) -> str:
     """The result embed's footer: how a posted result is recognised later."""
     return t(language, "embed.footer", job=job_id[:8])
@@ -98,21 +112,31 @@ class ProgressDisplay:
         self._target = target
         self._job_id = job_id
         self._interval = interval
-        self._latest: tuple[str, bool] | None = None
+        self._latest: tuple[Hashable, bool] | None = None
+        self._render: Callable[[], str] = str
         self._latest_interval = interval
-        self._shown: tuple[str, bool] | None = None
+        self._shown: tuple[Hashable, bool] | None = None
         self._first_due = time.monotonic() + first_delay
         self._last_edit: float | None = None
         self._cancel_view: discord.ui.View | None = None  # made once, shown on every edit
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def show(self, text: str, cancellable: bool, interval: float | None = None) -> None:
-        """Show ``text`` (with the Cancel button when ``cancellable``), at least
-        ``interval`` s (default: the display's) after the previous edit."""
+    def show(
+        self,
+        state: Hashable,
+        render: Callable[[], str],
+        cancellable: bool,
+        interval: float | None = None,
+    ) -> None:
+        """Show the text ``render`` makes for ``state`` (with the Cancel button when
+        ``cancellable``), at least ``interval`` s (default: the display's) after the
+        previous edit. The text is made only when it is shown: a long line reports many
+        places that are never shown."""
         if self._closed:
             return
-        self._latest = (text, cancellable)
+        self._latest = (state, cancellable)
+        self._render = render
         self._latest_interval = self._interval if interval is None else interval
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._pump(), name="upscale-progress")
@@ -130,8 +154,8 @@ class ProgressDisplay:
                 # (a stage change, or a place near the front).
                 await asyncio.sleep(min(wait, self._interval))
                 continue
-            text, cancellable = self._latest
-            view = self._view() if cancellable else None
+            shown, text = self._latest, self._render()
+            view = self._view() if shown[1] else None
             try:
                 message = await self._replies.edit(self._target, content=text, view=view)
             except discord.HTTPException as exc:
@@ -140,7 +164,7 @@ class ProgressDisplay:
             if message is None:
                 self._closed = True
                 return
-            self._shown = (text, cancellable)
+            self._shown = shown
             self._last_edit = time.monotonic()
 
     def _view(self) -> discord.ui.View:
@@ -182,15 +206,13 @@ class DiscordFrontEnd:
     # -- FrontEnd ----------------------------------------------------------------------
 
     def progress(self, job: Job, stage: Stage, position: int | None) -> None:
-        language = target_of(job).member_language  # progress only edits the member's reply
-        since = messages.timestamp(job.created_at)
-        lines = [messages.progress_text(stage, position, since).render(language)]
-        if job.id in self._resumed:
-            lines.insert(0, messages.RESUMED.render(language))
-        if job.prepared.notes:
-            lines.append(messages.note_lines(job.prepared.notes, language))
-        interval = progress_interval(stage, position)
-        self._display(job).show("\n".join(lines), stage in CANCELLABLE, interval)
+        resumed = job.id in self._resumed
+        self._display(job).show(
+            (stage, position, resumed),
+            functools.partial(progress_lines, job, stage, position, resumed),
+            stage in CANCELLABLE,
+            progress_interval(stage, position),
+        )
 
     async def resumed(self, job: Job) -> None:
         target = target_of(job)
