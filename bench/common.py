@@ -136,11 +136,13 @@ def descendants(pid: int) -> list[int]:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these
 
 
-def process_cpu(pid: int) -> tuple[float, float]:
+def process_cpu(pid: int, tid: int | None = None) -> tuple[float, float]:
     """(own, reaped children's) CPU seconds of ``pid``: user + system time from
-    /proc/<pid>/stat, and that of its children it has waited for; (0, 0) when gone."""
+    /proc/<pid>/stat, and that of its children it has waited for; (0, 0) when gone.
+    With ``tid``, the own time of that thread of ``pid`` only."""
+    where = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(where).read_text()
     except OSError:
         return 0.0, 0.0
     # Fields after the command name (which may hold spaces), from the state (field 3):
