@@ -2,10 +2,10 @@
 
 Run: ``python -m bench.loop_lag [--json PATH]``. The bot runs as its own process
 (``tests.bot_process``, what ``python -m bot`` runs, on a SQLite database in a temporary
-directory), against the Discord emulator in this process and the 1min.ai emulator in
-another one. Four members each upscale a 1024x1024 noise PNG at once; the emulator
-answers with the 4x result, a 37 MB PNG of 4096x4096 upscaled noise, which the bot must
-check, crop for Compare and fit under Discord's 10 MiB limit.
+directory; :mod:`bench.botproc`), against the Discord emulator in this process and the
+1min.ai emulator in another one. Four members each upscale a 1024x1024 noise PNG at
+once; the emulator answers with the 4x result, a 37 MB PNG of 4096x4096 upscaled noise,
+which the bot must check and fit under Discord's 10 MiB limit.
 
 What is measured, from when the four ``/upscale`` are sent until the last result is
 posted (``elapsed_s``):
@@ -32,88 +32,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TreeRss, emit, noise_png, onemin_in_subprocess, percentile
-from tests.bot_process import LAG_PROBE_ENV, start_bot_process
-from tests.emulators.discord import DiscordEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from bench.botproc import bot_process
+from bench.common import TreeRss, emit, noise_png, percentile
+from tests.bot_process import LAG_PROBE_ENV
 
 JOBS = 4
 MiB = 1024 * 1024
-START_TIMEOUT = 60.0  # seconds for the bot process to connect and sync its commands
 SETTLE = 1.0  # seconds of idle before the base memory is read
-STOP_TIMEOUT = 30.0  # seconds for the bot process to stop after SIGTERM
-
-
-async def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, as an owner would (the bot then writes its lag samples), then wait."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
 
 
 async def run() -> dict[str, Any]:
     image = noise_png((1024, 1024))  # 4x -> 4096x4096 upscaled noise: a 37 MB PNG
-    with onemin_in_subprocess(ONEMIN_KEY) as base_url, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         lag_file = tmp_path / "lag.json"
-        log_path = tmp_path / "bot.log"
-        async with DiscordEmulator(token=DISCORD_TOKEN) as discord_emu:
-            env = {
-                "DISCORD_TOKEN": DISCORD_TOKEN,
-                "ONEMIN_API_KEY": ONEMIN_KEY,
-                "ONEMIN_API_BASE": base_url,
-                "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'bot.db'}",
-                "DISCORD_API_BASE": discord_emu.api_base,
-                "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
-                "LOG_LEVEL": "WARNING",
-                LAG_PROBE_ENV: str(lag_file),
-            }
-            proc = start_bot_process(env, log_path)
-            try:
-                await discord_emu.wait_until(
-                    lambda: bool(discord_emu.global_commands) or proc.poll() is not None,
-                    START_TIMEOUT,
-                )
-                if proc.poll() is not None:
-                    raise AssertionError(f"the bot did not start:\n{log_path.read_text()}")
-                await discord_emu.wait_connected()
-                members = [discord_emu.add_member(f"l{i}") for i in range(JOBS)]
-                await asyncio.sleep(SETTLE)
-                memory = TreeRss(pid=proc.pid)
-                base_rss = memory.current_mb()
-                with memory:
-                    start_wall, start = time.time(), time.perf_counter()
-                    its = await asyncio.gather(
-                        *(
-                            discord_emu.slash(
-                                "upscale",
-                                {"image": discord_emu.attachment(image, "n.png")},
-                                member=m,
-                            )
-                            for m in members
+        async with bot_process(tmp_path, {LAG_PROBE_ENV: str(lag_file)}) as bot:
+            discord_emu = bot.discord
+            members = [discord_emu.add_member(f"l{i}") for i in range(JOBS)]
+            await asyncio.sleep(SETTLE)
+            memory = TreeRss(pid=bot.pid)
+            base_rss = memory.current_mb()
+            with memory:
+                start_wall, start = time.time(), time.perf_counter()
+                its = await asyncio.gather(
+                    *(
+                        discord_emu.slash(
+                            "upscale",
+                            {"image": discord_emu.attachment(image, "n.png")},
+                            member=m,
                         )
+                        for m in members
                     )
-                    finals = await asyncio.gather(*(it.final(timeout=300) for it in its))
-                    elapsed = time.perf_counter() - start
-                    end_wall = time.time()
-                sizes = [len(it.file(f)[1]) for it, f in zip(its, finals, strict=True)]
-            finally:
-                await stop(proc)
-        log = log_path.read_text(errors="replace")
-        if "ERROR" in log or "Traceback" in log:
-            raise AssertionError(f"the bot logged errors:\n{log}")
+                )
+                finals = await asyncio.gather(*(it.final(timeout=300) for it in its))
+                elapsed = time.perf_counter() - start
+                end_wall = time.time()
+            sizes = [len(it.file(f)[1]) for it, f in zip(its, finals, strict=True)]
+        # The bot stopped (SIGTERM) and wrote its lag samples; its log had no error.
         samples = json.loads(lag_file.read_text())
     ms = [lag * 1000 for at, lag in samples if start_wall <= at <= end_wall]
     return {
