@@ -19,6 +19,7 @@ from PIL import Image
 
 from bot.circuit import Circuit
 from bot.db import Database, open_database
+from bot.download import download_to
 from bot.failures import FailureKind
 from bot.images import ImageLimits
 from bot.jobs import JobQueue, instance_name
@@ -26,6 +27,7 @@ from bot.ledger import Ledger
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
 from bot.settings import Settings
+from bot.signals import Signals
 from bot.workers import ImageWorkers
 
 
@@ -40,6 +42,7 @@ class Services:
     circuit: Circuit
     queue: JobQueue
     image_workers: ImageWorkers
+    signals: Signals
 
 
 def spool_dir(settings: Settings, db: Database) -> Path:
@@ -85,6 +88,7 @@ async def open_services(
     db = await open_database(settings.database_url.get())
     instance = instance_name(settings.shard_ids)
     image_workers = ImageWorkers()
+    signals = Signals(db)
     try:
         ledger = Ledger(
             db,
@@ -111,6 +115,7 @@ async def open_services(
             db,
             probe=functools.partial(probe_onemin, onemin),
             probe_interval=settings.circuit_probe_interval,
+            signals=signals,
         )
         queue = JobQueue(
             db=db,
@@ -130,6 +135,9 @@ async def open_services(
             circuit=circuit,
             circuit_give_up=settings.circuit_give_up,
             image_workers=image_workers,
+            fetch_source=functools.partial(download_to, session),
+            retention_days=settings.job_retention_days,
+            signals=signals,
         )
         yield Services(
             db=db,
@@ -139,7 +147,9 @@ async def open_services(
             circuit=circuit,
             queue=queue,
             image_workers=image_workers,
+            signals=signals,
         )
     finally:
         await image_workers.close()
+        await signals.close()
         await db.close()

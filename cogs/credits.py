@@ -25,13 +25,7 @@ from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
 from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError
 from bot.settings import PERIODS, Period
 from bot.tree import UserError
-from cogs.checks import (
-    NOT_A_MODERATOR,
-    interaction_is_moderator,
-    moderator_only,
-    require_guild,
-)
-from cogs.owner import owner_cog
+from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -39,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERIOD_CHOICES = localised_choices("period", PERIODS)
+# ``bot.dispatch`` event for every moderator change: (guild_id, actor_id, Change); the
+# listener is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
+QUOTA_CHANGE_EVENT = "quota_change"
 TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
@@ -89,7 +86,7 @@ class Credits(commands.Cog):
     ) -> None:
         guild = require_guild(interaction)
         target = member or interaction.user
-        if target.id != interaction.user.id and not interaction_is_moderator(interaction):
+        if target.id != interaction.user.id and not is_moderator(interaction):
             raise UserError(NOT_A_MODERATOR)
         await interaction.response.defer(ephemeral=True, thinking=True)
         role_ids = [r.id for r in getattr(target, "roles", ())]
@@ -134,9 +131,9 @@ class Credits(commands.Cog):
         await interaction.edit_original_response(
             content=text.render(interaction_locale(interaction))
         )
-        owner = owner_cog(self.bot)
-        if owner is not None and interaction.guild_id is not None:
-            await owner.log_change(interaction.guild_id, interaction.user.id, change)
+        if interaction.guild_id is not None and change is not None:
+            # Whoever keeps the quota log (the Owner cog) listens for this event.
+            self.bot.dispatch(QUOTA_CHANGE_EVENT, interaction.guild_id, interaction.user.id, change)
 
     @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
@@ -171,7 +168,7 @@ class Credits(commands.Cog):
             )
             name = t(lang, "quota.show.total_budget")
             lines.append(t(lang, "quota.show.line", name=name, value=value))
-        circuit = await self.bot.services.circuit.state()
+        circuit = await self.bot.circuit.state()
         state = t(
             lang, "quota.show.service_state.open" if circuit.open else "quota.show.service_state.ok"
         )
