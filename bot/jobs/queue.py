@@ -34,6 +34,7 @@ from bot.jobs.model import (
     Job,
     JobRequest,
     JobStatus,
+    Stage,
 )
 from bot.jobs.positions import Positions
 from bot.jobs.recovery import PURGE_FIRST_DELAY, PURGE_INTERVAL, Recovery
@@ -241,7 +242,10 @@ class JobQueue:
         if self._own_signals:
             await self.signals.close()
         for job in stopped:
-            await self._reporter.tell_paused(job)
+            # A job stopped while delivering may already show its result: the next
+            # start looks for it first, and a notice here could replace it.
+            if job.stage is not Stage.DELIVERING:
+                await self._reporter.tell_paused(job)
         if stopped:
             log.info("%d jobs will continue at the next start", len(stopped))
 
