@@ -78,6 +78,11 @@ class Signals:
         """True when signals cross processes (PostgreSQL)."""
         return isinstance(self._db, PostgresDatabase)
 
+    @property
+    def listening(self) -> bool:
+        """True when this process hears the fleet's wake-ups (always on SQLite)."""
+        return not self.remote or (self._conn is not None and not self._conn.is_closed())
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 

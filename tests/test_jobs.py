@@ -873,3 +873,166 @@ async def test_a_result_file_left_by_a_crash_is_removed_at_start(rigs: RigFactor
     orphan.write_bytes(b"half a result")
     await r.recover()
     assert not orphan.exists()
+
+
+# -- a year of history: bounded growth ---------------------------------------------------
+
+
+async def test_the_interaction_token_is_erased_when_the_job_ends(rig: Rig) -> None:
+    """A job keeps its interaction token while it runs and loses it when it ends; the
+    context kept for the record holds no token either."""
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    row = await job_row(rig, job.id)
+    assert row["reply_token"] is None
+    assert "interaction-token" not in str(row["context"])
+    assert row["source_url"] is None
+
+
+async def test_a_failed_job_loses_its_token_too(rig: Rig) -> None:
+    """The token is erased by a failure (and its refund) as well as by a delivery."""
+    rig.emu.fail("upscale", "server_error", status=500)
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    assert (await job_row(rig, job.id))["reply_token"] is None
+
+
+async def test_finished_jobs_past_retention_are_deleted_and_the_ledger_kept(
+    rigs: RigFactory,
+) -> None:
+    """Housekeeping deletes finished jobs older than the retention, in batches, and no
+    unfinished job nor any ledger entry."""
+    from datetime import timedelta
+
+    from bot.db import ts, utc_now
+
+    r = await rigs(retention_days=30, max_per_member=10, claim=False)
+    old = [(await r.queue.accept(r.request())) for _ in range(3)]
+    for job in old:
+        await r.db.write(
+            "UPDATE jobs SET status = 'delivered', finished_at = ? WHERE id = ?",
+            (ts(utc_now() - timedelta(days=31)), job.id),
+        )
+    recent = await r.queue.accept(r.request())
+    await r.db.write(
+        "UPDATE jobs SET status = 'failed', finished_at = ? WHERE id = ?",
+        (ts(utc_now() - timedelta(days=29)), recent.id),
+    )
+    unfinished = await r.queue.accept(r.request())
+    assert await r.queue.purge() == (3, 0)
+    left = {row["id"] for row in await r.db.fetchall("SELECT id FROM jobs")}
+    assert left == {recent.id, unfinished.id}
+    entries = await r.db.fetchone("SELECT COUNT(*) AS n FROM ledger_entries")
+    assert entries is not None and entries["n"] == 5
+
+
+async def test_the_purge_deletes_a_backlog_in_small_batches(rigs: RigFactory) -> None:
+    """A backlog larger than one batch is deleted whole, a batch per statement."""
+    from bot.jobs import recovery
+
+    r = await rigs(claim=False)
+    count = recovery.PURGE_BATCH + 7
+    insert = (
+        "INSERT INTO jobs (id, guild_id, channel_id, member_id, status, stage, output_format,"
+        " source_name, created_at, finished_at) VALUES (?, 1, 2, 3, 'delivered', 'done',"
+        " 'png', 'a.png', '2020-01-01 00:00:00.000000', '2020-01-01 00:00:01.000000')"
+    )
+    async with r.db.transaction() as tx:
+        await tx.executemany(insert, [(f"{n:032x}",) for n in range(count)])
+    assert await r.queue.purge() == (count, 0)
+    left = await r.db.fetchone("SELECT COUNT(*) AS n FROM jobs")
+    assert left is not None and left["n"] == 0
+
+
+# -- the trail -----------------------------------------------------------------------------
+
+
+async def test_a_jobs_trail_names_each_stage_with_its_process(rig: Rig) -> None:
+    """The id shown in a result's footer finds the job; its trail lists every stage in
+    order, each with the process that ran it, and the 1min.ai record id is kept."""
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    found = await rig.queue.trail(job.id[:8])
+    assert found is not None
+    found_job, events, outcome = found
+    assert found_job.id == job.id and found_job.record_id
+    stages = [e.stage for e in events]
+    assert stages == [
+        "receiving",
+        "queued",
+        "claimed",
+        "uploading",
+        "upscaling",
+        "downloading",
+        "delivering",
+        "delivered",
+    ]
+    assert {e.process for e in events} == {rig.queue.owner}
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    assert outcome["status"] == "delivered"
+
+
+async def test_an_unknown_or_ambiguous_footer_id_finds_nothing(rig: Rig) -> None:
+    """No job, a malformed id, or a prefix shared by two jobs: no trail."""
+    assert await rig.queue.trail("0123abcd") is None
+    assert await rig.queue.trail("not hex!") is None
+    assert await rig.queue.trail("") is None
+
+
+# -- wake-ups and who shows what -----------------------------------------------------------
+
+
+async def test_a_process_stops_showing_a_job_another_process_claims(rigs: RigFactory) -> None:
+    """A accepts a job and shows its place in line; once B claims and delivers it, A no
+    longer shows it (the front end is told the job ended there), and A's display guard
+    says so too."""
+    a = await rigs(claim=False)
+    b = await rigs()
+    job, log = await a.submit()
+    await b.settled(job)
+    await until(lambda: _ended(log))
+    assert a.queue.watched() == 0
+    assert not await a.queue.shows(job.id)
+    assert await b.queue.shows(job.id) is False  # delivered: nobody shows it any more
+
+
+async def _ended(log: JobLog) -> bool:
+    return log.ended > 0
+
+
+async def test_a_stream_delivered_elsewhere_leaves_nothing_watched(rigs: RigFactory) -> None:
+    """A long stream of jobs accepted by A and delivered by B: A keeps no watched job and
+    was told each one ended (no per-job state outlives its job)."""
+    a = await rigs(claim=False, max_per_member=100, limit=100)
+    b = await rigs(max_per_member=100, max_concurrent=4, limit=100)
+    jobs = []
+    for _ in range(30):
+        job, _ = await a.submit()
+        jobs.append(job)
+    for job in jobs:
+        await b.settled(job, 30)
+    await until(lambda: _all_ended(a.front, jobs))
+    assert a.queue.watched() == 0
+
+
+async def _all_ended(front: Recorder, jobs: list[Job]) -> bool:
+    return all(front.jobs[job.id].ended for job in jobs)
+
+
+async def test_an_idle_process_is_woken_by_a_job_queued_elsewhere(rigs: RigFactory) -> None:
+    """A process whose fallback look comes only every 30 s runs a job queued by another
+    process at once: on PostgreSQL it is woken by LISTEN/NOTIFY; on SQLite (one process)
+    the process that queued it wakes itself."""
+    runner = await rigs(poll_interval=30.0)
+    accepter = runner
+    if runner.db.engine == "postgresql":
+        accepter = await rigs(claim=False, poll_interval=30.0)
+        await until(lambda: _listening(runner))
+    job, _ = await accepter.submit()
+    started = time.monotonic()
+    await runner.settled(job, 10)
+    assert time.monotonic() - started < 5
+
+
+async def _listening(rig: Rig) -> bool:
+    return rig.queue.signals.listening

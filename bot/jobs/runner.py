@@ -129,6 +129,7 @@ class Runner:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._claims = True
         self.closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -137,9 +138,11 @@ class Runner:
         """Renew leases and (with ``claim``) claim and run jobs."""
         if self._tasks:
             return
-        self._tasks = [asyncio.create_task(self._renew_leases(), name="jobs-lease")]
-        if claim:
-            self._tasks.append(asyncio.create_task(self._dispatch(), name="jobs-dispatch"))
+        self._claims = claim
+        self._tasks = [
+            asyncio.create_task(self._renew_leases(), name="jobs-lease"),
+            asyncio.create_task(self._dispatch(), name="jobs-dispatch"),
+        ]
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -212,7 +215,7 @@ class Runner:
 
     async def _claim_round(self) -> bool:
         """Claim and start what this process can now; True when it started something."""
-        if await self._service_refusing():
+        if not self._claims or await self._service_refusing():
             return False
         now = time.time()
         if not await self._store.anything_to_claim(now):

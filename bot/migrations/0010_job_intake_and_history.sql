@@ -84,5 +84,5 @@ CREATE INDEX jobs_intake ON jobs (lease_expires) WHERE status = 'intake';
 CREATE INDEX jobs_queued ON jobs (created_at, id) WHERE status = 'queued';
 CREATE INDEX jobs_running ON jobs (lease_expires) WHERE status = 'running';
 CREATE INDEX jobs_owned ON jobs (lease_owner) WHERE status IN ('intake', 'running');
-CREATE INDEX jobs_member ON jobs (guild_id, member_id, status);
+CREATE INDEX jobs_member ON jobs (guild_id, member_id);
 CREATE INDEX jobs_finished ON jobs (finished_at);
