@@ -8,6 +8,8 @@ bot, then the HTTP session and the database, in that order.
 
 ``python -m bot check`` (``upscale-bot check``) checks the configuration, the token, the
 database and both services without starting the bot (:mod:`bot.check`).
+``upscale-bot job <id>`` prints a job's trail: its stages with their times and the
+process that ran each, its outcome, credits and 1min.ai record (:mod:`bot.jobs.trail`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bot.startup import EXIT_CONFIG, StartupError
 
 log = logging.getLogger("bot")
 
-USAGE = "usage: upscale-bot [check]"
+USAGE = "usage: upscale-bot [check | job <id>]"
 # Whole-request ceiling for the shared session; calls that need less set their own.
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
 
@@ -93,13 +95,28 @@ def serve(settings: Settings, **bot_options: Any) -> None:
         sys.exit(exc.status)
 
 
+def run_job(shown_id: str) -> int:
+    """``upscale-bot job <id>``: the job's trail from the database (see bot.jobs.trail)."""
+    from bot.jobs.trail import show_job
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("WARNING", secrets=settings.secret_values())
+    return asyncio.run(show_job(settings, shown_id, sys.stdout))
+
+
 def run() -> None:
-    """Console entry point (``upscale-bot``, ``upscale-bot check``)."""
+    """Console entry point (``upscale-bot``, ``upscale-bot check``, ``upscale-bot job``)."""
     args = sys.argv[1:]
     if args == ["check"]:
         from bot.check import run_check
 
         sys.exit(run_check(load_settings))
+    if len(args) == 2 and args[0] == "job":
+        sys.exit(run_job(args[1]))
     if args:
         print(USAGE, file=sys.stderr)
         sys.exit(0 if args[0] in ("-h", "--help") else EXIT_CONFIG)

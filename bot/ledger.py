@@ -712,6 +712,13 @@ class Ledger:
         """
         return await self._settle(reservation_id, "refunded", reason, tx)
 
+    async def reservation(self, reservation_id: str) -> tuple[int, str] | None:
+        """A reservation's cost and state (reserved, committed or refunded), or None."""
+        row = await self._db.fetchone(
+            "SELECT cost, state FROM ledger_entries WHERE id = ?", (reservation_id,)
+        )
+        return None if row is None else (int(row["cost"]), str(row["state"]))
+
     async def refund_unsettled(self, *, exclude_job_ids: Collection[str] = ()) -> list[Reservation]:
         """Refund reservations a crash left unsettled (except those of ``exclude_job_ids``).
 

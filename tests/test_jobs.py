@@ -954,8 +954,8 @@ async def test_a_jobs_trail_names_each_stage_with_its_process(rig: Rig) -> None:
     await rig.settled(job)
     found = await rig.queue.trail(job.id[:8])
     assert found is not None
-    found_job, events, outcome = found
-    assert found_job.id == job.id and found_job.record_id
+    assert found.job.id == job.id and found.job.record_id
+    events = found.events
     stages = [e.stage for e in events]
     assert stages == [
         "receiving",
@@ -969,7 +969,7 @@ async def test_a_jobs_trail_names_each_stage_with_its_process(rig: Rig) -> None:
     ]
     assert {e.process for e in events} == {rig.queue.owner}
     assert [e.at for e in events] == sorted(e.at for e in events)
-    assert outcome["status"] == "delivered"
+    assert found.status == "delivered" and found.credits == (1, "committed")
 
 
 async def test_an_unknown_or_ambiguous_footer_id_finds_nothing(rig: Rig) -> None:

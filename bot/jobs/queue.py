@@ -41,7 +41,8 @@ from bot.jobs.recovery import PURGE_FIRST_DELAY, PURGE_INTERVAL, Recovery
 from bot.jobs.report import QueueMetrics, Reporter
 from bot.jobs.runner import RATE_BACKOFF, Runner
 from bot.jobs.settlement import ChargedListener, Settlement
-from bot.jobs.store import JobStore, TrailEvent, parse_trail
+from bot.jobs.store import JobStore
+from bot.jobs.trail import JobTrail, find_trail
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
 from bot.retry import Backoff
@@ -100,6 +101,7 @@ class JobQueue:
         self.limits = limits or images.ImageLimits()
         self.circuit = circuit
         self._db = db
+        self._ledger = ledger
         self._own_workers = image_workers is None  # closed here only if made here
         self.image_workers = image_workers or ImageWorkers()
         self.signals = signals or Signals(db)
@@ -298,29 +300,10 @@ class JobQueue:
         """The stored crops of a delivered job (kept a week and a day), or None."""
         return await self.store.crops(job_id)
 
-    async def trail(self, shown_id: str) -> tuple[Job, list[TrailEvent], dict[str, object]] | None:
-        """A job by the id shown in a result's footer (or whole), with its trail and its
-        recorded outcome; None when no job or more than one has that id."""
-        rows = await self.store.find(shown_id)
-        if len(rows) != 1:
-            return None
-        row = rows[0]
-        outcome = {
-            key: row[key]
-            for key in (
-                "status",
-                "error_kind",
-                "created_at",
-                "started_at",
-                "finished_at",
-                "claims",
-                "message_id",
-                "output_width",
-                "output_height",
-                "output_bytes",
-            )
-        }
-        return Job.from_row(row), parse_trail(row["trail"]), outcome
+    async def trail(self, shown_id: str) -> JobTrail | None:
+        """A job by the id shown in a result's footer (or whole), with its trail, its
+        outcome and its credits; None when no job, or more than one, has that id."""
+        return await find_trail(self.store, self._ledger, shown_id)
 
     # -- wake-ups ----------------------------------------------------------------------
 
