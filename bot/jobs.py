@@ -58,6 +58,7 @@ from bot import compare, images
 from bot.circuit import Circuit
 from bot.db import Database, Transaction, ts, utc_now
 from bot.failures import FailureKind
+from bot.job_metrics import NO_JOB_METRICS, JobMetrics, Outcome
 from bot.job_model import (
     CANCELLABLE_STAGES,
     BadResult,
@@ -197,6 +198,7 @@ class JobQueue:
         circuit: Circuit | None = None,
         circuit_give_up: float = 3600.0,
         image_workers: ImageWorkers | None = None,
+        metrics: JobMetrics = NO_JOB_METRICS,
     ) -> None:
         self._db = db
         self._ledger = ledger
@@ -218,6 +220,7 @@ class JobQueue:
         # queue closes only workers it made itself.
         self._own_workers = image_workers is None
         self.image_workers = image_workers or ImageWorkers()
+        self.metrics = metrics  # told when jobs start, change stage and end (bot.job_metrics)
         self.front_end: FrontEnd | None = None
         self._charged_listeners: list[Callable[[Job], Awaitable[None]]] = []
         self._slots: dict[tuple[int, int], int] = {}
@@ -441,6 +444,7 @@ class JobQueue:
             if row["reservation_id"]:
                 await self._ledger.refund(row["reservation_id"], FailureKind.CANCELLED, tx=tx)
             await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
+        self.metrics.job_ended(job_id, Outcome.CANCELLED, credits=self.cost)  # metrics hook
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()  # stop an upload in flight; the job is settled already
@@ -544,6 +548,7 @@ class JobQueue:
     def _start(self, job: Job) -> None:
         self._watched.pop(job.id, None)
         self._positions.pop(job.id, None)
+        self.metrics.job_started(job)  # metrics hook: timing and jobs in flight
         task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._finished(job.id))
@@ -551,6 +556,7 @@ class JobQueue:
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
+        self.metrics.job_left(job_id)  # metrics hook: no longer in flight here
         self._wakeup.set()
         self._slot_freed.set()  # a job that ended while upscaling freed its slot
 
@@ -836,6 +842,7 @@ class JobQueue:
         self._report(job, stage, None)
 
     def _report(self, job: Job, stage: Stage, position: int | None) -> None:
+        self.metrics.job_stage(job, stage)  # metrics hook: closes the last stage's time
         if self.front_end is None:
             return
         try:
@@ -880,6 +887,7 @@ class JobQueue:
                     ),
                 )
         job.stage = Stage.DONE
+        self.metrics.job_ended(job.id, Outcome.DELIVERED, credits=self.cost)  # metrics hook
         for listener in self._charged_listeners:
             try:
                 await listener(job)
@@ -920,6 +928,7 @@ class JobQueue:
             if job.reservation_id:
                 await self._ledger.refund(job.reservation_id, kind.value, tx=tx)
             await tx.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
+        self.metrics.job_ended(job.id, Outcome.FAILED, kind, credits=self.cost)  # metrics hook
         return True
 
     # -- recovery ----------------------------------------------------------------------

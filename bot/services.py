@@ -21,8 +21,10 @@ from bot.circuit import Circuit
 from bot.db import Database, open_database
 from bot.failures import FailureKind
 from bot.images import ImageLimits
+from bot.job_metrics import NO_JOB_METRICS
 from bot.jobs import JobQueue, instance_name
 from bot.ledger import Ledger
+from bot.metrics import Metrics
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
 from bot.settings import Settings
@@ -40,6 +42,7 @@ class Services:
     circuit: Circuit
     queue: JobQueue
     image_workers: ImageWorkers
+    metrics: Metrics | None = None  # with METRICS_PORT only (see bot.metrics_http)
 
 
 def spool_dir(settings: Settings, db: Database) -> Path:
@@ -77,12 +80,14 @@ async def probe_onemin(onemin: OneMinClient, reason: FailureKind) -> None:
 async def open_services(
     settings: Settings, session: aiohttp.ClientSession
 ) -> AsyncIterator[Services]:
-    """Open the database and build the ledger, 1min.ai client and job queue.
+    """Open the database and build the ledger, 1min.ai client and job queue (and, with
+    ``METRICS_PORT``, the metrics they feed).
 
     The HTTP session belongs to the caller. The database is closed on exit; the queue is
     shut down by the bot (it needs Discord to tell members about stopped jobs).
     """
     db = await open_database(settings.database_url.get())
+    metrics = Metrics() if settings.metrics_port is not None else None
     instance = instance_name(settings.shard_ids)
     image_workers = ImageWorkers()
     try:
@@ -106,6 +111,7 @@ async def open_services(
             upscale_timeout=settings.upscale_timeout,
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
+            on_request=None if metrics is None else metrics.onemin_request,
         )
         circuit = Circuit(
             db,
@@ -130,6 +136,7 @@ async def open_services(
             circuit=circuit,
             circuit_give_up=settings.circuit_give_up,
             image_workers=image_workers,
+            metrics=NO_JOB_METRICS if metrics is None else metrics,
         )
         yield Services(
             db=db,
@@ -139,6 +146,7 @@ async def open_services(
             circuit=circuit,
             queue=queue,
             image_workers=image_workers,
+            metrics=metrics,
         )
     finally:
         await image_workers.close()
