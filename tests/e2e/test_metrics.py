@@ -192,18 +192,13 @@ async def test_the_gateway_shard_shows_connected_with_its_latency(tmp_path: Path
     assert 0 <= value(samples, "discord_latency", shard="0") < float("inf")
 
 
-async def test_metrics_are_in_the_prometheus_text_format_with_process_metrics(
-    tmp_path: Path,
-) -> None:
-    """The scrape's Content-Type is Prometheus text 0.0.4 and carries the default process
-    collectors (CPU, memory, Python)."""
+async def test_metrics_are_served_in_the_prometheus_text_format(tmp_path: Path) -> None:
+    """The scrape's Content-Type is Prometheus text 0.0.4, which the parser reads whole."""
     port = closed_port()
     async with running_bot(tmp_path, metrics_port=port):
-        _, content_type, _ = await fetch(f"http://127.0.0.1:{port}/metrics")
-        samples = await scrape(port)
-    assert content_type.startswith("text/plain; version=0.0.4")
-    names = {name for name, _ in samples}
-    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= names
+        _, content_type, text = await fetch(f"http://127.0.0.1:{port}/metrics")
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert "upscale_jobs" in {family.name for family in text_string_to_metric_families(text)}
 
 
 # -- the bot as its own process (python -m bot) ----------------------------------------------
