@@ -24,13 +24,18 @@ percent: more than the cost being measured. So the metrics' cost is also account
 directly, each part measured on its own:
 
 * ``scrape_cpu_ms``: one scrape, HTTP included, read from the bot process's CPU time
-  over :data:`SCRAPE_SAMPLE` back-to-back scrapes after each "on" run;
+  over :data:`SCRAPE_SAMPLE` back-to-back scrapes after each "on" run (these reuse the
+  fleet-wide gauges, read at most once a second);
+* ``fleet_read_ms``: that read of the fleet-wide gauges from the database (jobs waiting,
+  the rate window, the circuit), timed here (all threads) on a SQLite database like the
+  bot's; a scrape at an interval of a second or more pays it every time;
 * ``hooks_us_per_job``: the queue's and the 1min.ai client's calls into the metrics for
   one job (a delivered job's stages, places in line and five requests), timed here;
 * ``probe_ms_per_s``: the event-loop lag probe's four wake-ups a second, timed here;
 
 and ``accounted_pct`` adds them up for a job of this workload at a scrape interval:
-``(hooks + (scrape / interval + probe) * elapsed / N) / CPU per job with metrics off``.
+``(hooks + ((scrape + fleet read) / interval + probe) * elapsed / N) / CPU per job with
+metrics off``.
 """
 
 from __future__ import annotations
@@ -49,9 +54,13 @@ import aiohttp
 
 from bench.common import descendants, emit, onemin_in_subprocess, table
 from bench.loop_lag import stop
+from bot import metrics_http
 from bot.job_metrics import Outcome
 from bot.job_model import Job, PreparedInfo, Stage
 from bot.metrics import Metrics, probe_loop_lag
+from bot.metrics_http import MetricsEndpoint
+from bot.services import open_services
+from bot.settings import Secret, Settings
 from tests.bot_process import closed_port, start_bot_process
 from tests.conftest import png
 from tests.emulators.discord import DiscordEmulator
@@ -130,6 +139,31 @@ def hooks_us_per_job() -> float:
         metrics.job_ended(job.id, Outcome.DELIVERED, credits=1)
         metrics.job_left(job.id)
     return (time.thread_time() - started) * 1e6 / HOOK_SAMPLE
+
+
+async def fleet_read_ms() -> float:
+    """CPU milliseconds (every thread of this process) of one read of the fleet gauges."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            discord_token=Secret(DISCORD_TOKEN),
+            onemin_api_key=Secret(ONEMIN_KEY),
+            database_url=Secret(f"sqlite:///{Path(tmp) / 'bot.db'}"),
+            spool_dir=Path(tmp) / "spool",
+            metrics_port=closed_port(),
+        )
+        async with aiohttp.ClientSession() as session, open_services(settings, session) as svc:
+            endpoint = MetricsEndpoint.for_settings(settings, svc, dict)
+            assert endpoint is not None
+            cache, metrics_http.FLEET_CACHE_SECONDS = metrics_http.FLEET_CACHE_SECONDS, 0.0
+            try:
+                await endpoint._refresh_fleet()  # warm
+                started = time.process_time()
+                for _ in range(SCRAPE_SAMPLE):
+                    await endpoint._refresh_fleet()
+                spent = time.process_time() - started
+            finally:
+                metrics_http.FLEET_CACHE_SECONDS = cache
+    return spent * 1000 / SCRAPE_SAMPLE
 
 
 async def probe_ms_per_second() -> float:
@@ -241,11 +275,13 @@ async def run(
     ratio = statistics.mean(on) / statistics.mean(off)
     scrape_ms = statistics.mean(r["scrape_cpu_ms"] for r in runs if r["metrics"] == "on")
     hooks_us = hooks_us_per_job()
+    read_ms = await fleet_read_ms()
     probe_ms = await probe_ms_per_second()
     seconds_per_job = statistics.mean(r["elapsed_s"] for r in runs) / jobs
 
     def accounted(interval: float) -> float:
-        per_job_ms = hooks_us / 1000 + (scrape_ms / interval + probe_ms) * seconds_per_job
+        per_scrape = scrape_ms + read_ms
+        per_job_ms = hooks_us / 1000 + (per_scrape / interval + probe_ms) * seconds_per_job
         return per_job_ms / statistics.mean(off) * 100
 
     return {
@@ -261,6 +297,7 @@ async def run(
         "ratio_on_off": ratio,
         "overhead_pct": (ratio - 1) * 100,
         "scrape_cpu_ms": scrape_ms,
+        "fleet_read_ms": read_ms,
         "hooks_us_per_job": hooks_us,
         "probe_ms_per_s": probe_ms,
         "accounted_pct": accounted(scrape_interval),
@@ -273,7 +310,8 @@ async def run(
 def report(result: dict[str, Any]) -> str:
     summary = {k: v for k, v in result.items() if k != "runs"}
     columns = ["metrics", "round", "delivered", "elapsed_s", "cpu_s", "cpu_ms_per_job", "scrapes"]
-    measured = [k for k in summary if not k.startswith(("scrape_cpu", "hooks", "probe", "acc"))]
+    parts = ("scrape_cpu", "fleet_read", "hooks", "probe", "acc")
+    measured = [k for k in summary if not k.startswith(parts)]
     accounted = [k for k in summary if k not in measured]
     return "\n\n".join(
         (
