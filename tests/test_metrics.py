@@ -306,43 +306,40 @@ def endpoint(services: Services, shards: dict[int, ShardStatus] | None = None) -
     )
 
 
+def count_reads(monkeypatch: pytest.MonkeyPatch, owner: object, method: str) -> list[int]:
+    """Replace ``owner.method`` (an async read) with one that counts its calls."""
+    calls: list[int] = []
+    real = getattr(owner, method)
+
+    async def counted() -> int:
+        calls.append(1)
+        return int(await real())
+
+    monkeypatch.setattr(owner, method, counted)
+    return calls
+
+
 async def test_concurrent_scrapes_share_one_read_of_the_fleet_gauges(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Five scrapes at once read the queue's depth from the database once."""
-    reads = 0
-    real = services.queue.waiting
-
-    async def counted() -> int:
-        nonlocal reads
-        reads += 1
-        return await real()
-
-    monkeypatch.setattr(services.queue, "waiting", counted)
+    reads = count_reads(monkeypatch, services.queue, "waiting")
     monkeypatch.setattr("bot.metrics_http.FLEET_CACHE_SECONDS", 3600.0)
     ep = endpoint(services)
     await asyncio.gather(*(ep.scrape() for _ in range(5)))
-    assert reads == 1
+    assert len(reads) == 1
 
 
 async def test_the_fleet_gauges_are_read_again_once_the_cache_is_stale(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the cache spent, each scrape reads the database again."""
-    reads = 0
-    real = services.gate.window_used
-
-    async def counted() -> int:
-        nonlocal reads
-        reads += 1
-        return await real()
-
-    monkeypatch.setattr(services.gate, "window_used", counted)
+    reads = count_reads(monkeypatch, services.gate, "window_used")
     monkeypatch.setattr("bot.metrics_http.FLEET_CACHE_SECONDS", 0.0)
     ep = endpoint(services)
     await ep.scrape()
     await ep.scrape()
-    assert reads == 2
+    assert len(reads) == 2
 
 
 async def test_ready_when_connected_with_a_database_and_a_closed_circuit(

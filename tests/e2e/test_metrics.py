@@ -87,10 +87,10 @@ async def gauge_becomes(port: int, name: str, expected: float) -> None:
 # -- in this process -----------------------------------------------------------------------
 
 
-async def test_one_delivered_and_one_failed_upscale_move_the_counters_by_exactly_that(
+async def scrapes_around_a_delivered_and_a_failed_upscale(
     tmp_path: Path,
-) -> None:
-    """Jobs, failures, credits and 1min.ai requests each move by what two jobs did."""
+) -> tuple[Samples, Samples]:
+    """Scrape, upscale once (delivered) and once more (1min.ai rejects it), scrape again."""
     port = closed_port()
     async with running_bot(tmp_path, metrics_port=port) as h:
         before = await scrape(port)
@@ -98,7 +98,14 @@ async def test_one_delivered_and_one_failed_upscale_move_the_counters_by_exactly
         h.onemin.fail("upscale", "rejected")
         await h.upscale(png(), member=h.discord.bob)
         await h.idle()
-        after = await scrape(port)
+        return before, await scrape(port)
+
+
+async def test_one_delivered_and_one_failed_upscale_move_the_counters_by_exactly_that(
+    tmp_path: Path,
+) -> None:
+    """Jobs, failures, credits and 1min.ai requests each move by what two jobs did."""
+    before, after = await scrapes_around_a_delivered_and_a_failed_upscale(tmp_path)
     assert moved(before, after, "upscale_jobs_total") == {
         labels(outcome="delivered"): 1,
         labels(outcome="failed"): 1,
@@ -120,14 +127,7 @@ async def test_one_delivered_and_one_failed_upscale_move_the_counters_by_exactly
 async def test_each_stage_a_job_went_through_is_timed_once(tmp_path: Path) -> None:
     """A delivered job adds one observation to each of the five stages; a job that failed
     while upscaling adds one to queued, uploading and upscaling only."""
-    port = closed_port()
-    async with running_bot(tmp_path, metrics_port=port) as h:
-        before = await scrape(port)
-        await h.upscale(png())
-        h.onemin.fail("upscale", "rejected")
-        await h.upscale(png(), member=h.discord.bob)
-        await h.idle()
-        after = await scrape(port)
+    before, after = await scrapes_around_a_delivered_and_a_failed_upscale(tmp_path)
     assert moved(before, after, "upscale_stage_seconds_count") == {
         labels(stage="queued"): 2,
         labels(stage="uploading"): 2,
