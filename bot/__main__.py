@@ -6,6 +6,9 @@ a database that cannot be opened, a 1min.ai host that does not resolve) print on
 and exit with the status documented in :mod:`bot.startup`. SIGINT and SIGTERM close the
 bot, then the HTTP session and the database, in that order.
 
+With ``METRICS_PORT`` set, ``/metrics``, ``/healthz`` and ``/readyz`` are served from
+before the bot connects to Discord until after it has closed (:mod:`bot.metrics_http`).
+
 ``python -m bot check`` (``upscale-bot check``) checks the configuration, the token, the
 database and both services without starting the bot (:mod:`bot.check`).
 ``upscale-bot job <id>`` prints a job's trail: its stages with their times and the
@@ -27,9 +30,10 @@ import aiohttp
 from bot import heap, startup
 from bot.client import UpscaleBot, create_bot
 from bot.logs import configure_logging
+from bot.metrics_http import MetricsEndpoint, MetricsPortUnavailable
 from bot.services import open_services
 from bot.settings import Settings, SettingsError, load_settings
-from bot.startup import EXIT_CONFIG, StartupError
+from bot.startup import EXIT_CONFIG, EXIT_METRICS_PORT, StartupError
 
 log = logging.getLogger("bot")
 
@@ -65,6 +69,12 @@ async def main(settings: Settings, **bot_options: Any) -> None:
         await startup.resolve_onemin(settings.onemin_api_base, retry)
         await startup.wait_for_discord(token, retry)
         bot = create_bot(settings, session=session, services=services, **bot_options)
+        endpoint = MetricsEndpoint.for_settings(settings, services, bot.gateway_status)
+        if endpoint is not None:
+            try:
+                await stack.enter_async_context(endpoint)
+            except MetricsPortUnavailable as exc:
+                raise StartupError(EXIT_METRICS_PORT, str(exc)) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):

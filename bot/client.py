@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot.fleet import IdentifyGate, command_digest, sync_once
 from bot.i18n_discord import Translator
+from bot.metrics import ShardStatus
 from bot.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.tree import UpscaleTree
 
@@ -185,6 +186,16 @@ class UpscaleBot(commands.Bot):
                 self._identify_concurrency = 1
         return self._identify_concurrency
 
+    def gateway_status(self) -> dict[int, ShardStatus]:
+        """This process's gateway connection, as shard 0 (metrics and ``/readyz``).
+
+        Connected once ready and while the websocket is open; the latency is discord.py's
+        heartbeat latency (inf or nan before the first heartbeat is answered).
+        """
+        ready = self.is_ready() and not self.is_closed()
+        ws = self.ws
+        return {0: ShardStatus(ready and ws is not None and ws.open, self.latency)}
+
     async def close(self) -> None:
         """Stop the queue first (members are told about stopped jobs), then disconnect."""
         if not self.is_closed():
@@ -220,6 +231,14 @@ class ShardedUpscaleBot(UpscaleBot, commands.AutoShardedBot):
     one PostgreSQL database form a fleet (see :mod:`bot.fleet`). Without ``SHARD_COUNT``
     the bot is a plain :class:`UpscaleBot` with one gateway connection, as before.
     """
+
+    def gateway_status(self) -> dict[int, ShardStatus]:
+        """Each shard this process runs (none before they are launched)."""
+        ready = self.is_ready() and not self.is_closed()
+        return {
+            shard_id: ShardStatus(ready and not info.is_closed(), info.latency)
+            for shard_id, info in self.shards.items()
+        }
 
 
 def _load_item(spec: str) -> type[discord.ui.DynamicItem[Any]]:

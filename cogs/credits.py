@@ -9,23 +9,25 @@ localised through :class:`bot.i18n_discord.Translator`.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import logging
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chart import usage_chart
 from bot.failures import FailureKind
 from bot.i18n import Text, catalogue, number, t
 from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
 from bot.jobs import JobFailure, JobStatus
 from bot.jobs.trail import JobTrail
-from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError
+from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, UsageReport
 from bot.settings import PERIODS, Period
 from bot.tree import UserError
 from cogs import messages
@@ -402,8 +404,26 @@ class Credits(commands.Cog):
         for m in rows:
             writer.writerow([m.member_id, m.upscales, m.credits, m.failures, m.refunds])
         data = io.BytesIO(buffer.getvalue().encode())
+        chart = await self._chart(report, lang, guild)
         await interaction.edit_original_response(
-            embed=embed, attachments=[discord.File(data, filename=f"usage-{guild.id}.csv")]
+            embed=embed,
+            attachments=[discord.File(data, filename=f"usage-{guild.id}.csv"), chart],
+        )
+
+    async def _chart(self, report: UsageReport, lang: str, guild: discord.Guild) -> discord.File:
+        """The report's chart (drawn in a thread) as a PNG attachment with its alt text.
+
+        Members are named by their display name when the bot has them cached (it asks
+        Discord for nobody), else by id.
+        """
+        names = {}
+        for usage in report.members:
+            member = guild.get_member(usage.member_id)
+            if member is not None:
+                names[usage.member_id] = member.display_name
+        drawn = await asyncio.to_thread(usage_chart, report, lang, names, datetime.now(UTC))
+        return discord.File(
+            io.BytesIO(drawn.png), filename=f"usage-{guild.id}.png", description=drawn.description
         )
 
     async def _job_trail(self, interaction: discord.Interaction, guild_id: int, shown: str) -> None:

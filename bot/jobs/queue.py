@@ -28,6 +28,7 @@ from bot import compare, images
 from bot.circuit import Circuit
 from bot.db import Database
 from bot.jobs.intake import FetchSource, Intake
+from bot.jobs.metrics import NO_JOB_METRICS, JobMetrics
 from bot.jobs.model import (
     CancelOutcome,
     FrontEnd,
@@ -38,7 +39,7 @@ from bot.jobs.model import (
 )
 from bot.jobs.positions import Positions
 from bot.jobs.recovery import PURGE_FIRST_DELAY, PURGE_INTERVAL, Recovery
-from bot.jobs.report import QueueMetrics, Reporter
+from bot.jobs.report import Reporter
 from bot.jobs.runner import RATE_BACKOFF, Runner
 from bot.jobs.settlement import ChargedListener, Settlement
 from bot.jobs.store import JobStore
@@ -94,6 +95,7 @@ class JobQueue:
         purge_first_delay: float = PURGE_FIRST_DELAY,
         rate_backoff: Backoff = RATE_BACKOFF,
         signals: Signals | None = None,
+        metrics: JobMetrics = NO_JOB_METRICS,
     ) -> None:
         self.instance = instance or instance_name()
         self.owner = f"{self.instance}:{os.getpid()}.{uuid.uuid4().hex[:6]}"
@@ -107,7 +109,7 @@ class JobQueue:
         self.signals = signals or Signals(db)
         self._own_signals = signals is None
         self.store = JobStore(db, owner=self.owner)
-        self._reporter = Reporter(self.owner)
+        self._reporter = Reporter(self.owner, metrics)
         self._settlement = Settlement(
             db=db,
             store=self.store,
@@ -193,10 +195,6 @@ class JobQueue:
 
     def attach(self, front_end: FrontEnd) -> None:
         self._reporter.front_end = front_end
-
-    def observe(self, metrics: QueueMetrics) -> None:
-        """Report stages, endings and credits to ``metrics``."""
-        self._reporter.metrics = metrics
 
     def subscribe_charged(self, listener: ChargedListener) -> None:
         """Call ``listener`` after a job's credit is charged (e.g. for budget alerts)."""

@@ -7,41 +7,29 @@ One place says each thing once:
   shards and pid, as in the job's trail), so a member's "where is my upscale?" can be
   followed through the logs of a fleet;
 * the front end hears progress and endings (a failing front end never fails a job);
-* the metrics, when the bot exports them, count stages, endings and credits.
+* the metrics (:mod:`bot.jobs.metrics`; a no-op unless the bot exports them) hear when
+  this process takes a job on, every stage it reports, how the job ended, and when its
+  run here is over.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Protocol
 
 from bot.failures import FailureKind
+from bot.jobs.metrics import NO_JOB_METRICS, JobMetrics, Outcome
 from bot.jobs.model import FrontEnd, Job, JobFailure, Progress, Stage
 
 log = logging.getLogger("bot.jobs")
 
 
-class QueueMetrics(Protocol):
-    """What the queue reports to the metrics (see :mod:`bot.metrics`)."""
-
-    def job_ended(self, outcome: str, kind: FailureKind | None) -> None: ...
-
-    def stage_done(self, stage: str, seconds: float) -> None: ...
-
-    def credits_settled(self, state: str, amount: int) -> None: ...
-
-
 class Reporter:
     """Tells the front end, the log and the metrics about jobs; see the module docstring."""
 
-    def __init__(self, process: str) -> None:
+    def __init__(self, process: str, metrics: JobMetrics = NO_JOB_METRICS) -> None:
         self.process = process
         self.front_end: FrontEnd | None = None
-        self.metrics: QueueMetrics | None = None
-        # When each job this process works on entered its current stage (for the
-        # stage-time histogram); dropped when the job ends here.
-        self._entered: dict[str, tuple[str, float]] = {}
+        self.metrics = metrics
 
     @property
     def front(self) -> FrontEnd:
@@ -52,13 +40,8 @@ class Reporter:
     # -- stages ------------------------------------------------------------------------
 
     def stage(self, job: Job, stage: Stage | str, detail: str = "") -> None:
-        """Log a stage change of ``job`` and time the stage it left."""
-        now = time.monotonic()
+        """Log a stage change of ``job`` (one INFO line: job, guild, stage, process)."""
         name = str(stage)
-        previous = self._entered.get(job.id)
-        if previous is not None and self.metrics is not None:
-            self.metrics.stage_done(previous[0], now - previous[1])
-        self._entered[job.id] = (name, now)
         log.info(
             "Job %s guild %d: %s%s [%s]",
             job.id,
@@ -68,11 +51,16 @@ class Reporter:
             self.process,
         )
 
-    def forget(self, job_id: str) -> None:
-        """This process no longer works on the job."""
-        self._entered.pop(job_id, None)
+    def started(self, job: Job) -> None:
+        """This process took the job on and runs it now."""
+        self.metrics.job_started(job)
+
+    def left(self, job_id: str) -> None:
+        """This process's run of the job is over (ended, stopped or handed back)."""
+        self.metrics.job_left(job_id)
 
     def progress(self, job: Job, progress: Progress) -> None:
+        self.metrics.job_stage(job, progress.stage)
         if self.front_end is None:
             return
         try:
@@ -84,28 +72,17 @@ class Reporter:
 
     def delivered(self, job: Job, cost: int) -> None:
         self.stage(job, "delivered")
-        self.forget(job.id)
-        if self.metrics is not None:
-            self.metrics.job_ended("delivered", None)
-            self.metrics.credits_settled("committed", cost)
+        self.metrics.job_ended(job.id, Outcome.DELIVERED, credits=cost)
 
     def failed(self, job: Job, kind: FailureKind, refunded: int) -> None:
         self.stage(job, "failed", kind.value)
-        self.forget(job.id)
-        if self.metrics is not None:
-            self.metrics.job_ended("failed", kind)
-            if refunded:
-                self.metrics.credits_settled("refunded", refunded)
+        self.metrics.job_ended(job.id, Outcome.FAILED, kind, credits=refunded)
 
     def cancelled(self, job_id: str, guild_id: int, actor_id: int, refunded: int) -> None:
         log.info(
             "Job %s guild %d: cancelled (by %d) [%s]", job_id, guild_id, actor_id, self.process
         )
-        self.forget(job_id)
-        if self.metrics is not None:
-            self.metrics.job_ended("cancelled", FailureKind.CANCELLED)
-            if refunded:
-                self.metrics.credits_settled("refunded", refunded)
+        self.metrics.job_ended(job_id, Outcome.CANCELLED, credits=refunded)
 
     async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         try:

@@ -307,6 +307,7 @@ class Runner:
 
     def _start(self, job: Job) -> None:
         self._positions.unwatch(job.id)
+        self._reporter.started(job)
         task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._finished(job.id))
@@ -314,6 +315,7 @@ class Runner:
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
+        self._reporter.left(job_id)
         self._wakeup.set()
         self._slot_freed.set()  # a job that ended while upscaling freed its slot
 
@@ -361,7 +363,6 @@ class Runner:
         try:
             await self._run_and_settle(job)
         finally:
-            self._reporter.forget(job.id)
             # Delivered, failed, stopped or cancelled: the result file is not needed any
             # more (a job run again downloads it again from its stored URL).
             with contextlib.suppress(OSError):
