@@ -74,7 +74,7 @@ class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]
                 async def fetch(path: Path) -> int:
                     return await download_to(bot.session, url, path, POSTED_MAX_BYTES)
 
-                image = await bot.services.image_workers.render_compare(crops, labels, fetch)
+                image = await bot.image_workers.render_compare(crops, labels, fetch)
         except (DownloadFailed, DownloadTooLarge, WorkerDied) as exc:
             log.info("Compare for job %s failed: %s", self.value, type(exc).__name__)
             await interaction.edit_original_response(content=t(locale, "compare.failed"))
