@@ -44,11 +44,11 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
 FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
 # A place in line that changed, the stage staying "queued", is shown at most every
-# PLACE_INTERVAL_PER_PLACE s x the place (2 s up to #10, 10 s at #50), and at least
+# PLACE_INTERVAL_PER_PLACE s x the place (2 s up to #4, 10 s at #20), and at least
 # every PLACE_INTERVAL_MAX s: far back in a long line, places change several times a
-# second, and an edit per place is the bot's largest cost per job. Stage changes keep
+# second, and an edit per place was the bot's largest cost per job. Stage changes keep
 # PROGRESS_INTERVAL.
-PLACE_INTERVAL_PER_PLACE = 0.2  # seconds
+PLACE_INTERVAL_PER_PLACE = 0.5  # seconds
 PLACE_INTERVAL_MAX = 20.0  # seconds
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
