@@ -57,7 +57,7 @@ from bench.botproc import BotProcess, bot_process
 from bench.common import EMULATOR_PIDS, TreeCpu, emit, noise_png, process_cpu
 from tests.conftest import png
 
-BURST = {"jobs": 200, "latency": 1.0, "concurrency": 4, "size": 64}
+BURST_JOBS = 200  # --burst: 200 jobs of 64x64 images at once, L = 1 s, K = 4
 IDLE_WINDOW = 1.0  # seconds of the idle bot's CPU read before the commands
 SETTLE_TIMEOUT = 60.0  # seconds for the last jobs to be settled after their results
 FINAL_TIMEOUT = 600.0  # seconds for every result to be posted
@@ -169,6 +169,11 @@ async def run(
     }
 
 
+async def burst(*, noise: bool = False, profile: Path | None = None) -> dict[str, Any]:
+    """The CPU figure's run: :data:`BURST_JOBS` jobs of 64x64 images, L = 1 s, K = 4."""
+    return await run(BURST_JOBS, 1.0, 4, 64, noise=noise, profile=profile)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=24)
@@ -184,17 +189,17 @@ async def main() -> int:
     parser.add_argument("--profile", type=Path, help="write py-spy's stacks of the bot here")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    chosen = (
-        BURST
-        if args.burst
-        else {
-            "jobs": args.jobs,
-            "latency": args.latency,
-            "concurrency": args.concurrency,
-            "size": args.size,
-        }
-    )
-    result = await run(**chosen, noise=args.noise, profile=args.profile)
+    if args.burst:
+        result = await burst(noise=args.noise, profile=args.profile)
+    else:
+        result = await run(
+            args.jobs,
+            args.latency,
+            args.concurrency,
+            args.size,
+            noise=args.noise,
+            profile=args.profile,
+        )
     emit("throughput_burst" if args.burst else "throughput", result, args.json)
     return 0
 

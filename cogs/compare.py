@@ -16,7 +16,7 @@ import asyncio
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import discord
@@ -27,6 +27,9 @@ from bot.download import DownloadFailed, DownloadTooLarge, download_to
 from bot.i18n import t
 from bot.workers import WorkerDied
 from cogs.buttons import UpscaleButton
+
+if TYPE_CHECKING:
+    from bot.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,30 @@ def posted_result(
     return attachment if attachment.size <= POSTED_MAX_BYTES else None
 
 
+async def comparison(
+    bot: UpscaleBot,
+    crops: compare.CompareCrops,
+    labels: tuple[str, str],
+    posted: discord.Attachment | None,
+) -> bytes | None:
+    """The Compare image of ``crops``: from their stored after crop (earlier versions),
+    or cut from the ``posted`` result; None when there is no posted result to cut from.
+
+    Raises :class:`bot.download.DownloadFailed`, :class:`bot.download.DownloadTooLarge`,
+    :class:`bot.workers.WorkerDied` or :class:`bot.compare.CompareError`.
+    """
+    if crops.after is not None:
+        return await asyncio.to_thread(compare.render, crops, labels=labels)
+    if posted is None:
+        return None
+    url = posted.url
+
+    async def fetch(path: Path) -> int:
+        return await download_to(bot.session, url, path, POSTED_MAX_BYTES)
+
+    return await bot.image_workers.render_compare(crops, labels, fetch)
+
+
 class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]{32})"):
     """Shows the same region of the input (scaled 4x, nearest-neighbour) and the result."""
 
@@ -60,27 +87,18 @@ class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot = bot_of(interaction)
         crops = await bot.queue.compare_crops(self.value)
-        posted = posted_result(interaction.message, bot.media_origins)
-        if crops is None or (crops.after is None and posted is None):
-            await interaction.edit_original_response(content=t(locale, "compare.expired"))
-            return
         labels = (t(locale, "compare.label_before"), t(locale, "compare.label_after"))
+        posted = posted_result(interaction.message, bot.media_origins)
         try:
-            if crops.after is not None or posted is None:
-                image = await asyncio.to_thread(compare.render, crops, labels=labels)
-            else:
-                url = posted.url
-
-                async def fetch(path: Path) -> int:
-                    return await download_to(bot.session, url, path, POSTED_MAX_BYTES)
-
-                image = await bot.image_workers.render_compare(crops, labels, fetch)
+            image = None if crops is None else await comparison(bot, crops, labels, posted)
         except (DownloadFailed, DownloadTooLarge, WorkerDied) as exc:
             log.info("Compare for job %s failed: %s", self.value, type(exc).__name__)
             await interaction.edit_original_response(content=t(locale, "compare.failed"))
             return
         except compare.CompareError as exc:
             log.info("No comparison for job %s: %s", self.value, exc)
+            image = None
+        if image is None:
             await interaction.edit_original_response(content=t(locale, "compare.expired"))
             return
         await interaction.edit_original_response(
