@@ -161,13 +161,17 @@ class DiscordFrontEnd:
         self,
         bot: UpscaleBot,
         *,
-        progress_interval: float = PROGRESS_INTERVAL,
-        first_progress_delay: float = FIRST_PROGRESS_DELAY,
+        progress_interval: float | None = None,
+        first_progress_delay: float | None = None,
     ) -> None:
         self.bot = bot
         self.replies = Replies(bot)
-        self.progress_interval = progress_interval
-        self.first_progress_delay = first_progress_delay
+        self.progress_interval = (
+            PROGRESS_INTERVAL if progress_interval is None else progress_interval
+        )
+        self.first_progress_delay = (
+            FIRST_PROGRESS_DELAY if first_progress_delay is None else first_progress_delay
+        )
         self._displays: dict[str, ProgressDisplay] = {}
         self._resumed: set[str] = set()
 

@@ -10,13 +10,22 @@ Tests start it with :func:`start_bot_process`, or run it to its end with
 For benchmarks, ``LAG_PROBE_FILE`` names a file: a probe task then runs in the bot's
 event loop, sleeping :data:`PROBE_SLEEP` s in a loop and recording how late it wakes,
 and when the bot stops, the samples are written there as JSON
-(``[[wall-clock time, lag in seconds], ...]``).
+(``[[wall-clock time, lag in seconds], ...]``). ``WATCH_PROBE_FILE`` likewise samples,
+every :data:`WATCH_SAMPLE` s, the process's resident memory, the jobs its queue shows a
+place in line for and the progress displays its front end keeps
+(``[[time, rss_kb, watched, displays], ...]``).
+
+Test knobs (never set by owners): ``RUN_JOBS=0`` makes the process take commands and
+show progress but claim no job (the other processes of a fleet run them);
+``PROGRESS_INTERVAL`` and ``FIRST_PROGRESS_DELAY`` (seconds) shorten the progress
+display's throttle, so that edits collide with deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -38,9 +47,34 @@ from tests.emulators.discord import point_discord_at
 ROOT = Path(__file__).resolve().parents[1]
 LAG_PROBE_ENV = "LAG_PROBE_FILE"
 PROBE_SLEEP = 0.005  # seconds the lag probe sleeps between wake-ups
+WATCH_SAMPLE = 0.25  # seconds between samples of the watch probe
+WATCH_PROBE_ENV = "WATCH_PROBE_FILE"
+
+
+def apply_test_knobs() -> None:
+    """The test-only knobs of the module docstring, applied before the bot is built."""
+    if os.environ.get("RUN_JOBS") == "0":
+        from bot.jobs.queue import JobQueue
+
+        start = JobQueue.start
+
+        def start_without_claims(self: JobQueue, *, claim: bool = True) -> None:
+            start(self, claim=False)
+
+        JobQueue.start = start_without_claims  # type: ignore[method-assign]
+    if os.environ.get("PROGRESS_INTERVAL") or os.environ.get("FIRST_PROGRESS_DELAY"):
+        from cogs import delivery
+
+        delivery.PROGRESS_INTERVAL = float(
+            os.environ.get("PROGRESS_INTERVAL") or delivery.PROGRESS_INTERVAL
+        )
+        delivery.FIRST_PROGRESS_DELAY = float(
+            os.environ.get("FIRST_PROGRESS_DELAY") or delivery.FIRST_PROGRESS_DELAY
+        )
 
 
 def run() -> None:
+    apply_test_knobs()
     api_base = os.environ["DISCORD_API_BASE"]
     point_discord_at(api_base, os.environ["DISCORD_GATEWAY_URL"])
     if sys.argv[1:] == ["check"]:
@@ -53,12 +87,18 @@ def run() -> None:
         "guild_ready_timeout": 0.05,
     }
     probe_file = os.environ.get(LAG_PROBE_ENV)
-    if not probe_file:
+    watch_file = os.environ.get(WATCH_PROBE_ENV)
+    if not probe_file and not watch_file:
         serve(settings, **options)
         return
-    try:  # what serve() does, with the probe beside the bot
+    bot_main = main(settings, **options)
+    if probe_file:
+        bot_main = with_lag_probe(bot_main, Path(probe_file))
+    if watch_file:
+        bot_main = with_watch_probe(bot_main, Path(watch_file))
+    try:  # what serve() does, with the probes beside the bot
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(with_lag_probe(main(settings, **options), Path(probe_file)))
+            asyncio.run(bot_main)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         sys.exit(exc.status)
@@ -80,6 +120,47 @@ async def with_lag_probe(bot_main: Awaitable[None], out: Path) -> None:
     finally:
         task.cancel()
         await asyncio.to_thread(out.write_text, json.dumps(samples))
+
+
+async def with_watch_probe(bot_main: Awaitable[None], out: Path) -> None:
+    """Run ``bot_main`` with the watch probe (see the module docstring)."""
+    samples: list[tuple[float, int, int, int]] = []
+
+    def found(kind: type) -> Any:
+        return next((o for o in gc.get_objects() if isinstance(o, kind)), None)
+
+    async def probe() -> None:
+        from bot.jobs.queue import JobQueue
+        from cogs.delivery import DiscordFrontEnd
+
+        queue = front = None
+        while True:
+            await asyncio.sleep(WATCH_SAMPLE)
+            queue = queue or found(JobQueue)
+            front = front or found(DiscordFrontEnd)
+            samples.append(
+                (
+                    time.time(),
+                    rss_kb(),
+                    queue.watched() if queue is not None else -1,
+                    front.shown if front is not None else -1,
+                )
+            )
+
+    task = asyncio.create_task(probe())
+    try:
+        await bot_main
+    finally:
+        task.cancel()
+        await asyncio.to_thread(out.write_text, json.dumps(samples))
+
+
+def rss_kb() -> int:
+    """This process's resident memory (VmRSS), in kB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
 
 
 def start_bot_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
