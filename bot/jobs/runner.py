@@ -214,19 +214,22 @@ class Runner:
                         await self._on_poll()
 
     async def _claim_round(self) -> bool:
-        """Claim and start what this process can now; True when it started something."""
+        """Claim and start what this process can now; True when it started something.
+
+        One cheap read first says whether a claim's transaction is worth making (most
+        wake-ups in a busy fleet are about jobs other processes hold).
+        """
         if not self._claims or await self._service_refusing():
             return False
         now = time.time()
-        if not await self._store.anything_to_claim(now):
-            return False
+        jobs, intakes = await self._store.anything_to_claim(now)
         started = False
-        if len(self._intakes) < INTAKE_CONCURRENCY:
+        if intakes and len(self._intakes) < INTAKE_CONCURRENCY:
             intake = await self._claim_intake(now)
             if intake is not None:
                 self._start_intake(intake)
                 started = True
-        if len(self._running) < self.max_concurrent * CLAIM_AHEAD:
+        if jobs and len(self._running) < self.max_concurrent * CLAIM_AHEAD:
             job = await self._claim(now)
             if job is not None:
                 self._start(job)
