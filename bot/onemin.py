@@ -13,11 +13,12 @@ Every failure is a :class:`OneMinError` subclass with a short ``kind`` the calle
 a user message, the HTTP ``status`` and 1min.ai ``error_code`` when there were any, and
 ``not_started`` telling whether the request provably never reached the service.
 
-Retries: ``upload`` and the downloads retry transient failures (connection errors, 5xx,
-dropped or truncated responses, 429) with capped exponential backoff and jitter, or after
-the ``Retry-After`` the service asked for when that is within the cap. ``upscale`` spends
-credits, so it is retried only when the request provably did not start (connection
-refused, 429, 503). Timeouts are never retried: each call's budget is spent by then.
+Retries (:mod:`bot.retry`): ``upload`` and the downloads retry transient failures
+(connection errors, 5xx, dropped or truncated responses, 429) with capped exponential
+backoff and jitter, or after the ``Retry-After`` the service asked for when that is within
+the cap. ``upscale`` spends credits, so it is retried only when the request provably did
+not start (connection refused, 429, 503). Timeouts are never retried: each call's budget
+is spent by then.
 
 Downloads fetch only ``https`` URLs on the configured result hosts (the presigned S3 URLs
 1min.ai hands out), plus plain loopback URLs when the API base itself is loopback (a local
