@@ -34,7 +34,7 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 Engine = Literal["sqlite", "postgresql"]
 
 DEFAULT_API_BASE = "https://api.1min.ai"
-# Hosts that serve 1min.ai's presigned result URLs (ONEMIN_API.md section 6).
+# Hosts that serve 1min.ai's presigned result URLs (docs/onemin-api.md, "Downloading").
 DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
     "s3.us-east-1.amazonaws.com",
     "asset.1min.ai.s3.us-east-1.amazonaws.com",
@@ -118,7 +118,7 @@ class Settings:
     upscale_timeout: float = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
     result_hosts: tuple[str, ...] = DEFAULT_RESULT_HOSTS
     spool_dir: Path = Path("data/spool")
-    max_input_pixels: int = 1_048_576  # API pixel limit for the input (ONEMIN_API.md s.5)
+    max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
     max_input_side: int = 1536  # API per-side limit for the input, px
     shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
     busy_timeout: float = 1800.0  # seconds a job may wait out 1min.ai's rate limit

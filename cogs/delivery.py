@@ -31,6 +31,7 @@ from bot.failures import FailureKind
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.replies import Answer, Replies, ReplyTarget
+from bot.retry import Backoff, retry
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
@@ -249,18 +250,20 @@ class DiscordFrontEnd:
             mine = me is None or message.author.id == me.id
             return mine and any(e.footer.text in footers for e in message.embeds)
 
-        found: discord.Message | None = None
-        for attempt in range(1, LOOKUP_ATTEMPTS + 1):
-            try:
-                found = await self.replies.find(target_of(job), is_result)
-                break
-            except discord.HTTPException as exc:
-                # Not knowing is not "not posted": never post again on a guess.
-                if attempt == LOOKUP_ATTEMPTS:
-                    raise DeliveryFailed(
-                        FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
-                    ) from exc
-                await asyncio.sleep(LOOKUP_BACKOFF * 2 ** (attempt - 1))
+        backoff = Backoff(base=LOOKUP_BACKOFF, cap=4 * LOOKUP_BACKOFF, jitter=False)  # 2, 4, 8 s
+
+        def wait(exc: discord.HTTPException, attempt: int) -> float | None:
+            return backoff.delay(attempt) if attempt < LOOKUP_ATTEMPTS else None
+
+        try:
+            found = await retry(
+                lambda: self.replies.find(target_of(job), is_result), discord.HTTPException, wait
+            )
+        except discord.HTTPException as exc:
+            # Not knowing is not "not posted": never post again on a guess.
+            raise DeliveryFailed(
+                FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
+            ) from exc
         if found is not None:
             log.info("Job %s had already been delivered (message %d)", job.id, found.id)
         return found.id if found is not None else None
