@@ -20,7 +20,8 @@ The package, one concern a module:
 
 - :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`, and
   :class:`HotStatement` (statements that must read through an index at any size);
-- :mod:`bot.db.sqltext`: the SQL text PostgreSQL needs (placeholders, DDL);
+- :mod:`bot.db.sqltext`: the SQL text PostgreSQL needs (placeholders, DDL), and
+  :mod:`bot.db.bulk`: many rows in one statement;
 - :mod:`bot.db.migrations` (and :mod:`bot.db.steps`): the numbered migrations;
 - :mod:`bot.db.sqlite`: SQLite (its turn lock, group commit and WAL checkpointer);
 - :mod:`bot.db.postgres`: PostgreSQL (a pool, advisory locks, schemas).
@@ -33,6 +34,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from bot.db.bulk import RowsInsert
 from bot.db.interface import Database, HotStatement, Params, Row, Transaction
 from bot.db.migrations import (
     MIGRATIONS_DIR,
@@ -63,6 +65,7 @@ __all__ = [
     "PostgresDatabase",
     "PostgresTransaction",
     "Row",
+    "RowsInsert",
     "SqliteDatabase",
     "SqliteTransaction",
     "Transaction",

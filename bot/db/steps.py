@@ -17,53 +17,75 @@ _MIDNIGHT = " 00:00:00.000000"  # a day's start in the stored timestamp format
 _EPOCH = "1970-01-01" + _MIDNIGHT  # the start of the "lifetime" period
 
 # The rollups of migration 0009, from the entries: first per member (or guild) and UTC
-# day, then each day joined to the starts of its daily, weekly, monthly and lifetime
-# periods, which the step writes into a small calendar table first.
+# day, then each day joined to the starts of its periods, which the step writes into a
+# small calendar table first. A member's rollup is for the latest period of each kind in
+# which they settled anything: the one that contains their latest such day.
+_PERIODS = ("daily", "weekly", "monthly", "lifetime")
+_COUNTS = ("upscales", "credits", "failures", "refunds")
 _CALENDAR = (
-    "CREATE TABLE migration_calendar (day TEXT NOT NULL, period TEXT NOT NULL,"
-    " period_start TEXT NOT NULL, PRIMARY KEY (day, period))"
+    "CREATE TABLE migration_calendar (day TEXT NOT NULL PRIMARY KEY, "
+    + ", ".join(f"{p}_start TEXT NOT NULL" for p in _PERIODS)
+    + ")"
+)
+_MEMBER_DAYS = (
+    "SELECT guild_id, member_id, substr(created_at, 1, 10) AS day,"
+    " SUM(CASE WHEN state = 'committed' THEN 1 ELSE 0 END) AS upscales,"
+    " SUM(CASE WHEN state = 'committed' THEN cost ELSE 0 END) AS credits,"
+    " SUM(CASE WHEN state = 'refunded' THEN 1 ELSE 0 END) AS failures,"
+    " SUM(CASE WHEN state = 'refunded' THEN cost ELSE 0 END) AS refunds"
+    " FROM ledger_entries WHERE state IN ('committed', 'refunded')"
+    " GROUP BY guild_id, member_id, substr(created_at, 1, 10)"
 )
 _MEMBER_ROLLUPS = (
-    "INSERT INTO member_rollups"
-    " (guild_id, period, period_start, member_id, upscales, credits, failures, refunds)"
-    " SELECT d.guild_id, c.period, c.period_start, d.member_id,"
-    " CAST(SUM(d.upscales) AS BIGINT), CAST(SUM(d.credits) AS BIGINT),"
-    " CAST(SUM(d.failures) AS BIGINT), CAST(SUM(d.refunds) AS BIGINT)"
-    " FROM (SELECT guild_id, member_id, substr(created_at, 1, 10) AS day,"
-    "  SUM(CASE WHEN state = 'committed' THEN 1 ELSE 0 END) AS upscales,"
-    "  SUM(CASE WHEN state = 'committed' THEN cost ELSE 0 END) AS credits,"
-    "  SUM(CASE WHEN state = 'refunded' THEN 1 ELSE 0 END) AS failures,"
-    "  SUM(CASE WHEN state = 'refunded' THEN cost ELSE 0 END) AS refunds"
-    "  FROM ledger_entries WHERE state IN ('committed', 'refunded')"
-    "  GROUP BY guild_id, member_id, substr(created_at, 1, 10)) d"
-    " JOIN migration_calendar c ON c.day = d.day"
-    " GROUP BY d.guild_id, c.period, c.period_start, d.member_id"
+    f"WITH d AS ({_MEMBER_DAYS}),"
+    " latest AS (SELECT guild_id, member_id, MAX(day) AS day FROM d GROUP BY guild_id, member_id)"
+    " INSERT INTO member_rollups (guild_id, member_id, "
+    + ", ".join(f"{p}_{c}" for p in _PERIODS for c in ("start", *_COUNTS))
+    + ") SELECT d.guild_id, d.member_id, "
+    + ", ".join(
+        f"lc.{p}_start, "
+        + ", ".join(
+            f"CAST(SUM(CASE WHEN c.{p}_start = lc.{p}_start THEN d.{c} ELSE 0 END) AS BIGINT)"
+            for c in _COUNTS
+        )
+        for p in _PERIODS
+    )
+    + " FROM d JOIN migration_calendar c ON c.day = d.day"
+    " JOIN latest l ON l.guild_id = d.guild_id AND l.member_id = d.member_id"
+    " JOIN migration_calendar lc ON lc.day = l.day"
+    " GROUP BY d.guild_id, d.member_id, " + ", ".join(f"lc.{p}_start" for p in _PERIODS)
 )
 _GUILD_DAYS = (
     "INSERT INTO guild_day_rollups (guild_id, day, delivered, refunded)"
-    " SELECT guild_id, substr(period_start, 1, 10),"
-    " CAST(SUM(credits) AS BIGINT), CAST(SUM(refunds) AS BIGINT)"
-    " FROM member_rollups WHERE period = 'daily' GROUP BY guild_id, period_start"
+    " SELECT guild_id, substr(created_at, 1, 10),"
+    " CAST(SUM(CASE WHEN state = 'committed' THEN cost ELSE 0 END) AS BIGINT),"
+    " CAST(SUM(CASE WHEN state = 'refunded' THEN cost ELSE 0 END) AS BIGINT)"
+    " FROM ledger_entries WHERE state IN ('committed', 'refunded')"
+    " GROUP BY guild_id, substr(created_at, 1, 10)"
 )
 _GUILD_PERIODS = (
-    "INSERT INTO guild_period_usage (period, period_start, guild_id, used)"
-    " SELECT c.period, c.period_start, d.guild_id, CAST(SUM(d.used) AS BIGINT)"
-    " FROM (SELECT guild_id, substr(created_at, 1, 10) AS day, SUM(cost) AS used"
-    "  FROM ledger_entries WHERE state IN ('reserved', 'committed')"
-    "  GROUP BY guild_id, substr(created_at, 1, 10)) d"
-    " JOIN migration_calendar c ON c.day = d.day"
-    " GROUP BY c.period, c.period_start, d.guild_id"
+    "WITH d AS (SELECT guild_id, substr(created_at, 1, 10) AS day, SUM(cost) AS used"
+    " FROM ledger_entries WHERE state IN ('reserved', 'committed')"
+    " GROUP BY guild_id, substr(created_at, 1, 10))"
+    " INSERT INTO guild_period_usage (period, period_start, guild_id, used) "
+    + " UNION ALL ".join(
+        f"SELECT '{p}', c.{p}_start, d.guild_id, CAST(SUM(d.used) AS BIGINT)"
+        f" FROM d JOIN migration_calendar c ON c.day = d.day GROUP BY c.{p}_start, d.guild_id"
+        for p in _PERIODS
+    )
 )
 
 
-def _period_starts(day: date) -> list[tuple[str, str]]:
-    """The (period, start) pairs of the periods containing ``day`` (weeks from Monday)."""
-    return [
-        ("daily", f"{day.isoformat()}{_MIDNIGHT}"),
-        ("weekly", f"{(day - timedelta(days=day.weekday())).isoformat()}{_MIDNIGHT}"),
-        ("monthly", f"{day.replace(day=1).isoformat()}{_MIDNIGHT}"),
-        ("lifetime", _EPOCH),
-    ]
+def _calendar_row(day: date) -> tuple[str, ...]:
+    """A day and the starts of its daily, weekly (from Monday), monthly and lifetime
+    periods, as stored."""
+    return (
+        day.isoformat(),
+        f"{day.isoformat()}{_MIDNIGHT}",
+        f"{(day - timedelta(days=day.weekday())).isoformat()}{_MIDNIGHT}",
+        f"{day.replace(day=1).isoformat()}{_MIDNIGHT}",
+        _EPOCH,
+    )
 
 
 async def backfill_usage_rollups(tx: Transaction) -> None:
@@ -75,8 +97,7 @@ async def backfill_usage_rollups(tx: Transaction) -> None:
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     await tx.execute(_CALENDAR)
     await tx.executemany(
-        "INSERT INTO migration_calendar (day, period, period_start) VALUES (?, ?, ?)",
-        [(day.isoformat(), period, start) for day in days for period, start in _period_starts(day)],
+        "INSERT INTO migration_calendar VALUES (?, ?, ?, ?, ?)", [_calendar_row(d) for d in days]
     )
     for statement in (_MEMBER_ROLLUPS, _GUILD_DAYS, _GUILD_PERIODS):
         await tx.execute(statement)

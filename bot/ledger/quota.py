@@ -287,7 +287,8 @@ class QuotaChanges(UsageCounters):
             await tx.execute(
                 RESET, {"g": guild_id, "m": member_id, "since": guild.since, "now": ts(now)}
             )
-            await tx.execute(SAVE_MEMBER_USAGE, (guild_id, member_id, guild.since, 0))
+            reset = [(guild_id, member_id, guild.since, 0)]
+            await SAVE_MEMBER_USAGE.run(tx, self._db.engine, reset)
             change = Change("reset_usage", f"member:{member_id}", str(members[member_id].used), "0")
             return await self._audit(tx, guild_id, actor_id, change)
 

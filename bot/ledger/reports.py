@@ -46,7 +46,7 @@ class Reports(LedgerBase):
             assert row is not None, "the guild's settings row was just ensured"
             chosen = row["period"]
         since = period_start(self._clock(), chosen)
-        rows = await self._db.fetchall(MEMBER_REPORT, (guild_id, chosen, ts(since)))
+        rows = await self._db.fetchall(MEMBER_REPORT[chosen], (guild_id, ts(since)))
         members = [
             MemberUsage(r["member_id"], r["upscales"], r["credits"], r["failures"], r["refunds"])
             for r in rows

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from bot.batching import GroupCommit
-from bot.db import HotStatement, Transaction, parse_ts, ts
+from bot.db import HotStatement, RowsInsert, Transaction, parse_ts, ts
 from bot.ledger.base import ids_param, listed
 from bot.ledger.counters import SAVE_MEMBER_USAGE, UsageCounters
 from bot.ledger.periods import period_end, period_start
@@ -50,9 +50,17 @@ from bot.ledger.values import (
 
 log = logging.getLogger(__name__)
 
-RESERVE = (
-    "INSERT INTO ledger_entries (id, guild_id, member_id, cost, state, job_id, created_at)"
-    " VALUES (?, ?, ?, ?, 'reserved', ?, ?)"
+RESERVE = RowsInsert(
+    "ledger_entries",
+    (
+        ("id", "TEXT"),
+        ("guild_id", "BIGINT"),
+        ("member_id", "BIGINT"),
+        ("cost", "BIGINT"),
+        ("state", "TEXT"),
+        ("job_id", "TEXT"),
+        ("created_at", "TEXT"),
+    ),
 )
 SETTLED_GUILDS = "SELECT DISTINCT guild_id FROM ledger_entries WHERE id IN (SELECT id FROM {ids} s)"
 SETTLE = (
@@ -74,7 +82,7 @@ UNSETTLED = (
 )
 
 HOT_STATEMENTS: tuple[HotStatement, ...] = (
-    HotStatement("reserve: entries", RESERVE, ("r", 1, 2, 1, None, EXAMPLE_START)),
+    RESERVE.hot("reserve: entries", ("r", 1, 2, 1, "reserved", None, EXAMPLE_START)),
     HotStatement(
         "refund: guilds to lock",
         listed(SETTLED_GUILDS, "TEXT"),
@@ -219,15 +227,15 @@ class Reservations(UsageCounters):
                 )
         granted = [o for o in outcomes if isinstance(o, Reservation)]
         if granted:
-            await tx.executemany(
-                RESERVE,
-                [(r.id, guild_id, r.member_id, r.cost, r.job_id, ts(now)) for r in granted],
-            )
+            stamp = ts(now)
+            entries = [
+                (r.id, guild_id, r.member_id, r.cost, "reserved", r.job_id, stamp) for r in granted
+            ]
+            await RESERVE.run(tx, self._db.engine, entries)
         changed = sorted(m for m, s in members.items() if s.stale or used[m] != s.used)
         if changed:
-            await tx.executemany(
-                SAVE_MEMBER_USAGE, [(guild_id, m, guild.since, used[m]) for m in changed]
-            )
+            counters = [(guild_id, m, guild.since, used[m]) for m in changed]
+            await SAVE_MEMBER_USAGE.run(tx, self._db.engine, counters)
         if guild.stale or granted:
             recount = (guild.period, guild.used) if guild.stale else None
             added = server_used - guild.used
@@ -276,7 +284,7 @@ class Reservations(UsageCounters):
                 ],
             )
         if rows:
-            await add_settled(tx, not refunding, rows)
+            await add_settled(tx, self._db.engine, not refunding, rows)
         changed = {r["id"] for r in rows}
         results: list[bool] = []
         for reservation_id in ids:  # the same id twice in a batch: only the first changed it
