@@ -133,8 +133,8 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
         for s in SETTINGS
     ),
     *(
-        HotStatement(f"/quota: write {s.action}", s.write_sql, {"g": 1, "k": 2, "value": 3})
-        for s in SETTINGS
+        HotStatement(f"/quota: write {s.action}", s.write_sql, {"g": 1, "k": 2, "value": example})
+        for s, example in zip(SETTINGS, (5, 50, "weekly", 7, 5, 5), strict=True)
     ),
     *(HotStatement(f"/quota: clear {s.action}", s.clear_sql, _KEY) for s in SETTINGS if s.key),
     HotStatement(

@@ -1,0 +1,156 @@
+"""A year of ledger history, written fast: for plan tests (100,000 entries) and for
+benchmarks (a million on SQLite).
+
+:func:`seed_ledger` fills a freshly migrated database with what a busy server leaves
+behind: ``entries`` reservations over ``days`` days spread over ``members`` members of
+one guild (most committed, some refunded, a few still in flight, some marked by resets),
+grants, audit rows and budget alerts, then the rollups of migration 0009 computed from
+those entries by the migration's own step. Rows go in by ``executemany`` in large
+transactions on SQLite and by ``COPY`` on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from bot.db import Database, PostgresDatabase
+from bot.db.steps import backfill_usage_rollups
+
+CHUNK_ROWS = 50_000  # rows per executemany (SQLite)
+REFUNDED_PERCENT = 8  # the rest is committed
+RESET_PERCENT = 3  # entries a moderator's /quota reset marked
+IN_FLIGHT = 20  # reservations not yet settled, on the last day
+ENTRY_COLUMNS = (
+    "id",
+    "guild_id",
+    "member_id",
+    "cost",
+    "state",
+    "reason",
+    "job_id",
+    "created_at",
+    "settled_at",
+    "reset_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What to seed: sizes, and the guild and the last day they belong to."""
+
+    entries: int = 100_000
+    members: int = 2_000
+    days: int = 365
+    grants: int = 2_000
+    audit_rows: int = 2_000
+    guild_id: int = 1
+    last_day: date = date(2026, 3, 15)
+    first_member: int = 10_000  # member ids are first_member, first_member + 1, ...
+    random_seed: int = 17
+
+
+def _stamp(day: date, second: int, micro: int) -> str:
+    hours, rest = divmod(second, 3600)
+    return f"{day.isoformat()} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}.{micro:06d}"
+
+
+def _entries(h: History, rng: random.Random) -> Iterator[tuple[Any, ...]]:
+    first_day = h.last_day - timedelta(days=h.days - 1)
+    for i in range(h.entries):
+        in_flight = i >= h.entries - IN_FLIGHT
+        day = h.last_day if in_flight else first_day + timedelta(days=rng.randrange(h.days))
+        created = _stamp(day, rng.randrange(86_400), rng.randrange(1_000_000))
+        member = h.first_member + rng.randrange(h.members)
+        roll = rng.randrange(100)
+        if in_flight:
+            state, reason, settled = "reserved", None, None
+        elif roll < REFUNDED_PERCENT:
+            state, reason, settled = "refunded", "unavailable", created
+        else:
+            state, reason, settled = "committed", None, created
+        reset = created if roll >= 100 - RESET_PERCENT else None
+        yield (
+            f"{i:032x}",
+            h.guild_id,
+            member,
+            1,
+            state,
+            reason,
+            f"job{i}",
+            created,
+            settled,
+            reset,
+        )
+
+
+def _grants(h: History, rng: random.Random) -> Iterator[tuple[Any, ...]]:
+    for _ in range(h.grants):
+        day = h.last_day - timedelta(days=rng.randrange(h.days))
+        stamp = _stamp(day, rng.randrange(86_400), 0)
+        member = h.first_member + rng.randrange(h.members)
+        yield (h.guild_id, member, rng.choice((5, 10, -2)), stamp, 99, stamp)
+
+
+def _audit(h: History, rng: random.Random) -> Iterator[tuple[Any, ...]]:
+    for n in range(h.audit_rows):
+        day = h.last_day - timedelta(days=h.days - 1 - n * h.days // max(1, h.audit_rows))
+        stamp = _stamp(day, rng.randrange(86_400), 0)
+        yield (h.guild_id, 99, "member_limit", f"member:{h.first_member + n}", None, "5", stamp)
+
+
+def _alerts(h: History) -> Iterator[tuple[Any, ...]]:
+    for n in range(h.days):
+        day = (h.last_day - timedelta(days=n)).isoformat()
+        yield (h.guild_id, f"{day} 00:00:00.000000", 80, f"{day} 12:00:00.000000")
+
+
+async def _copy(db: Database, table: str, columns: Sequence[str], rows: Iterator[Any]) -> None:
+    """Write ``rows`` into ``table``: COPY on PostgreSQL, chunked executemany on SQLite."""
+    if isinstance(db, PostgresDatabase):
+        async with db.pool.acquire() as conn:
+            await conn.copy_records_to_table(table, records=list(rows), columns=list(columns))
+        return
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == CHUNK_ROWS:
+            async with db.transaction() as tx:
+                await tx.executemany(sql, chunk)
+            chunk = []
+    if chunk:
+        async with db.transaction() as tx:
+            await tx.executemany(sql, chunk)
+
+
+async def seed_ledger(db: Database, history: History = History()) -> None:
+    """Fill a freshly migrated, empty database with ``history`` (see the module
+    docstring), then its rollups; on PostgreSQL, gather statistics for the planner."""
+    rng = random.Random(history.random_seed)
+    created = datetime.combine(history.last_day, datetime.min.time(), UTC) - timedelta(
+        days=history.days
+    )
+    await db.write(
+        "INSERT INTO guild_settings (guild_id, default_limit, period, created_at)"
+        " VALUES (?, 10, 'daily', ?)",
+        (history.guild_id, created.strftime("%Y-%m-%d %H:%M:%S.%f")),
+    )
+    await _copy(db, "ledger_entries", ENTRY_COLUMNS, _entries(history, rng))
+    grant_columns = ("guild_id", "member_id", "amount", "period_start", "actor_id", "created_at")
+    await _copy(db, "grants", grant_columns, _grants(history, rng))
+    audit_columns = ("guild_id", "actor_id", "action", "target", "old_value", "new_value")
+    await _copy(db, "audit_log", (*audit_columns, "created_at"), _audit(history, rng))
+    alert_columns = ("guild_id", "period_start", "threshold", "created_at")
+    await _copy(db, "budget_alerts", alert_columns, _alerts(history))
+    async with db.transaction() as tx:
+        await backfill_usage_rollups(tx)
+    if isinstance(db, PostgresDatabase):
+        tables = await db.fetchall(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+        await db.write(f"ANALYZE {', '.join(r[0] for r in tables)}")
