@@ -823,6 +823,22 @@ async def test_total_budget_resets_with_its_own_period(db: Database, clock: Cloc
     assert isinstance(await ledger.reserve(2, BOB, (), 1), Reservation)
 
 
+async def test_total_budget_counts_what_a_process_without_it_reserved(
+    databases: Databases, clock: Clock
+) -> None:
+    """A process of the fleet that does not enforce TOTAL_BUDGET still counts towards it:
+    what it reserves (and refunds) is seen by a process that enforces the budget."""
+    first, second = await databases.open(), await databases.open()
+    capped = total_ledger(first, clock, budget=5)
+    uncapped = Ledger(second, default_limit=100, default_period="daily", clock=clock)
+    spent = [await uncapped.reserve(1, ALICE, (), 1) for _ in range(4)]
+    assert await capped.total_usage() == TotalUsage(4, 5, datetime(2026, 4, 1, tzinfo=UTC))
+    assert isinstance(await capped.reserve(2, BOB, (), 1), Reservation)
+    assert isinstance(await capped.reserve(2, BOB, (), 1), Denial)
+    await uncapped.refund(spent[0].id, "failed")  # type: ignore[union-attr]
+    assert isinstance(await capped.reserve(2, BOB, (), 1), Reservation)
+
+
 async def test_total_usage_is_none_without_a_cap(ledger: Ledger) -> None:
     """With no total budget configured, total_usage returns None."""
     assert await ledger.total_usage() is None

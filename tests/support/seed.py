@@ -21,6 +21,7 @@ from bot.db import Database, PostgresDatabase
 from bot.db.steps import backfill_usage_rollups
 
 CHUNK_ROWS = 50_000  # rows per executemany (SQLite)
+SEED_CACHE_KIB = 512 * 1024  # SQLite page cache while seeding: indexes are built in memory
 REFUNDED_PERCENT = 8  # the rest is committed
 RESET_PERCENT = 3  # entries a moderator's /quota reset marked
 IN_FLIGHT = 20  # reservations not yet settled, on the last day
@@ -131,6 +132,9 @@ async def seed_ledger(db: Database, history: History = History()) -> None:
     """Fill a freshly migrated, empty database with ``history`` (see the module
     docstring), then its rollups; on PostgreSQL, gather statistics for the planner."""
     rng = random.Random(history.random_seed)
+    if not isinstance(db, PostgresDatabase):
+        cache = await db.fetchone("PRAGMA cache_size")
+        await db.write(f"PRAGMA cache_size = -{SEED_CACHE_KIB}")
     created = datetime.combine(history.last_day, datetime.min.time(), UTC) - timedelta(
         days=history.days
     )
@@ -148,6 +152,9 @@ async def seed_ledger(db: Database, history: History = History()) -> None:
     await _copy(db, "budget_alerts", alert_columns, _alerts(history))
     async with db.transaction() as tx:
         await backfill_usage_rollups(tx)
+    if not isinstance(db, PostgresDatabase):
+        assert cache is not None
+        await db.write(f"PRAGMA cache_size = {int(cache[0])}")
     if isinstance(db, PostgresDatabase):
         tables = await db.fetchall(
             "SELECT table_name FROM information_schema.tables"
