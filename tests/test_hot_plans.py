@@ -14,12 +14,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
 import bot
-from bot.db import Database, Engine, HotStatement, open_database
+from bot.db import Database, Engine, HotStatement, PostgresDatabase, open_database
 from tests.conftest import ENGINES, PG_URL, require_postgres
 from tests.support.plans import table_scans
 from tests.support.seed import History, seed_ledger
@@ -73,18 +72,14 @@ async def seeded(
         await db.close()
         return
     await require_postgres()
-    schema = f"plans_{uuid.uuid4().hex[:12]}"
-    db = await open_database(PG_URL, schema=schema)
+    pg = await open_database(PG_URL, schema=f"plans_{uuid.uuid4().hex[:12]}")
+    assert isinstance(pg, PostgresDatabase)
     try:
-        await seed_ledger(db, SEEDED)
-        yield db
+        await seed_ledger(pg, SEEDED)
+        yield pg
     finally:
-        await db.close()
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
+        await pg.drop_schema()
+        await pg.close()
 
 
 async def test_the_ledger_lists_its_hot_statements() -> None:

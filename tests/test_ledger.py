@@ -30,6 +30,7 @@ from bot.ledger import (
     period_end,
     period_start,
 )
+from bot.settings import Period
 from tests.conftest import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
@@ -771,13 +772,13 @@ async def test_concurrent_budget_alert_claims_have_one_winner(
 # -- the owner's total budget ----------------------------------------------------------
 
 
-def total_ledger(db: Database, clock: Clock, budget: int = 7) -> Ledger:
+def total_ledger(db: Database, clock: Clock, budget: int = 7, period: Period = "monthly") -> Ledger:
     return Ledger(
         db,
         default_limit=100,
         default_period="daily",
         total_budget=budget,
-        total_budget_period="monthly",
+        total_budget_period=period,
         clock=clock,
     )
 

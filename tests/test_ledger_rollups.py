@@ -18,7 +18,7 @@ from bot.db import Database, load_migrations, ts
 from bot.ledger import DayUsage, Ledger, MemberUsage, Reservation, UsageReport, period_start
 from bot.settings import PERIODS, Period
 from tests.conftest import Databases
-from tests.test_ledger import MOD, Clock
+from tests.test_ledger import MOD, Clock, total_ledger
 
 GUILDS = (1, 2)
 MEMBERS = (11, 12, 13)
@@ -73,14 +73,7 @@ async def assert_rollups_match_the_entries(
             expected = await recounted_report(db, guild, period, clock.now)
             assert await ledger.usage(guild, period) == expected, (step, guild, period)
     for period in ("daily", "weekly", "monthly"):
-        total = Ledger(
-            db,
-            default_limit=100,
-            default_period="daily",
-            total_budget=TOTAL_BUDGET,
-            total_budget_period=period,
-            clock=clock,
-        )
+        total = total_ledger(db, clock, TOTAL_BUDGET, period)
         since = period_start(clock.now, period)
         row = await db.fetchone(OLD_TOTAL, (ts(since),))
         assert row is not None

@@ -243,16 +243,18 @@ class QuotaChanges(UsageCounters):
         """Limit for members holding the role (a member gets their most generous role)."""
         return await self._change(guild_id, actor_id, ROLE_LIMIT, check_limit(limit), role_id)
 
-    async def clear_role_limit(self, guild_id: int, actor_id: int, role_id: int) -> Change:
-        return await self._change(guild_id, actor_id, ROLE_LIMIT, None, role_id, clear=True)
-
     async def set_member_limit(
         self, guild_id: int, actor_id: int, member_id: int, limit: int
     ) -> Change:
         """A per-member override: beats role limits and the default."""
         return await self._change(guild_id, actor_id, MEMBER_LIMIT, check_limit(limit), member_id)
 
+    async def clear_role_limit(self, guild_id: int, actor_id: int, role_id: int) -> Change:
+        """Remove the role's limit (its members fall back to other roles or the default)."""
+        return await self._change(guild_id, actor_id, ROLE_LIMIT, None, role_id, clear=True)
+
     async def clear_member_limit(self, guild_id: int, actor_id: int, member_id: int) -> Change:
+        """Remove the member's override."""
         return await self._change(guild_id, actor_id, MEMBER_LIMIT, None, member_id, clear=True)
 
     async def grant(self, guild_id: int, actor_id: int, member_id: int, amount: int) -> Change:
