@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bot.db import Database, HotStatement, Transaction, ts, utc_now
 from bot.dburl import Engine
 from bot.i18n import Text
-from bot.ledger.periods import check_period
+from bot.ledger.periods import check_period, period_params
 from bot.ledger.values import MAX_CREDITS, check_limit
 from bot.settings import Period
+
+# Example values for planning statements (HOT_STATEMENTS): a moment and its period starts.
+EXAMPLE_NOW = datetime(2026, 3, 11, 12, tzinfo=UTC)
+EXAMPLE_PERIODS = period_params(EXAMPLE_NOW)
+EXAMPLE_START = EXAMPLE_PERIODS["p_weekly"]
 
 ENSURE_GUILD = (
     "INSERT INTO guild_settings (guild_id, default_limit, period, created_at)"
@@ -47,7 +52,7 @@ def ids_param(of: Literal["BIGINT", "TEXT"], example: object) -> Callable[[Engin
 
 
 HOT_STATEMENTS: tuple[HotStatement, ...] = (
-    HotStatement("first use of a guild", ENSURE_GUILD, (1, 5, "daily", ts(utc_now()))),
+    HotStatement("first use of a guild", ENSURE_GUILD, (1, 5, "daily", ts(EXAMPLE_NOW))),
 )
 
 

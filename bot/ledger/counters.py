@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.db import Database, HotStatement, RowsInsert, Transaction, ts
-from bot.ledger.base import LedgerBase, ids_param, listed
+from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START, LedgerBase, ids_param, listed
 from bot.ledger.periods import period_params, period_start
-from bot.ledger.rollups import EXAMPLE_START
 from bot.settings import Period
 
 LIVE = "e.state IN ('reserved', 'committed')"
@@ -64,9 +63,8 @@ SAVE_MEMBER_USAGE = RowsInsert(
     "ON CONFLICT (guild_id, member_id) DO UPDATE SET since = excluded.since, used = excluded.used",
 )
 
-_EXAMPLE_NOW = datetime.fromisoformat("2026-03-15T12:00:00+00:00")
 HOT_STATEMENTS: tuple[HotStatement, ...] = (
-    HotStatement("reserve: guild counter", GUILD, {"g": 1, **period_params(_EXAMPLE_NOW)}),
+    HotStatement("reserve: guild counter", GUILD, {"g": 1, **EXAMPLE_PERIODS}),
     HotStatement("reserve: guild recount", GUILD_RECOUNT, {"g": 1, "since": EXAMPLE_START}),
     HotStatement(
         "reserve: member counters",

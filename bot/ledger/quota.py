@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from bot.db import HotStatement, Transaction, ts
 from bot.i18n import Text
+from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START
 from bot.ledger.counters import SAVE_MEMBER_USAGE, UsageCounters
 from bot.ledger.periods import check_period, period_params
-from bot.ledger.rollups import EXAMPLE_START
 from bot.ledger.values import (
     MAX_CREDITS,
     Change,
@@ -125,7 +125,6 @@ GUILD_ROW = (
 ROLE_ROWS = "SELECT role_id, credit_limit FROM role_limits WHERE guild_id = ?"
 MEMBER_ROWS = "SELECT member_id, credit_limit FROM member_limits WHERE guild_id = ?"
 
-_EXAMPLE_PERIODS = {f"p_{p}": EXAMPLE_START for p in ("daily", "weekly", "monthly", "lifetime")}
 _KEY = (1, 2)  # a guild and a role or member, for planning
 HOT_STATEMENTS: tuple[HotStatement, ...] = (
     *(
@@ -137,13 +136,11 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
         for s, example in zip(SETTINGS, (5, 50, "weekly", 7, 5, 5), strict=True)
     ),
     *(HotStatement(f"/quota: clear {s.action}", s.clear_sql, _KEY) for s in SETTINGS if s.key),
-    HotStatement(
-        "/quota grant: this period's grants", GRANTS, {"g": 1, "m": 2, **_EXAMPLE_PERIODS}
-    ),
+    HotStatement("/quota grant: this period's grants", GRANTS, {"g": 1, "m": 2, **EXAMPLE_PERIODS}),
     HotStatement(
         "/quota grant",
         GRANT,
-        {"g": 1, "m": 2, "amount": 1, "actor": 3, "now": EXAMPLE_START, **_EXAMPLE_PERIODS},
+        {"g": 1, "m": 2, "amount": 1, "actor": 3, "now": EXAMPLE_START, **EXAMPLE_PERIODS},
     ),
     HotStatement(
         "/quota reset", RESET, {"g": 1, "m": 2, "since": EXAMPLE_START, "now": EXAMPLE_START}
@@ -152,7 +149,7 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement(
         "budget alert claim",
         CLAIM_ALERT,
-        {"g": 1, "threshold": 80, "now": EXAMPLE_START, **_EXAMPLE_PERIODS},
+        {"g": 1, "threshold": 80, "now": EXAMPLE_START, **EXAMPLE_PERIODS},
     ),
     HotStatement("/quota show: guild", GUILD_ROW, (1,)),
     HotStatement("/quota show: roles", ROLE_ROWS, (1,)),

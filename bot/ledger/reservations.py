@@ -27,12 +27,11 @@ from dataclasses import dataclass
 
 from bot.batching import GroupCommit
 from bot.db import HotStatement, RowsInsert, Transaction, parse_ts, ts
-from bot.ledger.base import ids_param, listed
+from bot.ledger.base import EXAMPLE_START, ids_param, listed
 from bot.ledger.counters import SAVE_MEMBER_USAGE, UsageCounters
 from bot.ledger.periods import period_end, period_start
 from bot.ledger.rollups import (
     ADD_LIVE,
-    EXAMPLE_START,
     TOTAL_LIVE,
     add_settled,
     live_additions,

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from bot.db import Engine, HotStatement, Row, RowsInsert, Transaction, ts
+from bot.ledger.base import EXAMPLE_START
 from bot.ledger.periods import period_starts
 from bot.settings import PERIODS, Period
 
-EXAMPLE_START = "2026-03-09 00:00:00.000000"  # a period start, for planning statements
 _PARAMS_CACHED = 1024  # (day, sums) pairs whose rollup parameters are kept
 
 COUNTS = ("upscales", "credits", "failures", "refunds")  # per period, in member_rollups
