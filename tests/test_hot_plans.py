@@ -33,7 +33,6 @@ GROWING = frozenset(
         "grants",
         "audit_log",
         "budget_alerts",
-        "guild_day_rollups",
         "guild_period_usage",
         "jobs",
         "job_inputs",
@@ -86,7 +85,7 @@ async def test_the_ledger_lists_its_hot_statements() -> None:
     """Reservations, settlement, /credits, /quota show and /usage are all listed."""
     names = {s.name for s in STATEMENTS}
     for expected in (
-        "reserve: member counters",
+        "reserve: member counter and rollups",
         "settle: entries",
         "/credits: pending",
         "/quota show: guild",
@@ -103,7 +102,7 @@ async def test_the_seed_is_a_year_of_history(seeded: Database) -> None:
     row = await seeded.fetchone("SELECT COUNT(*), MIN(created_at) FROM ledger_entries")
     assert row is not None and row[0] == SEEDED.entries
     assert row[1] < "2025-03-20"
-    days = await seeded.fetchone("SELECT COUNT(*) FROM guild_day_rollups")
+    days = await seeded.fetchone("SELECT COUNT(*) FROM guild_period_usage WHERE period = 'daily'")
     assert days is not None and days[0] == SEEDED.days
 
 

@@ -18,10 +18,11 @@ _EPOCH = "1970-01-01" + _MIDNIGHT  # the start of the "lifetime" period
 
 # The rollups of migration 0009, from the entries: first per member (or guild) and UTC
 # day, then each day joined to the starts of its periods, which the step writes into a
-# small calendar table first. A member's rollup is for the latest period of each kind in
-# which they settled anything: the one that contains their latest such day.
+# small calendar table first. A member's rollups are for the latest period of each kind
+# in which they reserved anything: the one that contains their latest such day. Their
+# usage counter starts stale (since = ''), to be recounted on first use.
 _PERIODS = ("daily", "weekly", "monthly", "lifetime")
-_COUNTS = ("upscales", "credits", "failures", "refunds")
+_COUNTS = ("reservations", "credits", "failures", "refunds")
 _CALENDAR = (
     "CREATE TABLE migration_calendar (day TEXT NOT NULL PRIMARY KEY, "
     + ", ".join(f"{p}_start TEXT NOT NULL" for p in _PERIODS)
@@ -29,19 +30,17 @@ _CALENDAR = (
 )
 _MEMBER_DAYS = (
     "SELECT guild_id, member_id, substr(created_at, 1, 10) AS day,"
-    " SUM(CASE WHEN state = 'committed' THEN 1 ELSE 0 END) AS upscales,"
-    " SUM(CASE WHEN state = 'committed' THEN cost ELSE 0 END) AS credits,"
+    " COUNT(*) AS reservations, SUM(cost) AS credits,"
     " SUM(CASE WHEN state = 'refunded' THEN 1 ELSE 0 END) AS failures,"
     " SUM(CASE WHEN state = 'refunded' THEN cost ELSE 0 END) AS refunds"
-    " FROM ledger_entries WHERE state IN ('committed', 'refunded')"
-    " GROUP BY guild_id, member_id, substr(created_at, 1, 10)"
+    " FROM ledger_entries GROUP BY guild_id, member_id, substr(created_at, 1, 10)"
 )
 _MEMBER_ROLLUPS = (
     f"WITH d AS ({_MEMBER_DAYS}),"
     " latest AS (SELECT guild_id, member_id, MAX(day) AS day FROM d GROUP BY guild_id, member_id)"
-    " INSERT INTO member_rollups (guild_id, member_id, "
+    " INSERT INTO member_usage (guild_id, member_id, since, used, "
     + ", ".join(f"{p}_{c}" for p in _PERIODS for c in ("start", *_COUNTS))
-    + ") SELECT d.guild_id, d.member_id, "
+    + ") SELECT d.guild_id, d.member_id, '', 0, "
     + ", ".join(
         f"lc.{p}_start, "
         + ", ".join(
@@ -55,21 +54,15 @@ _MEMBER_ROLLUPS = (
     " JOIN migration_calendar lc ON lc.day = l.day"
     " GROUP BY d.guild_id, d.member_id, " + ", ".join(f"lc.{p}_start" for p in _PERIODS)
 )
-_GUILD_DAYS = (
-    "INSERT INTO guild_day_rollups (guild_id, day, delivered, refunded)"
-    " SELECT guild_id, substr(created_at, 1, 10),"
-    " CAST(SUM(CASE WHEN state = 'committed' THEN cost ELSE 0 END) AS BIGINT),"
-    " CAST(SUM(CASE WHEN state = 'refunded' THEN cost ELSE 0 END) AS BIGINT)"
-    " FROM ledger_entries WHERE state IN ('committed', 'refunded')"
-    " GROUP BY guild_id, substr(created_at, 1, 10)"
-)
 _GUILD_PERIODS = (
-    "WITH d AS (SELECT guild_id, substr(created_at, 1, 10) AS day, SUM(cost) AS used"
-    " FROM ledger_entries WHERE state IN ('reserved', 'committed')"
-    " GROUP BY guild_id, substr(created_at, 1, 10))"
-    " INSERT INTO guild_period_usage (period, period_start, guild_id, used) "
+    "WITH d AS (SELECT guild_id, substr(created_at, 1, 10) AS day,"
+    " SUM(CASE WHEN state = 'refunded' THEN 0 ELSE cost END) AS used,"
+    " SUM(CASE WHEN state = 'refunded' THEN cost ELSE 0 END) AS refunded"
+    " FROM ledger_entries GROUP BY guild_id, substr(created_at, 1, 10))"
+    " INSERT INTO guild_period_usage (period, period_start, guild_id, used, refunded) "
     + " UNION ALL ".join(
-        f"SELECT '{p}', c.{p}_start, d.guild_id, CAST(SUM(d.used) AS BIGINT)"
+        f"SELECT '{p}', c.{p}_start, d.guild_id,"
+        " CAST(SUM(d.used) AS BIGINT), CAST(SUM(d.refunded) AS BIGINT)"
         f" FROM d JOIN migration_calendar c ON c.day = d.day GROUP BY c.{p}_start, d.guild_id"
         for p in _PERIODS
     )
@@ -99,7 +92,7 @@ async def backfill_usage_rollups(tx: Transaction) -> None:
     await tx.executemany(
         "INSERT INTO migration_calendar VALUES (?, ?, ?, ?, ?)", [_calendar_row(d) for d in days]
     )
-    for statement in (_MEMBER_ROLLUPS, _GUILD_DAYS, _GUILD_PERIODS):
+    for statement in (_MEMBER_ROLLUPS, _GUILD_PERIODS):
         await tx.execute(statement)
     await tx.execute("DROP TABLE migration_calendar")
 

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.db import Database, HotStatement, RowsInsert, Transaction, ts
+from bot.db import Database, HotStatement, Transaction, ts
 from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START, LedgerBase, ids_param, listed
 from bot.ledger.periods import period_params, period_start
 from bot.settings import Period
@@ -57,11 +57,6 @@ ROLE_LIMITS = (
     "SELECT rl.role_id, rl.credit_limit FROM role_limits rl JOIN {ids} r"
     " ON r.id = rl.role_id WHERE rl.guild_id = :g"
 )
-SAVE_MEMBER_USAGE = RowsInsert(
-    "member_usage",
-    (("guild_id", "BIGINT"), ("member_id", "BIGINT"), ("since", "TEXT"), ("used", "BIGINT")),
-    "ON CONFLICT (guild_id, member_id) DO UPDATE SET since = excluded.since, used = excluded.used",
-)
 
 HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement("reserve: guild counter", GUILD, {"g": 1, **EXAMPLE_PERIODS}),
@@ -81,7 +76,6 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
         listed(ROLE_LIMITS, "BIGINT"),
         lambda engine: {"g": 1, "ids": ids_param("BIGINT", 3)(engine)},
     ),
-    SAVE_MEMBER_USAGE.hot("reserve: save member counters", (1, 2, EXAMPLE_START, 1)),
 )
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from bot.db import HotStatement, Transaction, ts
 from bot.i18n import Text
 from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START
-from bot.ledger.counters import SAVE_MEMBER_USAGE, UsageCounters
+from bot.ledger.counters import UsageCounters
 from bot.ledger.periods import check_period, period_params
+from bot.ledger.rollups import SAVE_MEMBER, member_row
 from bot.ledger.values import (
     MAX_CREDITS,
     Change,
@@ -286,8 +287,8 @@ class QuotaChanges(UsageCounters):
             await tx.execute(
                 RESET, {"g": guild_id, "m": member_id, "since": guild.since, "now": ts(now)}
             )
-            reset = [(guild_id, member_id, guild.since, 0)]
-            await SAVE_MEMBER_USAGE.run(tx, self._db.engine, reset)
+            reset = [member_row(guild_id, member_id, guild.since, 0, now, 0, 0)]
+            await SAVE_MEMBER.run(tx, self._db.engine, reset)
             change = Change("reset_usage", f"member:{member_id}", str(members[member_id].used), "0")
             return await self._audit(tx, guild_id, actor_id, change)
 

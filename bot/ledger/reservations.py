@@ -28,14 +28,15 @@ from dataclasses import dataclass
 from bot.batching import GroupCommit
 from bot.db import HotStatement, RowsInsert, Transaction, parse_ts, ts
 from bot.ledger.base import EXAMPLE_START, ids_param, listed
-from bot.ledger.counters import SAVE_MEMBER_USAGE, UsageCounters
+from bot.ledger.counters import UsageCounters
 from bot.ledger.periods import period_end, period_start
 from bot.ledger.rollups import (
     ADD_LIVE,
+    SAVE_MEMBER,
     TOTAL_LIVE,
-    add_settled,
     live_additions,
-    subtract_live,
+    member_row,
+    refund_rollups,
 )
 from bot.ledger.values import (
     MAX_CREDITS,
@@ -67,9 +68,6 @@ SETTLE = (
     " WHERE id IN (SELECT id FROM {ids} s) AND state = 'reserved'"
     " RETURNING id, guild_id, member_id, cost, created_at, reset_at"
 )
-REFUND_MEMBER_USAGE = (
-    "UPDATE member_usage SET used = used - ? WHERE guild_id = ? AND member_id = ? AND since <= ?"
-)
 PENDING = (
     "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM ledger_entries"
     " WHERE guild_id = :g AND member_id = :m AND state = 'reserved'"
@@ -97,7 +95,6 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
             "ids": ids_param("TEXT", "r")(engine),
         },
     ),
-    HotStatement("refund: member counters", REFUND_MEMBER_USAGE, (1, 1, 2, EXAMPLE_START)),
     HotStatement("/credits: pending", PENDING, {"g": 1, "m": 2, "since": EXAMPLE_START}),
     HotStatement("start-up: unsettled reservations", UNSETTLED),
 )
@@ -231,10 +228,14 @@ class Reservations(UsageCounters):
                 (r.id, guild_id, r.member_id, r.cost, "reserved", r.job_id, stamp) for r in granted
             ]
             await RESERVE.run(tx, self._db.engine, entries)
+        made: dict[int, list[int]] = {m: [0, 0] for m in members}
+        for r in granted:
+            made[r.member_id][0] += 1
+            made[r.member_id][1] += r.cost
         changed = sorted(m for m, s in members.items() if s.stale or used[m] != s.used)
         if changed:
-            counters = [(guild_id, m, guild.since, used[m]) for m in changed]
-            await SAVE_MEMBER_USAGE.run(tx, self._db.engine, counters)
+            rows = [member_row(guild_id, m, guild.since, used[m], now, *made[m]) for m in changed]
+            await SAVE_MEMBER.run(tx, self._db.engine, rows)
         if guild.stale or granted:
             recount = (guild.period, guild.used) if guild.stale else None
             added = server_used - guild.used
@@ -259,9 +260,9 @@ class Reservations(UsageCounters):
     ) -> list[bool]:
         """Commit or refund ``ids`` (those still reserved) in ``tx``, in one statement.
 
-        A refund gives the credits back to the usage counters that counted them, under
-        the guilds' locks; a commit changes no counter (reserved credits already count).
-        Either adds the settled entries to the rollups.
+        A refund gives the credits back to the usage counters that counted them and
+        adds them to the rollups' refunds, under the guilds' locks; a commit changes no
+        counter (reserved credits already count, and delivered is what stays reserved).
         """
         table, listed_ids = self._list(ids, "TEXT")
         refunding = state == "refunded"
@@ -273,17 +274,7 @@ class Reservations(UsageCounters):
             {"state": state, "reason": reason, "now": ts(self._clock()), "ids": listed_ids},
         )
         if refunding and rows:
-            await subtract_live(tx, rows)
-            await tx.executemany(
-                REFUND_MEMBER_USAGE,
-                [
-                    (r["cost"], r["guild_id"], r["member_id"], r["created_at"])
-                    for r in rows
-                    if r["reset_at"] is None
-                ],
-            )
-        if rows:
-            await add_settled(tx, self._db.engine, not refunding, rows)
+            await refund_rollups(tx, rows)
         changed = {r["id"] for r in rows}
         results: list[bool] = []
         for reservation_id in ids:  # the same id twice in a batch: only the first changed it
