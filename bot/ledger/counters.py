@@ -1,8 +1,9 @@
 """The usage counters a reservation is decided from: two rows read, whatever the size of
 the history.
 
-A member's live credits this period (not marked by a ``/quota reset``) are a
-``member_usage`` row (migration 0008) with the period start it counts from; the guild's
+A member's live credits this period (not marked by a ``/quota reset``) are their
+``member_usage`` row (migration 0008; it also holds their rollups, see
+:mod:`bot.ledger.rollups`) with the period start it counts from; the guild's
 are its ``guild_period_usage`` row for its own period (migration 0009). A member row for
 another period start, or a guild row that does not exist yet (a new period, a changed
 period, entries older than the counters), is recounted from ``ledger_entries`` before it

@@ -13,8 +13,9 @@ read, a few rows written, whatever the size of the history. On SQLite the lock i
 on PostgreSQL an advisory lock taken before anything is read, so every process's
 reservations for a guild are serialised and each sees the ones committed before it.
 Concurrent reservations of a guild in this process share one transaction, as do
-settlements of one outcome (group commit, :mod:`bot.batching`). Settlement adds to the
-rollups (:mod:`bot.ledger.rollups`) in its own transaction.
+settlements of one outcome (group commit, :mod:`bot.batching`). A reservation and a
+refund also keep the rollups (:mod:`bot.ledger.rollups`) in the statements they write
+anyway; a commit writes nothing but the entries.
 """
 
 from __future__ import annotations
