@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bot import compare
-from bot.db import Database, Row, Transaction, ts, utc_now
+from bot.db import Database, HotStatement, Row, Transaction, ts, utc_now
 from bot.failures import FailureKind
 from bot.jobs.model import (
     CANCELLABLE_STAGES,
@@ -172,16 +171,6 @@ PURGE_CROPS = (
     "DELETE FROM compare_crops WHERE job_id IN (SELECT job_id FROM compare_crops"
     " WHERE created_at < ? ORDER BY created_at LIMIT ?)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class HotStatement:
-    """A statement that runs per job, per poll or per command, with example parameters
-    for planning it: it must read through an index at any size of history."""
-
-    name: str
-    sql: str
-    params: Sequence[Any]
 
 
 _NOW = 1_700_000_000.0
