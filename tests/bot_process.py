@@ -13,7 +13,8 @@ and when the bot stops, the samples are written there as JSON
 (``[[wall-clock time, lag in seconds], ...]``). ``WATCH_PROBE_FILE`` likewise samples,
 every :data:`WATCH_SAMPLE` s, the process's resident memory, the jobs its queue shows a
 place in line for and the progress displays its front end keeps
-(``[[time, rss_kb, watched, displays], ...]``).
+and the round trips it made to its database
+(``[[time, rss_kb, watched, displays, round_trips], ...]``).
 
 Test knobs (never set by owners): ``RUN_JOBS=0`` makes the process take commands and
 show progress but claim no job (the other processes of a fleet run them);
@@ -124,26 +125,29 @@ async def with_lag_probe(bot_main: Awaitable[None], out: Path) -> None:
 
 async def with_watch_probe(bot_main: Awaitable[None], out: Path) -> None:
     """Run ``bot_main`` with the watch probe (see the module docstring)."""
-    samples: list[tuple[float, int, int, int]] = []
+    samples: list[tuple[float, int, int, int, int]] = []
 
     def found(kind: type) -> Any:
         return next((o for o in gc.get_objects() if isinstance(o, kind)), None)
 
     async def probe() -> None:
+        from bot.db import Database
         from bot.jobs.queue import JobQueue
         from cogs.delivery import DiscordFrontEnd
 
-        queue = front = None
+        queue = front = db = None
         while True:
             await asyncio.sleep(WATCH_SAMPLE)
             queue = queue or found(JobQueue)
             front = front or found(DiscordFrontEnd)
+            db = db or found(Database)
             samples.append(
                 (
                     time.time(),
                     rss_kb(),
                     queue.watched() if queue is not None else -1,
                     front.shown if front is not None else -1,
+                    db.round_trips.count if db is not None else -1,
                 )
             )
 

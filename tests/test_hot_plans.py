@@ -42,9 +42,7 @@ GROWING = frozenset(
 )
 # Partial indexes whose rows are few by design: reading all of one is bounded (the
 # reservations in flight; the jobs not finished, by status: migration 0010).
-BOUNDED = frozenset(
-    {"ledger_pending", "jobs_intake", "jobs_queued", "jobs_running", "jobs_owned"}
-)
+BOUNDED = frozenset({"ledger_pending", "jobs_intake", "jobs_queued", "jobs_running", "jobs_owned"})
 
 
 def hot_statements() -> list[HotStatement]:

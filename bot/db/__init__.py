@@ -35,7 +35,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from bot.db.bulk import RowsInsert
-from bot.db.interface import Database, HotStatement, Params, Row, Transaction
+from bot.db.interface import Database, HotStatement, Params, RoundTrips, Row, Transaction
 from bot.db.migrations import (
     MIGRATIONS_DIR,
     Migration,
@@ -64,6 +64,7 @@ __all__ = [
     "Params",
     "PostgresDatabase",
     "PostgresTransaction",
+    "RoundTrips",
     "Row",
     "RowsInsert",
     "SqliteDatabase",

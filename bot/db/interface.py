@@ -85,10 +85,29 @@ class Transaction(abc.ABC):
         """
 
 
+class RoundTrips:
+    """How many times this process waited on the database: each statement sent, each
+    ``BEGIN`` and ``COMMIT`` (PostgreSQL: a network round trip; SQLite: a trip to
+    aiosqlite's thread), WAL checkpoints included. Benchmarks read it to show what an
+    idle or a busy process costs the database."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int = 1) -> None:
+        self.count += n
+
+
 class Database(abc.ABC):
-    """The bot's database, whichever the engine (see :mod:`bot.db`)."""
+    """The bot's database, whichever the engine (see :mod:`bot.db`).
+
+    ``round_trips`` counts what this process asked of it (:class:`RoundTrips`).
+    """
 
     engine: ClassVar[Engine]
+    round_trips: RoundTrips
 
     @classmethod
     async def open(

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from bot.db.interface import Database, Params, Row, Transaction
+from bot.db.interface import Database, Params, RoundTrips, Row, Transaction
 from bot.db.migrations import Migration, apply_migration, load_migrations
 from bot.db.sqltext import pg_args, pg_ddl, pg_rowcount
 from bot.dburl import Engine
@@ -35,29 +35,35 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class PostgresTransaction(Transaction):
-    def __init__(self, conn: _PgConnection) -> None:
+    def __init__(self, conn: _PgConnection, trips: RoundTrips) -> None:
         self._conn = conn
+        self._trips = trips
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         query, args = pg_args(sql, params)
+        self._trips.add()
         return pg_rowcount(await self._conn.execute(query, *args))
 
     async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
         batches = [pg_args(sql, params) for params in params_seq]
         if batches:
+            self._trips.add()
             await self._conn.executemany(batches[0][0], [args for _, args in batches])
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         query, args = pg_args(sql, params)
+        self._trips.add()
         return list(await self._conn.fetch(query, *args))
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         query, args = pg_args(sql, params)
+        self._trips.add()
         row: Row | None = await self._conn.fetchrow(query, *args)
         return row
 
     async def lock(self, *keys: str) -> None:
         for key in sorted(set(keys)):  # one order everywhere: no deadlock between lockers
+            self._trips.add()
             await self._conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", key
             )
@@ -71,6 +77,7 @@ class PostgresDatabase(Database):
     def __init__(self, pool: asyncpg.Pool[Any], schema: str | None) -> None:
         self._pool = pool
         self.schema = schema
+        self.round_trips = RoundTrips()
 
     @property
     def pool(self) -> asyncpg.Pool[Any]:
@@ -162,7 +169,7 @@ class PostgresDatabase(Database):
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
             )
-            tx = PostgresTransaction(conn)
+            tx = PostgresTransaction(conn, self.round_trips)
             for migration in pending:
                 await apply_migration(tx, migration, pg_ddl)
             await conn.execute("DELETE FROM schema_version")
@@ -177,15 +184,18 @@ class PostgresDatabase(Database):
     async def transaction(self, *, urgent: bool = False) -> AsyncIterator[Transaction]:
         """A transaction (READ COMMITTED) on one pooled connection; rolled back if the
         block raises. Use ``tx.lock`` to serialise a check-then-write."""
+        self.round_trips.add(2)  # BEGIN and COMMIT
         async with self._pool.acquire() as conn, conn.transaction():
-            yield PostgresTransaction(conn)
+            yield PostgresTransaction(conn, self.round_trips)
 
     async def write(self, sql: str, params: Params = (), *, urgent: bool = False) -> int:
         query, args = pg_args(sql, params)
+        self.round_trips.add()
         return pg_rowcount(await self._pool.execute(query, *args))
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         query, args = pg_args(sql, params)
+        self.round_trips.add()
         return list(await self._pool.fetch(query, *args))
 
     async def drop_schema(self) -> None:

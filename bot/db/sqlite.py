@@ -24,7 +24,7 @@ from typing import ClassVar
 import aiosqlite
 
 from bot.batching import GroupCommit
-from bot.db.interface import Database, Params, Row, Transaction
+from bot.db.interface import Database, Params, RoundTrips, Row, Transaction
 from bot.db.migrations import Migration, apply_migration, load_migrations
 from bot.dburl import Engine
 
@@ -39,22 +39,27 @@ _Write = tuple[str, Params]
 
 
 class SqliteTransaction(Transaction):
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, trips: RoundTrips) -> None:
         self._conn = conn
+        self._trips = trips
 
     async def execute(self, sql: str, params: Params = ()) -> int:
+        self._trips.add()
         cursor = await self._conn.execute(sql, params)
         return cursor.rowcount
 
     async def executemany(self, sql: str, params_seq: Iterable[Params]) -> None:
+        self._trips.add()
         await self._conn.executemany(sql, params_seq)
 
     # One trip to aiosqlite's thread per read (a cursor's execute, fetch and close are
     # three); reads in a transaction are small.
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        self._trips.add()
         return list(await self._conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        self._trips.add()
         rows = await self._conn.execute_fetchall(sql, params)
         return next(iter(rows), None)
 
@@ -143,15 +148,22 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-async def _checkpoint_loop(path: Path) -> None:
+async def _checkpoint_loop(path: Path, db: SqliteDatabase) -> None:
     """Checkpoint the WAL every :data:`CHECKPOINT_INTERVAL` seconds on a connection of its
     own (its own thread): ``PASSIVE`` copies what it can without blocking writers or
-    readers, and the WAL starts over once all of it is in the database file."""
+    readers, and the WAL starts over once all of it is in the database file. A second
+    in which this process committed nothing has nothing to checkpoint: it is skipped,
+    so an idle bot does not touch the file."""
     conn = await _connect(path)
+    checkpointed = -1
     try:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
+            if db.commits == checkpointed:
+                continue
+            checkpointed = db.commits
             try:
+                db.round_trips.add()
                 await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 log.warning("WAL checkpoint failed; trying again", exc_info=True)
@@ -166,6 +178,8 @@ class SqliteDatabase(Database):
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+        self.round_trips = RoundTrips()
+        self.commits = 0  # write transactions committed (the checkpointer watches it)
         self._lock = TurnLock()
         self._writes: GroupCommit[None, _Write, int] = GroupCommit(
             self._run_writes, name="db-group-commit", gate=self._lock
@@ -190,7 +204,7 @@ class SqliteDatabase(Database):
             # that crosses its threshold, they would stall every caller waiting for this
             # connection; a second connection runs them in the background instead.
             await conn.execute("PRAGMA wal_autocheckpoint = 0")
-            db._checkpoints = asyncio.create_task(_checkpoint_loop(path), name="sqlite-wal")
+            db._checkpoints = asyncio.create_task(_checkpoint_loop(path, db), name="sqlite-wal")
         except BaseException:
             await conn.close()
             raise
@@ -248,9 +262,12 @@ class SqliteDatabase(Database):
     async def _begin(self) -> AsyncIterator[Transaction]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``); the caller holds the lock."""
         try:
+            self.round_trips.add()
             await self._conn.execute("BEGIN IMMEDIATE")
-            yield SqliteTransaction(self._conn)
+            yield SqliteTransaction(self._conn, self.round_trips)
+            self.round_trips.add()
             await self._conn.execute("COMMIT")
+            self.commits += 1
         except BaseException:
             # aiosqlite runs statements in order on its thread, and a cancelled await
             # does not withdraw a statement already queued: a ROLLBACK queued now runs
@@ -282,4 +299,5 @@ class SqliteDatabase(Database):
     # task begins a write would pin a stale snapshot (SQLITE_BUSY_SNAPSHOT).
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._lock.hold():
+            self.round_trips.add()
             return list(await self._conn.execute_fetchall(sql, params))

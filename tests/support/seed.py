@@ -336,27 +336,36 @@ def _unfinished(h: History, rng: random.Random, now: float) -> Iterator[tuple[An
             )
 
 
-async def seed_jobs(db: Database, history: History, *, now: float | None = None) -> None:
-    """Add ``history.jobs`` finished jobs over its days (with their trails), a few jobs
-    in each unfinished status (their inputs stored), Compare crops of the last
-    ``crop_days`` days' delivered jobs and a full 1min.ai rate window."""
+async def seed_jobs(
+    db: Database, history: History, *, now: float | None = None, live: bool = True
+) -> None:
+    """Add ``history.jobs`` finished jobs over its days (with their trails) and the
+    Compare crops of the last ``crop_days`` days' delivered jobs; with ``live``, also
+    what a busy moment leaves (a few jobs in each unfinished status, their inputs
+    stored, and a full 1min.ai rate window): for plans, not for a bot to start on."""
     rng = random.Random(history.random_seed + 1)
     moment = time.time() if now is None else now
-    finished = list(_jobs(history, rng))
-    await _copy(db, "jobs", JOB_COLUMNS, iter(finished))
-    open_jobs = list(_unfinished(history, rng, moment))
+    since = _stamp(history.last_day - timedelta(days=history.crop_days - 1), 0, 0)
+    recent: list[tuple[str, str]] = []  # (id, created_at) of delivered jobs with crops
+
+    def finished() -> Iterator[tuple[Any, ...]]:
+        for row in _jobs(history, rng):
+            if row[5] == "delivered" and row[32] >= since:
+                recent.append((row[0], row[32]))
+            yield row
+
+    await _copy(db, "jobs", JOB_COLUMNS, finished())
+    open_jobs = list(_unfinished(history, rng, moment)) if live else []
     await _copy(db, "jobs", JOB_COLUMNS, iter(open_jobs))
     inputs = [(row[0], b"\x89PNG seeded input") for row in open_jobs if row[5] != "intake"]
     await _copy(db, "job_inputs", ("job_id", "data"), iter(inputs))
-    since = _stamp(history.last_day - timedelta(days=history.crop_days - 1), 0, 0)
     crops = (
-        (row[0], b"c" * CROP_BYTES, b"", "[[0, 0, 64, 64], [4.0, 4.0]]", row[32])
-        for row in finished
-        if row[5] == "delivered" and row[32] >= since
+        (job_id, b"c" * CROP_BYTES, b"", "[[0, 0, 64, 64], [4.0, 4.0]]", created)
+        for job_id, created in recent
     )
     crop_columns = ("job_id", "input_crop", "result_crop", "box", "created_at")
     await _copy(db, "compare_crops", crop_columns, crops)
-    calls = ((moment - rng.random() * 60,) for _ in range(RECENT_CALLS))
+    calls = ((moment - rng.random() * 60,) for _ in range(RECENT_CALLS if live else 0))
     await _copy(db, "onemin_calls", ("at",), calls)
     if isinstance(db, PostgresDatabase):
         await db.write("ANALYZE jobs, job_inputs, compare_crops, onemin_calls")
