@@ -20,9 +20,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bench.common import emit, summary_ms, table
-from tests.conftest import png
 from tests.emulators.discord import DiscordEmulator, point_discord_at
 from tests.harness import running_bot
+from tests.support.images import png
 
 IMAGE = png((64, 64))
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from bench.common import emit
 from bot.pacing import WINDOW_MARGIN, RateGate
-from tests.conftest import png
 from tests.harness import running_bot
+from tests.support.images import png
 
 IMAGE = png((64, 64))
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from bench.common import emit
 from tests.bot_process import start_bot_process
-from tests.conftest import png
 from tests.e2e.test_restart import results, stop, world
+from tests.support.images import png
 
 RUNNING = 4
 

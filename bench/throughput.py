@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit
-from tests.conftest import png
 from tests.harness import running_bot
+from tests.support.images import png
 
 IMAGE = png((64, 64))
 

@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from bot.db import Database, open_database
 from tests.bot_process import start_bot_process
-from tests.conftest import PG_URL, require_postgres
 from tests.emulators.discord import DiscordEmulator, Guild, Injected, Member
 from tests.emulators.onemin import OneMinEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, png
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.databases import PG_URL, drop_schema, require_postgres
+from tests.support.images import png
 
 SHARDS = 2
 START_TIMEOUT = 30.0  # seconds for a process to connect its shard
@@ -216,11 +215,7 @@ async def fleet(tmp_path: Path, *, max_concurrency: int = 2) -> AsyncIterator[Fl
                 f.stop_all()
     finally:
         await db.close()
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
+        await drop_schema(schema)
 
 
 async def all_final(its: list[Injected], timeout: float = 40.0) -> list[dict[str, Any]]:

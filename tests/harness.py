@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from PIL import Image
 
 from bot.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
 from bot.services import Services, open_services
@@ -141,18 +139,6 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> No
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-
-
-def png(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (30, 140, 220)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, "PNG")
-    return out.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ import pytest
 from bot.circuit import CACHE_SECONDS, Circuit, CircuitEvent
 from bot.failures import FailureKind
 from bot.pacing import RateGate
-from tests.conftest import Databases
+from tests.support.databases import Databases
 
 
 class Probe:

@@ -30,7 +30,7 @@ from bot.ledger import (
     period_end,
     period_start,
 )
-from tests.conftest import Databases
+from tests.support.databases import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
 ROLE_A, ROLE_B = 501, 502

@@ -7,24 +7,17 @@ flight, the refused key and the empty account, and the async variant with result
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from PIL import Image
 
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.images import png
 
 KEY = "limits-test-key"
-
-
-def png(size: tuple[int, int] = (40, 40)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (10, 120, 200)).save(out, "PNG")
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -43,7 +36,7 @@ async def upload(
     http: aiohttp.ClientSession, emu: OneMinEmulator, key: str = KEY
 ) -> tuple[int, dict[str, str], Any]:
     form = aiohttp.FormData()
-    form.add_field("asset", png(), filename="a.png", content_type="image/png")
+    form.add_field("asset", png((40, 40)), filename="a.png", content_type="image/png")
     async with http.post(f"{emu.base_url}/api/assets", data=form, headers={"API-KEY": key}) as r:
         return r.status, dict(r.headers), await r.json(content_type=None)
 

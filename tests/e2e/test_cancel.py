@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.emulators.discord import Injected, find_button
-from tests.harness import Harness, png, running_bot
+from tests.harness import Harness, running_bot
+from tests.support.images import png
 
 
 def shown(h: Harness, it: Injected) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, decode, png, running_bot
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, running_bot
+from tests.support.images import decode, png
 
 # The deferred reply, edited through the interaction webhook (by id or as @original).
 WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+$"

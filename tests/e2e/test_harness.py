@@ -16,7 +16,8 @@ import pytest
 
 from tests.e2e.probe_cog import Probe
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator, EmulatorError
-from tests.harness import GuardError, Harness, decode, eventually, png, running_bot
+from tests.harness import GuardError, Harness, eventually, running_bot
+from tests.support.images import decode, png
 
 PROBE = ["tests.e2e.probe_cog"]
 

@@ -19,8 +19,9 @@ import pytest
 from bot import images
 from bot.i18n import t
 from tests.emulators.discord import Injected, find_button
-from tests.harness import Harness, eventually, png, running_bot
+from tests.harness import Harness, eventually, running_bot
 from tests.imagecorpus import case
+from tests.support.images import png
 
 FIELDS = ("size", "format", "file_size", "time", "credits_left")
 TIMESTAMP = re.compile(r"<t:\d+:R>")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.harness import png, running_bot
+from tests.harness import running_bot
+from tests.support.images import png
 
 BURST = 120  # upscales: 240 requests, more than one window's worth
 PER_MINUTE = 180

@@ -22,7 +22,8 @@ import pytest
 from tests.bot_process import start_bot_process
 from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, find_button
 from tests.emulators.onemin import OneMinEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, png
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.images import png
 
 START_TIMEOUT = 30.0  # seconds for a bot process to start and sync its commands
 # The deferred reply, edited through the interaction webhook (by id or as @original).

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
-import random
 import re
 import statistics
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, find_button
-from tests.harness import Harness, decode, png, running_bot
+from tests.harness import Harness, running_bot
 from tests.imagecorpus import case
+from tests.support.images import decode, noise_png, png
 
 MiB = 1024 * 1024
 
 
 def api_calls(h: Harness) -> int:
     return sum(h.onemin.calls.values())
-
-
-def noise_png(size: tuple[int, int], seed: int = 7) -> bytes:
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
@@ -239,7 +229,7 @@ async def test_upscale_that_takes_too_long_is_stopped_and_refunded(tmp_path: Pat
 async def test_large_result_is_fitted_under_the_upload_limit_with_a_link(tmp_path: Path) -> None:
     """A result over the 10 MiB limit is re-encoded to fit, said so, full-size link added."""
     async with running_bot(tmp_path) as h:
-        it, final = await h.upscale(noise_png((1024, 768)), timeout=60)
+        it, final = await h.upscale(noise_png((1024, 768), seed=7), timeout=60)
         _, data = it.file(final)
         assert len(data) <= 10 * MiB
         assert decode(data).size[0] >= 2048
