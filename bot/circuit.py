@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from bot.db import Database
 from bot.failures import FailureKind
+from bot.timings import CIRCUIT_CHECK_INTERVAL
 
 log = logging.getLogger(__name__)
 
 NAME = "onemin"
-CHECK_INTERVAL = 2.0  # seconds between looks at the shared state while it is open
 CACHE_SECONDS = 0.5  # how long a read of the state is reused
 
 
@@ -63,11 +63,15 @@ class Circuit:
         *,
         probe: Probe,
         probe_interval: float = 180.0,
+        check_interval: float = CIRCUIT_CHECK_INTERVAL,
+        cache_seconds: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._probe = probe
         self.probe_interval = probe_interval
+        self.check_interval = check_interval  # seconds between looks while it is open
+        self.cache_seconds = cache_seconds  # seconds a read of the state is reused
         self._clock = clock
         self._listeners: list[Listener] = []
         self._cached: tuple[float, CircuitState] | None = None
@@ -78,7 +82,7 @@ class Circuit:
 
     async def state(self) -> CircuitState:
         now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
+        if self._cached is not None and now - self._cached[0] < self.cache_seconds:
             return self._cached[1]
         row = await self._db.fetchone(
             "SELECT state, reason, opened_at FROM service_circuit WHERE name = ?", (NAME,)
@@ -163,4 +167,6 @@ class Circuit:
             except Exception:
                 log.warning("1min.ai circuit check failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), min(CHECK_INTERVAL, self.probe_interval))
+                await asyncio.wait_for(
+                    stopping.wait(), min(self.check_interval, self.probe_interval)
+                )

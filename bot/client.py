@@ -70,7 +70,7 @@ class UpscaleBot(commands.Bot):
         self.media_origins = media_origins
         self._extensions = tuple(extensions)
         self.failed_extensions: list[str] = []
-        self.identify_gate = IdentifyGate(services.db)
+        self.identify_gate = IdentifyGate(services.db, spacing=settings.timings.identify_spacing)
         self._identify_concurrency: int | None = None
 
     @property

@@ -111,6 +111,7 @@ async def open_services(
             db,
             probe=functools.partial(probe_onemin, onemin),
             probe_interval=settings.circuit_probe_interval,
+            check_interval=settings.timings.circuit_check_interval,
         )
         queue = JobQueue(
             db=db,

@@ -42,6 +42,7 @@ import discord
 import discord.http
 
 from bot.settings import Settings, SettingsError
+from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -82,8 +83,6 @@ EXIT_ONEMIN_UNRESOLVABLE = 6  # ONEMIN_API_BASE's host does not resolve
 RETRY_VARIABLE = "STARTUP_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0  # total time start-up waits for the network
 MAX_RETRY_SECONDS = 3600.0
-FIRST_RETRY_DELAY = 1.0  # seconds before the second try; doubles after each try
-MAX_RETRY_DELAY = 15.0  # seconds, the longest wait between two tries
 TRY_TIMEOUT = 10.0  # seconds one try (a lookup or a login) may take
 MIN_RETRY_WAIT = 0.05  # seconds; with less time left than this, start-up gives up
 
@@ -143,8 +142,8 @@ class RetryPolicy:
     """How long start-up waits for the network: ``budget`` seconds in all (0: one try)."""
 
     budget: float = DEFAULT_RETRY_SECONDS
-    first_delay: float = FIRST_RETRY_DELAY
-    max_delay: float = MAX_RETRY_DELAY
+    first_delay: float = STARTUP_FIRST_RETRY  # seconds before the second try; doubles
+    max_delay: float = STARTUP_MAX_RETRY  # seconds, the longest wait between two tries
     try_timeout: float = TRY_TIMEOUT
 
     @classmethod

@@ -30,6 +30,7 @@ from bot.failures import FailureKind
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
 from bot.replies import Answer, Replies, ReplyTarget
+from bot.timings import FIRST_PROGRESS_DELAY, PROGRESS_INTERVAL
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
@@ -39,13 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
-FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
 CANCELLABLE = (Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
 LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
-LOOKUP_BACKOFF = 2.0  # seconds before the second try, doubling
 
 
 def job_footer(job_id: str, language: str) -> str:
@@ -65,7 +63,7 @@ def target_of(job: Job) -> ReplyTarget:
 class ProgressDisplay:
     """Shows a job's place in line and stage on the deferred reply, throttled.
 
-    The first edit waits ``FIRST_PROGRESS_DELAY``: Discord already shows "thinking…",
+    The first edit waits ``first_delay``: Discord already shows "thinking…",
     and most jobs that start at once finish before a progress line would help; skipping
     those edits keeps REST traffic (and event-loop work) down during bursts.
     """
@@ -136,7 +134,14 @@ class DiscordFrontEnd:
     def _display(self, job: Job) -> ProgressDisplay:
         display = self._displays.get(job.id)
         if display is None:
-            display = ProgressDisplay(self.replies, target_of(job), job.id)
+            timings = self.bot.settings.timings
+            display = ProgressDisplay(
+                self.replies,
+                target_of(job),
+                job.id,
+                interval=timings.progress_interval,
+                first_delay=timings.first_progress_delay,
+            )
             self._displays[job.id] = display
         return display
 
@@ -201,7 +206,7 @@ class DiscordFrontEnd:
                     raise DeliveryFailed(
                         FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
                     ) from exc
-                await asyncio.sleep(LOOKUP_BACKOFF * 2 ** (attempt - 1))
+                await asyncio.sleep(self.bot.settings.timings.lookup_backoff * 2 ** (attempt - 1))
         if found is not None:
             log.info("Job %s had already been delivered (message %d)", job.id, found.id)
         return found.id if found is not None else None

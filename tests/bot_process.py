@@ -2,7 +2,8 @@
 
 ``python -m tests.bot_process`` reads the usual settings from the environment, plus
 ``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (the emulator, which also serves the
-attachments), points discord.py there, then runs exactly what ``python -m bot`` runs;
+attachments) and optionally ``TEST_TIMINGS`` (short clocks: :mod:`tests.support.timings`),
+points discord.py there, then runs exactly what ``python -m bot`` runs;
 ``python -m tests.bot_process check`` runs what ``python -m bot check`` runs.
 Tests start it with :func:`start_bot_process`, or run it to its end with
 :func:`run_bot_process`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -34,6 +36,7 @@ from bot.logs import configure_logging
 from bot.settings import load_settings
 from bot.startup import StartupError
 from tests.emulators.discord import point_discord_at
+from tests.support.timings import TIMINGS_ENV, timings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 LAG_PROBE_ENV = "LAG_PROBE_FILE"
@@ -46,6 +49,9 @@ def run() -> None:
     if sys.argv[1:] == ["check"]:
         sys.exit(run_check(lambda: load_settings(dotenv=False)))
     settings = load_settings(dotenv=False)
+    timings = timings_from(os.environ.get(TIMINGS_ENV))
+    if timings is not None:
+        settings = dataclasses.replace(settings, timings=timings)
     media_origin = api_base.split("/api/", 1)[0]
     configure_logging(settings.log_level, settings.secret_values())
     options: dict[str, Any] = {

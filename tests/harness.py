@@ -2,7 +2,8 @@
 
 ``running_bot`` starts the Discord and 1min.ai emulators on 127.0.0.1, builds the bot with
 the same factory and services as ``python -m bot`` (settings pointing at the emulators, a
-temporary database and spool), waits until it is ready, and on exit stops everything and
+temporary database and spool, short clocks: :data:`tests.support.timings.SHORT_TIMINGS`
+unless the test passes ``timings=``), waits until it is ready, and on exit stops everything and
 checks the guards: nothing logged at ERROR, no call to an endpoint the emulator lacks, and
 the bot's client did not crash (discord.py lets an exception in its gateway loop end the
 client without logging anything).
@@ -28,6 +29,7 @@ from bot.services import Services, open_services
 from bot.settings import Secret, Settings
 from tests.emulators.discord import DiscordEmulator, Injected, point_discord_at
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.timings import SHORT_TIMINGS
 
 # Distinctive, not token-shaped: tests assert they never leak.
 DISCORD_TOKEN = "e2e-discord-token-QX7w-never-shown"
@@ -168,6 +170,7 @@ async def running_bot(
                 onemin_api_base=onemin_emu.base_url,
                 database_url=Secret(f"sqlite:///{tmp_path / 'data' / 'upscaler.db'}"),
                 spool_dir=tmp_path / "data" / "spool",
+                timings=SHORT_TIMINGS,
             )
             settings = dataclasses.replace(settings, **overrides)
             point_discord_at(discord_emu)
