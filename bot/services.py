@@ -104,6 +104,7 @@ async def open_services(
             base_url=settings.onemin_api_base,
             result_hosts=settings.result_hosts,
             upscale_timeout=settings.upscale_timeout,
+            backoff_base=settings.timings.onemin_backoff_base,
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
         )

@@ -21,6 +21,7 @@ __all__ = [
     "IDENTIFY_MARGIN",
     "IDENTIFY_SPACING",
     "LOOKUP_BACKOFF",
+    "ONEMIN_BACKOFF_BASE",
     "PROGRESS_INTERVAL",
     "STARTUP_FIRST_RETRY",
     "STARTUP_MAX_RETRY",
@@ -34,6 +35,7 @@ CIRCUIT_CHECK_INTERVAL = 2.0  # seconds between looks at the 1min.ai circuit whi
 IDENTIFY_INTERVAL = 5.0  # seconds: Discord's IDENTIFY window per concurrency bucket
 IDENTIFY_MARGIN = 0.5  # seconds added: an IDENTIFY arrives a little after its turn
 IDENTIFY_SPACING = IDENTIFY_INTERVAL + IDENTIFY_MARGIN  # seconds between a bucket's IDENTIFYs
+ONEMIN_BACKOFF_BASE = 0.5  # seconds: first wait before retrying a failed 1min.ai call; doubles
 STARTUP_FIRST_RETRY = 1.0  # seconds before start-up's second try; doubles after each try
 STARTUP_MAX_RETRY = 15.0  # seconds, start-up's longest wait between two tries
 
@@ -47,5 +49,6 @@ class Timings:
     lookup_backoff: float = LOOKUP_BACKOFF
     circuit_check_interval: float = CIRCUIT_CHECK_INTERVAL
     identify_spacing: float = IDENTIFY_SPACING
+    onemin_backoff_base: float = ONEMIN_BACKOFF_BASE
     startup_first_retry: float = STARTUP_FIRST_RETRY
     startup_max_retry: float = STARTUP_MAX_RETRY

@@ -104,11 +104,11 @@ async def test_cancel_button_and_cancelling_in_the_members_language(
     """A waiting job's Cancel button is labelled in the member's language, its progress
     line too, and pressing it answers in that language."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        h.onemin.upscale_delay = 3.0
+        upscale = h.onemin.hold("upscale")
         running = await h.discord.slash(
             "upscale", {"image": h.discord.attachment(png(), "a.png")}, locale=language
         )
-        await h.discord.wait_until(lambda: h.onemin.calls["upscale"] == 1)
+        await upscale.reached()
         queued = await h.discord.slash(
             "upscale", {"image": h.discord.attachment(png(), "b.png")}, locale=language
         )
@@ -127,6 +127,7 @@ async def test_cancel_button_and_cancelling_in_the_members_language(
         await h.discord.wait_until(
             lambda: h.discord.channel.messages[int(queued.original["id"])]["content"] == done  # type: ignore[index]
         )
+        upscale.release()
         await running.final(timeout=20)
 
 

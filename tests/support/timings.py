@@ -16,11 +16,12 @@ import json
 from bot.timings import IDENTIFY_INTERVAL, IDENTIFY_SPACING, Timings
 
 SHORT_TIMINGS = Timings(
-    progress_interval=0.25,
-    first_progress_delay=0.05,
+    progress_interval=0.5,
+    first_progress_delay=0.2,
     lookup_backoff=0.05,
     circuit_check_interval=0.05,
     identify_spacing=0.55,
+    onemin_backoff_base=0.02,
     startup_first_retry=0.25,
     startup_max_retry=2.0,
 )
