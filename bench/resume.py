@@ -24,13 +24,14 @@ from bench.common import emit
 from tests.bot_process import start_bot_process
 from tests.e2e.test_restart import results, stop, world
 from tests.support.images import png
+from tests.support.timings import REAL_TIMINGS
 
 RUNNING = 4
 
 
 async def run(jobs: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with world(Path(tmp)) as w:
+        async with world(Path(tmp), timings=REAL_TIMINGS) as w:
             w.onemin.upscale_delay = 600
             extra = {"MAX_CONCURRENT_JOBS": str(RUNNING), "LOG_LEVEL": "WARNING"}
             proc = await w.start(**extra)
