@@ -22,7 +22,7 @@ SHORT_TIMINGS = Timings(
     circuit_check_interval=0.05,
     identify_spacing=0.55,
     onemin_backoff_base=0.02,
-    startup_first_retry=0.25,
+    startup_first_retry=0.3,
     startup_max_retry=2.0,
 )
 REAL_TIMINGS = Timings()  # what python -m bot uses (benchmarks measure with these)
