@@ -6,8 +6,13 @@ a database that cannot be opened, a 1min.ai host that does not resolve) print on
 and exit with the status documented in :mod:`bot.startup`. SIGINT and SIGTERM close the
 bot, then the HTTP session and the database, in that order.
 
+With ``METRICS_PORT`` set, ``/metrics``, ``/healthz`` and ``/readyz`` are served from
+before the bot connects to Discord until after it has closed (:mod:`bot.metrics_http`).
+
 ``python -m bot check`` (``upscale-bot check``) checks the configuration, the token, the
 database and both services without starting the bot (:mod:`bot.check`).
+``upscale-bot job <id>`` prints a job's trail: its stages with their times and the
+process that ran each, its outcome, credits and 1min.ai record (:mod:`bot.jobs.trail`).
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ import aiohttp
 from bot import heap, startup
 from bot.client import UpscaleBot, create_bot
 from bot.logs import configure_logging
+from bot.metrics_http import MetricsEndpoint, MetricsPortUnavailable
 from bot.services import open_services
 from bot.settings import Settings, SettingsError, load_settings
-from bot.startup import EXIT_CONFIG, StartupError
+from bot.startup import EXIT_CONFIG, EXIT_METRICS_PORT, StartupError
 
 log = logging.getLogger("bot")
 
-USAGE = "usage: upscale-bot [check]"
+USAGE = "usage: upscale-bot [check | job <id>]"
 # Whole-request ceiling for the shared session; calls that need less set their own.
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15)
 
@@ -68,6 +74,12 @@ async def main(settings: Settings, **bot_options: Any) -> None:
         await startup.resolve_onemin(settings.onemin_api_base, retry)
         await startup.wait_for_discord(token, retry)
         bot = create_bot(settings, session=session, services=services, **bot_options)
+        endpoint = MetricsEndpoint.for_settings(settings, services, bot.gateway_status)
+        if endpoint is not None:
+            try:
+                await stack.enter_async_context(endpoint)
+            except MetricsPortUnavailable as exc:
+                raise StartupError(EXIT_METRICS_PORT, str(exc)) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
@@ -98,13 +110,28 @@ def serve(settings: Settings, **bot_options: Any) -> None:
         sys.exit(exc.status)
 
 
+def run_job(shown_id: str) -> int:
+    """``upscale-bot job <id>``: the job's trail from the database (see bot.jobs.trail)."""
+    from bot.jobs.trail import show_job
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("WARNING", secrets=settings.secret_values())
+    return asyncio.run(show_job(settings, shown_id, sys.stdout))
+
+
 def run() -> None:
-    """Console entry point (``upscale-bot``, ``upscale-bot check``)."""
+    """Console entry point (``upscale-bot``, ``upscale-bot check``, ``upscale-bot job``)."""
     args = sys.argv[1:]
     if args == ["check"]:
         from bot.check import run_check
 
         sys.exit(run_check(load_settings))
+    if len(args) == 2 and args[0] == "job":
+        sys.exit(run_job(args[1]))
     if args:
         print(USAGE, file=sys.stderr)
         sys.exit(0 if args[0] in ("-h", "--help") else EXIT_CONFIG)

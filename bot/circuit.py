@@ -7,12 +7,16 @@ stays open longer than ``give_up``), and nothing calls 1min.ai but one probe eve
 ``probe_interval`` seconds, made by whichever process claims it first. A probe that
 succeeds closes the circuit. Opening and closing are single conditional updates, so each
 incident is announced exactly once across the fleet (``on_change``).
+
+With :mod:`bot.signals` every process hears at once when the circuit opens or closes,
+so the state it read is kept until then (and re-read every
+:data:`bot.signals.FALLBACK_POLL` seconds in case a wake-up was lost); while the circuit
+is closed nothing here touches the database.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,12 +24,13 @@ from dataclasses import dataclass
 
 from bot.db import Database
 from bot.failures import FailureKind
+from bot.signals import FALLBACK_POLL, Signal, Signals
 from bot.timings import CIRCUIT_CHECK_INTERVAL
 
 log = logging.getLogger(__name__)
 
 NAME = "onemin"
-CACHE_SECONDS = 0.5  # how long a read of the state is reused
+CACHE_SECONDS = 0.5  # how long a read of the state is reused without wake-ups
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +71,30 @@ class Circuit:
         check_interval: float = CIRCUIT_CHECK_INTERVAL,
         cache_seconds: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
+        signals: Signals | None = None,
     ) -> None:
         self._db = db
         self._probe = probe
         self.probe_interval = probe_interval
         self.check_interval = check_interval  # seconds between looks while it is open
-        self.cache_seconds = cache_seconds  # seconds a read of the state is reused
         self._clock = clock
         self._listeners: list[Listener] = []
         self._cached: tuple[float, CircuitState] | None = None
+        self._signals = signals
+        # Without wake-ups another process's change is seen within ``cache_seconds``.
+        self._cache_for = FALLBACK_POLL if signals is not None else cache_seconds
+        self._changed = asyncio.Event()
+        if signals is not None:
+            signals.subscribe(self._on_signal)
+
+    def _on_signal(self, signal: Signal, payload: str) -> None:
+        if signal is Signal.CIRCUIT:
+            self.forget()
+
+    def forget(self) -> None:
+        """Read the shared state again next time (it changed somewhere in the fleet)."""
+        self._cached = None
+        self._changed.set()
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` when this process opens or closes the circuit."""
@@ -82,7 +102,7 @@ class Circuit:
 
     async def state(self) -> CircuitState:
         now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < self.cache_seconds:
+        if self._cached is not None and now - self._cached[0] < self._cache_for:
             return self._cached[1]
         row = await self._db.fetchone(
             "SELECT state, reason, opened_at FROM service_circuit WHERE name = ?", (NAME,)
@@ -108,6 +128,7 @@ class Circuit:
         )
         self._cached = None
         if changed:
+            await self._tell_fleet()
             log.warning(
                 "1min.ai %s: no more calls until it accepts again (probing every %.0f s)",
                 "refused the API key"
@@ -128,9 +149,18 @@ class Circuit:
         )
         self._cached = None
         if changed:
+            await self._tell_fleet()
             log.warning("1min.ai accepts calls again; the circuit is closed")
             await self._announce(CircuitEvent(False, state.reason, state.open_for))
         return bool(changed)
+
+    async def _tell_fleet(self) -> None:
+        if self._signals is None:
+            return
+        try:
+            await self._signals.send(Signal.CIRCUIT)
+        except Exception:
+            log.warning("Could not tell the fleet the circuit changed", exc_info=True)
 
     async def _announce(self, event: CircuitEvent) -> None:
         for listener in self._listeners:
@@ -160,13 +190,25 @@ class Circuit:
         await self.close()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Probe while open, until ``stopping`` is set."""
+        """Probe while open, until ``stopping`` is set.
+
+        While the circuit is closed this waits for it to change (a wake-up, or the
+        cached state running out), so a healthy bot makes no calls here.
+        """
         while not stopping.is_set():
+            is_open = False
             try:
                 await self.probe_if_due()
+                is_open = (await self.state()).open
             except Exception:
                 log.warning("1min.ai circuit check failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    stopping.wait(), min(self.check_interval, self.probe_interval)
-                )
+            self._changed.clear()
+            wait = min(self.check_interval, self.probe_interval) if is_open else self._cache_for
+            waiters = [asyncio.ensure_future(stopping.wait())]
+            if not is_open:
+                waiters.append(asyncio.ensure_future(self._changed.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()

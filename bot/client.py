@@ -7,6 +7,7 @@ injected, so the bot owns none of them and closing it leaves them to their owner
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,15 +17,19 @@ import discord
 from discord.ext import commands
 
 from bot.fleet import IdentifyGate, command_digest, sync_once
+from bot.i18n_discord import Translator
+from bot.metrics import ShardStatus
 from bot.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.tree import UpscaleTree
 
 if TYPE_CHECKING:
+    from bot.circuit import Circuit
     from bot.db import Database
     from bot.jobs import JobQueue
     from bot.ledger import Ledger
     from bot.onemin import OneMinClient
     from bot.services import Services
+    from bot.workers import ImageWorkers
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,13 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = (
     "cogs.menu",
     "cogs.credits",
     "cogs.owner",
+)
+# Persistent buttons (``module:Class``), registered by the bot itself before any
+# extension, so that buttons on old messages work whichever cog fails to load.
+DEFAULT_ITEMS: tuple[str, ...] = (
+    "cogs.buttons:DeleteResultButton",
+    "cogs.buttons:CancelJobButton",
+    "cogs.compare:CompareButton",
 )
 
 
@@ -49,6 +61,7 @@ class UpscaleBot(commands.Bot):
         services: Services,
         media_origins: frozenset[str] = DISCORD_MEDIA_ORIGINS,
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+        items: Sequence[str] = DEFAULT_ITEMS,
         **options: Any,
     ) -> None:
         intents = discord.Intents.none()
@@ -69,6 +82,7 @@ class UpscaleBot(commands.Bot):
         # Origins (scheme://host[:port]) members' images may be downloaded from.
         self.media_origins = media_origins
         self._extensions = tuple(extensions)
+        self._items = tuple(items)
         self.failed_extensions: list[str] = []
         self.identify_gate = IdentifyGate(services.db, spacing=settings.timings.identify_spacing)
         self._identify_concurrency: int | None = None
@@ -89,7 +103,23 @@ class UpscaleBot(commands.Bot):
     def queue(self) -> JobQueue:
         return self.services.queue
 
+    @property
+    def circuit(self) -> Circuit:
+        return self.services.circuit
+
+    @property
+    def image_workers(self) -> ImageWorkers:
+        return self.services.image_workers
+
     async def setup_hook(self) -> None:
+        # Command descriptions in the members' languages, and the persistent buttons:
+        # the bot's own, before the extensions, so no cog's failure loses them.
+        await self.tree.set_translator(Translator())
+        for spec in self._items:
+            try:
+                self.add_dynamic_items(_load_item(spec))
+            except Exception:
+                log.exception("Could not register the button %s; continuing without it", spec)
         for name in self._extensions:
             try:
                 await self.load_extension(name)
@@ -156,6 +186,16 @@ class UpscaleBot(commands.Bot):
                 self._identify_concurrency = 1
         return self._identify_concurrency
 
+    def gateway_status(self) -> dict[int, ShardStatus]:
+        """This process's gateway connection, as shard 0 (metrics and ``/readyz``).
+
+        Connected once ready and while the websocket is open; the latency is discord.py's
+        heartbeat latency (inf or nan before the first heartbeat is answered).
+        """
+        ready = self.is_ready() and not self.is_closed()
+        ws = self.ws
+        return {0: ShardStatus(ready and ws is not None and ws.open, self.latency)}
+
     async def close(self) -> None:
         """Stop the queue first (members are told about stopped jobs), then disconnect."""
         if not self.is_closed():
@@ -191,6 +231,23 @@ class ShardedUpscaleBot(UpscaleBot, commands.AutoShardedBot):
     one PostgreSQL database form a fleet (see :mod:`bot.fleet`). Without ``SHARD_COUNT``
     the bot is a plain :class:`UpscaleBot` with one gateway connection, as before.
     """
+
+    def gateway_status(self) -> dict[int, ShardStatus]:
+        """Each shard this process runs (none before they are launched)."""
+        ready = self.is_ready() and not self.is_closed()
+        return {
+            shard_id: ShardStatus(ready and not info.is_closed(), info.latency)
+            for shard_id, info in self.shards.items()
+        }
+
+
+def _load_item(spec: str) -> type[discord.ui.DynamicItem[Any]]:
+    """The persistent item class ``module:Class`` names."""
+    module, _, name = spec.partition(":")
+    item = getattr(importlib.import_module(module), name)
+    if not (isinstance(item, type) and issubclass(item, discord.ui.DynamicItem)):
+        raise TypeError(f"{spec} is not a persistent (dynamic) item")
+    return item
 
 
 def bot_of(interaction: discord.Interaction[Any]) -> UpscaleBot:

@@ -493,6 +493,9 @@ def _label_font(
     return font, text
 
 
+label_font = _label_font  # public: bot.chart draws the /usage chart's labels with it
+
+
 def _width(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> float:
     left, _, right, _ = font.getbbox(text)
     return right - left

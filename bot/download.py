@@ -28,17 +28,27 @@ class DownloadFailed(Exception):
     """The file could not be fetched (HTTP error, network, timeout)."""
 
 
+class SourceGone(DownloadFailed):
+    """The file is no longer there (HTTP 403, 404 or 410: deleted, or its signed link
+    expired)."""
+
+
+GONE_STATUSES = frozenset({403, 404, 410})
+
+
 async def download_to(session: aiohttp.ClientSession, url: str, path: Path, max_bytes: int) -> int:
     """Stream ``url`` into ``path``; returns the bytes written.
 
-    Raises :class:`DownloadTooLarge` past ``max_bytes`` and :class:`DownloadFailed` for
-    anything else. Redirects are not followed (Discord's CDN does not redirect).
+    Raises :class:`DownloadTooLarge` past ``max_bytes``, :class:`SourceGone` when the file
+    is no longer there, and :class:`DownloadFailed` for anything else. Redirects are not
+    followed (Discord's CDN does not redirect).
     """
     try:
         async with session.get(url, timeout=DOWNLOAD_TIMEOUT, allow_redirects=False) as response:
             if response.status != 200:
                 log.info("Attachment download answered HTTP %d", response.status)
-                raise DownloadFailed(f"HTTP {response.status}")
+                gone = response.status in GONE_STATUSES
+                raise (SourceGone if gone else DownloadFailed)(f"HTTP {response.status}")
             if (response.content_length or 0) > max_bytes:
                 raise DownloadTooLarge
             return await _stream_to_file(response, path, max_bytes)

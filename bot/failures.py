@@ -28,6 +28,10 @@ class FailureKind(StrEnum):
     BAD_RESULT = "bad_result"  # not an upscale of the input
     MISSING_PERMISSIONS = "missing_permissions"  # cannot post in the channel
     DELIVERY_ERROR = "delivery_error"  # Discord refused the message
+    # The member's image.
+    INPUT_INVALID = "input_invalid"  # not a usable image (the reason says which check)
+    SOURCE_GONE = "source_gone"  # the attachment was deleted or its link expired
+    SOURCE_FAILED = "source_failed"  # the attachment could not be downloaded
     # The bot's own reasons.
     CIRCUIT_OPEN = "circuit_open"  # 1min.ai kept refusing the account for too long
     INPUT_LOST = "input_lost"  # the spooled input is gone (e.g. after an upgrade)

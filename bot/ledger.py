@@ -265,6 +265,15 @@ class _Batcher(Generic[K, T, R]):
                     future.cancel()
 
 
+def guild_lock(guild_id: int) -> str:
+    """The lock key that serialises a guild's reservations (``Transaction.lock``).
+
+    Callers that must decide something together with a reservation (the job queue's
+    per-member cap) take it first, in the reservation's transaction.
+    """
+    return f"guild:{guild_id}"
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -461,8 +470,8 @@ class Ledger:
     def _lock_keys(self, guild_id: int) -> tuple[str, ...]:
         """Advisory lock keys serialising the writers of a guild's usage (PostgreSQL)."""
         if self._total_budget:
-            return (f"guild:{guild_id}", "total")
-        return (f"guild:{guild_id}",)
+            return (guild_lock(guild_id), "total")
+        return (guild_lock(guild_id),)
 
     def _list(self, values: Collection[Any], of: Literal["BIGINT", "TEXT"]) -> tuple[str, Any]:
         """A list of values for SQL: a table of one column ``id`` to put in FROM or an IN
@@ -658,7 +667,7 @@ class Ledger:
                 f" WHERE id IN (SELECT id FROM {table} s)",
                 {"ids": listed},
             )
-            await tx.lock(*(f"guild:{int(r['guild_id'])}" for r in guilds))
+            await tx.lock(*(guild_lock(int(r["guild_id"])) for r in guilds))
         rows = await tx.fetchall(
             "UPDATE ledger_entries SET state = :state, reason = :reason, settled_at = :now"
             f" WHERE id IN (SELECT id FROM {table} s) AND state = 'reserved'"
@@ -702,6 +711,13 @@ class Ledger:
         False): a delivered result is paid for. ``reason`` is kept for the records.
         """
         return await self._settle(reservation_id, "refunded", reason, tx)
+
+    async def reservation(self, reservation_id: str) -> tuple[int, str] | None:
+        """A reservation's cost and state (reserved, committed or refunded), or None."""
+        row = await self._db.fetchone(
+            "SELECT cost, state FROM ledger_entries WHERE id = ?", (reservation_id,)
+        )
+        return None if row is None else (int(row["cost"]), str(row["state"]))
 
     async def refund_unsettled(self, *, exclude_job_ids: Collection[str] = ()) -> list[Reservation]:
         """Refund reservations a crash left unsettled (except those of ``exclude_job_ids``).
@@ -1071,7 +1087,7 @@ class Ledger:
         now = self._clock()
         async with self._db.transaction() as tx:
             await self._ensure_guild(guild_id, tx)
-            await tx.lock(f"guild:{guild_id}")  # the member's usage counter changes
+            await tx.lock(guild_lock(guild_id))  # the member's usage counter changes
             guild = await self._guild(tx, guild_id, now)
             members = await self._members(tx, guild_id, guild.since, [member_id])
             await tx.execute(

@@ -51,6 +51,10 @@ from bot.timings import ONEMIN_BACKOFF_BASE
 
 __all__ = [
     "DEFAULT_RESULT_HOSTS",
+    "ROUTE_ASSETS",
+    "ROUTE_DOWNLOAD",
+    "ROUTE_FEATURES",
+    "ROUTE_RESULTS",
     "BadResponse",
     "DownloadRefused",
     "InputRejected",
@@ -70,6 +74,13 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.1min.ai"
 ASSETS_PATH = "/api/assets"
 FEATURES_PATH = "/api/features"
+# Route names given to the ``on_request`` hook (the ``route`` label of the bot's
+# ``upscale_onemin_requests_total``): uploads, feature calls, result polls, downloads.
+ROUTE_ASSETS = "assets"
+ROUTE_FEATURES = "features"
+ROUTE_RESULTS = "results"  # GET /api/results/{uuid}; the client makes no such call yet
+ROUTE_DOWNLOAD = "download"
+_API_ROUTES = {ASSETS_PATH: ROUTE_ASSETS, FEATURES_PATH: ROUTE_FEATURES}
 UPSCALER_TYPE = "IMAGE_UPSCALER"
 UPSCALER_MODEL = "stable-image"
 
@@ -226,6 +237,12 @@ class OneMinClient:
     ``max_attempts`` bounds every retry loop; backoff grows from ``backoff_base`` and is
     capped at ``backoff_cap``, which also caps how long a ``Retry-After`` is waited for
     (a longer one is raised to the caller as :class:`RateLimited`).
+
+    ``on_request`` (optional) is called after every HTTP request the client makes,
+    retries, redirect hops and probes included, with the route (:data:`ROUTE_ASSETS`,
+    :data:`ROUTE_FEATURES`, :data:`ROUTE_DOWNLOAD`) and the HTTP status, or None when no
+    answer came (connection error, timeout, cancelled). It must be cheap and must not
+    raise (what it raises is logged and ignored); the bot counts requests with it.
     """
 
     def __init__(
@@ -243,6 +260,7 @@ class OneMinClient:
         backoff_cap: float = 8.0,
         before_request: Callable[[], Awaitable[None]] | None = None,
         retry_rate_limited: bool = True,
+        on_request: Callable[[str, int | None], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -261,6 +279,7 @@ class OneMinClient:
         self._before_request = before_request
         # False: a 429 is raised at once (the caller waits in line and tries again).
         self._retry_rate_limited = retry_rate_limited
+        self._on_request = on_request
 
     def __repr__(self) -> str:
         return f"OneMinClient(base_url={self._base_url!r})"
@@ -371,6 +390,7 @@ class OneMinClient:
         if not isinstance(body, aiohttp.FormData):
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
+        status: int | None = None
         try:
             async with asyncio.timeout(time_limit):
                 async with self._session.post(
@@ -382,6 +402,7 @@ class OneMinClient:
                     # long synchronous upscale short; asyncio.timeout bounds the call.
                     timeout=aiohttp.ClientTimeout(total=None),
                 ) as response:
+                    status = response.status
                     ok = 200 <= response.status < 300
                     raw = await _read_capped(response, MAX_JSON_BYTES, capped_error=ok)
                     return self._decode(response, raw)
@@ -402,6 +423,17 @@ class OneMinClient:
             raise ServiceUnavailable(
                 f"connection to 1min.ai failed during {path}: {type(err).__name__}"
             ) from err
+        finally:
+            self._count(_API_ROUTES.get(path, path), status)
+
+    def _count(self, route: str, status: int | None) -> None:
+        """Tell the ``on_request`` hook about one finished request (never raises)."""
+        if self._on_request is None:
+            return
+        try:
+            self._on_request(route, status)
+        except Exception:
+            log.warning("The 1min.ai request hook failed", exc_info=True)
 
     def _decode(self, response: aiohttp.ClientResponse, raw: bytes) -> Any:
         """Turn a finished API response into JSON, or raise the error it stands for."""
@@ -478,18 +510,25 @@ class OneMinClient:
         try:
             async with asyncio.timeout(self._download_timeout):
                 for _ in range(MAX_REDIRECTS + 1):
-                    async with self._session.get(
-                        url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=None)
-                    ) as response:
-                        if response.status in (301, 302, 303, 307, 308):
-                            location = response.headers.get("Location", "")
-                            url = urljoin(url, location)
-                            self._check_download_url(url)
-                            continue
-                        if response.status >= 400:
-                            raw = await _read_capped(response, MAX_JSON_BYTES, capped_error=False)
-                            raise _download_error(response, raw)
-                        return await read(response)
+                    status: int | None = None
+                    try:
+                        async with self._session.get(
+                            url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=None)
+                        ) as response:
+                            status = response.status
+                            if response.status in (301, 302, 303, 307, 308):
+                                location = response.headers.get("Location", "")
+                                url = urljoin(url, location)
+                                self._check_download_url(url)
+                                continue
+                            if response.status >= 400:
+                                raw = await _read_capped(
+                                    response, MAX_JSON_BYTES, capped_error=False
+                                )
+                                raise _download_error(response, raw)
+                            return await read(response)
+                    finally:
+                        self._count(ROUTE_DOWNLOAD, status)
                 raise BadResponse(f"result download redirected more than {MAX_REDIRECTS} times")
         except OneMinError:
             raise

@@ -100,6 +100,13 @@ class RateGate:
             async with self._turn:
                 self._turn.notify_all()
 
+    async def window_used(self) -> int:
+        """Requests recorded in the current window, fleet-wide (read only; for metrics)."""
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) AS n FROM onemin_calls WHERE at > ?", (self._clock() - self.window,)
+        )
+        return int(row["n"]) if row else 0
+
     async def _take(self, wanted: int) -> tuple[int, float]:
         """Record up to ``wanted`` requests as the window has room: (recorded, 0), or
         (0, seconds until it has room)."""

@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import discord
 
 from bot.i18n import Text, resolve
+from bot.jobs.model import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ class ReplyTarget:
     guild_locale: str | None = None  # the server's preferred language
 
     def expired(self, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
-        """True when the token is (nearly) past its 15 minutes."""
-        return time.time() - self.created_at >= TOKEN_LIFETIME - margin
+        """True when the token is (nearly) past its 15 minutes, or unknown."""
+        return not self.token or time.time() - self.created_at >= TOKEN_LIFETIME - margin
 
     @property
     def member_language(self) -> str:
@@ -117,30 +118,40 @@ class ReplyTarget:
             guild_locale=str(interaction.guild_locale) if interaction.guild_locale else None,
         )
 
-    def to_context(self) -> dict[str, Any]:
-        """JSON-ready form, stored with a job (the token expires within 15 minutes)."""
-        return {
-            "app": self.application_id,
-            "token": self.token,
-            "at": self.created_at,
-            "msg": self.message_id,
-            "locale": self.locale,
-            "guild_locale": self.guild_locale,
-        }
+    def job_context(
+        self,
+        *,
+        upload_limit: int | None = None,
+        role_ids: tuple[int, ...] = (),
+        source_link: str | None = None,
+    ) -> JobContext:
+        """What a job keeps to answer from any process (the token is kept apart)."""
+        return JobContext(
+            application_id=self.application_id,
+            interaction_at=self.created_at,
+            message_id=self.message_id,
+            locale=self.locale,
+            guild_locale=self.guild_locale,
+            upload_limit=upload_limit,
+            role_ids=role_ids,
+            source_link=source_link,
+        )
 
     @classmethod
-    def from_context(
-        cls, context: Mapping[str, Any], *, channel_id: int, member_id: int
+    def for_job(
+        cls, context: JobContext, token: str | None, *, channel_id: int, member_id: int
     ) -> ReplyTarget:
+        """Where to answer a job's member; without a token (erased when the job ended,
+        or never known) only a channel post is possible."""
         return cls(
-            application_id=int(context["app"]),
-            token=str(context["token"]),
-            created_at=float(context["at"]),
+            application_id=context.application_id,
+            token=token or "",
+            created_at=context.interaction_at,
             channel_id=channel_id,
             member_id=member_id,
-            message_id=int(context["msg"]) if context.get("msg") else None,
-            locale=context.get("locale"),
-            guild_locale=context.get("guild_locale"),
+            message_id=context.message_id,
+            locale=context.locale,
+            guild_locale=context.guild_locale,
         )
 
 

@@ -19,13 +19,17 @@ from PIL import Image
 
 from bot.circuit import Circuit
 from bot.db import Database, open_database
+from bot.download import download_to
 from bot.failures import FailureKind
 from bot.images import ImageLimits
 from bot.jobs import JobQueue, instance_name
+from bot.jobs.metrics import NO_JOB_METRICS
 from bot.ledger import Ledger
+from bot.metrics import Metrics
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
 from bot.settings import Settings
+from bot.signals import Signals
 from bot.workers import ImageWorkers
 
 
@@ -40,6 +44,8 @@ class Services:
     circuit: Circuit
     queue: JobQueue
     image_workers: ImageWorkers
+    signals: Signals
+    metrics: Metrics | None = None  # with METRICS_PORT only (see bot.metrics_http)
 
 
 def spool_dir(settings: Settings, db: Database) -> Path:
@@ -77,14 +83,17 @@ async def probe_onemin(onemin: OneMinClient, reason: FailureKind) -> None:
 async def open_services(
     settings: Settings, session: aiohttp.ClientSession
 ) -> AsyncIterator[Services]:
-    """Open the database and build the ledger, 1min.ai client and job queue.
+    """Open the database and build the ledger, 1min.ai client and job queue (and, with
+    ``METRICS_PORT``, the metrics they feed).
 
     The HTTP session belongs to the caller. The database is closed on exit; the queue is
     shut down by the bot (it needs Discord to tell members about stopped jobs).
     """
     db = await open_database(settings.database_url.get())
+    metrics = Metrics() if settings.metrics_port is not None else None
     instance = instance_name(settings.shard_ids)
     image_workers = ImageWorkers()
+    signals = Signals(db)
     try:
         ledger = Ledger(
             db,
@@ -107,12 +116,14 @@ async def open_services(
             backoff_base=settings.timings.onemin_backoff_base,
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
+            on_request=None if metrics is None else metrics.onemin_request,
         )
         circuit = Circuit(
             db,
             probe=functools.partial(probe_onemin, onemin),
             probe_interval=settings.circuit_probe_interval,
             check_interval=settings.timings.circuit_check_interval,
+            signals=signals,
         )
         queue = JobQueue(
             db=db,
@@ -132,6 +143,10 @@ async def open_services(
             circuit=circuit,
             circuit_give_up=settings.circuit_give_up,
             image_workers=image_workers,
+            fetch_source=functools.partial(download_to, session),
+            retention_days=settings.job_retention_days,
+            signals=signals,
+            metrics=NO_JOB_METRICS if metrics is None else metrics,
         )
         yield Services(
             db=db,
@@ -141,7 +156,10 @@ async def open_services(
             circuit=circuit,
             queue=queue,
             image_workers=image_workers,
+            signals=signals,
+            metrics=metrics,
         )
     finally:
         await image_workers.close()
+        await signals.close()
         await db.close()

@@ -11,6 +11,8 @@ fix into a :class:`StartupError`, which ``bot.__main__`` prints as one line on s
  5     the database (or the spool beside it) cannot be opened (:data:`EXIT_DATABASE`)
  6     the 1min.ai host in ``ONEMIN_API_BASE`` does not resolve
        (:data:`EXIT_ONEMIN_UNRESOLVABLE`)
+ 7     ``METRICS_PORT`` cannot be opened on ``METRICS_HOST`` (in use, or not an address
+       of this machine) (:data:`EXIT_METRICS_PORT`)
 =====  =========================================================================
 
 A network that is not up yet (the machine just booted, a container started before its
@@ -50,6 +52,7 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_DATABASE",
     "EXIT_DISCORD_UNREACHABLE",
+    "EXIT_METRICS_PORT",
     "EXIT_ONEMIN_UNRESOLVABLE",
     "EXIT_TOKEN_REJECTED",
     "RETRY_VARIABLE",
@@ -79,6 +82,7 @@ EXIT_TOKEN_REJECTED = 3  # Discord refused DISCORD_TOKEN
 EXIT_DISCORD_UNREACHABLE = 4  # no answer from Discord within the retry time
 EXIT_DATABASE = 5  # the database or the spool directory cannot be opened
 EXIT_ONEMIN_UNRESOLVABLE = 6  # ONEMIN_API_BASE's host does not resolve
+EXIT_METRICS_PORT = 7  # METRICS_PORT cannot be opened (in use, or a foreign METRICS_HOST)
 
 RETRY_VARIABLE = "STARTUP_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0  # total time start-up waits for the network

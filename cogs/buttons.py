@@ -33,8 +33,7 @@ CANCEL_ANSWERS = {
 
 
 def _may_act_for(interaction: discord.Interaction[Any], owner_id: int) -> bool:
-    roles = bot_of(interaction).settings.moderator_role_ids
-    return interaction.user.id == owner_id or is_moderator(interaction.user, roles)
+    return interaction.user.id == owner_id or is_moderator(interaction)
 
 
 class UpscaleButton(
@@ -102,7 +101,7 @@ class CancelJobButton(UpscaleButton, template=r"upscale:cancel:(?P<value>[0-9a-f
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = bot_of(interaction)
-        moderator = is_moderator(interaction.user, bot.settings.moderator_role_ids)
+        moderator = is_moderator(interaction)
         outcome = await bot.queue.cancel(self.value, interaction.user.id, moderator=moderator)
         language = interaction_locale(interaction)
         if outcome is CancelOutcome.CANCELLED:

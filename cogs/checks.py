@@ -6,7 +6,7 @@ change it, so moderator commands also check here, every time they run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TypeVar
 
 import discord
@@ -20,19 +20,9 @@ NOT_IN_DMS = Text.of("error.not_in_dms")
 NOT_A_MODERATOR = Text.of("error.not_a_moderator")
 
 
-def is_moderator(
-    member: discord.Member | discord.User, moderator_role_ids: Collection[int]
-) -> bool:
-    """True for members with Manage Server or one of the configured moderator roles."""
-    if not isinstance(member, discord.Member):
-        return False
-    if member.guild_permissions.manage_guild:
-        return True
-    return any(role.id in moderator_role_ids for role in member.roles)
-
-
-def interaction_is_moderator(interaction: discord.Interaction) -> bool:
-    """Moderator check that trusts the interaction's own permission bits and roles."""
+def is_moderator(interaction: discord.Interaction) -> bool:
+    """True for members with Manage Server (as this interaction's permissions say) or one
+    of the configured moderator roles; False outside a server."""
     member = interaction.user
     if not isinstance(member, discord.Member) or interaction.guild is None:
         return False
@@ -57,7 +47,7 @@ def moderator_only() -> Callable[[_T], _T]:
 
     async def predicate(interaction: discord.Interaction) -> bool:
         require_guild(interaction)
-        if not interaction_is_moderator(interaction):
+        if not is_moderator(interaction):
             raise UserError(NOT_A_MODERATOR)
         return True
 

@@ -9,29 +9,29 @@ localised through :class:`bot.i18n_discord.Translator`.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import logging
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.i18n import Text, number, t
+from bot.chart import usage_chart
+from bot.failures import FailureKind
+from bot.i18n import Text, catalogue, number, t
 from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
-from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError
+from bot.jobs import JobFailure, JobStatus
+from bot.jobs.trail import JobTrail
+from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, UsageReport
 from bot.settings import PERIODS, Period
 from bot.tree import UserError
-from cogs.checks import (
-    NOT_A_MODERATOR,
-    interaction_is_moderator,
-    moderator_only,
-    require_guild,
-)
-from cogs.owner import owner_cog
+from cogs import messages
+from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERIOD_CHOICES = localised_choices("period", PERIODS)
+# ``bot.dispatch`` event for every moderator change: (guild_id, actor_id, Change); the
+# listener is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
+QUOTA_CHANGE_EVENT = "quota_change"
 TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
@@ -89,7 +92,7 @@ class Credits(commands.Cog):
     ) -> None:
         guild = require_guild(interaction)
         target = member or interaction.user
-        if target.id != interaction.user.id and not interaction_is_moderator(interaction):
+        if target.id != interaction.user.id and not is_moderator(interaction):
             raise UserError(NOT_A_MODERATOR)
         await interaction.response.defer(ephemeral=True, thinking=True)
         role_ids = [r.id for r in getattr(target, "roles", ())]
@@ -134,9 +137,9 @@ class Credits(commands.Cog):
         await interaction.edit_original_response(
             content=text.render(interaction_locale(interaction))
         )
-        owner = owner_cog(self.bot)
-        if owner is not None and interaction.guild_id is not None:
-            await owner.log_change(interaction.guild_id, interaction.user.id, change)
+        if interaction.guild_id is not None and change is not None:
+            # Whoever keeps the quota log (the Owner cog) listens for this event.
+            self.bot.dispatch(QUOTA_CHANGE_EVENT, interaction.guild_id, interaction.user.id, change)
 
     @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
@@ -171,7 +174,7 @@ class Credits(commands.Cog):
             )
             name = t(lang, "quota.show.total_budget")
             lines.append(t(lang, "quota.show.line", name=name, value=value))
-        circuit = await self.bot.services.circuit.state()
+        circuit = await self.bot.circuit.state()
         state = t(
             lang, "quota.show.service_state.open" if circuit.open else "quota.show.service_state.ok"
         )
@@ -347,17 +350,25 @@ class Credits(commands.Cog):
     # -- /usage ------------------------------------------------------------------------
 
     @app_commands.command(name="usage", description=cmd_text("cmd.usage.description"))
-    @app_commands.describe(period=cmd_text("cmd.usage.option.period"))
+    @app_commands.describe(
+        period=cmd_text("cmd.usage.option.period"), job=cmd_text("cmd.usage.option.job")
+    )
     @app_commands.choices(period=PERIOD_CHOICES)
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @moderator_only()
     async def usage(
-        self, interaction: discord.Interaction, period: app_commands.Choice[str] | None = None
+        self,
+        interaction: discord.Interaction,
+        period: app_commands.Choice[str] | None = None,
+        job: app_commands.Range[str, 1, 64] | None = None,
     ) -> None:
         guild = require_guild(interaction)
         chosen = _check_period(period.value) if period is not None else None
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if job is not None:
+            await self._job_trail(interaction, guild.id, job)
+            return
         report = await self.ledger.usage(guild.id, chosen)
         lang = interaction_locale(interaction)
         rows = sorted(report.members, key=lambda m: (-m.credits, m.member_id))
@@ -393,9 +404,84 @@ class Credits(commands.Cog):
         for m in rows:
             writer.writerow([m.member_id, m.upscales, m.credits, m.failures, m.refunds])
         data = io.BytesIO(buffer.getvalue().encode())
+        chart = await self._chart(report, lang, guild)
         await interaction.edit_original_response(
-            embed=embed, attachments=[discord.File(data, filename=f"usage-{guild.id}.csv")]
+            embed=embed,
+            attachments=[discord.File(data, filename=f"usage-{guild.id}.csv"), chart],
         )
+
+    async def _chart(self, report: UsageReport, lang: str, guild: discord.Guild) -> discord.File:
+        """The report's chart (drawn in a thread) as a PNG attachment with its alt text.
+
+        Members are named by their display name when the bot has them cached (it asks
+        Discord for nobody), else by id.
+        """
+        names = {}
+        for usage in report.members:
+            member = guild.get_member(usage.member_id)
+            if member is not None:
+                names[usage.member_id] = member.display_name
+        drawn = await asyncio.to_thread(usage_chart, report, lang, names, datetime.now(UTC))
+        return discord.File(
+            io.BytesIO(drawn.png), filename=f"usage-{guild.id}.png", description=drawn.description
+        )
+
+    async def _job_trail(self, interaction: discord.Interaction, guild_id: int, shown: str) -> None:
+        """``/usage job:<id>``: the job's trail, for a job of this server only (another
+        server's job is answered exactly like one that does not exist)."""
+        lang = interaction_locale(interaction)
+        trail = await self.bot.queue.trail(shown)
+        if trail is None or trail.job.guild_id != guild_id:
+            await interaction.edit_original_response(content=t(lang, "usage.job.not_found"))
+            return
+        await interaction.edit_original_response(content="\n".join(trail_lines(trail, lang)))
+
+
+def trail_lines(trail: JobTrail, lang: str) -> list[str]:
+    """A job's trail in the moderator's language (times as Discord timestamps)."""
+    job = trail.job
+    lines = [
+        f"**{t(lang, 'usage.job.title', job=job.id[:8])}**",
+        t(
+            lang,
+            "usage.job.requested",
+            member=f"<@{job.member_id}>",
+            when=f"<t:{int(job.created_at)}:f>",
+        ),
+    ]
+    if trail.status is JobStatus.DELIVERED:
+        lines.append(t(lang, "usage.job.delivered"))
+    elif trail.status is JobStatus.CANCELLED:
+        lines.append(t(lang, "usage.job.cancelled"))
+    elif trail.status is JobStatus.FAILED:
+        kind = _failure_kind(trail.error_kind)
+        reason = messages.failure_reason(JobFailure(kind)).render(lang)
+        lines.append(t(lang, "usage.job.failed", reason=reason))
+    else:
+        stage = trail.events[-1].stage if trail.events else job.stage.value
+        lines.append(t(lang, "usage.job.running", stage=_stage_name(lang, stage)))
+    if trail.credits is not None:
+        cost, state = trail.credits
+        lines.append(t(lang, f"usage.job.credits_{state}", count=cost))
+    if job.record_id:
+        lines.append(t(lang, "usage.job.record", record=f"`{job.record_id}`"))
+    lines.append(f"**{t(lang, 'usage.job.stages')}**")
+    lines += [
+        f"<t:{int(e.at)}:T> {_stage_name(lang, e.stage)} · `{e.process}`" for e in trail.events
+    ]
+    return lines
+
+
+def _stage_name(lang: str, stage: str) -> str:
+    key = "usage.job.stage." + stage.replace(" ", "_")
+    return t(lang, key) if key in catalogue() else stage
+
+
+def _failure_kind(value: str | None) -> FailureKind:
+    try:
+        return FailureKind(value or FailureKind.ERROR)
+    except ValueError:
+        return FailureKind.ERROR
 
 
 def _check_period(value: str) -> Period:

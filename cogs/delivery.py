@@ -20,15 +20,16 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
 from bot import images
 from bot.failures import FailureKind
 from bot.i18n import SUPPORTED, Text, number, t
-from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Stage
+from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.replies import Answer, Replies, ReplyTarget
 from bot.timings import FIRST_PROGRESS_DELAY, PROGRESS_INTERVAL
 from cogs import messages
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
-CANCELLABLE = (Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
+CANCELLABLE = (Stage.RECEIVING, Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
 LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
 
 
@@ -57,15 +58,25 @@ def job_footers(job_id: str) -> frozenset[str]:
 
 
 def target_of(job: Job) -> ReplyTarget:
-    return ReplyTarget.from_context(job.context, channel_id=job.channel_id, member_id=job.member_id)
+    return ReplyTarget.for_job(
+        job.context, job.reply_token, channel_id=job.channel_id, member_id=job.member_id
+    )
+
+
+ShowCheck = Callable[[], Awaitable[bool]]
 
 
 class ProgressDisplay:
     """Shows a job's place in line and stage on the deferred reply, throttled.
 
-    The first edit waits ``first_delay``: Discord already shows "thinking…",
-    and most jobs that start at once finish before a progress line would help; skipping
-    those edits keeps REST traffic (and event-loop work) down during bursts.
+    The first edit waits ``first_delay``: Discord already shows "thinking…", and most
+    jobs that start at once finish before a progress line would help; skipping those
+    edits keeps REST traffic (and event-loop work) down during bursts.
+
+    Every edit is guarded: right before sending it, ``may_show`` reads the job's recorded
+    state, and an edit for a job that another process claimed, or that has ended, is
+    dropped and the display closed. A throttled edit that was waiting when the result
+    was posted elsewhere therefore never replaces the result.
     """
 
     def __init__(
@@ -73,12 +84,14 @@ class ProgressDisplay:
         replies: Replies,
         target: ReplyTarget,
         job_id: str,
+        may_show: ShowCheck,
         interval: float = PROGRESS_INTERVAL,
         first_delay: float = FIRST_PROGRESS_DELAY,
     ) -> None:
         self._replies = replies
         self._target = target
         self._job_id = job_id
+        self._may_show = may_show
         self._interval = interval
         self._latest: tuple[str, bool] | None = None
         self._shown: tuple[str, bool] | None = None
@@ -86,6 +99,11 @@ class ProgressDisplay:
         self._last_edit = time.monotonic() - interval + first_delay
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.dropped = 0  # edits dropped because the job was no longer this display's
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def show(self, text: str, cancellable: bool) -> None:
         if self._closed:
@@ -100,6 +118,13 @@ class ProgressDisplay:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
+            if not await self._may_show():
+                self.dropped += 1
+                log.info("Job %s is no longer shown here; progress edit dropped", self._job_id)
+                self._closed = True
+                return
+            if self.closed:  # closed while the check ran (the result is being posted)
+                return
             text, cancellable = self._latest
             view = cancel_view(self._job_id, self._target.member_language) if cancellable else None
             try:
@@ -123,24 +148,43 @@ class ProgressDisplay:
 
 
 class DiscordFrontEnd:
-    """Answers members about their jobs through Discord."""
+    """Answers members about their jobs through Discord.
+
+    It keeps one :class:`ProgressDisplay` per job it shows, and forgets it when the job
+    ends anywhere in the fleet (the queue calls :meth:`ended`), so a long-running process
+    holds no state for jobs other processes delivered.
+    """
 
     def __init__(self, bot: UpscaleBot) -> None:
         self.bot = bot
         self.replies = Replies(bot)
+        timings = bot.settings.timings  # short in tests (see bot.timings)
+        self.progress_interval = timings.progress_interval
+        self.first_progress_delay = timings.first_progress_delay
+        self.lookup_backoff = timings.lookup_backoff
         self._displays: dict[str, ProgressDisplay] = {}
         self._resumed: set[str] = set()
 
+    @property
+    def shown(self) -> int:
+        """Jobs this process currently shows progress for."""
+        return len(self._displays)
+
     def _display(self, job: Job) -> ProgressDisplay:
         display = self._displays.get(job.id)
-        if display is None:
-            timings = self.bot.settings.timings
+        if display is None or display.closed:
+            queue = self.bot.queue
+
+            async def may_show() -> bool:
+                return await queue.shows(job.id)
+
             display = ProgressDisplay(
                 self.replies,
                 target_of(job),
                 job.id,
-                interval=timings.progress_interval,
-                first_delay=timings.first_progress_delay,
+                may_show,
+                self.progress_interval,
+                self.first_progress_delay,
             )
             self._displays[job.id] = display
         return display
@@ -153,15 +197,15 @@ class DiscordFrontEnd:
 
     # -- FrontEnd ----------------------------------------------------------------------
 
-    def progress(self, job: Job, stage: Stage, position: int | None) -> None:
+    def progress(self, job: Job, progress: Progress) -> None:
         language = target_of(job).member_language  # progress only edits the member's reply
         since = messages.timestamp(job.created_at)
-        lines = [messages.progress_text(stage, position, since).render(language)]
+        lines = [messages.progress_text(progress, since).render(language)]
         if job.id in self._resumed:
             lines.insert(0, messages.RESUMED.render(language))
-        if job.prepared.notes:
+        if job.prepared is not None and job.prepared.notes:
             lines.append(messages.note_lines(job.prepared.notes, language))
-        self._display(job).show("\n".join(lines), stage in CANCELLABLE)
+        self._display(job).show("\n".join(lines), progress.stage in CANCELLABLE)
 
     async def resumed(self, job: Job) -> None:
         target = target_of(job)
@@ -206,7 +250,7 @@ class DiscordFrontEnd:
                     raise DeliveryFailed(
                         FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
                     ) from exc
-                await asyncio.sleep(self.bot.settings.timings.lookup_backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(self.lookup_backoff * 2 ** (attempt - 1))
         if found is not None:
             log.info("Job %s had already been delivered (message %d)", job.id, found.id)
         return found.id if found is not None else None
@@ -215,14 +259,11 @@ class DiscordFrontEnd:
         """Post the result, fitted under the interaction's upload limit."""
         await self._close(job.id)
         target = target_of(job)
-        upload_limit = int(job.context.get("limit") or DEFAULT_UPLOAD_LIMIT)
+        upload_limit = job.context.upload_limit or DEFAULT_UPLOAD_LIMIT
         limit = max(1024 * 1024, upload_limit - UPLOAD_MARGIN)
-        stem = Path(job.prepared.filename).stem[:60] or "image"
-        fitted = await self.bot.services.image_workers.fit(
-            result.path, result.format, limit, f"{stem}_4x"
-        )
-        roles = [int(r) for r in job.context.get("roles", ())]
-        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, roles)
+        stem = Path(job.input.filename).stem[:60] or "image"
+        fitted = await self.bot.image_workers.fit(result.path, result.format, limit, f"{stem}_4x")
+        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, job.context.role_ids)
         mention = f"<@{job.member_id}>"
 
         def compose(language: str, channel_mention: str | None) -> Answer:
@@ -235,9 +276,9 @@ class DiscordFrontEnd:
             if fitted.reencoded or fitted.resized:
                 label = t(language, "button.full_size")
                 view.add_item(discord.ui.Button(label=label, url=result.temporary_url))
-            if job.context.get("source"):
+            if job.context.source_link:
                 label = t(language, "button.source")
-                view.add_item(discord.ui.Button(label=label, url=str(job.context["source"])))
+                view.add_item(discord.ui.Button(label=label, url=job.context.source_link))
             content = t(language, "result.ready", mention=mention) if channel_mention else mention
             return Answer(content, embed, view)
 
@@ -268,7 +309,7 @@ def result_embed(
     language: str,
 ) -> discord.Embed:
     """The delivered result's embed, in ``language``."""
-    ow, oh = job.prepared.original_size
+    ow, oh = job.input.original_size
     nw, nh = fitted.size
     field = "embed.field."
     embed = discord.Embed(title=t(language, "embed.title"), colour=discord.Colour.green())
@@ -283,7 +324,7 @@ def result_embed(
     )
     if remaining is not None:
         embed.add_field(name=t(language, field + "credits_left"), value=number(language, remaining))
-    notes: list[Text] = list(job.prepared.notes)
+    notes: list[Text] = list(job.input.notes)
     if fitted.note:
         notes.append(fitted.note)
     if notes:
@@ -299,18 +340,3 @@ def file_size(language: str, count: int) -> str:
     if count >= 1000:
         return t(language, "unit.kb", value=number(language, round(count / 1000)))
     return images.human_bytes(count)
-
-
-def context_for(
-    interaction: discord.Interaction[Any],
-    message_id: int | None,
-    role_ids: list[int],
-    source_url: str | None = None,
-) -> dict[str, Any]:
-    """What a job keeps about its interaction, to answer from any process later."""
-    context = ReplyTarget.from_interaction(interaction, message_id).to_context()
-    context["limit"] = interaction.filesize_limit
-    context["roles"] = role_ids
-    if source_url:
-        context["source"] = source_url
-    return context

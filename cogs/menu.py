@@ -12,6 +12,7 @@ its own message without stopping the others; a file that is not an image is repo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from bot.i18n import t
 from bot.i18n_discord import interaction_locale
 from bot.tree import UserError
 from cogs import messages
-from cogs.upscale import SourceImage, Upscale, defer
+from cogs.intake import SourceImage, allowed_source, defer, start_job
 
 if TYPE_CHECKING:
     from bot.client import UpscaleBot
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 MAX_IMAGES = 4  # images taken from one message
 
 
-def images_of(message: discord.Message, allowed: Any) -> tuple[list[SourceImage], list[str]]:
+def images_of(
+    message: discord.Message, allowed: Callable[[str], bool]
+) -> tuple[list[SourceImage], list[str]]:
     """The message's images (attachments, then Discord-hosted embeds), and the names of
     attached files that are not images."""
     found: list[SourceImage] = []
@@ -68,19 +71,12 @@ class UpscaleMenu(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    def _upscale(self) -> Upscale:
-        cog = self.bot.get_cog("Upscale")
-        if cog is None or not hasattr(cog, "start_job"):
-            raise RuntimeError("the Upscale cog is not loaded")
-        return cog  # type: ignore[return-value]  # the loaded module's class, same shape
-
     async def upscale_message(
         self, interaction: discord.Interaction[Any], message: discord.Message
     ) -> None:
         first_id = await defer(interaction)
-        upscale = self._upscale()
         locale = interaction_locale(interaction)
-        sources, skipped = images_of(message, upscale.allowed_source)
+        sources, skipped = images_of(message, lambda url: allowed_source(self.bot, url))
         if not sources:
             raise UserError("batch.no_images")
         sources = sources[:MAX_IMAGES]
@@ -106,8 +102,8 @@ class UpscaleMenu(commands.Cog):
                 followup = await interaction.followup.send("⏳", wait=True)
                 message_id = followup.id
             try:
-                await upscale.start_job(
-                    interaction, message_id, source, "png", source_url=message.jump_url
+                await start_job(
+                    interaction, message_id, source, "png", source_link=message.jump_url
                 )
             except UserError as exc:  # this image only; the others go on
                 log.info("Image %d of a message refused: %s", index + 1, exc.message)

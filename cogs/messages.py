@@ -15,9 +15,10 @@ from datetime import datetime
 
 from bot.failures import FailureKind
 from bot.i18n import ENGLISH, Text
-from bot.jobs import JobFailure, LimitReached, Stage
+from bot.jobs import JobFailure, LimitReached, Progress, Stage, WaitReason
 
 STAGE_KEYS: dict[Stage, str] = {
+    Stage.RECEIVING: "progress.stage.receiving",
     Stage.UPLOADING: "progress.stage.uploading",
     Stage.UPSCALING: "progress.stage.upscaling",
     Stage.DOWNLOADING: "progress.stage.downloading",
@@ -39,6 +40,9 @@ FAILURE_KEYS: dict[FailureKind, str] = {
     FailureKind.BAD_RESULT: _UNUSABLE,
     FailureKind.MISSING_PERMISSIONS: "failure.missing_permissions",
     FailureKind.DELIVERY_ERROR: "failure.delivery_error",
+    FailureKind.INPUT_INVALID: "failure.input_invalid",
+    FailureKind.SOURCE_GONE: "failure.source_gone",
+    FailureKind.SOURCE_FAILED: "failure.source_failed",
     FailureKind.CIRCUIT_OPEN: "failure.circuit_open",
     FailureKind.INPUT_LOST: "failure.restart",
     FailureKind.EXPIRED: "failure.expired",
@@ -70,6 +74,8 @@ def timestamp(when: float | datetime) -> str:
 
 def failure_reason(failure: JobFailure) -> Text:
     """Why the job failed, in plain words (without the refund)."""
+    if failure.reason is not None:
+        return failure.reason
     key = FAILURE_KEYS[failure.kind]
     if failure.kind is FailureKind.RATE_LIMITED:
         wait = max(RATE_LIMIT_MIN_WAIT, int(failure.retry_after or RATE_LIMIT_DEFAULT_WAIT))
@@ -116,8 +122,14 @@ def queue_full_text(limit: int) -> Text:
     return Text.of("error.queue_full", count=limit)
 
 
-def progress_text(stage: Stage, position: int | None, since: str) -> Text:
-    """The progress line for a stage (``since``: when it was requested, as markup)."""
+def progress_text(progress: Progress, since: str) -> Text:
+    """The progress line (``since``: when it was requested, as markup). A job that waits
+    says why: its place in line, 1min.ai's rate limit, or the service refusing the bot's
+    account (with when it will be refunded if that lasts)."""
+    stage, position = progress.stage, progress.position
+    if progress.wait is WaitReason.SERVICE_REFUSING:
+        until = timestamp(progress.until or time.time())
+        return Text.of("progress.waiting_refused", position=position or 1, until=until, since=since)
     if stage is Stage.QUEUED:
         if not position:
             return Text.of("progress.queued_next", since=since)

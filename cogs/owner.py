@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
@@ -98,7 +98,7 @@ class Owner(commands.Cog):
         self._unpostable: set[int] = set()  # log channels already reported unpostable
 
     async def cog_load(self) -> None:
-        self.bot.services.circuit.subscribe(self.on_circuit)
+        self.bot.circuit.subscribe(self.on_circuit)
         self.bot.queue.subscribe_charged(self.on_charged)
 
     # -- the owner ---------------------------------------------------------------------
@@ -143,10 +143,14 @@ class Owner(commands.Cog):
                 exc.status,
             )
 
-    async def log_change(self, guild_id: int, actor_id: int, change: Change | None) -> None:
+    @commands.Cog.listener()
+    async def on_quota_change(self, guild_id: int, actor_id: int, change: Change) -> None:
+        """A moderator changed a quota (``bot.dispatch("quota_change", ...)`` from the
+        credits commands): post it in the guild's log channel, if it has one."""
+        await self.log_change(guild_id, actor_id, change)
+
+    async def log_change(self, guild_id: int, actor_id: int, change: Change) -> None:
         """Post a moderator's quota change in the guild's log channel, if it has one."""
-        if change is None:
-            return
         if change.action == "log_channel":
             self._unpostable.discard(int(change.new_value or 0))
             return
@@ -191,18 +195,6 @@ class Owner(commands.Cog):
     def _locale(self, guild_id: int) -> str | None:
         guild = self.bot.get_guild(guild_id)
         return str(guild.preferred_locale) if guild is not None else None
-
-
-@runtime_checkable
-class QuotaLog(Protocol):
-    async def log_change(self, guild_id: int, actor_id: int, change: Change | None) -> None: ...
-
-
-def owner_cog(bot: commands.Bot) -> QuotaLog | None:
-    """The loaded Owner cog. (Extensions are loaded as fresh module objects, so the class
-    imported here is not the loaded one's: the check is structural.)"""
-    cog = bot.get_cog("Owner")
-    return cog if isinstance(cog, QuotaLog) else None
 
 
 async def setup(bot: UpscaleBot) -> None:

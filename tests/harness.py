@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from bot.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
+from bot.metrics_http import MetricsEndpoint
 from bot.services import Services, open_services
 from bot.settings import Secret, Settings
 from tests.emulators.discord import DiscordEmulator, Injected, point_discord_at
@@ -189,6 +190,10 @@ async def running_bot(
                     ready.set()
 
                 bot.add_listener(on_ready, "on_ready")
+                # metrics_port=... serves /metrics, /healthz and /readyz as python -m bot does
+                endpoint = MetricsEndpoint.for_settings(settings, services, bot.gateway_status)
+                if endpoint is not None:
+                    await endpoint.start()
                 runner = asyncio.create_task(bot.start(DISCORD_TOKEN))
                 try:
                     async with asyncio.timeout(READY_TIMEOUT):
@@ -203,6 +208,8 @@ async def running_bot(
                     yield Harness(bot, discord_emu, onemin_emu, services, settings, logs, runner)
                 finally:
                     await bot.close()
+                    if endpoint is not None:
+                        await endpoint.stop()
                     crash = await client_crash(runner)
                     if crash is not None:
                         trace = "".join(traceback.format_exception(crash))

@@ -13,26 +13,35 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.db import Database
+from bot.download import DownloadFailed, SourceGone
 from bot.failures import FailureKind
 from bot.jobs import (
     INTAKE_CONCURRENCY,
     CancelOutcome,
     DeliveryFailed,
+    InputRefused,
     Job,
+    JobContext,
     JobFailure,
     JobQueue,
     JobRequest,
     JobResult,
     LimitReached,
+    Progress,
     QueueClosed,
     QueueFull,
+    Source,
     Stage,
 )
+from bot.jobs.positions import Positions
+from bot.jobs.report import Reporter
+from bot.jobs.store import JobStore
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
 from bot.pacing import RateGate
@@ -48,10 +57,12 @@ class JobLog:
     """What the queue told the front end about one job."""
 
     stages: list[tuple[Stage, int | None]] = field(default_factory=list)
+    progress: list[Progress] = field(default_factory=list)
     delivered: list[JobResult] = field(default_factory=list)
     failures: list[JobFailure] = field(default_factory=list)
     resumed: int = 0
     paused: int = 0
+    ended: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -63,8 +74,9 @@ class Recorder:
     already_posted: set[str] = field(default_factory=set)
     jobs: dict[str, JobLog] = field(default_factory=lambda: defaultdict(JobLog))
 
-    def progress(self, job: Job, stage: Stage, position: int | None) -> None:
-        self.jobs[job.id].stages.append((stage, position))
+    def progress(self, job: Job, progress: Progress) -> None:
+        self.jobs[job.id].stages.append((progress.stage, progress.position))
+        self.jobs[job.id].progress.append(progress)
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
         if self.fail_delivery:
@@ -90,7 +102,42 @@ class Recorder:
         self.jobs[job.id].paused += 1
 
     async def ended(self, job_id: str) -> None:
+        self.jobs[job_id].ended += 1
         self.jobs[job_id].done.set()
+
+
+@dataclass
+class Images:
+    """The members' attachments, as the queue fetches them: URL -> bytes.
+
+    ``gone`` URLs answer as deleted; while ``held`` is clear, fetches wait (a slow
+    download), and ``fetching`` lists the URLs whose fetch started, in order.
+    """
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    broken: set[str] = field(default_factory=set)
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    fetching: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.held.set()
+
+    def add(self, data: bytes) -> str:
+        url = f"https://cdn.example/attachments/{len(self.files)}/cat.png"
+        self.files[url] = data
+        return url
+
+    async def fetch(self, url: str, path: Path, max_bytes: int) -> int:
+        self.fetching.append(url)
+        await self.held.wait()
+        if url in self.gone:
+            raise SourceGone("HTTP 404")
+        if url in self.broken:
+            raise DownloadFailed("HTTP 500")
+        data = self.files[url]
+        await asyncio.to_thread(path.write_bytes, data)
+        return len(data)
 
 
 @dataclass
@@ -101,14 +148,29 @@ class Rig:
     queue: JobQueue
     front: Recorder
     tmp: Path
+    images: Images
 
-    async def submit(self, member: int = ALICE, fmt: str = "png") -> tuple[Job, JobLog]:
-        async with await self.queue.admit(GUILD, member) as ticket:
-            path = self.queue.spool_path(ticket)
-            path.write_bytes(png())
-            prepared = await self.queue.prepare(ticket, path, "cat.png")
-            request = JobRequest(GUILD, CHANNEL, member, (), fmt)
-            job = await self.queue.submit(ticket, request, prepared)
+    def request(
+        self, member: int = ALICE, fmt: str = "png", data: bytes | None = None
+    ) -> JobRequest:
+        url = self.images.add(png() if data is None else data)
+        return JobRequest(
+            GUILD,
+            CHANNEL,
+            member,
+            (),
+            Source(url, "cat.png"),
+            JobContext(application_id=1, interaction_at=time.time()),
+            reply_token="interaction-token",
+            output_format=fmt,
+        )
+
+    async def submit(
+        self, member: int = ALICE, fmt: str = "png", data: bytes | None = None
+    ) -> tuple[Job, JobLog]:
+        """What a command does: record the job, then take its image in."""
+        job = await self.queue.accept(self.request(member, fmt, data))
+        await self.queue.take_in(job)
         return job, self.front.jobs[job.id]
 
     async def recover(self) -> None:
@@ -124,7 +186,7 @@ class Rig:
         """Wait until the job has been delivered, failed or cancelled, and settled."""
         async with asyncio.timeout(seconds):
             await self.front.jobs[job.id].done.wait()
-            while (await job_row(self, job.id))["status"] in ("queued", "running"):  # noqa: ASYNC110
+            while (await job_row(self, job.id))["status"] in ("intake", "queued", "running"):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         return self.front.jobs[job.id]
 
@@ -139,8 +201,10 @@ async def make_rig(
     per_minute: int = 1000,
     window: float = 61.0,
     front: Recorder | None = None,
+    images: Images | None = None,
     start: bool = True,
-    **queue_options: float,
+    claim: bool = True,
+    **queue_options: Any,
 ) -> Rig:
     db = await databases.open()
     ledger = Ledger(db, default_limit=limit, default_period="daily")
@@ -153,21 +217,30 @@ async def make_rig(
         before_request=gate.acquire,
         retry_rate_limited=False,
     )
-    options: dict[str, float] = {"max_concurrent": 2, "max_per_member": 2, "cost": 1}
+    files = images or Images()
+    options: dict[str, Any] = {
+        "max_concurrent": 2,
+        "max_per_member": 2,
+        "cost": 1,
+        # Rigs on one SQLite file are separate "processes" that do not hear each
+        # other's wake-ups: they look around often instead.
+        "poll_interval": 0.2,
+    }
     options.update(queue_options)
     queue = JobQueue(
         db=db,
         ledger=ledger,
         onemin=client,
         spool_dir=tmp_path / "spool",
-        **options,  # type: ignore[arg-type]
+        fetch_source=files.fetch,
+        **options,
     )
     recorder = front or Recorder()
     queue.attach(recorder)
-    rig = Rig(db, ledger, emu, queue, recorder, tmp_path)
+    rig = Rig(db, ledger, emu, queue, recorder, tmp_path, files)
     if start:
         await rig.recover()
-        queue.start()
+        queue.start(claim=claim)
     return rig
 
 
@@ -196,8 +269,8 @@ async def rigs(
     """
     made: list[Rig] = []
 
-    async def make(**options: object) -> Rig:
-        made.append(await make_rig(tmp_path, databases, session, emu, **options))  # type: ignore[arg-type]
+    async def make(**options: Any) -> Rig:
+        made.append(await make_rig(tmp_path, databases, session, emu, **options))
         return made[-1]
 
     yield make
@@ -210,18 +283,11 @@ async def rig(rigs: RigFactory) -> Rig:
     return await rigs()
 
 
-def freeze(rig: Rig) -> None:
-    """The rig's process "dies": it claims, renews and settles nothing more.
-
-    (A real process cannot be killed inside the test process; the restart tests in
-    tests/e2e do that with kill -9.)
-    """
-    queue = rig.queue
-    queue._closed = True
-    queue._wakeup.set()
-    queue._stopping.set()
-    for task in list(queue._running.values()):
-        task.cancel()
+async def die(rig: Rig) -> None:
+    """The rig's process "dies": it claims, renews and settles nothing more, and its
+    leases are left to run out. (A real process cannot be killed inside the test
+    process; the restart tests in tests/e2e do that with kill -9.)"""
+    await rig.queue.shutdown(grace=0, hand_back=False)
 
 
 async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
@@ -318,28 +384,71 @@ async def test_unchanged_image_is_not_a_result(rig: Rig) -> None:
     assert await rig.used() == (0, 0)
 
 
-async def test_member_cap_refuses_a_third_job(rig: Rig) -> None:
-    """With MAX_JOBS_PER_USER=2, a third admission raises QueueFull; another member is fine."""
-    first = await rig.queue.admit(GUILD, ALICE)
-    second = await rig.queue.admit(GUILD, ALICE)
+async def test_member_cap_refuses_a_third_job(rigs: RigFactory) -> None:
+    """With MAX_JOBS_PER_USER=2, a third job (even while the first two are still being
+    taken in) raises QueueFull and records nothing; another member is fine."""
+    r = await rigs(claim=False)
+    await r.queue.accept(r.request())
+    await r.queue.accept(r.request())
     with pytest.raises(QueueFull):
-        await rig.queue.admit(GUILD, ALICE)
-    (await rig.queue.admit(GUILD, BOB)).release()
-    first.release()
-    (await rig.queue.admit(GUILD, ALICE)).release()
-    second.release()
+        await r.queue.accept(r.request())
+    await r.queue.accept(r.request(BOB))
+    assert await r.queue.active_jobs(GUILD, ALICE) == 2
+    assert await r.used() == (2, 2)
 
 
-async def test_unsubmitted_ticket_frees_its_slot(rig: Rig) -> None:
-    """Leaving the admission block without submitting (a refusal) frees the slot."""
-    for _ in range(3):
-        async with await rig.queue.admit(GUILD, ALICE):
-            pass
+async def test_concurrent_requests_never_pass_the_member_cap(rigs: RigFactory) -> None:
+    """Eight requests of one member at once, cap 2: exactly two are recorded (the cap is
+    checked in the reservation's transaction, under the guild's lock)."""
+    r = await rigs(claim=False)
+    outcomes = await asyncio.gather(
+        *(r.queue.accept(r.request()) for _ in range(8)), return_exceptions=True
+    )
+    accepted = [o for o in outcomes if isinstance(o, Job)]
+    assert len(accepted) == 2
+    assert all(isinstance(o, QueueFull) for o in outcomes if not isinstance(o, Job))
+    assert await r.queue.active_jobs(GUILD, ALICE) == 2
+
+
+async def test_a_refused_image_costs_nothing_and_frees_its_place(rig: Rig) -> None:
+    """An attachment that is not an image fails its job with the member's words; the
+    reservation is refunded and the member's place is free again."""
+    job = await rig.queue.accept(rig.request(data=b"not an image at all"))
+    assert await rig.used() == (1, 1)
+    with pytest.raises(InputRefused) as refused:
+        await rig.queue.take_in(job)
+    assert refused.value.kind is FailureKind.INPUT_INVALID
+    assert refused.value.text.key.startswith("image.")
+    assert await rig.used() == (0, 0)
     assert await rig.queue.active_jobs(GUILD, ALICE) == 0
+    assert (await job_row(rig, job.id))["status"] == "failed"
+
+
+async def test_a_job_is_recorded_and_reserved_before_its_image_is_fetched(rigs: RigFactory) -> None:
+    """At the acknowledgement the job exists (status intake, with the attachment's URL)
+    and its credit is reserved, though its image has not been downloaded yet."""
+    images = Images()
+    images.held.clear()
+    r = await rigs(images=images)
+    job = await r.queue.accept(r.request())
+    intake = asyncio.create_task(r.queue.take_in(job))
+    await until(lambda: _started(images, 1))
+    row = await job_row(r, job.id)
+    assert (row["status"], row["stage"]) == ("intake", "receiving")
+    assert row["source_url"] == job.source.url
+    assert await r.used() == (1, 1)
+    images.held.set()
+    assert await intake
+    assert (await r.settled(job)).delivered
+
+
+async def _started(images: Images, count: int) -> bool:
+    return len(images.fetching) >= count
 
 
 async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmulator) -> None:
-    """A member at their limit gets LimitReached, no API call and no reservation."""
+    """A member at their limit gets LimitReached before anything is downloaded: no API
+    call, no reservation, no job."""
     r = await rigs(limit=1)
     job, _ = await r.submit()
     await r.settled(job)
@@ -349,6 +458,7 @@ async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmula
     assert await r.used() == (1, 0)
     assert emu.calls["upload"] == 1
     assert await r.queue.active_jobs(GUILD, ALICE) == 0
+    assert len(r.images.fetching) == 1
 
 
 async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMinEmulator) -> None:
@@ -360,17 +470,18 @@ async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMin
     peak = 0
 
     class Counting(Recorder):
-        def progress(self, job: Job, stage: Stage, position: int | None) -> None:
+        def progress(self, job: Job, progress: Progress) -> None:
             nonlocal running, peak
-            if stage is Stage.UPLOADING:
+            if progress.stage is Stage.UPLOADING:
                 running += 1
                 peak = max(peak, running)
-            elif stage is Stage.DOWNLOADING:
+            elif progress.stage is Stage.DOWNLOADING:
                 running -= 1
-            super().progress(job, stage, position)
+            super().progress(job, progress)
 
-    r.queue.attach(Counting())
-    r.front = r.queue.front_end  # type: ignore[assignment]
+    counting = Counting()
+    r.queue.attach(counting)
+    r.front = counting
     jobs = [(await r.submit())[0] for _ in range(5)]
     logs = [await r.settled(job, 20) for job in jobs]
     assert peak == 2
@@ -379,26 +490,32 @@ async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMin
 
 
 async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
-    rigs: RigFactory,
+    databases: Databases,
 ) -> None:
     """Ten refreshes of the places in line asked for while one read runs are served by a
     single further read, and each caller returns only after a read that began after it
     asked (a burst of submissions does not read the whole line once per job)."""
-    r = await rigs()
+    db = await databases.open()
     started: list[float] = []
 
-    async def slow_read() -> None:
-        started.append(time.monotonic())
-        await asyncio.sleep(0.05)
+    class SlowStore(JobStore):
+        async def positions(self) -> list[str]:
+            started.append(time.monotonic())
+            await asyncio.sleep(0.05)
+            return ["a" * 32]
 
-    r.queue._update_positions = slow_read  # type: ignore[method-assign]
-    first = asyncio.create_task(r.queue._refresh_positions())
+    async def no_wait() -> None:
+        return None
+
+    positions = Positions(SlowStore(db, owner="o"), Reporter("o"), no_wait)
+    positions.watch(_job("a" * 32))
+    first = asyncio.create_task(positions.refresh())
     await asyncio.sleep(0.01)
     asked = time.monotonic()
     returned = []
 
     async def refresh() -> None:
-        await r.queue._refresh_positions()
+        await positions.refresh()
         returned.append(time.monotonic())
 
     await asyncio.gather(first, *(refresh() for _ in range(10)))
@@ -406,31 +523,39 @@ async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
     assert started[1] >= asked and all(t >= started[1] + 0.05 for t in returned)
 
 
+def _job(job_id: str) -> Job:
+    return Job(
+        id=job_id,
+        guild_id=GUILD,
+        channel_id=CHANNEL,
+        member_id=ALICE,
+        output_format="png",
+        source=Source("https://cdn.example/a.png", "a.png"),
+        context=JobContext(application_id=1, interaction_at=time.time()),
+        reservation_id="",
+        created_at=time.time(),
+    )
+
+
 async def test_intakes_past_the_limit_wait_their_turn_in_arrival_order(
     rigs: RigFactory,
 ) -> None:
-    """While INTAKE_CONCURRENCY images are being taken in, the next ones wait, and go on
-    in the order they came as places free up."""
-    r = await rigs(max_per_member=20)
-    busy = [await r.queue.admit(GUILD, ALICE) for _ in range(INTAKE_CONCURRENCY)]
-    for ticket in busy:
-        await ticket.__aenter__()
-    entered: list[int] = []
-
-    async def take_in(i: int) -> None:
-        async with await r.queue.admit(GUILD, ALICE):
-            entered.append(i)
-
-    waiting = []
-    for i in range(3):
-        waiting.append(asyncio.create_task(take_in(i)))
-        await asyncio.sleep(0.01)
-    assert entered == []
-    await busy[0].__aexit__(None, None, None)
-    await asyncio.gather(*waiting)
-    assert entered == [0, 1, 2]
-    for ticket in busy[1:]:
-        await ticket.__aexit__(None, None, None)
+    """While INTAKE_CONCURRENCY images are being downloaded, the next ones wait, and go
+    on in the order they came as places free up."""
+    images = Images()
+    images.held.clear()
+    r = await rigs(max_per_member=20, images=images)
+    jobs = [await r.queue.accept(r.request()) for _ in range(INTAKE_CONCURRENCY + 3)]
+    intakes = []
+    for job in jobs:
+        intakes.append(asyncio.create_task(r.queue.take_in(job)))
+        await asyncio.sleep(0)  # each asks for its place in turn
+    await until(lambda: _started(images, INTAKE_CONCURRENCY))
+    await asyncio.sleep(0.05)
+    assert len(images.fetching) == INTAKE_CONCURRENCY
+    images.held.set()
+    await asyncio.gather(*intakes)
+    assert images.fetching == [job.source.url for job in jobs]
 
 
 async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMinEmulator) -> None:
@@ -464,7 +589,7 @@ async def test_shutdown_refunds_nothing_and_hands_jobs_back(
     r = await rigs(max_concurrent=1, max_per_member=10)
     emu.upscale_delay = 5
     jobs = [(await r.submit())[0] for _ in range(3)]
-    await asyncio.sleep(0.3)
+    await until_row(r, jobs[0].id, "stage", "upscaling")
     await r.queue.shutdown(grace=0.1)
     assert await r.used() == (3, 3)
     statuses = [(await job_row(r, job.id))["status"] for job in jobs]
@@ -472,7 +597,7 @@ async def test_shutdown_refunds_nothing_and_hands_jobs_back(
     assert r.front.jobs[jobs[0].id].paused == 1
     assert all(not r.front.jobs[j.id].failures for j in jobs)
     with pytest.raises(QueueClosed):
-        await r.queue.admit(GUILD, BOB)
+        await r.queue.accept(r.request(BOB))
 
 
 async def test_next_start_finishes_jobs_left_by_a_crash(
@@ -483,12 +608,12 @@ async def test_next_start_finishes_jobs_left_by_a_crash(
     first = await rigs(max_concurrent=1)
     emu.upscale_delay = 5
     job, _ = await first.submit()
-    await asyncio.sleep(0.3)
+    await until_row(first, job.id, "stage", "upscaling")
     # The first process "dies" here (no shutdown): a second one opens the same files.
     emu.upscale_delay = 0
     orphan = first.queue.spool_dir / "cut-off-download.in"
     orphan.write_bytes(b"partial")
-    freeze(first)
+    await die(first)
     second = await rigs(start=False)
     await second.recover()
     assert not orphan.exists()
@@ -505,7 +630,7 @@ async def test_a_stored_asset_is_not_uploaded_again(rigs: RigFactory, emu: OneMi
     job, _ = await first.submit()
     await until(lambda: has_asset(first, job.id))
     emu.upscale_delay = 0
-    freeze(first)
+    await die(first)
     second = await rigs(start=False)
     await second.recover()
     second.queue.start()
@@ -526,7 +651,7 @@ async def test_a_stored_result_is_not_upscaled_again(rigs: RigFactory, emu: OneM
     first.queue.attach(Stuck())
     job, _ = await first.submit()
     await until_row(first, job.id, "stage", "delivering")
-    freeze(first)
+    await die(first)
     second = await rigs(start=False)
     await second.recover()
     second.queue.start()
@@ -551,7 +676,7 @@ async def test_a_result_already_posted_is_settled_without_posting(
     first.queue.attach(Stuck())
     job, _ = await first.submit()
     await until_row(first, job.id, "stage", "delivering")
-    freeze(first)
+    await die(first)
     second = await rigs(start=False, front=Recorder(already_posted={job.id}))
     await second.recover()
     second.queue.start()
@@ -569,8 +694,8 @@ async def test_a_dead_process_jobs_are_taken_over_when_the_lease_runs_out(
     first = await rigs(lease=1.0, instance="host-a")
     emu.upscale_delay = 5
     job, _ = await first.submit()
-    await asyncio.sleep(0.3)
-    first.queue._closed = True
+    await until_row(first, job.id, "stage", "upscaling")
+    await die(first)
     emu.upscale_delay = 0
     started = time.monotonic()
     second = await rigs(start=False, lease=1.0, instance="host-b")
@@ -606,8 +731,8 @@ async def test_cancel_just_before_upload_stops_the_job(
     job, _ = await r.submit()
     await until_row(r, job.id, "stage", "uploading")
     assert await r.queue.cancel(job.id, ALICE, moderator=False) is CancelOutcome.CANCELLED
-    await asyncio.sleep(1.3)
-    assert emu.upscales == 0
+    await until(r.queue.idle)
+    assert emu.calls["upscale"] == 0
     assert await r.used() == (0, 0)
 
 
@@ -641,8 +766,7 @@ async def test_requests_are_paced_under_the_per_minute_limit(
 ) -> None:
     """With room for 3 requests per window, the 4th waits for the window to move, and
     the job says it is waiting for the service."""
-    r = await rigs(per_minute=3, max_per_member=10)
-    r.queue._onemin._before_request = RateGate(r.db, 3, window=1.5).acquire
+    r = await rigs(per_minute=3, window=1.5, max_per_member=10)
     started = time.monotonic()
     jobs = [(await r.submit())[0] for _ in range(2)]  # 4 requests
     logs = [await r.settled(job, 10) for job in jobs]
@@ -652,8 +776,8 @@ async def test_requests_are_paced_under_the_per_minute_limit(
 
 
 async def test_compare_crops_are_kept_a_week_and_then_forgotten(rig: Rig) -> None:
-    """A delivered job's crops can be read back; at start-up crops older than eight days
-    are purged, a six-day-old one stays (the button works for at least a week)."""
+    """A delivered job's crops can be read back; housekeeping purges crops older than
+    eight days, a six-day-old one stays (the button works for at least a week)."""
     from datetime import timedelta
 
     from bot.db import ts, utc_now
@@ -667,7 +791,7 @@ async def test_compare_crops_are_kept_a_week_and_then_forgotten(rig: Rig) -> Non
             "UPDATE compare_crops SET created_at = ? WHERE job_id = ?",
             (ts(utc_now() - timedelta(days=age)), job.id),
         )
-        await rig.recover()
+        await rig.queue.purge()
         assert (await rig.queue.compare_crops(job.id) is not None) is kept
 
 
@@ -697,6 +821,7 @@ async def test_result_is_delivered_from_a_spool_file_removed_afterwards(
     r = await rigs(front=watcher)
     job, _ = await r.submit()
     log = await r.settled(job)
+    await until(r.queue.idle)  # its run has ended here (the file is removed then)
     ((path, existed, size),) = watcher.seen
     (data,) = emu.results.values()
     assert existed and size == len(data) == log.delivered[0].byte_count
@@ -748,3 +873,166 @@ async def test_a_result_file_left_by_a_crash_is_removed_at_start(rigs: RigFactor
     orphan.write_bytes(b"half a result")
     await r.recover()
     assert not orphan.exists()
+
+
+# -- a year of history: bounded growth ---------------------------------------------------
+
+
+async def test_the_interaction_token_is_erased_when_the_job_ends(rig: Rig) -> None:
+    """A job keeps its interaction token while it runs and loses it when it ends; the
+    context kept for the record holds no token either."""
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    row = await job_row(rig, job.id)
+    assert row["reply_token"] is None
+    assert "interaction-token" not in str(row["context"])
+    assert row["source_url"] is None
+
+
+async def test_a_failed_job_loses_its_token_too(rig: Rig) -> None:
+    """The token is erased by a failure (and its refund) as well as by a delivery."""
+    rig.emu.fail("upscale", "server_error", status=500)
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    assert (await job_row(rig, job.id))["reply_token"] is None
+
+
+async def test_finished_jobs_past_retention_are_deleted_and_the_ledger_kept(
+    rigs: RigFactory,
+) -> None:
+    """Housekeeping deletes finished jobs older than the retention, in batches, and no
+    unfinished job nor any ledger entry."""
+    from datetime import timedelta
+
+    from bot.db import ts, utc_now
+
+    r = await rigs(retention_days=30, max_per_member=10, claim=False)
+    old = [(await r.queue.accept(r.request())) for _ in range(3)]
+    for job in old:
+        await r.db.write(
+            "UPDATE jobs SET status = 'delivered', finished_at = ? WHERE id = ?",
+            (ts(utc_now() - timedelta(days=31)), job.id),
+        )
+    recent = await r.queue.accept(r.request())
+    await r.db.write(
+        "UPDATE jobs SET status = 'failed', finished_at = ? WHERE id = ?",
+        (ts(utc_now() - timedelta(days=29)), recent.id),
+    )
+    unfinished = await r.queue.accept(r.request())
+    assert await r.queue.purge() == (3, 0)
+    left = {row["id"] for row in await r.db.fetchall("SELECT id FROM jobs")}
+    assert left == {recent.id, unfinished.id}
+    entries = await r.db.fetchone("SELECT COUNT(*) AS n FROM ledger_entries")
+    assert entries is not None and entries["n"] == 5
+
+
+async def test_the_purge_deletes_a_backlog_in_small_batches(rigs: RigFactory) -> None:
+    """A backlog larger than one batch is deleted whole, a batch per statement."""
+    from bot.jobs import recovery
+
+    r = await rigs(claim=False)
+    count = recovery.PURGE_BATCH + 7
+    insert = (
+        "INSERT INTO jobs (id, guild_id, channel_id, member_id, status, stage, output_format,"
+        " source_name, created_at, finished_at) VALUES (?, 1, 2, 3, 'delivered', 'done',"
+        " 'png', 'a.png', '2020-01-01 00:00:00.000000', '2020-01-01 00:00:01.000000')"
+    )
+    async with r.db.transaction() as tx:
+        await tx.executemany(insert, [(f"{n:032x}",) for n in range(count)])
+    assert await r.queue.purge() == (count, 0)
+    left = await r.db.fetchone("SELECT COUNT(*) AS n FROM jobs")
+    assert left is not None and left["n"] == 0
+
+
+# -- the trail -----------------------------------------------------------------------------
+
+
+async def test_a_jobs_trail_names_each_stage_with_its_process(rig: Rig) -> None:
+    """The id shown in a result's footer finds the job; its trail lists every stage in
+    order, each with the process that ran it, and the 1min.ai record id is kept."""
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    found = await rig.queue.trail(job.id[:8])
+    assert found is not None
+    assert found.job.id == job.id and found.job.record_id
+    events = found.events
+    stages = [e.stage for e in events]
+    assert stages == [
+        "receiving",
+        "queued",
+        "claimed",
+        "uploading",
+        "upscaling",
+        "downloading",
+        "delivering",
+        "delivered",
+    ]
+    assert {e.process for e in events} == {rig.queue.owner}
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    assert found.status == "delivered" and found.credits == (1, "committed")
+
+
+async def test_an_unknown_or_ambiguous_footer_id_finds_nothing(rig: Rig) -> None:
+    """No job, a malformed id, or a prefix shared by two jobs: no trail."""
+    assert await rig.queue.trail("0123abcd") is None
+    assert await rig.queue.trail("not hex!") is None
+    assert await rig.queue.trail("") is None
+
+
+# -- wake-ups and who shows what -----------------------------------------------------------
+
+
+async def test_a_process_stops_showing_a_job_another_process_claims(rigs: RigFactory) -> None:
+    """A accepts a job and shows its place in line; once B claims and delivers it, A no
+    longer shows it (the front end is told the job ended there), and A's display guard
+    says so too."""
+    a = await rigs(claim=False)
+    b = await rigs()
+    job, log = await a.submit()
+    await b.settled(job)
+    await until(lambda: _ended(log))
+    assert a.queue.watched() == 0
+    assert not await a.queue.shows(job.id)
+    assert await b.queue.shows(job.id) is False  # delivered: nobody shows it any more
+
+
+async def _ended(log: JobLog) -> bool:
+    return log.ended > 0
+
+
+async def test_a_stream_delivered_elsewhere_leaves_nothing_watched(rigs: RigFactory) -> None:
+    """A long stream of jobs accepted by A and delivered by B: A keeps no watched job and
+    was told each one ended (no per-job state outlives its job)."""
+    a = await rigs(claim=False, max_per_member=100, limit=100)
+    b = await rigs(max_per_member=100, max_concurrent=4, limit=100)
+    jobs = []
+    for _ in range(30):
+        job, _ = await a.submit()
+        jobs.append(job)
+    for job in jobs:
+        await b.settled(job, 30)
+    await until(lambda: _all_ended(a.front, jobs))
+    assert a.queue.watched() == 0
+
+
+async def _all_ended(front: Recorder, jobs: list[Job]) -> bool:
+    return all(front.jobs[job.id].ended for job in jobs)
+
+
+async def test_an_idle_process_is_woken_by_a_job_queued_elsewhere(rigs: RigFactory) -> None:
+    """A process whose fallback look comes only every 30 s runs a job queued by another
+    process at once: on PostgreSQL it is woken by LISTEN/NOTIFY; on SQLite (one process)
+    the process that queued it wakes itself."""
+    runner = await rigs(poll_interval=30.0)
+    accepter = runner
+    if runner.db.engine == "postgresql":
+        accepter = await rigs(claim=False, poll_interval=30.0)
+        await until(lambda: _listening(runner))
+    job, _ = await accepter.submit()
+    started = time.monotonic()
+    await runner.settled(job, 10)
+    assert time.monotonic() - started < 5
+
+
+async def _listening(rig: Rig) -> bool:
+    return rig.queue.signals.listening

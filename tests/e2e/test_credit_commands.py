@@ -173,3 +173,48 @@ async def test_usage_is_for_moderators_only(tmp_path: Path) -> None:
     """A non-moderator asking for /usage is refused."""
     async with running_bot(tmp_path) as h:
         assert "Only moderators" in await run(h, "usage")
+
+
+def footer_id(final: dict[str, Any]) -> str:
+    """The job id a result shows in its embed's footer ("Job 3f2a9c1e")."""
+    return str(final["embeds"][0]["footer"]["text"]).rsplit(" ", 1)[-1]
+
+
+async def test_usage_job_shows_a_moderator_that_jobs_trail(tmp_path: Path) -> None:
+    """/usage job:<id from a result's footer> answers a moderator, privately, with who
+    asked, the outcome, the credit charged, the 1min.ai record and each stage with the
+    process that ran it."""
+    async with running_bot(tmp_path) as h:
+        _, final = await h.upscale(png())
+        shown = footer_id(final)
+        await h.idle()
+        it = await h.discord.slash("usage", {"job": shown}, member=h.discord.moderator)
+        text = (await it.final()).get("content") or ""
+        assert it.ack_type == 5 and (it.original or {}).get("flags", 0) & EPHEMERAL
+        assert f"Job {shown}" in text
+        assert f"<@{h.discord.alice.user.id}>" in text
+        assert "Delivered." in text and "1 charged" in text
+        assert "1min.ai record: `" in text
+        for stage in ("request received", "uploading to 1min.ai", "posting the result"):
+            assert stage in text
+        assert h.services.queue.owner in text
+
+
+async def test_usage_job_of_another_server_reveals_nothing(tmp_path: Path) -> None:
+    """A moderator asking for a job of another server gets the same answer as for a job
+    that does not exist, and nothing of that job."""
+    async with running_bot(tmp_path) as h:
+        other = h.discord.add_guild("Elsewhere")
+        await h.discord.announce_guild(other)
+        it = await h.discord.slash(
+            "upscale",
+            {"image": h.discord.attachment(png(), "x.png")},
+            channel=other.channel,
+            member=other.member("carol"),
+        )
+        shown = footer_id(await it.final())
+        answer = await h.discord.slash("usage", {"job": shown}, member=h.discord.moderator)
+        text = (await answer.final()).get("content") or ""
+        missing = await h.discord.slash("usage", {"job": "0badc0de"}, member=h.discord.moderator)
+        assert text == "There is no such job in this server."
+        assert text == (await missing.final()).get("content")

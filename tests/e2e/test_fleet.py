@@ -120,12 +120,13 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
     tmp_path: Path,
 ) -> None:
     """Process 0 is full (its one slot held by a slow upload, and the one job it may
-    claim ahead waiting for that slot): the next job it accepts is run by process 1,
-    which delivers it by editing the original reply through the interaction webhook,
-    with no gateway connection to that guild."""
+    claim ahead waiting for that slot): the next job it accepts is run by process 1
+    (started once process 0 holds its two jobs: any process may claim any job, and an
+    idle one woken by the first job could have run it), which delivers it by editing
+    the original reply through the interaction webhook, with no gateway connection to
+    that guild."""
     async with fleet(tmp_path) as f:
         await f.start(0, MAX_CONCURRENT_JOBS="1")
-        await f.start(1, MAX_CONCURRENT_JOBS="2")
         f.onemin.fail("upload", "latency", times=2, seconds=4.0)
         alice, carol, bob = f.members(0, 3)
         async with f.watching_owners():
@@ -141,6 +142,7 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
                 return await f.value("SELECT COUNT(*) FROM jobs WHERE status = 'running'") == 2
 
             await wait_until(two_running, "second job claimed ahead", f)
+            await f.start(1, MAX_CONCURRENT_JOBS="2")
             third = await f.upscale(0, bob)
             final = await third.final(timeout=20)
             assert final.get("attachments")

@@ -230,6 +230,46 @@ async def test_kill_9_after_discord_took_the_result_does_not_post_it_again(
             stop(proc)
 
 
+def custom_ids(message: dict[str, Any] | None) -> list[str]:
+    return [
+        str(c.get("custom_id", ""))
+        for row in (message or {}).get("components", [])
+        for c in row.get("components", [])
+    ]
+
+
+async def test_a_kill_between_posting_and_recording_leaves_the_result_with_its_buttons(
+    tmp_path: Path,
+) -> None:
+    """The process dies after Discord took the result but before it was recorded: after
+    the restart the member's message is still the result, with its Delete and Compare
+    buttons; no restart notice (or anything else) was put in its place."""
+    async with world(tmp_path) as w:
+        w.discord.fail(WEBHOOK_MESSAGE, APPLY_THEN_HANG, method="PATCH", files_only=True)
+        proc = await w.start()
+        try:
+            it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
+            await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        w.discord.clear_faults()
+        proc = await w.start()
+        try:
+            await w.wait_settled()
+            final = it.original
+            assert final is not None and final.get("attachments")
+            ids = custom_ids(final)
+            assert any(i.startswith("upscale:delete:") for i in ids), ids
+            assert any(i.startswith("upscale:compare:") for i in ids), ids
+            with_result = [n for n, e in enumerate(it.edits) if e.get("attachments")]
+            assert with_result and with_result[-1] == len(it.edits) - 1, it.edits
+            assert not any("continues" in str(e.get("content")) for e in it.edits)
+        finally:
+            stop(proc)
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 async def test_twenty_jobs_in_every_stage_survive_a_restart(
     tmp_path: Path, how: signal.Signals

@@ -1,0 +1,226 @@
+"""Taking a job in: recorded at the acknowledgement, then its image fetched and checked.
+
+A job exists from the moment the member sees "thinking". :meth:`Intake.accept` records
+it with the attachment's URL and reserves its credits in one transaction, after the
+member's cap (``MAX_JOBS_PER_USER``) is checked in that same transaction, under the
+guild's lock, so concurrent requests can never pass it. The job starts in status
+``intake``, under a lease held by this process.
+
+:meth:`Intake.take_in` then downloads the image into the spool, validates and converts
+it in a thread, and stores the prepared input with the job, which moves into line
+(``queued``). At most ``INTAKE_CONCURRENCY`` intakes run at once, in arrival order; a
+burst interleaved would finish every intake late, the first ones included, while
+1min.ai sat idle. Anything wrong with the image fails the job and refunds it in one
+transaction, and raises :class:`InputRefused` with the member's words.
+
+A process killed during intake leaves the job in ``intake``: the next start, or (in a
+fleet) another process once the lease runs out, takes it in again from the stored URL.
+If the attachment is gone by then, the job is refunded and the member told so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn
+
+from bot import images
+from bot.db import Database, utc_now
+from bot.download import DownloadFailed, DownloadTooLarge, SourceGone
+from bot.failures import FailureKind
+from bot.i18n import Text
+from bot.jobs.model import (
+    InputRefused,
+    Job,
+    JobRequest,
+    JobStatus,
+    LimitReached,
+    PreparedInfo,
+    QueueClosed,
+    QueueFull,
+    Stage,
+)
+from bot.jobs.positions import Positions
+from bot.jobs.report import Reporter
+from bot.jobs.settlement import Settlement
+from bot.jobs.store import JobStore
+from bot.jobs.work import prepare_and_trim
+from bot.ledger import Denial, Ledger, guild_lock
+from bot.signals import Signal, Signals
+
+log = logging.getLogger(__name__)
+
+# Intakes (download, validation, recording) in progress at once; the rest wait their turn
+# in arrival order.
+INTAKE_CONCURRENCY = 4
+# Image decodes in flight at once while validating inputs; bounds memory under bursts.
+PREPARE_CONCURRENCY = 2
+
+# Downloads a member's image: (url, path, max_bytes) -> bytes written. Raises
+# DownloadTooLarge, SourceGone or DownloadFailed (see bot.download).
+FetchSource = Callable[[str, Path, int], Awaitable[int]]
+
+
+def too_large_text(max_bytes: int) -> Text:
+    return Text.of("error.too_large_download", max_mb=max_bytes // 1_000_000)
+
+
+DOWNLOAD_FAILED = Text.of("error.download_failed")
+SOURCE_GONE = Text.of("error.source_gone")
+
+
+class Intake:
+    """Records jobs and takes their images in; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: JobStore,
+        ledger: Ledger,
+        signals: Signals,
+        reporter: Reporter,
+        positions: Positions,
+        settlement: Settlement,
+        fetch: FetchSource,
+        spool_dir: Path,
+        limits: images.ImageLimits,
+        max_per_member: int,
+        cost: int,
+        lease: float,
+        closed: Callable[[], bool],
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._ledger = ledger
+        self._signals = signals
+        self._reporter = reporter
+        self._positions = positions
+        self._settlement = settlement
+        self._fetch = fetch
+        self.spool_dir = spool_dir
+        self.limits = limits
+        self.max_per_member = max_per_member
+        self._cost = cost
+        self._lease = lease
+        self._closed = closed
+        self._gate = asyncio.Semaphore(INTAKE_CONCURRENCY)
+        self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
+        self._in_progress: set[str] = set()
+
+    @property
+    def busy(self) -> bool:
+        """True while this process takes an image in."""
+        return bool(self._in_progress)
+
+    async def accept(self, request: JobRequest) -> Job:
+        """Record the job and reserve its credits, or raise :class:`QueueFull`,
+        :class:`LimitReached` or :class:`QueueClosed` (then nothing is recorded)."""
+        if self._closed():
+            raise QueueClosed
+        now = utc_now()
+        job = Job(
+            id=uuid.uuid4().hex,
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            member_id=request.member_id,
+            output_format=request.output_format,
+            source=request.source,
+            context=request.context,
+            reservation_id="",
+            created_at=now.timestamp(),
+            reply_token=request.reply_token,
+        )
+        async with self._db.transaction() as tx:
+            # The cap is checked under the guild's lock, which the reservation takes
+            # too (SQLite: every writer is serialised), so two requests of one member
+            # cannot both pass it.
+            await tx.lock(guild_lock(request.guild_id))
+            active = await self._store.member_active(tx, request.guild_id, request.member_id)
+            if active >= self.max_per_member:
+                raise QueueFull(self.max_per_member)
+            outcome = await self._ledger.reserve(
+                request.guild_id,
+                request.member_id,
+                request.role_ids,
+                self._cost,
+                job_id=job.id,
+                tx=tx,
+            )
+            if isinstance(outcome, Denial):
+                raise LimitReached(outcome)
+            job.reservation_id = outcome.id
+            await self._store.insert(tx, job, time.time() + self._lease)
+        self._reporter.stage(job, Stage.RECEIVING, job.source.filename)
+        return job
+
+    async def take_in(self, job: Job) -> bool:
+        """Fetch, check and store the job's image; the job then waits in line.
+
+        Returns False when the job was cancelled or taken over meanwhile. Raises
+        :class:`InputRefused` (the job failed and refunded) when the image cannot be used.
+        """
+        self._in_progress.add(job.id)
+        try:
+            async with self._gate:
+                return await self._take_in(job)
+        finally:
+            self._in_progress.discard(job.id)
+            await asyncio.to_thread(self._discard_spool, job.id)
+
+    async def _take_in(self, job: Job) -> bool:
+        path = self.spool_dir / f"{job.id}.in"
+        try:
+            await self._fetch(job.source.url, path, self.limits.max_bytes)
+            async with self._prepare_gate:
+                prepared = await asyncio.to_thread(
+                    prepare_and_trim, path, job.source.filename, self.limits
+                )
+        except DownloadTooLarge:
+            await self._refuse(
+                job, FailureKind.INPUT_INVALID, too_large_text(self.limits.max_bytes)
+            )
+        except SourceGone:
+            await self._refuse(job, FailureKind.SOURCE_GONE, SOURCE_GONE)
+        except DownloadFailed:
+            await self._refuse(job, FailureKind.SOURCE_FAILED, DOWNLOAD_FAILED)
+        except images.ImageRejected as exc:
+            await self._refuse(job, FailureKind.INPUT_INVALID, exc.text)
+        info = PreparedInfo(
+            filename=prepared.filename,
+            format=prepared.format,
+            original_size=prepared.original_size,
+            size=prepared.size,
+            source_format=prepared.source_format,
+            notes=prepared.notes,
+            input_bytes=len(prepared.data),
+        )
+        stored = await self._store.taken_in(job, info, prepared.data)
+        del prepared
+        if not stored:
+            log.info("Job %s was cancelled or taken over during its intake", job.id)
+            return False
+        job.prepared = info
+        job.status = JobStatus.QUEUED
+        job.stage = Stage.QUEUED
+        self._reporter.stage(job, Stage.QUEUED, f"{info.size[0]}x{info.size[1]} {info.format}")
+        self._positions.watch(job)
+        await self._signals.send(Signal.QUEUED)
+        await self._positions.refresh()
+        return True
+
+    async def _refuse(self, job: Job, kind: FailureKind, text: Text) -> NoReturn:
+        """Fail and refund the job for its image; raises :class:`InputRefused`."""
+        log.info("Job %s: image refused (%s: %s)", job.id, kind, text.english())
+        await self._settlement.settle_failed(job, kind, owned=True)
+        raise InputRefused(kind, text)
+
+    def _discard_spool(self, job_id: str) -> None:
+        for path in self.spool_dir.glob(f"{job_id}.*"):
+            with contextlib.suppress(OSError):
+                path.unlink()

@@ -1,0 +1,156 @@
+"""Start-up recovery, and the housekeeping that keeps the job tables small.
+
+Recovery (at start-up, before new work is accepted): jobs cut off by the previous run
+go back in line (their recorded progress kept, their members told once that they
+continue), intakes are taken in again, and what cannot be finished is refunded with a
+notice: jobs older than ``max_age``, and jobs whose input was lost.
+
+Housekeeping (a periodic task, away from the hot path): finished jobs are deleted
+``JOB_RETENTION_DAYS`` after they ended, Compare crops after
+:data:`COMPARE_RETENTION_DAYS`, each in small batches with a pause between them, so a
+database after a year (or just upgraded) is trimmed without holding up anyone's job.
+The ledger and the audit log are the record of spending and are never trimmed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+from bot.db import Database, ts, utc_now
+from bot.failures import FailureKind
+from bot.jobs.model import Job, JobFailure, JobStatus
+from bot.jobs.report import Reporter
+from bot.jobs.settlement import Settlement
+from bot.jobs.store import JobStore
+from bot.jobs.work import clear_dir
+from bot.ledger import Ledger
+from bot.signals import Signal, Signals
+
+log = logging.getLogger(__name__)
+
+COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
+PURGE_INTERVAL = 3600.0  # seconds between housekeeping rounds
+PURGE_FIRST_DELAY = 60.0  # seconds after start-up before the first round
+PURGE_BATCH = 200  # rows deleted per transaction
+PURGE_PAUSE = 0.1  # seconds between batches: other work goes first
+
+_Deleter = Callable[[str, int], Awaitable[int]]  # (before, batch) -> rows deleted
+
+
+class Recovery:
+    """What a process does at start-up and every hour; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: JobStore,
+        ledger: Ledger,
+        settlement: Settlement,
+        reporter: Reporter,
+        signals: Signals,
+        spool_dir: Path,
+        instance: str,
+        max_age: float,
+        retention_days: float,
+        purge_interval: float = PURGE_INTERVAL,
+        purge_first_delay: float = PURGE_FIRST_DELAY,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._ledger = ledger
+        self._settlement = settlement
+        self._reporter = reporter
+        self._signals = signals
+        self.spool_dir = spool_dir
+        self.instance = instance
+        self.max_age = max_age
+        self.retention_days = retention_days
+        self.purge_interval = purge_interval
+        self.purge_first_delay = purge_first_delay
+
+    async def recover(self, *, single_process: bool) -> list[Job]:
+        """Take this instance's jobs back, refund what cannot be finished.
+
+        With ``single_process`` (SQLite) every unfinished job was this bot's; in a fleet
+        only those of this instance are (others are taken over when their leases run
+        out). Returns the jobs refunded.
+        """
+        await self._store.recover(None if single_process else self.instance)
+        cutoff = ts(utc_now() - timedelta(seconds=self.max_age))
+        refunded: list[Job] = []
+        for row in [*await self._store.intake_rows(), *await self._store.waiting_rows()]:
+            job = Job.from_row(row)
+            if row["created_at"] < cutoff:
+                kind = FailureKind.EXPIRED
+            elif (
+                job.status is JobStatus.QUEUED
+                and job.asset_path is None
+                and job.result_url is None
+                and not await self._store.has_input(job.id)
+            ):
+                kind = FailureKind.INPUT_LOST
+            else:
+                continue
+            if await self._settlement.settle_failed(job, kind, owned=False):
+                refunded.append(job)
+                await self._reporter.tell_failed(job, JobFailure(kind))
+        unfinished = await self._store.unfinished()
+        if single_process:
+            ids = {r["id"] for r in await self._store.intake_rows()}
+            ids |= {r["id"] for r in await self._store.waiting_rows()}
+            await self._ledger.refund_unsettled(exclude_job_ids=ids)
+        orphans = await asyncio.to_thread(clear_dir, self.spool_dir)
+        if orphans:
+            log.info("Removed %d orphaned spool files", orphans)
+        if unfinished:
+            log.info("%d unfinished jobs will continue", unfinished)
+            await self._signals.send(Signal.QUEUED)
+        if refunded:
+            log.info("Refunded %d jobs that can no longer be finished", len(refunded))
+        return refunded
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Trim the tables every ``purge_interval`` seconds until ``stopping`` is set."""
+        wait = self.purge_first_delay
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), wait)
+            if stopping.is_set():
+                return
+            wait = self.purge_interval
+            try:
+                await self.purge(stopping)
+            except Exception:
+                log.warning("Housekeeping of the job tables failed", exc_info=True)
+
+    async def purge(self, stopping: asyncio.Event | None = None) -> tuple[int, int]:
+        """Delete finished jobs past retention and old Compare crops; returns the counts."""
+        now = utc_now()
+        jobs = await self._in_batches(
+            self._store.purge_finished, ts(now - timedelta(days=self.retention_days)), stopping
+        )
+        crops = await self._in_batches(
+            self._store.purge_crops, ts(now - timedelta(days=COMPARE_RETENTION_DAYS)), stopping
+        )
+        if jobs or crops:
+            log.info("Deleted %d finished jobs and %d Compare crops past retention", jobs, crops)
+        return jobs, crops
+
+    @staticmethod
+    async def _in_batches(delete: _Deleter, before: str, stopping: asyncio.Event | None) -> int:
+        total = 0
+        while stopping is None or not stopping.is_set():
+            deleted = await delete(before, PURGE_BATCH)
+            total += deleted
+            if deleted < PURGE_BATCH:
+                break
+            await asyncio.sleep(PURGE_PAUSE)
+        return total

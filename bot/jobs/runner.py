@@ -1,0 +1,555 @@
+"""Running jobs: claims, leases, upscale slots and the work pipeline.
+
+Claims. The dispatcher takes the oldest waiting job (or one whose lease ran out) while
+the fleet works on fewer than ``max_concurrent * CLAIM_AHEAD`` jobs, under a fleet-wide
+lock; it also takes in again an intake whose process died. It sleeps until woken (a job
+queued, a slot freed, a job ended, the circuit changed: :mod:`bot.signals`) and looks
+again on its own only every :data:`bot.signals.FALLBACK_POLL` seconds, with one cheap
+read, so an idle process costs almost nothing.
+
+Leases. A process runs a job under a lease it renews every third of the lease; when a
+process dies, another takes its jobs over once their leases run out.
+
+Slots. At most ``max_concurrent`` jobs are with 1min.ai (uploading or upscaling) across
+the fleet; a job claimed ahead reads its input and waits for a slot, woken when one is
+freed anywhere. Until it has one it has not called 1min.ai and can still be cancelled.
+
+The pipeline. Upload (unless the asset is stored), upscale (unless the result URL is
+stored), download and check the result, deliver, settle. Each stage is recorded as it
+happens, so a job cut off anywhere continues from its last recorded stage: no second
+upload of an uploaded asset, no second upscale once its record was stored (a call cut
+off in flight is repeated), and a job cut off while delivering first looks for its
+posted result (and, when it is there, is settled without a word to the member: the
+result is what they see). A 429 sends the job back to wait with backoff, up to
+``busy_timeout``; 1min.ai refusing the account (401, 406) opens the circuit and hands
+the job back to wait in line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from bot import images
+from bot.circuit import Circuit
+from bot.db import Database
+from bot.failures import FailureKind
+from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
+from bot.jobs.model import (
+    BadResult,
+    InputLost,
+    InputRefused,
+    Job,
+    JobFailure,
+    JobResult,
+    JobStatus,
+    Progress,
+    Stage,
+    Stopped,
+    WaitReason,
+    failure_for,
+)
+from bot.jobs.positions import Positions, WaitInfo
+from bot.jobs.report import Reporter
+from bot.jobs.settlement import Settlement
+from bot.jobs.store import JobStore
+from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
+from bot.pacing import waiting_hook
+from bot.retry import Backoff
+from bot.signals import FALLBACK_POLL, Signal, Signals
+from bot.workers import ImageWorkers, ResultUnusable
+
+log = logging.getLogger(__name__)
+
+# The largest result we accept from 1min.ai: 4x of a 1536 px side, lossless, with margin.
+# It is streamed into a spool file, never held in memory.
+RESULT_MAX_BYTES = 200 * 1024 * 1024
+CLAIM_LOCK = "jobs:claim"
+SLOT_LOCK = "jobs:slot"
+# Jobs worked on at once, per slot: while K jobs are with 1min.ai (uploading or
+# upscaling), up to K more are claimed and wait for a slot with their input loaded, and
+# downloads and deliveries overlap the next uploads and upscales. Bounds memory.
+CLAIM_AHEAD = 2
+RATE_BACKOFF = Backoff(base=2.0, cap=60.0)  # waits after 429s without Retry-After
+
+_T = TypeVar("_T")
+
+
+class Runner:
+    """Claims and runs jobs in this process; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: JobStore,
+        onemin: OneMinClient,
+        intake: Intake,
+        settlement: Settlement,
+        positions: Positions,
+        reporter: Reporter,
+        signals: Signals,
+        image_workers: ImageWorkers,
+        spool_dir: Path,
+        max_concurrent: int,
+        lease: float,
+        busy_timeout: float,
+        poll_interval: float,
+        circuit: Circuit | None,
+        circuit_give_up: float,
+        rate_backoff: Backoff = RATE_BACKOFF,
+        on_poll: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._onemin = onemin
+        self._intake = intake
+        self._settlement = settlement
+        self._positions = positions
+        self._reporter = reporter
+        self._signals = signals
+        self._workers = image_workers
+        self.spool_dir = spool_dir
+        self.max_concurrent = max_concurrent
+        self.lease = lease
+        self.busy_timeout = busy_timeout
+        self.poll_interval = poll_interval
+        self.circuit = circuit
+        self.circuit_give_up = circuit_give_up
+        self._rate_backoff = rate_backoff
+        self._on_poll = on_poll
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._intakes: dict[str, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._claims = True
+        self.closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, *, claim: bool = True) -> None:
+        """Renew leases and (with ``claim``) claim and run jobs."""
+        if self._tasks:
+            return
+        self._claims = claim
+        self._tasks = [
+            asyncio.create_task(self._renew_leases(), name="jobs-lease"),
+            asyncio.create_task(self._dispatch(), name="jobs-dispatch"),
+        ]
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def on_signal(self, signal: Signal, payload: str) -> None:
+        """A wake-up from the fleet (or this process)."""
+        if signal is Signal.SLOT:
+            self._slot_freed.set()
+        self._wakeup.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._intakes)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running) + len(self._intakes)
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._running
+
+    def stop_job(self, job_id: str) -> None:
+        """Stop this process's work on a job settled elsewhere (e.g. cancelled)."""
+        task = self._running.get(job_id) or self._intakes.get(job_id)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self, grace: float, *, hand_back: bool = True) -> list[Job]:
+        """Stop claiming; running work gets ``grace`` s; the rest is handed back.
+
+        Returns the jobs handed back (their members are told by the caller). Without
+        ``hand_back`` their leases are left to run out, as a process that died would
+        leave them.
+        """
+        self.closed = True
+        self._wakeup.set()
+        self._stopping.set()
+        # The dispatcher and the lease renewer stop by themselves (they check closed):
+        # cancelling one in the middle of a database transaction would leave it open.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        work = [*self._running.values(), *self._intakes.values()]
+        if work:
+            _, still = await asyncio.wait(work, timeout=grace)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        return await self._store.release_owned() if hand_back else []
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self.closed:
+            self._wakeup.clear()
+            try:
+                started = await self._claim_round()
+            except Exception:
+                log.warning("Could not claim a job; trying again", exc_info=True)
+                started = False
+            if started:
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+            except TimeoutError:
+                # Nothing woke us for a while: look around as the wake-ups would have
+                # made us (a notification may have been lost).
+                if self._on_poll is not None:
+                    with contextlib.suppress(Exception):
+                        await self._on_poll()
+
+    async def _claim_round(self) -> bool:
+        """Claim and start what this process can now; True when it started something."""
+        if not self._claims or await self._service_refusing():
+            return False
+        now = time.time()
+        if not await self._store.anything_to_claim(now):
+            return False
+        started = False
+        if len(self._intakes) < INTAKE_CONCURRENCY:
+            intake = await self._claim_intake(now)
+            if intake is not None:
+                self._start_intake(intake)
+                started = True
+        if len(self._running) < self.max_concurrent * CLAIM_AHEAD:
+            job = await self._claim(now)
+            if job is not None:
+                self._start(job)
+                started = True
+        return started
+
+    async def _service_refusing(self) -> bool:
+        """True while the 1min.ai circuit is open: jobs wait in line (see bot.circuit).
+
+        When it has been open longer than ``circuit_give_up``, waiting jobs are refunded.
+        """
+        if self.circuit is None:
+            return False
+        state = await self.circuit.state()
+        if not state.open:
+            return False
+        if state.open_for > self.circuit_give_up:
+            await self._refund_waiting(state.reason or FailureKind.CIRCUIT_OPEN)
+        return True
+
+    async def line_waits(self) -> WaitInfo:
+        """Why the whole line waits (1min.ai refusing the bot's account), and until when
+        it waits at most before it is refunded; None when it does not."""
+        if self.circuit is None:
+            return None
+        state = await self.circuit.state()
+        if not state.open:
+            return None
+        opened = state.opened_at if state.opened_at is not None else time.time()
+        return (WaitReason.SERVICE_REFUSING, opened + self.circuit_give_up)
+
+    async def _refund_waiting(self, kind: FailureKind) -> None:
+        rows = await self._store.waiting_rows()
+        for row in rows:
+            job = Job.from_row(row)
+            if await self._settlement.settle_failed(job, kind, owned=False):
+                self._positions.unwatch(job.id)
+                await self._reporter.tell_failed(job, JobFailure(kind))
+        if rows:
+            log.warning("Refunded %d waiting jobs: 1min.ai kept refusing", len(rows))
+
+    async def _claim(self, now: float) -> Job | None:
+        """Take the oldest waiting job (or one whose lease ran out) if the fleet works on
+        fewer than ``max_concurrent * CLAIM_AHEAD`` jobs (upscales themselves are limited
+        to ``max_concurrent`` by :meth:`_take_slot`)."""
+        async with self._db.transaction() as tx:
+            await tx.lock(CLAIM_LOCK)
+            if await self._store.live_leases(tx, now) >= self.max_concurrent * CLAIM_AHEAD:
+                return None
+            row = await self._store.next_claimable(tx, now)
+            if row is None:
+                return None
+            if not await self._store.claim(tx, row["id"], now, self.lease):
+                self._wakeup.set()  # cancelled meanwhile: look again at once
+                return None
+            await self._signals.send(Signal.CLAIMED, row["id"], tx=tx)
+        job = Job.from_row(row)
+        took_over = row["status"] == JobStatus.RUNNING
+        job.status = JobStatus.RUNNING
+        job.claims += 1
+        job.resumed = bool(row["resume_notice"]) or took_over
+        job.resumed_from = job.stage
+        if took_over:
+            log.info("Took over job %s (its lease ran out)", job.id)
+        return job
+
+    async def _claim_intake(self, now: float) -> Job | None:
+        """Take over an intake whose process died (its lease ran out)."""
+        async with self._db.transaction() as tx:
+            await tx.lock(CLAIM_LOCK)
+            row = await self._store.next_lapsed_intake(tx, now)
+            if row is None or not await self._store.claim_intake(tx, row["id"], now, self.lease):
+                return None
+        job = Job.from_row(row)
+        job.resumed = True
+        log.info("Taking in job %s again (its intake was cut off)", job.id)
+        return job
+
+    def _start(self, job: Job) -> None:
+        self._positions.unwatch(job.id)
+        self._reporter.started(job)
+        task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._finished(job.id))
+        asyncio.get_running_loop().create_task(self._positions.refresh())
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._reporter.left(job_id)
+        self._wakeup.set()
+        self._slot_freed.set()  # a job that ended while upscaling freed its slot
+
+    def _start_intake(self, job: Job) -> None:
+        task = asyncio.create_task(self._resume_intake(job), name=f"intake-{job.id[:8]}")
+        self._intakes[job.id] = task
+        task.add_done_callback(lambda _: self._intake_done(job.id))
+
+    def _intake_done(self, job_id: str) -> None:
+        self._intakes.pop(job_id, None)
+        self._wakeup.set()
+
+    async def _resume_intake(self, job: Job) -> None:
+        """Take in again the image of a job whose intake was cut off."""
+        await self._reporter.tell_resumed(job)
+        try:
+            await self._intake.take_in(job)
+        except InputRefused as exc:
+            await self._reporter.tell_failed(job, failure_for(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("Intake of job %s failed unexpectedly", job.id, exc_info=exc)
+            await self._settlement.failed(job, JobFailure(FailureKind.BUG), exc)
+
+    async def _renew_leases(self) -> None:
+        """Renew this process's leases every third of a lease."""
+        while not self.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.lease / 3)
+            if self.closed or not (self._running or self._intakes or self._intake.busy):
+                continue
+            try:
+                await self._store.renew(time.time() + self.lease)
+            except Exception:
+                log.warning("Could not renew job leases", exc_info=True)
+
+    # -- running -----------------------------------------------------------------------
+
+    def result_path(self, job: Job) -> Path:
+        """Where the job's result is downloaded (removed when the job's run ends here)."""
+        return self.spool_dir / f"result-{job.id}.img"
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self._run_and_settle(job)
+        finally:
+            # Delivered, failed, stopped or cancelled: the result file is not needed any
+            # more (a job run again downloads it again from its stored URL).
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.result_path(job).unlink, missing_ok=True)
+
+    async def _run_and_settle(self, job: Job) -> None:
+        self._reporter.stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
+        hook = waiting_hook.set(
+            lambda place: self._reporter.progress(
+                job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT)
+            )
+        )
+        message_id = None
+        result: JobResult | None = None
+        try:
+            if job.resumed_from is Stage.DELIVERING:
+                # Look for the result before saying anything: if it was posted, it is
+                # what the member sees, and the job only needs settling.
+                message_id = await self._reporter.front.find_delivered(job)
+            if message_id is None:
+                if job.resumed:
+                    await self._reporter.tell_resumed(job)
+                result = await self._work(job)
+                await self._advance(job, Stage.DELIVERING)
+                message_id = await self._reporter.front.deliver(job, result)
+        except Stopped as why:
+            log.info("Job %s stopped here: %s", job.id, why)
+            return
+        except asyncio.CancelledError:
+            raise
+        except (Unauthorized, OutOfCredits) as exc:
+            if self.circuit is None:
+                await self._settlement.failed(job, failure_for(exc), exc)
+                return
+            # Not this job's fault: it waits in line while the circuit is open.
+            await self.circuit.trip(exc.kind)
+            await self._hand_back(job, f"1min.ai refused: {exc.kind}")
+            return
+        except Exception as exc:
+            await self._settlement.failed(job, failure_for(exc), exc)
+            return
+        finally:
+            waiting_hook.reset(hook)
+        await self._settlement.delivered(job, result, message_id)
+
+    async def _work(self, job: Job) -> JobResult:
+        if job.result_url is None:
+            # The input is read while the job waits for its slot (a job claimed ahead waits
+            # for one), so the upload can start the moment it has it.
+            reading = asyncio.create_task(self._input(job)) if job.asset_path is None else None
+            try:
+                await self._take_slot(job)  # uploading, or upscaling with the asset stored
+            except BaseException:
+                if reading is not None:
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
+                raise
+            if reading is not None:
+                data = await reading
+                prepared = job.input
+                asset = await self._paced(
+                    job,
+                    lambda: self._onemin.upload(
+                        data, prepared.filename, images.CONTENT_TYPES[prepared.format]
+                    ),
+                )
+                del data
+                # After this, too late to cancel.
+                await self._advance(job, Stage.UPSCALING, asset_path=asset)
+                job.asset_path = asset
+            asset_path = job.asset_path
+            assert asset_path is not None  # uploaded just now, or stored before a restart
+            record = await self._paced(
+                job, lambda: self._onemin.upscale(asset_path, job.output_format)
+            )
+            job.result_url = record.temporary_url
+            job.record_id = record.record_uuid
+            await self._advance(
+                job, Stage.DOWNLOADING, result_url=job.result_url, record_id=job.record_id
+            )
+            await self._signals.send(Signal.SLOT)  # its slot is free for the next job
+        else:
+            await self._advance(job, Stage.DOWNLOADING)
+        self._slot_freed.set()
+        # The result (up to RESULT_MAX_BYTES) goes straight to a file; the check (a full
+        # decode: 64 MB for a 4096x4096 result) and the Compare crops of a large result
+        # are made in the image worker, from that file.
+        path = self.result_path(job)
+        byte_count = await self._onemin.download_to(job.result_url, path, RESULT_MAX_BYTES)
+        input_image = await self._store.read_input(job.id)  # for the crops; none without it
+        try:
+            checked = await self._workers.check_result(path, input_image, job.input.size)
+        except ResultUnusable as exc:
+            raise BadResult(str(exc)) from exc
+        if checked.crops is None:
+            log.info("No comparison for job %s: %s", job.id, checked.no_crops)
+        return JobResult(
+            path=path,
+            byte_count=byte_count,
+            format=checked.format,
+            size=checked.size,
+            temporary_url=job.result_url,
+            elapsed=job.elapsed,
+            crops=checked.crops,
+        )
+
+    async def _input(self, job: Job) -> bytes:
+        data = await self._store.read_input(job.id)
+        if data is None:
+            raise InputLost("the job's input is no longer stored")
+        return data
+
+    async def _take_slot(self, job: Job) -> None:
+        """Wait until fewer than ``max_concurrent`` jobs are with 1min.ai fleet-wide
+        (uploading or upscaling), then move this one there, atomically under a
+        fleet-wide lock: to ``uploading``, or to ``upscaling`` when it resumes with its
+        asset stored. Woken when a slot is freed anywhere in the fleet.
+
+        Raises :class:`Stopped` when it was cancelled or taken over while it waited.
+        """
+        stage = Stage.UPLOADING if job.asset_path is None else Stage.UPSCALING
+        told = False
+        while True:
+            self._slot_freed.clear()
+            now = time.time()
+            async with self._db.transaction(urgent=True) as tx:
+                await tx.lock(SLOT_LOCK)
+                if await self._store.slots_taken(tx, job.id, now) < self.max_concurrent:
+                    if not await self._store.advance(job.id, stage, tx=tx):
+                        raise Stopped("cancelled, or taken over by another process")
+                    break
+            if not told:
+                told = True
+                self._reporter.progress(job, Progress(Stage.WAITING))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), FALLBACK_POLL)
+        self._entered(job, stage)
+
+    async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except RateLimited as err:
+                attempt += 1
+                delay = err.retry_after or self._rate_backoff.delay(attempt)
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
+                self._reporter.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
+                await asyncio.sleep(delay)
+
+    async def _advance(
+        self,
+        job: Job,
+        stage: Stage,
+        *,
+        asset_path: str | None = None,
+        result_url: str | None = None,
+        record_id: str | None = None,
+    ) -> None:
+        """Record the job's new stage (and what it produced) if this process still owns
+        it, else :class:`Stopped`."""
+        changed = await self._store.advance(
+            job.id, stage, asset_path=asset_path, result_url=result_url, record_id=record_id
+        )
+        if not changed:
+            raise Stopped("cancelled, or taken over by another process")
+        self._entered(job, stage)
+
+    def _entered(self, job: Job, stage: Stage) -> None:
+        job.stage = stage
+        self._reporter.stage(job, stage)
+        self._reporter.progress(job, Progress(stage))
+
+    async def _hand_back(self, job: Job, why: str) -> None:
+        """Put a running job back in line, its recorded progress kept (not a restart: its
+        member is not told it "continues" when it runs again)."""
+        if not await self._store.hand_back(job.id, why):
+            return
+        was = job.stage
+        job.status = JobStatus.QUEUED  # its stage stays: it continues from there
+        self._reporter.stage(job, "handed back", why)
+        self._positions.watch(job)
+        await self._signals.send(Signal.QUEUED)
+        if was in (Stage.UPLOADING, Stage.UPSCALING):
+            await self._signals.send(Signal.SLOT)
+        await self._positions.refresh()

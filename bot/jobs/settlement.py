@@ -1,0 +1,154 @@
+"""How a job ends: delivered and charged, failed and refunded, or cancelled and refunded.
+
+Each ending is one transaction: the job's row, the ledger's settlement, the removal of
+its stored input (and, when delivered, its Compare crops), and the wake-up that tells
+the fleet it ended. Every ending is guarded by the job's status (and, for a job this
+process runs, by its lease), so a job is settled exactly once whichever process gets
+there first; the interaction token is erased in the same statement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.db import Database
+from bot.failures import FailureKind
+from bot.jobs.model import (
+    SLOT_STAGES,
+    UNFINISHED,
+    CancelOutcome,
+    DeliveryFailed,
+    Job,
+    JobFailure,
+    JobResult,
+    Stage,
+)
+from bot.jobs.report import Reporter
+from bot.jobs.store import JobStore
+from bot.ledger import Ledger
+from bot.signals import Signal, Signals
+
+log = logging.getLogger(__name__)
+
+ChargedListener = Callable[[Job], Awaitable[None]]
+
+
+class Settlement:
+    """Ends jobs; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: JobStore,
+        ledger: Ledger,
+        signals: Signals,
+        reporter: Reporter,
+        cost: int,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._ledger = ledger
+        self._signals = signals
+        self._reporter = reporter
+        self._cost = cost
+        self._charged: list[ChargedListener] = []
+
+    def subscribe_charged(self, listener: ChargedListener) -> None:
+        self._charged.append(listener)
+
+    async def delivered(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
+        """Mark the job delivered and charge it; False when another process took it
+        over meanwhile (it finds the posted message and settles the job itself)."""
+        async with self._db.transaction() as tx:
+            changed = await self._store.delivered(
+                tx,
+                job.id,
+                size=result.size if result else None,
+                byte_count=result.byte_count if result else None,
+                message_id=message_id,
+            )
+            if not changed:
+                log.warning("Job %s was taken over while delivering; settled there", job.id)
+                return False
+            await self._ledger.commit(job.reservation_id, tx=tx)
+            await self._store.delete_input(tx, job.id)
+            if result is not None and result.crops is not None:
+                await self._store.save_crops(tx, job.id, result.crops)
+            await self._signals.send(Signal.ENDED, job.id, tx=tx)
+        job.stage = Stage.DONE
+        self._reporter.delivered(job, self._cost)
+        for listener in self._charged:
+            try:
+                await listener(job)
+            except Exception:
+                log.warning("A listener failed after job %s was charged", job.id, exc_info=True)
+        return True
+
+    async def failed(
+        self, job: Job, failure: JobFailure, exc: BaseException | None = None, *, tell: bool = True
+    ) -> bool:
+        """Record the failure of a job this process runs, refund it, tell the member."""
+        _log_failure(job, failure, exc)
+        if not await self.settle_failed(job, failure.kind, owned=True):
+            return False
+        if tell:
+            await self._reporter.tell_failed(job, failure)
+        return True
+
+    async def settle_failed(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
+        """Record the failure and refund, in one transaction. False if already settled.
+
+        ``owned``: only if this process holds the job's lease (else whoever holds it).
+        """
+        async with self._db.transaction() as tx:
+            if not await self._store.failed(tx, job.id, kind, owned=owned):
+                return False
+            refunded = False
+            if job.reservation_id:
+                refunded = await self._ledger.refund(job.reservation_id, kind.value, tx=tx)
+            await self._store.delete_input(tx, job.id)
+            await self._signals.send(Signal.ENDED, job.id, tx=tx)
+            if job.stage in SLOT_STAGES:
+                await self._signals.send(Signal.SLOT, tx=tx)
+        self._reporter.failed(job, kind, self._cost if refunded else 0)
+        return True
+
+    async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
+        """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""
+        async with self._db.transaction() as tx:
+            row = await self._store.cancel_read(tx, job_id)
+            if row is None:
+                return CancelOutcome.NOT_FOUND
+            if int(row["member_id"]) != actor_id and not moderator:
+                return CancelOutcome.NOT_ALLOWED
+            if row["status"] not in UNFINISHED:
+                return CancelOutcome.FINISHED
+            if not await self._store.cancelled(tx, job_id, actor_id):
+                return CancelOutcome.TOO_LATE
+            refunded = False
+            if row["reservation_id"]:
+                refunded = await self._ledger.refund(
+                    row["reservation_id"], FailureKind.CANCELLED, tx=tx
+                )
+            await self._store.delete_input(tx, job_id)
+            await self._signals.send(Signal.ENDED, job_id, tx=tx)
+            await self._signals.send(Signal.SLOT, tx=tx)  # it may have held one (uploading)
+        self._reporter.cancelled(
+            job_id, int(row["guild_id"]), actor_id, self._cost if refunded else 0
+        )
+        return CancelOutcome.CANCELLED
+
+
+def _log_failure(job: Job, failure: JobFailure, exc: BaseException | None) -> None:
+    if failure.kind is FailureKind.BUG:
+        log.error("Job %s failed unexpectedly", job.id, exc_info=exc)
+    elif failure.kind is FailureKind.OUT_OF_CREDITS:
+        log.warning("1min.ai is out of credits: the owner must top up (job %s)", job.id)
+    elif failure.kind is FailureKind.UNAUTHORIZED:
+        log.warning("1min.ai refused the API key (job %s): check ONEMIN_API_KEY", job.id)
+    elif isinstance(exc, DeliveryFailed):
+        log.warning("Job %s could not be delivered: %s", job.id, failure.detail)
+    else:
+        log.info("Job %s failed: %s (%s)", job.id, failure.kind, failure.detail)

@@ -1,0 +1,558 @@
+"""Every statement on ``jobs``, ``job_inputs`` and ``compare_crops``, in one place.
+
+The rest of the queue asks the store; nothing else writes SQL on these tables, so this
+file shows everything that touches them. Statements that run per job, per poll or per
+command are listed in :data:`HOT_STATEMENTS` with example parameters: a test plans each
+one on both engines against a year of history and fails when one scans a table that
+grows with it. A new hot statement is covered by adding it there.
+
+Statements that take a :class:`~bot.db.Transaction` run inside the caller's transaction
+(a claim, a settlement); the others run on their own.
+
+Indexes (migration 0010): one partial index per unfinished status, written with the
+very condition the statements use (SQLite uses a partial index only when the query
+repeats its condition: ``status IN (...)`` is not implied by ``status = ...``), so their
+size is the number of unfinished jobs, whatever the history; ``jobs_member`` for a
+member's jobs; ``jobs_finished`` for the retention purge.
+
+The trail. Each stage change appends one JSON line ``[stage, unix time, process,
+detail]`` to ``jobs.trail`` in the statement that makes the change, so the trail costs
+no statement of its own (:func:`trail_line`, :func:`parse_trail`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot import compare
+from bot.db import Database, Row, Transaction, ts, utc_now
+from bot.failures import FailureKind
+from bot.jobs.model import (
+    CANCELLABLE_STAGES,
+    SLOT_STAGES,
+    Job,
+    JobStatus,
+    PreparedInfo,
+    Stage,
+)
+
+# -- the statements -------------------------------------------------------------------
+# Unfinished jobs, by status. Each reads one partial index (see the module docstring).
+
+MEMBER_ACTIVE = (
+    "SELECT COUNT(*) AS n FROM jobs WHERE guild_id = ? AND member_id = ?"
+    " AND status IN ('intake', 'queued', 'running')"
+)
+LIVE_LEASES = "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running' AND lease_expires > ?"
+NEXT_WAITING = "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+NEXT_LAPSED = (
+    "SELECT * FROM jobs WHERE status = 'running' AND lease_expires <= ?"
+    " ORDER BY lease_expires LIMIT 1"
+)
+NEXT_LAPSED_INTAKE = (
+    "SELECT * FROM jobs WHERE status = 'intake' AND lease_expires <= ?"
+    " ORDER BY lease_expires LIMIT 1"
+)
+# One cheap look before a claim's transaction: is there anything to claim at all?
+ANYTHING_TO_CLAIM = (
+    "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1) q)"
+    " + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'running'"
+    " AND lease_expires <= ? LIMIT 1) r)"
+    " + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'intake'"
+    " AND lease_expires <= ? LIMIT 1) i) AS n"
+)
+CLAIM = (
+    "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
+    " claims = claims + 1, resume_notice = 0, started_at = COALESCE(started_at, ?),"
+    " trail = trail || ? WHERE id = ?"
+    " AND (status = 'queued' OR (status = 'running' AND lease_expires <= ?))"
+)
+CLAIM_INTAKE = (
+    "UPDATE jobs SET lease_owner = ?, lease_expires = ?, resume_notice = 0,"
+    " trail = trail || ? WHERE id = ? AND status = 'intake' AND lease_expires <= ?"
+)
+SLOTS_TAKEN = (
+    "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running'"
+    f" AND stage IN ('{SLOT_STAGES[0]}', '{SLOT_STAGES[1]}') AND lease_expires > ? AND id <> ?"
+)
+ADVANCE = (
+    "UPDATE jobs SET stage = ?, asset_path = COALESCE(?, asset_path),"
+    " result_url = COALESCE(?, result_url), record_id = COALESCE(?, record_id),"
+    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+)
+RENEW = (
+    "UPDATE jobs SET lease_expires = ? WHERE status IN ('intake', 'running') AND lease_owner = ?"
+)
+HAND_BACK = (
+    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
+    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+)
+OWNED = "SELECT * FROM jobs WHERE status IN ('intake', 'running') AND lease_owner = ?"
+# Hand this process's jobs back (shutdown): running ones wait in line again, intakes are
+# left with a lapsed lease for whoever takes them in next; both tell their member.
+RELEASE_OWNED = (
+    "UPDATE jobs SET status = CASE WHEN status = 'running' THEN 'queued' ELSE status END,"
+    " lease_owner = NULL, lease_expires = CASE WHEN status = 'running' THEN NULL ELSE 0 END,"
+    " resume_notice = 1, trail = trail || ?"
+    " WHERE status IN ('intake', 'running') AND lease_owner = ?"
+)
+RECOVER_ALL = (
+    "UPDATE jobs SET status = CASE WHEN status = 'running' THEN 'queued' ELSE status END,"
+    " lease_owner = NULL, lease_expires = CASE WHEN status = 'running' THEN NULL ELSE 0 END,"
+    " resume_notice = 1, trail = trail || ? WHERE status IN ('intake', 'running')"
+)
+RECOVER_INSTANCE = RECOVER_ALL + " AND lease_owner LIKE ?"
+WAITING_ROWS = "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
+INTAKE_ROWS = "SELECT * FROM jobs WHERE status = 'intake' ORDER BY created_at, id"
+HAS_INPUT = "SELECT COUNT(*) AS n FROM job_inputs WHERE job_id = ?"
+POSITIONS = "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
+WAITING_COUNT = "SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'"
+UNFINISHED_COUNT = (
+    "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'intake')"
+    " + (SELECT COUNT(*) FROM jobs WHERE status = 'queued')"
+    " + (SELECT COUNT(*) FROM jobs WHERE status = 'running') AS n"
+)
+SHOWN_STATE = "SELECT status, lease_owner FROM jobs WHERE id = ?"
+# One job, by primary key.
+INSERT_JOB = (
+    "INSERT INTO jobs (id, guild_id, channel_id, member_id, reservation_id, status, stage,"
+    " output_format, source_name, source_url, source_size, context, reply_token,"
+    " lease_owner, lease_expires, created_at, trail)"
+    " VALUES (?, ?, ?, ?, ?, 'intake', 'receiving', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+TAKEN_IN = (
+    "UPDATE jobs SET status = 'queued', stage = 'queued', source_format = ?,"
+    " input_format = ?, input_bytes = ?, input_width = ?, input_height = ?,"
+    " original_width = ?, original_height = ?, notes = ?, source_url = NULL,"
+    " lease_owner = NULL, lease_expires = NULL, trail = trail || ?"
+    " WHERE id = ? AND status = 'intake' AND lease_owner = ?"
+)
+INSERT_INPUT = "INSERT INTO job_inputs (job_id, data) VALUES (?, ?)"
+READ_INPUT = "SELECT data FROM job_inputs WHERE job_id = ?"
+DELETE_INPUT = "DELETE FROM job_inputs WHERE job_id = ?"
+DELIVERED = (
+    "UPDATE jobs SET status = 'delivered', stage = 'done', output_width = ?,"
+    " output_height = ?, output_bytes = ?, message_id = ?, finished_at = ?,"
+    " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
+    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+)
+FAILED = (
+    "UPDATE jobs SET status = 'failed', error_kind = ?, finished_at = ?,"
+    " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
+    " trail = trail || ? WHERE id = ? AND status IN ('intake', 'queued', 'running')"
+)
+FAILED_OWNED = FAILED + " AND lease_owner = ?"
+CANCEL_READ = "SELECT guild_id, member_id, status, reservation_id FROM jobs WHERE id = ?"
+CANCELLED = (
+    "UPDATE jobs SET status = 'cancelled', error_kind = ?, finished_at = ?,"
+    " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
+    " trail = trail || ? WHERE id = ? AND status IN ('intake', 'queued', 'running')"
+    f" AND stage IN ('{CANCELLABLE_STAGES[0]}', '{CANCELLABLE_STAGES[1]}',"
+    f" '{CANCELLABLE_STAGES[2]}')"
+)
+JOB_BY_ID = "SELECT * FROM jobs WHERE id = ?"
+# A job by the id shown in a result's footer (its first characters) or whole: a range
+# of the primary key (ids are lower-case hex).
+JOBS_BY_PREFIX = "SELECT * FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2"
+INSERT_CROPS = (
+    "INSERT INTO compare_crops (job_id, input_crop, result_crop, box, created_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING"
+)
+READ_CROPS = "SELECT input_crop, result_crop, box FROM compare_crops WHERE job_id = ?"
+# Housekeeping, in small batches (each its own short transaction), oldest first.
+PURGE_FINISHED = (
+    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < ?"
+    " ORDER BY finished_at LIMIT ?)"
+)
+PURGE_CROPS = (
+    "DELETE FROM compare_crops WHERE job_id IN (SELECT job_id FROM compare_crops"
+    " WHERE created_at < ? ORDER BY created_at LIMIT ?)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HotStatement:
+    """A statement that runs per job, per poll or per command, with example parameters
+    for planning it: it must read through an index at any size of history."""
+
+    name: str
+    sql: str
+    params: Sequence[Any]
+
+
+_NOW = 1_700_000_000.0
+_ID = "0" * 32
+HOT_STATEMENTS: tuple[HotStatement, ...] = (
+    HotStatement("member's unfinished jobs (admission, /credits)", MEMBER_ACTIVE, (1, 2)),
+    HotStatement("live leases (claim)", LIVE_LEASES, (_NOW,)),
+    HotStatement("next waiting job (claim)", NEXT_WAITING, ()),
+    HotStatement("next lapsed job (claim)", NEXT_LAPSED, (_NOW,)),
+    HotStatement("next lapsed intake (claim)", NEXT_LAPSED_INTAKE, (_NOW,)),
+    HotStatement("anything to claim (idle poll)", ANYTHING_TO_CLAIM, (_NOW, _NOW)),
+    HotStatement("claim", CLAIM, ("o", _NOW, "t", "l", _ID, _NOW)),
+    HotStatement("claim an intake", CLAIM_INTAKE, ("o", _NOW, "l", _ID, _NOW)),
+    HotStatement("upscale slots taken", SLOTS_TAKEN, (_NOW, _ID)),
+    HotStatement("stage change", ADVANCE, ("uploading", None, None, None, "l", _ID, "o")),
+    HotStatement("lease renewal", RENEW, (_NOW, "o")),
+    HotStatement("hand back", HAND_BACK, ("l", _ID, "o")),
+    HotStatement("jobs owned (shutdown)", OWNED, ("o",)),
+    HotStatement("release owned (shutdown)", RELEASE_OWNED, ("l", "o")),
+    HotStatement("recover every job (SQLite start)", RECOVER_ALL, ("l",)),
+    HotStatement("recover this instance's jobs", RECOVER_INSTANCE, ("l", "host/0:%")),
+    HotStatement("waiting jobs (recovery)", WAITING_ROWS, ()),
+    HotStatement("intakes (recovery)", INTAKE_ROWS, ()),
+    HotStatement("input stored", HAS_INPUT, (_ID,)),
+    HotStatement("places in line", POSITIONS, ()),
+    HotStatement("jobs waiting (queue depth)", WAITING_COUNT, ()),
+    HotStatement("jobs unfinished", UNFINISHED_COUNT, ()),
+    HotStatement("may this process show a job", SHOWN_STATE, (_ID,)),
+    HotStatement(
+        "record a job (intake)",
+        INSERT_JOB,
+        (_ID, 1, 2, 3, "r", "png", "a.png", "u", 1, "{}", "t", "o", _NOW, "c", "l"),
+    ),
+    HotStatement(
+        "image taken in",
+        TAKEN_IN,
+        ("png", "png", 1, 1, 1, 1, 1, "[]", "l", _ID, "o"),
+    ),
+    HotStatement("read an input", READ_INPUT, (_ID,)),
+    HotStatement("delete an input", DELETE_INPUT, (_ID,)),
+    HotStatement("delivered", DELIVERED, (1, 1, 1, 1, "f", "l", _ID, "o")),
+    HotStatement("failed", FAILED, ("bug", "f", "l", _ID)),
+    HotStatement("failed (owned)", FAILED_OWNED, ("bug", "f", "l", _ID, "o")),
+    HotStatement("cancel: read", CANCEL_READ, (_ID,)),
+    HotStatement("cancelled", CANCELLED, ("cancelled", "f", "l", _ID)),
+    HotStatement("a job by id", JOB_BY_ID, (_ID,)),
+    HotStatement("a job by its footer id", JOBS_BY_PREFIX, ("0000abcd", "0000abce")),
+    HotStatement("read Compare crops", READ_CROPS, (_ID,)),
+    HotStatement("purge finished jobs", PURGE_FINISHED, ("2020-01-01 00:00:00.000000", 500)),
+    HotStatement("purge Compare crops", PURGE_CROPS, ("2020-01-01 00:00:00.000000", 500)),
+)
+
+
+# -- the trail ------------------------------------------------------------------------
+
+
+def trail_line(stage: str, process: str, detail: str = "", at: float | None = None) -> str:
+    """One line of a job's trail: what happened, when, where (appended to ``trail``)."""
+    return json.dumps([stage, round(time.time() if at is None else at, 3), process, detail]) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class TrailEvent:
+    stage: str
+    at: float  # Unix seconds
+    process: str
+    detail: str
+
+
+def parse_trail(text: str | None) -> list[TrailEvent]:
+    """The events of a job's trail, oldest first (lines that do not parse are skipped)."""
+    events: list[TrailEvent] = []
+    for line in (text or "").splitlines():
+        try:
+            stage, at, process, detail = json.loads(line)
+            events.append(TrailEvent(str(stage), float(at), str(process), str(detail)))
+        except (ValueError, TypeError):
+            continue
+    return events
+
+
+# -- the store ------------------------------------------------------------------------
+
+
+def _n(row: Row | None) -> int:
+    return int(row["n"]) if row is not None else 0
+
+
+class JobStore:
+    """The queue's tables, through named operations (one statement each, mostly).
+
+    ``owner`` is this process's lease owner name; ``process`` how the trail names it.
+    """
+
+    def __init__(self, db: Database, *, owner: str) -> None:
+        self.db = db
+        self.owner = owner
+
+    def line(self, stage: str, detail: str = "") -> str:
+        return trail_line(stage, self.owner, detail)
+
+    # -- intake ------------------------------------------------------------------------
+
+    async def member_active(self, q: Transaction | Database, guild_id: int, member_id: int) -> int:
+        return _n(await q.fetchone(MEMBER_ACTIVE, (guild_id, member_id)))
+
+    async def insert(self, tx: Transaction, job: Job, lease_until: float) -> None:
+        await tx.execute(
+            INSERT_JOB,
+            (
+                job.id,
+                job.guild_id,
+                job.channel_id,
+                job.member_id,
+                job.reservation_id,
+                job.output_format,
+                job.source.filename,
+                job.source.url,
+                job.source.declared_size,
+                job.context.to_json(),
+                job.reply_token,
+                self.owner,
+                lease_until,
+                ts(utc_now()),
+                self.line(Stage.RECEIVING),
+            ),
+        )
+
+    async def taken_in(self, job: Job, prepared: PreparedInfo, data: bytes) -> bool:
+        """Store the prepared input and put the job in line; False if no longer ours."""
+        async with self.db.transaction(urgent=True) as tx:
+            changed = await tx.execute(
+                TAKEN_IN,
+                (
+                    prepared.source_format,
+                    prepared.format,
+                    prepared.input_bytes,
+                    prepared.size[0],
+                    prepared.size[1],
+                    prepared.original_size[0],
+                    prepared.original_size[1],
+                    json.dumps(list(prepared.notes)),
+                    self.line(Stage.QUEUED),
+                    job.id,
+                    self.owner,
+                ),
+            )
+            if not changed:
+                return False
+            await tx.execute(INSERT_INPUT, (job.id, data))
+        return True
+
+    async def read_input(self, job_id: str) -> bytes | None:
+        row = await self.db.fetchone(READ_INPUT, (job_id,))
+        return None if row is None else bytes(row["data"])
+
+    # -- claims ------------------------------------------------------------------------
+
+    async def anything_to_claim(self, now: float) -> bool:
+        row = await self.db.fetchone(ANYTHING_TO_CLAIM, (now, now))
+        return _n(row) > 0
+
+    async def live_leases(self, tx: Transaction, now: float) -> int:
+        return _n(await tx.fetchone(LIVE_LEASES, (now,)))
+
+    async def next_claimable(self, tx: Transaction, now: float) -> Row | None:
+        """The job to claim next: the oldest of a lapsed running job and the head of
+        the line (a lapsed job was claimed before, so it usually is the older)."""
+        lapsed = await tx.fetchone(NEXT_LAPSED, (now,))
+        waiting = await tx.fetchone(NEXT_WAITING)
+        if lapsed is None or (
+            waiting is not None
+            and (waiting["created_at"], waiting["id"]) < (lapsed["created_at"], lapsed["id"])
+        ):
+            return waiting
+        return lapsed
+
+    async def claim(self, tx: Transaction, job_id: str, now: float, lease: float) -> bool:
+        """Take a waiting or lapsed job. Guarded: a Cancel may have committed since it
+        was read (on PostgreSQL the claim lock does not cover it)."""
+        changed = await tx.execute(
+            CLAIM,
+            (self.owner, now + lease, ts(utc_now()), self.line("claimed"), job_id, now),
+        )
+        return bool(changed)
+
+    async def next_lapsed_intake(self, tx: Transaction, now: float) -> Row | None:
+        return await tx.fetchone(NEXT_LAPSED_INTAKE, (now,))
+
+    async def claim_intake(self, tx: Transaction, job_id: str, now: float, lease: float) -> bool:
+        changed = await tx.execute(
+            CLAIM_INTAKE, (self.owner, now + lease, self.line("intake resumed"), job_id, now)
+        )
+        return bool(changed)
+
+    async def slots_taken(self, tx: Transaction, job_id: str, now: float) -> int:
+        return _n(await tx.fetchone(SLOTS_TAKEN, (now, job_id)))
+
+    async def advance(
+        self,
+        job_id: str,
+        stage: Stage,
+        *,
+        tx: Transaction | None = None,
+        asset_path: str | None = None,
+        result_url: str | None = None,
+        record_id: str | None = None,
+    ) -> bool:
+        """Record the job's new stage (and what it produced) if this process owns it."""
+        params = (stage.value, asset_path, result_url, record_id, self.line(stage), job_id)
+        if tx is not None:
+            return bool(await tx.execute(ADVANCE, (*params, self.owner)))
+        return bool(await self.db.write(ADVANCE, (*params, self.owner), urgent=True))
+
+    async def renew(self, lease_until: float) -> int:
+        return await self.db.write(RENEW, (lease_until, self.owner))
+
+    async def hand_back(self, job_id: str, why: str) -> bool:
+        return bool(
+            await self.db.write(HAND_BACK, (self.line(Stage.QUEUED, why), job_id, self.owner))
+        )
+
+    async def release_owned(self) -> list[Job]:
+        """Hand this process's jobs back (their progress kept); returns them."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(OWNED, (self.owner,))
+            await tx.execute(RELEASE_OWNED, (self.line("released", "shutdown"), self.owner))
+        return [Job.from_row(row) for row in rows]
+
+    async def recover(self, instance: str | None) -> None:
+        """Put jobs cut off by a restart back: running ones in line, intakes lapsed.
+
+        ``instance`` None: every job (one process on SQLite); else those of processes
+        with that instance name (a fleet; the others are taken over when their leases
+        run out).
+        """
+        line = self.line("recovered", "restart")
+        if instance is None:
+            await self.db.write(RECOVER_ALL, (line,))
+        else:
+            await self.db.write(RECOVER_INSTANCE, (line, instance + ":%"))
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def waiting_rows(self) -> list[Row]:
+        return await self.db.fetchall(WAITING_ROWS)
+
+    async def intake_rows(self) -> list[Row]:
+        return await self.db.fetchall(INTAKE_ROWS)
+
+    async def has_input(self, job_id: str) -> bool:
+        return _n(await self.db.fetchone(HAS_INPUT, (job_id,))) > 0
+
+    async def positions(self) -> list[str]:
+        return [row["id"] for row in await self.db.fetchall(POSITIONS)]
+
+    async def waiting(self) -> int:
+        return _n(await self.db.fetchone(WAITING_COUNT))
+
+    async def unfinished(self) -> int:
+        return _n(await self.db.fetchone(UNFINISHED_COUNT))
+
+    async def shown_state(self, job_id: str) -> tuple[JobStatus, str | None] | None:
+        row = await self.db.fetchone(SHOWN_STATE, (job_id,))
+        return None if row is None else (JobStatus(row["status"]), row["lease_owner"])
+
+    async def job(self, job_id: str) -> Row | None:
+        return await self.db.fetchone(JOB_BY_ID, (job_id,))
+
+    async def find(self, shown_id: str) -> list[Row]:
+        """Jobs whose id starts with ``shown_id`` (lower-case hex; at most two read:
+        more than one means the prefix is ambiguous)."""
+        prefix = shown_id.strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        return await self.db.fetchall(JOBS_BY_PREFIX, (prefix, _successor(prefix)))
+
+    # -- settlement --------------------------------------------------------------------
+
+    async def delivered(
+        self,
+        tx: Transaction,
+        job_id: str,
+        *,
+        size: tuple[int, int] | None,
+        byte_count: int | None,
+        message_id: int | None,
+    ) -> bool:
+        changed = await tx.execute(
+            DELIVERED,
+            (
+                size[0] if size else None,
+                size[1] if size else None,
+                byte_count,
+                message_id,
+                ts(utc_now()),
+                self.line(JobStatus.DELIVERED, str(message_id or "")),
+                job_id,
+                self.owner,
+            ),
+        )
+        return bool(changed)
+
+    async def failed(self, tx: Transaction, job_id: str, kind: FailureKind, *, owned: bool) -> bool:
+        params: tuple[Any, ...] = (
+            kind.value,
+            ts(utc_now()),
+            self.line(JobStatus.FAILED, kind.value),
+            job_id,
+        )
+        if owned:
+            return bool(await tx.execute(FAILED_OWNED, (*params, self.owner)))
+        return bool(await tx.execute(FAILED, params))
+
+    async def cancel_read(self, tx: Transaction, job_id: str) -> Row | None:
+        return await tx.fetchone(CANCEL_READ, (job_id,))
+
+    async def cancelled(self, tx: Transaction, job_id: str, actor_id: int) -> bool:
+        changed = await tx.execute(
+            CANCELLED,
+            (
+                FailureKind.CANCELLED.value,
+                ts(utc_now()),
+                self.line(JobStatus.CANCELLED, f"by {actor_id}"),
+                job_id,
+            ),
+        )
+        return bool(changed)
+
+    async def delete_input(self, tx: Transaction, job_id: str) -> None:
+        await tx.execute(DELETE_INPUT, (job_id,))
+
+    async def save_crops(self, tx: Transaction, job_id: str, crops: compare.CompareCrops) -> None:
+        await tx.execute(
+            INSERT_CROPS,
+            (
+                job_id,
+                crops.before,
+                crops.after,
+                json.dumps([list(crops.box), list(crops.scale)]),
+                ts(utc_now()),
+            ),
+        )
+
+    async def crops(self, job_id: str) -> compare.CompareCrops | None:
+        row = await self.db.fetchone(READ_CROPS, (job_id,))
+        if row is None:
+            return None
+        box, scale = json.loads(row["box"])
+        return compare.CompareCrops(
+            before=bytes(row["input_crop"]),
+            after=bytes(row["result_crop"]),
+            box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+            scale=(float(scale[0]), float(scale[1])),
+        )
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def purge_finished(self, before: str, batch: int) -> int:
+        return await self.db.write(PURGE_FINISHED, (before, batch))
+
+    async def purge_crops(self, before: str, batch: int) -> int:
+        return await self.db.write(PURGE_CROPS, (before, batch))
+
+
+def _successor(prefix: str) -> str:
+    """The smallest string after every string that starts with ``prefix`` (hex)."""
+    digits = "0123456789abcdef"
+    chars = list(prefix)
+    while chars:
+        last = chars.pop()
+        if last != "f":
+            return "".join(chars) + digits[digits.index(last) + 1]
+    return "g"  # every hex string sorts before it

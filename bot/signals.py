@@ -1,0 +1,187 @@
+"""Wake-ups across the fleet, so processes wait for a change instead of polling for it.
+
+What wakes whom:
+
+* :attr:`Signal.QUEUED`: a job waits in line (taken in, handed back, released): idle
+  processes look for work.
+* :attr:`Signal.SLOT`: an upscale slot was freed: jobs waiting for one look again.
+* :attr:`Signal.CLAIMED` / :attr:`Signal.ENDED` (payload: the job id): a job left the
+  line or ended: processes showing places in line refresh them, and stop showing a job
+  another process took.
+* :attr:`Signal.CANCELLED` (payload: the job id): a member cancelled a job: the process
+  running it stops (an upload in flight is cut off).
+* :attr:`Signal.CIRCUIT`: 1min.ai's circuit opened or closed: processes read it again.
+
+On PostgreSQL a signal is a ``NOTIFY`` on a channel of the schema: sent inside the
+transaction that makes the change, it reaches every process (this one included) when
+that transaction commits, through one ``LISTEN`` connection per process. On SQLite
+(one process) it is delivered in-process at once; the woken task then waits for the
+connection, so it reads what the sender committed.
+
+A lost notification (a dropped connection, a restart of PostgreSQL) costs latency,
+never work: every waiter also looks again after :data:`FALLBACK_POLL` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from bot.db import Database, PostgresDatabase, Transaction
+
+log = logging.getLogger(__name__)
+
+FALLBACK_POLL = 5.0  # seconds: a waiter looks again this often even if nothing woke it
+RECONNECT_BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before re-LISTENing
+
+
+class Signal(StrEnum):
+    QUEUED = "queued"
+    SLOT = "slot"
+    CLAIMED = "claimed"
+    ENDED = "ended"
+    CANCELLED = "cancelled"
+    CIRCUIT = "circuit"
+
+
+Listener = Callable[[Signal, str], None]
+
+
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of a schema (channels are database-wide: one per schema)."""
+    return "upscale_bot_" + hashlib.sha1(schema.encode()).hexdigest()[:16]
+
+
+class Signals:
+    """Sends and receives the fleet's wake-ups (see the module docstring).
+
+    Listeners are plain callables run on the event loop; they must not block (set an
+    event, schedule a task).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._listeners: list[Listener] = []
+        self._channel: str | None = None
+        self._conn: Any = None  # the held LISTEN connection (PostgreSQL)
+        self._keeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self.received = 0  # notifications received (for tests and benchmarks)
+
+    @property
+    def remote(self) -> bool:
+        """True when signals cross processes (PostgreSQL)."""
+        return isinstance(self._db, PostgresDatabase)
+
+    @property
+    def listening(self) -> bool:
+        """True when this process hears the fleet's wake-ups (always on SQLite)."""
+        return not self.remote or (self._conn is not None and not self._conn.is_closed())
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Start listening (PostgreSQL); a no-op on SQLite. Safe to call twice."""
+        if not self.remote or self._keeper is not None:
+            return
+        self._closed = False
+        try:
+            await self._listen()
+        except Exception:
+            log.warning("Could not LISTEN for wake-ups; polling until it can", exc_info=True)
+        self._keeper = asyncio.create_task(self._keep_listening(), name="signals-listen")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
+        await self._drop_connection()
+
+    async def send(
+        self, signal: Signal, payload: str = "", *, tx: Transaction | None = None
+    ) -> None:
+        """Wake the fleet. Inside ``tx`` it is delivered when that transaction commits."""
+        if not self.remote:
+            self._deliver(signal, payload)
+            return
+        channel = await self._channel_name()
+        message = f"{signal.value}:{payload}"
+        if tx is not None:
+            await tx.execute("SELECT pg_notify(?, ?)", (channel, message))
+        else:
+            await self._db.fetchone("SELECT pg_notify(?, ?)", (channel, message))
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _deliver(self, signal: Signal, payload: str) -> None:
+        self.received += 1
+        for listener in list(self._listeners):
+            try:
+                listener(signal, payload)
+            except Exception:
+                log.warning("A wake-up listener failed", exc_info=True)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, message: object) -> None:
+        kind, _, payload = str(message).partition(":")
+        try:
+            signal = Signal(kind)
+        except ValueError:
+            return
+        self._deliver(signal, payload)
+
+    async def _channel_name(self) -> str:
+        if self._channel is None:
+            row = await self._db.fetchone("SELECT current_schema() AS s")
+            self._channel = channel_for(str(row["s"]) if row else "public")
+        return self._channel
+
+    async def _listen(self) -> None:
+        assert isinstance(self._db, PostgresDatabase)
+        channel = await self._channel_name()
+        conn = await self._db.pool.acquire()
+        try:
+            await conn.add_listener(channel, self._on_notify)
+        except BaseException:
+            await self._db.pool.release(conn)
+            raise
+        self._conn = conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(await self._channel_name(), self._on_notify)
+        with contextlib.suppress(Exception):
+            assert isinstance(self._db, PostgresDatabase)
+            await self._db.pool.release(conn)
+
+    async def _keep_listening(self) -> None:
+        """Re-LISTEN when the connection is lost; wake everyone after (they may have
+        missed something meanwhile)."""
+        wait = RECONNECT_BACKOFF[0]
+        while not self._closed:
+            await asyncio.sleep(FALLBACK_POLL)
+            if self._conn is not None and not self._conn.is_closed():
+                wait = RECONNECT_BACKOFF[0]
+                continue
+            await self._drop_connection()
+            try:
+                await self._listen()
+            except Exception:
+                log.info("LISTEN connection still down; trying again in %.0f s", wait)
+                await asyncio.sleep(wait)
+                wait = min(RECONNECT_BACKOFF[1], wait * 2)
+                continue
+            log.info("LISTEN connection restored")
+            for signal in Signal:
+                self._deliver(signal, "")

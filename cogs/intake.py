@@ -1,0 +1,122 @@
+"""Taking an image in from a command: what ``/upscale`` and **Upscale image** share.
+
+Both commands acknowledge first (:func:`defer`), then call :func:`start_job` for each
+image. It checks what it can without spending anything (guild, the bot's permissions,
+the 1min.ai circuit, the declared size, the image's origin), has the queue record the
+job and reserve its credits (:meth:`bot.jobs.JobQueue.accept`: from here on a restart
+cannot lose it), then has the queue fetch and check the image
+(:meth:`bot.jobs.JobQueue.take_in`). A refusal raises :class:`bot.tree.UserError` with
+the member's words; a refused image costs nothing (its reservation is refunded in the
+transaction that records the refusal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import discord
+
+from bot.client import bot_of
+from bot.jobs import (
+    InputRefused,
+    JobRequest,
+    LimitReached,
+    Progress,
+    QueueClosed,
+    QueueFull,
+    Source,
+    Stage,
+)
+from bot.replies import ReplyTarget
+from bot.tree import UserError
+from cogs import messages
+from cogs.checks import NOT_IN_DMS
+
+if TYPE_CHECKING:
+    from bot.client import UpscaleBot
+
+
+@dataclass(frozen=True, slots=True)
+class SourceImage:
+    """Where the input comes from: a Discord-hosted URL and its declared facts."""
+
+    url: str
+    filename: str
+    declared_size: int | None
+
+
+async def defer(interaction: discord.Interaction[Any]) -> int | None:
+    """Acknowledge at once; returns the deferred reply's message id when Discord gives it."""
+    response = await interaction.response.defer(thinking=True)
+    return response.message_id if response is not None else None
+
+
+def allowed_source(bot: UpscaleBot, url: str) -> bool:
+    """True when ``url`` is on one of the bot's media origins (Discord's CDN)."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    return origin in bot.media_origins
+
+
+async def start_job(
+    interaction: discord.Interaction[Any],
+    message_id: int | None,
+    source: SourceImage,
+    output_format: str,
+    *,
+    source_link: str | None = None,
+) -> None:
+    """Check, record, take in and queue one image; its answers go to ``message_id``.
+
+    ``source_link`` (the message the image came from) becomes the result's Source link.
+    Raises :class:`UserError` with the member's message when the image is refused.
+    """
+    bot = bot_of(interaction)
+    guild = interaction.guild
+    if guild is None:
+        raise UserError(NOT_IN_DMS)
+    perms = interaction.app_permissions
+    if not (perms.attach_files and perms.embed_links):
+        raise UserError(messages.MISSING_PERMISSIONS)
+    queue = bot.queue
+    if (await bot.circuit.state()).open:
+        raise UserError(messages.CIRCUIT_OPEN_REFUSAL)
+    limits = queue.limits
+    if source.declared_size is not None and source.declared_size > limits.max_bytes:
+        raise UserError(messages.too_large_text(limits.max_bytes))
+    if not allowed_source(bot, source.url):
+        raise UserError(messages.NOT_ON_DISCORD)
+    member = interaction.user
+    role_ids = tuple(r.id for r in getattr(member, "roles", ()))
+    target = ReplyTarget.from_interaction(interaction, message_id)
+    request = JobRequest(
+        guild_id=guild.id,
+        channel_id=interaction.channel_id or 0,
+        member_id=member.id,
+        role_ids=role_ids,
+        source=Source(source.url, source.filename, source.declared_size),
+        context=target.job_context(
+            upload_limit=interaction.filesize_limit, role_ids=role_ids, source_link=source_link
+        ),
+        reply_token=interaction.token,
+        output_format=output_format,
+    )
+    try:
+        job = await queue.accept(request)
+    except QueueFull as exc:
+        raise UserError(messages.queue_full_text(exc.limit)) from None
+    except LimitReached as exc:
+        raise UserError(messages.limit_text(exc)) from None
+    except QueueClosed:
+        raise UserError(messages.SHUTDOWN) from None
+    try:
+        taken = await queue.take_in(job)
+    except InputRefused as exc:
+        raise UserError(exc.text) from None
+    position = queue.position(job) if taken else None
+    if position is not None:
+        front = queue.front_end
+        if front is not None:
+            front.progress(job, Progress(Stage.QUEUED, position))
