@@ -28,6 +28,7 @@ from bot.ledger import Ledger
 from bot.metrics import Metrics
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
+from bot.retry import Backoff
 from bot.settings import Settings
 from bot.signals import Signals
 from bot.workers import ImageWorkers
@@ -145,6 +146,9 @@ async def open_services(
             image_workers=image_workers,
             fetch_source=functools.partial(download_to, session),
             retention_days=settings.job_retention_days,
+            rate_backoff=Backoff(
+                settings.timings.rate_backoff_base, settings.timings.rate_backoff_cap
+            ),
             signals=signals,
             metrics=NO_JOB_METRICS if metrics is None else metrics,
         )

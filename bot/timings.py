@@ -23,6 +23,8 @@ __all__ = [
     "LOOKUP_BACKOFF",
     "ONEMIN_BACKOFF_BASE",
     "PROGRESS_INTERVAL",
+    "RATE_BACKOFF_BASE",
+    "RATE_BACKOFF_CAP",
     "STARTUP_FIRST_RETRY",
     "STARTUP_MAX_RETRY",
     "Timings",
@@ -35,6 +37,8 @@ CIRCUIT_CHECK_INTERVAL = 2.0  # seconds between looks at the 1min.ai circuit whi
 IDENTIFY_INTERVAL = 5.0  # seconds: Discord's IDENTIFY window per concurrency bucket
 IDENTIFY_MARGIN = 0.5  # seconds added: an IDENTIFY arrives a little after its turn
 IDENTIFY_SPACING = IDENTIFY_INTERVAL + IDENTIFY_MARGIN  # seconds between a bucket's IDENTIFYs
+RATE_BACKOFF_BASE = 2.0  # seconds: a job's first wait after a 429 without Retry-After
+RATE_BACKOFF_CAP = 60.0  # seconds: its longest wait between tries after 429s
 ONEMIN_BACKOFF_BASE = 0.5  # seconds: first wait before retrying a failed 1min.ai call; doubles
 STARTUP_FIRST_RETRY = 1.0  # seconds before start-up's second try; doubles after each try
 STARTUP_MAX_RETRY = 15.0  # seconds, start-up's longest wait between two tries
@@ -50,5 +54,7 @@ class Timings:
     circuit_check_interval: float = CIRCUIT_CHECK_INTERVAL
     identify_spacing: float = IDENTIFY_SPACING
     onemin_backoff_base: float = ONEMIN_BACKOFF_BASE
+    rate_backoff_base: float = RATE_BACKOFF_BASE
+    rate_backoff_cap: float = RATE_BACKOFF_CAP
     startup_first_retry: float = STARTUP_FIRST_RETRY
     startup_max_retry: float = STARTUP_MAX_RETRY

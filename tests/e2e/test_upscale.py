@@ -204,7 +204,10 @@ async def test_rate_limited_job_waits_and_is_delivered_not_refunded(
     tmp_path: Path, retry_after: int | None
 ) -> None:
     """A 429 (with or without Retry-After) sends the job back to wait; it is then delivered."""
-    async with running_bot(tmp_path) as h:
+    # Without Retry-After the job waits 0.25-0.5 s, then 0.5-1 s (1-2 s, then 2-4 s for
+    # members): long enough that the "waiting" line is shown (the first edit comes 0.2 s in).
+    timings = dataclasses.replace(SHORT_TIMINGS, rate_backoff_base=0.5)
+    async with running_bot(tmp_path, timings=timings) as h:
         options = {} if retry_after is None else {"retry_after": retry_after}
         h.onemin.fail("upscale", "rate_limited", times=2, **options)
         it, final = await h.upscale(png(), timeout=30)

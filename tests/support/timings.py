@@ -22,6 +22,8 @@ SHORT_TIMINGS = Timings(
     circuit_check_interval=0.05,
     identify_spacing=0.55,
     onemin_backoff_base=0.02,
+    rate_backoff_base=0.1,
+    rate_backoff_cap=3.0,
     startup_first_retry=0.3,
     startup_max_retry=2.0,
 )
