@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from bot.i18n import t
 from bot.timings import Timings
 from tests.bot_process import start_bot_process
 from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, find_button
@@ -34,9 +33,6 @@ from tests.support.timings import SHORT_TIMINGS, identify_window, timings_env
 START_TIMEOUT = 30.0  # seconds for a bot process to start and sync its commands
 # The deferred reply, edited through the interaction webhook (by id or as @original).
 WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+$"
-# Not a job's final answer: progress lines, and the notice a SIGTERM left on the reply
-# until the restarted process edits it.
-NOT_FINAL = ("⏳", "⚙️", "🔄", "⏸️", t("en-US", "progress.stopping"))
 
 
 @dataclass
@@ -318,7 +314,7 @@ async def test_twenty_jobs_in_every_stage_survive_a_restart(
         proc = await w.start()
         try:
             for it in injected:
-                final = await it.final(timeout=60, progress=NOT_FINAL)
+                final = await it.final(timeout=60)
                 assert final.get("attachments"), final
             await w.wait_settled()
             assert len(result_jobs(w)) == 20 and len(set(result_jobs(w))) == 20
@@ -420,7 +416,7 @@ async def test_sigterm_hands_running_jobs_back_with_a_notice(tmp_path: Path) -> 
         upscale.release()
         proc = await w.start()
         try:
-            final = await it.final(timeout=20, progress=NOT_FINAL)
+            final = await it.final(timeout=20)
             assert final.get("attachments")
             await w.wait_settled()
             assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
