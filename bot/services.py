@@ -146,6 +146,7 @@ async def open_services(
             image_workers=image_workers,
             fetch_source=functools.partial(download_to, session),
             retention_days=settings.job_retention_days,
+            poll_interval=settings.timings.job_poll_interval,
             rate_backoff=Backoff(
                 settings.timings.rate_backoff_base, settings.timings.rate_backoff_cap
             ),

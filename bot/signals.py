@@ -33,10 +33,10 @@ from enum import StrEnum
 from typing import Any
 
 from bot.db import Database, PostgresDatabase, Transaction
+from bot.timings import FALLBACK_POLL as FALLBACK_POLL  # re-exported: the queue and circuit use it
 
 log = logging.getLogger(__name__)
 
-FALLBACK_POLL = 5.0  # seconds: a waiter looks again this often even if nothing woke it
 RECONNECT_BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before re-LISTENing
 
 

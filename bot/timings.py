@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CIRCUIT_CHECK_INTERVAL",
+    "FALLBACK_POLL",
     "FIRST_PROGRESS_DELAY",
     "IDENTIFY_INTERVAL",
     "IDENTIFY_MARGIN",
@@ -33,6 +34,7 @@ __all__ = [
 PROGRESS_INTERVAL = 2.0  # seconds between progress edits of a member's reply, at least
 FIRST_PROGRESS_DELAY = 1.0  # seconds before a job's first progress edit
 LOOKUP_BACKOFF = 2.0  # seconds before the second look for an already posted result; doubles
+FALLBACK_POLL = 5.0  # seconds: a waiter looks again this often even if nothing woke it
 CIRCUIT_CHECK_INTERVAL = 2.0  # seconds between looks at the 1min.ai circuit while it is open
 IDENTIFY_INTERVAL = 5.0  # seconds: Discord's IDENTIFY window per concurrency bucket
 IDENTIFY_MARGIN = 0.5  # seconds added: an IDENTIFY arrives a little after its turn
@@ -52,6 +54,7 @@ class Timings:
     first_progress_delay: float = FIRST_PROGRESS_DELAY
     lookup_backoff: float = LOOKUP_BACKOFF
     circuit_check_interval: float = CIRCUIT_CHECK_INTERVAL
+    job_poll_interval: float = FALLBACK_POLL  # the job queue's look for work nobody woke it for
     identify_spacing: float = IDENTIFY_SPACING
     onemin_backoff_base: float = ONEMIN_BACKOFF_BASE
     rate_backoff_base: float = RATE_BACKOFF_BASE

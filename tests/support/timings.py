@@ -20,6 +20,7 @@ SHORT_TIMINGS = Timings(
     first_progress_delay=0.2,
     lookup_backoff=0.05,
     circuit_check_interval=0.05,
+    job_poll_interval=0.5,
     identify_spacing=0.55,
     onemin_backoff_base=0.02,
     rate_backoff_base=0.1,
