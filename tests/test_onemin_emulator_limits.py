@@ -208,6 +208,19 @@ async def test_stopping_the_emulator_ends_a_held_call(http: aiohttp.ClientSessio
     assert call.done()
 
 
+async def test_a_hold_with_times_holds_only_that_many_calls(
+    emu: OneMinEmulator, http: aiohttp.ClientSession
+) -> None:
+    """hold(route, times=1): the first call waits for the release; the next goes through."""
+    hold = emu.hold("upload", times=1)
+    first = asyncio.create_task(upload(http, emu))
+    await hold.reached()
+    assert (await upload(http, emu))[0] == 200
+    assert not first.done() and hold.arrived == 1
+    hold.release()
+    assert (await first)[0] == 200
+
+
 def test_holding_an_unknown_route_is_refused() -> None:
     """hold() names one of the emulator's routes."""
     with pytest.raises(ValueError, match="unknown route"):

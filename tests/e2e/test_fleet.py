@@ -127,7 +127,7 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
     that guild."""
     async with fleet(tmp_path) as f:
         await f.start(0, MAX_CONCURRENT_JOBS="1")
-        f.onemin.fail("upload", "latency", times=2, seconds=4.0)
+        upload = f.onemin.hold("upload", times=1)  # the first job's, until the third is done
         alice, carol, bob = f.members(0, 3)
         async with f.watching_owners():
             first = await f.upscale(0, alice)
@@ -146,6 +146,7 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
             third = await f.upscale(0, bob)
             final = await third.final(timeout=20)
             assert final.get("attachments")
+            upload.release()
             await first.final(timeout=20)
             await ahead.final(timeout=20)
         jobs = [r["id"] for r in await f.db.fetchall("SELECT id FROM jobs ORDER BY created_at")]
@@ -164,7 +165,7 @@ async def test_kill_9_of_one_process_mid_burst_the_other_finishes_every_job(
     once, through the original replies, and charged once."""
     async with fleet(tmp_path) as f:
         await f.start(MAX_CONCURRENT_JOBS="2", JOB_LEASE_SECONDS="3")
-        f.onemin.upscale_delay = 1.0
+        upscale = f.onemin.hold("upscale")  # until the kill
         async with f.watching_owners():
             its = await f.burst(4)
             for it in its:
@@ -184,6 +185,7 @@ async def test_kill_9_of_one_process_mid_burst_the_other_finishes_every_job(
             )
             victim = int(str(owner).rsplit(":", 1)[0].rsplit("/", 1)[1])
             f.kill(victim)
+            upscale.release()
             finals = await all_final(its, timeout=40)
         assert delivered(finals) == 8
         await f.settled()

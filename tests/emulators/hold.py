@@ -18,10 +18,16 @@ import asyncio
 
 
 class Hold:
-    """Requests that reach it wait until :meth:`release` (or until the emulator stops)."""
+    """Requests that reach it wait until :meth:`release` (or until the emulator stops).
 
-    def __init__(self) -> None:
-        self.arrived = 0  # requests that reached the hold, released ones included
+    With ``times``, only that many requests are held; later ones go straight through.
+    """
+
+    def __init__(self, times: int | None = None) -> None:
+        if times is not None and times < 1:
+            raise ValueError("times must be at least 1")
+        self.times = times
+        self.arrived = 0  # requests that reached it (with ``times``: those it held)
         self.waiting = 0  # requests waiting at it now
         self._released = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -45,6 +51,8 @@ class Hold:
         Returns False when the emulator stopped first (the request should then end
         without an answer).
         """
+        if self.times is not None and self.arrived >= self.times:
+            return True  # held enough: this one goes straight through
         async with self._changed:
             self.arrived += 1
             self._changed.notify_all()

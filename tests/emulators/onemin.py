@@ -55,11 +55,12 @@ Counters for assertions: ``calls`` (per route, faulted calls included), ``upscal
 count of answers). ``upscale_delay`` (alias ``feature_latency``, seconds) makes every
 upscale take that long, for throughput benchmarks.
 
-Catching the bot mid-call: ``hold = emu.hold(route)`` makes every call to ``route`` wait
-(uploads once their file arrived, upscales once their credits are held, downloads and
-result polls before they are answered) until ``hold.release()``; ``await hold.reached()``
-returns once a call waits there (see :class:`tests.emulators.hold.Hold`). A test that
-must see a job in a stage holds it there instead of guessing a delay long enough.
+Catching the bot mid-call: ``hold = emu.hold(route)`` makes every call to ``route`` (or,
+with ``times=n``, the next n calls) wait (uploads once their file arrived, upscales once
+their credits are held, downloads and result polls before they are answered) until
+``hold.release()``; ``await hold.reached()`` returns once a call waits there (see
+:class:`tests.emulators.hold.Hold`). A test that must see a job in a stage holds it there
+instead of guessing a delay long enough.
 
 Async variant: a feature body with ``"async": true`` is answered at once with ``status:
 "PROCESSING"``; the upscale goes on in the background and ``GET /api/results/{uuid}``
@@ -305,11 +306,12 @@ class OneMinEmulator:
         for queue in self._faults.values():
             queue.clear()
 
-    def hold(self, route: str) -> Hold:
-        """Make calls to ``route`` wait until the returned hold is released."""
+    def hold(self, route: str, *, times: int | None = None) -> Hold:
+        """Make calls to ``route`` (only the next ``times`` ones, if given) wait until the
+        returned hold is released."""
         if route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
-        hold = self._holds[route] = Hold()
+        hold = self._holds[route] = Hold(times)
         return hold
 
     async def _held(self, route: str) -> None:
