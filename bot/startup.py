@@ -43,6 +43,7 @@ import asyncpg
 import discord
 import discord.http
 
+from bot.retry import Backoff, retry
 from bot.settings import Settings, SettingsError
 from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
@@ -165,6 +166,11 @@ class RetryPolicy:
             raise SettingsError(RETRY_VARIABLE, expected)
         return cls(budget=budget)
 
+    @property
+    def backoff(self) -> Backoff:
+        """The waits between tries: ``first_delay``, doubling up to ``max_delay``."""
+        return Backoff(base=self.first_delay, cap=self.max_delay, jitter=False)
+
 
 async def retrying(
     what: str,
@@ -181,28 +187,29 @@ async def retrying(
     """
     started = time.monotonic()
     deadline = started + policy.budget
-    delay = policy.first_delay
-    tries = 0
-    while True:
-        tries += 1
+    time_limit = policy.try_timeout
+
+    async def timed() -> _T:
+        nonlocal time_limit
         time_limit = max(1.0, min(policy.try_timeout, deadline - time.monotonic()))
-        try:
-            async with asyncio.timeout(time_limit):
-                return await attempt()
-        except TimeoutError:
-            reason = f"no answer within {time_limit:.0f} s"
-        except Exception as exc:
-            found = transient(exc)
-            if found is None:
-                raise
-            reason = found
+        async with asyncio.timeout(time_limit):
+            return await attempt()
+
+    def wait(exc: Exception, tries: int) -> float | None:
+        if isinstance(exc, TimeoutError):
+            reason: str | None = f"no answer within {time_limit:.0f} s"
+        else:
+            reason = transient(exc)
+        if reason is None:
+            return None
         left = deadline - time.monotonic()
         if left < MIN_RETRY_WAIT:
             raise GaveUp(reason, tries, time.monotonic() - started)
-        wait = min(delay, left)
-        log.warning("%s: try %d failed (%s); trying again in %.1f s", what, tries, reason, wait)
-        await asyncio.sleep(wait)
-        delay = min(delay * 2, policy.max_delay)
+        delay = min(policy.backoff.delay(tries), left)
+        log.warning("%s: try %d failed (%s); trying again in %.1f s", what, tries, reason, delay)
+        return delay
+
+    return await retry(timed, Exception, wait)
 
 
 def network_reason(exc: BaseException) -> str | None:

@@ -31,7 +31,8 @@ from bot.failures import FailureKind
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.replies import Answer, Replies, ReplyTarget
-from bot.timings import FIRST_PROGRESS_DELAY, PROGRESS_INTERVAL
+from bot.retry import Backoff, retry
+from bot.timings import FIRST_PROGRESS_DELAY, LOOKUP_BACKOFF, PROGRESS_INTERVAL
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
@@ -155,13 +156,21 @@ class DiscordFrontEnd:
     holds no state for jobs other processes delivered.
     """
 
-    def __init__(self, bot: UpscaleBot) -> None:
+    def __init__(
+        self,
+        bot: UpscaleBot,
+        *,
+        progress_interval: float = PROGRESS_INTERVAL,
+        first_progress_delay: float = FIRST_PROGRESS_DELAY,
+        lookup_backoff: float = LOOKUP_BACKOFF,
+    ) -> None:
+        """The waits default to members' (:mod:`bot.timings`); the upscale cog passes
+        the bot's ``settings.timings`` (short in tests)."""
         self.bot = bot
         self.replies = Replies(bot)
-        timings = bot.settings.timings  # short in tests (see bot.timings)
-        self.progress_interval = timings.progress_interval
-        self.first_progress_delay = timings.first_progress_delay
-        self.lookup_backoff = timings.lookup_backoff
+        self.progress_interval = progress_interval
+        self.first_progress_delay = first_progress_delay
+        self.lookup_backoff = lookup_backoff
         self._displays: dict[str, ProgressDisplay] = {}
         self._resumed: set[str] = set()
 
@@ -239,18 +248,21 @@ class DiscordFrontEnd:
             mine = me is None or message.author.id == me.id
             return mine and any(e.footer.text in footers for e in message.embeds)
 
-        found: discord.Message | None = None
-        for attempt in range(1, LOOKUP_ATTEMPTS + 1):
-            try:
-                found = await self.replies.find(target_of(job), is_result)
-                break
-            except discord.HTTPException as exc:
-                # Not knowing is not "not posted": never post again on a guess.
-                if attempt == LOOKUP_ATTEMPTS:
-                    raise DeliveryFailed(
-                        FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
-                    ) from exc
-                await asyncio.sleep(self.lookup_backoff * 2 ** (attempt - 1))
+        base = self.lookup_backoff
+        backoff = Backoff(base=base, cap=4 * base, jitter=False)  # 2, 4, 8 s for members
+
+        def wait(exc: discord.HTTPException, attempt: int) -> float | None:
+            return backoff.delay(attempt) if attempt < LOOKUP_ATTEMPTS else None
+
+        try:
+            found = await retry(
+                lambda: self.replies.find(target_of(job), is_result), discord.HTTPException, wait
+            )
+        except discord.HTTPException as exc:
+            # Not knowing is not "not posted": never post again on a guess.
+            raise DeliveryFailed(
+                FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
+            ) from exc
         if found is not None:
             log.info("Job %s had already been delivered (message %d)", job.id, found.id)
         return found.id if found is not None else None

@@ -170,7 +170,7 @@ class Fleet:
         """Until no job is queued or running and no credit is reserved."""
         deadline = time.monotonic() + timeout
         while await self.value(
-            "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running'))"
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('intake', 'queued', 'running'))"
             " + (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved')"
         ):
             if time.monotonic() > deadline:

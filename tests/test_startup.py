@@ -297,6 +297,30 @@ async def test_retrying_raises_a_non_network_error_at_once() -> None:
     assert calls == 1
 
 
+async def test_retrying_waits_double_from_the_first_delay_up_to_the_longest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waits between tries: first_delay, doubling, never above max_delay (no jitter)."""
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", record)
+    failures = 5
+
+    async def attempt() -> str:
+        nonlocal failures
+        failures -= 1
+        if failures >= 0:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "up"
+
+    policy = RetryPolicy(budget=3600.0, first_delay=1.0, max_delay=5.0)
+    assert await startup.retrying("Reaching it", attempt, startup.network_reason, policy) == "up"
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
 def test_the_retry_time_defaults_to_a_minute_and_rejects_nonsense() -> None:
     """STARTUP_RETRY_SECONDS: 60 s by default, 0 means one try, negatives are refused."""
     assert RetryPolicy.from_env({}).budget == 60.0

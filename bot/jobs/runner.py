@@ -60,7 +60,7 @@ from bot.jobs.settlement import Settlement
 from bot.jobs.store import JobStore
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
-from bot.retry import Backoff
+from bot.retry import Backoff, retry
 from bot.signals import FALLBACK_POLL, Signal, Signals
 from bot.workers import ImageWorkers, ResultUnusable
 
@@ -214,19 +214,22 @@ class Runner:
                         await self._on_poll()
 
     async def _claim_round(self) -> bool:
-        """Claim and start what this process can now; True when it started something."""
+        """Claim and start what this process can now; True when it started something.
+
+        One cheap read first says whether a claim's transaction is worth making (most
+        wake-ups in a busy fleet are about jobs other processes hold).
+        """
         if not self._claims or await self._service_refusing():
             return False
         now = time.time()
-        if not await self._store.anything_to_claim(now):
-            return False
+        jobs, intakes = await self._store.anything_to_claim(now)
         started = False
-        if len(self._intakes) < INTAKE_CONCURRENCY:
+        if intakes and len(self._intakes) < INTAKE_CONCURRENCY:
             intake = await self._claim_intake(now)
             if intake is not None:
                 self._start_intake(intake)
                 started = True
-        if len(self._running) < self.max_concurrent * CLAIM_AHEAD:
+        if jobs and len(self._running) < self.max_concurrent * CLAIM_AHEAD:
             job = await self._claim(now)
             if job is not None:
                 self._start(job)
@@ -504,18 +507,16 @@ class Runner:
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
         deadline = time.monotonic() + self.busy_timeout
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except RateLimited as err:
-                attempt += 1
-                delay = err.retry_after or self._rate_backoff.delay(attempt)
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
-                self._reporter.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
-                await asyncio.sleep(delay)
+
+        def wait(err: RateLimited, attempt: int) -> float | None:
+            delay = err.retry_after or self._rate_backoff.delay(attempt)
+            if time.monotonic() + delay > deadline:
+                return None
+            log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
+            self._reporter.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
+            return delay
+
+        return await retry(call, RateLimited, wait)
 
     async def _advance(
         self,

@@ -10,7 +10,9 @@ any job.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from tests.emulators.discord import Injected
 from tests.fleet_harness import (
     COMMANDS_PUT,
     SHARDS,
@@ -231,3 +233,38 @@ async def test_a_restarted_process_takes_its_shard_back_without_disturbing_the_o
         assert all(f.ran_on(job) == {"1"} for job in ones)
         assert await f.value("SELECT MAX(claims) FROM jobs") == 1
         assert f.onemin.upscales == 3
+
+
+# -- one message owner at a time -------------------------------------------------------------
+
+
+def edited_after_result(it: Injected) -> list[dict[str, Any]]:
+    """Versions of the member's reply that came after a version with the result's image."""
+    first = next((n for n, e in enumerate(it.edits) if e.get("attachments")), None)
+    return [] if first is None else it.edits[first + 1 :]
+
+
+async def test_a_result_delivered_by_another_process_is_never_edited_afterwards(
+    tmp_path: Path,
+) -> None:
+    """Process 0 takes every command and shows places in line but runs nothing; process 1
+    runs and delivers every job, each faster than the progress throttle (0.5 s), so
+    process 0's throttled "queued" edits collide with deliveries (without the fix this
+    overwrote results within a run). No reply is edited after its result was posted:
+    process 0 stops showing a job once it is claimed elsewhere, and a late edit is
+    dropped."""
+    async with fleet(tmp_path) as f:
+        fast = {
+            "PROGRESS_INTERVAL": "0.5",
+            "FIRST_PROGRESS_DELAY": "0",
+            "MAX_CONCURRENT_JOBS": "2",
+        }
+        await f.start(0, RUN_JOBS="0", **fast)
+        await f.start(1, **fast)
+        its = [await f.upscale(0, member) for member in f.members(0, 30)]
+        finals = await all_final(its, timeout=90)
+        assert delivered(finals) == len(its)
+        await f.settled()
+        late = {it.token[:8]: edited_after_result(it) for it in its if edited_after_result(it)}
+        assert late == {}, late
+        assert all(delivered_through_webhook(f, it) for it in its)

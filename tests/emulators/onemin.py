@@ -1,7 +1,7 @@
 """An emulator of 1min.ai's asset and IMAGE_UPSCALER API on 127.0.0.1.
 
 Tests, benchmarks and the end-to-end harness point the real client at it. It is strict
-about the contract in ``ONEMIN_API.md`` and really upscales: the result is the uploaded
+about the contract in ``docs/onemin-api.md`` and really upscales: the result is the uploaded
 image at 4x its size, encoded with Pillow (in a thread) in the requested format, served
 at a presigned-looking ``temporaryUrl`` on the same host::
 

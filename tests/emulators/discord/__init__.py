@@ -1,4 +1,4 @@
-"""A Discord emulator on 127.0.0.1 for the real discord.py client.
+"""A Discord emulator on 127.0.0.1 for the real discord.py client (docs/discord-emulation.md).
 
 It serves the gateway (HELLO, heartbeats, IDENTIFY -> READY + GUILD_CREATE, RESUME, forced
 reconnects), the REST routes the bot uses (login, command sync, interaction callbacks,
