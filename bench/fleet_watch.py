@@ -23,12 +23,13 @@ from typing import Any
 
 from bench.common import emit, table
 from tests.fleet_harness import all_final, delivered, fleet
+from tests.support.timings import REAL_TIMINGS
 
 
 async def run(waves: int = 30, per_wave: int = 20) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "watch.json"
-        async with fleet(Path(tmp)) as f:
+        async with fleet(Path(tmp), timings=REAL_TIMINGS) as f:
             common = {"DEFAULT_USER_LIMIT": "100000", "LOG_LEVEL": "WARNING"}
             await f.start(0, RUN_JOBS="0", WATCH_PROBE_FILE=str(probe), **common)
             await f.start(1, **common)

@@ -40,10 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TreeRss, emit, noise_png, onemin_in_subprocess, percentile
+from bench.common import TreeRss, emit, onemin_in_subprocess, percentile
 from tests.bot_process import LAG_PROBE_ENV, start_bot_process
 from tests.emulators.discord import DiscordEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.images import noise_png
 
 JOBS = 4
 MiB = 1024 * 1024

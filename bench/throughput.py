@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit
-from tests.conftest import png
 from tests.harness import running_bot
+from tests.support.images import png
+from tests.support.timings import REAL_TIMINGS
 
 IMAGE = png((64, 64))
 
 
 async def run(jobs: int = 24, latency: float = 1.0, concurrency: int = 4) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_bot(Path(tmp), max_concurrent_jobs=concurrency) as h:
+        async with running_bot(
+            Path(tmp), max_concurrent_jobs=concurrency, timings=REAL_TIMINGS
+        ) as h:
             h.onemin.upscale_delay = latency
             members = [h.discord.add_member(f"t{i}") for i in range(jobs)]
             start = time.perf_counter()

@@ -48,6 +48,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from bot.failures import FailureKind
 from bot.retry import Backoff, retry
 from bot.settings import DEFAULT_API_BASE, DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
+from bot.timings import ONEMIN_BACKOFF_BASE
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -256,7 +257,7 @@ class OneMinClient:
         request_timeout: float = 60.0,
         download_timeout: float = 120.0,
         max_attempts: int = 3,
-        backoff_base: float = 0.5,
+        backoff_base: float = ONEMIN_BACKOFF_BASE,
         backoff_cap: float = 8.0,
         before_request: Callable[[], Awaitable[None]] | None = None,
         retry_rate_limited: bool = True,

@@ -26,6 +26,7 @@ from bot.ledger import Ledger
 from bot.metrics import Metrics
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
+from bot.retry import Backoff
 from bot.settings import Settings
 from bot.signals import Signals
 from bot.workers import ImageWorkers
@@ -103,6 +104,7 @@ async def open_services(
             base_url=settings.onemin_api_base,
             result_hosts=settings.result_hosts,
             upscale_timeout=settings.upscale_timeout,
+            backoff_base=settings.timings.onemin_backoff_base,
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
             on_request=None if metrics is None else metrics.onemin_request,
@@ -111,6 +113,7 @@ async def open_services(
             db,
             probe=functools.partial(probe_onemin, onemin),
             probe_interval=settings.circuit_probe_interval,
+            check_interval=settings.timings.circuit_check_interval,
             signals=signals,
         )
         queue = JobQueue(
@@ -133,6 +136,10 @@ async def open_services(
             image_workers=image_workers,
             fetch_source=functools.partial(download_to, session),
             retention_days=settings.job_retention_days,
+            poll_interval=settings.timings.job_poll_interval,
+            rate_backoff=Backoff(
+                settings.timings.rate_backoff_base, settings.timings.rate_backoff_cap
+            ),
             signals=signals,
             metrics=NO_JOB_METRICS if metrics is None else metrics,
         )

@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from bot.dburl import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
+from bot.timings import Timings
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -130,6 +131,8 @@ class Settings:
     job_retention_days: int = 30  # days a finished job's row is kept (ledger and audit stay)
     metrics_port: int | None = None  # serve /metrics, /healthz, /readyz here; None: off
     metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
+    # The bot's own waits; no variable sets them (tests shorten them: see bot.timings).
+    timings: Timings = field(default_factory=Timings)
 
     @property
     def api_base_is_loopback(self) -> bool:

@@ -34,10 +34,10 @@ from typing import Any
 
 from bot.db import Database, PostgresDatabase, Transaction
 from bot.retry import Backoff
+from bot.timings import FALLBACK_POLL as FALLBACK_POLL  # re-exported: the queue and circuit use it
 
 log = logging.getLogger(__name__)
 
-FALLBACK_POLL = 5.0  # seconds: a waiter looks again this often even if nothing woke it
 # Seconds before re-LISTENing: 1 after the first failed try, doubling up to 30.
 RECONNECT_BACKOFF = Backoff(base=1.0, cap=30.0, jitter=False)
 

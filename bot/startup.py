@@ -45,6 +45,7 @@ import discord.http
 
 from bot.retry import Backoff, retry
 from bot.settings import Settings, SettingsError
+from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -87,8 +88,6 @@ EXIT_METRICS_PORT = 7  # METRICS_PORT cannot be opened (in use, or a foreign MET
 RETRY_VARIABLE = "STARTUP_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0  # total time start-up waits for the network
 MAX_RETRY_SECONDS = 3600.0
-FIRST_RETRY_DELAY = 1.0  # seconds before the second try; doubles after each try
-MAX_RETRY_DELAY = 15.0  # seconds, the longest wait between two tries
 TRY_TIMEOUT = 10.0  # seconds one try (a lookup or a login) may take
 MIN_RETRY_WAIT = 0.05  # seconds; with less time left than this, start-up gives up
 
@@ -148,8 +147,8 @@ class RetryPolicy:
     """How long start-up waits for the network: ``budget`` seconds in all (0: one try)."""
 
     budget: float = DEFAULT_RETRY_SECONDS
-    first_delay: float = FIRST_RETRY_DELAY
-    max_delay: float = MAX_RETRY_DELAY
+    first_delay: float = STARTUP_FIRST_RETRY  # seconds before the second try; doubles
+    max_delay: float = STARTUP_MAX_RETRY  # seconds, the longest wait between two tries
     try_timeout: float = TRY_TIMEOUT
 
     @classmethod

@@ -32,6 +32,7 @@ from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.replies import Answer, Replies, ReplyTarget
 from bot.retry import Backoff, retry
+from bot.timings import FIRST_PROGRESS_DELAY, LOOKUP_BACKOFF, PROGRESS_INTERVAL
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
@@ -41,13 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
-FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
 CANCELLABLE = (Stage.RECEIVING, Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
 LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
-LOOKUP_BACKOFF = 2.0  # seconds before the second try, doubling
 
 
 def job_footer(job_id: str, language: str) -> str:
@@ -162,17 +160,17 @@ class DiscordFrontEnd:
         self,
         bot: UpscaleBot,
         *,
-        progress_interval: float | None = None,
-        first_progress_delay: float | None = None,
+        progress_interval: float = PROGRESS_INTERVAL,
+        first_progress_delay: float = FIRST_PROGRESS_DELAY,
+        lookup_backoff: float = LOOKUP_BACKOFF,
     ) -> None:
+        """The waits default to members' (:mod:`bot.timings`); the upscale cog passes
+        the bot's ``settings.timings`` (short in tests)."""
         self.bot = bot
         self.replies = Replies(bot)
-        self.progress_interval = (
-            PROGRESS_INTERVAL if progress_interval is None else progress_interval
-        )
-        self.first_progress_delay = (
-            FIRST_PROGRESS_DELAY if first_progress_delay is None else first_progress_delay
-        )
+        self.progress_interval = progress_interval
+        self.first_progress_delay = first_progress_delay
+        self.lookup_backoff = lookup_backoff
         self._displays: dict[str, ProgressDisplay] = {}
         self._resumed: set[str] = set()
 
@@ -250,7 +248,8 @@ class DiscordFrontEnd:
             mine = me is None or message.author.id == me.id
             return mine and any(e.footer.text in footers for e in message.embeds)
 
-        backoff = Backoff(base=LOOKUP_BACKOFF, cap=4 * LOOKUP_BACKOFF, jitter=False)  # 2, 4, 8 s
+        base = self.lookup_backoff
+        backoff = Backoff(base=base, cap=4 * base, jitter=False)  # 2, 4, 8 s for members
 
         def wait(exc: discord.HTTPException, attempt: int) -> float | None:
             return backoff.delay(attempt) if attempt < LOOKUP_ATTEMPTS else None

@@ -2,7 +2,8 @@
 
 ``python -m tests.bot_process`` reads the usual settings from the environment, plus
 ``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (the emulator, which also serves the
-attachments), points discord.py there, then runs exactly what ``python -m bot`` runs;
+attachments) and optionally ``TEST_TIMINGS`` (short clocks: :mod:`tests.support.timings`),
+points discord.py there, then runs exactly what ``python -m bot`` runs;
 ``python -m tests.bot_process check`` runs what ``python -m bot check`` runs.
 Tests start it with :func:`start_bot_process`, or run it to its end with
 :func:`run_bot_process`.
@@ -18,14 +19,15 @@ and the round trips it made to its database
 
 Test knobs (never set by owners): ``RUN_JOBS=0`` makes the process take commands and
 show progress but claim no job (the other processes of a fleet run them);
-``PROGRESS_INTERVAL`` and ``FIRST_PROGRESS_DELAY`` (seconds) shorten the progress
-display's throttle, so that edits collide with deliveries.
+``PROGRESS_INTERVAL`` and ``FIRST_PROGRESS_DELAY`` (seconds) set the progress display's
+throttle (over ``TEST_TIMINGS``), so that edits collide with deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -41,9 +43,10 @@ from typing import Any
 from bot.__main__ import main, serve
 from bot.check import run_check
 from bot.logs import configure_logging
-from bot.settings import load_settings
+from bot.settings import Settings, load_settings
 from bot.startup import StartupError
 from tests.emulators.discord import point_discord_at
+from tests.support.timings import TIMINGS_ENV, timings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 LAG_PROBE_ENV = "LAG_PROBE_FILE"
@@ -63,15 +66,20 @@ def apply_test_knobs() -> None:
             start(self, claim=False)
 
         JobQueue.start = start_without_claims  # type: ignore[method-assign]
-    if os.environ.get("PROGRESS_INTERVAL") or os.environ.get("FIRST_PROGRESS_DELAY"):
-        from cogs import delivery
 
-        delivery.PROGRESS_INTERVAL = float(
-            os.environ.get("PROGRESS_INTERVAL") or delivery.PROGRESS_INTERVAL
+
+def with_test_timings(settings: Settings) -> Settings:
+    """``settings`` on the clocks ``TEST_TIMINGS`` and the progress knobs ask for."""
+    timings = timings_from(os.environ.get(TIMINGS_ENV)) or settings.timings
+    progress = {
+        field: float(os.environ[variable])
+        for field, variable in (
+            ("progress_interval", "PROGRESS_INTERVAL"),
+            ("first_progress_delay", "FIRST_PROGRESS_DELAY"),
         )
-        delivery.FIRST_PROGRESS_DELAY = float(
-            os.environ.get("FIRST_PROGRESS_DELAY") or delivery.FIRST_PROGRESS_DELAY
-        )
+        if os.environ.get(variable)
+    }
+    return dataclasses.replace(settings, timings=dataclasses.replace(timings, **progress))
 
 
 def run() -> None:
@@ -80,7 +88,7 @@ def run() -> None:
     point_discord_at(api_base, os.environ["DISCORD_GATEWAY_URL"])
     if sys.argv[1:] == ["check"]:
         sys.exit(run_check(lambda: load_settings(dotenv=False)))
-    settings = load_settings(dotenv=False)
+    settings = with_test_timings(load_settings(dotenv=False))
     media_origin = api_base.split("/api/", 1)[0]
     configure_logging(settings.log_level, settings.secret_values())
     options: dict[str, Any] = {

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from bot import compare
 from bot.compare import CompareCrops, CompareError, make_crops, render
+from tests.support.images import decode
 
 SEED = 20260802
 PATCH = (300, 180, 380, 260)  # the one textured region of the synthetic input (512x384)
@@ -20,12 +21,6 @@ def encode(im: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     buffer = io.BytesIO()
     im.save(buffer, fmt, **params)
     return buffer.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im
 
 
 def noise(size: tuple[int, int], mode: str = "RGB", seed: int = SEED) -> Image.Image:

@@ -26,7 +26,7 @@ from bot.db import (
     split_statements,
     ts,
 )
-from tests.conftest import Databases
+from tests.support.databases import Databases
 
 TABLE_T = Migration(1, "0001_t.sql", "CREATE TABLE t (x INTEGER);")
 LATEST = load_migrations()[-1].version

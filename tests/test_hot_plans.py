@@ -20,7 +20,7 @@ import pytest_asyncio
 
 import bot
 from bot.db import Database, Engine, HotStatement, PostgresDatabase, open_database
-from tests.conftest import ENGINES, PG_URL, require_postgres
+from tests.support.databases import ENGINES, PG_URL, require_postgres
 from tests.support.plans import table_scans
 from tests.support.seed import History, seed_jobs, seed_ledger
 

@@ -31,7 +31,7 @@ from bot.ledger import (
     period_start,
 )
 from bot.settings import Period
-from tests.conftest import Databases
+from tests.support.databases import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
 ROLE_A, ROLE_B = 501, 502

@@ -17,7 +17,7 @@ from typing import Any
 from bot.db import Database, load_migrations, ts
 from bot.ledger import DayUsage, Ledger, MemberUsage, Reservation, UsageReport, period_start
 from bot.settings import PERIODS, Period
-from tests.conftest import Databases
+from tests.support.databases import Databases
 from tests.test_ledger import MOD, Clock, total_ledger
 
 GUILDS = (1, 2)

@@ -26,8 +26,8 @@ from bot.onemin import OneMinClient, ServiceUnavailable
 from bot.services import Services, open_services
 from bot.settings import Secret, Settings
 from tests.bot_process import closed_port
-from tests.conftest import png
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.images import png
 
 KEY = "metrics-test-key"
 JOB_ID = "5f0c0ffee0ddba11cafe5f0c0ffee0dd"  # distinctive: must never appear in a label

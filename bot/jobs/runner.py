@@ -4,8 +4,9 @@ Claims. The dispatcher takes the oldest waiting job (or one whose lease ran out)
 the fleet works on fewer than ``max_concurrent * CLAIM_AHEAD`` jobs, under a fleet-wide
 lock; it also takes in again an intake whose process died. It sleeps until woken (a job
 queued, a slot freed, a job ended, the circuit changed: :mod:`bot.signals`) and looks
-again on its own only every :data:`bot.signals.FALLBACK_POLL` seconds, with one cheap
-read, so an idle process costs almost nothing.
+again on its own only every ``poll_interval`` seconds (:data:`bot.timings.FALLBACK_POLL`),
+with one cheap read, so an idle process costs almost nothing. A job waiting for a slot
+likewise sleeps until one is freed anywhere, looking again every ``poll_interval``.
 
 Leases. A process runs a job under a lease it renews every third of the lease; when a
 process dies, another takes its jobs over once their leases run out.
@@ -61,7 +62,8 @@ from bot.jobs.store import JobStore
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
 from bot.retry import Backoff, retry
-from bot.signals import FALLBACK_POLL, Signal, Signals
+from bot.signals import Signal, Signals
+from bot.timings import RATE_BACKOFF_BASE, RATE_BACKOFF_CAP
 from bot.workers import ImageWorkers, ResultUnusable
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ SLOT_LOCK = "jobs:slot"
 # upscaling), up to K more are claimed and wait for a slot with their input loaded, and
 # downloads and deliveries overlap the next uploads and upscales. Bounds memory.
 CLAIM_AHEAD = 2
-RATE_BACKOFF = Backoff(base=2.0, cap=60.0)  # waits after 429s without Retry-After
+# Waits after 429s without Retry-After.
+RATE_BACKOFF = Backoff(base=RATE_BACKOFF_BASE, cap=RATE_BACKOFF_CAP)
 
 _T = TypeVar("_T")
 
@@ -501,7 +504,7 @@ class Runner:
                 told = True
                 self._reporter.progress(job, Progress(Stage.WAITING))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), FALLBACK_POLL)
+                await asyncio.wait_for(self._slot_freed.wait(), self.poll_interval)
         self._entered(job, stage)
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
