@@ -47,10 +47,10 @@ import asyncpg
 from bench.common import emit, percentile, table
 from bot.db import open_database
 from tests.bot_process import start_bot_process
-from tests.support.databases import PG_URL
 from tests.e2e.test_restart import World, stop, world
 from tests.emulators.discord import Member, User
 from tests.harness import png
+from tests.support.databases import PG_URL
 from tests.support.seed import History, seed_jobs, seed_ledger
 
 BURST_MEMBERS = 20
