@@ -12,7 +12,6 @@ PostgreSQL.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -229,12 +228,15 @@ CROP_BYTES = 4_000  # a stored Compare crop, roughly
 RECENT_CALLS = 300  # rows in the 1min.ai rate window
 
 
+_TRAIL_STAGES = ("receiving", "queued", "claimed", "uploading", "upscaling", "downloading")
+
+
 def _job_trail(at: float, outcome: str) -> str:
-    stages = ("receiving", "queued", "claimed", "uploading", "upscaling", "downloading")
-    lines = [json.dumps([s, round(at + n * 0.4, 3), PROCESS, ""]) for n, s in enumerate(stages)]
-    lines.append(json.dumps(["delivering", round(at + 2.6, 3), PROCESS, ""]))
-    lines.append(json.dumps([outcome, round(at + 3.0, 3), PROCESS, ""]))
-    return "\n".join(lines) + "\n"
+    """A trail as bot.jobs.store.trail_line writes it (formatted directly: a million of
+    them are made when seeding a year)."""
+    steps = [*((s, n * 0.4) for n, s in enumerate(_TRAIL_STAGES)), ("delivering", 2.6)]
+    steps.append((outcome, 3.0))
+    return "".join(f'["{s}", {at + d:.3f}, "{PROCESS}", ""]\n' for s, d in steps)
 
 
 def _jobs(h: History, rng: random.Random) -> Iterator[tuple[Any, ...]]:
@@ -354,7 +356,13 @@ async def seed_jobs(
                 recent.append((row[0], row[32]))
             yield row
 
+    cache = None
+    if not isinstance(db, PostgresDatabase):
+        cache = await db.fetchone("PRAGMA cache_size")
+        await db.write(f"PRAGMA cache_size = -{SEED_CACHE_KIB}")
     await _copy(db, "jobs", JOB_COLUMNS, finished())
+    if cache is not None:
+        await db.write(f"PRAGMA cache_size = {int(cache[0])}")
     open_jobs = list(_unfinished(history, rng, moment)) if live else []
     await _copy(db, "jobs", JOB_COLUMNS, iter(open_jobs))
     inputs = [(row[0], b"\x89PNG seeded input") for row in open_jobs if row[5] != "intake"]
