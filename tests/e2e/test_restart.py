@@ -99,7 +99,8 @@ class World:
         await self.wait_for(
             lambda: (
                 self.query(
-                    "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running'))"
+                    "SELECT (SELECT COUNT(*) FROM jobs"
+                    " WHERE status IN ('intake', 'queued', 'running'))"
                     " + (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved')"
                 )
                 == [(0,)]
@@ -150,6 +151,73 @@ def result_jobs(w: World) -> list[str]:
         for e in m.get("embeds", [])  # type: ignore[attr-defined]
         if e.get("footer")
     ]
+
+
+async def test_kill_9_during_a_slow_attachment_download_delivers_the_job_once(
+    tmp_path: Path,
+) -> None:
+    """The process dies while it is still downloading the member's image (the job is
+    recorded, its credit reserved, its reply "thinking"): the next start takes the
+    image in again from the stored attachment address and delivers the job once,
+    charged once, telling the member it continues."""
+    async with world(tmp_path) as w:
+        proc = await w.start()
+        try:
+            attachment = w.discord.attachment(png(), "slow.png")
+            held = w.discord.hold_attachment(attachment)
+            it = await w.discord.slash("upscale", {"image": attachment})
+            await it.acked()
+            await held.reached()
+            assert w.query("SELECT status, stage FROM jobs") == [("intake", "receiving")]
+            assert w.query("SELECT state FROM ledger_entries") == [("reserved",)]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        held.release()
+        proc = await w.start()
+        try:
+            final = await it.final(timeout=30)
+            assert final.get("attachments")
+            await w.wait_settled()
+            assert w.query("SELECT status FROM jobs") == [("delivered",)]
+            assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
+            assert len(results(w)) == 1 and w.onemin.upscales == 1
+            assert any("continues" in str(e.get("content")) for e in it.edits)
+        finally:
+            stop(proc)
+
+
+async def test_an_attachment_gone_after_a_kill_during_its_download_is_refunded_with_why(
+    tmp_path: Path,
+) -> None:
+    """The process dies while downloading the image, and the image is deleted before
+    the next start: the job is refunded and the member told the image is no longer
+    available, instead of being left "thinking"."""
+    async with world(tmp_path) as w:
+        proc = await w.start()
+        try:
+            attachment = w.discord.attachment(png(), "gone.png")
+            held = w.discord.hold_attachment(attachment)
+            it = await w.discord.slash("upscale", {"image": attachment})
+            await held.reached()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        w.discord.remove_attachment(attachment)
+        held.release()
+        proc = await w.start()
+        try:
+            final = await it.final(timeout=30)
+            assert "no longer available on Discord" in str(final.get("content"))
+            assert "refunded" in str(final.get("content"))
+            await w.wait_settled()
+            assert w.query("SELECT status, error_kind FROM jobs") == [("failed", "source_gone")]
+            assert w.query("SELECT state FROM ledger_entries") == [("refunded",)]
+            assert w.onemin.calls["upload"] == 0
+        finally:
+            stop(proc)
 
 
 @pytest.mark.parametrize("stage", ["uploading", "upscaling", "delivering"])
