@@ -23,11 +23,14 @@ if not __package__:  # run as a script: make the project root importable
 
 from bench.common import percentile
 from tests.harness import running_bot
+from tests.support.timings import REAL_TIMINGS
 
 
 async def burst(n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_bot(Path(tmp), extensions=["tests.e2e.probe_cog"]) as h:
+        async with running_bot(
+            Path(tmp), extensions=["tests.e2e.probe_cog"], timings=REAL_TIMINGS
+        ) as h:
             members = [h.discord.add_member(f"b{i}") for i in range(n)]
             its = await asyncio.gather(*(h.discord.slash("probe", member=m) for m in members))
             await asyncio.gather(*(it.final(timeout=60) for it in its))

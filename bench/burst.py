@@ -20,9 +20,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bench.common import emit, summary_ms, table
-from tests.conftest import png
 from tests.emulators.discord import DiscordEmulator, point_discord_at
 from tests.harness import running_bot
+from tests.support.images import png
+from tests.support.timings import REAL_TIMINGS
 
 IMAGE = png((64, 64))
 
@@ -69,7 +70,9 @@ async def ours(members: int, bursts: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             # Pacing is measured by bench.rate_burst; here 200 jobs would need 400
             # requests, over two 61 s windows at the default 180/min, for nothing measured.
-            async with running_bot(Path(tmp), onemin_requests_per_minute=100_000) as h:
+            async with running_bot(
+                Path(tmp), onemin_requests_per_minute=100_000, timings=REAL_TIMINGS
+            ) as h:
                 runs.append(await one_burst(h.discord, members))
                 await h.idle(120)
     return median_of(runs)

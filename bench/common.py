@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import multiprocessing
 import os
-import random
 import statistics
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 
 def percentile(values: Sequence[float], share: float) -> float:
@@ -54,14 +50,6 @@ def emit(name: str, result: Any, json_path: Path | None, text: str | None = None
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({name: result}, indent=2))
-
-
-def noise_png(size: tuple[int, int], seed: int = 1) -> bytes:
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
-    return out.getvalue()
 
 
 EMULATOR_PIDS: set[int] = set()

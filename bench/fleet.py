@@ -26,6 +26,7 @@ from typing import Any
 from bench.common import emit, onemin_in_subprocess, table
 from tests.fleet_harness import all_final, delivered, fleet
 from tests.harness import ONEMIN_KEY
+from tests.support.timings import REAL_TIMINGS
 
 LEASE = 3.0  # seconds: JOB_LEASE_SECONDS for the failover runs (the smallest allowed)
 
@@ -36,7 +37,7 @@ async def throughput(jobs: int = 24, latency: float = 1.0, concurrency: int = 4)
         tempfile.TemporaryDirectory() as tmp,
         onemin_in_subprocess(ONEMIN_KEY, latency) as onemin_base,
     ):
-        async with fleet(Path(tmp)) as f:
+        async with fleet(Path(tmp), timings=REAL_TIMINGS) as f:
             await f.start(
                 MAX_CONCURRENT_JOBS=str(concurrency),
                 ONEMIN_API_BASE=onemin_base,
@@ -62,7 +63,7 @@ async def throughput(jobs: int = 24, latency: float = 1.0, concurrency: int = 4)
 
 async def failover_once(latency: float = 1.0, concurrency: int = 2) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with fleet(Path(tmp)) as f:
+        async with fleet(Path(tmp), timings=REAL_TIMINGS) as f:
             await f.start(
                 MAX_CONCURRENT_JOBS=str(concurrency),
                 JOB_LEASE_SECONDS=str(LEASE),

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.botproc import bot_process
-from bench.common import TreeRss, emit, noise_png, percentile
+from bench.common import TreeRss, emit, percentile
 from tests.bot_process import LAG_PROBE_ENV
+from tests.support.images import noise_png
 
 JOBS = 4
 MiB = 1024 * 1024

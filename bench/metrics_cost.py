@@ -62,9 +62,9 @@ from bot.metrics_http import MetricsEndpoint
 from bot.services import open_services
 from bot.settings import Secret, Settings
 from tests.bot_process import closed_port, start_bot_process
-from tests.conftest import png
 from tests.emulators.discord import DiscordEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.images import png
 
 IMAGE = png((64, 64))
 WARM_UP_JOBS = 4

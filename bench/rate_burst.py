@@ -24,15 +24,18 @@ from typing import Any
 
 from bench.common import emit
 from bot.pacing import WINDOW_MARGIN, RateGate
-from tests.conftest import png
 from tests.harness import running_bot
+from tests.support.images import png
+from tests.support.timings import REAL_TIMINGS
 
 IMAGE = png((64, 64))
 
 
 async def run(jobs: int = 45, per_window: int = 30, window: float = 10.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_bot(Path(tmp), onemin_requests_per_minute=per_window) as h:
+        async with running_bot(
+            Path(tmp), onemin_requests_per_minute=per_window, timings=REAL_TIMINGS
+        ) as h:
             h.onemin.rate_limit(per_window, window, retry_after=False)
             gate = RateGate(h.services.db, per_window, window=window + WINDOW_MARGIN)
             h.services.onemin._before_request = gate.acquire  # the scaled window

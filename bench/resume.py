@@ -22,15 +22,16 @@ from typing import Any
 
 from bench.common import emit
 from tests.bot_process import start_bot_process
-from tests.conftest import png
 from tests.e2e.test_restart import results, stop, world
+from tests.support.images import png
+from tests.support.timings import REAL_TIMINGS
 
 RUNNING = 4
 
 
 async def run(jobs: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with world(Path(tmp)) as w:
+        async with world(Path(tmp), timings=REAL_TIMINGS) as w:
             w.onemin.upscale_delay = 600
             extra = {"MAX_CONCURRENT_JOBS": str(RUNNING), "LOG_LEVEL": "WARNING"}
             proc = await w.start(**extra)

@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.botproc import BotProcess, bot_process
-from bench.common import EMULATOR_PIDS, TreeCpu, emit, noise_png, process_cpu
-from tests.conftest import png
+from bench.common import EMULATOR_PIDS, TreeCpu, emit, process_cpu
+from tests.support.images import noise_png, png
 
 BURST_JOBS = 200  # --burst: 200 jobs of 64x64 images at once, L = 1 s, K = 4
 IDLE_WINDOW = 1.0  # seconds of the idle bot's CPU read before the commands
@@ -85,10 +85,11 @@ def profiled(pid: int, out: Path) -> Iterator[None]:
 
 
 def unsettled(db_path: Path) -> int:
-    """Jobs queued or running, plus credits still reserved, in the bot's database."""
+    """Jobs unfinished (taken in, queued or running), plus credits still reserved, in the
+    bot's database."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
         row = conn.execute(
-            "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running'))"
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('intake', 'queued', 'running'))"
             " + (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved')"
         ).fetchone()
     return int(row[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -52,7 +53,11 @@ async def main(settings: Settings, **bot_options: Any) -> None:
     """
     heap.map_large_blocks()  # large buffers go back to the OS once freed (see bot.heap)
     try:
-        retry = startup.RetryPolicy.from_env()
+        retry = dataclasses.replace(
+            startup.RetryPolicy.from_env(),
+            first_delay=settings.timings.startup_first_retry,
+            max_delay=settings.timings.startup_max_retry,
+        )
     except SettingsError as exc:
         raise StartupError(EXIT_CONFIG, str(exc), prefix="Configuration error") from None
     startup.quiet_voice_warnings()

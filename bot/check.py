@@ -7,16 +7,17 @@ Prints one line per check and exits 0 only when every check passes::
     ✔ Discord servers: in 2 servers, each with Send Messages, Attach Files, Embed Links,
       Read Message History
     ✔ Database: SQLite data/upscaler.db, schema version 5
-    ✔ 1min.ai: https://api.1min.ai reachable, API key accepted (test upload of 67 bytes)
+    ✔ 1min.ai: https://api.1min.ai reachable, API key accepted (test upload of 153 bytes)
 
 A failing check starts with ✘ and says what to do, e.g. ``✘ 1min.ai: the API key was
 refused (401): check ONEMIN_API_KEY``. The gateway is never opened: the token is checked
 by a REST login (``GET /users/@me``) and the servers by ``GET /users/@me/guilds`` (the
 bot's server-wide permissions; channel overrides are not visible there). The database is
 opened as the bot opens it (pending migrations are applied). 1min.ai is checked with the
-cheapest authenticated call, an asset upload of a 1x1 PNG: uploads are not AI features
-and no credit cost is documented for them; it stores one tiny file with the team's
-assets. No secret is ever printed.
+cheapest authenticated call, an asset upload of the 64x64 probe image
+(:mod:`bot.images.probe`, the one the bot's own 1min.ai probe sends): uploads are not AI
+features and no credit cost is documented for them; it stores one tiny file with the
+team's assets. No secret is ever printed.
 
 Exit statuses: 0 all checks passed; 1 at least one failed; 2 the settings are invalid
 (nothing else is checked).
@@ -25,9 +26,7 @@ Exit statuses: 0 all checks passed; 1 at least one failed; 2 the settings are in
 from __future__ import annotations
 
 import asyncio
-import struct
 import sys
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -40,6 +39,7 @@ import discord.http
 from bot import db as db_module
 from bot import startup
 from bot.db import Database
+from bot.images import probe_png
 from bot.logs import configure_logging
 from bot.onemin import (
     OneMinClient,
@@ -80,23 +80,6 @@ NEEDED_PERMISSIONS: tuple[tuple[int, str], ...] = (
     (1 << 14, "Embed Links"),
     (1 << 16, "Read Message History"),
 )
-
-
-def _tiny_png() -> bytes:
-    """A valid 1x1 white PNG (67 bytes), the 1min.ai check's test upload."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)  # 1x1, 8-bit greyscale
-    pixels = zlib.compress(b"\x00\xff")
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
-
-
-TEST_IMAGE = _tiny_png()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,13 +263,13 @@ async def check_onemin(settings: Settings) -> CheckLine:
             max_attempts=1,
         )
         try:
-            await client.upload(TEST_IMAGE, "upscale-bot-check.png", "image/png")
+            await client.upload(probe_png(), "upscale-bot-check.png", "image/png")
         except OneMinError as err:
             return CheckLine(False, "1min.ai", _onemin_failure(err, base))
     return CheckLine(
         True,
         "1min.ai",
-        f"{base} reachable, API key accepted (test upload of {len(TEST_IMAGE)} bytes)",
+        f"{base} reachable, API key accepted (test upload of {len(probe_png())} bytes)",
     )
 
 

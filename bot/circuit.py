@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from bot.db import Database
 from bot.failures import FailureKind
 from bot.signals import FALLBACK_POLL, Signal, Signals
+from bot.timings import CIRCUIT_CHECK_INTERVAL
 
 log = logging.getLogger(__name__)
 
 NAME = "onemin"
-CHECK_INTERVAL = 2.0  # seconds between looks at the shared state while it is open
 CACHE_SECONDS = 0.5  # how long a read of the state is reused without wake-ups
 
 
@@ -68,20 +68,21 @@ class Circuit:
         *,
         probe: Probe,
         probe_interval: float = 180.0,
-        check_interval: float = CHECK_INTERVAL,
+        check_interval: float = CIRCUIT_CHECK_INTERVAL,
+        cache_seconds: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
         signals: Signals | None = None,
     ) -> None:
         self._db = db
         self._probe = probe
         self.probe_interval = probe_interval
-        self.check_interval = check_interval
+        self.check_interval = check_interval  # seconds between looks while it is open
         self._clock = clock
         self._listeners: list[Listener] = []
         self._cached: tuple[float, CircuitState] | None = None
         self._signals = signals
-        # Without wake-ups another process's change is seen within CACHE_SECONDS.
-        self._cache_for = FALLBACK_POLL if signals is not None else CACHE_SECONDS
+        # Without wake-ups another process's change is seen within ``cache_seconds``.
+        self._cache_for = FALLBACK_POLL if signals is not None else cache_seconds
         self._changed = asyncio.Event()
         if signals is not None:
             signals.subscribe(self._on_signal)

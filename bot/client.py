@@ -84,7 +84,7 @@ class UpscaleBot(commands.Bot):
         self._extensions = tuple(extensions)
         self._items = tuple(items)
         self.failed_extensions: list[str] = []
-        self.identify_gate = IdentifyGate(services.db)
+        self.identify_gate = IdentifyGate(services.db, spacing=settings.timings.identify_spacing)
         self._identify_concurrency: int | None = None
 
     @property

@@ -10,7 +10,7 @@ not once per process, and are decided here:
   session; too many session starts reset the token. Before each IDENTIFY a process takes
   its bucket's turn: under the lock ``identify:<bucket>`` it reads the bucket's row in
   ``identify_slots``, waits until its ``not_before`` and moves it
-  :data:`IDENTIFY_SPACING` seconds on. On SQLite (one process) the same table paces
+  :data:`bot.timings.IDENTIFY_SPACING` seconds on. On SQLite (one process) the same table paces
   restarts, which would otherwise identify again too soon.
 
 * Command sync (:func:`sync_once`). The process that finds the stored hash of the command
@@ -38,12 +38,10 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from bot.db import Database, parse_ts, ts, utc_now
+from bot.timings import IDENTIFY_SPACING
 
 log = logging.getLogger(__name__)
 
-IDENTIFY_INTERVAL = 5.0  # seconds: Discord's IDENTIFY window per concurrency bucket
-IDENTIFY_MARGIN = 0.5  # seconds added: an IDENTIFY arrives a little after its turn
-IDENTIFY_SPACING = IDENTIFY_INTERVAL + IDENTIFY_MARGIN
 SYNC_MAX_AGE = timedelta(days=1)  # a sync older than this is repeated (drift repair)
 
 _T = TypeVar("_T")
@@ -55,7 +53,7 @@ def identify_bucket(shard_id: int | None, max_concurrency: int) -> int:
 
 
 class IdentifyGate:
-    """Fleet-wide turns for IDENTIFY, one per bucket every :data:`IDENTIFY_SPACING` s."""
+    """Fleet-wide turns for IDENTIFY, one per bucket every ``spacing`` seconds."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The bot's Prometheus metrics: PRODUCT.md's table ("Operations"), in a registry of its own.
+"""The bot's Prometheus metrics: the table of ``docs/metrics.md``, in a registry of its own.
 
 One :class:`Metrics` per bot holds every series of the table, with exactly those names,
 types and labels, plus prometheus_client's process, platform and garbage-collector
@@ -105,7 +105,7 @@ class _Run:
 
 
 class Metrics:
-    """Every series of PRODUCT.md's table; see the module docstring."""
+    """Every series of ``docs/metrics.md``'s table; see the module docstring."""
 
     def __init__(self) -> None:
         # No ``*_created`` series beside every counter and histogram: in the text format

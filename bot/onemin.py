@@ -1,7 +1,7 @@
 """Async client for 1min.ai: upload an image, upscale it 4x, download the result.
 
 A small library on an injected :class:`aiohttp.ClientSession` (it never creates or closes
-one), following the contract in ``ONEMIN_API.md``::
+one), following the contract in ``docs/onemin-api.md``::
 
     client = OneMinClient(session, api_key)
     path = await client.upload(data, "cat.png", "image/png")  # POST /api/assets
@@ -13,11 +13,12 @@ Every failure is a :class:`OneMinError` subclass with a short ``kind`` the calle
 a user message, the HTTP ``status`` and 1min.ai ``error_code`` when there were any, and
 ``not_started`` telling whether the request provably never reached the service.
 
-Retries: ``upload`` and the downloads retry transient failures (connection errors, 5xx,
-dropped or truncated responses, 429) with capped exponential backoff and jitter, or after
-the ``Retry-After`` the service asked for when that is within the cap. ``upscale`` spends
-credits, so it is retried only when the request provably did not start (connection
-refused, 429, 503). Timeouts are never retried: each call's budget is spent by then.
+Retries (:mod:`bot.retry`): ``upload`` and the downloads retry transient failures
+(connection errors, 5xx, dropped or truncated responses, 429) with capped exponential
+backoff and jitter, or after the ``Retry-After`` the service asked for when that is within
+the cap. ``upscale`` spends credits, so it is retried only when the request provably did
+not start (connection refused, 429, 503). Timeouts are never retried: each call's budget
+is spent by then.
 
 Downloads fetch only ``https`` URLs on the configured result hosts (the presigned S3 URLs
 1min.ai hands out), plus plain loopback URLs when the API base itself is loopback (a local
@@ -33,7 +34,6 @@ import contextlib
 import email.utils
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -46,9 +46,12 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bot.failures import FailureKind
-from bot.settings import DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
+from bot.retry import Backoff, retry
+from bot.settings import DEFAULT_API_BASE, DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
+from bot.timings import ONEMIN_BACKOFF_BASE
 
 __all__ = [
+    "DEFAULT_API_BASE",
     "DEFAULT_RESULT_HOSTS",
     "ROUTE_ASSETS",
     "ROUTE_DOWNLOAD",
@@ -70,7 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.1min.ai"
 ASSETS_PATH = "/api/assets"
 FEATURES_PATH = "/api/features"
 # Route names given to the ``on_request`` hook (the ``route`` label of the bot's
@@ -249,13 +251,13 @@ class OneMinClient:
         session: aiohttp.ClientSession,
         api_key: str,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str = DEFAULT_API_BASE,
         result_hosts: Iterable[str] = DEFAULT_RESULT_HOSTS,
         upscale_timeout: float = 180.0,
         request_timeout: float = 60.0,
         download_timeout: float = 120.0,
         max_attempts: int = 3,
-        backoff_base: float = 0.5,
+        backoff_base: float = ONEMIN_BACKOFF_BASE,
         backoff_cap: float = 8.0,
         before_request: Callable[[], Awaitable[None]] | None = None,
         retry_rate_limited: bool = True,
@@ -272,8 +274,7 @@ class OneMinClient:
         self._request_timeout = request_timeout
         self._download_timeout = download_timeout
         self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._backoff = Backoff(base=backoff_base, cap=backoff_cap)
         # Awaited before every API request, retries included (the bot's pacing gate).
         self._before_request = before_request
         # False: a 429 is raised at once (the caller waits in line and tries again).
@@ -573,15 +574,12 @@ class OneMinClient:
         retryable: Callable[[OneMinError], bool],
     ) -> _T:
         """Run ``call`` up to ``max_attempts`` times while its errors are ``retryable``."""
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                return await call()
-            except OneMinError as err:
-                if attempt == self._max_attempts or not retryable(err):
-                    raise
-                delay = self._delay(err, attempt)
-                if delay is None:
-                    raise
+
+        def wait(err: OneMinError, attempt: int) -> float | None:
+            if attempt == self._max_attempts or not retryable(err):
+                return None
+            delay = self._delay(err, attempt)
+            if delay is not None:
                 log.info(
                     "1min.ai %s failed (%s: %s); retry %d of %d in %.2f s",
                     what,
@@ -591,15 +589,15 @@ class OneMinClient:
                     self._max_attempts - 1,
                     delay,
                 )
-                await _sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+            return delay
+
+        return await retry(call, OneMinError, wait, sleep=_sleep)
 
     def _delay(self, err: OneMinError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
         if isinstance(err, RateLimited) and err.retry_after is not None:
-            return err.retry_after if err.retry_after <= self._backoff_cap else None
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+            return err.retry_after if err.retry_after <= self._backoff.cap else None
+        return self._backoff.delay(attempt)
 
 
 # -- helpers ----------------------------------------------------------------------------

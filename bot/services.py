@@ -7,7 +7,6 @@ wired exactly like the one owners run.
 from __future__ import annotations
 
 import functools
-import io
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from PIL import Image
 
 from bot.circuit import Circuit
 from bot.db import Database, open_database
 from bot.download import download_to
 from bot.failures import FailureKind
-from bot.images import ImageLimits
+from bot.images import ImageLimits, probe_png
 from bot.jobs import JobQueue, instance_name
 from bot.jobs.metrics import NO_JOB_METRICS
 from bot.ledger import Ledger
 from bot.metrics import Metrics
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
+from bot.retry import Backoff
 from bot.settings import Settings
 from bot.signals import Signals
 from bot.workers import ImageWorkers
@@ -59,22 +58,14 @@ def spool_dir(settings: Settings, db: Database) -> Path:
     return settings.spool_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", instance_name(settings.shard_ids))
 
 
-PROBE_SIDE = 64  # px: the smallest square the upscaler takes comfortably
-
-
-def _probe_png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (PROBE_SIDE, PROBE_SIDE), (128, 128, 128)).save(out, "PNG")
-    return out.getvalue()
-
-
 async def probe_onemin(onemin: OneMinClient, reason: FailureKind) -> None:
     """One cheap check that 1min.ai accepts the bot again (raises while it does not).
 
     A refused key shows on a tiny asset upload; an empty account only on a feature call,
-    so then the probe also upscales the 64 px image (the cheapest upscale there is).
+    so then the probe also upscales the probe image (:mod:`bot.images.probe`, the
+    cheapest upscale there is).
     """
-    asset = await onemin.upload(_probe_png(), "probe.png", "image/png")
+    asset = await onemin.upload(probe_png(), "probe.png", "image/png")
     if reason is FailureKind.OUT_OF_CREDITS:
         await onemin.upscale(asset, "png")
 
@@ -113,6 +104,7 @@ async def open_services(
             base_url=settings.onemin_api_base,
             result_hosts=settings.result_hosts,
             upscale_timeout=settings.upscale_timeout,
+            backoff_base=settings.timings.onemin_backoff_base,
             before_request=gate.acquire,
             retry_rate_limited=False,  # the queue waits in line and tries again
             on_request=None if metrics is None else metrics.onemin_request,
@@ -121,6 +113,7 @@ async def open_services(
             db,
             probe=functools.partial(probe_onemin, onemin),
             probe_interval=settings.circuit_probe_interval,
+            check_interval=settings.timings.circuit_check_interval,
             signals=signals,
         )
         queue = JobQueue(
@@ -143,6 +136,10 @@ async def open_services(
             image_workers=image_workers,
             fetch_source=functools.partial(download_to, session),
             retention_days=settings.job_retention_days,
+            poll_interval=settings.timings.job_poll_interval,
+            rate_backoff=Backoff(
+                settings.timings.rate_backoff_base, settings.timings.rate_backoff_cap
+            ),
             signals=signals,
             metrics=NO_JOB_METRICS if metrics is None else metrics,
         )

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from bot.dburl import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
+from bot.timings import Timings
+
 __all__ = [
     "OUTPUT_FORMATS",
     "PERIODS",
@@ -31,10 +34,9 @@ Period = Literal["daily", "weekly", "monthly", "lifetime"]
 PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "lifetime")
 BUDGET_PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")  # TOTAL_BUDGET_PERIOD
 OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
-Engine = Literal["sqlite", "postgresql"]
 
 DEFAULT_API_BASE = "https://api.1min.ai"
-# Hosts that serve 1min.ai's presigned result URLs (ONEMIN_API.md section 6).
+# Hosts that serve 1min.ai's presigned result URLs (docs/onemin-api.md, "Downloading").
 DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
     "s3.us-east-1.amazonaws.com",
     "asset.1min.ai.s3.us-east-1.amazonaws.com",
@@ -118,7 +120,7 @@ class Settings:
     upscale_timeout: float = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
     result_hosts: tuple[str, ...] = DEFAULT_RESULT_HOSTS
     spool_dir: Path = Path("data/spool")
-    max_input_pixels: int = 1_048_576  # API pixel limit for the input (ONEMIN_API.md s.5)
+    max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
     max_input_side: int = 1536  # API per-side limit for the input, px
     shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
     busy_timeout: float = 1800.0  # seconds a job may wait out 1min.ai's rate limit
@@ -129,6 +131,8 @@ class Settings:
     job_retention_days: int = 30  # days a finished job's row is kept (ledger and audit stay)
     metrics_port: int | None = None  # serve /metrics, /healthz, /readyz here; None: off
     metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
+    # The bot's own waits; no variable sets them (tests shorten them: see bot.timings).
+    timings: Timings = field(default_factory=Timings)
 
     @property
     def api_base_is_loopback(self) -> bool:
@@ -146,14 +150,13 @@ class Settings:
 
     @property
     def database_engine(self) -> Engine:
-        url = self.database_url.get()
-        return "sqlite" if url.startswith("sqlite:") else "postgresql"
+        return engine_of(self.database_url.get())
 
     @property
     def database_path(self) -> Path | None:
         """The SQLite file, or None on PostgreSQL."""
         url = self.database_url.get()
-        return _sqlite_path(url) if url.startswith("sqlite:") else None
+        return sqlite_path(url) if url.startswith("sqlite:") else None
 
 
 def is_loopback_url(url: str) -> bool:
@@ -215,27 +218,18 @@ def _http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
-_SQLITE_PREFIX = "sqlite:///"
-_POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-
-def _sqlite_path(url: str) -> Path:
-    # sqlite:///data/x.db -> data/x.db ; sqlite:////abs/x.db -> /abs/x.db
-    return Path(url[len(_SQLITE_PREFIX) :])
-
-
 def _database_url(raw: str) -> str:
     name = "DATABASE_URL"
     expected = (
         "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or"
         " postgresql://user[:password]@host[:port]/database"
     )
-    if raw.startswith(_SQLITE_PREFIX):
-        if len(raw) == len(_SQLITE_PREFIX):
+    if raw.startswith(SQLITE_PREFIX):
+        if len(raw) == len(SQLITE_PREFIX):
             raise SettingsError(name, expected)
         return raw
     parts = urlsplit(raw)
-    if parts.scheme not in _POSTGRES_SCHEMES or not parts.hostname:
+    if f"{parts.scheme}://" not in POSTGRES_SCHEMES or not parts.hostname:
         raise SettingsError(name, expected)
     if not parts.path.strip("/"):
         raise SettingsError(name, expected)
@@ -323,8 +317,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     spool_raw = env.get("SPOOL_DIR", "").strip()
     if spool_raw:
         spool_dir = Path(spool_raw)
-    elif database_url.startswith(_SQLITE_PREFIX):
-        spool_dir = _sqlite_path(database_url).parent / "spool"
+    elif database_url.startswith(SQLITE_PREFIX):
+        spool_dir = sqlite_path(database_url).parent / "spool"
     else:
         spool_dir = Path("data/spool")
     shard_count, shard_ids = _shards(env)

@@ -33,11 +33,13 @@ from enum import StrEnum
 from typing import Any
 
 from bot.db import Database, PostgresDatabase, Transaction
+from bot.retry import Backoff
+from bot.timings import FALLBACK_POLL as FALLBACK_POLL  # re-exported: the queue and circuit use it
 
 log = logging.getLogger(__name__)
 
-FALLBACK_POLL = 5.0  # seconds: a waiter looks again this often even if nothing woke it
-RECONNECT_BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before re-LISTENing
+# Seconds before re-LISTENing: 1 after the first failed try, doubling up to 30.
+RECONNECT_BACKOFF = Backoff(base=1.0, cap=30.0, jitter=False)
 
 
 class Signal(StrEnum):
@@ -168,19 +170,20 @@ class Signals:
     async def _keep_listening(self) -> None:
         """Re-LISTEN when the connection is lost; wake everyone after (they may have
         missed something meanwhile)."""
-        wait = RECONNECT_BACKOFF[0]
+        failures = 0
         while not self._closed:
             await asyncio.sleep(FALLBACK_POLL)
             if self._conn is not None and not self._conn.is_closed():
-                wait = RECONNECT_BACKOFF[0]
+                failures = 0
                 continue
             await self._drop_connection()
             try:
                 await self._listen()
             except Exception:
+                failures += 1
+                wait = RECONNECT_BACKOFF.delay(failures)
                 log.info("LISTEN connection still down; trying again in %.0f s", wait)
                 await asyncio.sleep(wait)
-                wait = min(RECONNECT_BACKOFF[1], wait * 2)
                 continue
             log.info("LISTEN connection restored")
             for signal in Signal:

@@ -43,7 +43,9 @@ import asyncpg
 import discord
 import discord.http
 
+from bot.retry import Backoff, retry
 from bot.settings import Settings, SettingsError
+from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -86,8 +88,6 @@ EXIT_METRICS_PORT = 7  # METRICS_PORT cannot be opened (in use, or a foreign MET
 RETRY_VARIABLE = "STARTUP_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0  # total time start-up waits for the network
 MAX_RETRY_SECONDS = 3600.0
-FIRST_RETRY_DELAY = 1.0  # seconds before the second try; doubles after each try
-MAX_RETRY_DELAY = 15.0  # seconds, the longest wait between two tries
 TRY_TIMEOUT = 10.0  # seconds one try (a lookup or a login) may take
 MIN_RETRY_WAIT = 0.05  # seconds; with less time left than this, start-up gives up
 
@@ -147,8 +147,8 @@ class RetryPolicy:
     """How long start-up waits for the network: ``budget`` seconds in all (0: one try)."""
 
     budget: float = DEFAULT_RETRY_SECONDS
-    first_delay: float = FIRST_RETRY_DELAY
-    max_delay: float = MAX_RETRY_DELAY
+    first_delay: float = STARTUP_FIRST_RETRY  # seconds before the second try; doubles
+    max_delay: float = STARTUP_MAX_RETRY  # seconds, the longest wait between two tries
     try_timeout: float = TRY_TIMEOUT
 
     @classmethod
@@ -166,6 +166,11 @@ class RetryPolicy:
             raise SettingsError(RETRY_VARIABLE, expected)
         return cls(budget=budget)
 
+    @property
+    def backoff(self) -> Backoff:
+        """The waits between tries: ``first_delay``, doubling up to ``max_delay``."""
+        return Backoff(base=self.first_delay, cap=self.max_delay, jitter=False)
+
 
 async def retrying(
     what: str,
@@ -182,28 +187,29 @@ async def retrying(
     """
     started = time.monotonic()
     deadline = started + policy.budget
-    delay = policy.first_delay
-    tries = 0
-    while True:
-        tries += 1
+    time_limit = policy.try_timeout
+
+    async def timed() -> _T:
+        nonlocal time_limit
         time_limit = max(1.0, min(policy.try_timeout, deadline - time.monotonic()))
-        try:
-            async with asyncio.timeout(time_limit):
-                return await attempt()
-        except TimeoutError:
-            reason = f"no answer within {time_limit:.0f} s"
-        except Exception as exc:
-            found = transient(exc)
-            if found is None:
-                raise
-            reason = found
+        async with asyncio.timeout(time_limit):
+            return await attempt()
+
+    def wait(exc: Exception, tries: int) -> float | None:
+        if isinstance(exc, TimeoutError):
+            reason: str | None = f"no answer within {time_limit:.0f} s"
+        else:
+            reason = transient(exc)
+        if reason is None:
+            return None
         left = deadline - time.monotonic()
         if left < MIN_RETRY_WAIT:
             raise GaveUp(reason, tries, time.monotonic() - started)
-        wait = min(delay, left)
-        log.warning("%s: try %d failed (%s); trying again in %.1f s", what, tries, reason, wait)
-        await asyncio.sleep(wait)
-        delay = min(delay * 2, policy.max_delay)
+        delay = min(policy.backoff.delay(tries), left)
+        log.warning("%s: try %d failed (%s); trying again in %.1f s", what, tries, reason, delay)
+        return delay
+
+    return await retry(timed, Exception, wait)
 
 
 def network_reason(exc: BaseException) -> str | None:

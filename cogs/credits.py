@@ -127,13 +127,13 @@ class Credits(commands.Cog):
         """Defer, run the ledger change, then confirm (or explain a refused value).
 
         ``invalid`` explains a value the ledger refuses; without it the ledger's own
-        (English) words are shown.
+        words (a catalogue text) are shown.
         """
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             change = await action
         except LedgerValueError as exc:
-            raise UserError(invalid or Text.verbatim(str(exc))) from None
+            raise UserError(invalid or exc.text) from None
         await interaction.edit_original_response(
             content=text.render(interaction_locale(interaction))
         )

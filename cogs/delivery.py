@@ -32,6 +32,14 @@ from bot.failures import FailureKind
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.replies import Answer, Replies, ReplyTarget
+from bot.retry import Backoff, retry
+from bot.timings import (
+    FIRST_PROGRESS_DELAY,
+    LOOKUP_BACKOFF,
+    PLACE_INTERVAL_MAX,
+    PLACE_INTERVAL_PER_PLACE,
+    PROGRESS_INTERVAL,
+)
 from cogs import messages
 from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
@@ -41,29 +49,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 2.0  # seconds between progress edits, at least
-FIRST_PROGRESS_DELAY = 1.0  # seconds before the first progress edit
-# A place in line that changed, the stage staying "queued", is shown at most every
-# PLACE_INTERVAL_PER_PLACE s x the place (2 s up to #4, 10 s at #20), and at least
-# every PLACE_INTERVAL_MAX s: far back in a long line, places change several times a
-# second, and an edit per place was the bot's largest cost per job. Stage changes keep
-# PROGRESS_INTERVAL.
-PLACE_INTERVAL_PER_PLACE = 0.5  # seconds
-PLACE_INTERVAL_MAX = 20.0  # seconds
 UPLOAD_MARGIN = 64 * 1024  # bytes kept free under the upload limit for the request body
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default when the interaction did not say
 CANCELLABLE = (Stage.RECEIVING, Stage.QUEUED, Stage.WAITING, Stage.UPLOADING)
 LOOKUP_ATTEMPTS = 4  # tries to find out whether a result was already posted
-LOOKUP_BACKOFF = 2.0  # seconds before the second try, doubling
 
 
-def progress_interval(progress: Progress) -> float:
-    """Seconds between progress edits while the job shows ``progress``: a place in the
-    queue alone is edited less often the further back it is."""
+def progress_interval(
+    progress: Progress,
+    base: float = PROGRESS_INTERVAL,
+    per_place: float = PLACE_INTERVAL_PER_PLACE,
+    most: float = PLACE_INTERVAL_MAX,
+) -> float:
+    """Seconds between progress edits while the job shows ``progress``: ``base``, but a
+    place in the queue alone is edited at most every ``per_place`` x the place, and at
+    least every ``most`` (see :data:`bot.timings.PLACE_INTERVAL_PER_PLACE`)."""
     if progress.stage is not Stage.QUEUED or progress.wait is not None or not progress.position:
-        return PROGRESS_INTERVAL
-    place = progress.position * PLACE_INTERVAL_PER_PLACE
-    return min(PLACE_INTERVAL_MAX, max(PROGRESS_INTERVAL, place))
+        return base
+    return min(max(base, most), max(base, progress.position * per_place))
 
 
 def progress_lines(job: Job, progress: Progress, resumed: bool) -> str:
@@ -221,11 +224,19 @@ class DiscordFrontEnd:
         *,
         progress_interval: float = PROGRESS_INTERVAL,
         first_progress_delay: float = FIRST_PROGRESS_DELAY,
+        place_interval_per_place: float = PLACE_INTERVAL_PER_PLACE,
+        place_interval_max: float = PLACE_INTERVAL_MAX,
+        lookup_backoff: float = LOOKUP_BACKOFF,
     ) -> None:
+        """The waits default to members' (:mod:`bot.timings`); the upscale cog passes
+        the bot's ``settings.timings`` (short in tests)."""
         self.bot = bot
         self.replies = Replies(bot)
         self.progress_interval = progress_interval
         self.first_progress_delay = first_progress_delay
+        self.place_interval_per_place = place_interval_per_place
+        self.place_interval_max = place_interval_max
+        self.lookup_backoff = lookup_backoff
         self._displays: dict[str, ProgressDisplay] = {}
         self._resumed: set[str] = set()
 
@@ -267,7 +278,12 @@ class DiscordFrontEnd:
             (progress, resumed),
             functools.partial(progress_lines, job, progress, resumed),
             progress.stage in CANCELLABLE,
-            progress_interval(progress),
+            progress_interval(
+                progress,
+                self.progress_interval,
+                self.place_interval_per_place,
+                self.place_interval_max,
+            ),
         )
 
     async def resumed(self, job: Job) -> None:
@@ -302,18 +318,21 @@ class DiscordFrontEnd:
             mine = me is None or message.author.id == me.id
             return mine and any(e.footer.text in footers for e in message.embeds)
 
-        found: discord.Message | None = None
-        for attempt in range(1, LOOKUP_ATTEMPTS + 1):
-            try:
-                found = await self.replies.find(target_of(job), is_result)
-                break
-            except discord.HTTPException as exc:
-                # Not knowing is not "not posted": never post again on a guess.
-                if attempt == LOOKUP_ATTEMPTS:
-                    raise DeliveryFailed(
-                        FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
-                    ) from exc
-                await asyncio.sleep(LOOKUP_BACKOFF * 2 ** (attempt - 1))
+        base = self.lookup_backoff
+        backoff = Backoff(base=base, cap=4 * base, jitter=False)  # 2, 4, 8 s for members
+
+        def wait(exc: discord.HTTPException, attempt: int) -> float | None:
+            return backoff.delay(attempt) if attempt < LOOKUP_ATTEMPTS else None
+
+        try:
+            found = await retry(
+                lambda: self.replies.find(target_of(job), is_result), discord.HTTPException, wait
+            )
+        except discord.HTTPException as exc:
+            # Not knowing is not "not posted": never post again on a guess.
+            raise DeliveryFailed(
+                FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
+            ) from exc
         if found is not None:
             log.info("Job %s had already been delivered (message %d)", job.id, found.id)
         return found.id if found is not None else None

@@ -23,11 +23,9 @@ from bot.jobs import (
     InputRefused,
     JobRequest,
     LimitReached,
-    Progress,
     QueueClosed,
     QueueFull,
     Source,
-    Stage,
 )
 from bot.replies import ReplyTarget
 from bot.tree import UserError
@@ -112,11 +110,6 @@ async def start_job(
     except QueueClosed:
         raise UserError(messages.SHUTDOWN) from None
     try:
-        taken = await queue.take_in(job)
+        await queue.take_in(job)  # its place in line is shown from here on
     except InputRefused as exc:
         raise UserError(exc.text) from None
-    position = queue.position(job) if taken else None
-    if position is not None:
-        front = queue.front_end
-        if front is not None:
-            front.progress(job, Progress(Stage.QUEUED, position))

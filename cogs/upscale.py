@@ -33,7 +33,15 @@ class Upscale(commands.Cog):
 
     def __init__(self, bot: UpscaleBot) -> None:
         self.bot = bot
-        self.front = DiscordFrontEnd(bot)
+        timings = bot.settings.timings  # short in tests (see bot.timings)
+        self.front = DiscordFrontEnd(
+            bot,
+            progress_interval=timings.progress_interval,
+            first_progress_delay=timings.first_progress_delay,
+            place_interval_per_place=timings.place_interval_per_place,
+            place_interval_max=timings.place_interval_max,
+            lookup_backoff=timings.lookup_backoff,
+        )
 
     async def cog_load(self) -> None:
         self.bot.queue.attach(self.front)

@@ -2,7 +2,8 @@
 
 ``python -m tests.bot_process`` reads the usual settings from the environment, plus
 ``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (the emulator, which also serves the
-attachments), points discord.py there, then runs exactly what ``python -m bot`` runs;
+attachments) and optionally ``TEST_TIMINGS`` (short clocks: :mod:`tests.support.timings`),
+points discord.py there, then runs exactly what ``python -m bot`` runs;
 ``python -m tests.bot_process check`` runs what ``python -m bot check`` runs.
 Tests start it with :func:`start_bot_process`, or run it to its end with
 :func:`run_bot_process`.
@@ -10,13 +11,24 @@ Tests start it with :func:`start_bot_process`, or run it to its end with
 For benchmarks, ``LAG_PROBE_FILE`` names a file: a probe task then runs in the bot's
 event loop, sleeping :data:`PROBE_SLEEP` s in a loop and recording how late it wakes,
 and when the bot stops, the samples are written there as JSON
-(``[[wall-clock time, lag in seconds], ...]``).
+(``[[wall-clock time, lag in seconds], ...]``). ``WATCH_PROBE_FILE`` likewise samples,
+every :data:`WATCH_SAMPLE` s, the process's resident memory, the jobs its queue shows a
+place in line for and the progress displays its front end keeps
+and the round trips it made to its database
+(``[[time, rss_kb, watched, displays, round_trips], ...]``).
+
+Test knobs (never set by owners): ``RUN_JOBS=0`` makes the process take commands and
+show progress but claim no job (the other processes of a fleet run them);
+``PROGRESS_INTERVAL`` and ``FIRST_PROGRESS_DELAY`` (seconds) set the progress display's
+throttle (over ``TEST_TIMINGS``), so that edits collide with deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
 import json
 import os
 import socket
@@ -31,21 +43,52 @@ from typing import Any
 from bot.__main__ import main, serve
 from bot.check import run_check
 from bot.logs import configure_logging
-from bot.settings import load_settings
+from bot.settings import Settings, load_settings
 from bot.startup import StartupError
 from tests.emulators.discord import point_discord_at
+from tests.support.timings import TIMINGS_ENV, timings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 LAG_PROBE_ENV = "LAG_PROBE_FILE"
 PROBE_SLEEP = 0.005  # seconds the lag probe sleeps between wake-ups
+WATCH_SAMPLE = 0.25  # seconds between samples of the watch probe
+WATCH_PROBE_ENV = "WATCH_PROBE_FILE"
+
+
+def apply_test_knobs() -> None:
+    """The test-only knobs of the module docstring, applied before the bot is built."""
+    if os.environ.get("RUN_JOBS") == "0":
+        from bot.jobs.queue import JobQueue
+
+        start = JobQueue.start
+
+        def start_without_claims(self: JobQueue, *, claim: bool = True) -> None:
+            start(self, claim=False)
+
+        JobQueue.start = start_without_claims  # type: ignore[method-assign]
+
+
+def with_test_timings(settings: Settings) -> Settings:
+    """``settings`` on the clocks ``TEST_TIMINGS`` and the progress knobs ask for."""
+    timings = timings_from(os.environ.get(TIMINGS_ENV)) or settings.timings
+    progress = {
+        field: float(os.environ[variable])
+        for field, variable in (
+            ("progress_interval", "PROGRESS_INTERVAL"),
+            ("first_progress_delay", "FIRST_PROGRESS_DELAY"),
+        )
+        if os.environ.get(variable)
+    }
+    return dataclasses.replace(settings, timings=dataclasses.replace(timings, **progress))
 
 
 def run() -> None:
+    apply_test_knobs()
     api_base = os.environ["DISCORD_API_BASE"]
     point_discord_at(api_base, os.environ["DISCORD_GATEWAY_URL"])
     if sys.argv[1:] == ["check"]:
         sys.exit(run_check(lambda: load_settings(dotenv=False)))
-    settings = load_settings(dotenv=False)
+    settings = with_test_timings(load_settings(dotenv=False))
     media_origin = api_base.split("/api/", 1)[0]
     configure_logging(settings.log_level, settings.secret_values())
     options: dict[str, Any] = {
@@ -53,12 +96,18 @@ def run() -> None:
         "guild_ready_timeout": 0.05,
     }
     probe_file = os.environ.get(LAG_PROBE_ENV)
-    if not probe_file:
+    watch_file = os.environ.get(WATCH_PROBE_ENV)
+    if not probe_file and not watch_file:
         serve(settings, **options)
         return
-    try:  # what serve() does, with the probe beside the bot
+    bot_main = main(settings, **options)
+    if probe_file:
+        bot_main = with_lag_probe(bot_main, Path(probe_file))
+    if watch_file:
+        bot_main = with_watch_probe(bot_main, Path(watch_file))
+    try:  # what serve() does, with the probes beside the bot
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(with_lag_probe(main(settings, **options), Path(probe_file)))
+            asyncio.run(bot_main)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         sys.exit(exc.status)
@@ -80,6 +129,50 @@ async def with_lag_probe(bot_main: Awaitable[None], out: Path) -> None:
     finally:
         task.cancel()
         await asyncio.to_thread(out.write_text, json.dumps(samples))
+
+
+async def with_watch_probe(bot_main: Awaitable[None], out: Path) -> None:
+    """Run ``bot_main`` with the watch probe (see the module docstring)."""
+    samples: list[tuple[float, int, int, int, int]] = []
+
+    def found(kind: type) -> Any:
+        return next((o for o in gc.get_objects() if isinstance(o, kind)), None)
+
+    async def probe() -> None:
+        from bot.db import Database
+        from bot.jobs.queue import JobQueue
+        from cogs.delivery import DiscordFrontEnd
+
+        queue = front = db = None
+        while True:
+            await asyncio.sleep(WATCH_SAMPLE)
+            queue = queue or found(JobQueue)
+            front = front or found(DiscordFrontEnd)
+            db = db or found(Database)
+            samples.append(
+                (
+                    time.time(),
+                    rss_kb(),
+                    queue.watched() if queue is not None else -1,
+                    front.shown if front is not None else -1,
+                    db.round_trips.count if db is not None else -1,
+                )
+            )
+
+    task = asyncio.create_task(probe())
+    try:
+        await bot_main
+    finally:
+        task.cancel()
+        await asyncio.to_thread(out.write_text, json.dumps(samples))
+
+
+def rss_kb() -> int:
+    """This process's resident memory (VmRSS), in kB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
 
 
 def start_bot_process(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:

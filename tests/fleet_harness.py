@@ -4,6 +4,8 @@
 migrated schema on the PostgreSQL test server (``TEST_DATABASE_URL``); :meth:`Fleet.start`
 runs one ``python -m tests.bot_process`` (what ``python -m bot`` runs) per shard with
 ``SHARD_COUNT``/``SHARD_IDS``. Every process is killed and the schema dropped at the end.
+Processes run on short clocks (:mod:`tests.support.timings`) against a Discord emulator
+whose IDENTIFY window is shortened to match, unless ``fleet(..., timings=REAL_TIMINGS)``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from bot.db import Database, open_database
+from bot.timings import Timings
 from tests.bot_process import start_bot_process
-from tests.conftest import PG_URL, require_postgres
 from tests.emulators.discord import DiscordEmulator, Guild, Injected, Member
 from tests.emulators.onemin import OneMinEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, png
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.databases import PG_URL, drop_schema, require_postgres
+from tests.support.images import png
+from tests.support.timings import SHORT_TIMINGS, identify_window, timings_env
 
 SHARDS = 2
 START_TIMEOUT = 30.0  # seconds for a process to connect its shard
@@ -45,6 +48,7 @@ class Fleet:
     schema: str
     db: Database
     guilds: dict[int, Guild]
+    timings: Timings = SHORT_TIMINGS
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     owners: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     runs: dict[int, int] = field(default_factory=lambda: defaultdict(int))
@@ -62,6 +66,7 @@ class Fleet:
             "SHARD_COUNT": str(SHARDS),
             "SHARD_IDS": str(shard),
             "LOG_LEVEL": "INFO",
+            **timings_env(self.timings),
             **extra,
         }
 
@@ -165,7 +170,7 @@ class Fleet:
         """Until no job is queued or running and no credit is reserved."""
         deadline = time.monotonic() + timeout
         while await self.value(
-            "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running'))"
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('intake', 'queued', 'running'))"
             " + (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved')"
         ):
             if time.monotonic() > deadline:
@@ -197,7 +202,9 @@ class Fleet:
 
 
 @asynccontextmanager
-async def fleet(tmp_path: Path, *, max_concurrency: int = 2) -> AsyncIterator[Fleet]:
+async def fleet(
+    tmp_path: Path, *, max_concurrency: int = 2, timings: Timings = SHORT_TIMINGS
+) -> AsyncIterator[Fleet]:
     """Emulators with a guild on each shard, a fresh migrated schema; kills every process."""
     await require_postgres()
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -208,19 +215,16 @@ async def fleet(tmp_path: Path, *, max_concurrency: int = 2) -> AsyncIterator[Fl
             OneMinEmulator(api_key=ONEMIN_KEY) as o,
         ):
             d.max_concurrency = max_concurrency
+            d.identify_interval = identify_window(timings)
             guilds = {s: d.add_guild(f"Shard {s} Server", shard=(s, SHARDS)) for s in range(SHARDS)}
-            f = Fleet(d, o, tmp_path, schema, db, guilds)
+            f = Fleet(d, o, tmp_path, schema, db, guilds, timings)
             try:
                 yield f
             finally:
                 f.stop_all()
     finally:
         await db.close()
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
+        await drop_schema(schema)
 
 
 async def all_final(its: list[Injected], timeout: float = 40.0) -> list[dict[str, Any]]:

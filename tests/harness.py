@@ -2,7 +2,8 @@
 
 ``running_bot`` starts the Discord and 1min.ai emulators on 127.0.0.1, builds the bot with
 the same factory and services as ``python -m bot`` (settings pointing at the emulators, a
-temporary database and spool), waits until it is ready, and on exit stops everything and
+temporary database and spool, short clocks: :data:`tests.support.timings.SHORT_TIMINGS`
+unless the test passes ``timings=``), waits until it is ready, and on exit stops everything and
 checks the guards: nothing logged at ERROR, no call to an endpoint the emulator lacks, and
 the bot's client did not crash (discord.py lets an exception in its gateway loop end the
 client without logging anything).
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from PIL import Image
 
 from bot.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
 from bot.metrics_http import MetricsEndpoint
@@ -31,6 +30,7 @@ from bot.services import Services, open_services
 from bot.settings import Secret, Settings
 from tests.emulators.discord import DiscordEmulator, Injected, point_discord_at
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.timings import SHORT_TIMINGS
 
 # Distinctive, not token-shaped: tests assert they never leak.
 DISCORD_TOKEN = "e2e-discord-token-QX7w-never-shown"
@@ -144,18 +144,6 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> No
             await asyncio.sleep(0.01)
 
 
-def png(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (30, 140, 220)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, "PNG")
-    return out.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
 @asynccontextmanager
 async def running_bot(
     tmp_path: Path,
@@ -183,6 +171,7 @@ async def running_bot(
                 onemin_api_base=onemin_emu.base_url,
                 database_url=Secret(f"sqlite:///{tmp_path / 'data' / 'upscaler.db'}"),
                 spool_dir=tmp_path / "data" / "spool",
+                timings=SHORT_TIMINGS,
             )
             settings = dataclasses.replace(settings, **overrides)
             point_discord_at(discord_emu)

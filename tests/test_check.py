@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.check import EXIT_CHECK_FAILED, TEST_IMAGE
+from bot.check import EXIT_CHECK_FAILED
 from bot.db import load_migrations
+from bot.images import probe_png
 from bot.startup import EXIT_CONFIG
 from tests.bot_process import ROOT, Finished, closed_port, run_bot_process
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator
@@ -89,7 +90,7 @@ async def test_check_is_all_green_against_the_emulators(
     assert line(lines, "✔ Database") == f"✔ Database: SQLite {db}, schema version {latest}"
     assert line(lines, "✔ 1min.ai") == (
         f"✔ 1min.ai: {onemin_emu.base_url} reachable, API key accepted"
-        f" (test upload of {len(TEST_IMAGE)} bytes)"
+        f" (test upload of {len(probe_png())} bytes)"
     )
     assert run.stderr == ""
     assert onemin_emu.calls["upload"] == 1 and onemin_emu.calls["upscale"] == 0

@@ -11,10 +11,23 @@ from typing import Any
 
 import pytest
 
-from bot.circuit import CACHE_SECONDS, Circuit, CircuitEvent
+from bot.circuit import Circuit, CircuitEvent
 from bot.failures import FailureKind
 from bot.pacing import RateGate
-from tests.conftest import Databases
+from tests.harness import eventually
+from tests.support.databases import Databases
+
+CACHE = 0.05  # seconds a circuit reuses a read of the shared state, in these tests
+
+
+class Clock:
+    """Unix time that moves only when the test says (for probe intervals)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Probe:
@@ -50,27 +63,36 @@ async def test_a_due_probe_runs_once_across_processes_and_closes(databases: Data
     and announces the recovery once."""
     probes = [Probe(), Probe()]
     events: list[CircuitEvent] = []
-    circuits = [Circuit(await databases.open(), probe=p, probe_interval=0.05) for p in probes]
+    clock = Clock()
+    circuits = [
+        Circuit(
+            await databases.open(), probe=p, probe_interval=60, cache_seconds=CACHE, clock=clock
+        )
+        for p in probes
+    ]
     for circuit in circuits:
         circuit.subscribe(lambda e: _record(events, e))
     await circuits[0].trip(FailureKind.OUT_OF_CREDITS)
-    await asyncio.sleep(0.1)
+    clock.now += 60  # the probe is due
     await asyncio.gather(*(c.probe_if_due() for c in circuits))
     assert sum(len(p.calls) for p in probes) == 1
     assert next(p for p in probes if p.calls).calls == [FailureKind.OUT_OF_CREDITS]
     assert [e.opened for e in events] == [True, False]
-    await asyncio.sleep(CACHE_SECONDS)  # another process sees it within its cache time
+    await asyncio.sleep(CACHE)  # another process sees it within its cache time
     assert not (await circuits[1].state()).open
 
 
 async def test_a_failing_probe_keeps_the_circuit_open(databases: Databases) -> None:
     """A probe that is still refused leaves the circuit open and announces nothing."""
     events: list[CircuitEvent] = []
-    circuit = Circuit(await databases.open(), probe=Probe(succeed=False), probe_interval=0.01)
+    clock = Clock()
+    probe = Probe(succeed=False)
+    circuit = Circuit(await databases.open(), probe=probe, probe_interval=60, clock=clock)
     circuit.subscribe(lambda e: _record(events, e))
     await circuit.trip(FailureKind.UNAUTHORIZED)
-    await asyncio.sleep(0.05)
+    clock.now += 60  # the probe is due
     await circuit.probe_if_due()
+    assert probe.calls == [FailureKind.UNAUTHORIZED]
     assert (await circuit.state()).open
     assert [e.opened for e in events] == [True]
 
@@ -136,6 +158,6 @@ async def test_waiting_requests_hear_their_place_in_line(
     tasks = []
     for i in range(waiters):
         tasks.append(asyncio.create_task(ask(i)))
-        await asyncio.sleep(0.01)
+        await eventually(lambda i=i: bool(places[i]))  # in line (and told) before the next
     await asyncio.gather(*tasks)
     assert [p[0] for p in places.values()] == [1, 2, 3]

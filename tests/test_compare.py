@@ -12,6 +12,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from bot import compare
 from bot.compare import CompareCrops, CompareError, input_crop, render
+from tests.support.images import decode
 
 SEED = 20260802
 PATCH = (300, 180, 380, 260)  # the one textured region of the synthetic input (512x384)
@@ -21,12 +22,6 @@ def encode(im: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     buffer = io.BytesIO()
     im.save(buffer, fmt, **params)
     return buffer.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im
 
 
 def noise(size: tuple[int, int], mode: str = "RGB", seed: int = SEED) -> Image.Image:

@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from bot.copydb import CopyError, copy_database, main
 from bot.db import Database, open_database
 from bot.ledger import Ledger, Reservation
-from tests.conftest import PG_URL, require_postgres
+from tests.support.databases import PG_URL, drop_schema, require_postgres
 
 G, H, ALICE, BOB, MOD = 1, 2, 11, 12, 99
 ROLE = 501
@@ -27,20 +26,12 @@ def clock() -> datetime:
     return NOON
 
 
-async def drop(schema: str) -> None:
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
     await require_postgres()
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield name
-    await drop(name)
+    await drop_schema(name)
 
 
 async def populate(db: Database) -> None:
@@ -141,7 +132,7 @@ def cli_schema() -> Iterator[str]:
     asyncio.run(require_postgres())
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield name
-    asyncio.run(drop(name))
+    asyncio.run(drop_schema(name))
 
 
 def test_command_line_prints_one_line_per_table(

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bot.fleet import IdentifyGate, command_digest, identify_bucket, sync_once
-from tests.conftest import Databases
+from tests.support.databases import Databases
 
 
 async def test_identify_turns_in_one_bucket_are_spaced_across_processes(

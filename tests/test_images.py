@@ -18,6 +18,7 @@ from bot import images
 from bot.i18n import Text
 from bot.images import FittedImage, ImageLimits, ImageRejected, PreparedImage, fit
 from tests import imagecorpus as corpus
+from tests.support.images import decode
 
 MIB = 1024 * 1024
 DISCORD_LIMIT = 10 * MIB  # bytes, Discord's default attachment limit
@@ -41,12 +42,6 @@ def english(words: ImageRejected | Text | None) -> str:
     if words is None:
         return ""
     return words.render("en-US")
-
-
-def decode(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im
 
 
 def close_to(pixel: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 40) -> bool:

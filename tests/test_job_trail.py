@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from tests.bot_process import ROOT
-from tests.conftest import Databases
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.databases import Databases
 from tests.test_jobs import KEY, Rig, make_rig
 
 ENV_SECRETS = {"DISCORD_TOKEN": "cli-test-token", "ONEMIN_API_KEY": "cli-test-key"}

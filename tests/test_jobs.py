@@ -45,8 +45,9 @@ from bot.jobs.store import JobStore
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
 from bot.pacing import RateGate
-from tests.conftest import Databases, png
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.databases import Databases
+from tests.support.images import png
 
 KEY = "jobs-test-key"
 GUILD, CHANNEL, ALICE, BOB = 100, 200, 301, 302

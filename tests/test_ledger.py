@@ -30,7 +30,8 @@ from bot.ledger import (
     period_end,
     period_start,
 )
-from tests.conftest import Databases
+from bot.settings import Period
+from tests.support.databases import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99
 ROLE_A, ROLE_B = 501, 502
@@ -771,13 +772,13 @@ async def test_concurrent_budget_alert_claims_have_one_winner(
 # -- the owner's total budget ----------------------------------------------------------
 
 
-def total_ledger(db: Database, clock: Clock, budget: int = 7) -> Ledger:
+def total_ledger(db: Database, clock: Clock, budget: int = 7, period: Period = "monthly") -> Ledger:
     return Ledger(
         db,
         default_limit=100,
         default_period="daily",
         total_budget=budget,
-        total_budget_period="monthly",
+        total_budget_period=period,
         clock=clock,
     )
 
@@ -821,6 +822,22 @@ async def test_total_budget_resets_with_its_own_period(db: Database, clock: Cloc
     assert isinstance(await ledger.reserve(2, BOB, (), 1), Denial)
     clock.now = datetime(2026, 4, 1, tzinfo=UTC)
     assert isinstance(await ledger.reserve(2, BOB, (), 1), Reservation)
+
+
+async def test_total_budget_counts_what_a_process_without_it_reserved(
+    databases: Databases, clock: Clock
+) -> None:
+    """A process of the fleet that does not enforce TOTAL_BUDGET still counts towards it:
+    what it reserves (and refunds) is seen by a process that enforces the budget."""
+    first, second = await databases.open(), await databases.open()
+    capped = total_ledger(first, clock, budget=5)
+    uncapped = Ledger(second, default_limit=100, default_period="daily", clock=clock)
+    spent = [await uncapped.reserve(1, ALICE, (), 1) for _ in range(4)]
+    assert await capped.total_usage() == TotalUsage(4, 5, datetime(2026, 4, 1, tzinfo=UTC))
+    assert isinstance(await capped.reserve(2, BOB, (), 1), Reservation)
+    assert isinstance(await capped.reserve(2, BOB, (), 1), Denial)
+    await uncapped.refund(spent[0].id, "failed")  # type: ignore[union-attr]
+    assert isinstance(await capped.reserve(2, BOB, (), 1), Reservation)
 
 
 async def test_total_usage_is_none_without_a_cap(ledger: Ledger) -> None:

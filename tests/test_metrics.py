@@ -26,13 +26,13 @@ from bot.onemin import OneMinClient, ServiceUnavailable
 from bot.services import Services, open_services
 from bot.settings import Secret, Settings
 from tests.bot_process import closed_port
-from tests.conftest import png
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.images import png
 
 KEY = "metrics-test-key"
 JOB_ID = "5f0c0ffee0ddba11cafe5f0c0ffee0dd"  # distinctive: must never appear in a label
 
-# PRODUCT.md, "Operations": name -> (type, labels). The interface dashboards rely on.
+# docs/metrics.md: name -> (type, labels). The interface dashboards rely on.
 PRODUCT_TABLE = {
     "upscale_jobs": ("counter", {"outcome"}),
     "upscale_failures": ("counter", {"kind"}),
@@ -89,7 +89,7 @@ def observations(m: Metrics, stage: str) -> tuple[float, float]:
 
 
 def test_every_metric_of_the_product_table_has_its_type_and_labels() -> None:
-    """Names, types and label names exactly as PRODUCT.md's table says."""
+    """Names, types and label names exactly as the table of docs/metrics.md says."""
     m = Metrics()
     m.set_gateway({0: ShardStatus(True, 0.04)})
     m.onemin_request("assets", 200)

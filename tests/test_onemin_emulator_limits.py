@@ -7,24 +7,17 @@ flight, the refused key and the empty account, and the async variant with result
 from __future__ import annotations
 
 import asyncio
-import io
-import time
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from PIL import Image
 
 from tests.emulators.onemin import OneMinEmulator
+from tests.support.images import png
 
 KEY = "limits-test-key"
-
-
-def png(size: tuple[int, int] = (40, 40)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (10, 120, 200)).save(out, "PNG")
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -43,7 +36,7 @@ async def upload(
     http: aiohttp.ClientSession, emu: OneMinEmulator, key: str = KEY
 ) -> tuple[int, dict[str, str], Any]:
     form = aiohttp.FormData()
-    form.add_field("asset", png(), filename="a.png", content_type="image/png")
+    form.add_field("asset", png((40, 40)), filename="a.png", content_type="image/png")
     async with http.post(f"{emu.base_url}/api/assets", data=form, headers={"API-KEY": key}) as r:
         return r.status, dict(r.headers), await r.json(content_type=None)
 
@@ -152,15 +145,86 @@ async def test_turning_the_limit_off_admits_everything(
 async def test_the_most_features_in_flight_is_recorded(
     emu: OneMinEmulator, http: aiohttp.ClientSession
 ) -> None:
-    """Four concurrent feature calls with a 0.3 s latency: four in flight at most, then 0."""
+    """Four concurrent feature calls held together: four in flight at most, then 0."""
+    path = await asset_path(http, emu)
+    hold = emu.hold("upscale")
+    calls = asyncio.gather(*(feature(http, emu, path) for _ in range(4)))
+    await hold.reached(4)  # processed together, not one by one
+    assert emu.features_in_flight == 4
+    hold.release()
+    assert [status for status, _ in await calls] == [200] * 4
+    assert emu.max_features_in_flight == 4 and emu.features_in_flight == 0
+
+
+def test_feature_latency_is_the_upscale_delay() -> None:
+    """feature_latency is another name for upscale_delay (both ways)."""
+    emu = OneMinEmulator(KEY)
     emu.feature_latency = 0.3
     assert emu.upscale_delay == 0.3
+    emu.upscale_delay = 0.1
+    assert emu.feature_latency == 0.1
+
+
+async def test_a_held_upscale_stays_in_flight_until_released(
+    emu: OneMinEmulator, http: aiohttp.ClientSession
+) -> None:
+    """hold("upscale"): the call waits, credits held and nothing upscaled, until the test
+    releases it; then it succeeds, and later calls pass straight through."""
     path = await asset_path(http, emu)
-    started = time.monotonic()
-    results = await asyncio.gather(*(feature(http, emu, path) for _ in range(4)))
-    assert [status for status, _ in results] == [200] * 4
-    assert time.monotonic() - started < 1.0  # processed together, not one by one
-    assert emu.max_features_in_flight == 4 and emu.features_in_flight == 0
+    hold = emu.hold("upscale")
+    call = asyncio.create_task(feature(http, emu, path))
+    await hold.reached()
+    assert emu.features_in_flight == 1 and emu.upscales == 0 and not call.done()
+    assert emu.credits_left == emu.credit_limit - emu.upscale_cost
+    hold.release()
+    assert (await call)[0] == 200
+    assert (await feature(http, emu, path))[0] == 200
+    assert emu.upscales == 2 and hold.arrived == 2 and hold.waiting == 0
+
+
+async def test_a_held_upload_is_stored_only_once_released(
+    emu: OneMinEmulator, http: aiohttp.ClientSession
+) -> None:
+    """hold("upload"): the file arrived but is not stored or answered until released."""
+    hold = emu.hold("upload")
+    call = asyncio.create_task(upload(http, emu))
+    await hold.reached()
+    assert emu.assets == [] and not call.done()
+    hold.release()
+    assert (await call)[0] == 200
+    assert len(emu.assets) == 1
+
+
+async def test_stopping_the_emulator_ends_a_held_call(http: aiohttp.ClientSession) -> None:
+    """A call still held when the emulator stops ends instead of hanging the test."""
+    emu = OneMinEmulator(KEY)
+    await emu.start()
+    hold = emu.hold("upload")
+    call = asyncio.create_task(upload(http, emu))
+    await hold.reached()
+    await emu.stop()
+    with contextlib.suppress(aiohttp.ClientError):  # closed under it: ended all the same
+        await call
+    assert call.done()
+
+
+async def test_a_hold_with_times_holds_only_that_many_calls(
+    emu: OneMinEmulator, http: aiohttp.ClientSession
+) -> None:
+    """hold(route, times=1): the first call waits for the release; the next goes through."""
+    hold = emu.hold("upload", times=1)
+    first = asyncio.create_task(upload(http, emu))
+    await hold.reached()
+    assert (await upload(http, emu))[0] == 200
+    assert not first.done() and hold.arrived == 1
+    hold.release()
+    assert (await first)[0] == 200
+
+
+def test_holding_an_unknown_route_is_refused() -> None:
+    """hold() names one of the emulator's routes."""
+    with pytest.raises(ValueError, match="unknown route"):
+        OneMinEmulator(KEY).hold("features")
 
 
 async def test_sequential_features_never_overlap(

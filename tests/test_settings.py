@@ -21,7 +21,7 @@ def env(**overrides: str) -> dict[str, str]:
 
 
 def test_defaults_match_the_product_table() -> None:
-    """Only the two secrets set: every other value is PRODUCT.md's default."""
+    """Only the two secrets set: every other value is the README's documented default."""
     s = load_settings(env())
     assert s.onemin_api_base == "https://api.1min.ai"
     assert s.database_path == Path("data/upscaler.db")

@@ -35,6 +35,7 @@ from tests.bot_process import ROOT, Finished, closed_port, run_bot_process, star
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.timings import SHORT_TIMINGS, timings_env
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # bot.logs.LOG_FORMAT
 VOICE_WARNING = "voice will NOT be supported"
@@ -52,7 +53,9 @@ def the_one_line(run: Finished) -> str:
 
 
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """Settings for a bot process; Discord and 1min.ai point at closed ports by default."""
+    """Settings for a bot process on short clocks (first retry after 0.3 s, not 1 s; a
+    0.3 s retry budget unless a test sets one); Discord and 1min.ai point at closed ports
+    by default."""
     dead = f"http://127.0.0.1:{closed_port()}"
     return {
         "DISCORD_TOKEN": DISCORD_TOKEN,
@@ -62,7 +65,8 @@ def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "DISCORD_API_BASE": f"{dead}/api/v10",
         "DISCORD_GATEWAY_URL": f"ws://{dead.removeprefix('http://')}/gateway",
         "LOG_LEVEL": "INFO",
-        "STARTUP_RETRY_SECONDS": "1",
+        "STARTUP_RETRY_SECONDS": "0.3",
+        **timings_env(),
         **extra,
     }
 
@@ -107,18 +111,21 @@ async def test_a_rejected_token_prints_one_line_and_exits_3(
 async def test_an_unreachable_discord_is_retried_with_backoff_then_exits_4(
     tmp_path: Path,
 ) -> None:
-    """A closed port: one log line per try for the retry time, then one line and status 4."""
-    env = base_env(tmp_path, ONEMIN_API_BASE="http://127.0.0.1:1", STARTUP_RETRY_SECONDS="3")
+    """A closed port: one log line per try for the retry time, then one line and status 4.
+
+    On short clocks: the first wait is 0.3 s (1 s for owners), doubling, within 0.9 s."""
+    assert SHORT_TIMINGS.startup_first_retry == 0.3
+    env = base_env(tmp_path, ONEMIN_API_BASE="http://127.0.0.1:1", STARTUP_RETRY_SECONDS="0.9")
     run = await run_bot_process(env)
     assert run.status == EXIT_DISCORD_UNREACHABLE
     line = the_one_line(run)
     assert line.startswith("Cannot start: cannot reach Discord at 127.0.0.1:")
-    assert "connection refused" in line and "after 3 tries in 3 s" in line
+    assert "connection refused" in line and "after 3 tries in 1 s" in line
     tries = re.findall(r"Connecting to Discord \(127\.0\.0\.1:\d+\): try (\d) failed", run.stderr)
-    assert tries == ["1", "2"]  # waits of 1 s then 2 s (the rest of the 3 s), then give up
-    assert "trying again in 1.0 s" in run.stderr
-    assert re.search(r"try 2 failed .*trying again in (1\.[5-9]|2\.0) s", run.stderr)
-    assert 3.0 <= run.seconds < 20.0
+    assert tries == ["1", "2"]  # waits of 0.3 s then 0.6 s (the rest of the 0.9 s), then give up
+    assert "trying again in 0.3 s" in run.stderr
+    assert re.search(r"try 2 failed .*trying again in 0\.[4-6] s", run.stderr)
+    assert 0.9 <= run.seconds < 20.0
 
 
 @pytest.mark.parametrize(
@@ -288,6 +295,30 @@ async def test_retrying_raises_a_non_network_error_at_once() -> None:
     with pytest.raises(ValueError):
         await startup.retrying("Reaching it", attempt, startup.network_reason, RetryPolicy())
     assert calls == 1
+
+
+async def test_retrying_waits_double_from_the_first_delay_up_to_the_longest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waits between tries: first_delay, doubling, never above max_delay (no jitter)."""
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", record)
+    failures = 5
+
+    async def attempt() -> str:
+        nonlocal failures
+        failures -= 1
+        if failures >= 0:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "up"
+
+    policy = RetryPolicy(budget=3600.0, first_delay=1.0, max_delay=5.0)
+    assert await startup.retrying("Reaching it", attempt, startup.network_reason, policy) == "up"
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_the_retry_time_defaults_to_a_minute_and_rejects_nonsense() -> None:

@@ -13,6 +13,7 @@ catalogue key with named parameters (:class:`bot.i18n.Text`, keys ``image.*``,
   the upscaler accepts, or raises :class:`ImageRejected`.
 * :mod:`bot.images.fit`: :func:`fit_to_limit` makes a result fit an upload limit.
 * :mod:`bot.images.model`: the limits, the refusal, the records, size formatting.
+* :mod:`bot.images.probe`: :func:`probe_png`, the test image 1min.ai is checked with.
 
 ``from bot import images`` gives all of the public names below.
 """
@@ -43,6 +44,7 @@ from bot.images.model import (
     human_bytes,
 )
 from bot.images.prepare import prepare_input
+from bot.images.probe import PROBE_SIDE, probe_png
 from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, UPLOAD_FORMATS, sniff
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "EXTENSIONS",
     "HEAD_BYTES",
     "NOT_IMAGE",
+    "PROBE_SIDE",
     "RESULT_BOMB_PIXELS",
     "TOO_LARGE",
     "TOO_SMALL",
@@ -73,5 +76,6 @@ __all__ = [
     "fit_to_limit",
     "human_bytes",
     "prepare_input",
+    "probe_png",
     "sniff",
 ]

@@ -1,6 +1,6 @@
 """Validating an untrusted upload and turning it into something the upscaler accepts.
 
-``ONEMIN_API.md`` section 5: png/jpeg/webp, 32-1,536 px a side, at most about one
+``docs/onemin-api.md``, "Input limits": png/jpeg/webp, 32-1,536 px a side, at most about one
 megapixel, aspect ratio 1:2.5 to 2.5:1. The format is sniffed from the content,
 dimensions are read from the header before anything is decoded, and decompression bombs
 are refused unopened. Refusals are :class:`ImageRejected` with an ``image.*`` key; what

@@ -57,13 +57,12 @@ from bot.jobs.model import (
 from bot.jobs.queue import JobQueue, instance_name
 from bot.jobs.recovery import COMPARE_RETENTION_DAYS
 from bot.jobs.runner import CLAIM_AHEAD, RESULT_MAX_BYTES
-from bot.jobs.store import HOT_STATEMENTS, JobStore, TrailEvent
+from bot.jobs.store import JobStore, TrailEvent
 
 __all__ = [
     "CANCELLABLE_STAGES",
     "CLAIM_AHEAD",
     "COMPARE_RETENTION_DAYS",
-    "HOT_STATEMENTS",
     "INTAKE_CONCURRENCY",
     "PREPARE_CONCURRENCY",
     "RESULT_MAX_BYTES",

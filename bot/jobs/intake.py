@@ -200,7 +200,10 @@ class Intake:
             notes=prepared.notes,
             input_bytes=len(prepared.data),
         )
-        stored = await self._store.taken_in(job, info, prepared.data)
+        async with self._db.transaction(urgent=True) as tx:
+            stored = await self._store.taken_in(tx, job, info, prepared.data)
+            if stored:
+                await self._signals.send(Signal.QUEUED, tx=tx)
         del prepared
         if not stored:
             log.info("Job %s was cancelled or taken over during its intake", job.id)
@@ -210,7 +213,6 @@ class Intake:
         job.stage = Stage.QUEUED
         self._reporter.stage(job, Stage.QUEUED, f"{info.size[0]}x{info.size[1]} {info.format}")
         self._positions.watch(job)
-        await self._signals.send(Signal.QUEUED)
         await self._positions.refresh()
         return True
 

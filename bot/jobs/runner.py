@@ -4,8 +4,9 @@ Claims. The dispatcher takes the oldest waiting job (or one whose lease ran out)
 the fleet works on fewer than ``max_concurrent * CLAIM_AHEAD`` jobs, under a fleet-wide
 lock; it also takes in again an intake whose process died. It sleeps until woken (a job
 queued, a slot freed, a job ended, the circuit changed: :mod:`bot.signals`) and looks
-again on its own only every :data:`bot.signals.FALLBACK_POLL` seconds, with one cheap
-read, so an idle process costs almost nothing.
+again on its own only every ``poll_interval`` seconds (:data:`bot.timings.FALLBACK_POLL`),
+with one cheap read, so an idle process costs almost nothing. A job waiting for a slot
+likewise sleeps until one is freed anywhere, looking again every ``poll_interval``.
 
 Leases. A process runs a job under a lease it renews every third of the lease; when a
 process dies, another takes its jobs over once their leases run out.
@@ -60,8 +61,9 @@ from bot.jobs.settlement import Settlement
 from bot.jobs.store import JobStore
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
-from bot.retry import Backoff
-from bot.signals import FALLBACK_POLL, Signal, Signals
+from bot.retry import Backoff, retry
+from bot.signals import Signal, Signals
+from bot.timings import RATE_BACKOFF_BASE, RATE_BACKOFF_CAP
 from bot.workers import ImageWorkers, ResultUnusable
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ SLOT_LOCK = "jobs:slot"
 # upscaling), up to K more are claimed and wait for a slot with their input loaded, and
 # downloads and deliveries overlap the next uploads and upscales. Bounds memory.
 CLAIM_AHEAD = 2
-RATE_BACKOFF = Backoff(base=2.0, cap=60.0)  # waits after 429s without Retry-After
+# Waits after 429s without Retry-After.
+RATE_BACKOFF = Backoff(base=RATE_BACKOFF_BASE, cap=RATE_BACKOFF_CAP)
 
 _T = TypeVar("_T")
 
@@ -214,19 +217,22 @@ class Runner:
                         await self._on_poll()
 
     async def _claim_round(self) -> bool:
-        """Claim and start what this process can now; True when it started something."""
+        """Claim and start what this process can now; True when it started something.
+
+        One cheap read first says whether a claim's transaction is worth making (most
+        wake-ups in a busy fleet are about jobs other processes hold).
+        """
         if not self._claims or await self._service_refusing():
             return False
         now = time.time()
-        if not await self._store.anything_to_claim(now):
-            return False
+        jobs, intakes = await self._store.anything_to_claim(now)
         started = False
-        if len(self._intakes) < INTAKE_CONCURRENCY:
+        if intakes and len(self._intakes) < INTAKE_CONCURRENCY:
             intake = await self._claim_intake(now)
             if intake is not None:
                 self._start_intake(intake)
                 started = True
-        if len(self._running) < self.max_concurrent * CLAIM_AHEAD:
+        if jobs and len(self._running) < self.max_concurrent * CLAIM_AHEAD:
             job = await self._claim(now)
             if job is not None:
                 self._start(job)
@@ -499,24 +505,22 @@ class Runner:
                 told = True
                 self._reporter.progress(job, Progress(Stage.WAITING))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), FALLBACK_POLL)
+                await asyncio.wait_for(self._slot_freed.wait(), self.poll_interval)
         self._entered(job, stage)
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
         deadline = time.monotonic() + self.busy_timeout
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except RateLimited as err:
-                attempt += 1
-                delay = err.retry_after or self._rate_backoff.delay(attempt)
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
-                self._reporter.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
-                await asyncio.sleep(delay)
+
+        def wait(err: RateLimited, attempt: int) -> float | None:
+            delay = err.retry_after or self._rate_backoff.delay(attempt)
+            if time.monotonic() + delay > deadline:
+                return None
+            log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
+            self._reporter.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
+            return delay
+
+        return await retry(call, RateLimited, wait)
 
     async def _advance(
         self,

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bot import compare
-from bot.db import Database, Row, Transaction, ts, utc_now
+from bot.db import Database, HotStatement, Row, Transaction, ts, utc_now
 from bot.failures import FailureKind
 from bot.jobs.model import (
     CANCELLABLE_STAGES,
@@ -61,9 +60,9 @@ NEXT_LAPSED_INTAKE = (
 ANYTHING_TO_CLAIM = (
     "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1) q)"
     " + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'running'"
-    " AND lease_expires <= ? LIMIT 1) r)"
-    " + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'intake'"
-    " AND lease_expires <= ? LIMIT 1) i) AS n"
+    " AND lease_expires <= ? LIMIT 1) r) AS jobs,"
+    " (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'intake'"
+    " AND lease_expires <= ? LIMIT 1) i) AS intakes"
 )
 CLAIM = (
     "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
@@ -172,16 +171,6 @@ PURGE_CROPS = (
     "DELETE FROM compare_crops WHERE job_id IN (SELECT job_id FROM compare_crops"
     " WHERE created_at < ? ORDER BY created_at LIMIT ?)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class HotStatement:
-    """A statement that runs per job, per poll or per command, with example parameters
-    for planning it: it must read through an index at any size of history."""
-
-    name: str
-    sql: str
-    params: Sequence[Any]
 
 
 _NOW = 1_700_000_000.0
@@ -310,28 +299,29 @@ class JobStore:
             ),
         )
 
-    async def taken_in(self, job: Job, prepared: PreparedInfo, data: bytes) -> bool:
+    async def taken_in(
+        self, tx: Transaction, job: Job, prepared: PreparedInfo, data: bytes
+    ) -> bool:
         """Store the prepared input and put the job in line; False if no longer ours."""
-        async with self.db.transaction(urgent=True) as tx:
-            changed = await tx.execute(
-                TAKEN_IN,
-                (
-                    prepared.source_format,
-                    prepared.format,
-                    prepared.input_bytes,
-                    prepared.size[0],
-                    prepared.size[1],
-                    prepared.original_size[0],
-                    prepared.original_size[1],
-                    json.dumps(list(prepared.notes)),
-                    self.line(Stage.QUEUED),
-                    job.id,
-                    self.owner,
-                ),
-            )
-            if not changed:
-                return False
-            await tx.execute(INSERT_INPUT, (job.id, data))
+        changed = await tx.execute(
+            TAKEN_IN,
+            (
+                prepared.source_format,
+                prepared.format,
+                prepared.input_bytes,
+                prepared.size[0],
+                prepared.size[1],
+                prepared.original_size[0],
+                prepared.original_size[1],
+                json.dumps(list(prepared.notes)),
+                self.line(Stage.QUEUED),
+                job.id,
+                self.owner,
+            ),
+        )
+        if not changed:
+            return False
+        await tx.execute(INSERT_INPUT, (job.id, data))
         return True
 
     async def read_input(self, job_id: str) -> bytes | None:
@@ -340,9 +330,12 @@ class JobStore:
 
     # -- claims ------------------------------------------------------------------------
 
-    async def anything_to_claim(self, now: float) -> bool:
+    async def anything_to_claim(self, now: float) -> tuple[bool, bool]:
+        """(a job waits or lapsed, an intake lapsed): is a claim worth its transaction?"""
         row = await self.db.fetchone(ANYTHING_TO_CLAIM, (now, now))
-        return _n(row) > 0
+        if row is None:
+            return False, False
+        return int(row["jobs"]) > 0, int(row["intakes"]) > 0
 
     async def live_leases(self, tx: Transaction, now: float) -> int:
         return _n(await tx.fetchone(LIVE_LEASES, (now,)))

@@ -9,14 +9,14 @@ UPDATE jobs SET finished_at = replace(substr(finished_at, 1, 23), 'T', ' ') || '
  WHERE finished_at LIKE '____-__-__T__:__:__.___+00:00';
 
 -- "/quota log": the channel a guild's quota changes and budget alerts are posted to.
-ALTER TABLE guild_settings ADD COLUMN log_channel_id INTEGER;
+ALTER TABLE guild_settings ADD COLUMN log_channel_id BIGINT;
 
 -- Budget alerts (80 %, 100 % of the server budget) claimed once per guild, period and
 -- threshold, whichever process sees the threshold crossed first.
 CREATE TABLE budget_alerts (
-    guild_id        INTEGER NOT NULL,
+    guild_id        BIGINT  NOT NULL,
     period_start    TEXT    NOT NULL,
-    threshold       INTEGER NOT NULL CHECK (threshold > 0),
+    threshold       BIGINT  NOT NULL CHECK (threshold > 0),
     created_at      TEXT    NOT NULL,
     PRIMARY KEY (guild_id, period_start, threshold)
 );

@@ -5,7 +5,7 @@
 -- holds the earliest Unix time the bucket's next IDENTIFY may be sent; a process takes
 -- its turn under a lock on the bucket and moves the time on.
 CREATE TABLE identify_slots (
-    bucket          INTEGER NOT NULL PRIMARY KEY,
+    bucket          BIGINT  NOT NULL PRIMARY KEY,
     not_before      DOUBLE PRECISION NOT NULL
 );
 

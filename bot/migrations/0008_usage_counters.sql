@@ -8,15 +8,15 @@
 -- only under the guild's lock: reservations add, refunds subtract, resets recompute.
 
 CREATE TABLE member_usage (
-    guild_id        INTEGER NOT NULL,
-    member_id       INTEGER NOT NULL,
+    guild_id        BIGINT  NOT NULL,
+    member_id       BIGINT  NOT NULL,
     since           TEXT    NOT NULL,
-    used            INTEGER NOT NULL,
+    used            BIGINT  NOT NULL,
     PRIMARY KEY (guild_id, member_id)
 );
 
 CREATE TABLE guild_usage (
-    guild_id        INTEGER NOT NULL PRIMARY KEY,
+    guild_id        BIGINT  NOT NULL PRIMARY KEY,
     since           TEXT    NOT NULL,
-    used            INTEGER NOT NULL
+    used            BIGINT  NOT NULL
 );

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.emulators.discord import Injected, find_button
-from tests.harness import Harness, png, running_bot
+from tests.emulators.hold import Hold
+from tests.harness import Harness, running_bot
+from tests.support.images import png
 
 
 def shown(h: Harness, it: Injected) -> str:
@@ -27,14 +29,15 @@ def has_cancel(it: Injected) -> bool:
     )
 
 
-async def waiting_job(h: Harness) -> tuple[Injected, Injected]:
-    """One job upscaling slowly (the only slot) and a second one of alice's waiting."""
-    h.onemin.upscale_delay = 3.0
+async def waiting_job(h: Harness) -> tuple[Injected, Injected, Hold]:
+    """One job held while upscaling (the only slot) and a second one of alice's waiting;
+    releasing the hold lets the first finish."""
+    upscale = h.onemin.hold("upscale")
     running = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
-    await h.discord.wait_until(lambda: h.onemin.calls["upscale"] == 1)
+    await upscale.reached()
     queued = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "b.png")})
     await queued.wait(has_cancel)
-    return running, queued
+    return running, queued, upscale
 
 
 async def press_cancel(h: Harness, it: Injected, member: Any = None) -> Injected:
@@ -49,9 +52,10 @@ async def test_requester_cancels_a_queued_job_and_is_refunded(tmp_path: Path) ->
     """Cancel on a waiting job: the reply says cancelled, the credit comes back, and
     1min.ai never sees the image."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        running, queued = await waiting_job(h)
+        running, queued, upscale = await waiting_job(h)
         await press_cancel(h, queued)
         await h.discord.wait_until(lambda: "Cancelled" in shown(h, queued))
+        upscale.release()
         await running.final(timeout=20)
         assert await h.balance(h.discord.alice.user.id) == (1, 0)
         assert h.onemin.calls["upload"] == 1
@@ -60,9 +64,10 @@ async def test_requester_cancels_a_queued_job_and_is_refunded(tmp_path: Path) ->
 async def test_moderator_can_cancel_a_members_job(tmp_path: Path) -> None:
     """A moderator pressing Cancel on someone's waiting job cancels and refunds it."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        running, queued = await waiting_job(h)
+        running, queued, upscale = await waiting_job(h)
         await press_cancel(h, queued, member=h.discord.moderator)
         await h.discord.wait_until(lambda: "Cancelled" in shown(h, queued))
+        upscale.release()
         await running.final(timeout=20)
         assert await h.balance(h.discord.alice.user.id) == (1, 0)
 
@@ -70,10 +75,11 @@ async def test_moderator_can_cancel_a_members_job(tmp_path: Path) -> None:
 async def test_another_member_cannot_cancel(tmp_path: Path) -> None:
     """Another member pressing Cancel is told no; the job goes on and is delivered."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        _, queued = await waiting_job(h)
+        _, queued, upscale = await waiting_job(h)
         click = await press_cancel(h, queued, member=h.discord.bob)
         reply = await click.final()
         assert "Only the member" in reply["content"]
+        upscale.release()
         final = await queued.final(timeout=20)
         assert final.get("attachments")
         assert await h.balance(h.discord.alice.user.id) == (2, 0)
@@ -82,18 +88,20 @@ async def test_another_member_cannot_cancel(tmp_path: Path) -> None:
 async def test_cancel_after_the_upscale_started_is_too_late(tmp_path: Path) -> None:
     """Pressed once the image is with the upscaler, Cancel says it is too late."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        h.onemin.upscale_delay = 3.0
-        h.onemin.fail("upload", "latency", seconds=2.0)
+        upload = h.onemin.hold("upload")
+        upscale = h.onemin.hold("upscale")
         it = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
         await it.wait(has_cancel)  # shown while queued or uploading
         assert it.original is not None
         # The member's client still shows the button it had while the job was uploading.
         stale = {**it.original, "id": "1"}
-        await h.discord.wait_until(lambda: h.onemin.calls["upscale"] == 1)
+        upload.release()
+        await upscale.reached()
         button = find_button(stale, is_cancel)
         click = await h.discord.click(stale, button["custom_id"])
         reply = await click.final()
         assert "Too late" in reply["content"]
+        upscale.release()
         final = await it.final(timeout=20)
         assert final.get("attachments")
         assert await h.balance(h.discord.alice.user.id) == (1, 0)

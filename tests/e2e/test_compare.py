@@ -12,7 +12,8 @@ from PIL import Image, ImageChops
 from bot.compare import GUTTER
 from bot.i18n import t
 from tests.emulators.discord import find_button
-from tests.harness import decode, running_bot
+from tests.harness import running_bot
+from tests.support.images import decode
 
 
 def textured_png(size: tuple[int, int] = (400, 300), seed: int = 7) -> bytes:

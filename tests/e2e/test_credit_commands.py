@@ -8,7 +8,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Harness, png, running_bot
+from tests.harness import Harness, running_bot
+from tests.support.images import png
 
 EPHEMERAL = 64
 

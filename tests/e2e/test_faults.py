@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, decode, png, running_bot
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, running_bot
+from tests.support.images import decode, png
 
 # The deferred reply, edited through the interaction webhook (by id or as @original).
 WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+$"
@@ -15,11 +16,12 @@ async def test_gateway_reconnect_mid_job_still_delivers_once(tmp_path: Path) -> 
     """The gateway asks the bot to reconnect while a job is upscaling: the bot resumes,
     the result is delivered once and charged once."""
     async with running_bot(tmp_path) as h:
-        h.onemin.upscale_delay = 1.0
+        upscale = h.onemin.hold("upscale")
         it = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
-        await it.acked()
+        await upscale.reached()
         await h.discord.force_reconnect()
         await h.discord.wait_connected()
+        upscale.release()
         final = await it.final()
         assert decode(it.file(final)[1]).size == (256, 192)
         assert h.discord.resumes >= 1

@@ -10,7 +10,9 @@ any job.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from tests.emulators.discord import Injected
 from tests.fleet_harness import (
     COMMANDS_PUT,
     SHARDS,
@@ -25,14 +27,16 @@ from tests.fleet_harness import (
 
 
 async def test_two_processes_starting_together_identify_in_turns(tmp_path: Path) -> None:
-    """With max_concurrency 1, two processes started at once identify 5 s apart: Discord
-    refuses no IDENTIFY, and each process holds only its own shard."""
+    """With max_concurrency 1, two processes started at once identify at least Discord's
+    IDENTIFY window apart (5 s; the emulator's shortened one here, with the bot's spacing
+    shortened to match): Discord refuses no IDENTIFY, and each process holds only its own
+    shard."""
     async with fleet(tmp_path, max_concurrency=1) as f:
         await f.start()
         ready = [a for a in f.discord.identify_log if a.outcome == "ready"]
         assert sorted(a.shard_id for a in ready) == [0, 1]
         assert f.discord.identify_refusals == 0
-        assert abs(ready[1].at - ready[0].at) >= 5.0
+        assert abs(ready[1].at - ready[0].at) >= f.discord.identify_interval
         assert f.discord.connected_shards() == [0, 1]
         assert sorted(g.id for g in f.discord.guilds_on(0, SHARDS)) == sorted(
             g.id for g in f.discord.guilds if (g.id >> 22) % SHARDS == 0
@@ -83,12 +87,12 @@ async def test_the_fleet_never_has_more_than_k_upscales_in_flight(tmp_path: Path
 
 
 async def test_the_fleet_stays_under_the_1min_rate_limit_together(tmp_path: Path) -> None:
-    """1min.ai allows 6 calls per 4 s window; with ONEMIN_REQUESTS_PER_MINUTE=6 over the
+    """1min.ai allows 6 calls per 2 s window; with ONEMIN_REQUESTS_PER_MINUTE=6 over the
     same window, two busy processes together never go over it and get no 429."""
     async with fleet(tmp_path) as f:
-        f.onemin.rate_limit(6, 4.0)
+        f.onemin.rate_limit(6, 2.0)
         await f.start(
-            MAX_CONCURRENT_JOBS="4", ONEMIN_REQUESTS_PER_MINUTE="6", ONEMIN_RATE_WINDOW="4"
+            MAX_CONCURRENT_JOBS="4", ONEMIN_REQUESTS_PER_MINUTE="6", ONEMIN_RATE_WINDOW="2"
         )
         its = await f.burst(4)
         assert delivered(await all_final(its, timeout=60)) == 8
@@ -125,7 +129,7 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
     that guild."""
     async with fleet(tmp_path) as f:
         await f.start(0, MAX_CONCURRENT_JOBS="1")
-        f.onemin.fail("upload", "latency", times=2, seconds=4.0)
+        upload = f.onemin.hold("upload", times=1)  # the first job's, until the third is done
         alice, carol, bob = f.members(0, 3)
         async with f.watching_owners():
             first = await f.upscale(0, alice)
@@ -144,6 +148,7 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
             third = await f.upscale(0, bob)
             final = await third.final(timeout=20)
             assert final.get("attachments")
+            upload.release()
             await first.final(timeout=20)
             await ahead.final(timeout=20)
         jobs = [r["id"] for r in await f.db.fetchall("SELECT id FROM jobs ORDER BY created_at")]
@@ -162,7 +167,7 @@ async def test_kill_9_of_one_process_mid_burst_the_other_finishes_every_job(
     once, through the original replies, and charged once."""
     async with fleet(tmp_path) as f:
         await f.start(MAX_CONCURRENT_JOBS="2", JOB_LEASE_SECONDS="3")
-        f.onemin.upscale_delay = 1.0
+        upscale = f.onemin.hold("upscale")  # until the kill
         async with f.watching_owners():
             its = await f.burst(4)
             for it in its:
@@ -182,6 +187,7 @@ async def test_kill_9_of_one_process_mid_burst_the_other_finishes_every_job(
             )
             victim = int(str(owner).rsplit(":", 1)[0].rsplit("/", 1)[1])
             f.kill(victim)
+            upscale.release()
             finals = await all_final(its, timeout=40)
         assert delivered(finals) == 8
         await f.settled()
@@ -200,7 +206,7 @@ async def test_a_restarted_process_takes_its_shard_back_without_disturbing_the_o
     back, serves its guild again, and process 1's jobs are neither released nor run twice."""
     async with fleet(tmp_path) as f:
         await f.start(MAX_CONCURRENT_JOBS="2", JOB_LEASE_SECONDS="3")
-        f.onemin.upscale_delay = 3.0  # still running while process 0 starts and recovers
+        upscale = f.onemin.hold("upscale")  # running while process 0 starts and recovers
         f.kill(0)
         async with f.watching_owners():
             its = [await f.upscale(1, m) for m in f.members(1, 2)]
@@ -213,6 +219,7 @@ async def test_a_restarted_process_takes_its_shard_back_without_disturbing_the_o
             )
             await f.start(0, MAX_CONCURRENT_JOBS="2", JOB_LEASE_SECONDS="3")
             assert f.discord.connected_shards() == [0, 1]
+            upscale.release()
             again = await f.upscale(0, f.members(0, 1)[0])
             assert (await again.final(timeout=20)).get("attachments")
             assert delivered(await all_final(its)) == 2
@@ -226,3 +233,38 @@ async def test_a_restarted_process_takes_its_shard_back_without_disturbing_the_o
         assert all(f.ran_on(job) == {"1"} for job in ones)
         assert await f.value("SELECT MAX(claims) FROM jobs") == 1
         assert f.onemin.upscales == 3
+
+
+# -- one message owner at a time -------------------------------------------------------------
+
+
+def edited_after_result(it: Injected) -> list[dict[str, Any]]:
+    """Versions of the member's reply that came after a version with the result's image."""
+    first = next((n for n, e in enumerate(it.edits) if e.get("attachments")), None)
+    return [] if first is None else it.edits[first + 1 :]
+
+
+async def test_a_result_delivered_by_another_process_is_never_edited_afterwards(
+    tmp_path: Path,
+) -> None:
+    """Process 0 takes every command and shows places in line but runs nothing; process 1
+    runs and delivers every job, each faster than the progress throttle (0.5 s), so
+    process 0's throttled "queued" edits collide with deliveries (without the fix this
+    overwrote results within a run). No reply is edited after its result was posted:
+    process 0 stops showing a job once it is claimed elsewhere, and a late edit is
+    dropped."""
+    async with fleet(tmp_path) as f:
+        fast = {
+            "PROGRESS_INTERVAL": "0.5",
+            "FIRST_PROGRESS_DELAY": "0",
+            "MAX_CONCURRENT_JOBS": "2",
+        }
+        await f.start(0, RUN_JOBS="0", **fast)
+        await f.start(1, **fast)
+        its = [await f.upscale(0, member) for member in f.members(0, 30)]
+        finals = await all_final(its, timeout=90)
+        assert delivered(finals) == len(its)
+        await f.settled()
+        late = {it.token[:8]: edited_after_result(it) for it in its if edited_after_result(it)}
+        assert late == {}, late
+        assert all(delivered_through_webhook(f, it) for it in its)

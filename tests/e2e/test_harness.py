@@ -16,7 +16,8 @@ import pytest
 
 from tests.e2e.probe_cog import Probe
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator, EmulatorError
-from tests.harness import GuardError, Harness, decode, eventually, png, running_bot
+from tests.harness import GuardError, Harness, eventually, running_bot
+from tests.support.images import decode, png
 
 PROBE = ["tests.e2e.probe_cog"]
 
@@ -144,10 +145,10 @@ async def test_interaction_sent_while_disconnected_arrives_after_resume(tmp_path
     async with running_bot(tmp_path, extensions=PROBE) as h:
         await h.discord.force_reconnect()
         it = await h.discord.slash("probe")  # no await between: the bot cannot be back yet
-        assert h.discord.resumes == 0 and h.discord._pending_events
+        assert h.discord.resumes == 0 and h.discord.pending_events
         final = await it.final()
         assert final["content"] == "done" and h.discord.resumes == 1
-        assert not h.discord._pending_events
+        assert not h.discord.pending_events
 
 
 async def test_error_log_guard_fails_the_test(tmp_path: Path) -> None:

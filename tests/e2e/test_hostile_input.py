@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import decode, running_bot
+from tests.harness import running_bot
 from tests.imagecorpus import case, case_names
+from tests.support.images import decode
 
 PROGRESS = ("⏳", "⚙️")
 

@@ -19,8 +19,9 @@ import pytest
 from bot import images
 from bot.i18n import t
 from tests.emulators.discord import Injected, find_button
-from tests.harness import Harness, eventually, png, running_bot
+from tests.harness import Harness, eventually, running_bot
 from tests.imagecorpus import case
+from tests.support.images import png
 
 FIELDS = ("size", "format", "file_size", "time", "credits_left")
 TIMESTAMP = re.compile(r"<t:\d+:R>")
@@ -103,11 +104,11 @@ async def test_cancel_button_and_cancelling_in_the_members_language(
     """A waiting job's Cancel button is labelled in the member's language, its progress
     line too, and pressing it answers in that language."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        h.onemin.upscale_delay = 3.0
+        upscale = h.onemin.hold("upscale")
         running = await h.discord.slash(
             "upscale", {"image": h.discord.attachment(png(), "a.png")}, locale=language
         )
-        await h.discord.wait_until(lambda: h.onemin.calls["upscale"] == 1)
+        await upscale.reached()
         queued = await h.discord.slash(
             "upscale", {"image": h.discord.attachment(png(), "b.png")}, locale=language
         )
@@ -126,6 +127,7 @@ async def test_cancel_button_and_cancelling_in_the_members_language(
         await h.discord.wait_until(
             lambda: h.discord.channel.messages[int(queued.original["id"])]["content"] == done  # type: ignore[index]
         )
+        upscale.release()
         await running.final(timeout=20)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.emulators.discord import Injected, find_button
 from tests.harness import Harness, running_bot
+from tests.support.images import png
 
 
 def messages_of(h: Harness, it: Injected) -> list[dict[str, Any]]:
@@ -48,8 +49,6 @@ async def test_each_image_is_its_own_job_with_its_own_result(tmp_path: Path) -> 
 async def test_a_bad_image_is_refused_alone_and_the_others_go_on(tmp_path: Path) -> None:
     """An image that fails validation is refused in its own message; the next is upscaled."""
     async with running_bot(tmp_path, max_jobs_per_user=4) as h:
-        from tests.conftest import png
-
         target = h.discord.image_message(
             [("tiny.png", png((8, 8))), ("fine.png", png())], text_file=None
         )

@@ -22,7 +22,8 @@ from bot.startup import EXIT_METRICS_PORT
 from tests.bot_process import closed_port, run_bot_process, start_bot_process
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, png, running_bot
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, running_bot
+from tests.support.images import png
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Harness, png, running_bot
+from tests.harness import Harness, running_bot
+from tests.support.images import png
 
 
 async def test_command_outside_allowed_guilds_is_refused_at_no_cost(tmp_path: Path) -> None:

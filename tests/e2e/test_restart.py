@@ -1,7 +1,9 @@
 """Durable jobs with a real bot process: kill -9 and SIGTERM mid-job, then a restart.
 
 The emulators run in the test process; the bot runs as ``python -m tests.bot_process``
-(what ``python -m bot`` runs) on a database and spool in a temporary directory.
+(what ``python -m bot`` runs) on a database and spool in a temporary directory, on short
+clocks (:mod:`tests.support.timings`: a restarted process waits 0.55 s, not 5.5 s, for its
+IDENTIFY turn, against an emulator whose IDENTIFY window is shortened to match).
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.timings import Timings
 from tests.bot_process import start_bot_process
 from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, find_button
+from tests.emulators.hold import Hold
 from tests.emulators.onemin import OneMinEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, png
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.support.images import png
+from tests.support.timings import SHORT_TIMINGS, identify_window, timings_env
 
 START_TIMEOUT = 30.0  # seconds for a bot process to start and sync its commands
 # The deferred reply, edited through the interaction webhook (by id or as @original).
@@ -34,6 +40,7 @@ class World:
     discord: DiscordEmulator
     onemin: OneMinEmulator
     tmp: Path
+    timings: Timings = field(default=SHORT_TIMINGS)
 
     @property
     def db_path(self) -> Path:
@@ -48,6 +55,7 @@ class World:
             "DISCORD_API_BASE": self.discord.api_base,
             "DISCORD_GATEWAY_URL": self.discord.gateway_url,
             "LOG_LEVEL": "INFO",
+            **timings_env(self.timings),
             **extra,
         }
 
@@ -91,7 +99,8 @@ class World:
         await self.wait_for(
             lambda: (
                 self.query(
-                    "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running'))"
+                    "SELECT (SELECT COUNT(*) FROM jobs"
+                    " WHERE status IN ('intake', 'queued', 'running'))"
                     " + (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved')"
                 )
                 == [(0,)]
@@ -101,9 +110,10 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path, timings: Timings = SHORT_TIMINGS) -> AsyncIterator[World]:
     async with DiscordEmulator(token=DISCORD_TOKEN) as d, OneMinEmulator(api_key=ONEMIN_KEY) as o:
-        yield World(d, o, tmp_path)
+        d.identify_interval = identify_window(timings)
+        yield World(d, o, tmp_path, timings)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -143,15 +153,83 @@ def result_jobs(w: World) -> list[str]:
     ]
 
 
+async def test_kill_9_during_a_slow_attachment_download_delivers_the_job_once(
+    tmp_path: Path,
+) -> None:
+    """The process dies while it is still downloading the member's image (the job is
+    recorded, its credit reserved, its reply "thinking"): the next start takes the
+    image in again from the stored attachment address and delivers the job once,
+    charged once, telling the member it continues."""
+    async with world(tmp_path) as w:
+        proc = await w.start()
+        try:
+            attachment = w.discord.attachment(png(), "slow.png")
+            held = w.discord.hold_attachment(attachment)
+            it = await w.discord.slash("upscale", {"image": attachment})
+            await it.acked()
+            await held.reached()
+            assert w.query("SELECT status, stage FROM jobs") == [("intake", "receiving")]
+            assert w.query("SELECT state FROM ledger_entries") == [("reserved",)]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        held.release()
+        proc = await w.start()
+        try:
+            final = await it.final(timeout=30)
+            assert final.get("attachments")
+            await w.wait_settled()
+            assert w.query("SELECT status FROM jobs") == [("delivered",)]
+            assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
+            assert len(results(w)) == 1 and w.onemin.upscales == 1
+            assert any("continues" in str(e.get("content")) for e in it.edits)
+        finally:
+            stop(proc)
+
+
+async def test_an_attachment_gone_after_a_kill_during_its_download_is_refunded_with_why(
+    tmp_path: Path,
+) -> None:
+    """The process dies while downloading the image, and the image is deleted before
+    the next start: the job is refunded and the member told the image is no longer
+    available, instead of being left "thinking"."""
+    async with world(tmp_path) as w:
+        proc = await w.start()
+        try:
+            attachment = w.discord.attachment(png(), "gone.png")
+            held = w.discord.hold_attachment(attachment)
+            it = await w.discord.slash("upscale", {"image": attachment})
+            await held.reached()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+        w.discord.remove_attachment(attachment)
+        held.release()
+        proc = await w.start()
+        try:
+            final = await it.final(timeout=30)
+            assert "no longer available on Discord" in str(final.get("content"))
+            assert "refunded" in str(final.get("content"))
+            await w.wait_settled()
+            assert w.query("SELECT status, error_kind FROM jobs") == [("failed", "source_gone")]
+            assert w.query("SELECT state FROM ledger_entries") == [("refunded",)]
+            assert w.onemin.calls["upload"] == 0
+        finally:
+            stop(proc)
+
+
 @pytest.mark.parametrize("stage", ["uploading", "upscaling", "delivering"])
 async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: str) -> None:
     """kill -9 while a job is uploading/upscaling/delivering; after a restart on the same
     database the job continues from its stage, is delivered once and charged once."""
     async with world(tmp_path) as w:
+        held: Hold | None = None  # the 1min.ai call the job is caught in
         if stage == "uploading":
-            w.onemin.fail("upload", "latency", seconds=60)
+            held = w.onemin.hold("upload")
         elif stage == "upscaling":
-            w.onemin.upscale_delay = 60
+            held = w.onemin.hold("upscale")
         else:
             w.discord.fail(WEBHOOK_MESSAGE, HANG, method="PATCH", times=100, files_only=True)
         proc = await w.start()
@@ -166,8 +244,8 @@ async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: s
             assert w.query("SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved'") == [(1,)]
         finally:
             stop(proc)
-        w.onemin.clear_faults()
-        w.onemin.upscale_delay = 0
+        if held is not None:
+            held.release()
         w.discord.clear_faults()
         proc = await w.start()
         try:
@@ -320,7 +398,7 @@ async def test_queued_job_cancelled_before_a_restart_stays_cancelled(tmp_path: P
     """A queued job cancelled with its button stays cancelled and refunded after a restart;
     1min.ai never sees it."""
     async with world(tmp_path) as w:
-        w.onemin.upscale_delay = 60
+        upscale = w.onemin.hold("upscale")
         proc = await w.start(MAX_CONCURRENT_JOBS="1")
         try:
             bob = w.discord.bob
@@ -342,7 +420,7 @@ async def test_queued_job_cancelled_before_a_restart_stays_cancelled(tmp_path: P
             proc.wait(timeout=10)
         finally:
             stop(proc)
-        w.onemin.upscale_delay = 0
+        upscale.release()
         proc = await w.start()
         try:
             await w.wait_settled()
@@ -363,7 +441,7 @@ async def test_job_older_than_the_bound_is_refunded_at_start_with_a_notice(
     """A job left unfinished for longer than JOB_MAX_AGE is refunded at start-up and its
     member told, instead of being run a day late."""
     async with world(tmp_path) as w:
-        w.onemin.upscale_delay = 60
+        upscale = w.onemin.hold("upscale")
         proc = await w.start()
         try:
             it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
@@ -374,7 +452,7 @@ async def test_job_older_than_the_bound_is_refunded_at_start_with_a_notice(
             stop(proc)
         with sqlite3.connect(w.db_path) as conn:
             conn.execute("UPDATE jobs SET created_at = '2000-01-01 00:00:00.000000'")
-        w.onemin.upscale_delay = 0
+        upscale.release()
         proc = await w.start()
         try:
             final = await it.final()
@@ -390,7 +468,7 @@ async def test_sigterm_hands_running_jobs_back_with_a_notice(tmp_path: Path) -> 
     """SIGTERM while a job runs: the process exits cleanly, the member is told the upscale
     will continue, nothing is refunded, and the next start finishes it."""
     async with world(tmp_path) as w:
-        w.onemin.upscale_delay = 60
+        upscale = w.onemin.hold("upscale")
         proc = await w.start(SHUTDOWN_GRACE="0.5")
         try:
             it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
@@ -403,7 +481,7 @@ async def test_sigterm_hands_running_jobs_back_with_a_notice(tmp_path: Path) -> 
             assert "Stopped cleanly" in w.log()
         finally:
             stop(proc)
-        w.onemin.upscale_delay = 0
+        upscale.release()
         proc = await w.start()
         try:
             final = await it.final(timeout=20)
@@ -417,12 +495,14 @@ async def test_sigterm_hands_running_jobs_back_with_a_notice(tmp_path: Path) -> 
 async def test_sigterm_lets_a_nearly_done_job_finish(tmp_path: Path) -> None:
     """A job that finishes within the grace time is delivered and charged, not refunded."""
     async with world(tmp_path) as w:
-        w.onemin.upscale_delay = 1.0
+        upscale = w.onemin.hold("upscale")
         proc = await w.start(SHUTDOWN_GRACE="20")
         try:
             it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
             await w.wait_stage("upscaling")
             proc.send_signal(signal.SIGTERM)
+            await w.wait_for(lambda: "Received SIGTERM" in w.log())
+            upscale.release()  # the upscale ends during the grace time
             assert await asyncio.to_thread(proc.wait, 30) == 0
             final = await it.final(timeout=5)
             assert final.get("attachments")

@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import dataclasses
 import itertools
-import random
 import re
 import statistics
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from cogs import delivery
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, find_button
-from tests.harness import Harness, decode, png, running_bot
+from tests.harness import Harness, running_bot
 from tests.imagecorpus import case
+from tests.support.images import decode, noise_png, png
+from tests.support.timings import SHORT_TIMINGS
 
 MiB = 1024 * 1024
+PROGRESS_INTERVAL = 0.5  # seconds between progress edits in the throttle test
 
 
 def api_calls(h: Harness) -> int:
     return sum(h.onemin.calls.values())
-
-
-def noise_png(size: tuple[int, int], seed: int = 7) -> bytes:
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
@@ -138,12 +130,13 @@ async def test_file_over_50_mb_is_refused_before_download(tmp_path: Path) -> Non
 async def test_member_job_cap_refuses_extra_jobs_without_reserving(tmp_path: Path) -> None:
     """Beyond MAX_JOBS_PER_USER the member is told to wait; nothing is reserved for it."""
     async with running_bot(tmp_path, max_jobs_per_user=1) as h:
-        h.onemin.upscale_delay = 1.0
+        upscale = h.onemin.hold("upscale")
         first = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
         await first.wait(lambda it: bool(it.original and it.original["content"]))
         _, final = await h.upscale(png(), "b.png")
         assert "already have 1 upscale" in final["content"]
         assert await h.balance(h.discord.alice.user.id, settled=False) == (1, 1)
+        upscale.release()
         await first.final()
         assert h.onemin.upscales == 1
 
@@ -211,7 +204,10 @@ async def test_rate_limited_job_waits_and_is_delivered_not_refunded(
     tmp_path: Path, retry_after: int | None
 ) -> None:
     """A 429 (with or without Retry-After) sends the job back to wait; it is then delivered."""
-    async with running_bot(tmp_path) as h:
+    # Without Retry-After the job waits 0.25-0.5 s, then 0.5-1 s (1-2 s, then 2-4 s for
+    # members): long enough that the "waiting" line is shown (the first edit comes 0.2 s in).
+    timings = dataclasses.replace(SHORT_TIMINGS, rate_backoff_base=0.5)
+    async with running_bot(tmp_path, timings=timings) as h:
         options = {} if retry_after is None else {"retry_after": retry_after}
         h.onemin.fail("upscale", "rate_limited", times=2, **options)
         it, final = await h.upscale(png(), timeout=30)
@@ -240,7 +236,7 @@ async def test_upscale_that_takes_too_long_is_stopped_and_refunded(tmp_path: Pat
 async def test_large_result_is_fitted_under_the_upload_limit_with_a_link(tmp_path: Path) -> None:
     """A result over the 10 MiB limit is re-encoded to fit, said so, full-size link added."""
     async with running_bot(tmp_path) as h:
-        it, final = await h.upscale(noise_png((1024, 768)), timeout=60)
+        it, final = await h.upscale(noise_png((1024, 768), seed=7), timeout=60)
         _, data = it.file(final)
         assert len(data) <= 10 * MiB
         assert decode(data).size[0] >= 2048
@@ -292,7 +288,7 @@ async def test_dm_is_refused(tmp_path: Path) -> None:
 async def test_waiting_job_shows_its_place_in_line(tmp_path: Path) -> None:
     """With one job running, the next member's reply says they are queued with a position."""
     async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        h.onemin.upscale_delay = 3.0  # longer than the 2 s between progress edits
+        upscale = h.onemin.hold("upscale")  # the first job upscales until released
         first = await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
         await first.wait(lambda it: "Upscaling" in ((it.original or {}).get("content") or ""))
         second = await h.discord.slash(
@@ -300,21 +296,23 @@ async def test_waiting_job_shows_its_place_in_line(tmp_path: Path) -> None:
         )
         await second.wait(lambda it: "in line" in ((it.original or {}).get("content") or ""))
         assert "#1 in line" in second.original["content"]  # type: ignore[index]
+        upscale.release()
         await first.final()
         await second.final()
 
 
-async def far_back_in_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, ahead: int = 4
-) -> list[str]:
+# A place in line alone is shown at most every 20 s x the place (so once while a member
+# waits in the tests below); stages keep the short clocks' 0.5 s.
+FAR_BACK_TIMINGS = dataclasses.replace(
+    SHORT_TIMINGS, place_interval_per_place=20.0, place_interval_max=60.0
+)
+
+
+async def far_back_in_line(tmp_path: Path, *, ahead: int = 4) -> list[str]:
     """Every version of the reply of a member queued behind ``ahead`` others (one job
-    at a time, 1min.ai taking 2.5 s each: the member is #3 in line, then #2, then #1),
-    with a place in line shown at most every 20 s x the place (so once, while this
-    member waits)."""
-    monkeypatch.setattr(delivery, "PLACE_INTERVAL_PER_PLACE", 20.0)
-    monkeypatch.setattr(delivery, "PLACE_INTERVAL_MAX", 120.0)
-    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        h.onemin.upscale_delay = 2.5
+    at a time, 1min.ai taking 1 s each: the member is #3 in line, then #2, then #1)."""
+    async with running_bot(tmp_path, max_concurrent_jobs=1, timings=FAR_BACK_TIMINGS) as h:
+        h.onemin.upscale_delay = 1.0
         members = [h.discord.add_member(f"q{i}") for i in range(ahead)]
         for member in members:
             await h.discord.slash(
@@ -328,24 +326,22 @@ async def far_back_in_line(
         return [str(edit.get("content") or "") for edit in last.edits]
 
 
-async def test_a_member_far_back_in_line_sees_their_place_less_often(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_member_far_back_in_line_sees_their_place_less_often(tmp_path: Path) -> None:
     """Far back in line, the reply shows the member's place soon after the command, then
-    not every change of it: one place while the jobs ahead start (2.5 s apart; with an
-    edit every 2 s it would show three)."""
-    shown = await far_back_in_line(tmp_path, monkeypatch)
+    not every change of it: one place while the jobs ahead start (1 s apart; with an edit
+    every 0.5 s it would show three)."""
+    shown = await far_back_in_line(tmp_path)
     queued = re.compile(r"Queued: you're (#\d+|next) in line")
     places = {m[1] for text in shown if (m := queued.search(text))}
     assert len(places) == 1
 
 
 async def test_a_member_far_back_in_line_still_sees_the_stage_change_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """However long the wait for the next place, the job's own stages (waiting for a
-    slot, uploading, upscaling) are shown within the usual 2 s, before the result."""
-    shown = await far_back_in_line(tmp_path, monkeypatch)
+    slot, uploading, upscaling) are shown at the usual interval, before the result."""
+    shown = await far_back_in_line(tmp_path)
     stages = ("Waiting for the upscaling service", "Uploading", "Upscaling")
     assert any(stage in text for text in shown[:-1] for stage in stages)
 
@@ -436,11 +432,14 @@ async def test_delete_button_works_on_a_message_from_before_a_restart(tmp_path: 
         await h.discord.wait_until(lambda: int(old["id"]) not in h.discord.channel.messages)
 
 
-async def test_progress_edits_are_at_least_two_seconds_apart(tmp_path: Path) -> None:
-    """While a job waits and runs, progress edits of the reply are throttled (>= ~2 s)."""
-    async with running_bot(tmp_path, max_concurrent_jobs=1) as h:
-        # bob's job waits ~3.5 s, then runs ~3.5 s: several progress states to show
-        h.onemin.upscale_delay = 3.5
+async def test_progress_edits_are_at_least_the_progress_interval_apart(tmp_path: Path) -> None:
+    """While a job waits and runs, progress edits of the reply are throttled: never closer
+    than the progress interval (2 s for members; a shorter one here, same throttle)."""
+    timings = dataclasses.replace(SHORT_TIMINGS, progress_interval=PROGRESS_INTERVAL)
+    async with running_bot(tmp_path, max_concurrent_jobs=1, timings=timings) as h:
+        # bob's job waits ~0.9 s, then runs ~0.9 s: several progress states to show, each
+        # stage longer than the interval
+        h.onemin.upscale_delay = 1.8 * PROGRESS_INTERVAL
         await h.discord.slash("upscale", {"image": h.discord.attachment(png(), "a.png")})
         it = await h.discord.slash(
             "upscale", {"image": h.discord.attachment(png(), "b.png")}, member=h.discord.bob
@@ -452,5 +451,5 @@ async def test_progress_edits_are_at_least_two_seconds_apart(tmp_path: Path) -> 
         ]
         assert len(progress) >= 2
         gaps = [b - a for a, b in itertools.pairwise(progress)]
-        assert min(gaps) >= 1.9
+        assert min(gaps) >= 0.95 * PROGRESS_INTERVAL
         await h.idle()

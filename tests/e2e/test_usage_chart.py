@@ -10,7 +10,8 @@ from PIL import Image
 
 from bot.chart import HEIGHT, WIDTH
 from bot.i18n import t
-from tests.harness import Harness, png, running_bot
+from tests.harness import Harness, running_bot
+from tests.support.images import png
 
 
 async def usage(h: Harness, locale: str = "en-US") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import png, running_bot
+from tests.harness import running_bot
+from tests.support.images import png
 
 RESTARTED = "The bot restarted"
 

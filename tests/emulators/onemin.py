@@ -1,7 +1,7 @@
 """An emulator of 1min.ai's asset and IMAGE_UPSCALER API on 127.0.0.1.
 
 Tests, benchmarks and the end-to-end harness point the real client at it. It is strict
-about the contract in ``ONEMIN_API.md`` and really upscales: the result is the uploaded
+about the contract in ``docs/onemin-api.md`` and really upscales: the result is the uploaded
 image at 4x its size, encoded with Pillow (in a thread) in the requested format, served
 at a presigned-looking ``temporaryUrl`` on the same host::
 
@@ -55,6 +55,13 @@ Counters for assertions: ``calls`` (per route, faulted calls included), ``upscal
 count of answers). ``upscale_delay`` (alias ``feature_latency``, seconds) makes every
 upscale take that long, for throughput benchmarks.
 
+Catching the bot mid-call: ``hold = emu.hold(route)`` makes every call to ``route`` (or,
+with ``times=n``, the next n calls) wait (uploads once their file arrived, upscales once
+their credits are held, downloads and result polls before they are answered) until
+``hold.release()``; ``await hold.reached()`` returns once a call waits there (see
+:class:`tests.emulators.hold.Hold`). A test that must see a job in a stage holds it there
+instead of guessing a delay long enough.
+
 Async variant: a feature body with ``"async": true`` is answered at once with ``status:
 "PROCESSING"``; the upscale goes on in the background and ``GET /api/results/{uuid}``
 (route ``"result"``) returns the record (``{"aiRecord": null}`` for an unknown id).
@@ -94,6 +101,8 @@ from typing import Any, Self
 
 from aiohttp import web
 from PIL import Image
+
+from tests.emulators.hold import Hold
 
 __all__ = ["FAULTS", "ROUTES", "ApiRequest", "Asset", "OneMinEmulator", "RecordedRequest"]
 
@@ -227,6 +236,7 @@ class OneMinEmulator:
         self._assets_by_path: dict[str, Asset] = {}
         self._signatures: dict[str, str] = {}
         self._faults: dict[str, deque[_Fault]] = {route: deque() for route in ROUTES}
+        self._holds: dict[str, Hold] = {}
         self._team_id = secrets.token_hex(8)
         self._user_id = secrets.token_hex(8)
         self._stopping = asyncio.Event()
@@ -295,6 +305,19 @@ class OneMinEmulator:
         """Forget every queued fault."""
         for queue in self._faults.values():
             queue.clear()
+
+    def hold(self, route: str, *, times: int | None = None) -> Hold:
+        """Make calls to ``route`` (only the next ``times`` ones, if given) wait until the
+        returned hold is released."""
+        if route not in ROUTES:
+            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
+        hold = self._holds[route] = Hold(times)
+        return hold
+
+    async def _held(self, route: str) -> None:
+        hold = self._holds.get(route)
+        if hold is not None:
+            await hold.passage(self._stopping)
 
     @property
     def credits_left(self) -> int:
@@ -413,6 +436,7 @@ class OneMinEmulator:
             self._authorize(request)
         except _Rejected as rejected:
             return web.json_response(rejected.body, status=rejected.status)
+        await self._held("result")
         return web.json_response({"aiRecord": self._records.get(request.match_info["uuid"])})
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
@@ -425,6 +449,7 @@ class OneMinEmulator:
             asset = await self._read_asset(request)
         except _Rejected as rejected:
             return web.json_response(rejected.body, status=rejected.status)
+        await self._held("upload")
         self.assets.append(asset)
         self._assets_by_path[asset.path] = asset
         return web.json_response(self._asset_response(asset))
@@ -478,6 +503,7 @@ class OneMinEmulator:
         """Upscale (after the latency knob) and build the record; credits given back on
         a rejected image."""
         try:
+            await self._held("upscale")
             if self.upscale_delay > 0:
                 await self._pause(self.upscale_delay)
             data = await asyncio.to_thread(_upscale_image, asset.data, fmt)
@@ -525,6 +551,7 @@ class OneMinEmulator:
         signature = self._signatures.get(key)
         if signature is None or request.query.get("X-Amz-Signature") != signature:
             return _s3_error("AccessDenied", "Access Denied")
+        await self._held("download")
         data = self.results[key]
         content_type = Image.MIME[_format_of(key)]
         if fault is not None and fault.name == "truncated":
