@@ -66,6 +66,7 @@ def test_defaults_match_the_product_table() -> None:
     assert s.allowed_guild_ids == frozenset()
     assert (s.total_budget, s.total_budget_period) == (0, "monthly")
     assert s.alert_channel_id is None
+    assert s.startup_retry == 60.0
 
 
 def test_only_the_secrets_set_gives_the_dataclass_defaults() -> None:
@@ -152,6 +153,7 @@ def test_missing_secret_names_the_variable(missing: str) -> None:
         ("TOTAL_BUDGET_PERIOD", "lifetime"),
         ("ALERT_CHANNEL_ID", "#general"),
         ("JOB_LEASE_SECONDS", "60"),
+        ("STARTUP_RETRY_SECONDS", "soon"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:
