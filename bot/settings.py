@@ -123,7 +123,7 @@ class Settings:
     # Advanced knobs (documented in .env.example; the defaults suit nearly everyone).
     upscale_timeout: float = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
     result_hosts: tuple[str, ...] = DEFAULT_RESULT_HOSTS
-    spool_dir: Path = Path("data/spool")
+    spool_dir: Path = Path("data/spool")  # unless SPOOL_DIR: beside a SQLite database
     max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
     max_input_side: int = 1536  # API per-side limit for the input, px
     shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
