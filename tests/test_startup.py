@@ -292,8 +292,8 @@ async def test_retrying_raises_a_non_network_error_at_once() -> None:
         calls += 1
         raise ValueError("not a network problem")
 
+    policy = RetryPolicy(budget=60.0)
     with pytest.raises(ValueError):
-        policy = RetryPolicy(budget=60.0)
         await startup.retrying("Reaching it", attempt, startup.network_reason, policy)
     assert calls == 1
 
