@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -52,14 +52,7 @@ async def main(settings: Settings, **bot_options: Any) -> None:
     and the Discord login, both waiting up to ``STARTUP_RETRY_SECONDS`` for the network.
     """
     heap.map_large_blocks()  # large buffers go back to the OS once freed (see bot.heap)
-    try:
-        retry = dataclasses.replace(
-            startup.RetryPolicy.from_env(),
-            first_delay=settings.timings.startup_first_retry,
-            max_delay=settings.timings.startup_max_retry,
-        )
-    except SettingsError as exc:
-        raise StartupError(EXIT_CONFIG, str(exc), prefix="Configuration error") from None
+    retry = startup.RetryPolicy.for_settings(settings)
     startup.quiet_voice_warnings()
     token = settings.discord_token.get()
     connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
@@ -110,15 +103,21 @@ def serve(settings: Settings, **bot_options: Any) -> None:
         sys.exit(exc.status)
 
 
+def load_or_exit(load: Callable[[], Settings] = load_settings) -> Settings:
+    """The settings ``load`` reads; a missing or malformed one prints one line naming it
+    and exits with status 2 (:data:`~bot.startup.EXIT_CONFIG`)."""
+    try:
+        return load()
+    except SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
 def run_job(shown_id: str) -> int:
     """``upscale-bot job <id>``: the job's trail from the database (see bot.jobs.trail)."""
     from bot.jobs.trail import show_job
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = load_or_exit()
     configure_logging("WARNING", secrets=settings.secret_values())
     return asyncio.run(show_job(settings, shown_id, sys.stdout))
 
@@ -135,11 +134,7 @@ def run() -> None:
     if args:
         print(USAGE, file=sys.stderr)
         sys.exit(0 if args[0] in ("-h", "--help") else EXIT_CONFIG)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+    settings = load_or_exit()
     configure_logging(
         settings.log_level,
         secrets=settings.secret_values(),

@@ -331,10 +331,10 @@ def run_check(load: Callable[[], Settings], stream: TextIO | None = None) -> int
 
     try:
         settings = load()
-        retry = startup.RetryPolicy.from_env()
     except SettingsError as exc:
         write(CheckLine(False, "Settings", str(exc)))
         return startup.EXIT_CONFIG
+    retry = startup.RetryPolicy.for_settings(settings)
     configure_logging("WARNING", secrets=settings.secret_values())
     write(
         CheckLine(

@@ -130,7 +130,7 @@ class UpscaleBot(commands.Bot):
             log.warning("No extension runs upscale jobs: the queue stays stopped")
         else:
             # Jobs left by a restart continue; those that cannot are refunded and told.
-            await self.queue.recover(single_process=self.services.db.engine == "sqlite")
+            await self.queue.recover(single_process=self.db.engine == "sqlite")
             self.queue.start()
         await self.sync_commands()
 

@@ -2,6 +2,8 @@
 
 Nothing here runs at import time. ``load_settings()`` is called by ``python -m bot``;
 tests build :class:`Settings` directly or pass their own mapping to ``load_settings``.
+Each default is written once, in the :class:`Settings` dataclass; :data:`VARIABLES` says
+which variable sets which field and how its text is read.
 A missing or malformed variable raises :class:`SettingsError`, whose message is one line
 naming the variable and what is expected; it never contains a secret's value.
 """
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from bot.dburl import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
@@ -22,10 +24,12 @@ from bot.timings import Timings
 __all__ = [
     "OUTPUT_FORMATS",
     "PERIODS",
+    "VARIABLES",
     "Period",
     "Secret",
     "Settings",
     "SettingsError",
+    "Variable",
     "is_loopback_url",
     "load_settings",
 ]
@@ -119,7 +123,7 @@ class Settings:
     # Advanced knobs (documented in .env.example; the defaults suit nearly everyone).
     upscale_timeout: float = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
     result_hosts: tuple[str, ...] = DEFAULT_RESULT_HOSTS
-    spool_dir: Path = Path("data/spool")
+    spool_dir: Path = Path("data/spool")  # unless SPOOL_DIR: beside a SQLite database
     max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
     max_input_side: int = 1536  # API per-side limit for the input, px
     shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
@@ -131,6 +135,7 @@ class Settings:
     job_retention_days: int = 30  # days a finished job's row is kept (ledger and audit stay)
     metrics_port: int | None = None  # serve /metrics, /healthz, /readyz here; None: off
     metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
+    startup_retry: float = 60.0  # seconds start-up retries the network in all; 0: one try
     # The bot's own waits; no variable sets them (tests shorten them: see bot.timings).
     timings: Timings = field(default_factory=Timings)
 
@@ -170,46 +175,110 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise SettingsError(name, "is required but not set (put it in .env or the environment)")
-    return value
+# -- reading the environment -----------------------------------------------------------
+#
+# Each variable is a row of VARIABLES: its name, the Settings field it sets, and how its
+# text is read. A variable that is unset or blank leaves the field's default, so every
+# default is written once, in the dataclass above. Rows are read in order and the first
+# bad one stops loading (a later row may depend on an earlier one: SHARD_IDS).
+
+Parse = Callable[[str, str, Mapping[str, object]], object]
+"""``parse(variable, text, read)``: the field's value from the variable's stripped,
+non-empty ``text``, or :class:`SettingsError`; ``read`` holds the fields read before it."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a whole number from {lo} to {hi}") from None
-    if not lo <= value <= hi:
-        raise SettingsError(name, f"expected a whole number from {lo} to {hi}, got {value}")
-    return value
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: the :class:`Settings` field it sets and how it is read."""
+
+    name: str
+    field: str
+    parse: Parse
+
+    @property
+    def required(self) -> bool:
+        """True when the field has no default: the variable must be set."""
+        spec = _FIELDS[self.field]
+        return spec.default is MISSING and spec.default_factory is MISSING
+
+    @property
+    def default(self) -> object:
+        """The field's default (from the dataclass, the one place it is written)."""
+        spec = _FIELDS[self.field]
+        if spec.default_factory is not MISSING:
+            return spec.default_factory()
+        if spec.default is MISSING:
+            raise LookupError(f"{self.name} is required: it has no default")
+        return spec.default
 
 
-def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a number of seconds from {lo:g} to {hi:g}") from None
-    if not lo <= value <= hi:
-        raise SettingsError(name, f"expected a number of seconds from {lo:g} to {hi:g}")
-    return value
+_FIELDS: dict[str, Field[object]] = {spec.name: spec for spec in fields(Settings)}
 
 
-def _snowflake(name: str, raw: str) -> int:
+def _whole(lo: int, hi: int) -> Parse:
+    """A whole number from ``lo`` to ``hi``."""
+
+    def parse(name: str, raw: str, read: Mapping[str, object]) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(name, f"expected a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise SettingsError(name, f"expected a whole number from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Parse:
+    """A number of seconds from ``lo`` to ``hi``."""
+    expected = f"expected a number of seconds from {lo:g} to {hi:g}"
+
+    def parse(name: str, raw: str, read: Mapping[str, object]) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(name, expected) from None
+        if not lo <= value <= hi:
+            raise SettingsError(name, expected)
+        return value
+
+    return parse
+
+
+def _period(allowed: tuple[Period, ...]) -> Parse:
+    """One of ``allowed``, in any case."""
+
+    def parse(name: str, raw: str, read: Mapping[str, object]) -> Period:
+        value = raw.lower()
+        for known in allowed:
+            if value == known:
+                return known
+        raise SettingsError(name, "expected one of " + ", ".join(allowed))
+
+    return parse
+
+
+def _text(name: str, raw: str, read: Mapping[str, object]) -> str:
+    return raw
+
+
+def _secret(name: str, raw: str, read: Mapping[str, object]) -> Secret:
+    return Secret(raw)
+
+
+def _snowflake(name: str, raw: str, read: Mapping[str, object]) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 2**64:
         raise SettingsError(name, "expected a Discord id (digits only)")
     return int(raw)
 
 
-def _http_url(name: str, raw: str) -> str:
+def _id_set(name: str, raw: str, read: Mapping[str, object]) -> frozenset[int]:
+    parts = (part.strip() for part in raw.split(","))
+    return frozenset(_snowflake(name, part, read) for part in parts if part)
+
+
+def _http_url(name: str, raw: str, read: Mapping[str, object]) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(name, "expected an http(s) URL such as https://api.1min.ai")
@@ -218,8 +287,7 @@ def _http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
-def _database_url(raw: str) -> str:
-    name = "DATABASE_URL"
+def _database_url(name: str, raw: str, read: Mapping[str, object]) -> Secret:
     expected = (
         "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or"
         " postgresql://user[:password]@host[:port]/database"
@@ -227,7 +295,7 @@ def _database_url(raw: str) -> str:
     if raw.startswith(SQLITE_PREFIX):
         if len(raw) == len(SQLITE_PREFIX):
             raise SettingsError(name, expected)
-        return raw
+        return Secret(raw)
     parts = urlsplit(raw)
     if f"{parts.scheme}://" not in POSTGRES_SCHEMES or not parts.hostname:
         raise SettingsError(name, expected)
@@ -237,51 +305,86 @@ def _database_url(raw: str) -> str:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         raise SettingsError(name, expected) from None
-    return raw
+    return Secret(raw)
 
 
-def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
-    raw = env.get(name, "").strip()
-    return frozenset(_snowflake(name, part.strip()) for part in raw.split(",") if part.strip())
+def _log_level(name: str, raw: str, read: Mapping[str, object]) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(name, "expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
 
 
-def _period(
-    env: Mapping[str, str], name: str, default: Period, allowed: tuple[Period, ...]
-) -> Period:
-    value = env.get(name, "").strip().lower() or default
-    for period in allowed:
-        if value == period:
-            return period
-    raise SettingsError(name, "expected one of " + ", ".join(allowed))
+def _hosts(name: str, raw: str, read: Mapping[str, object]) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
-def _shards(env: Mapping[str, str]) -> tuple[int | None, tuple[int, ...] | None]:
-    count_raw = env.get("SHARD_COUNT", "").strip()
-    ids_raw = env.get("SHARD_IDS", "").strip()
-    if not count_raw:
-        if ids_raw:
-            raise SettingsError("SHARD_IDS", "needs SHARD_COUNT (the fleet's total shards)")
-        return None, None
-    count = _int(env, "SHARD_COUNT", 1, 1, 10_000)
-    if not ids_raw:
-        return count, None
+def _path(name: str, raw: str, read: Mapping[str, object]) -> Path:
+    return Path(raw)
+
+
+def _shard_ids(name: str, raw: str, read: Mapping[str, object]) -> tuple[int, ...]:
+    count = read.get("shard_count")
+    if not isinstance(count, int):
+        raise SettingsError(name, "needs SHARD_COUNT (the fleet's total shards)")
     ids: list[int] = []
-    for part in ids_raw.split(","):
+    for part in raw.split(","):
         part = part.strip()
         if not part:
             continue
         if not part.isdigit() or int(part) >= count:
-            raise SettingsError("SHARD_IDS", f"expected shard numbers from 0 to {count - 1}")
+            raise SettingsError(name, f"expected shard numbers from 0 to {count - 1}")
         ids.append(int(part))
     if not ids or len(set(ids)) != len(ids):
-        raise SettingsError("SHARD_IDS", "expected distinct shard numbers, comma-separated")
-    return count, tuple(sorted(ids))
+        raise SettingsError(name, "expected distinct shard numbers, comma-separated")
+    return tuple(sorted(ids))
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("DISCORD_TOKEN", "discord_token", _secret),
+    Variable("ONEMIN_API_KEY", "onemin_api_key", _secret),
+    Variable("ONEMIN_API_BASE", "onemin_api_base", _http_url),
+    Variable("DATABASE_URL", "database_url", _database_url),
+    Variable("DEV_GUILD_ID", "dev_guild_id", _snowflake),
+    Variable("ALERT_CHANNEL_ID", "alert_channel_id", _snowflake),
+    Variable("LOG_LEVEL", "log_level", _log_level),
+    Variable("ONEMIN_RESULT_HOSTS", "result_hosts", _hosts),
+    Variable("SPOOL_DIR", "spool_dir", _path),  # unset: beside a SQLite database
+    Variable("SHARD_COUNT", "shard_count", _whole(1, 10_000)),
+    Variable("SHARD_IDS", "shard_ids", _shard_ids),
+    Variable("UPSCALE_COST", "upscale_cost", _whole(1, 1_000_000)),
+    Variable("DEFAULT_USER_LIMIT", "default_user_limit", _whole(0, 1_000_000)),
+    Variable("LIMIT_PERIOD", "limit_period", _period(PERIODS)),
+    Variable("MAX_CONCURRENT_JOBS", "max_concurrent_jobs", _whole(1, 64)),
+    Variable("MAX_JOBS_PER_USER", "max_jobs_per_user", _whole(1, 100)),
+    Variable("MODERATOR_ROLE_IDS", "moderator_role_ids", _id_set),
+    Variable("ONEMIN_REQUESTS_PER_MINUTE", "onemin_requests_per_minute", _whole(2, 100_000)),
+    Variable("ONEMIN_RATE_WINDOW", "onemin_rate_window", _seconds(1.0, 3600.0)),
+    Variable("ALLOWED_GUILD_IDS", "allowed_guild_ids", _id_set),
+    Variable("TOTAL_BUDGET", "total_budget", _whole(0, 1_000_000)),
+    Variable("TOTAL_BUDGET_PERIOD", "total_budget_period", _period(BUDGET_PERIODS)),
+    Variable("ONEMIN_UPSCALE_TIMEOUT", "upscale_timeout", _seconds(5.0, 3600.0)),
+    Variable("MAX_INPUT_PIXELS", "max_input_pixels", _whole(1024, 100_000_000)),
+    Variable("MAX_INPUT_SIDE", "max_input_side", _whole(32, 20_000)),
+    Variable("SHUTDOWN_GRACE", "shutdown_grace", _seconds(0.0, 600.0)),
+    Variable("ONEMIN_BUSY_TIMEOUT", "busy_timeout", _seconds(10.0, 86_400.0)),
+    Variable("JOB_MAX_AGE", "job_max_age", _seconds(600.0, 30 * 86_400.0)),
+    Variable("JOB_LEASE_SECONDS", "job_lease", _seconds(3.0, MAX_JOB_LEASE)),
+    Variable("ONEMIN_PROBE_INTERVAL", "circuit_probe_interval", _seconds(5.0, 3600.0)),
+    Variable("ONEMIN_OUTAGE_REFUND_AFTER", "circuit_give_up", _seconds(60.0, 7 * 86_400.0)),
+    Variable("JOB_RETENTION_DAYS", "job_retention_days", _whole(1, 3650)),
+    Variable("METRICS_PORT", "metrics_port", _whole(1, 65_535)),
+    Variable("METRICS_HOST", "metrics_host", _text),
+    Variable("STARTUP_RETRY_SECONDS", "startup_retry", _seconds(0.0, 3600.0)),
+)
+"""Every variable :func:`load_settings` reads, in the order it reads them."""
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Build :class:`Settings` from ``env`` (default: ``os.environ`` plus ``.env``).
 
-    Raises :class:`SettingsError` naming the first bad variable.
+    Each of :data:`VARIABLES` that is set is read into its field; the others keep the
+    field's default. Raises :class:`SettingsError` naming the first bad variable.
     """
     if env is None:
         if dotenv:
@@ -290,72 +393,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
             load_dotenv(override=False)
         env = os.environ
 
-    token = _required(env, "DISCORD_TOKEN")
-    api_key = _required(env, "ONEMIN_API_KEY")
-    api_base = _http_url(
-        "ONEMIN_API_BASE", env.get("ONEMIN_API_BASE", "").strip() or DEFAULT_API_BASE
-    )
-
-    database_url = _database_url(env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL)
-
-    dev_raw = env.get("DEV_GUILD_ID", "").strip()
-    dev_guild_id = _snowflake("DEV_GUILD_ID", dev_raw) if dev_raw else None
-    alert_raw = env.get("ALERT_CHANNEL_ID", "").strip()
-    alert_channel_id = _snowflake("ALERT_CHANNEL_ID", alert_raw) if alert_raw else None
-
-    log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
-    if log_level not in LOG_LEVELS:
-        raise SettingsError("LOG_LEVEL", "expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-
-    hosts_raw = env.get("ONEMIN_RESULT_HOSTS", "").strip()
-    result_hosts = (
-        tuple(h.strip().lower() for h in hosts_raw.split(",") if h.strip())
-        if hosts_raw
-        else DEFAULT_RESULT_HOSTS
-    )
-
-    spool_raw = env.get("SPOOL_DIR", "").strip()
-    if spool_raw:
-        spool_dir = Path(spool_raw)
-    elif database_url.startswith(SQLITE_PREFIX):
-        spool_dir = sqlite_path(database_url).parent / "spool"
-    else:
-        spool_dir = Path("data/spool")
-    shard_count, shard_ids = _shards(env)
-
-    return Settings(
-        discord_token=Secret(token),
-        onemin_api_key=Secret(api_key),
-        onemin_api_base=api_base,
-        database_url=Secret(database_url),
-        dev_guild_id=dev_guild_id,
-        upscale_cost=_int(env, "UPSCALE_COST", 1, 1, 1_000_000),
-        default_user_limit=_int(env, "DEFAULT_USER_LIMIT", 10, 0, 1_000_000),
-        limit_period=_period(env, "LIMIT_PERIOD", "daily", PERIODS),
-        max_concurrent_jobs=_int(env, "MAX_CONCURRENT_JOBS", 4, 1, 64),
-        max_jobs_per_user=_int(env, "MAX_JOBS_PER_USER", 2, 1, 100),
-        moderator_role_ids=_id_set(env, "MODERATOR_ROLE_IDS"),
-        log_level=log_level,
-        onemin_requests_per_minute=_int(env, "ONEMIN_REQUESTS_PER_MINUTE", 180, 2, 100_000),
-        onemin_rate_window=_float(env, "ONEMIN_RATE_WINDOW", 60.0, 1.0, 3600.0),
-        shard_count=shard_count,
-        shard_ids=shard_ids,
-        allowed_guild_ids=_id_set(env, "ALLOWED_GUILD_IDS"),
-        total_budget=_int(env, "TOTAL_BUDGET", 0, 0, 1_000_000),
-        total_budget_period=_period(env, "TOTAL_BUDGET_PERIOD", "monthly", BUDGET_PERIODS),
-        alert_channel_id=alert_channel_id,
-        upscale_timeout=_float(env, "ONEMIN_UPSCALE_TIMEOUT", 180.0, 5.0, 3600.0),
-        result_hosts=result_hosts,
-        spool_dir=spool_dir,
-        max_input_pixels=_int(env, "MAX_INPUT_PIXELS", 1_048_576, 1024, 100_000_000),
-        max_input_side=_int(env, "MAX_INPUT_SIDE", 1536, 32, 20_000),
-        shutdown_grace=_float(env, "SHUTDOWN_GRACE", 20.0, 0.0, 600.0),
-        busy_timeout=_float(env, "ONEMIN_BUSY_TIMEOUT", 1800.0, 10.0, 86_400.0),
-        job_max_age=_float(env, "JOB_MAX_AGE", 86_400.0, 600.0, 30 * 86_400.0),
-        job_lease=_float(env, "JOB_LEASE_SECONDS", MAX_JOB_LEASE, 3.0, MAX_JOB_LEASE),
-        circuit_probe_interval=_float(env, "ONEMIN_PROBE_INTERVAL", 180.0, 5.0, 3600.0),
-        circuit_give_up=_float(env, "ONEMIN_OUTAGE_REFUND_AFTER", 3600.0, 60.0, 7 * 86_400.0),
-        job_retention_days=_int(env, "JOB_RETENTION_DAYS", 30, 1, 3650),
-        metrics_port=_int(env, "METRICS_PORT", 0, 1, 65_535) or None,
-        metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
-    )
+    read: dict[str, Any] = {}
+    for variable in VARIABLES:
+        raw = env.get(variable.name, "").strip()
+        if raw:
+            read[variable.field] = variable.parse(variable.name, raw, read)
+        elif variable.required:
+            raise SettingsError(
+                variable.name, "is required but not set (put it in .env or the environment)"
+            )
+    settings = Settings(**read)
+    if "spool_dir" not in read and settings.database_path is not None:
+        # The spool's default is beside a SQLite database (the field's on PostgreSQL).
+        return replace(settings, spool_dir=settings.database_path.parent / "spool")
+    return settings

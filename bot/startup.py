@@ -17,7 +17,8 @@ fix into a :class:`StartupError`, which ``bot.__main__`` prints as one line on s
 
 A network that is not up yet (the machine just booted, a container started before its
 network) is waited for: name lookups and the Discord login are retried with exponential
-backoff for ``STARTUP_RETRY_SECONDS`` (default 60) in all, one log line per failed try.
+backoff for ``STARTUP_RETRY_SECONDS`` in all (:attr:`~bot.settings.Settings.startup_retry`),
+one log line per failed try.
 
 The bot has no voice: :func:`quiet_voice_warnings` turns off discord.py's warnings about
 the missing voice libraries (PyNaCl, davey) through the flags discord.py reads.
@@ -32,7 +33,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -44,19 +45,17 @@ import discord
 import discord.http
 
 from bot.retry import Backoff, retry
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings
 from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
 __all__ = [
     "DATABASE_ERRORS",
-    "DEFAULT_RETRY_SECONDS",
     "EXIT_CONFIG",
     "EXIT_DATABASE",
     "EXIT_DISCORD_UNREACHABLE",
     "EXIT_METRICS_PORT",
     "EXIT_ONEMIN_UNRESOLVABLE",
     "EXIT_TOKEN_REJECTED",
-    "RETRY_VARIABLE",
     "GaveUp",
     "RetryPolicy",
     "StartupError",
@@ -85,9 +84,6 @@ EXIT_DATABASE = 5  # the database or the spool directory cannot be opened
 EXIT_ONEMIN_UNRESOLVABLE = 6  # ONEMIN_API_BASE's host does not resolve
 EXIT_METRICS_PORT = 7  # METRICS_PORT cannot be opened (in use, or a foreign METRICS_HOST)
 
-RETRY_VARIABLE = "STARTUP_RETRY_SECONDS"
-DEFAULT_RETRY_SECONDS = 60.0  # total time start-up waits for the network
-MAX_RETRY_SECONDS = 3600.0
 TRY_TIMEOUT = 10.0  # seconds one try (a lookup or a login) may take
 MIN_RETRY_WAIT = 0.05  # seconds; with less time left than this, start-up gives up
 
@@ -146,25 +142,19 @@ class GaveUp(Exception):
 class RetryPolicy:
     """How long start-up waits for the network: ``budget`` seconds in all (0: one try)."""
 
-    budget: float = DEFAULT_RETRY_SECONDS
+    budget: float
     first_delay: float = STARTUP_FIRST_RETRY  # seconds before the second try; doubles
     max_delay: float = STARTUP_MAX_RETRY  # seconds, the longest wait between two tries
     try_timeout: float = TRY_TIMEOUT
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
-        """Read ``STARTUP_RETRY_SECONDS`` (advanced; raises :class:`SettingsError`)."""
-        raw = (os.environ if env is None else env).get(RETRY_VARIABLE, "").strip()
-        if not raw:
-            return cls()
-        expected = f"expected a number of seconds from 0 to {MAX_RETRY_SECONDS:g}"
-        try:
-            budget = float(raw)
-        except ValueError:
-            raise SettingsError(RETRY_VARIABLE, expected) from None
-        if not 0 <= budget <= MAX_RETRY_SECONDS:
-            raise SettingsError(RETRY_VARIABLE, expected)
-        return cls(budget=budget)
+    def for_settings(cls, settings: Settings) -> RetryPolicy:
+        """``STARTUP_RETRY_SECONDS`` in all, on the waits of ``settings.timings``."""
+        return cls(
+            budget=settings.startup_retry,
+            first_delay=settings.timings.startup_first_retry,
+            max_delay=settings.timings.startup_max_retry,
+        )
 
     @property
     def backoff(self) -> Backoff:

@@ -62,9 +62,6 @@ def _period(period: str) -> Text:
     return Text.of(f"period.{period}")
 
 
-INVALID_LIMIT = Text.of("quota.invalid.limit", max=MAX_CREDITS)
-
-
 class Credits(commands.Cog):
     """Balances, limits and reports."""
 
@@ -122,18 +119,14 @@ class Credits(commands.Cog):
         interaction: discord.Interaction,
         text: Text,
         action: Awaitable[Change | None],
-        invalid: Text | None = None,
     ) -> None:
-        """Defer, run the ledger change, then confirm (or explain a refused value).
-
-        ``invalid`` explains a value the ledger refuses; without it the ledger's own
-        words (a catalogue text) are shown.
-        """
+        """Defer, run the ledger change, then confirm (or explain a refused value in the
+        ledger's own words, a ``quota.invalid.*`` catalogue text)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             change = await action
         except LedgerValueError as exc:
-            raise UserError(invalid or exc.text) from None
+            raise UserError(exc.text) from None
         await interaction.edit_original_response(
             content=text.render(interaction_locale(interaction))
         )
@@ -197,7 +190,6 @@ class Credits(commands.Cog):
             interaction,
             Text.of("quota.default.done", count=limit),
             self.ledger.set_default_limit(guild.id, interaction.user.id, limit),
-            INVALID_LIMIT,
         )
 
     @quota.command(name="role", description=cmd_text("cmd.quota.role.description"))
@@ -216,7 +208,6 @@ class Credits(commands.Cog):
             interaction,
             Text.of("quota.role.done", role=role.mention, count=limit),
             self.ledger.set_role_limit(guild.id, interaction.user.id, role.id, limit),
-            INVALID_LIMIT,
         )
 
     @quota.command(name="user", description=cmd_text("cmd.quota.user.description"))
@@ -236,7 +227,6 @@ class Credits(commands.Cog):
             interaction,
             Text.of("quota.user.done", member=member.mention, count=limit),
             self.ledger.set_member_limit(guild.id, interaction.user.id, member.id, limit),
-            INVALID_LIMIT,
         )
 
     @quota.command(name="clear", description=cmd_text("cmd.quota.clear.description"))
@@ -273,7 +263,6 @@ class Credits(commands.Cog):
             interaction,
             Text.of("quota.server.done", budget=budget),
             self.ledger.set_server_budget(guild.id, interaction.user.id, limit),
-            Text.of("quota.invalid.server_budget", max=MAX_CREDITS),
         )
 
     @quota.command(name="period", description=cmd_text("cmd.quota.period.description"))
@@ -288,7 +277,6 @@ class Credits(commands.Cog):
             interaction,
             Text.of("quota.period.done", period=_period(period.value)),
             self.ledger.set_period(guild.id, interaction.user.id, period.value),
-            Text.of("quota.invalid.period"),
         )
 
     @quota.command(name="grant", description=cmd_text("cmd.quota.grant.description"))
@@ -311,7 +299,6 @@ class Credits(commands.Cog):
             interaction,
             Text.of(key, count=abs(amount), member=member.mention),
             self.ledger.grant(guild.id, interaction.user.id, member.id, amount),
-            Text.of("quota.invalid.grant", max=MAX_CREDITS),
         )
 
     @quota.command(name="reset", description=cmd_text("cmd.quota.reset.description"))

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.__main__ import main, serve
+from bot.__main__ import load_or_exit, main, serve
 from bot.check import run_check
 from bot.logs import configure_logging
 from bot.settings import Settings, load_settings
@@ -88,7 +88,7 @@ def run() -> None:
     point_discord_at(api_base, os.environ["DISCORD_GATEWAY_URL"])
     if sys.argv[1:] == ["check"]:
         sys.exit(run_check(lambda: load_settings(dotenv=False)))
-    settings = with_test_timings(load_settings(dotenv=False))
+    settings = with_test_timings(load_or_exit(lambda: load_settings(dotenv=False)))
     media_origin = api_base.split("/api/", 1)[0]
     configure_logging(settings.log_level, settings.secret_values())
     options: dict[str, Any] = {

@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bot.settings import Secret, SettingsError, load_settings
+from bot.settings import VARIABLES, Secret, Settings, SettingsError, Variable, load_settings
 
 TOKEN = "settings-test-token-Zq81"
 KEY = "settings-test-key-Xv42"
 BASE_ENV = {"DISCORD_TOKEN": TOKEN, "ONEMIN_API_KEY": KEY}
+ROOT = Path(__file__).resolve().parents[1]
+# In .env.example but not settings: read by bot.i18n and bot.compare themselves.
+NOT_SETTINGS = frozenset({"I18N_STRICT", "COMPARE_LABEL_FONT"})
+# Documented in words, not as a value: a spool beside the database, 1min.ai's S3 hosts.
+IN_WORDS = frozenset({"SPOOL_DIR", "ONEMIN_RESULT_HOSTS"})
+README_NAMES = re.compile(r"`[A-Z][A-Z0-9_]+`( / `[A-Z][A-Z0-9_]+`)*")
 
 
 def env(**overrides: str) -> dict[str, str]:
     return {**BASE_ENV, **overrides}
+
+
+def env_example() -> dict[str, str]:
+    """Each variable of ``.env.example`` and the value it shows (its default)."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def readme_defaults() -> dict[str, str]:
+    """Each variable of the README's configuration tables and its Default cell (a row of
+    two variables, ``A`` / ``B``, gives ``a`` / ``b``, or one cell for both)."""
+    defaults: dict[str, str] = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not README_NAMES.fullmatch(cells[0]):
+            continue
+        names = cells[0].replace("`", "").split(" / ")
+        values = cells[1].split(" / ")
+        defaults.update(zip(names, values if len(values) > 1 else values * len(names), strict=True))
+    return defaults
 
 
 def test_defaults_match_the_product_table() -> None:
@@ -37,6 +66,56 @@ def test_defaults_match_the_product_table() -> None:
     assert s.allowed_guild_ids == frozenset()
     assert (s.total_budget, s.total_budget_period) == (0, "monthly")
     assert s.alert_channel_id is None
+    assert s.startup_retry == 60.0
+
+
+def test_only_the_secrets_set_gives_the_dataclass_defaults() -> None:
+    """load_settings adds no default of its own: the dataclass's are the only ones."""
+    assert load_settings(env()) == Settings(discord_token=Secret(TOKEN), onemin_api_key=Secret(KEY))
+
+
+def test_every_field_but_the_timings_has_one_variable() -> None:
+    """Each Settings field is read from exactly one variable; no variable is read twice."""
+    fields = [f.name for f in dataclasses.fields(Settings) if f.name != "timings"]
+    assert sorted(v.field for v in VARIABLES) == sorted(fields)
+    assert len({v.name for v in VARIABLES}) == len(VARIABLES)
+
+
+def test_env_example_lists_every_variable() -> None:
+    """.env.example shows every variable the settings read, and no other but its two."""
+    assert set(env_example()) == {v.name for v in VARIABLES} | NOT_SETTINGS
+
+
+@pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.name)
+def test_env_example_shows_each_default(variable: Variable) -> None:
+    """The value .env.example shows reads as the dataclass's default (blank when that is
+    none, or for a required secret)."""
+    shown = env_example()[variable.name]
+    if variable.required:
+        assert shown == ""
+    elif variable.name == "SPOOL_DIR":  # blank: a spool folder beside the database
+        assert shown == ""
+        s = load_settings(env())
+        assert s.database_path is not None and s.spool_dir == s.database_path.parent / "spool"
+    elif shown == "":
+        assert variable.default in (None, frozenset())
+    else:
+        assert variable.parse(variable.name, shown, {}) == variable.default
+
+
+@pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.name)
+def test_readme_shows_each_default_as_env_example_does(variable: Variable) -> None:
+    """The README's configuration tables give each variable .env.example's default."""
+    cell = readme_defaults()[variable.name]
+    shown = env_example()[variable.name]
+    if variable.required:
+        assert cell == "required"
+    elif variable.name in IN_WORDS:
+        assert cell and cell not in ("empty", f"`{shown}`")
+    elif shown == "":
+        assert cell == "empty"
+    else:
+        assert cell == f"`{shown}`"
 
 
 @pytest.mark.parametrize("missing", ["DISCORD_TOKEN", "ONEMIN_API_KEY"])
@@ -74,6 +153,7 @@ def test_missing_secret_names_the_variable(missing: str) -> None:
         ("TOTAL_BUDGET_PERIOD", "lifetime"),
         ("ALERT_CHANNEL_ID", "#general"),
         ("JOB_LEASE_SECONDS", "60"),
+        ("STARTUP_RETRY_SECONDS", "soon"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bot import startup
-from bot.settings import SettingsError
+from bot.settings import Secret, Settings, SettingsError, load_settings
 from bot.startup import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -292,8 +292,9 @@ async def test_retrying_raises_a_non_network_error_at_once() -> None:
         calls += 1
         raise ValueError("not a network problem")
 
+    policy = RetryPolicy(budget=60.0)
     with pytest.raises(ValueError):
-        await startup.retrying("Reaching it", attempt, startup.network_reason, RetryPolicy())
+        await startup.retrying("Reaching it", attempt, startup.network_reason, policy)
     assert calls == 1
 
 
@@ -323,9 +324,28 @@ async def test_retrying_waits_double_from_the_first_delay_up_to_the_longest(
 
 def test_the_retry_time_defaults_to_a_minute_and_rejects_nonsense() -> None:
     """STARTUP_RETRY_SECONDS: 60 s by default, 0 means one try, negatives are refused."""
-    assert RetryPolicy.from_env({}).budget == 60.0
-    assert RetryPolicy.from_env({"STARTUP_RETRY_SECONDS": "0"}).budget == 0.0
+    secrets = {"DISCORD_TOKEN": DISCORD_TOKEN, "ONEMIN_API_KEY": ONEMIN_KEY}
+    assert load_settings(secrets).startup_retry == 60.0
+    assert load_settings({**secrets, "STARTUP_RETRY_SECONDS": "0"}).startup_retry == 0.0
     for bad in ("-1", "soon", "7200"):
         with pytest.raises(SettingsError) as info:
-            RetryPolicy.from_env({"STARTUP_RETRY_SECONDS": bad})
+            load_settings({**secrets, "STARTUP_RETRY_SECONDS": bad})
         assert info.value.variable == "STARTUP_RETRY_SECONDS"
+        assert str(info.value) == (
+            "STARTUP_RETRY_SECONDS: expected a number of seconds from 0 to 3600"
+        )
+
+
+def test_the_retry_policy_takes_its_time_and_waits_from_the_settings() -> None:
+    """RetryPolicy.for_settings: STARTUP_RETRY_SECONDS in all, on the settings' timings."""
+    settings = Settings(
+        discord_token=Secret(DISCORD_TOKEN),
+        onemin_api_key=Secret(ONEMIN_KEY),
+        startup_retry=7.5,
+        timings=SHORT_TIMINGS,
+    )
+    assert RetryPolicy.for_settings(settings) == RetryPolicy(
+        budget=7.5,
+        first_delay=SHORT_TIMINGS.startup_first_retry,
+        max_delay=SHORT_TIMINGS.startup_max_retry,
+    )
