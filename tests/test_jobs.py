@@ -560,9 +560,10 @@ async def test_intakes_past_the_limit_wait_their_turn_in_arrival_order(
 
 
 async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMinEmulator) -> None:
-    """A job queued behind others is told its position, which only moves forward."""
+    """A job queued behind others is told its position, which only moves forward down
+    to the head of the line (each upscale lasts longer than the places' refresh)."""
     r = await rigs(max_concurrent=1, max_per_member=10)
-    emu.upscale_delay = 0.1
+    emu.upscale_delay = 0.8
     submitted = [await r.submit() for _ in range(4)]
     job, _ = submitted[-1]
     assert r.queue.position(job) is not None
@@ -845,6 +846,7 @@ async def test_result_file_is_removed_when_the_job_fails(
         emu.fail("download", "respond", status=200, body=png())
     job, _ = await r.submit()
     log = await r.settled(job)
+    await until(r.queue.idle)  # its run has ended here (the file is removed then)
     assert log.failures and emu.calls["download"] == 1
     assert list(r.queue.spool_dir.iterdir()) == []
 

@@ -10,13 +10,17 @@ some process of the fleet: it is dropped here and the front end told to stop sho
 so no per-job state outlives its job and no late "queued" edit follows a result.
 
 Refreshes are shared: a burst of submissions would otherwise read the whole queue once
-per job; calls that arrive while a read runs are all served by the next one.
+per job; calls that arrive while a read runs are all served by the next one. Refreshes
+that follow what happened elsewhere (claims, jobs ending: :meth:`Positions.refresh_soon`)
+come at most every :data:`SOON` seconds, since the displays they feed are throttled to
+seconds anyway; a job just put in line is shown its place at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from bot.jobs.model import Job, Progress, Stage, WaitReason
@@ -24,6 +28,8 @@ from bot.jobs.report import Reporter
 from bot.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
+
+SOON = 0.5  # seconds: the least time between refreshes asked for by refresh_soon
 
 # Why the whole line waits, and until when at the latest (or None: it does not).
 WaitInfo = tuple[WaitReason, float | None] | None
@@ -52,6 +58,8 @@ class Positions:
         self._done = 0
         self._round = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_read = -SOON  # monotonic time of the last read's start
+        self._soon: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -73,6 +81,22 @@ class Positions:
         """1-based place in line as last seen, or None when the job no longer waits."""
         shown = self._shown.get(job_id)
         return shown[0] if shown is not None else None
+
+    def refresh_soon(self) -> None:
+        """Refresh when this process shows any job's place, at most every :data:`SOON`
+        seconds (asked for after claims and endings: many come at once in a burst)."""
+        if not self._watched or (self._soon is not None and not self._soon.done()):
+            return
+        wait = max(0.0, self._last_read + SOON - time.monotonic())
+        self._soon = asyncio.get_running_loop().create_task(self._refresh_after(wait))
+
+    async def _refresh_after(self, wait: float) -> None:
+        if wait:
+            await asyncio.sleep(wait)
+        try:
+            await self.refresh()
+        except Exception:
+            log.warning("Could not refresh the places in line", exc_info=True)
 
     async def refresh_if_watching(self) -> None:
         """:meth:`refresh` when this process shows any job's place."""
@@ -105,6 +129,7 @@ class Positions:
             return
         self._reads += 1
         read = self._reads
+        self._last_read = time.monotonic()
         try:
             line = await self._store.positions()
             waits = await self._line_waits()

@@ -172,7 +172,6 @@ class JobQueue:
         self.signals.subscribe(self._on_signal)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._refreshing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- wiring ------------------------------------------------------------------------
@@ -275,7 +274,13 @@ class JobQueue:
     async def shows(self, job_id: str) -> bool:
         """True while this process may show the job's progress: it waits in line (or is
         being taken in), or this process runs it. A front end asks before each late edit,
-        so that nothing overwrites a result another process posted."""
+        so that nothing overwrites a result another process posted.
+
+        A job this process runs needs no read: it holds the job's lease, and a job it
+        lost (taken over after a stall) stops at its next recorded stage.
+        """
+        if self._runner.running(job_id):
+            return True
         state = await self.store.shown_state(job_id)
         if state is None:
             return False
@@ -311,10 +316,8 @@ class JobQueue:
             self.circuit.forget()
         if signal is Signal.CANCELLED and self._runner.running(payload):
             self._runner.stop_job(payload)  # cancelled in another process: stop its upload
-        if len(self._positions) and signal is not Signal.SLOT:
-            task = asyncio.get_running_loop().create_task(self._positions.refresh())
-            self._refreshing.add(task)
-            task.add_done_callback(self._refreshing.discard)
+        if signal is not Signal.SLOT:
+            self._positions.refresh_soon()
 
     def _stopped(self, job_id: str) -> None:
         self._positions.unwatch(job_id)

@@ -129,7 +129,8 @@ class Runner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._intakes: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        # This process's jobs waiting for an upscale slot, in claim order (see _take_slot).
+        self._slot_line: list[asyncio.Event] = []
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._claims = True
@@ -151,10 +152,13 @@ class Runner:
         self._wakeup.set()
 
     def on_signal(self, signal: Signal, payload: str) -> None:
-        """A wake-up from the fleet (or this process)."""
+        """A wake-up from the fleet (or this process): a freed slot wakes the head of the
+        slot line; work queued, a job ended (room in the fleet) or the circuit changing
+        wakes the dispatcher. Another process's claim changes nothing here."""
         if signal is Signal.SLOT:
-            self._slot_freed.set()
-        self._wakeup.set()
+            self._slot_freed()
+        elif signal is not Signal.CLAIMED:
+            self._wakeup.set()
 
     @property
     def busy(self) -> bool:
@@ -222,17 +226,19 @@ class Runner:
         One cheap read first says whether a claim's transaction is worth making (most
         wake-ups in a busy fleet are about jobs other processes hold).
         """
-        if not self._claims or await self._service_refusing():
+        job_room = len(self._running) < self.max_concurrent * CLAIM_AHEAD
+        intake_room = len(self._intakes) < INTAKE_CONCURRENCY
+        if not self._claims or not (job_room or intake_room) or await self._service_refusing():
             return False
         now = time.time()
         jobs, intakes = await self._store.anything_to_claim(now)
         started = False
-        if intakes and len(self._intakes) < INTAKE_CONCURRENCY:
+        if intakes and intake_room:
             intake = await self._claim_intake(now)
             if intake is not None:
                 self._start_intake(intake)
                 started = True
-        if jobs and len(self._running) < self.max_concurrent * CLAIM_AHEAD:
+        if jobs and job_room:
             job = await self._claim(now)
             if job is not None:
                 self._start(job)
@@ -317,13 +323,13 @@ class Runner:
         task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._finished(job.id))
-        asyncio.get_running_loop().create_task(self._positions.refresh())
+        self._positions.refresh_soon()
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
         self._reporter.left(job_id)
         self._wakeup.set()
-        self._slot_freed.set()  # a job that ended while upscaling freed its slot
+        self._slot_freed()  # a job that ended while upscaling freed its slot
 
     def _start_intake(self, job: Job) -> None:
         task = asyncio.create_task(self._resume_intake(job), name=f"intake-{job.id[:8]}")
@@ -415,6 +421,7 @@ class Runner:
         await self._settlement.delivered(job, result, message_id)
 
     async def _work(self, job: Job) -> JobResult:
+        input_image: bytes | None = None
         if job.result_url is None:
             # The input is read while the job waits for its slot (a job claimed ahead waits
             # for one), so the upload can start the moment it has it.
@@ -428,6 +435,7 @@ class Runner:
                 raise
             if reading is not None:
                 data = await reading
+                input_image = data  # kept for the Compare crop (small: at most ~1 MP)
                 prepared = job.input
                 asset = await self._paced(
                     job,
@@ -452,14 +460,15 @@ class Runner:
             await self._signals.send(Signal.SLOT)  # its slot is free for the next job
         else:
             await self._advance(job, Stage.DOWNLOADING)
-        self._slot_freed.set()
+        self._slot_freed()
         # The result (up to RESULT_MAX_BYTES) goes straight to a file; the check (a full
         # decode: 64 MB for a 4096x4096 result) of a large result is made in the image
         # worker, from that file, with the input's Compare crop (the result's side of
         # the comparison is cut at click time, from the posted result).
         path = self.result_path(job)
         byte_count = await self._onemin.download_to(job.result_url, path, RESULT_MAX_BYTES)
-        input_image = await self._store.read_input(job.id)  # for the crops; none without it
+        if input_image is None:  # resumed past its upload: read it for the Compare crop
+            input_image = await self._store.read_input(job.id)
         try:
             checked = await self._workers.check_result(path, input_image, job.input.size)
         except ResultUnusable as exc:
@@ -486,27 +495,55 @@ class Runner:
         """Wait until fewer than ``max_concurrent`` jobs are with 1min.ai fleet-wide
         (uploading or upscaling), then move this one there, atomically under a
         fleet-wide lock: to ``uploading``, or to ``upscaling`` when it resumes with its
-        asset stored. Woken when a slot is freed anywhere in the fleet.
+        asset stored.
 
-        Raises :class:`Stopped` when it was cancelled or taken over while it waited.
+        The jobs of this process wait in one line, in claim order: only its head looks
+        for a slot (when one is freed anywhere in the fleet, or every ``poll_interval``
+        seconds), and hands the turn on when it has one; a freed slot does not send
+        every waiting job to the database at once. Raises :class:`Stopped` when the job
+        was cancelled or taken over while it waited.
         """
         stage = Stage.UPLOADING if job.asset_path is None else Stage.UPSCALING
+        turn = asyncio.Event()
+        self._slot_line.append(turn)
+        if self._slot_line[0] is turn:
+            turn.set()
         told = False
-        while True:
-            self._slot_freed.clear()
-            now = time.time()
-            async with self._db.transaction(urgent=True) as tx:
-                await tx.lock(SLOT_LOCK)
-                if await self._store.slots_taken(tx, job.id, now) < self.max_concurrent:
-                    if not await self._store.advance(job.id, stage, tx=tx):
-                        raise Stopped("cancelled, or taken over by another process")
-                    break
-            if not told:
-                told = True
-                self._reporter.progress(job, Progress(Stage.WAITING))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), self.poll_interval)
+        try:
+            while True:
+                if turn.is_set():
+                    turn.clear()
+                    if await self._try_slot(job, stage):
+                        break
+                if not told:
+                    told = True
+                    self._reporter.progress(job, Progress(Stage.WAITING))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(turn.wait(), self.poll_interval)
+                if self._slot_line[0] is turn:
+                    turn.set()  # the head looks again after poll_interval anyway
+        finally:
+            head = self._slot_line[0] is turn
+            self._slot_line.remove(turn)
+            if head and self._slot_line:
+                self._slot_line[0].set()  # the next one looks now (more may be free)
         self._entered(job, stage)
+
+    async def _try_slot(self, job: Job, stage: Stage) -> bool:
+        """One look for a slot: True when this job took it."""
+        now = time.time()
+        async with self._db.transaction(urgent=True) as tx:
+            await tx.lock(SLOT_LOCK)
+            if await self._store.slots_taken(tx, job.id, now) >= self.max_concurrent:
+                return False
+            if not await self._store.advance(job.id, stage, tx=tx):
+                raise Stopped("cancelled, or taken over by another process")
+        return True
+
+    def _slot_freed(self) -> None:
+        """A slot was freed (here, or anywhere in the fleet): the head of the line looks."""
+        if self._slot_line:
+            self._slot_line[0].set()
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
