@@ -136,6 +136,7 @@ class Intake:
             created_at=now.timestamp(),
             reply_token=request.reply_token,
         )
+        await self._ledger.ensure_guild(request.guild_id)  # a write once per guild
         async with self._db.transaction() as tx:
             # The cap is checked under the guild's lock, which the reservation takes
             # too (SQLite: every writer is serialised), so two requests of one member

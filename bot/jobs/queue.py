@@ -279,7 +279,7 @@ class JobQueue:
         A job this process runs needs no read: it holds the job's lease, and a job it
         lost (taken over after a stall) stops at its next recorded stage.
         """
-        if self._runner.running(job_id):
+        if self._runner.holds(job_id):
             return True
         state = await self.store.shown_state(job_id)
         if state is None:

@@ -42,6 +42,7 @@ from bot.db import Database
 from bot.failures import FailureKind
 from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
 from bot.jobs.model import (
+    SLOT_STAGES,
     BadResult,
     InputLost,
     InputRefused,
@@ -127,6 +128,7 @@ class Runner:
         self._rate_backoff = rate_backoff
         self._on_poll = on_poll
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._jobs: dict[str, Job] = {}  # the jobs of _running
         self._intakes: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
         # This process's jobs waiting for an upscale slot, in claim order (see _take_slot).
@@ -134,6 +136,7 @@ class Runner:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._claims = True
+        self._intakes_may_lapse = True  # see _claim_round
         self.closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -170,6 +173,11 @@ class Runner:
 
     def running(self, job_id: str) -> bool:
         return job_id in self._running
+
+    def holds(self, job_id: str) -> bool:
+        """True while this process runs the job and has not settled it."""
+        job = self._jobs.get(job_id)
+        return job is not None and job.status is JobStatus.RUNNING
 
     def stop_job(self, job_id: str) -> None:
         """Stop this process's work on a job settled elsewhere (e.g. cancelled)."""
@@ -216,6 +224,7 @@ class Runner:
             except TimeoutError:
                 # Nothing woke us for a while: look around as the wake-ups would have
                 # made us (a notification may have been lost).
+                self._intakes_may_lapse = True
                 if self._on_poll is not None:
                     with contextlib.suppress(Exception):
                         await self._on_poll()
@@ -223,15 +232,19 @@ class Runner:
     async def _claim_round(self) -> bool:
         """Claim and start what this process can now; True when it started something.
 
-        One cheap read first says whether a claim's transaction is worth making (most
-        wake-ups in a busy fleet are about jobs other processes hold).
+        Nothing is read while this process has no room for more work. Otherwise one
+        cheap read first says whether a claim's transaction is worth making (most
+        wake-ups in a busy fleet are about jobs other processes hold). Intakes lapse
+        only when a process dies or restarts, so they are looked for at start, on the
+        slow fallback look, and while the last look found some.
         """
         job_room = len(self._running) < self.max_concurrent * CLAIM_AHEAD
-        intake_room = len(self._intakes) < INTAKE_CONCURRENCY
+        intake_room = self._intakes_may_lapse and len(self._intakes) < INTAKE_CONCURRENCY
         if not self._claims or not (job_room or intake_room) or await self._service_refusing():
             return False
         now = time.time()
         jobs, intakes = await self._store.anything_to_claim(now)
+        self._intakes_may_lapse = intakes
         started = False
         if intakes and intake_room:
             intake = await self._claim_intake(now)
@@ -322,14 +335,17 @@ class Runner:
         self._reporter.started(job)
         task = asyncio.create_task(self._run(job), name=f"upscale-job-{job.id[:8]}")
         self._running[job.id] = task
-        task.add_done_callback(lambda _: self._finished(job.id))
+        self._jobs[job.id] = job
+        task.add_done_callback(lambda _: self._finished(job))
         self._positions.refresh_soon()
 
-    def _finished(self, job_id: str) -> None:
-        self._running.pop(job_id, None)
-        self._reporter.left(job_id)
+    def _finished(self, job: Job) -> None:
+        self._running.pop(job.id, None)
+        self._jobs.pop(job.id, None)
+        self._reporter.left(job.id)
         self._wakeup.set()
-        self._slot_freed()  # a job that ended while upscaling freed its slot
+        if job.stage in SLOT_STAGES:
+            self._slot_freed()  # it ended (failed, stopped) while it held a slot
 
     def _start_intake(self, job: Job) -> None:
         task = asyncio.create_task(self._resume_intake(job), name=f"intake-{job.id[:8]}")
@@ -509,11 +525,16 @@ class Runner:
         if self._slot_line[0] is turn:
             turn.set()
         told = False
+        more_free = False
         try:
             while True:
                 if turn.is_set():
                     turn.clear()
-                    if await self._try_slot(job, stage):
+                    taken = await self._try_slot(job, stage)
+                    if taken is not None:
+                        # Another slot is free if this look saw one, or if one was freed
+                        # while it ran (that wake-up was meant for the head: pass it on).
+                        more_free = taken + 1 < self.max_concurrent or turn.is_set()
                         break
                 if not told:
                     told = True
@@ -525,20 +546,22 @@ class Runner:
         finally:
             head = self._slot_line[0] is turn
             self._slot_line.remove(turn)
-            if head and self._slot_line:
-                self._slot_line[0].set()  # the next one looks now (more may be free)
+            if head and self._slot_line and more_free:
+                self._slot_line[0].set()  # another slot was free: the next one looks now
         self._entered(job, stage)
 
-    async def _try_slot(self, job: Job, stage: Stage) -> bool:
-        """One look for a slot: True when this job took it."""
+    async def _try_slot(self, job: Job, stage: Stage) -> int | None:
+        """One look for a slot: the slots taken before this job took one, or None when
+        every slot is taken."""
         now = time.time()
         async with self._db.transaction(urgent=True) as tx:
             await tx.lock(SLOT_LOCK)
-            if await self._store.slots_taken(tx, job.id, now) >= self.max_concurrent:
-                return False
+            taken = await self._store.slots_taken(tx, job.id, now)
+            if taken >= self.max_concurrent:
+                return None
             if not await self._store.advance(job.id, stage, tx=tx):
                 raise Stopped("cancelled, or taken over by another process")
-        return True
+        return taken
 
     def _slot_freed(self) -> None:
         """A slot was freed (here, or anywhere in the fleet): the head of the line looks."""

@@ -22,6 +22,7 @@ from bot.jobs.model import (
     Job,
     JobFailure,
     JobResult,
+    JobStatus,
     Stage,
 )
 from bot.jobs.report import Reporter
@@ -77,7 +78,7 @@ class Settlement:
             if result is not None and result.crops is not None:
                 await self._store.save_crops(tx, job.id, result.crops)
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
-        job.stage = Stage.DONE
+        job.status, job.stage = JobStatus.DELIVERED, Stage.DONE
         self._reporter.delivered(job, self._cost)
         for listener in self._charged:
             try:
@@ -112,6 +113,7 @@ class Settlement:
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
             if job.stage in SLOT_STAGES:
                 await self._signals.send(Signal.SLOT, tx=tx)
+        job.status = JobStatus.FAILED
         self._reporter.failed(job, kind, self._cost if refunded else 0)
         return True
 

@@ -7,6 +7,7 @@ the guild's settings row created on first use, and lists of values for SQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -79,6 +80,23 @@ class LedgerBase:
         self._clock = clock
         # Guilds whose settings row exists. Rows are never deleted, so this cannot go stale.
         self._known_guilds: set[int] = set()
+        self._ensuring: dict[int, asyncio.Future[None]] = {}
+
+    async def ensure_guild(self, guild_id: int) -> None:
+        """Create the guild's settings row if it is missing (once per guild and process).
+
+        A caller about to reserve inside its own transaction calls this first, so the
+        reservation need not write the row (whose creation it could not remember: its
+        transaction may still roll back).
+        """
+        if guild_id in self._known_guilds:
+            return
+        pending = self._ensuring.get(guild_id)
+        if pending is None:  # concurrent callers (a burst) share one write
+            pending = asyncio.ensure_future(self._ensure_guild(guild_id))
+            self._ensuring[guild_id] = pending
+            pending.add_done_callback(lambda _: self._ensuring.pop(guild_id, None))
+        await asyncio.shield(pending)
 
     async def _ensure_guild(self, guild_id: int, tx: Transaction | None = None) -> None:
         """Create the guild's settings row with the configured defaults if it is missing."""
