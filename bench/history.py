@@ -49,9 +49,10 @@ from bot.db import open_database
 from tests.bot_process import start_bot_process
 from tests.e2e.test_restart import World, stop, world
 from tests.emulators.discord import Member, User
-from tests.harness import png
 from tests.support.databases import PG_URL
+from tests.support.images import png
 from tests.support.seed import History, seed_jobs, seed_ledger
+from tests.support.timings import REAL_TIMINGS
 
 BURST_MEMBERS = 20
 BURST_EACH = 2
@@ -176,7 +177,7 @@ async def engine_run(engine: str, history: History, idle: float) -> list[dict[st
     rows = []
     for seeded in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
-            async with world(Path(tmp)) as w:
+            async with world(Path(tmp), timings=REAL_TIMINGS) as w:
                 guild = w.discord.guild
                 h = replace(history, guild_id=guild.id)
                 # The member whose /credits is timed: one of the seeded members.
