@@ -23,6 +23,7 @@ is cheap (a counter increment takes a lock for a moment) and imports nothing fro
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -118,18 +119,12 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        self.jobs = Counter(
-            "upscale_jobs_total", "Jobs ended by this process.", ["outcome"], registry=registry
-        )
-        self.failures = Counter(
-            "upscale_failures_total", "Failed jobs by why.", ["kind"], registry=registry
-        )
-        self.queue_depth = Gauge(
-            "upscale_queue_depth", "Jobs waiting, fleet-wide.", registry=registry
-        )
-        self.in_flight = Gauge(
-            "upscale_jobs_in_flight", "Jobs this process is working on.", registry=registry
-        )
+        counter = functools.partial(Counter, registry=registry)
+        gauge = functools.partial(Gauge, registry=registry)
+        self.jobs = counter("upscale_jobs_total", "Jobs ended by this process.", ["outcome"])
+        self.failures = counter("upscale_failures_total", "Failed jobs by why.", ["kind"])
+        self.queue_depth = gauge("upscale_queue_depth", "Jobs waiting, fleet-wide.")
+        self.in_flight = gauge("upscale_jobs_in_flight", "Jobs this process is working on.")
         self.stage_seconds = Histogram(
             "upscale_stage_seconds",
             "Time spent in each stage.",
@@ -137,44 +132,28 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=registry,
         )
-        self.onemin_requests = Counter(
+        self.onemin_requests = counter(
             "upscale_onemin_requests_total",
             "Calls to 1min.ai, probes included.",
             ["route", "status"],
-            registry=registry,
         )
-        self.credits = Counter(
-            "upscale_credits_total",
-            "Credits settled by this process.",
-            ["state"],
-            registry=registry,
+        self.credits = counter(
+            "upscale_credits_total", "Credits settled by this process.", ["state"]
         )
-        self.circuit_open = Gauge(
-            "upscale_circuit_open",
-            "1 while the bot has stopped calling 1min.ai, else 0.",
-            registry=registry,
+        self.circuit_open = gauge(
+            "upscale_circuit_open", "1 while the bot has stopped calling 1min.ai, else 0."
         )
-        self.rate_window_used = Gauge(
-            "upscale_rate_window_used",
-            "1min.ai requests in the current window, fleet-wide.",
-            registry=registry,
+        self.rate_window_used = gauge(
+            "upscale_rate_window_used", "1min.ai requests in the current window, fleet-wide."
         )
-        self.loop_lag = Gauge(
-            "upscale_event_loop_lag_seconds",
-            "How late the event loop ran a timer, lately.",
-            registry=registry,
+        self.loop_lag = gauge(
+            "upscale_event_loop_lag_seconds", "How late the event loop ran a timer, lately."
         )
-        self.discord_connected = Gauge(
-            "discord_connected",
-            "1 while that gateway shard is connected, else 0.",
-            ["shard"],
-            registry=registry,
+        self.discord_connected = gauge(
+            "discord_connected", "1 while that gateway shard is connected, else 0.", ["shard"]
         )
-        self.discord_latency = Gauge(
-            "discord_latency",
-            "That shard's heartbeat latency, seconds.",
-            ["shard"],
-            registry=registry,
+        self.discord_latency = gauge(
+            "discord_latency", "That shard's heartbeat latency, seconds.", ["shard"]
         )
         # Every fixed label value exists from the start (at 0), so dashboards and rate()
         # see a series before its first event; the children are kept, since looking one

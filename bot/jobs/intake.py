@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from bot import images
-from bot.db import Database, utc_now
+from bot.db import utc_now
 from bot.download import DownloadFailed, DownloadTooLarge, SourceGone
 from bot.failures import FailureKind
 from bot.i18n import Text
@@ -45,13 +45,12 @@ from bot.jobs.model import (
     QueueFull,
     Stage,
 )
+from bot.jobs.parts import Part, Parts
 from bot.jobs.positions import Positions
-from bot.jobs.report import Reporter
 from bot.jobs.settlement import Settlement
-from bot.jobs.store import JobStore
 from bot.jobs.work import prepare_and_trim
-from bot.ledger import Denial, Ledger, guild_lock
-from bot.signals import Signal, Signals
+from bot.ledger import Denial, guild_lock
+from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +73,13 @@ DOWNLOAD_FAILED = Text.of("error.download_failed")
 SOURCE_GONE = Text.of("error.source_gone")
 
 
-class Intake:
+class Intake(Part):
     """Records jobs and takes their images in; see the module docstring."""
 
     def __init__(
         self,
+        parts: Parts,
         *,
-        db: Database,
-        store: JobStore,
-        ledger: Ledger,
-        signals: Signals,
-        reporter: Reporter,
         positions: Positions,
         settlement: Settlement,
         fetch: FetchSource,
@@ -95,11 +90,7 @@ class Intake:
         lease: float,
         closed: Callable[[], bool],
     ) -> None:
-        self._db = db
-        self._store = store
-        self._ledger = ledger
-        self._signals = signals
-        self._reporter = reporter
+        super().__init__(parts)
         self._positions = positions
         self._settlement = settlement
         self._fetch = fetch

@@ -37,6 +37,7 @@ from bot.jobs.model import (
     JobStatus,
     Stage,
 )
+from bot.jobs.parts import Parts
 from bot.jobs.positions import Positions
 from bot.jobs.recovery import PURGE_FIRST_DELAY, PURGE_INTERVAL, Recovery
 from bot.jobs.report import Reporter
@@ -110,21 +111,11 @@ class JobQueue:
         self._own_signals = signals is None
         self.store = JobStore(db, owner=self.owner)
         self._reporter = Reporter(self.owner, metrics)
-        self._settlement = Settlement(
-            db=db,
-            store=self.store,
-            ledger=ledger,
-            signals=self.signals,
-            reporter=self._reporter,
-            cost=cost,
-        )
+        parts = Parts(db, self.store, ledger, self.signals, self._reporter)
+        self._settlement = Settlement(parts, cost=cost)
         self._positions = Positions(self.store, self._reporter, lambda: self._runner.line_waits())
         self._intake = Intake(
-            db=db,
-            store=self.store,
-            ledger=ledger,
-            signals=self.signals,
-            reporter=self._reporter,
+            parts,
             positions=self._positions,
             settlement=self._settlement,
             fetch=fetch_source,
@@ -136,14 +127,11 @@ class JobQueue:
             closed=lambda: self._closed,
         )
         self._runner = Runner(
-            db=db,
-            store=self.store,
+            parts,
             onemin=onemin,
             intake=self._intake,
             settlement=self._settlement,
             positions=self._positions,
-            reporter=self._reporter,
-            signals=self.signals,
             image_workers=self.image_workers,
             spool_dir=spool_dir,
             max_concurrent=max_concurrent,
@@ -156,12 +144,8 @@ class JobQueue:
             on_poll=self._positions.refresh_if_watching,
         )
         self._recovery = Recovery(
-            db=db,
-            store=self.store,
-            ledger=ledger,
+            parts,
             settlement=self._settlement,
-            reporter=self._reporter,
-            signals=self.signals,
             spool_dir=spool_dir,
             instance=self.instance,
             max_age=max_age,

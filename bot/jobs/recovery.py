@@ -21,15 +21,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from bot.db import Database, ts, utc_now
+from bot.db import ts, utc_now
 from bot.failures import FailureKind
 from bot.jobs.model import Job, JobFailure, JobStatus
-from bot.jobs.report import Reporter
+from bot.jobs.parts import Part, Parts
 from bot.jobs.settlement import Settlement
-from bot.jobs.store import JobStore
 from bot.jobs.work import clear_dir
-from bot.ledger import Ledger
-from bot.signals import Signal, Signals
+from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +40,14 @@ PURGE_PAUSE = 0.1  # seconds between batches: other work goes first
 _Deleter = Callable[[str, int], Awaitable[int]]  # (before, batch) -> rows deleted
 
 
-class Recovery:
+class Recovery(Part):
     """What a process does at start-up and every hour; see the module docstring."""
 
     def __init__(
         self,
+        parts: Parts,
         *,
-        db: Database,
-        store: JobStore,
-        ledger: Ledger,
         settlement: Settlement,
-        reporter: Reporter,
-        signals: Signals,
         spool_dir: Path,
         instance: str,
         max_age: float,
@@ -61,12 +55,8 @@ class Recovery:
         purge_interval: float = PURGE_INTERVAL,
         purge_first_delay: float = PURGE_FIRST_DELAY,
     ) -> None:
-        self._db = db
-        self._store = store
-        self._ledger = ledger
+        super().__init__(parts)
         self._settlement = settlement
-        self._reporter = reporter
-        self._signals = signals
         self.spool_dir = spool_dir
         self.instance = instance
         self.max_age = max_age

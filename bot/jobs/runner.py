@@ -38,7 +38,6 @@ from typing import TypeVar
 
 from bot import images
 from bot.circuit import Circuit
-from bot.db import Database
 from bot.failures import FailureKind
 from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
 from bot.jobs.model import (
@@ -56,14 +55,13 @@ from bot.jobs.model import (
     WaitReason,
     failure_for,
 )
+from bot.jobs.parts import Part, Parts
 from bot.jobs.positions import Positions, WaitInfo
-from bot.jobs.report import Reporter
 from bot.jobs.settlement import Settlement
-from bot.jobs.store import JobStore
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
 from bot.retry import Backoff, retry
-from bot.signals import Signal, Signals
+from bot.signals import Signal
 from bot.timings import RATE_BACKOFF_BASE, RATE_BACKOFF_CAP
 from bot.workers import ImageWorkers, ResultUnusable
 
@@ -84,20 +82,17 @@ RATE_BACKOFF = Backoff(base=RATE_BACKOFF_BASE, cap=RATE_BACKOFF_CAP)
 _T = TypeVar("_T")
 
 
-class Runner:
+class Runner(Part):
     """Claims and runs jobs in this process; see the module docstring."""
 
     def __init__(
         self,
+        parts: Parts,
         *,
-        db: Database,
-        store: JobStore,
         onemin: OneMinClient,
         intake: Intake,
         settlement: Settlement,
         positions: Positions,
-        reporter: Reporter,
-        signals: Signals,
         image_workers: ImageWorkers,
         spool_dir: Path,
         max_concurrent: int,
@@ -109,14 +104,11 @@ class Runner:
         rate_backoff: Backoff = RATE_BACKOFF,
         on_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._db = db
-        self._store = store
+        super().__init__(parts)
         self._onemin = onemin
         self._intake = intake
         self._settlement = settlement
         self._positions = positions
-        self._reporter = reporter
-        self._signals = signals
         self._workers = image_workers
         self.spool_dir = spool_dir
         self.max_concurrent = max_concurrent

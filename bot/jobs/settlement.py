@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from bot.db import Database
 from bot.failures import FailureKind
 from bot.jobs.model import (
     SLOT_STAGES,
@@ -25,34 +24,19 @@ from bot.jobs.model import (
     JobStatus,
     Stage,
 )
-from bot.jobs.report import Reporter
-from bot.jobs.store import JobStore
-from bot.ledger import Ledger
-from bot.signals import Signal, Signals
+from bot.jobs.parts import Part, Parts
+from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
 ChargedListener = Callable[[Job], Awaitable[None]]
 
 
-class Settlement:
+class Settlement(Part):
     """Ends jobs; see the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        db: Database,
-        store: JobStore,
-        ledger: Ledger,
-        signals: Signals,
-        reporter: Reporter,
-        cost: int,
-    ) -> None:
-        self._db = db
-        self._store = store
-        self._ledger = ledger
-        self._signals = signals
-        self._reporter = reporter
+    def __init__(self, parts: Parts, *, cost: int) -> None:
+        super().__init__(parts)
         self._cost = cost
         self._charged: list[ChargedListener] = []
 
