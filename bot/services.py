@@ -19,14 +19,13 @@ from bot.circuit import Circuit
 from bot.db import Database, open_database
 from bot.download import download_to
 from bot.failures import FailureKind
-from bot.images import ImageLimits, probe_png
-from bot.jobs import JobQueue, instance_name
+from bot.images import probe_png
+from bot.jobs import JobQueue, QueueConfig, instance_name
 from bot.jobs.metrics import NO_JOB_METRICS
 from bot.ledger import Ledger
 from bot.metrics import Metrics
 from bot.onemin import OneMinClient
 from bot.pacing import WINDOW_MARGIN, RateGate
-from bot.retry import Backoff
 from bot.settings import Settings
 from bot.signals import Signals
 from bot.workers import ImageWorkers
@@ -121,25 +120,11 @@ async def open_services(
             ledger=ledger,
             onemin=onemin,
             spool_dir=spool_dir(settings, db),
-            max_concurrent=settings.max_concurrent_jobs,
-            max_per_member=settings.max_jobs_per_user,
-            cost=settings.upscale_cost,
-            limits=ImageLimits(
-                max_pixels=settings.max_input_pixels, max_side=settings.max_input_side
-            ),
-            lease=settings.job_lease,
-            busy_timeout=settings.busy_timeout,
-            max_age=settings.job_max_age,
+            config=QueueConfig.from_settings(settings),
             instance=instance,
             circuit=circuit,
-            circuit_give_up=settings.circuit_give_up,
             image_workers=image_workers,
             fetch_source=functools.partial(download_to, session),
-            retention_days=settings.job_retention_days,
-            poll_interval=settings.timings.job_poll_interval,
-            rate_backoff=Backoff(
-                settings.timings.rate_backoff_base, settings.timings.rate_backoff_cap
-            ),
             signals=signals,
             metrics=NO_JOB_METRICS if metrics is None else metrics,
         )

@@ -64,6 +64,7 @@ __all__ = [
     "discord_errors",
     "discord_host",
     "discord_login",
+    "network_or_exit",
     "network_reason",
     "prepare_spool",
     "probe_database",
@@ -202,6 +203,21 @@ async def retrying(
     return await retry(timed, Exception, wait)
 
 
+async def network_or_exit(
+    what: str,
+    attempt: Callable[[], Awaitable[object]],
+    policy: RetryPolicy,
+    status: int,
+    explain: Callable[[str], str],
+) -> None:
+    """:func:`retrying` on network failures; out of time, :class:`StartupError` with
+    ``status`` and ``explain("(<last reason>) after <n> tries in <s> s")``."""
+    try:
+        await retrying(what, attempt, network_reason, policy)
+    except GaveUp as gave_up:
+        raise StartupError(status, explain(f"({gave_up.reason}) {gave_up.after}")) from None
+
+
 def network_reason(exc: BaseException) -> str | None:
     """A short reason for a network failure worth retrying, or None for anything else."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -250,15 +266,16 @@ async def resolve_onemin(base_url: str, policy: RetryPolicy) -> None:
     async def attempt() -> None:
         await resolve(host, port)
 
-    try:
-        await retrying(f"Looking up 1min.ai host {host}", attempt, network_reason, policy)
-    except GaveUp as gave_up:
-        raise StartupError(
-            EXIT_ONEMIN_UNRESOLVABLE,
-            f"the 1min.ai host {host} (ONEMIN_API_BASE) cannot be looked up"
-            f" ({gave_up.reason}) {gave_up.after}: check ONEMIN_API_BASE for typos, and"
-            " the machine's network and DNS",
-        ) from None
+    await network_or_exit(
+        f"Looking up 1min.ai host {host}",
+        attempt,
+        policy,
+        EXIT_ONEMIN_UNRESOLVABLE,
+        lambda why: (
+            f"the 1min.ai host {host} (ONEMIN_API_BASE) cannot be looked up {why}:"
+            " check ONEMIN_API_BASE for typos, and the machine's network and DNS"
+        ),
+    )
 
 
 # -- Discord ---------------------------------------------------------------------------
@@ -298,15 +315,16 @@ async def wait_for_discord(token: str, policy: RetryPolicy) -> None:
 
     host = discord_host()
     with discord_errors():
-        try:
-            await retrying(f"Connecting to Discord ({host})", attempt, network_reason, policy)
-        except GaveUp as gave_up:
-            raise StartupError(
-                EXIT_DISCORD_UNREACHABLE,
-                f"cannot reach Discord at {host} ({gave_up.reason}) {gave_up.after}:"
-                " check the machine's network connection, firewall and proxy, or"
-                " set STARTUP_RETRY_SECONDS to wait longer",
-            ) from None
+        await network_or_exit(
+            f"Connecting to Discord ({host})",
+            attempt,
+            policy,
+            EXIT_DISCORD_UNREACHABLE,
+            lambda why: (
+                f"cannot reach Discord at {host} {why}: check the machine's network"
+                " connection, firewall and proxy, or set STARTUP_RETRY_SECONDS to wait longer"
+            ),
+        )
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import asyncio
 import csv
 import io
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -118,13 +118,16 @@ class Credits(commands.Cog):
         self,
         interaction: discord.Interaction,
         text: Text,
-        action: Awaitable[Change | None],
+        action: Callable[..., Awaitable[Change | None]],
+        *args: object,
     ) -> None:
-        """Defer, run the ledger change, then confirm (or explain a refused value in the
-        ledger's own words, a ``quota.invalid.*`` catalogue text)."""
+        """Defer, run the ledger change ``action(guild_id, moderator_id, *args)``, then
+        confirm (or explain a refused value in the ledger's own words, a
+        ``quota.invalid.*`` catalogue text)."""
+        guild = require_guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            change = await action
+            change = await action(guild.id, interaction.user.id, *args)
         except LedgerValueError as exc:
             raise UserError(exc.text) from None
         await interaction.edit_original_response(
@@ -185,11 +188,11 @@ class Credits(commands.Cog):
     async def quota_default(
         self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.default.done", count=limit),
-            self.ledger.set_default_limit(guild.id, interaction.user.id, limit),
+            self.ledger.set_default_limit,
+            limit,
         )
 
     @quota.command(name="role", description=cmd_text("cmd.quota.role.description"))
@@ -203,11 +206,12 @@ class Credits(commands.Cog):
         role: discord.Role,
         limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.role.done", role=role.mention, count=limit),
-            self.ledger.set_role_limit(guild.id, interaction.user.id, role.id, limit),
+            self.ledger.set_role_limit,
+            role.id,
+            limit,
         )
 
     @quota.command(name="user", description=cmd_text("cmd.quota.user.description"))
@@ -222,33 +226,34 @@ class Credits(commands.Cog):
         member: discord.Member,
         limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.user.done", member=member.mention, count=limit),
-            self.ledger.set_member_limit(guild.id, interaction.user.id, member.id, limit),
+            self.ledger.set_member_limit,
+            member.id,
+            limit,
         )
 
     @quota.command(name="clear", description=cmd_text("cmd.quota.clear.description"))
     @app_commands.describe(member=cmd_text("cmd.quota.clear.option.member"))
     @moderator_only()
     async def quota_clear(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.clear.done", member=member.mention),
-            self.ledger.clear_member_limit(guild.id, interaction.user.id, member.id),
+            self.ledger.clear_member_limit,
+            member.id,
         )
 
     @quota.command(name="clear-role", description=cmd_text("cmd.quota.clear_role.description"))
     @app_commands.describe(role=cmd_text("cmd.quota.clear_role.option.role"))
     @moderator_only()
     async def quota_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.clear_role.done", role=role.mention),
-            self.ledger.clear_role_limit(guild.id, interaction.user.id, role.id),
+            self.ledger.clear_role_limit,
+            role.id,
         )
 
     @quota.command(name="server", description=cmd_text("cmd.quota.server.description"))
@@ -257,12 +262,12 @@ class Credits(commands.Cog):
     async def quota_server(
         self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
-        guild = require_guild(interaction)
         budget = Text.of("unit.credits", count=limit) if limit else Text.of("quota.no_budget")
         await self._change(
             interaction,
             Text.of("quota.server.done", budget=budget),
-            self.ledger.set_server_budget(guild.id, interaction.user.id, limit),
+            self.ledger.set_server_budget,
+            limit,
         )
 
     @quota.command(name="period", description=cmd_text("cmd.quota.period.description"))
@@ -272,11 +277,11 @@ class Credits(commands.Cog):
     async def quota_period(
         self, interaction: discord.Interaction, period: app_commands.Choice[str]
     ) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.period.done", period=_period(period.value)),
-            self.ledger.set_period(guild.id, interaction.user.id, period.value),
+            self.ledger.set_period,
+            period.value,
         )
 
     @quota.command(name="grant", description=cmd_text("cmd.quota.grant.description"))
@@ -291,25 +296,26 @@ class Credits(commands.Cog):
         member: discord.Member,
         amount: app_commands.Range[int, -MAX_CREDITS, MAX_CREDITS],
     ) -> None:
-        guild = require_guild(interaction)
         if amount == 0:
             raise UserError("quota.grant.zero")
         key = "quota.grant.granted" if amount > 0 else "quota.grant.taken"
         await self._change(
             interaction,
             Text.of(key, count=abs(amount), member=member.mention),
-            self.ledger.grant(guild.id, interaction.user.id, member.id, amount),
+            self.ledger.grant,
+            member.id,
+            amount,
         )
 
     @quota.command(name="reset", description=cmd_text("cmd.quota.reset.description"))
     @app_commands.describe(member=cmd_text("cmd.quota.reset.option.member"))
     @moderator_only()
     async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        guild = require_guild(interaction)
         await self._change(
             interaction,
             Text.of("quota.reset.done", member=member.mention),
-            self.ledger.reset_member(guild.id, interaction.user.id, member.id),
+            self.ledger.reset_member,
+            member.id,
         )
 
     @quota.command(name="log", description=cmd_text("cmd.quota.log.description"))
@@ -327,11 +333,7 @@ class Credits(commands.Cog):
         else:
             text = Text.of("quota.log.cleared")
         await self._change(
-            interaction,
-            text,
-            self.ledger.set_log_channel(
-                guild.id, interaction.user.id, channel.id if channel else None
-            ),
+            interaction, text, self.ledger.set_log_channel, channel.id if channel else None
         )
 
     # -- /usage ------------------------------------------------------------------------

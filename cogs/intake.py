@@ -81,7 +81,7 @@ async def start_job(
     queue = bot.queue
     if (await bot.circuit.state()).open:
         raise UserError(messages.CIRCUIT_OPEN_REFUSAL)
-    limits = queue.limits
+    limits = queue.config.limits
     if source.declared_size is not None and source.declared_size > limits.max_bytes:
         raise UserError(messages.too_large_text(limits.max_bytes))
     if not allowed_source(bot, source.url):

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from bot.jobs import (
     LimitReached,
     Progress,
     QueueClosed,
+    QueueConfig,
     QueueFull,
     Source,
     Stage,
@@ -228,13 +229,15 @@ async def make_rig(
         "poll_interval": 0.2,
     }
     options.update(queue_options)
+    tunables = {f.name for f in fields(QueueConfig)}
     queue = JobQueue(
         db=db,
         ledger=ledger,
         onemin=client,
         spool_dir=tmp_path / "spool",
+        config=QueueConfig(**{k: v for k, v in options.items() if k in tunables}),
         fetch_source=files.fetch,
-        **options,
+        **{k: v for k, v in options.items() if k not in tunables},
     )
     recorder = front or Recorder()
     queue.attach(recorder)

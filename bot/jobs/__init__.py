@@ -28,6 +28,7 @@ Fleet-wide limits. At most ``max_concurrent`` jobs are with 1min.ai at once acro
 processes, and every 1min.ai request passes the :class:`bot.pacing.RateGate`.
 """
 
+from bot.jobs.config import QueueConfig
 from bot.jobs.intake import INTAKE_CONCURRENCY, PREPARE_CONCURRENCY, FetchSource
 from bot.jobs.model import (
     CANCELLABLE_STAGES,
@@ -86,6 +87,7 @@ __all__ = [
     "PreparedInfo",
     "Progress",
     "QueueClosed",
+    "QueueConfig",
     "QueueFull",
     "Source",
     "Stage",

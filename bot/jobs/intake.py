@@ -83,22 +83,16 @@ class Intake(Part):
         positions: Positions,
         settlement: Settlement,
         fetch: FetchSource,
-        spool_dir: Path,
-        limits: images.ImageLimits,
-        max_per_member: int,
-        cost: int,
-        lease: float,
         closed: Callable[[], bool],
     ) -> None:
         super().__init__(parts)
         self._positions = positions
         self._settlement = settlement
         self._fetch = fetch
-        self.spool_dir = spool_dir
-        self.limits = limits
-        self.max_per_member = max_per_member
-        self._cost = cost
-        self._lease = lease
+        self.limits = parts.config.limits
+        self.max_per_member = parts.config.max_per_member
+        self._cost = parts.config.cost
+        self._lease = parts.config.lease
         self._closed = closed
         self._gate = asyncio.Semaphore(INTAKE_CONCURRENCY)
         self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)

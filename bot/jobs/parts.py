@@ -1,16 +1,19 @@
 """What every part of the job queue works with, handed to each in one piece.
 
 The parts of :mod:`bot.jobs` (intake, runner, settlement, recovery) share the database,
-the store of the job tables, the ledger, the fleet's wake-ups and the reporter (front
-end, log, metrics); :class:`JobQueue` builds them once and gives each part this bundle
-with what is its own; each part is a :class:`Part`.
+the store of the job tables, the ledger, the fleet's wake-ups, the reporter (front
+end, log, metrics), the queue's configuration and its spool directory;
+:class:`JobQueue` builds them once and gives each part this bundle with what is its
+own; each part is a :class:`Part`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.db import Database
+from bot.jobs.config import QueueConfig
 from bot.jobs.report import Reporter
 from bot.jobs.store import JobStore
 from bot.ledger import Ledger
@@ -24,6 +27,8 @@ class Parts:
     ledger: Ledger
     signals: Signals
     reporter: Reporter
+    config: QueueConfig
+    spool_dir: Path  # where inputs and results wait on disk
 
 
 class Part:
@@ -35,3 +40,5 @@ class Part:
         self._ledger = parts.ledger
         self._signals = parts.signals
         self._reporter = parts.reporter
+        self._config = parts.config
+        self.spool_dir = parts.spool_dir

@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 
-from bot import compare, images
+from bot import compare
 from bot.circuit import Circuit
 from bot.db import Database
+from bot.jobs.config import QueueConfig
 from bot.jobs.intake import FetchSource, Intake
 from bot.jobs.metrics import NO_JOB_METRICS, JobMetrics
 from bot.jobs.model import (
@@ -39,16 +40,15 @@ from bot.jobs.model import (
 )
 from bot.jobs.parts import Parts
 from bot.jobs.positions import Positions
-from bot.jobs.recovery import PURGE_FIRST_DELAY, PURGE_INTERVAL, Recovery
+from bot.jobs.recovery import Recovery
 from bot.jobs.report import Reporter
-from bot.jobs.runner import RATE_BACKOFF, Runner
+from bot.jobs.runner import Runner
 from bot.jobs.settlement import ChargedListener, Settlement
 from bot.jobs.store import JobStore
 from bot.jobs.trail import JobTrail, find_trail
 from bot.ledger import Ledger
 from bot.onemin import OneMinClient
-from bot.retry import Backoff
-from bot.signals import FALLBACK_POLL, Signal, Signals
+from bot.signals import Signal, Signals
 from bot.workers import ImageWorkers
 
 log = logging.getLogger(__name__)
@@ -78,30 +78,18 @@ class JobQueue:
         ledger: Ledger,
         onemin: OneMinClient,
         spool_dir: Path,
-        max_concurrent: int,
-        max_per_member: int,
-        cost: int,
+        config: QueueConfig,
         fetch_source: FetchSource = _no_fetch,
-        limits: images.ImageLimits | None = None,
-        lease: float = 30.0,
-        busy_timeout: float = 1800.0,
-        max_age: float = 86_400.0,
         instance: str | None = None,
-        poll_interval: float = FALLBACK_POLL,
         circuit: Circuit | None = None,
-        circuit_give_up: float = 3600.0,
         image_workers: ImageWorkers | None = None,
-        retention_days: float = 30.0,
-        purge_interval: float = PURGE_INTERVAL,
-        purge_first_delay: float = PURGE_FIRST_DELAY,
-        rate_backoff: Backoff = RATE_BACKOFF,
         signals: Signals | None = None,
         metrics: JobMetrics = NO_JOB_METRICS,
     ) -> None:
         self.instance = instance or instance_name()
         self.owner = f"{self.instance}:{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.config = config
         self.spool_dir = spool_dir
-        self.limits = limits or images.ImageLimits()
         self.circuit = circuit
         self._db = db
         self._ledger = ledger
@@ -111,19 +99,14 @@ class JobQueue:
         self._own_signals = signals is None
         self.store = JobStore(db, owner=self.owner)
         self._reporter = Reporter(self.owner, metrics)
-        parts = Parts(db, self.store, ledger, self.signals, self._reporter)
-        self._settlement = Settlement(parts, cost=cost)
+        parts = Parts(db, self.store, ledger, self.signals, self._reporter, config, spool_dir)
+        self._settlement = Settlement(parts)
         self._positions = Positions(self.store, self._reporter, lambda: self._runner.line_waits())
         self._intake = Intake(
             parts,
             positions=self._positions,
             settlement=self._settlement,
             fetch=fetch_source,
-            spool_dir=spool_dir,
-            limits=self.limits,
-            max_per_member=max_per_member,
-            cost=cost,
-            lease=lease,
             closed=lambda: self._closed,
         )
         self._runner = Runner(
@@ -133,26 +116,10 @@ class JobQueue:
             settlement=self._settlement,
             positions=self._positions,
             image_workers=self.image_workers,
-            spool_dir=spool_dir,
-            max_concurrent=max_concurrent,
-            lease=lease,
-            busy_timeout=busy_timeout,
-            poll_interval=poll_interval,
             circuit=circuit,
-            circuit_give_up=circuit_give_up,
-            rate_backoff=rate_backoff,
             on_poll=self._positions.refresh_if_watching,
         )
-        self._recovery = Recovery(
-            parts,
-            settlement=self._settlement,
-            spool_dir=spool_dir,
-            instance=self.instance,
-            max_age=max_age,
-            retention_days=retention_days,
-            purge_interval=purge_interval,
-            purge_first_delay=purge_first_delay,
-        )
+        self._recovery = Recovery(parts, settlement=self._settlement, instance=self.instance)
         self.signals.subscribe(self._on_signal)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -162,15 +129,15 @@ class JobQueue:
 
     @property
     def max_per_member(self) -> int:
-        return self._intake.max_per_member
+        return self.config.max_per_member
 
     @property
     def max_concurrent(self) -> int:
-        return self._runner.max_concurrent
+        return self.config.max_concurrent
 
     @property
     def lease(self) -> float:
-        return self._runner.lease
+        return self.config.lease
 
     @property
     def front_end(self) -> FrontEnd | None:

@@ -19,7 +19,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 
 from bot.db import ts, utc_now
 from bot.failures import FailureKind
@@ -32,8 +31,6 @@ from bot.signals import Signal
 log = logging.getLogger(__name__)
 
 COMPARE_RETENTION_DAYS = 8  # the Compare button works at least a week after delivery
-PURGE_INTERVAL = 3600.0  # seconds between housekeeping rounds
-PURGE_FIRST_DELAY = 60.0  # seconds after start-up before the first round
 PURGE_BATCH = 200  # rows deleted per transaction
 PURGE_PAUSE = 0.1  # seconds between batches: other work goes first
 
@@ -43,26 +40,10 @@ _Deleter = Callable[[str, int], Awaitable[int]]  # (before, batch) -> rows delet
 class Recovery(Part):
     """What a process does at start-up and every hour; see the module docstring."""
 
-    def __init__(
-        self,
-        parts: Parts,
-        *,
-        settlement: Settlement,
-        spool_dir: Path,
-        instance: str,
-        max_age: float,
-        retention_days: float,
-        purge_interval: float = PURGE_INTERVAL,
-        purge_first_delay: float = PURGE_FIRST_DELAY,
-    ) -> None:
+    def __init__(self, parts: Parts, *, settlement: Settlement, instance: str) -> None:
         super().__init__(parts)
         self._settlement = settlement
-        self.spool_dir = spool_dir
         self.instance = instance
-        self.max_age = max_age
-        self.retention_days = retention_days
-        self.purge_interval = purge_interval
-        self.purge_first_delay = purge_first_delay
 
     async def recover(self, *, single_process: bool) -> list[Job]:
         """Take this instance's jobs back, refund what cannot be finished.
@@ -72,7 +53,7 @@ class Recovery(Part):
         out). Returns the jobs refunded.
         """
         await self._store.recover(None if single_process else self.instance)
-        cutoff = ts(utc_now() - timedelta(seconds=self.max_age))
+        cutoff = ts(utc_now() - timedelta(seconds=self._config.max_age))
         refunded: list[Job] = []
         for row in [*await self._store.intake_rows(), *await self._store.waiting_rows()]:
             job = Job.from_row(row)
@@ -109,13 +90,13 @@ class Recovery(Part):
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Trim the tables every ``purge_interval`` seconds until ``stopping`` is set."""
-        wait = self.purge_first_delay
+        wait = self._config.purge_first_delay
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), wait)
             if stopping.is_set():
                 return
-            wait = self.purge_interval
+            wait = self._config.purge_interval
             try:
                 await self.purge(stopping)
             except Exception:
@@ -125,7 +106,9 @@ class Recovery(Part):
         """Delete finished jobs past retention and old Compare crops; returns the counts."""
         now = utc_now()
         jobs = await self._in_batches(
-            self._store.purge_finished, ts(now - timedelta(days=self.retention_days)), stopping
+            self._store.purge_finished,
+            ts(now - timedelta(days=self._config.retention_days)),
+            stopping,
         )
         crops = await self._in_batches(
             self._store.purge_crops, ts(now - timedelta(days=COMPARE_RETENTION_DAYS)), stopping

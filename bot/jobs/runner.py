@@ -60,9 +60,8 @@ from bot.jobs.positions import Positions, WaitInfo
 from bot.jobs.settlement import Settlement
 from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.pacing import waiting_hook
-from bot.retry import Backoff, retry
+from bot.retry import retry
 from bot.signals import Signal
-from bot.timings import RATE_BACKOFF_BASE, RATE_BACKOFF_CAP
 from bot.workers import ImageWorkers, ResultUnusable
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ SLOT_LOCK = "jobs:slot"
 # downloads and deliveries overlap the next uploads and upscales. Bounds memory.
 CLAIM_AHEAD = 2
 # Waits after 429s without Retry-After.
-RATE_BACKOFF = Backoff(base=RATE_BACKOFF_BASE, cap=RATE_BACKOFF_CAP)
 
 _T = TypeVar("_T")
 
@@ -94,14 +92,7 @@ class Runner(Part):
         settlement: Settlement,
         positions: Positions,
         image_workers: ImageWorkers,
-        spool_dir: Path,
-        max_concurrent: int,
-        lease: float,
-        busy_timeout: float,
-        poll_interval: float,
         circuit: Circuit | None,
-        circuit_give_up: float,
-        rate_backoff: Backoff = RATE_BACKOFF,
         on_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(parts)
@@ -110,14 +101,14 @@ class Runner(Part):
         self._settlement = settlement
         self._positions = positions
         self._workers = image_workers
-        self.spool_dir = spool_dir
-        self.max_concurrent = max_concurrent
-        self.lease = lease
-        self.busy_timeout = busy_timeout
-        self.poll_interval = poll_interval
+        config = parts.config
+        self.max_concurrent = config.max_concurrent
+        self.lease = config.lease
+        self.busy_timeout = config.busy_timeout
+        self.poll_interval = config.poll_interval
         self.circuit = circuit
-        self.circuit_give_up = circuit_give_up
-        self._rate_backoff = rate_backoff
+        self.circuit_give_up = config.circuit_give_up
+        self._rate_backoff = config.rate_backoff
         self._on_poll = on_poll
         self._running: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, Job] = {}  # the jobs of _running

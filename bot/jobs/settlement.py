@@ -35,9 +35,9 @@ ChargedListener = Callable[[Job], Awaitable[None]]
 class Settlement(Part):
     """Ends jobs; see the module docstring."""
 
-    def __init__(self, parts: Parts, *, cost: int) -> None:
+    def __init__(self, parts: Parts) -> None:
         super().__init__(parts)
-        self._cost = cost
+        self._cost = parts.config.cost
         self._charged: list[ChargedListener] = []
 
     def subscribe_charged(self, listener: ChargedListener) -> None:
