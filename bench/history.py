@@ -12,7 +12,9 @@ each, it measures what the owner and the members feel:
   /proc) and its database round trips per second (besides lease renewal, which only
   runs while it holds jobs), over ``--idle`` seconds with nothing to do;
 - ``burst_s`` and ``ack_p99_ms``: 40 upscales from 20 members at once, until all are
-  delivered, and the 99th percentile of their acknowledgements;
+  delivered, and the 99th percentile of their acknowledgements (the medians of five
+  such bursts, with 1min.ai's pacing lifted so that they are not spaced by its rate
+  window);
 - ``credits_p99_ms``, ``quota_show_p99_ms``, ``usage_<period>_p99_ms`` (and p50): the
   commands a moderator or member runs, from the interaction to its answer;
 - ``sigterm_s``: from SIGTERM to the process's exit.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import statistics
@@ -56,6 +59,7 @@ from tests.support.timings import REAL_TIMINGS
 
 BURST_MEMBERS = 20
 BURST_EACH = 2
+BURST_ROUNDS = 5
 COMMAND_RUNS = 20  # each command this many times (p99 of 20 is their maximum)
 PERIODS = ("daily", "weekly", "monthly", "lifetime")
 FIRST_MEMBER = 700_000_000_000_000_000  # seeded member ids (snowflake-sized)
@@ -123,24 +127,36 @@ async def measure(w: World, env: dict[str, str], idle: float) -> dict[str, Any]:
 
 
 async def upscale_burst(w: World) -> dict[str, Any]:
-    members = [w.discord.add_member(f"burst{i}") for i in range(BURST_MEMBERS)]
+    """``BURST_ROUNDS`` bursts, each from new members: the medians of the bursts' times
+    and of their acknowledgements' p99 (one 40-job burst's p99, nearly its maximum,
+    varies from 13 to 36 ms between rounds on the same database here)."""
     image = png((64, 64))
-    started = time.perf_counter()
-    its = await asyncio.gather(
-        *(
-            w.discord.slash("upscale", {"image": w.discord.attachment(image, f"{n}.png")}, member=m)
-            for m in members
-            for n in range(BURST_EACH)
+    times: list[float] = []
+    ack_p99s: list[float] = []
+    delivered = jobs = 0
+    for round_no in range(BURST_ROUNDS):
+        members = [w.discord.add_member(f"burst{round_no}-{i}") for i in range(BURST_MEMBERS)]
+        started = time.perf_counter()
+        its = await asyncio.gather(
+            *(
+                w.discord.slash(
+                    "upscale", {"image": w.discord.attachment(image, f"{n}.png")}, member=m
+                )
+                for m in members
+                for n in range(BURST_EACH)
+            )
         )
-    )
-    finals = await asyncio.gather(*(it.final(timeout=300) for it in its))
-    elapsed = time.perf_counter() - started
-    acks = [it.ack_latency for it in its if it.ack_latency is not None]
+        finals = await asyncio.gather(*(it.final(timeout=300) for it in its))
+        times.append(time.perf_counter() - started)
+        ack_p99s.append(percentile([it.ack_latency or 0.0 for it in its], 0.99))
+        jobs += len(its)
+        delivered += sum(bool(f.get("attachments")) for f in finals)
+        await asyncio.sleep(1.0)  # let the round's settlement and edits finish
     return {
-        "burst_jobs": len(its),
-        "burst_delivered": sum(bool(f.get("attachments")) for f in finals),
-        "burst_s": elapsed,
-        "ack_p99_ms": percentile(acks, 0.99) * 1000,
+        "burst_jobs": jobs,
+        "burst_delivered": delivered,
+        "burst_s": statistics.median(times),
+        "ack_p99_ms": statistics.median(ack_p99s) * 1000,
     }
 
 
@@ -182,7 +198,10 @@ async def engine_run(engine: str, history: History, idle: float) -> list[dict[st
                 h = replace(history, guild_id=guild.id)
                 # The member whose /credits is timed: one of the seeded members.
                 guild.members.append(Member(User(h.first_member + 7, "seeded"), [guild.everyone]))
-                env: dict[str, str] = {"JOB_RETENTION_DAYS": "3650"}
+                env: dict[str, str] = {
+                    "JOB_RETENTION_DAYS": "3650",
+                    "ONEMIN_REQUESTS_PER_MINUTE": "100000",  # 5 bursts are 400 calls
+                }
                 schema = None
                 seconds = 0.0
                 if engine == "postgresql":
@@ -195,6 +214,9 @@ async def engine_run(engine: str, history: History, idle: float) -> list[dict[st
                 try:
                     if seeded:
                         seconds = await seed(db_url, schema, h)
+                        # A year-old file is on disk, not a GB of dirty pages that the
+                        # kernel writes back while the bot is measured.
+                        await asyncio.to_thread(os.sync)
                     else:
                         db = await open_database(db_url, schema=schema)
                         await db.close()
