@@ -8,6 +8,7 @@ database, as successive (or concurrent) processes of one bot would.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -335,6 +336,35 @@ async def test_stages_are_reported_in_order(rig: Rig) -> None:
     obs = await rig.settled(job)
     running = [stage for stage, _ in obs.stages if stage is not Stage.QUEUED]
     assert running == [Stage.UPLOADING, Stage.UPSCALING, Stage.DOWNLOADING, Stage.DELIVERING]
+
+
+async def test_each_stage_change_logs_one_info_line_with_job_guild_stage_and_process(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A moderator can follow a job in the log: one INFO line per stage, naming the job,
+    its guild, the stage and the process that ran it."""
+    caplog.set_level(logging.INFO, logger="bot.jobs")
+    job, _ = await rig.submit()
+    await rig.settled(job)
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and r.getMessage().startswith(f"Job {job.id} ")
+    ]
+    stages = [line.split(": ", 1)[1].split(" ")[0] for line in lines]
+    assert stages == [
+        "receiving",
+        "queued",
+        "claimed",
+        "uploading",
+        "upscaling",
+        "downloading",
+        "delivering",
+        "delivered",
+    ]
+    for line in lines:
+        assert f"guild {job.guild_id}:" in line
+        assert line.endswith(f"[{rig.queue.owner}]")
 
 
 async def test_api_failure_refunds_and_records_the_kind(rig: Rig) -> None:
