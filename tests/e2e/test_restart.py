@@ -26,7 +26,7 @@ from tests.bot_process import start_bot_process
 from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, find_button
 from tests.emulators.hold import Hold
 from tests.emulators.onemin import OneMinEmulator
-from tests.harness import DISCORD_TOKEN, ONEMIN_KEY
+from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, eventually
 from tests.support.images import png
 from tests.support.timings import SHORT_TIMINGS, identify_window, timings_env
 
@@ -260,7 +260,9 @@ async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: s
                 assert w.onemin.calls["upload"] == uploads_before
             if stage == "delivering":  # the record was stored: no second upscale call
                 assert w.onemin.upscales == 1
-            assert list((tmp_path / "data" / "spool").iterdir()) == []
+            # The result's spool file is removed just after the job is settled.
+            spool = tmp_path / "data" / "spool"
+            await eventually(lambda: not any(spool.iterdir()))
             assert notices_for(w, alice, "refunded") == []
         finally:
             stop(proc)
