@@ -159,10 +159,10 @@ async def fleet_read_ms() -> float:
             assert endpoint is not None
             cache, metrics_http.FLEET_CACHE_SECONDS = metrics_http.FLEET_CACHE_SECONDS, 0.0
             try:
-                await endpoint._refresh_fleet()  # warm
+                await endpoint.refresh_fleet()  # warm
                 started = time.process_time()
                 for _ in range(SCRAPE_SAMPLE):
-                    await endpoint._refresh_fleet()
+                    await endpoint.refresh_fleet()
                 spent = time.process_time() - started
             finally:
                 metrics_http.FLEET_CACHE_SECONDS = cache

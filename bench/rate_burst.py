@@ -5,9 +5,9 @@ The 1min.ai emulator admits ``per_window`` API calls per sliding ``window`` s (4
 Retry-After over it, like the real service). Each job makes two calls (upload, upscale),
 so ``jobs`` jobs need ``R = 2 * jobs`` calls, and the last one cannot leave before
 ``(ceil(R / per_window) - 1) * window`` s: that is the window-bound ideal. The real bot
-paces with :class:`bot.pacing.RateGate`, here built with the scaled window (``window`` +
-the bot's :data:`bot.pacing.WINDOW_MARGIN`) through its constructor argument (the bot's
-settings only know requests per minute; production uses 60 s + 1 s). Reported: when the
+paces with :class:`bot.pacing.RateGate`, here on the scaled window: ``ONEMIN_RATE_WINDOW``
+= ``window`` (the bot adds :data:`bot.pacing.WINDOW_MARGIN`; production uses 60 s + 1 s),
+set through the bot's settings like an owner would. Reported: when the
 last call left and when the last result was delivered, both against the ideal, and the
 429s the service answered (target 0). Target: within 1.2x of the ideal.
 """
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit
-from bot.pacing import WINDOW_MARGIN, RateGate
 from tests.harness import running_bot
 from tests.support.images import png
 from tests.support.timings import REAL_TIMINGS
@@ -34,11 +33,12 @@ IMAGE = png((64, 64))
 async def run(jobs: int = 45, per_window: int = 30, window: float = 10.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         async with running_bot(
-            Path(tmp), onemin_requests_per_minute=per_window, timings=REAL_TIMINGS
+            Path(tmp),
+            onemin_requests_per_minute=per_window,
+            onemin_rate_window=window,  # the bot's window: this + WINDOW_MARGIN
+            timings=REAL_TIMINGS,
         ) as h:
             h.onemin.rate_limit(per_window, window, retry_after=False)
-            gate = RateGate(h.services.db, per_window, window=window + WINDOW_MARGIN)
-            h.services.onemin._before_request = gate.acquire  # the scaled window
             members = [h.discord.add_member(f"r{i}") for i in range(jobs)]
             before = len(h.onemin.api_requests)
             start = time.perf_counter()

@@ -151,11 +151,11 @@ class MetricsEndpoint:
 
     async def scrape(self) -> bytes:
         """The metrics text: fleet gauges refreshed (cached), rendered in a thread."""
-        await self._refresh_fleet()
+        await self.refresh_fleet()
         self.metrics.set_gateway(self._gateway())
         return await asyncio.to_thread(self.metrics.render)
 
-    async def _refresh_fleet(self) -> None:
+    async def refresh_fleet(self) -> None:
         """Read the fleet-wide gauges unless a read less than a second old serves."""
         async with self._fleet_lock:  # concurrent scrapes share one read
             now = time.monotonic()

@@ -80,7 +80,8 @@ class ImageWorkers:
         """The worker process's id while one runs."""
         return self._process.pid if self._process is not None else None
 
-    def _spool(self) -> Path:
+    def spool(self) -> Path:
+        """The directory of the files handed to the worker (made on first use)."""
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="upscaler-fit-"))
         return self._dir
@@ -146,7 +147,7 @@ class ImageWorkers:
             return here
         input_path = None
         if input_image is not None:
-            input_path = self._spool() / f"{uuid.uuid4().hex}.input"
+            input_path = self.spool() / f"{uuid.uuid4().hex}.input"
             await asyncio.to_thread(input_path.write_bytes, input_image)
         try:
             checked: ResultCheck = await self._call(
@@ -169,7 +170,7 @@ class ImageWorkers:
         as_is = await asyncio.to_thread(_fit_if_within, source, fmt, limit_bytes, filename_stem)
         if as_is is not None:
             return as_is
-        target = self._spool() / f"{uuid.uuid4().hex}.out"
+        target = self.spool() / f"{uuid.uuid4().hex}.out"
         try:
             fitted: images.FittedImage = await self._call(
                 "fit", str(source), str(target), fmt, limit_bytes, filename_stem
@@ -192,7 +193,7 @@ class ImageWorkers:
         rendered in a thread, a larger one in the worker. Raises what ``fetch`` raises,
         :class:`bot.compare.CompareError`, or :class:`WorkerDied`.
         """
-        path = self._spool() / f"{uuid.uuid4().hex}.posted"
+        path = self.spool() / f"{uuid.uuid4().hex}.posted"
         try:
             await fetch(path)
             async with self._threads:

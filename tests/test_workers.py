@@ -122,7 +122,7 @@ async def test_large_result_is_checked_and_cropped_in_the_worker(
     assert (checked.format, checked.size) == ("png", (256, 192))
     assert checked.crops is not None and checked.crops.scale == (4.0, 4.0)
     assert calls == [] and pool.worker_pid is not None
-    assert list(pool._spool().iterdir()) == []
+    assert list(pool.spool().iterdir()) == []
 
 
 def fetch_copy(source: Path, seen: list[Path]) -> Callable[[Path], Awaitable[int]]:
@@ -215,7 +215,7 @@ async def test_fit_of_a_large_result_runs_in_the_worker_from_the_file(
     fitted = await pool.fit(path, "png", limit, "cat_4x")
     assert fitted.reencoded and 0 < len(fitted.data) <= limit
     assert fitted.filename == f"cat_4x.{fitted.format}"
-    assert pool.worker_pid is not None and list(pool._spool().iterdir()) == []
+    assert pool.worker_pid is not None and list(pool.spool().iterdir()) == []
     assert path.exists()  # the caller's file is the caller's to remove
 
 
@@ -297,7 +297,7 @@ async def test_close_stops_the_worker_and_removes_its_files(
 ) -> None:
     """close() ends the worker process (its input closes) and removes the temporary files."""
     await pool.check_result(picture_file(tmp_path, (256, 192)), input_png(), INPUT_SIZE)
-    pid, spool = pool.worker_pid, pool._spool()
+    pid, spool = pool.worker_pid, pool.spool()
     assert pid is not None
     await pool.close()
     assert pool.worker_pid is None and not spool.exists()
