@@ -31,7 +31,7 @@ directly, each part measured on its own:
   bot's; a scrape at an interval of a second or more pays it every time;
 * ``hooks_us_per_job``: the queue's and the 1min.ai client's calls into the metrics for
   one job (a delivered job's stages, places in line and five requests), timed here;
-* ``probe_ms_per_s``: the event-loop lag probe's four wake-ups a second, timed here;
+* ``probe_ms_per_s``: the event-loop lag probe's wake-ups (one a second), timed here;
 
 and ``accounted_pct`` adds them up for a job of this workload at a scrape interval:
 ``(hooks + ((scrape + fleet read) / interval + probe) * elapsed / N) / CPU per job with
@@ -74,7 +74,8 @@ SETTLE = 1.0  # seconds after the last result before the CPU time is read again
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of utime/stime in /proc/<pid>/stat
 SCRAPE_SAMPLE = 200  # back-to-back scrapes whose CPU cost is read from the bot process
 HOOK_SAMPLE = 20_000  # simulated jobs whose metrics calls are timed
-PROBE_SAMPLE = 2.0  # seconds the lag probe runs alone while its CPU time is read
+PROBE_SAMPLE = 3.0  # seconds the lag probe runs alone while its CPU time is read
+PROBE_ROUNDS = 3  # samples with and without the probe, alternating
 PLACES_IN_LINE = 12  # queued reports a job of this workload gets while it waits (~N/K)
 PROMETHEUS_INTERVAL = 15.0  # seconds: Prometheus's default scrape interval
 
@@ -170,15 +171,26 @@ async def fleet_read_ms() -> float:
 
 
 async def probe_ms_per_second() -> float:
-    """CPU milliseconds a second of the lag probe, alone in this process's loop."""
-    probe = asyncio.create_task(probe_loop_lag(Metrics()))
-    started = time.thread_time()
-    await asyncio.sleep(PROBE_SAMPLE)
-    spent = time.thread_time() - started
-    probe.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await probe
-    return spent * 1000 / PROBE_SAMPLE
+    """CPU milliseconds a second of the lag probe, alone in this process's loop: the
+    loop's CPU with the probe less its CPU without it (an idle loop's thread time is not
+    0 on this VM: ~1 ms a second), over ``PROBE_ROUNDS`` alternating samples."""
+
+    async def sample(with_probe: bool) -> float:
+        probe = asyncio.create_task(probe_loop_lag(Metrics())) if with_probe else None
+        started = time.thread_time()
+        await asyncio.sleep(PROBE_SAMPLE)
+        spent = time.thread_time() - started
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+        return spent
+
+    with_probe = without = 0.0
+    for _ in range(PROBE_ROUNDS):
+        without += await sample(False)
+        with_probe += await sample(True)
+    return max(0.0, with_probe - without) * 1000 / (PROBE_SAMPLE * PROBE_ROUNDS)
 
 
 async def upscale_all(discord_emu: DiscordEmulator, count: int, prefix: str) -> int:

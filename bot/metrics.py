@@ -84,10 +84,11 @@ _CREDIT_STATE = {
 # Failures counted by upscale_failures_total (a cancel is an outcome, not a failure).
 FAILURE_KINDS = tuple(kind for kind in FailureKind if kind is not FailureKind.CANCELLED)
 
-# Seconds the loop-lag probe sleeps between wake-ups. Each wake-up costs the loop about
-# 0.3 ms of CPU here (measured by bench.metrics_cost), so twice a second, not more.
-LAG_PROBE_INTERVAL = 0.5
-LAG_WINDOW_SAMPLES = 10  # the gauge shows the worst of the last 10 wake-ups (5 s)
+# Seconds the loop-lag probe sleeps between wake-ups. Each wake-up of an idle loop costs
+# about 0.5-0.9 ms of CPU here (bench.metrics_cost): at a bot CPU of ~17 ms per job,
+# twice a second was over 2 % of it, so once a second.
+LAG_PROBE_INTERVAL = 1.0
+LAG_WINDOW_SAMPLES = 5  # the gauge shows the worst of the last 5 wake-ups (5 s)
 
 
 class ShardStatus(NamedTuple):
@@ -256,7 +257,7 @@ class Metrics:
 async def probe_loop_lag(metrics: Metrics) -> None:
     """Sleep :data:`LAG_PROBE_INTERVAL` in a loop and record how late each wake-up is.
 
-    Two wake-ups a second, a few microseconds of work each besides the wake-up itself.
+    One wake-up a second, a few microseconds of work besides the wake-up itself.
     Runs until cancelled.
     """
     loop = asyncio.get_running_loop()
