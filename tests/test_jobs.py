@@ -52,6 +52,17 @@ from tests.support.databases import Databases
 from tests.support.images import png
 
 KEY = "jobs-test-key"
+# What a delivered job went through, as its log lines and its trail name the stages.
+DELIVERED_JOB_STAGES = [
+    "receiving",
+    "queued",
+    "claimed",
+    "uploading",
+    "upscaling",
+    "downloading",
+    "delivering",
+    "delivered",
+]
 GUILD, CHANNEL, ALICE, BOB = 100, 200, 301, 302
 
 
@@ -352,16 +363,7 @@ async def test_each_stage_change_logs_one_info_line_with_job_guild_stage_and_pro
         if r.levelno == logging.INFO and r.getMessage().startswith(f"Job {job.id} ")
     ]
     stages = [line.split(": ", 1)[1].split(" ")[0] for line in lines]
-    assert stages == [
-        "receiving",
-        "queued",
-        "claimed",
-        "uploading",
-        "upscaling",
-        "downloading",
-        "delivering",
-        "delivered",
-    ]
+    assert stages == DELIVERED_JOB_STAGES
     for line in lines:
         assert f"guild {job.guild_id}:" in line
         assert line.endswith(f"[{rig.queue.owner}]")
@@ -994,16 +996,7 @@ async def test_a_jobs_trail_names_each_stage_with_its_process(rig: Rig) -> None:
     assert found.job.id == job.id and found.job.record_id
     events = found.events
     stages = [e.stage for e in events]
-    assert stages == [
-        "receiving",
-        "queued",
-        "claimed",
-        "uploading",
-        "upscaling",
-        "downloading",
-        "delivering",
-        "delivered",
-    ]
+    assert stages == DELIVERED_JOB_STAGES
     assert {e.process for e in events} == {rig.queue.owner}
     assert [e.at for e in events] == sorted(e.at for e in events)
     assert found.status == "delivered" and found.credits == (1, "committed")

@@ -23,7 +23,7 @@ import pytest
 
 from bot.timings import Timings
 from tests.bot_process import start_bot_process
-from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, find_button
+from tests.emulators.discord import APPLY_THEN_HANG, HANG, DiscordEmulator, Injected, find_button
 from tests.emulators.hold import Hold
 from tests.emulators.onemin import OneMinEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY, eventually
@@ -268,21 +268,28 @@ async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: s
             stop(proc)
 
 
+async def killed_after_discord_took_the_result(w: World) -> Injected:
+    """Run one upscale and kill -9 the bot once Discord has taken its result (the post's
+    answer never comes back); returns the member's interaction."""
+    w.discord.fail(WEBHOOK_MESSAGE, APPLY_THEN_HANG, method="PATCH", files_only=True)
+    proc = await w.start()
+    try:
+        it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
+        await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        stop(proc)
+    return it
+
+
 async def test_kill_9_after_discord_took_the_result_does_not_post_it_again(
     tmp_path: Path,
 ) -> None:
     """The result reached Discord but the process died before it heard back: after a
     restart the bot finds the message by its job id and charges once, posting nothing."""
     async with world(tmp_path) as w:
-        w.discord.fail(WEBHOOK_MESSAGE, APPLY_THEN_HANG, method="PATCH", files_only=True)
-        proc = await w.start()
-        try:
-            it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
-            await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
+        it = await killed_after_discord_took_the_result(w)
         assert len(results(w)) == 1
         w.discord.clear_faults()
         proc = await w.start()
@@ -311,15 +318,7 @@ async def test_a_kill_between_posting_and_recording_leaves_the_result_with_its_b
     the restart the member's message is still the result, with its Delete and Compare
     buttons; no restart notice (or anything else) was put in its place."""
     async with world(tmp_path) as w:
-        w.discord.fail(WEBHOOK_MESSAGE, APPLY_THEN_HANG, method="PATCH", files_only=True)
-        proc = await w.start()
-        try:
-            it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
-            await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
+        it = await killed_after_discord_took_the_result(w)
         w.discord.clear_faults()
         proc = await w.start()
         try:
