@@ -89,10 +89,6 @@ class Intake(Part):
         self._positions = positions
         self._settlement = settlement
         self._fetch = fetch
-        self.limits = parts.config.limits
-        self.max_per_member = parts.config.max_per_member
-        self._cost = parts.config.cost
-        self._lease = parts.config.lease
         self._closed = closed
         self._gate = asyncio.Semaphore(INTAKE_CONCURRENCY)
         self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
@@ -128,20 +124,20 @@ class Intake(Part):
             # cannot both pass it.
             await tx.lock(guild_lock(request.guild_id))
             active = await self._store.member_active(tx, request.guild_id, request.member_id)
-            if active >= self.max_per_member:
-                raise QueueFull(self.max_per_member)
+            if active >= self._config.max_per_member:
+                raise QueueFull(self._config.max_per_member)
             outcome = await self._ledger.reserve(
                 request.guild_id,
                 request.member_id,
                 request.role_ids,
-                self._cost,
+                self._config.cost,
                 job_id=job.id,
                 tx=tx,
             )
             if isinstance(outcome, Denial):
                 raise LimitReached(outcome)
             job.reservation_id = outcome.id
-            await self._store.insert(tx, job, time.time() + self._lease)
+            await self._store.insert(tx, job, time.time() + self._config.lease)
         self._reporter.stage(job, Stage.RECEIVING, job.source.filename)
         return job
 
@@ -162,14 +158,14 @@ class Intake(Part):
     async def _take_in(self, job: Job) -> bool:
         path = self.spool_dir / f"{job.id}.in"
         try:
-            await self._fetch(job.source.url, path, self.limits.max_bytes)
+            await self._fetch(job.source.url, path, self._config.limits.max_bytes)
             async with self._prepare_gate:
                 prepared = await asyncio.to_thread(
-                    prepare_and_trim, path, job.source.filename, self.limits
+                    prepare_and_trim, path, job.source.filename, self._config.limits
                 )
         except DownloadTooLarge:
             await self._refuse(
-                job, FailureKind.INPUT_INVALID, too_large_text(self.limits.max_bytes)
+                job, FailureKind.INPUT_INVALID, too_large_text(self._config.limits.max_bytes)
             )
         except SourceGone:
             await self._refuse(job, FailureKind.SOURCE_GONE, SOURCE_GONE)

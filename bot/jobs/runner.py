@@ -101,14 +101,7 @@ class Runner(Part):
         self._settlement = settlement
         self._positions = positions
         self._workers = image_workers
-        config = parts.config
-        self.max_concurrent = config.max_concurrent
-        self.lease = config.lease
-        self.busy_timeout = config.busy_timeout
-        self.poll_interval = config.poll_interval
         self.circuit = circuit
-        self.circuit_give_up = config.circuit_give_up
-        self._rate_backoff = config.rate_backoff
         self._on_poll = on_poll
         self._running: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, Job] = {}  # the jobs of _running
@@ -203,7 +196,7 @@ class Runner(Part):
             if started:
                 continue
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
             except TimeoutError:
                 # Nothing woke us for a while: look around as the wake-ups would have
                 # made us (a notification may have been lost).
@@ -221,7 +214,7 @@ class Runner(Part):
         only when a process dies or restarts, so they are looked for at start, on the
         slow fallback look, and while the last look found some.
         """
-        job_room = len(self._running) < self.max_concurrent * CLAIM_AHEAD
+        job_room = len(self._running) < self._config.max_concurrent * CLAIM_AHEAD
         intake_room = self._intakes_may_lapse and len(self._intakes) < INTAKE_CONCURRENCY
         if not self._claims or not (job_room or intake_room) or await self._service_refusing():
             return False
@@ -251,7 +244,7 @@ class Runner(Part):
         state = await self.circuit.state()
         if not state.open:
             return False
-        if state.open_for > self.circuit_give_up:
+        if state.open_for > self._config.circuit_give_up:
             await self._refund_waiting(state.reason or FailureKind.CIRCUIT_OPEN)
         return True
 
@@ -264,7 +257,7 @@ class Runner(Part):
         if not state.open:
             return None
         opened = state.opened_at if state.opened_at is not None else time.time()
-        return (WaitReason.SERVICE_REFUSING, opened + self.circuit_give_up)
+        return (WaitReason.SERVICE_REFUSING, opened + self._config.circuit_give_up)
 
     async def _refund_waiting(self, kind: FailureKind) -> None:
         rows = await self._store.waiting_rows()
@@ -282,12 +275,12 @@ class Runner(Part):
         to ``max_concurrent`` by :meth:`_take_slot`)."""
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
-            if await self._store.live_leases(tx, now) >= self.max_concurrent * CLAIM_AHEAD:
+            if await self._store.live_leases(tx, now) >= self._config.max_concurrent * CLAIM_AHEAD:
                 return None
             row = await self._store.next_claimable(tx, now)
             if row is None:
                 return None
-            if not await self._store.claim(tx, row["id"], now, self.lease):
+            if not await self._store.claim(tx, row["id"], now, self._config.lease):
                 self._wakeup.set()  # cancelled meanwhile: look again at once
                 return None
             await self._signals.send(Signal.CLAIMED, row["id"], tx=tx)
@@ -306,7 +299,9 @@ class Runner(Part):
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
             row = await self._store.next_lapsed_intake(tx, now)
-            if row is None or not await self._store.claim_intake(tx, row["id"], now, self.lease):
+            if row is None or not await self._store.claim_intake(
+                tx, row["id"], now, self._config.lease
+            ):
                 return None
         job = Job.from_row(row)
         job.resumed = True
@@ -356,11 +351,11 @@ class Runner(Part):
         """Renew this process's leases every third of a lease."""
         while not self.closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.lease / 3)
+                await asyncio.wait_for(self._stopping.wait(), self._config.lease / 3)
             if self.closed or not (self._running or self._intakes or self._intake.busy):
                 continue
             try:
-                await self._store.renew(time.time() + self.lease)
+                await self._store.renew(time.time() + self._config.lease)
             except Exception:
                 log.warning("Could not renew job leases", exc_info=True)
 
@@ -517,13 +512,13 @@ class Runner(Part):
                     if taken is not None:
                         # Another slot is free if this look saw one, or if one was freed
                         # while it ran (that wake-up was meant for the head: pass it on).
-                        more_free = taken + 1 < self.max_concurrent or turn.is_set()
+                        more_free = taken + 1 < self._config.max_concurrent or turn.is_set()
                         break
                 if not told:
                     told = True
                     self._reporter.progress(job, Progress(Stage.WAITING))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(turn.wait(), self.poll_interval)
+                    await asyncio.wait_for(turn.wait(), self._config.poll_interval)
                 if self._slot_line[0] is turn:
                     turn.set()  # the head looks again after poll_interval anyway
         finally:
@@ -540,7 +535,7 @@ class Runner(Part):
         async with self._db.transaction(urgent=True) as tx:
             await tx.lock(SLOT_LOCK)
             taken = await self._store.slots_taken(tx, job.id, now)
-            if taken >= self.max_concurrent:
+            if taken >= self._config.max_concurrent:
                 return None
             if not await self._store.advance(job.id, stage, tx=tx):
                 raise Stopped("cancelled, or taken over by another process")
@@ -553,10 +548,10 @@ class Runner(Part):
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
-        deadline = time.monotonic() + self.busy_timeout
+        deadline = time.monotonic() + self._config.busy_timeout
 
         def wait(err: RateLimited, attempt: int) -> float | None:
-            delay = err.retry_after or self._rate_backoff.delay(attempt)
+            delay = err.retry_after or self._config.rate_backoff.delay(attempt)
             if time.monotonic() + delay > deadline:
                 return None
             log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)

@@ -37,7 +37,6 @@ class Settlement(Part):
 
     def __init__(self, parts: Parts) -> None:
         super().__init__(parts)
-        self._cost = parts.config.cost
         self._charged: list[ChargedListener] = []
 
     def subscribe_charged(self, listener: ChargedListener) -> None:
@@ -63,7 +62,7 @@ class Settlement(Part):
                 await self._store.save_crops(tx, job.id, result.crops)
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
         job.status, job.stage = JobStatus.DELIVERED, Stage.DONE
-        self._reporter.delivered(job, self._cost)
+        self._reporter.delivered(job, self._config.cost)
         for listener in self._charged:
             try:
                 await listener(job)
@@ -98,7 +97,7 @@ class Settlement(Part):
             if job.stage in SLOT_STAGES:
                 await self._signals.send(Signal.SLOT, tx=tx)
         job.status = JobStatus.FAILED
-        self._reporter.failed(job, kind, self._cost if refunded else 0)
+        self._reporter.failed(job, kind, self._config.cost if refunded else 0)
         return True
 
     async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
@@ -122,7 +121,7 @@ class Settlement(Part):
             await self._signals.send(Signal.ENDED, job_id, tx=tx)
             await self._signals.send(Signal.SLOT, tx=tx)  # it may have held one (uploading)
         self._reporter.cancelled(
-            job_id, int(row["guild_id"]), actor_id, self._cost if refunded else 0
+            job_id, int(row["guild_id"]), actor_id, self._config.cost if refunded else 0
         )
         return CancelOutcome.CANCELLED
 
