@@ -27,7 +27,7 @@ from bot.i18n import Text, catalogue, number, t
 from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
 from bot.jobs import JobFailure, JobStatus
 from bot.jobs.trail import JobTrail
-from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, UsageReport
+from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, MemberUsage, UsageReport
 from bot.settings import PERIODS, Period
 from bot.tree import UserError
 from cogs import messages
@@ -360,7 +360,7 @@ class Credits(commands.Cog):
             return
         report = await self.ledger.usage(guild.id, chosen)
         lang = interaction_locale(interaction)
-        rows = sorted(report.members, key=lambda m: (-m.credits, m.member_id))
+        rows = report.members  # most credits first
         period_name = t(lang, f"period.{report.period}")
         embed = discord.Embed(title=t(lang, "usage.title", period=period_name))
         top = rows[:TOP_MEMBERS]
@@ -387,12 +387,7 @@ class Credits(commands.Cog):
             ("refunds", totals.refunds),
         ):
             embed.add_field(name=t(lang, f"usage.field.{key}"), value=number(lang, value))
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["member_id", "upscales", "credits", "failures", "refunds"])
-        for m in rows:
-            writer.writerow([m.member_id, m.upscales, m.credits, m.failures, m.refunds])
-        data = io.BytesIO(buffer.getvalue().encode())
+        data = io.BytesIO(await asyncio.to_thread(_usage_csv, rows))  # a row per member
         chart = await self._chart(report, lang, guild)
         await interaction.edit_original_response(
             embed=embed,
@@ -479,6 +474,15 @@ def _check_period(value: str) -> Period:
         if period == value:
             return period
     raise UserError("quota.invalid.period")
+
+
+def _usage_csv(members: list[MemberUsage]) -> bytes:
+    """The /usage report's CSV attachment: one row per member, most credits first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["member_id", "upscales", "credits", "failures", "refunds"])
+    writer.writerows([m.member_id, m.upscales, m.credits, m.failures, m.refunds] for m in members)
+    return buffer.getvalue().encode()
 
 
 async def setup(bot: UpscaleBot) -> None:
