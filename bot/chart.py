@@ -35,7 +35,15 @@ from bot.compare import label_font
 from bot.i18n import english, number, t
 from bot.ledger import DayUsage, MemberUsage, UsageReport, period_end
 
-__all__ = ["HEIGHT", "MAX_DESCRIPTION_CHARS", "WIDTH", "UsageChart", "chart_days", "usage_chart"]
+__all__ = [
+    "HEIGHT",
+    "MAX_DESCRIPTION_CHARS",
+    "NAMED_MEMBERS",
+    "WIDTH",
+    "UsageChart",
+    "chart_days",
+    "usage_chart",
+]
 
 WIDTH, HEIGHT = 960, 620  # px
 MARGIN = 24  # px around everything
@@ -55,6 +63,7 @@ MAX_TICKS = 5  # gridlines on the credit axis, at most
 MAX_DATE_LABELS = 7  # dates under the daily plot, at most
 TOP_MEMBERS = 8
 DESCRIBED_MEMBERS = 5  # members named in the description
+NAMED_MEMBERS = max(TOP_MEMBERS, DESCRIBED_MEMBERS)  # the most credits first: all it names
 MAX_NAME_CHARS = 40  # characters of a member's label (Discord's display names: 32 at most)
 MAX_DESCRIPTION_CHARS = 1024  # Discord's limit for an attachment's description
 

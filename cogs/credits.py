@@ -21,7 +21,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chart import usage_chart
+from bot.chart import NAMED_MEMBERS, usage_chart
 from bot.failures import FailureKind
 from bot.i18n import Text, catalogue, number, t
 from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
@@ -398,10 +398,10 @@ class Credits(commands.Cog):
         """The report's chart (drawn in a thread) as a PNG attachment with its alt text.
 
         Members are named by their display name when the bot has them cached (it asks
-        Discord for nobody), else by id.
+        Discord for nobody), else by id; the chart names only the first few.
         """
         names = {}
-        for usage in report.members:
+        for usage in report.members[:NAMED_MEMBERS]:  # most credits first
             member = guild.get_member(usage.member_id)
             if member is not None:
                 names[usage.member_id] = member.display_name
