@@ -168,14 +168,14 @@ def test_non_image_refusal_says_what_the_file_looks_like() -> None:
 
 def test_image_rejected_survives_pickling() -> None:
     """ImageRejected keeps kind and message (key and params) across a process boundary."""
-    error = pickle.loads(pickle.dumps(ImageRejected("bomb", "image.bomb_claimed", size="9×9")))
+    error = pickle.loads(pickle.dumps(ImageRejected(images.Rejection.BOMB, "image.bomb_claimed", size="9×9")))
     too_big = (
         "That image claims to be 9×9 pixels, which is far too large to process safely, "
         "so it was refused without opening it."
     )
     assert (error.kind, english(error), str(error)) == ("bomb", too_big, too_big)
     looks = Text.of("image.looks.pdf")
-    nested = ImageRejected("not_image", "image.not_image_looks_like", looks=looks)
+    nested = ImageRejected(images.Rejection.NOT_IMAGE, "image.not_image_looks_like", looks=looks)
     nested = pickle.loads(pickle.dumps(nested))
     assert "(it looks like a PDF document)" in english(nested)
     assert "PDF" in nested.render("ja") and nested.render("ja") != english(nested)
@@ -464,7 +464,7 @@ def test_describe_image_rejects_an_empty_result_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(ImageRejected) as caught:
         images.describe_image(path)
-    assert caught.value.kind == images.EMPTY
+    assert caught.value.kind == images.Rejection.EMPTY
 
 
 def test_fit_from_a_file_path_matches_the_fit_from_bytes(tmp_path: Path) -> None:

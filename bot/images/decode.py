@@ -20,7 +20,7 @@ from typing import BinaryIO, TypeAlias
 from PIL import Image
 
 from bot.i18n import Text
-from bot.images.model import BOMB, CORRUPT, EMPTY, NOT_IMAGE, ImageRejected, Note, dims
+from bot.images.model import ImageRejected, Note, Rejection, dims
 from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, sniff
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,15 @@ NOTE_CMYK = Text.of("note.cmyk")
 def bomb(size: tuple[int, int] | None) -> ImageRejected:
     """The refusal of an image too large to open (with its claimed size when known)."""
     if size is None:
-        return ImageRejected(BOMB, "image.bomb")
-    return ImageRejected(BOMB, "image.bomb_claimed", size=dims(size))
+        return ImageRejected(Rejection.BOMB, "image.bomb")
+    return ImageRejected(Rejection.BOMB, "image.bomb_claimed", size=dims(size))
 
 
 def corrupt(fmt: str | None) -> ImageRejected:
     """The refusal of damaged or incomplete data (naming its format when known)."""
     if fmt is None:
-        return ImageRejected(CORRUPT, "image.corrupt")
-    return ImageRejected(CORRUPT, "image.corrupt_format", format=fmt)
+        return ImageRejected(Rejection.CORRUPT, "image.corrupt")
+    return ImageRejected(Rejection.CORRUPT, "image.corrupt_format", format=fmt)
 
 
 def open_image(fp: BinaryIO | Path, fmt: str, bomb_pixels: int) -> Image.Image:
@@ -109,7 +109,7 @@ def describe_image(source: ImageSource) -> tuple[str, tuple[int, int]]:
     0-byte or truncated "result" is caught rather than delivered.
     """
     if source_size(source) == 0:
-        raise ImageRejected(EMPTY, "image.result_empty")
+        raise ImageRejected(Rejection.EMPTY, "image.result_empty")
     im = open_result(source)
     with im:
         guard(im.load, im.format)
@@ -120,7 +120,7 @@ def open_result(source: ImageSource) -> Image.Image:
     """Open a result (or any decodable image) lazily, refusing non-images and bombs."""
     fmt = sniff(source_head(source))
     if fmt is None or fmt not in DECODABLE_FORMATS:
-        raise ImageRejected(NOT_IMAGE, "image.result_not_image")
+        raise ImageRejected(Rejection.NOT_IMAGE, "image.result_not_image")
     fp = source if isinstance(source, Path) else io.BytesIO(source)
     return open_image(fp, fmt, RESULT_BOMB_PIXELS)
 

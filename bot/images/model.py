@@ -10,6 +10,7 @@ those parameters (pixel sizes, byte counts), which read the same in every langua
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TypeAlias
 
 from bot.i18n import Text
@@ -18,15 +19,20 @@ BYTES_PER_MB = 1000 * 1000
 BYTES_PER_MIB = 1024 * 1024
 LIMIT_ROUNDING = 0.02  # an upload limit this close to a whole MiB is named by that MiB
 
-# Rejection kinds (ImageRejected.kind); the front end may map them to its own wording.
-EMPTY = "empty"
-NOT_IMAGE = "not_image"
-UNSUPPORTED = "unsupported"
-TOO_LARGE = "too_large"
-TOO_SMALL = "too_small"
-BOMB = "bomb"
-ASPECT = "aspect"
-CORRUPT = "corrupt"
+
+class Rejection(StrEnum):
+    """Why an input was refused (:attr:`ImageRejected.kind`); the front end may map a kind
+    to its own wording."""
+
+    EMPTY = "empty"
+    NOT_IMAGE = "not_image"
+    UNSUPPORTED = "unsupported"
+    TOO_LARGE = "too_large"
+    TOO_SMALL = "too_small"
+    BOMB = "bomb"
+    ASPECT = "aspect"
+    CORRUPT = "corrupt"
+
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -50,13 +56,13 @@ class ImageLimits:
 class ImageRejected(Exception):
     """An input we will not send to the upscaler.
 
-    ``kind`` is one of the module's kind constants; ``text`` is the member's explanation
+    ``kind`` says why (:class:`Rejection`); ``text`` is the member's explanation
     as a catalogue key (``image.*``) with named parameters (``params``), rendered in the
     member's language by the front end (:meth:`render`). ``str()`` is the English text,
     for logs.
     """
 
-    def __init__(self, kind: str, key: str, /, **params: object) -> None:
+    def __init__(self, kind: Rejection, key: str, /, **params: object) -> None:
         self.kind = kind
         self.key = key
         self.params = dict(params)
@@ -70,7 +76,7 @@ class ImageRejected(Exception):
         return self.text.render(locale)
 
     def __repr__(self) -> str:
-        return f"ImageRejected({self.kind!r}, {self.key!r}, {self.params!r})"
+        return f"ImageRejected({str(self.kind)!r}, {self.key!r}, {self.params!r})"
 
     def __reduce__(self) -> tuple[object, ...]:
         # Picklable, e.g. from a process pool: rebuilt from kind, key and params.
@@ -78,7 +84,7 @@ class ImageRejected(Exception):
 
 
 def _rebuild_rejected(kind: str, key: str, params: dict[str, object]) -> ImageRejected:
-    return ImageRejected(kind, key, **params)
+    return ImageRejected(Rejection(kind), key, **params)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,19 +21,14 @@ from PIL import Image
 from bot.i18n import Text
 from bot.images.decode import NOTE_16BIT, bomb, corrupt, guard, open_image, to_upload_mode
 from bot.images.model import (
-    ASPECT,
     BYTES_PER_MIB,
     CONTENT_TYPES,
-    EMPTY,
     EXTENSIONS,
-    NOT_IMAGE,
-    TOO_LARGE,
-    TOO_SMALL,
-    UNSUPPORTED,
     ImageLimits,
     ImageRejected,
     Note,
     PreparedImage,
+    Rejection,
     dims,
     format_words,
     human_bytes,
@@ -101,20 +96,22 @@ def prepare_input(
 
 def _check_file_size(size: int, limits: ImageLimits) -> None:
     if size == 0:
-        raise ImageRejected(EMPTY, "image.empty")
+        raise ImageRejected(Rejection.EMPTY, "image.empty")
     if size > limits.max_bytes:
         limit = human_bytes(limits.max_bytes)
         if size < limits.max_bytes * JUST_OVER_RATIO:  # "50.0 MB, limit 50 MB" reads oddly
-            raise ImageRejected(TOO_LARGE, "image.just_over", limit=limit)
-        raise ImageRejected(TOO_LARGE, "image.too_large", size=human_bytes(size), limit=limit)
+            raise ImageRejected(Rejection.TOO_LARGE, "image.just_over", limit=limit)
+        raise ImageRejected(
+            Rejection.TOO_LARGE, "image.too_large", size=human_bytes(size), limit=limit
+        )
 
 
 def _refuse_unreadable(head: bytes) -> ImageRejected:
     looks = looks_like(head)
     if looks is None:
-        return ImageRejected(NOT_IMAGE, "image.not_image")
+        return ImageRejected(Rejection.NOT_IMAGE, "image.not_image")
     return ImageRejected(
-        NOT_IMAGE, "image.not_image_looks_like", looks=Text.of(f"image.looks.{looks}")
+        Rejection.NOT_IMAGE, "image.not_image_looks_like", looks=Text.of(f"image.looks.{looks}")
     )
 
 
@@ -127,7 +124,7 @@ def _prepare(
     if fmt is None:
         raise _refuse_unreadable(head)
     if fmt not in DECODABLE_FORMATS:
-        raise ImageRejected(UNSUPPORTED, "image.unsupported", format=format_words(fmt))
+        raise ImageRejected(Rejection.UNSUPPORTED, "image.unsupported", format=format_words(fmt))
 
     if fmt == "WEBP":
         # Pillow's WebP reader allocates the whole canvas when it opens the file, so the
@@ -207,14 +204,17 @@ def _prepare(
 def _check_geometry(width: int, height: int, limits: ImageLimits) -> None:
     if min(width, height) < limits.min_side:
         raise ImageRejected(
-            TOO_SMALL, "image.too_small", size=dims((width, height)), min_side=limits.min_side
+            Rejection.TOO_SMALL,
+            "image.too_small",
+            size=dims((width, height)),
+            min_side=limits.min_side,
         )
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_aspect:
         number = f"{ratio:.2f}".rstrip("0").rstrip(".")
         shape = f"{number}:1" if width >= height else f"1:{number}"
         raise ImageRejected(
-            ASPECT,
+            Rejection.ASPECT,
             "image.aspect",
             size=dims((width, height)),
             shape=shape,
@@ -295,7 +295,7 @@ def _convert_and_encode(
         out.save(buffer, "PNG", icc_profile=icc_profile)
     except Exception as exc:
         log.warning("Could not convert a %s image in mode %s", fmt, im.mode, exc_info=True)
-        raise ImageRejected(UNSUPPORTED, "image.colour_mode", mode=im.mode) from exc
+        raise ImageRejected(Rejection.UNSUPPORTED, "image.colour_mode", mode=im.mode) from exc
     return buffer.getvalue()
 
 

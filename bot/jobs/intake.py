@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
@@ -105,18 +104,7 @@ class Intake(Part):
         if self._closed():
             raise QueueClosed
         now = utc_now()
-        job = Job(
-            id=uuid.uuid4().hex,
-            guild_id=request.guild_id,
-            channel_id=request.channel_id,
-            member_id=request.member_id,
-            output_format=request.output_format,
-            source=request.source,
-            context=request.context,
-            reservation_id="",
-            created_at=now.timestamp(),
-            reply_token=request.reply_token,
-        )
+        job = Job.requested(request, now.timestamp())
         await self._ledger.ensure_guild(request.guild_id)  # a write once per guild
         async with self._db.transaction() as tx:
             # The cap is checked under the guild's lock, which the reservation takes
@@ -173,15 +161,7 @@ class Intake(Part):
             await self._refuse(job, FailureKind.SOURCE_FAILED, DOWNLOAD_FAILED)
         except images.ImageRejected as exc:
             await self._refuse(job, FailureKind.INPUT_INVALID, exc.text)
-        info = PreparedInfo(
-            filename=prepared.filename,
-            format=prepared.format,
-            original_size=prepared.original_size,
-            size=prepared.size,
-            source_format=prepared.source_format,
-            notes=prepared.notes,
-            input_bytes=len(prepared.data),
-        )
+        info = PreparedInfo.of(prepared)
         async with self._db.transaction(urgent=True) as tx:
             stored = await self._store.taken_in(tx, job, info, prepared.data)
             if stored:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,24 +123,17 @@ class InputRefused(Exception):
         self.text = text
 
 
-class DeliveryFailed(Exception):
-    """The front end could not deliver the result; ``kind`` says why."""
+class JobFailed(Exception):
+    """The job cannot go on; ``kind`` says why (e.g. 1min.ai returned something that is
+    not a proper upscale of the input, or the job's input is no longer stored)."""
 
     def __init__(self, kind: FailureKind, detail: str = "") -> None:
         super().__init__(detail or kind)
         self.kind = kind
 
 
-class BadResult(Exception):
-    """1min.ai returned something that is not a proper upscale of the input."""
-
-    kind = FailureKind.BAD_RESULT
-
-
-class InputLost(Exception):
-    """The job's prepared input is no longer stored (e.g. left by an older version)."""
-
-    kind = FailureKind.INPUT_LOST
+class DeliveryFailed(JobFailed):
+    """The front end could not deliver the result; ``kind`` says why."""
 
 
 class Stopped(Exception):
@@ -237,6 +231,12 @@ class PreparedInfo:
     notes: tuple[images.Note, ...]  # ``note.*`` texts, rendered for the member
     input_bytes: int
 
+    @classmethod
+    def of(cls, prepared: images.PreparedImage) -> PreparedInfo:
+        """What validation found in ``prepared``: its own fields, and its byte count."""
+        own = {f.name: getattr(prepared, f.name) for f in fields(cls) if f.name != "input_bytes"}
+        return cls(**own, input_bytes=len(prepared.data))
+
 
 @dataclass(slots=True)
 class Job:
@@ -270,8 +270,15 @@ class Job:
     def input(self) -> PreparedInfo:
         """The prepared input's facts (only once the image has been taken in)."""
         if self.prepared is None:
-            raise InputLost("the job's image has not been taken in")
+            raise JobFailed(FailureKind.INPUT_LOST, "the job's image has not been taken in")
         return self.prepared
+
+    @classmethod
+    def requested(cls, request: JobRequest, created_at: float) -> Job:
+        """A new job, with a new id, for what ``request`` says (every field of the request
+        is one of the job's, but the member's roles); its reservation is made with it."""
+        asked = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "role_ids"}
+        return cls(id=uuid.uuid4().hex, reservation_id="", created_at=created_at, **asked)
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -386,7 +393,7 @@ def failure_for(exc: BaseException) -> JobFailure:
         return JobFailure(exc.kind, retry_after=exc.retry_after, detail=str(exc))
     if isinstance(exc, InputRefused):
         return JobFailure(exc.kind, detail=exc.text.key, reason=exc.text)
-    if isinstance(exc, OneMinError | DeliveryFailed | BadResult | InputLost):
+    if isinstance(exc, OneMinError | JobFailed):
         return JobFailure(exc.kind, detail=str(exc))
     return JobFailure(FailureKind.BUG, detail=type(exc).__name__)
 

@@ -42,10 +42,9 @@ from bot.failures import FailureKind
 from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
 from bot.jobs.model import (
     SLOT_STAGES,
-    BadResult,
-    InputLost,
     InputRefused,
     Job,
+    JobFailed,
     JobFailure,
     JobResult,
     JobStatus,
@@ -466,7 +465,7 @@ class Runner(Part):
         try:
             checked = await self._workers.check_result(path, input_image, job.input.size)
         except ResultUnusable as exc:
-            raise BadResult(str(exc)) from exc
+            raise JobFailed(FailureKind.BAD_RESULT, str(exc)) from exc
         if checked.crops is None:
             log.info("No comparison for job %s: %s", job.id, checked.no_crops)
         return JobResult(
@@ -482,7 +481,7 @@ class Runner(Part):
     async def _input(self, job: Job) -> bytes:
         data = await self._store.read_input(job.id)
         if data is None:
-            raise InputLost("the job's input is no longer stored")
+            raise JobFailed(FailureKind.INPUT_LOST, "the job's input is no longer stored")
         return data
 
     async def _take_slot(self, job: Job) -> None:
