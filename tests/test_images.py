@@ -168,7 +168,9 @@ def test_non_image_refusal_says_what_the_file_looks_like() -> None:
 
 def test_image_rejected_survives_pickling() -> None:
     """ImageRejected keeps kind and message (key and params) across a process boundary."""
-    error = pickle.loads(pickle.dumps(ImageRejected(images.Rejection.BOMB, "image.bomb_claimed", size="9×9")))
+    error = pickle.loads(
+        pickle.dumps(ImageRejected(images.Rejection.BOMB, "image.bomb_claimed", size="9×9"))
+    )
     too_big = (
         "That image claims to be 9×9 pixels, which is far too large to process safely, "
         "so it was refused without opening it."

@@ -54,6 +54,22 @@ class ShardClient(discord.AutoShardedClient):
         self.ready_shards.append(shard_id)
 
 
+class TargetClient(ShardClient):
+    """A shard client with an "Upscale image" message command that records the target
+    message discord.py resolves from the interaction."""
+
+    def __init__(self) -> None:
+        super().__init__(None, 1)
+        self.targets: list[discord.Message] = []
+        self.tree = discord.app_commands.CommandTree(self)
+        self.tree.add_command(
+            discord.app_commands.ContextMenu(name="Upscale image", callback=self.on_target)
+        )
+
+    async def on_target(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        self.targets.append(message)
+
+
 @pytest.fixture
 async def emu() -> AsyncIterator[DiscordEmulator]:
     async with DiscordEmulator() as emulator:
@@ -278,31 +294,20 @@ async def test_a_target_message_resolves_its_attachments_and_embeds(
         {"id": str(snowflake()), "name": "Upscale image", "type": 3, "description": ""}
     )
     message = emu.image_message(3, embed_images=2, content="look")
-    async with running(ShardClient(None, 1), emu) as client:
+    async with running(TargetClient(), emu) as client:
         await ready(client)
         it = await emu.message_command("Upscale image", message, locale="ja")
-        await eventually(lambda: len(client.seen) == 1)
-        await check_target(client, emu, it.id, message)
-
-
-async def check_target(
-    client: ShardClient, emu: DiscordEmulator, interaction_id: int, message: dict[str, Any]
-) -> None:
-    interaction = client.seen[0]
-    assert interaction.id == interaction_id and interaction.locale is discord.Locale.japanese
-    resolved = interaction.data["resolved"]["messages"][message["id"]]  # type: ignore[index]
-    target = discord.Message(
-        state=client._connection,
-        channel=client.get_channel(emu.channel.id),  # type: ignore[arg-type]
-        data=resolved,
-    )
-    kinds = [(a.filename, a.content_type, a.width) for a in target.attachments]
-    assert kinds == [
-        ("image1.png", "image/png", 64),
-        ("image2.png", "image/png", 72),
-        ("image3.png", "image/png", 80),
-        ("notes.txt", "text/plain; charset=utf-8", None),
-    ]
-    assert [e.image.width for e in target.embeds] == [64, 72]
-    for attachment in target.attachments[:3]:
-        assert (await attachment.read())[:8] == b"\x89PNG\r\n\x1a\n"
+        await eventually(lambda: len(client.targets) == 1)
+        interaction, target = client.seen[0], client.targets[0]
+        assert interaction.id == it.id and interaction.locale is discord.Locale.japanese
+        assert (target.id, target.content) == (int(message["id"]), "look")
+        kinds = [(a.filename, a.content_type, a.width) for a in target.attachments]
+        assert kinds == [
+            ("image1.png", "image/png", 64),
+            ("image2.png", "image/png", 72),
+            ("image3.png", "image/png", 80),
+            ("notes.txt", "text/plain; charset=utf-8", None),
+        ]
+        assert [e.image.width for e in target.embeds] == [64, 72]
+        for attachment in target.attachments[:3]:
+            assert (await attachment.read())[:8] == b"\x89PNG\r\n\x1a\n"
