@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.db import Database
+from bot.db import Database, Transaction
 from bot.download import DownloadFailed, SourceGone
 from bot.failures import FailureKind
 from bot.jobs import (
@@ -444,6 +445,34 @@ async def test_concurrent_requests_never_pass_the_member_cap(rigs: RigFactory) -
     assert len(accepted) == 2
     assert all(isinstance(o, QueueFull) for o in outcomes if not isinstance(o, Job))
     assert await r.queue.active_jobs(GUILD, ALICE) == 2
+
+
+async def test_a_burst_in_one_guild_holds_one_database_connection_at_a_time(
+    rigs: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight members of one guild at once: their acceptances wait for the guild's lock in
+    this process, each taking a connection only when its turn comes, so a burst does not
+    take the pool from the jobs already in line (PostgreSQL; SQLite has one connection)."""
+    r = await rigs(claim=False)
+    real = r.db.transaction
+    open_now = most = 0
+
+    @asynccontextmanager
+    async def counted(*, urgent: bool = False) -> AsyncIterator[Transaction]:
+        nonlocal open_now, most
+        async with real(urgent=urgent) as tx:
+            open_now += 1
+            most = max(most, open_now)
+            try:
+                await asyncio.sleep(0.01)  # a busy server: the others arrive meanwhile
+                yield tx
+            finally:
+                open_now -= 1
+
+    monkeypatch.setattr(r.db, "transaction", counted)
+    jobs = await asyncio.gather(*(r.queue.accept(r.request(100 + i)) for i in range(8)))
+    assert len(jobs) == 8
+    assert most == 1
 
 
 async def test_a_refused_image_costs_nothing_and_frees_its_place(rig: Rig) -> None:

@@ -92,6 +92,10 @@ class Intake(Part):
         self._gate = asyncio.Semaphore(INTAKE_CONCURRENCY)
         self._prepare_gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
         self._in_progress: set[str] = set()
+        # Acceptances of one guild queue here, in this process, for the guild's lock: a
+        # burst in one guild then holds one database connection, not one per request
+        # waiting for the lock, and leaves the others to the jobs already in line.
+        self._guild_turns: dict[int, asyncio.Lock] = {}
 
     @property
     def busy(self) -> bool:
@@ -106,7 +110,8 @@ class Intake(Part):
         now = utc_now()
         job = Job.requested(request, now.timestamp())
         await self._ledger.ensure_guild(request.guild_id)  # a write once per guild
-        async with self._db.transaction() as tx:
+        turn = self._guild_turns.setdefault(request.guild_id, asyncio.Lock())
+        async with turn, self._db.transaction() as tx:
             # The cap is checked under the guild's lock, which the reservation takes
             # too (SQLite: every writer is serialised), so two requests of one member
             # cannot both pass it.
