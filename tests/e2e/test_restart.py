@@ -255,7 +255,8 @@ async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: s
             assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
             assert w.query("SELECT status FROM jobs") == [("delivered",)]
             assert len(results(w)) == 1
-            assert any("continues" in e["content"] for e in it.edits)
+            edits = [e["content"] for e in it.edits]
+            assert any("continues" in e for e in edits), f"edits: {edits}\n{w.log()}"
             if stage != "uploading":  # the asset was uploaded once, not again
                 assert w.onemin.calls["upload"] == uploads_before
             if stage == "delivering":  # the record was stored: no second upscale call
