@@ -5,8 +5,9 @@ jobs at once fleet-wide (MAX_CONCURRENT_JOBS=K on both processes); vs the ideal 
 Target: at least 97% of ideal. Where the rest goes is read from the jobs' trails (each
 stage change with its time): the time until all K slots were first busy, the upscale
 calls themselves (1min.ai's latency plus the call), the hand-overs (from an upscale's
-end to the start of the one that took its slot) and the tail (from the last upscale's
-end to the last result seen by the member).
+end to the start of the one that took its slot), the tail (from the last upscale's
+end to the last result seen by the member), and the share of a busy slot's time that
+is 1min.ai's latency.
 
 Failover: during a burst, kill -9 a process while it runs jobs; the time from the kill
 to the first of its jobs running in the other process (lease JOB_LEASE_SECONDS), over
@@ -70,15 +71,17 @@ async def throughput(jobs: int = 24, latency: float = 1.0, concurrency: int = 4)
         **result,
         "ideal_s": ideal,
         "share_of_ideal": ideal / elapsed,
-        **where_time_went(trails, wall_start, elapsed, concurrency),
+        **where_time_went(trails, wall_start, elapsed, concurrency, latency),
     }
 
 
 def where_time_went(
-    trails: list[list[TrailEvent]], start: float, elapsed: float, concurrency: int
+    trails: list[list[TrailEvent]], start: float, elapsed: float, concurrency: int, latency: float
 ) -> dict[str, float]:
     """From the jobs' trails (times since ``start``): until every slot was first busy,
-    the median upscale call, the median and total hand-over, and the tail."""
+    the median upscale call, the median and total hand-over, the tail, and the share of
+    a busy slot's time that is 1min.ai's latency (its calls of ``latency`` s against
+    the calls and hand-overs it took)."""
     calls = []
     for events in trails:
         at = {e.stage: e.at - start for e in events}
@@ -92,13 +95,16 @@ def where_time_went(
     # is the hand-over of that slot.
     handovers = [starts[i] - ends[i - concurrency] for i in range(concurrency, len(calls))]
     waves = len(calls) / concurrency
+    call = statistics.median(end - begin for begin, end in calls)
+    per_slot = sum(handovers) / concurrency
     return {
         "all_slots_busy_s": starts[concurrency - 1],
-        "call_median_s": statistics.median(end - begin for begin, end in calls),
+        "call_median_s": call,
         "handover_median_ms": statistics.median(handovers) * 1000,
-        "handovers_per_slot_s": sum(handovers) / concurrency,
+        "handovers_per_slot_s": per_slot,
         "tail_s": elapsed - ends[-1],
         "waves": waves,
+        "busy_share": waves * latency / (waves * call + per_slot),
     }
 
 
