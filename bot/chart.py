@@ -15,8 +15,8 @@ and says so instead of the bars.
 
 Words come from the catalogue in the moderator's language (``usage.chart.*``); member
 names are plain labels from the caller (the cog knows display names; a member without
-one is shown by id). Labels are drawn with :func:`bot.compare.label_font`, the font
-finder of the Compare image: a label no available font covers falls back to English
+one is shown by id). Labels are drawn with :func:`bot.fonts.label_font`, the font
+finder the Compare image uses too: a label no available font covers falls back to English
 (for a member name: the member id). Dates are written ``YYYY-MM-DD`` in every language.
 This module imports nothing from Discord.
 """
@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from bot.compare import label_font
+from bot.fonts import label_font, text_width
 from bot.i18n import english, number, t
 from bot.ledger import DayUsage, MemberUsage, UsageReport, period_end
 
@@ -194,7 +194,7 @@ def _date(draw: ImageDraw.ImageDraw, x: float, day: date) -> None:
     """A date centred under ``x``, moved inwards as needed to stay inside the plot."""
     label = day.isoformat()
     font, text = label_font(label, label, LABEL_SIZE, WIDTH)
-    half = _width(font, text) / 2
+    half = text_width(font, text) / 2
     x = min(max(x, MARGIN + AXIS_LABEL_WIDTH + half), WIDTH - MARGIN - half)
     draw.text((x, PLOT_BOTTOM + 6), text, font=font, fill=MUTED, anchor="ma")
 
@@ -346,9 +346,4 @@ def _text(
     if not text:
         return 0.0
     draw.text(xy, text, font=font, fill=colour, anchor=anchor)
-    return _width(font, text)
-
-
-def _width(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> float:
-    left, _, right, _ = font.getbbox(text)
-    return float(right - left)
+    return text_width(font, text)

@@ -24,29 +24,22 @@ worker; nothing here knows about Discord, asyncio or the database):
 upright, at most about one megapixel), not the user's original upload, so that its pixel
 grid is the one the result was made from.
 
-Labels are drawn with Pillow's built-in font (``ImageFont.load_default(size=...)``, which
-covers Latin scripts only). A label the built-in font cannot draw (every glyph is checked
-against the font's "missing glyph" box) is drawn with the first system font that covers
-it: DejaVu Sans (Greek, Cyrillic, ...), then CJK fonts found by ``fc-match`` or at common
-Noto/Droid/WenQuanYi/macOS/Windows paths, or the file named by the environment variable
-``COMPARE_LABEL_FONT``. When no font covers it, the English default label is drawn
-instead ("Before" / "After"), never tofu boxes.
+Labels are drawn in the first font that covers them (:func:`bot.fonts.label_font`); when
+none does, the English default label is drawn instead ("Before" / "After"), never tofu
+boxes.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageChops, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw
 
+from bot.fonts import MIN_FONT_SIZE, label_font
 from bot.images import DECODABLE_FORMATS, HEAD_BYTES, RESULT_BOMB_PIXELS, ImageSource, sniff
 from bot.images.decode import source_head
 
@@ -65,7 +58,6 @@ FLAT_ENERGY = 0.25  # mean grey-level gradient below which a window counts as fl
 # render tuning.
 GUTTER = 6  # px between the halves
 LABEL_PAD = 6  # px above and below the label text
-MIN_FONT_SIZE = 10
 MAX_FONT_SIZE = 28
 FONT_SIZE_DIVISOR = 16  # font size = half width / this, clamped to the two above
 RENDER_MAX_SIDE = 512  # after crops above this shrink (LANCZOS): the output stays < 2 MB
@@ -78,31 +70,6 @@ JPEG_QUALITY = 90
 WEBP_LOSSLESS_METHOD = 1  # libwebp effort for fmt="WEBP" output
 WEBP_LOSSLESS_QUALITY = 50  # (lossless "quality" is effort too: 100 takes ~10x longer)
 STORED_FORMATS = frozenset({"PNG", "WEBP"})
-
-# System fonts tried, in order, for labels the built-in font cannot draw.
-FONT_ENV = "COMPARE_LABEL_FONT"
-FONT_PATHS = (
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJKjp-Regular.otf",
-    "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/System/Library/Fonts/Hiragino Sans GB.ttc",
-    "/System/Library/Fonts/PingFang.ttc",
-    "/Library/Fonts/Arial Unicode.ttf",
-    "C:\\Windows\\Fonts\\msgothic.ttc",
-    "C:\\Windows\\Fonts\\YuGothM.ttc",
-    "C:\\Windows\\Fonts\\msyh.ttc",
-)
-FC_MATCH_PATTERNS = (":lang=ja", ":lang=zh-cn", ":lang=ko")
-FC_MATCH_TIMEOUT = 2.0  # s
-_MISSING_PROBE = "\uffff"  # a noncharacter: every font draws its "missing glyph" for it
 
 
 class CompareError(ValueError):
@@ -410,7 +377,7 @@ def render(
     canvas.paste(after, (half_w + GUTTER, band))
     draw = ImageDraw.Draw(canvas)
     for index, (label, fallback) in enumerate(zip(labels, DEFAULT_LABELS, strict=True)):
-        font, text = _label_font(label, fallback, size, half_w - 2 * LABEL_PAD)
+        font, text = label_font(label, fallback, size, half_w - 2 * LABEL_PAD)
         left = index * (half_w + GUTTER)
         if text:
             draw.text((left + half_w / 2, band / 2), text, font=font, fill=TEXT_COLOUR, anchor="mm")
@@ -459,137 +426,3 @@ def _on_checker(im: Image.Image) -> Image.Image:
     rgba = im.convert("RGBA")
     backdrop.paste(rgba, mask=rgba.getchannel("A"))
     return backdrop
-
-
-def _label_font(
-    label: str, fallback: str, size: int, max_width: int
-) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]:
-    """The font and text to draw: the label in a font that covers it, else the fallback.
-
-    The text shrinks down to ``MIN_FONT_SIZE`` and is then cut with an ellipsis to fit.
-    """
-    label = " ".join(label.split())  # no newlines or tabs in a one-line band
-    chosen = None
-    for text in (label, fallback):
-        if not text:
-            continue
-        for font in _candidate_fonts(size):
-            if _covers(font, text):
-                chosen = (text, font)
-                break
-        if chosen:
-            break
-    if chosen is None:  # cannot happen with Pillow's built-in font and an English label
-        return ImageFont.load_default(), ""
-    text, font = chosen
-    current = size
-    while _width(font, text) > max_width and current > MIN_FONT_SIZE:
-        current -= 1
-        font = _sized(font, current)
-    if _width(font, text) > max_width:
-        ellipsis = "…" if _covers(font, "…") else "..."
-        while text and _width(font, text + ellipsis) > max_width:
-            text = text[:-1]
-        text = text.rstrip() + ellipsis if text else ""
-    return font, text
-
-
-label_font = _label_font  # public: bot.chart draws the /usage chart's labels with it
-
-
-def _width(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> float:
-    left, _, right, _ = font.getbbox(text)
-    return right - left
-
-
-def _sized(
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont, size: int
-) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return font.font_variant(size=size)
-    return font
-
-
-def _candidate_fonts(size: int) -> list[ImageFont.FreeTypeFont | ImageFont.ImageFont]:
-    """Pillow's built-in font, then the system fonts that load, at ``size``."""
-    fonts: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = [_default_font(size)]
-    for path in _system_font_paths():
-        font = _load_font(path, size)
-        if font is not None:
-            fonts.append(font)
-    return fonts
-
-
-@functools.cache
-def _default_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
-@functools.cache
-def _load_font(path: str, size: int) -> ImageFont.FreeTypeFont | None:
-    try:
-        return ImageFont.truetype(path, size)
-    except OSError:
-        return None
-
-
-@functools.cache
-def _system_font_paths() -> tuple[str, ...]:
-    """Existing font files worth trying, in order (looked up once per process)."""
-    paths: list[str] = []
-    override = os.environ.get(FONT_ENV)
-    if override:
-        paths.append(override)
-    paths.extend(FONT_PATHS)
-    fc_match = shutil.which("fc-match")
-    if fc_match:
-        for pattern in FC_MATCH_PATTERNS:
-            try:
-                found = subprocess.run(
-                    [fc_match, "-f", "%{file}", pattern],
-                    capture_output=True,
-                    text=True,
-                    timeout=FC_MATCH_TIMEOUT,
-                    check=False,
-                ).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if found:
-                paths.append(found)
-    unique: list[str] = []
-    for path in paths:
-        if path not in unique and os.path.isfile(path):
-            unique.append(path)
-    return tuple(unique)
-
-
-def _covers(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> bool:
-    """Whether ``font`` has a real glyph for every visible character of ``text``.
-
-    A FreeType font draws its "missing glyph" (a box, or nothing) for characters it lacks,
-    so each character's rendering is compared with the rendering of a noncharacter. A
-    bitmap font (Pillow built without FreeType) is trusted with printable Latin-1 only.
-    """
-    if not isinstance(font, ImageFont.FreeTypeFont):
-        return all(c.isprintable() and ord(c) < 256 for c in text)
-    missing = _glyph(font, _MISSING_PROBE)
-    for char in set(text):
-        if char.isspace():
-            continue
-        if not char.isprintable():
-            return False
-        glyph = _glyph(font, char)
-        if glyph == missing or glyph[1] is None:
-            return False
-    return True
-
-
-@functools.lru_cache(maxsize=4096)
-def _glyph(font: ImageFont.FreeTypeFont, char: str) -> tuple[tuple[int, int, int], bytes | None]:
-    """A character's advance and ink box, and its ink (None when it draws nothing)."""
-    left, top, right, bottom = (int(v) for v in font.getbbox(char))
-    width, height = max(1, right - left), max(1, bottom - top)
-    image = Image.new("L", (width, height))
-    ImageDraw.Draw(image).text((-left, -top), char, font=font, fill=255)
-    ink = image.tobytes() if image.getbbox() else None
-    return (round(font.getlength(char)), width, height), ink

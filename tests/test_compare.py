@@ -12,6 +12,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from bot import compare
 from bot.compare import CompareCrops, CompareError, input_crop, render
+from bot.fonts import MIN_FONT_SIZE
 from tests.support.images import decode
 
 SEED = 20260802
@@ -104,7 +105,7 @@ def test_the_width_is_twice_the_after_width_plus_the_gutter_under_a_label_band()
     im = decode(standard_render())
     band = im.height - height
     assert im.width == 2 * width + compare.GUTTER
-    assert band >= compare.MIN_FONT_SIZE
+    assert band >= MIN_FONT_SIZE
     for left in (0, width + compare.GUTTER):
         label = im.crop((left, 0, left + width, band))
         colours = {colour for _, colour in label.getcolors(1 << 16)}
@@ -334,46 +335,6 @@ def test_a_cjk_label_does_not_crash_and_is_drawn_or_replaced() -> None:
     *_, crops = standard()
     im = decode(standard_render(labels=("前", "後")))
     assert im.width == 2 * after_size(crops)[0] + compare.GUTTER
-
-
-def test_the_built_in_font_reports_its_missing_glyphs() -> None:
-    """Pillow's built-in font covers "Before" but not "前" (its missing-glyph box is seen)."""
-    font = compare._default_font(20)
-    assert compare._covers(font, "Before")
-    assert not compare._covers(font, "前")
-
-
-def test_a_label_no_font_covers_falls_back_to_english() -> None:
-    """With only the built-in font available, a Japanese label is drawn as "Before"."""
-    compare._system_font_paths.cache_clear()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(compare, "FONT_PATHS", ())
-            patch.setattr(compare, "FC_MATCH_PATTERNS", ())
-            patch.delenv(compare.FONT_ENV, raising=False)
-            font, text = compare._label_font("前", "Before", 20, 300)
-    finally:
-        compare._system_font_paths.cache_clear()
-    assert text == "Before"
-    assert font is compare._default_font(20)
-
-
-def test_a_label_is_drawn_in_a_system_font_that_covers_it() -> None:
-    """A label the built-in font lacks is drawn with a covering system font when present."""
-    fonts = compare._candidate_fonts(20)
-    if not any(compare._covers(font, "Après") for font in fonts):
-        pytest.skip("no installed font covers é")
-    font, text = compare._label_font("Après", "After", 20, 300)
-    assert text == "Après"
-    assert compare._covers(font, text)
-
-
-def test_a_long_label_is_shortened_to_fit_its_half() -> None:
-    """A label wider than its half shrinks and ends with an ellipsis."""
-    font, text = compare._label_font("Before " * 20, "Before", 20, 150)
-    assert text.endswith(("…", "..."))
-    left, _, right, _ = font.getbbox(text)
-    assert right - left <= 150
 
 
 def test_webp_and_jpeg_output_formats_decode() -> None:
