@@ -82,7 +82,10 @@ class UsageChart:
 
 
 @dataclass(frozen=True, slots=True)
-class _Bar:
+class Bar:
+    """One bar of the daily chart: the credits of the days from ``first`` on (one day, or
+    a group of days in a long period)."""
+
     first: date
     delivered: int
     refunded: int
@@ -124,7 +127,7 @@ def usage_chart(
     if not report.days and not report.members:
         _empty(draw, language, first, last)
     else:
-        _daily(draw, language, _bars(report.days, first, last))
+        _daily(draw, language, day_bars(report.days, first, last))
         _members(draw, language, members, names)
     out = io.BytesIO()
     canvas.save(out, "PNG", optimize=False, compress_level=6)
@@ -134,8 +137,9 @@ def usage_chart(
 # -- the daily plot ------------------------------------------------------------------------
 
 
-def _bars(days: Sequence[DayUsage], first: date, last: date) -> list[_Bar]:
-    """One bar per day from ``first`` to ``last``, or per group of days for long periods."""
+def day_bars(days: Sequence[DayUsage], first: date, last: date) -> list[Bar]:
+    """One bar per day from ``first`` to ``last``, or per group of days for long periods
+    (at most ``MAX_BARS``); every credit of ``days`` in that span is in one bar."""
     span = (last - first).days + 1
     per_bar = math.ceil(span / MAX_BARS)
     count = math.ceil(span / per_bar)
@@ -147,11 +151,11 @@ def _bars(days: Sequence[DayUsage], first: date, last: date) -> list[_Bar]:
             delivered[index] += day.delivered
             refunded[index] += day.refunded
     return [
-        _Bar(first + timedelta(days=i * per_bar), delivered[i], refunded[i]) for i in range(count)
+        Bar(first + timedelta(days=i * per_bar), delivered[i], refunded[i]) for i in range(count)
     ]
 
 
-def _daily(draw: ImageDraw.ImageDraw, language: str, bars: list[_Bar]) -> None:
+def _daily(draw: ImageDraw.ImageDraw, language: str, bars: list[Bar]) -> None:
     per_bar = (bars[1].first - bars[0].first).days if len(bars) > 1 else 1
     key, params = (
         ("usage.chart.per_day", {})

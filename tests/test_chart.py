@@ -149,7 +149,7 @@ def test_a_long_period_groups_days_into_bars_keeping_every_credit() -> None:
     """Three years of days: at most MAX_BARS bars, the credits summed, none lost."""
     first = date(2023, 5, 21)
     days = [DayUsage(first + timedelta(days=i), 2, 1) for i in range(0, 1096, 3)]
-    bars = chart._bars(days, first, NOW.date())
+    bars = chart.day_bars(days, first, NOW.date())
     assert len(bars) <= MAX_BARS
     assert sum(b.delivered for b in bars) == sum(d.delivered for d in days)
     assert sum(b.refunded for b in bars) == sum(d.refunded for d in days)
