@@ -772,6 +772,25 @@ async def test_a_dead_process_jobs_are_taken_over_when_the_lease_runs_out(
     assert await second.used() == (1, 0)
 
 
+async def test_a_dead_process_job_is_taken_over_when_its_lease_ends_not_at_the_next_look(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """A process that dies wakes nobody: the other process looks again when the dead
+    one's lease runs out, not after its fallback interval (30 s here)."""
+    first = await rigs(lease=1.0, instance="host-a")
+    emu.upscale_delay = 5
+    job, _ = await first.submit()
+    await until_row(first, job.id, "stage", "upscaling")
+    await die(first)
+    emu.upscale_delay = 0
+    second = await rigs(start=False, lease=1.0, instance="host-b", poll_interval=30.0)
+    await second.queue.recover(single_process=False)
+    second.queue.start()
+    log = await second.settled(job, seconds=5)
+    assert log.delivered
+    assert await second.used() == (1, 0)
+
+
 async def test_cancel_of_a_queued_job_refunds_and_never_calls_the_api(
     rigs: RigFactory, emu: OneMinEmulator
 ) -> None:

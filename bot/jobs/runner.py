@@ -74,6 +74,9 @@ SLOT_LOCK = "jobs:slot"
 # upscaling), up to K more are claimed and wait for a slot with their input loaded, and
 # downloads and deliveries overlap the next uploads and upscales. Bounds memory.
 CLAIM_AHEAD = 2
+# Seconds after another process's lease runs out before looking (clocks of a fleet's
+# machines differ a little; a look that comes too early finds nothing and waits again).
+LAPSE_MARGIN = 0.05
 # Waits after 429s without Retry-After.
 
 _T = TypeVar("_T")
@@ -112,6 +115,7 @@ class Runner(Part):
         self._tasks: list[asyncio.Task[None]] = []
         self._claims = True
         self._intakes_may_lapse = True  # see _claim_round
+        self._next_lapse: float | None = None  # see _until_next_look
         self.closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -195,7 +199,7 @@ class Runner(Part):
             if started:
                 continue
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
+                await asyncio.wait_for(self._wakeup.wait(), self._until_next_look())
             except TimeoutError:
                 # Nothing woke us for a while: look around as the wake-ups would have
                 # made us (a notification may have been lost).
@@ -203,6 +207,15 @@ class Runner(Part):
                 if self._on_poll is not None:
                     with contextlib.suppress(Exception):
                         await self._on_poll()
+
+    def _until_next_look(self) -> float:
+        """Seconds until the dispatcher looks on its own: the fallback interval, or less
+        when another process's lease runs out sooner (a process that dies wakes nobody)."""
+        wait = self._config.poll_interval
+        lapse, self._next_lapse = self._next_lapse, None
+        if lapse is not None:
+            wait = min(wait, max(0.0, lapse - time.time()) + LAPSE_MARGIN)
+        return wait
 
     async def _claim_round(self) -> bool:
         """Claim and start what this process can now; True when it started something.
@@ -218,8 +231,10 @@ class Runner(Part):
         if not self._claims or not (job_room or intake_room) or await self._service_refusing():
             return False
         now = time.time()
-        jobs, intakes = await self._store.anything_to_claim(now)
-        self._intakes_may_lapse = intakes
+        look = await self._store.anything_to_claim(now)
+        jobs, intakes = look.jobs, look.intakes
+        self._intakes_may_lapse = intakes or look.next_lapse is not None
+        self._next_lapse = look.next_lapse
         started = False
         if intakes and intake_room:
             intake = await self._claim_intake(now)

@@ -56,13 +56,19 @@ NEXT_LAPSED_INTAKE = (
     "SELECT * FROM jobs WHERE status = 'intake' AND lease_expires <= ?"
     " ORDER BY lease_expires LIMIT 1"
 )
-# One cheap look before a claim's transaction: is there anything to claim at all?
+# One cheap look before a claim's transaction: is there anything to claim at all? And
+# when does the next lease of another process run out (a process that dies says nothing:
+# its jobs are taken over when their leases end, not at the next fallback look)?
 ANYTHING_TO_CLAIM = (
     "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1) q)"
     " + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'running'"
-    " AND lease_expires <= ? LIMIT 1) r) AS jobs,"
+    " AND lease_expires <= :now LIMIT 1) r) AS jobs,"
     " (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'intake'"
-    " AND lease_expires <= ? LIMIT 1) i) AS intakes"
+    " AND lease_expires <= :now LIMIT 1) i) AS intakes,"
+    " (SELECT MIN(lease_expires) FROM jobs WHERE status = 'running'"
+    " AND lease_expires > :now AND lease_owner <> :me) AS job_lapses,"
+    " (SELECT MIN(lease_expires) FROM jobs WHERE status = 'intake'"
+    " AND lease_expires > :now AND lease_owner <> :me) AS intake_lapses"
 )
 CLAIM = (
     "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
@@ -181,7 +187,7 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement("next waiting job (claim)", NEXT_WAITING, ()),
     HotStatement("next lapsed job (claim)", NEXT_LAPSED, (_NOW,)),
     HotStatement("next lapsed intake (claim)", NEXT_LAPSED_INTAKE, (_NOW,)),
-    HotStatement("anything to claim (idle poll)", ANYTHING_TO_CLAIM, (_NOW, _NOW)),
+    HotStatement("anything to claim (idle poll)", ANYTHING_TO_CLAIM, {"now": _NOW, "me": "o"}),
     HotStatement("claim", CLAIM, ("o", _NOW, "t", "l", _ID, _NOW)),
     HotStatement("claim an intake", CLAIM_INTAKE, ("o", _NOW, "l", _ID, _NOW)),
     HotStatement("upscale slots taken", SLOTS_TAKEN, (_NOW, _ID)),
@@ -230,6 +236,15 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
 def trail_line(stage: str, process: str, detail: str = "", at: float | None = None) -> str:
     """One line of a job's trail: what happened, when, where (appended to ``trail``)."""
     return json.dumps([stage, round(time.time() if at is None else at, 3), process, detail]) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLook:
+    """What a look before a claim saw."""
+
+    jobs: bool  # a job waits in line, or a running job's lease ran out
+    intakes: bool  # an intake's lease ran out
+    next_lapse: float | None  # when another process's next lease runs out (Unix seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,12 +345,13 @@ class JobStore:
 
     # -- claims ------------------------------------------------------------------------
 
-    async def anything_to_claim(self, now: float) -> tuple[bool, bool]:
-        """(a job waits or lapsed, an intake lapsed): is a claim worth its transaction?"""
-        row = await self.db.fetchone(ANYTHING_TO_CLAIM, (now, now))
+    async def anything_to_claim(self, now: float) -> ClaimLook:
+        """Is a claim worth its transaction, and when is the next one due?"""
+        row = await self.db.fetchone(ANYTHING_TO_CLAIM, {"now": now, "me": self.owner})
         if row is None:
-            return False, False
-        return int(row["jobs"]) > 0, int(row["intakes"]) > 0
+            return ClaimLook(False, False, None)
+        lapses = [float(v) for v in (row["job_lapses"], row["intake_lapses"]) if v is not None]
+        return ClaimLook(int(row["jobs"]) > 0, int(row["intakes"]) > 0, min(lapses, default=None))
 
     async def live_leases(self, tx: Transaction, now: float) -> int:
         return _n(await tx.fetchone(LIVE_LEASES, (now,)))
