@@ -9,7 +9,9 @@ with one cheap read, so an idle process costs almost nothing. A job waiting for 
 likewise sleeps until one is freed anywhere, looking again every ``poll_interval``.
 
 Leases. A process runs a job under a lease it renews every third of the lease; when a
-process dies, another takes its jobs over once their leases run out.
+process dies, another takes its jobs over once their leases run out. A dead process
+wakes nobody, so the look before a claim also reads when another process's next lease
+runs out, and the dispatcher looks again then if nothing wakes it sooner.
 
 Slots. At most ``max_concurrent`` jobs are with 1min.ai (uploading or upscaling) across
 the fleet; a job claimed ahead reads its input and waits for a slot, woken when one is
