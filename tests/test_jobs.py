@@ -753,22 +753,32 @@ async def test_a_result_already_posted_is_settled_without_posting(
     gate.set()
 
 
-async def test_a_dead_process_jobs_are_taken_over_when_the_lease_runs_out(
-    rigs: RigFactory, emu: OneMinEmulator
-) -> None:
-    """Another process (another instance name) takes a job over only after its lease ends."""
+async def died_while_upscaling(
+    rigs: RigFactory, emu: OneMinEmulator, **survivor: Any
+) -> tuple[Job, Rig, float]:
+    """A process (instance host-a, lease 1 s) dies while its job is upscaling; another
+    (host-b, with ``survivor`` options) starts after it, not yet told of the job. Also
+    returns when the first one died (``time.monotonic()``)."""
     first = await rigs(lease=1.0, instance="host-a")
     emu.upscale_delay = 5
     job, _ = await first.submit()
     await until_row(first, job.id, "stage", "upscaling")
     await die(first)
+    died = time.monotonic()
     emu.upscale_delay = 0
-    started = time.monotonic()
-    second = await rigs(start=False, lease=1.0, instance="host-b")
+    second = await rigs(start=False, lease=1.0, instance="host-b", **survivor)
     await second.queue.recover(single_process=False)
+    return job, second, died
+
+
+async def test_a_dead_process_jobs_are_taken_over_when_the_lease_runs_out(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """Another process (another instance name) takes a job over only after its lease ends."""
+    job, second, died = await died_while_upscaling(rigs, emu)
     second.queue.start()
     log = await second.settled(job)
-    assert log.delivered and time.monotonic() - started >= 0.5
+    assert log.delivered and time.monotonic() - died >= 0.5
     assert await second.used() == (1, 0)
 
 
@@ -777,14 +787,7 @@ async def test_a_dead_process_job_is_taken_over_when_its_lease_ends_not_at_the_n
 ) -> None:
     """A process that dies wakes nobody: the other process looks again when the dead
     one's lease runs out, not after its fallback interval (30 s here)."""
-    first = await rigs(lease=1.0, instance="host-a")
-    emu.upscale_delay = 5
-    job, _ = await first.submit()
-    await until_row(first, job.id, "stage", "upscaling")
-    await die(first)
-    emu.upscale_delay = 0
-    second = await rigs(start=False, lease=1.0, instance="host-b", poll_interval=30.0)
-    await second.queue.recover(single_process=False)
+    job, second, _ = await died_while_upscaling(rigs, emu, poll_interval=30.0)
     second.queue.start()
     log = await second.settled(job, seconds=5)
     assert log.delivered
