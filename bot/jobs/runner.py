@@ -203,8 +203,9 @@ class Runner(Part):
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._until_next_look())
             except TimeoutError:
-                # Nothing woke us for a while: look around as the wake-ups would have
-                # made us (a notification may have been lost).
+                # Nothing woke us for a while, or another process's lease ran out: look
+                # around as the wake-ups would have made us (a notification may have
+                # been lost, and a dead process sends none).
                 self._intakes_may_lapse = True
                 if self._on_poll is not None:
                     with contextlib.suppress(Exception):
@@ -235,7 +236,7 @@ class Runner(Part):
         now = time.time()
         look = await self._store.anything_to_claim(now)
         jobs, intakes = look.jobs, look.intakes
-        self._intakes_may_lapse = intakes or look.next_lapse is not None
+        self._intakes_may_lapse = intakes
         self._next_lapse = look.next_lapse
         started = False
         if intakes and intake_room:
