@@ -794,6 +794,48 @@ async def test_a_dead_process_job_is_taken_over_when_its_lease_ends_not_at_the_n
     assert await second.used() == (1, 0)
 
 
+async def died_holding_both_slots(
+    rigs: RigFactory, emu: OneMinEmulator, **survivor: Any
+) -> tuple[list[Job], Rig]:
+    """A process (host-a, lease 1 s) dies with both upscale slots taken by its jobs; the
+    survivor (host-b, with ``survivor`` options) starts and its own job is put in line
+    while those leases still run."""
+    first = await rigs(lease=1.0, instance="host-a")
+    emu.upscale_delay = 5
+    held = [(await first.submit(member))[0] for member in (ALICE, BOB)]
+    for job in held:
+        await until_row(first, job.id, "stage", "upscaling")
+    await die(first)
+    emu.upscale_delay = 0
+    second = await rigs(start=False, lease=1.0, instance="host-b", **survivor)
+    await second.queue.recover(single_process=False)
+    second.queue.start()
+    own, _ = await second.submit(ALICE)
+    return [own, *held], second
+
+
+async def test_jobs_taken_over_in_their_upscale_wait_for_a_slot_without_holding_one(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """The survivor's own job waits for a slot; the two jobs it takes over wait in line
+    behind it without counting as slots taken, so all three are delivered (they used to
+    hold the slots they waited for: a deadlock)."""
+    jobs, second = await died_holding_both_slots(rigs, emu)
+    for job in jobs:
+        assert (await second.settled(job)).delivered
+
+
+async def test_a_slot_a_dead_process_held_is_taken_when_its_job_is_taken_over(
+    rigs: RigFactory, emu: OneMinEmulator
+) -> None:
+    """A dead process frees its slots silently: the job waiting for one in another
+    process gets it when that process takes the dead one's job over, not at its next
+    fallback look (30 s here)."""
+    jobs, second = await died_holding_both_slots(rigs, emu, poll_interval=30.0)
+    for job in jobs:
+        assert (await second.settled(job, seconds=8)).delivered
+
+
 async def test_cancel_of_a_queued_job_refunds_and_never_calls_the_api(
     rigs: RigFactory, emu: OneMinEmulator
 ) -> None:

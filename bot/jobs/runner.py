@@ -301,12 +301,18 @@ class Runner(Part):
                 self._wakeup.set()  # cancelled meanwhile: look again at once
                 return None
             await self._signals.send(Signal.CLAIMED, row["id"], tx=tx)
+            if row["status"] == JobStatus.RUNNING and row["stage"] in SLOT_STAGES:
+                # Taken over from a dead process that held a slot: the slot is free now
+                # (a dead process frees nothing itself), for whoever waits first.
+                await self._signals.send(Signal.SLOT, tx=tx)
         job = Job.from_row(row)
         took_over = row["status"] == JobStatus.RUNNING
         job.status = JobStatus.RUNNING
         job.claims += 1
         job.resumed = bool(row["resume_notice"]) or took_over
         job.resumed_from = job.stage
+        if job.stage in SLOT_STAGES:
+            job.stage = Stage.QUEUED  # no slot until _take_slot gives it one (see CLAIM)
         if took_over:
             log.info("Took over job %s (its lease ran out)", job.id)
         return job

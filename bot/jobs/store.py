@@ -70,10 +70,14 @@ ANYTHING_TO_CLAIM = (
     " (SELECT MIN(lease_expires) FROM jobs WHERE status = 'intake'"
     " AND lease_expires > :now AND lease_owner <> :me) AS intake_lapses"
 )
+# A job claimed in a slot's stage (taken over, handed back, recovered) holds no slot: it
+# waits for one like any other (its stored asset or record says where it continues), so
+# it is not counted among the slots taken (SLOTS_TAKEN) while it waits.
 CLAIM = (
     "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
     " claims = claims + 1, resume_notice = 0, started_at = COALESCE(started_at, ?),"
-    " trail = trail || ? WHERE id = ?"
+    f" stage = CASE WHEN stage IN ('{SLOT_STAGES[0]}', '{SLOT_STAGES[1]}') THEN 'queued'"
+    " ELSE stage END, trail = trail || ? WHERE id = ?"
     " AND (status = 'queued' OR (status = 'running' AND lease_expires <= ?))"
 )
 CLAIM_INTAKE = (
