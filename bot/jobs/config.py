@@ -8,7 +8,8 @@ queue reads from its :class:`bot.jobs.parts.Parts` bundle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from bot.images import ImageLimits
 from bot.retry import Backoff
@@ -21,6 +22,11 @@ PURGE_FIRST_DELAY = 60.0  # seconds after start-up before the first round
 RATE_BACKOFF = Backoff(base=RATE_BACKOFF_BASE, cap=RATE_BACKOFF_CAP)
 
 
+def _owner_default(name: str) -> Any:
+    """The default of the owner's setting ``name``: written once, in :class:`Settings`."""
+    return next(f.default for f in fields(Settings) if f.name == name)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     """What the queue allows and how long it waits (seconds unless said otherwise)."""
@@ -29,12 +35,12 @@ class QueueConfig:
     max_per_member: int  # unfinished jobs a member may have
     cost: int  # credits an upscale costs
     limits: ImageLimits = field(default_factory=ImageLimits)
-    lease: float = 30.0  # a claim's lease, renewed every third of it
-    busy_timeout: float = 1800.0  # a job waiting for a slot this long fails
-    max_age: float = 86_400.0  # an unfinished job older than this fails on recovery
+    lease: float = _owner_default("job_lease")  # a claim's lease, renewed every third of it
+    busy_timeout: float = _owner_default("busy_timeout")  # waiting out 429s this long fails
+    max_age: float = _owner_default("job_max_age")  # unfinished this long: fails on recovery
     poll_interval: float = FALLBACK_POLL  # the look for work nobody woke the queue for
-    circuit_give_up: float = 3600.0  # jobs waiting on an open circuit this long fail
-    retention_days: float = 30.0  # finished jobs are kept this many days
+    circuit_give_up: float = _owner_default("circuit_give_up")  # refused this long: refunded
+    retention_days: float = _owner_default("job_retention_days")  # finished jobs kept (days)
     purge_interval: float = PURGE_INTERVAL
     purge_first_delay: float = PURGE_FIRST_DELAY
     rate_backoff: Backoff = RATE_BACKOFF  # waits after 1min.ai says "too many requests"
