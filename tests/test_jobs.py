@@ -754,28 +754,30 @@ async def test_a_result_already_posted_is_settled_without_posting(
 
 
 async def died_while_upscaling(
-    rigs: RigFactory, emu: OneMinEmulator, **survivor: Any
-) -> tuple[Job, Rig, float]:
-    """A process (instance host-a, lease 1 s) dies while its job is upscaling; another
-    (host-b, with ``survivor`` options) starts after it, not yet told of the job. Also
-    returns when the first one died (``time.monotonic()``)."""
+    rigs: RigFactory, emu: OneMinEmulator, members: tuple[int, ...] = (ALICE,), **survivor: Any
+) -> tuple[list[Job], Rig, float]:
+    """A process (instance host-a, lease 1 s) dies while a job of each of ``members`` is
+    upscaling (two of them take both slots); another (host-b, with ``survivor`` options)
+    starts after it, not yet told of the jobs. Also returns when the first one died
+    (``time.monotonic()``)."""
     first = await rigs(lease=1.0, instance="host-a")
     emu.upscale_delay = 5
-    job, _ = await first.submit()
-    await until_row(first, job.id, "stage", "upscaling")
+    jobs = [(await first.submit(member))[0] for member in members]
+    for job in jobs:
+        await until_row(first, job.id, "stage", "upscaling")
     await die(first)
     died = time.monotonic()
     emu.upscale_delay = 0
     second = await rigs(start=False, lease=1.0, instance="host-b", **survivor)
     await second.queue.recover(single_process=False)
-    return job, second, died
+    return jobs, second, died
 
 
 async def test_a_dead_process_jobs_are_taken_over_when_the_lease_runs_out(
     rigs: RigFactory, emu: OneMinEmulator
 ) -> None:
     """Another process (another instance name) takes a job over only after its lease ends."""
-    job, second, died = await died_while_upscaling(rigs, emu)
+    (job,), second, died = await died_while_upscaling(rigs, emu)
     second.queue.start()
     log = await second.settled(job)
     assert log.delivered and time.monotonic() - died >= 0.5
@@ -787,7 +789,7 @@ async def test_a_dead_process_job_is_taken_over_when_its_lease_ends_not_at_the_n
 ) -> None:
     """A process that dies wakes nobody: the other process looks again when the dead
     one's lease runs out, not after its fallback interval (30 s here)."""
-    job, second, _ = await died_while_upscaling(rigs, emu, poll_interval=30.0)
+    (job,), second, _ = await died_while_upscaling(rigs, emu, poll_interval=30.0)
     second.queue.start()
     log = await second.settled(job, seconds=5)
     assert log.delivered
@@ -797,18 +799,9 @@ async def test_a_dead_process_job_is_taken_over_when_its_lease_ends_not_at_the_n
 async def died_holding_both_slots(
     rigs: RigFactory, emu: OneMinEmulator, **survivor: Any
 ) -> tuple[list[Job], Rig]:
-    """A process (host-a, lease 1 s) dies with both upscale slots taken by its jobs; the
-    survivor (host-b, with ``survivor`` options) starts and its own job is put in line
-    while those leases still run."""
-    first = await rigs(lease=1.0, instance="host-a")
-    emu.upscale_delay = 5
-    held = [(await first.submit(member))[0] for member in (ALICE, BOB)]
-    for job in held:
-        await until_row(first, job.id, "stage", "upscaling")
-    await die(first)
-    emu.upscale_delay = 0
-    second = await rigs(start=False, lease=1.0, instance="host-b", **survivor)
-    await second.queue.recover(single_process=False)
+    """A process dies with both upscale slots taken by its jobs; the survivor starts and
+    its own job is put in line while those leases still run. Returns every job."""
+    held, second, _ = await died_while_upscaling(rigs, emu, (ALICE, BOB), **survivor)
     second.queue.start()
     own, _ = await second.submit(ALICE)
     return [own, *held], second
