@@ -103,6 +103,11 @@ def test_env_example_shows_each_default(variable: Variable) -> None:
         assert variable.parse(variable.name, shown, {}) == variable.default
 
 
+def test_readme_documents_every_variable_of_env_example() -> None:
+    """An owner reading only the README finds every variable, the two not in settings too."""
+    assert sorted(set(env_example()) - set(readme_defaults())) == []
+
+
 @pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.name)
 def test_readme_shows_each_default_as_env_example_does(variable: Variable) -> None:
     """The README's configuration tables give each variable .env.example's default."""
