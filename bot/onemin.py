@@ -262,6 +262,7 @@ class OneMinClient:
         before_request: Callable[[], Awaitable[None]] | None = None,
         retry_rate_limited: bool = True,
         on_request: Callable[[str, int | None], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -280,6 +281,8 @@ class OneMinClient:
         # False: a 429 is raised at once (the caller waits in line and tries again).
         self._retry_rate_limited = retry_rate_limited
         self._on_request = on_request
+        # How a wait between attempts is waited (tests record it instead of sleeping).
+        self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"OneMinClient(base_url={self._base_url!r})"
@@ -591,7 +594,7 @@ class OneMinClient:
                 )
             return delay
 
-        return await retry(call, OneMinError, wait, sleep=_sleep)
+        return await retry(call, OneMinError, wait, sleep=self._sleep)
 
     def _delay(self, err: OneMinError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
@@ -601,11 +604,6 @@ class OneMinClient:
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def _sleep(seconds: float) -> None:
-    """Wait between attempts (a seam the tests replace to keep waits out of the clock)."""
-    await asyncio.sleep(seconds)
 
 
 def _drop_request_headers(err: aiohttp.ClientResponseError) -> None:

@@ -492,13 +492,13 @@ def test_fit_returns_a_file_within_the_limit_as_its_bytes(tmp_path: Path) -> Non
 def webp_methods(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], int]]:
     """Records (image size, libwebp method) of every lossy WebP encode the fit makes."""
     calls: list[tuple[tuple[int, int], int]] = []
-    real = fit._save_webp
+    real = fit.save_lossy_webp
 
     def recording(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
         calls.append((im.size, method))
         real(im, buffer, quality, method)
 
-    monkeypatch.setattr(fit, "_save_webp", recording)
+    monkeypatch.setattr(fit, "save_lossy_webp", recording)
     return calls
 
 
@@ -541,14 +541,14 @@ def test_failed_low_memory_webp_encode_falls_back_to_the_default_method(
     """When libwebp fails at the low-memory method (as methods 0 and 1 do on 16 MP:
     "encoding error 6"), the encode is repeated at the default method and still fits."""
     monkeypatch.setattr(fit, "WEBP_LOW_MEMORY_PIXELS", 500_000)
-    recording = fit._save_webp
+    recording = fit.save_lossy_webp
 
     def failing_low(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
         recording(im, buffer, quality, method)
         if method == fit.WEBP_LOW_MEMORY_METHOD:
             raise ValueError("encoding error 6")
 
-    monkeypatch.setattr(fit, "_save_webp", failing_low)
+    monkeypatch.setattr(fit, "save_lossy_webp", failing_low)
     limit = len(noisy_webp_case) // 2
     fitted = images.fit_to_limit(noisy_webp_case, "webp", limit, "result")
     assert len(fitted.data) <= limit
@@ -567,7 +567,7 @@ def test_default_webp_method_failure_is_not_retried(
     def failing(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
         raise ValueError("encoding error 6")
 
-    monkeypatch.setattr(fit, "_save_webp", failing)
+    monkeypatch.setattr(fit, "save_lossy_webp", failing)
     with pytest.raises(ValueError, match="encoding error"):
         images.fit_to_limit(noisy_webp_case, "webp", len(noisy_webp_case) // 2, "result")
 

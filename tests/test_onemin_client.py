@@ -8,7 +8,7 @@ import io
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -81,20 +81,26 @@ def unused_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Waits between attempts are recorded instead of slept."""
-    waits: list[float] = []
-
-    async def record(seconds: float) -> None:
-        waits.append(seconds)
-
-    monkeypatch.setattr(onemin, "_sleep", record)
-    return waits
+@pytest.fixture
+def sleeps() -> list[float]:
+    """The waits between attempts of the clients made here, recorded instead of slept."""
+    return []
 
 
 @pytest.fixture
-def make_client(session: aiohttp.ClientSession, emu: OneMinEmulator) -> Callable[..., OneMinClient]:
+def nap(sleeps: list[float]) -> Callable[[float], Awaitable[None]]:
+    """A client's ``sleep``: records the wait in ``sleeps`` and returns at once."""
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    return record
+
+
+@pytest.fixture
+def make_client(
+    session: aiohttp.ClientSession, emu: OneMinEmulator, nap: Callable[[float], Awaitable[None]]
+) -> Callable[..., OneMinClient]:
     def make(**overrides: Any) -> OneMinClient:
         options: dict[str, Any] = {
             "base_url": emu.base_url,
@@ -103,6 +109,7 @@ def make_client(session: aiohttp.ClientSession, emu: OneMinEmulator) -> Callable
             "download_timeout": 5.0,
             "backoff_base": 0.01,
             "backoff_cap": 1.0,
+            "sleep": nap,
         }
         options.update(overrides)
         api_key = options.pop("api_key", KEY)
@@ -744,11 +751,14 @@ async def test_upscale_is_retried_after_503(client: OneMinClient, emu: OneMinEmu
 
 
 async def test_upscale_is_retried_when_the_connection_is_refused(
-    session: aiohttp.ClientSession, traced: RequestLog, unused_port: int
+    session: aiohttp.ClientSession,
+    traced: RequestLog,
+    unused_port: int,
+    nap: Callable[[float], Awaitable[None]],
 ) -> None:
     """A refused connection is retried up to max_attempts, even for the paid call."""
     url = f"http://127.0.0.1:{unused_port}"
-    client = OneMinClient(session, KEY, base_url=url, max_attempts=3, backoff_base=0.01)
+    client = OneMinClient(session, KEY, base_url=url, max_attempts=3, backoff_base=0.01, sleep=nap)
     with pytest.raises(ServiceUnavailable):
         await client.upscale("images/x.png")
     assert len(traced.urls) == 3

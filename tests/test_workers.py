@@ -51,13 +51,15 @@ def input_png() -> bytes:
 def in_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Records the results checked in a thread of this process."""
     calls: list[Path] = []
-    real = workers._inspect_and_trim
+    real = workers.inspect_result
 
-    def recording(result: Path, *args: object) -> ResultCheck:
+    def recording(
+        result: Path, input_image: bytes | None, input_size: tuple[int, int]
+    ) -> ResultCheck:
         calls.append(result)
-        return real(result, *args)  # type: ignore[arg-type]
+        return real(result, input_image, input_size)
 
-    monkeypatch.setattr(workers, "_inspect_and_trim", recording)
+    monkeypatch.setattr(workers, "inspect_result", recording)
     return calls
 
 

@@ -200,7 +200,7 @@ def _encode(
         return buffer.getvalue()
     method = _webp_method(im.size) if webp_method is None else webp_method
     try:
-        _save_webp(im, buffer, quality, method)
+        save_lossy_webp(im, buffer, quality, method)
     except (OSError, ValueError) as exc:  # libwebp's errors ("encoding error 6")
         if method == WEBP_METHOD:
             raise
@@ -212,11 +212,13 @@ def _encode(
             WEBP_METHOD,
         )
         buffer = io.BytesIO()
-        _save_webp(im, buffer, quality, WEBP_METHOD)
+        save_lossy_webp(im, buffer, quality, WEBP_METHOD)
     return buffer.getvalue()
 
 
-def _save_webp(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
+def save_lossy_webp(im: Image.Image, buffer: io.BytesIO, quality: int, method: int) -> None:
+    """The fit's one call to libwebp's lossy encoder (tests wrap it to see the methods
+    used and to fail as libwebp does: "encoding error 6")."""
     im.save(buffer, "WEBP", quality=quality, method=method)
 
 
