@@ -33,7 +33,6 @@ from bot.images.model import (
     Note,
     PreparedImage,
     Rejection,
-    dims,
     human_bytes,
 )
 from bot.images.prepare import prepare_input
@@ -58,7 +57,6 @@ __all__ = [
     "PreparedImage",
     "Rejection",
     "describe_image",
-    "dims",
     "fit_to_limit",
     "human_bytes",
     "prepare_input",
