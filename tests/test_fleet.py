@@ -48,6 +48,7 @@ async def test_a_restart_waits_for_the_turn_its_previous_run_took(databases: Dat
     assert await IdentifyGate(again, spacing=0.5).wait_turn(0, 1) > 0.3
 
 
+@pytest.mark.parametrize("databases", ["postgresql"], indirect=True)  # SQLite: one process
 async def test_processes_starting_together_sync_the_commands_once(databases: Databases) -> None:
     """Three processes with the same command set: exactly one sync; the others skip."""
     calls: list[int] = []
@@ -59,8 +60,6 @@ async def test_processes_starting_together_sync_the_commands_once(databases: Dat
 
     dbs = [await databases.open() for _ in range(3)]
     digest = command_digest([{"name": "upscale"}])
-    if dbs[0].engine == "sqlite":
-        pytest.skip("SQLite is one process: its syncs are not run concurrently")
     results = await asyncio.gather(
         *(
             sync_once(db, "app:global", digest, lambda n=n: sync(n), instance=f"p{n}")  # type: ignore[misc]
