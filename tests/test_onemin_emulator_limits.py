@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.emulators.onemin import OneMinEmulator
+from tests.harness import eventually
 from tests.support.images import png
 
 KEY = "limits-test-key"
@@ -206,6 +207,24 @@ async def test_stopping_the_emulator_ends_a_held_call(http: aiohttp.ClientSessio
     with contextlib.suppress(aiohttp.ClientError):  # closed under it: ended all the same
         await call
     assert call.done()
+
+
+async def test_an_upscale_cut_short_by_the_stop_makes_no_image(
+    http: aiohttp.ClientSession,
+) -> None:
+    """An upscale still in its delay when the emulator stops ends without upscaling: no
+    image work is left running after the emulator is gone."""
+    emu = OneMinEmulator(KEY)
+    await emu.start()
+    path = await asset_path(http, emu)
+    emu.upscale_delay = 600
+    call = asyncio.create_task(feature(http, emu, path))
+    await eventually(lambda: emu.features_in_flight == 1)
+    await emu.stop()
+    with contextlib.suppress(aiohttp.ClientError):  # closed under it: ended all the same
+        await call
+    await eventually(lambda: emu.features_in_flight == 0)
+    assert emu.upscales == 0 and emu.results == {}
 
 
 async def test_a_hold_with_times_holds_only_that_many_calls(

@@ -506,6 +506,11 @@ class OneMinEmulator:
             await self._held("upscale")
             if self.upscale_delay > 0:
                 await self._pause(self.upscale_delay)
+            if self._stopping.is_set():
+                # Woken by the stop: nobody waits for this image any more, and a thread
+                # still encoding a large one would load the CPU after the emulator is gone
+                # (under the next test or benchmark).
+                raise _Rejected(503, {"message": "The service is shutting down"})
             data = await asyncio.to_thread(_upscale_image, asset.data, fmt)
         except _Rejected:
             self.used_credit -= self.upscale_cost
