@@ -238,6 +238,13 @@ async def test_kill_9_mid_job_resumes_and_delivers_once(tmp_path: Path, stage: s
             it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
             await it.acked()
             await w.wait_stage(stage)
+            # Kill only once the call is caught in the emulator: a request still on its
+            # way (its bytes in the socket) would otherwise be read after the faults are
+            # cleared, and take effect as if the process had finished it.
+            if held is not None:
+                await held.reached()
+            else:
+                await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
             uploads_before = w.onemin.calls["upload"]
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
