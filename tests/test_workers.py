@@ -21,6 +21,7 @@ from bot.download import DownloadFailed
 from bot.imagework import ResultCheck, inspect_result
 from bot.workers import ImageWorkers, ResultUnusable, WorkerDied
 from tests import imagecorpus as corpus
+from tests.harness import eventually
 
 INPUT_SIZE = (64, 48)
 
@@ -61,6 +62,15 @@ def in_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(workers, "inspect_result", recording)
     return calls
+
+
+def exited(pid: int) -> bool:
+    """True once ``pid`` has exited: gone, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 async def started(pool: ImageWorkers) -> int:
@@ -242,7 +252,7 @@ async def test_a_worker_that_died_idle_is_replaced_by_the_next_call(
     first = pool.worker_pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: exited(first))
     checked = await pool.check_result(path, input_png(), INPUT_SIZE)
     assert checked.size == (256, 192) and pool.worker_pid not in (None, first)
 
