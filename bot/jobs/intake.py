@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -72,6 +73,14 @@ DOWNLOAD_FAILED = Text.of("error.download_failed")
 SOURCE_GONE = Text.of("error.source_gone")
 
 
+@dataclass(slots=True)
+class _GuildTurn:
+    """A guild's lock in this process, and how many acceptances hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class Intake(Part):
     """Records jobs and takes their images in; see the module docstring."""
 
@@ -95,7 +104,24 @@ class Intake(Part):
         # Acceptances of one guild queue here, in this process, for the guild's lock: a
         # burst in one guild then holds one database connection, not one per request
         # waiting for the lock, and leaves the others to the jobs already in line.
-        self._guild_turns: dict[int, asyncio.Lock] = {}
+        # (Only guilds with acceptances in progress have one.)
+        self._guild_turns: dict[int, _GuildTurn] = {}
+
+    @contextlib.asynccontextmanager
+    async def _guild_turn(self, guild_id: int) -> AsyncIterator[None]:
+        """This process's turn at ``guild_id``'s lock; forgotten once nobody holds or waits
+        for it, so a bot in many guilds keeps a lock only for those accepting right now."""
+        turn = self._guild_turns.get(guild_id)
+        if turn is None:
+            turn = self._guild_turns[guild_id] = _GuildTurn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._guild_turns[guild_id]
 
     @property
     def busy(self) -> bool:
@@ -110,8 +136,7 @@ class Intake(Part):
         now = utc_now()
         job = Job.requested(request, now.timestamp())
         await self._ledger.ensure_guild(request.guild_id)  # a write once per guild
-        turn = self._guild_turns.setdefault(request.guild_id, asyncio.Lock())
-        async with turn, self._db.transaction() as tx:
+        async with self._guild_turn(request.guild_id), self._db.transaction() as tx:
             # The cap is checked under the guild's lock, which the reservation takes
             # too (SQLite: every writer is serialised), so two requests of one member
             # cannot both pass it.
