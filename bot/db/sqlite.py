@@ -148,27 +148,24 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-async def _checkpoint_loop(path: Path, db: SqliteDatabase) -> None:
-    """Checkpoint the WAL every :data:`CHECKPOINT_INTERVAL` seconds on a connection of its
-    own (its own thread): ``PASSIVE`` copies what it can without blocking writers or
-    readers, and the WAL starts over once all of it is in the database file. A second
-    in which this process committed nothing has nothing to checkpoint: it is skipped,
-    so an idle bot does not touch the file."""
-    conn = await _connect(path)
+async def _checkpoint_loop(conn: aiosqlite.Connection, db: SqliteDatabase) -> None:
+    """Checkpoint the WAL every :data:`CHECKPOINT_INTERVAL` seconds on ``conn``, a
+    connection of its own (its own thread): ``PASSIVE`` copies what it can without
+    blocking writers or readers, and the WAL starts over once all of it is in the database
+    file. A second in which this process committed nothing has nothing to checkpoint: it
+    is skipped, so an idle bot does not touch the file. Runs until cancelled; whoever
+    opened ``conn`` closes it."""
     checkpointed = -1
-    try:
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-            if db.commits == checkpointed:
-                continue
-            checkpointed = db.commits
-            try:
-                db.round_trips.add()
-                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                log.warning("WAL checkpoint failed; trying again", exc_info=True)
-    finally:
-        await asyncio.shield(conn.close())
+    while True:
+        await asyncio.sleep(CHECKPOINT_INTERVAL)
+        if db.commits == checkpointed:
+            continue
+        checkpointed = db.commits
+        try:
+            db.round_trips.add()
+            await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            log.warning("WAL checkpoint failed; trying again", exc_info=True)
 
 
 class SqliteDatabase(Database):
@@ -185,6 +182,7 @@ class SqliteDatabase(Database):
             self._run_writes, name="db-group-commit", gate=self._lock
         )
         self._checkpoints: asyncio.Task[None] | None = None
+        self._checkpoint_conn: aiosqlite.Connection | None = None
 
     @classmethod
     async def open_file(
@@ -204,7 +202,13 @@ class SqliteDatabase(Database):
             # that crosses its threshold, they would stall every caller waiting for this
             # connection; a second connection runs them in the background instead.
             await conn.execute("PRAGMA wal_autocheckpoint = 0")
-            db._checkpoints = asyncio.create_task(_checkpoint_loop(path, db), name="sqlite-wal")
+            # Opened here, not in the task: a connection still being opened when the task
+            # is cancelled (a close just after the open) would be left to its thread,
+            # which then answers a loop that may be gone.
+            db._checkpoint_conn = await _connect(path)
+            db._checkpoints = asyncio.create_task(
+                _checkpoint_loop(db._checkpoint_conn, db), name="sqlite-wal"
+            )
         except BaseException:
             await conn.close()
             raise
@@ -215,6 +219,9 @@ class SqliteDatabase(Database):
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpoints
+        if self._checkpoint_conn is not None:
+            await self._checkpoint_conn.close()
+            self._checkpoint_conn = None
         await self._writes.join()
         async with self._lock.hold():
             await self._conn.close()
