@@ -54,13 +54,13 @@ import aiohttp
 
 from bench.botproc import stop
 from bench.common import descendants, emit, onemin_in_subprocess, table
-from bot import metrics_http
+from bot.app import metrics_http
+from bot.app.metrics import Metrics, probe_loop_lag
+from bot.app.metrics_http import MetricsEndpoint
+from bot.app.services import open_services
+from bot.app.settings import Secret, Settings
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, JobContext, PreparedInfo, Source, Stage
-from bot.metrics import Metrics, probe_loop_lag
-from bot.metrics_http import MetricsEndpoint
-from bot.services import open_services
-from bot.settings import Secret, Settings
 from tests.bot_process import closed_port, start_bot_process
 from tests.emulators.discord import DiscordEmulator
 from tests.harness import DISCORD_TOKEN, ONEMIN_KEY

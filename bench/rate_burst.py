@@ -5,8 +5,8 @@ The 1min.ai emulator admits ``per_window`` API calls per sliding ``window`` s (4
 Retry-After over it, like the real service). Each job makes two calls (upload, upscale),
 so ``jobs`` jobs need ``R = 2 * jobs`` calls, and the last one cannot leave before
 ``(ceil(R / per_window) - 1) * window`` s: that is the window-bound ideal. The real bot
-paces with :class:`bot.pacing.RateGate`, here on the scaled window: ``ONEMIN_RATE_WINDOW``
-= ``window`` (the bot adds :data:`bot.pacing.WINDOW_MARGIN`; production uses 60 s + 1 s),
+paces with :class:`bot.onemin.pacing.RateGate`, here on the scaled window: ``ONEMIN_RATE_WINDOW``
+= ``window`` (the bot adds :data:`bot.onemin.pacing.WINDOW_MARGIN`; production uses 60 s + 1 s),
 set through the bot's settings like an owner would. Reported: when the
 last call left and when the last result was delivered, both against the ideal, and the
 429s the service answered (target 0). Target: within 1.2x of the ideal.

@@ -20,7 +20,7 @@ locale and fills its named placeholders::
   problem logged, so a catalogue mistake never breaks a reply.
 
 This module imports nothing from ``discord``; the command-description translator is in
-:mod:`bot.i18n_discord`.
+:mod:`bot.frontend.translator`.
 """
 
 from __future__ import annotations

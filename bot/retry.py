@@ -72,7 +72,7 @@ async def retry(
     When ``call()`` raises an instance of ``errors``, ``wait(error, failures)`` decides
     (``failures`` counts from 1): it returns the seconds to wait before the next call, or
     None to raise that error now. It is also where the caller logs the retry, and it may
-    raise an error of its own instead (start-up's :class:`bot.startup.GaveUp`). Any other
+    raise an error of its own instead (start-up's :class:`bot.app.startup.GaveUp`). Any other
     exception propagates at once (so does a cancellation, unless ``errors`` is
     :class:`BaseException`). ``sleep`` does the waiting (default :func:`asyncio.sleep`,
     looked up at each wait so tests may replace it).

@@ -1,7 +1,7 @@
 """The waits the bot chooses for itself, in one place.
 
 Each is a named constant with its unit, and a field of :class:`Timings` with that
-constant as its default; :attr:`bot.settings.Settings.timings` carries the ones in force.
+constant as its default; :attr:`bot.app.settings.Settings.timings` carries the ones in force.
 No environment variable sets them: the defaults are what Discord and members need. Tests
 pass shorter ones (``Settings(timings=Timings(progress_interval=0.2, ...))``) so that
 end-to-end tests run on short clocks instead of waiting out real ones.

@@ -1,1 +1,1 @@
-"""The Discord command surface: one feature per module, loaded by ``bot.client``."""
+"""The Discord command surface: one feature per module, loaded by ``bot.frontend.client``."""

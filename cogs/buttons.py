@@ -14,11 +14,11 @@ from typing import Any, ClassVar, Self
 
 import discord
 
-from bot.client import bot_of
+from bot.frontend.client import bot_of
+from bot.frontend.translator import interaction_locale
+from bot.frontend.tree import refuse_if_not_allowed
 from bot.i18n import ENGLISH, t
-from bot.i18n_discord import interaction_locale
 from bot.jobs import CancelOutcome
-from bot.tree import refuse_if_not_allowed
 from cogs import messages
 from cogs.checks import is_moderator
 

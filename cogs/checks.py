@@ -12,9 +12,9 @@ from typing import TypeVar
 import discord
 from discord import app_commands
 
-from bot.client import bot_of
+from bot.frontend.client import bot_of
+from bot.frontend.tree import UserError
 from bot.i18n import Text
-from bot.tree import UserError
 
 NOT_IN_DMS = Text.of("error.not_in_dms")
 NOT_A_MODERATOR = Text.of("error.not_a_moderator")

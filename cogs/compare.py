@@ -2,7 +2,7 @@
 
 Anyone may press it. It answers ephemerally with one image rendered locally (no credit,
 no call to 1min.ai). When the result was delivered the bot kept only a small crop of the
-input and where it lies (:func:`bot.compare.input_crop`, in the database: it works after a
+input and where it lies (:func:`bot.images.compare.input_crop`, in the database: it works after a
 restart and in any process of a fleet, for at least a week); the same region of the
 result is cut at click time from the result message's own attachment, which the click
 carries: the file as it was posted, downloaded from Discord's CDN (bounded in size and
@@ -21,15 +21,16 @@ from urllib.parse import urlsplit
 
 import discord
 
-from bot import compare, images
-from bot.client import bot_of
-from bot.download import DownloadFailed, DownloadTooLarge, download_to
+from bot import images
+from bot.frontend.client import bot_of
 from bot.i18n import t
-from bot.workers import WorkerDied
+from bot.images import compare
+from bot.images.download import DownloadFailed, DownloadTooLarge, download_to
+from bot.images.workers import WorkerDied
 from cogs.buttons import UpscaleButton
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ async def comparison(
     """The Compare image of ``crops``: from their stored after crop (earlier versions),
     or cut from the ``posted`` result; None when there is no posted result to cut from.
 
-    Raises :class:`bot.download.DownloadFailed`, :class:`bot.download.DownloadTooLarge`,
-    :class:`bot.workers.WorkerDied` or :class:`bot.compare.CompareError`.
+    Raises :class:`~bot.images.download.DownloadFailed`,
+    :class:`~bot.images.download.DownloadTooLarge`, :class:`~bot.images.workers.WorkerDied` or
+    :class:`~bot.images.compare.CompareError`.
     """
     if crops.after is not None:
         return await asyncio.to_thread(compare.render, crops, labels=labels)

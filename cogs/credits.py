@@ -4,7 +4,7 @@ Every moderator command checks at run time (Manage Server or a moderator role), 
 through Discord's ``default_permissions``, which server admins can change. Moderator
 replies are ephemeral; every change is written to the ledger's audit log by the ledger.
 Replies are in the member's Discord language; descriptions and the period choices are
-localised through :class:`bot.i18n_discord.Translator`.
+localised through :class:`bot.frontend.translator.Translator`.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chart import NAMED_MEMBERS, usage_chart
+from bot.app.settings import PERIODS, Period
 from bot.failures import FailureKind
+from bot.frontend.translator import cmd_text, interaction_locale, localised_choices
+from bot.frontend.tree import UserError
 from bot.i18n import Text, catalogue, number, t
-from bot.i18n_discord import cmd_text, interaction_locale, localised_choices
+from bot.images.chart import NAMED_MEMBERS, usage_chart
 from bot.jobs import JobFailure, JobStatus
 from bot.jobs.trail import JobTrail
 from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, MemberUsage, UsageReport
-from bot.settings import PERIODS, Period
-from bot.tree import UserError
 from cogs import messages
 from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`DiscordFrontEnd` implements :class:`bot.jobs.FrontEnd` for every job, in any
 process: what it needs to answer the member is stored with the job (a
-:class:`bot.replies.ReplyTarget` in the job's context), so a job resumed after a restart
+:class:`bot.frontend.replies.ReplyTarget` in the job's context), so a job resumed after a restart
 or taken over from another process is answered exactly like a fresh one. Progress edits
 are throttled; results are fitted under the interaction's upload limit in a worker
 process; a result that may already have been posted (a crash during delivery) is looked
@@ -10,7 +10,7 @@ for by its job id in the embed footer before it is posted again.
 
 Languages: progress lines and the result are written in the member's Discord language
 when they edit the member's reply, and in the server's preferred language when they
-are posted in the channel after the token expired (:meth:`bot.replies.Replies.post`).
+are posted in the channel after the token expired (:meth:`bot.frontend.replies.Replies.post`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import discord
 
 from bot import images
 from bot.failures import FailureKind
+from bot.frontend.replies import Answer, Replies, ReplyTarget
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
-from bot.replies import Answer, Replies, ReplyTarget
 from bot.retry import Backoff, retry
 from bot.timings import (
     FIRST_PROGRESS_DELAY,
@@ -45,7 +45,7 @@ from cogs.buttons import DeleteResultButton, cancel_view
 from cogs.compare import CompareButton
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ image. It checks what it can without spending anything (guild, the bot's permiss
 the 1min.ai circuit, the declared size, the image's origin), has the queue record the
 job and reserve its credits (:meth:`bot.jobs.JobQueue.accept`: from here on a restart
 cannot lose it), then has the queue fetch and check the image
-(:meth:`bot.jobs.JobQueue.take_in`). A refusal raises :class:`bot.tree.UserError` with
+(:meth:`bot.jobs.JobQueue.take_in`). A refusal raises :class:`bot.frontend.tree.UserError` with
 the member's words; a refused image costs nothing (its reservation is refunded in the
 transaction that records the refusal).
 """
@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 import discord
 
-from bot.client import bot_of
+from bot.frontend.client import bot_of
+from bot.frontend.replies import ReplyTarget
+from bot.frontend.tree import UserError
 from bot.jobs import (
     InputRefused,
     JobRequest,
@@ -27,13 +29,11 @@ from bot.jobs import (
     QueueFull,
     Source,
 )
-from bot.replies import ReplyTarget
-from bot.tree import UserError
 from cogs import messages
 from cogs.checks import NOT_IN_DMS
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 
 @dataclass(frozen=True, slots=True)

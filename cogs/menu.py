@@ -21,14 +21,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.frontend.translator import interaction_locale
+from bot.frontend.tree import UserError
 from bot.i18n import t
-from bot.i18n_discord import interaction_locale
-from bot.tree import UserError
 from cogs import messages
 from cogs.intake import SourceImage, allowed_source, defer, start_job
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 

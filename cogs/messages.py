@@ -5,7 +5,7 @@ Failures are keyed by :class:`bot.failures.FailureKind` and progress by
 a key that every language has), not shown as a generic message. Everything here returns
 a :class:`bot.i18n.Text` (a key and its parameters); the caller renders it in the
 member's language (``text.render(locale)``) or, for a channel post after the token
-expired, in the server's (:meth:`bot.replies.Replies.post`).
+expired, in the server's (:meth:`bot.frontend.replies.Replies.post`).
 """
 
 from __future__ import annotations

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.circuit import CircuitEvent
 from bot.db import utc_now
 from bot.failures import FailureKind
 from bot.i18n import t
 from bot.jobs import Job
 from bot.ledger import Change, period_end
+from bot.onemin.circuit import CircuitEvent
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.i18n_discord import cmd_text
-from bot.settings import OUTPUT_FORMATS
+from bot.app.settings import OUTPUT_FORMATS
+from bot.frontend.translator import cmd_text
 from cogs.delivery import DiscordFrontEnd
 from cogs.intake import SourceImage, defer, start_job
 
 if TYPE_CHECKING:
-    from bot.client import UpscaleBot
+    from bot.frontend.client import UpscaleBot
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.__main__ import load_or_exit, main, serve
-from bot.check import run_check
+from bot.app.check import run_check
+from bot.app.cli import load_or_exit, main, serve
+from bot.app.settings import Settings, load_settings
+from bot.app.startup import StartupError
 from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
-from bot.startup import StartupError
 from tests.emulators.discord import point_discord_at
 from tests.support.timings import TIMINGS_ENV, timings_from
 

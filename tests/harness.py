@@ -24,10 +24,10 @@ from typing import Any
 
 import aiohttp
 
-from bot.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
-from bot.metrics_http import MetricsEndpoint
-from bot.services import Services, open_services
-from bot.settings import Secret, Settings
+from bot.app.metrics_http import MetricsEndpoint
+from bot.app.services import Services, open_services
+from bot.app.settings import Secret, Settings
+from bot.frontend.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
 from tests.emulators.discord import DiscordEmulator, Injected, point_discord_at
 from tests.emulators.onemin import OneMinEmulator
 from tests.support.timings import SHORT_TIMINGS

@@ -1,4 +1,4 @@
-"""The /usage chart (bot.chart): a PNG of credits per day and the top members, with alt text.
+"""The /usage chart (bot.images.chart): a PNG of credits per day and the top members, with alt text.
 
 Reports are built here directly (the ledger fills ``days`` from its rollups); the chart
 as the /usage reply carries it is tested end to end in tests/e2e/test_usage_chart.py.
@@ -12,9 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from PIL import Image
 
-from bot import chart
-from bot.chart import DELIVERED, HEIGHT, MAX_BARS, REFUNDED, WIDTH, chart_days, usage_chart
 from bot.i18n import SUPPORTED, english, t
+from bot.images import chart
+from bot.images.chart import DELIVERED, HEIGHT, MAX_BARS, REFUNDED, WIDTH, chart_days, usage_chart
 from bot.ledger import DayUsage, MemberUsage, UsageReport
 
 NOW = datetime(2026, 5, 20, 15, 30, tzinfo=UTC)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.check import EXIT_CHECK_FAILED
+from bot.app.check import EXIT_CHECK_FAILED
+from bot.app.startup import EXIT_CONFIG
 from bot.db import load_migrations
 from bot.images import probe_png
-from bot.startup import EXIT_CONFIG
 from tests.bot_process import ROOT, Finished, closed_port, run_bot_process
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from bot.circuit import Circuit, CircuitEvent
 from bot.failures import FailureKind
-from bot.pacing import RateGate
+from bot.onemin.circuit import Circuit, CircuitEvent
+from bot.onemin.pacing import RateGate
 from tests.harness import eventually
 from tests.support.databases import Databases
 
@@ -145,7 +145,7 @@ async def test_waiting_requests_hear_their_place_in_line(
     databases: Databases, waiters: int
 ) -> None:
     """Requests that wait for the window are told their 1-based place, first come first."""
-    from bot.pacing import waiting_hook
+    from bot.onemin.pacing import waiting_hook
 
     gate = RateGate(await databases.open(), 1, window=0.5)
     await gate.acquire()

@@ -1,4 +1,4 @@
-"""Tests for bot.compare: the input crop kept per job and the before/after image rendered
+"""Tests for bot.images.compare: the input crop kept per job and the before/after image rendered
 from it and the posted result."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import random
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from bot import compare
-from bot.compare import CompareCrops, CompareError, input_crop, render
-from bot.fonts import MIN_FONT_SIZE
+from bot.images import compare
+from bot.images.compare import CompareCrops, CompareError, input_crop, render
+from bot.images.fonts import MIN_FONT_SIZE
 from tests.support.images import decode
 
 SEED = 20260802

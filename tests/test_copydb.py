@@ -1,4 +1,4 @@
-"""Copying a SQLite ledger into a fresh PostgreSQL schema (bot.copydb)."""
+"""Copying a SQLite ledger into a fresh PostgreSQL schema (bot.app.copydb)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bot.copydb import CopyError, copy_database, main
+from bot.app.copydb import CopyError, copy_database, main
 from bot.db import Database, open_database
 from bot.ledger import Ledger, Reservation
 from tests.support.databases import PG_URL, drop_schema, require_postgres
@@ -138,7 +138,7 @@ def cli_schema() -> Iterator[str]:
 def test_command_line_prints_one_line_per_table(
     tmp_path: Path, cli_schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """python -m bot.copydb --from ... --to ... prints 'table: N rows' and exits 0."""
+    """python -m bot.app.copydb --from ... --to ... prints 'table: N rows' and exits 0."""
     src_url = f"sqlite:///{tmp_path / 'bot.db'}"
 
     async def prepare() -> None:

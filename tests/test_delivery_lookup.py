@@ -2,7 +2,7 @@
 fails: the lookup is tried again with doubling waits, and a lookup that never answers
 fails the delivery instead of posting the result a second time.
 
-No Discord here: the front end's :class:`bot.replies.Replies` is replaced by one whose
+No Discord here: the front end's :class:`bot.frontend.replies.Replies` is replaced by one whose
 ``find`` fails a given number of times, and waits are recorded instead of slept.
 """
 
@@ -17,8 +17,8 @@ import discord
 import pytest
 
 from bot.failures import FailureKind
+from bot.frontend.replies import ReplyTarget
 from bot.jobs import DeliveryFailed, Job, JobContext, Source
-from bot.replies import ReplyTarget
 from cogs.delivery import LOOKUP_ATTEMPTS, DiscordFrontEnd
 
 

@@ -9,10 +9,10 @@ import pytest
 from discord import app_commands
 
 from bot.failures import FailureKind
+from bot.frontend.tree import GENERIC_FAILURE, UserError, describe_error
 from bot.i18n import SUPPORTED, catalogue
 from bot.jobs import JobFailure
 from bot.logs import MASK, RedactSecrets
-from bot.tree import GENERIC_FAILURE, UserError, describe_error
 from cogs.messages import FAILURE_KEYS, failure_message
 
 SECRET = "s3cret-token-value"

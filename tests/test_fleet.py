@@ -1,4 +1,4 @@
-"""Fleet coordination through the database (bot.fleet), on both engines.
+"""Fleet coordination through the database (bot.frontend.fleet), on both engines.
 
 Each ``databases.open()`` is another connection to the same database, as another process
 of the fleet would have.
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bot.fleet import IdentifyGate, command_digest, identify_bucket, sync_once
+from bot.frontend.fleet import IdentifyGate, command_digest, identify_bucket, sync_once
 from tests.support.databases import Databases
 
 

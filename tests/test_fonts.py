@@ -1,10 +1,10 @@
-"""Tests for bot.fonts: labels drawn in a font that covers them, or their fallback."""
+"""Tests for bot.images.fonts: labels drawn in a font that covers them, or their fallback."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot import fonts
+from bot.images import fonts
 
 
 def test_the_built_in_font_reports_its_missing_glyphs() -> None:

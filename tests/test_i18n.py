@@ -11,6 +11,13 @@ import pytest
 from discord import app_commands
 
 from bot import i18n
+from bot.frontend.translator import (
+    MAX_DESCRIPTION,
+    Translator,
+    cmd_text,
+    localised_choices,
+    translate_key,
+)
 from bot.i18n import (
     ENGLISH,
     SUPPORTED,
@@ -21,13 +28,6 @@ from bot.i18n import (
     plural_category,
     resolve,
     t,
-)
-from bot.i18n_discord import (
-    MAX_DESCRIPTION,
-    Translator,
-    cmd_text,
-    localised_choices,
-    translate_key,
 )
 
 TRANSLATIONS = tuple(lang for lang in SUPPORTED if lang != ENGLISH)

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 
 from bot.db import Database, Transaction
-from bot.download import DownloadFailed, SourceGone
 from bot.failures import FailureKind
+from bot.images.download import DownloadFailed, SourceGone
 from bot.jobs import (
     INTAKE_CONCURRENCY,
     CancelOutcome,
@@ -46,8 +46,8 @@ from bot.jobs.positions import Positions
 from bot.jobs.report import Reporter
 from bot.jobs.store import JobStore
 from bot.ledger import Ledger
-from bot.onemin import OneMinClient
-from bot.pacing import RateGate
+from bot.onemin.client import OneMinClient
+from bot.onemin.pacing import RateGate
 from tests.emulators.onemin import OneMinEmulator
 from tests.support.databases import Databases
 from tests.support.images import png

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bot.app.settings import Period
 from bot.db import Database
 from bot.ledger import (
     Change,
@@ -30,7 +31,6 @@ from bot.ledger import (
     period_end,
     period_start,
 )
-from bot.settings import Period
 from tests.support.databases import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99

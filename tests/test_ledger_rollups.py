@@ -14,9 +14,9 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from bot.app.settings import PERIODS, Period
 from bot.db import Database, load_migrations, ts
 from bot.ledger import DayUsage, Ledger, MemberUsage, Reservation, UsageReport, period_start
-from bot.settings import PERIODS, Period
 from tests.support.databases import Databases
 from tests.test_ledger import MOD, Clock, total_ledger
 

@@ -1,5 +1,5 @@
-"""The metrics (bot.metrics), the 1min.ai client's request hook, and the metrics endpoint's
-fleet reads, readiness and lag probe (bot.metrics_http), without Discord.
+"""The metrics (bot.app.metrics), the 1min.ai client's request hook, and the metrics endpoint's
+fleet reads, readiness and lag probe (bot.app.metrics_http), without Discord.
 
 End-to-end scrapes of the running bot are in tests/e2e/test_metrics.py.
 """
@@ -16,15 +16,15 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import metrics as metrics_module
+from bot.app import metrics as metrics_module
+from bot.app.metrics import Metrics, ShardStatus
+from bot.app.metrics_http import MetricsEndpoint
+from bot.app.services import Services, open_services
+from bot.app.settings import Secret, Settings
 from bot.failures import FailureKind
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, JobContext, PreparedInfo, Source, Stage
-from bot.metrics import Metrics, ShardStatus
-from bot.metrics_http import MetricsEndpoint
-from bot.onemin import OneMinClient, ServiceUnavailable
-from bot.services import Services, open_services
-from bot.settings import Secret, Settings
+from bot.onemin.client import OneMinClient, ServiceUnavailable
 from tests.bot_process import closed_port
 from tests.emulators.onemin import OneMinEmulator
 from tests.support.images import png
@@ -325,7 +325,7 @@ async def test_concurrent_scrapes_share_one_read_of_the_fleet_gauges(
 ) -> None:
     """Five scrapes at once read the queue's depth from the database once."""
     reads = count_reads(monkeypatch, services.queue, "waiting")
-    monkeypatch.setattr("bot.metrics_http.FLEET_CACHE_SECONDS", 3600.0)
+    monkeypatch.setattr("bot.app.metrics_http.FLEET_CACHE_SECONDS", 3600.0)
     ep = endpoint(services)
     await asyncio.gather(*(ep.scrape() for _ in range(5)))
     assert len(reads) == 1
@@ -336,7 +336,7 @@ async def test_the_fleet_gauges_are_read_again_once_the_cache_is_stale(
 ) -> None:
     """With the cache spent, each scrape reads the database again."""
     reads = count_reads(monkeypatch, services.gate, "window_used")
-    monkeypatch.setattr("bot.metrics_http.FLEET_CACHE_SECONDS", 0.0)
+    monkeypatch.setattr("bot.app.metrics_http.FLEET_CACHE_SECONDS", 0.0)
     ep = endpoint(services)
     await ep.scrape()
     await ep.scrape()

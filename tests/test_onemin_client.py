@@ -17,8 +17,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot import onemin
-from bot.onemin import (
+from bot.onemin.client import (
     BadResponse,
     DownloadRefused,
     InputRejected,
@@ -31,6 +30,7 @@ from bot.onemin import (
     TimedOut,
     Unauthorized,
 )
+from bot.onemin.client import client as onemin
 from tests.emulators.onemin import OneMinEmulator
 
 KEY = "onemin-test-key-Qw7Zr3xP"

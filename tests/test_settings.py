@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import VARIABLES, Secret, Settings, SettingsError, Variable, load_settings
+from bot.app.settings import VARIABLES, Secret, Settings, SettingsError, Variable, load_settings
 
 TOKEN = "settings-test-token-Zq81"
 KEY = "settings-test-key-Xv42"
 BASE_ENV = {"DISCORD_TOKEN": TOKEN, "ONEMIN_API_KEY": KEY}
 ROOT = Path(__file__).resolve().parents[1]
-# In .env.example but not settings: read by bot.i18n and bot.compare themselves.
+# In .env.example but not settings: read by bot.i18n and bot.images.compare themselves.
 NOT_SETTINGS = frozenset({"I18N_STRICT", "COMPARE_LABEL_FONT"})
 # Documented in words, not as a value: a spool beside the database, 1min.ai's S3 hosts.
 IN_WORDS = frozenset({"SPOOL_DIR", "ONEMIN_RESULT_HOSTS"})
@@ -242,8 +242,8 @@ def test_secrets_never_in_repr_or_errors() -> None:
 def test_importing_the_package_reads_no_environment(tmp_path: Path) -> None:
     """Importing every bot module with an empty environment works and reads nothing."""
     code = (
-        "import bot.settings, bot.client, bot.tree, bot.logs, bot.__main__, bot.services,"
-        " cogs.upscale, cogs.credits"
+        "import bot.app.settings, bot.frontend.client, bot.frontend.tree, bot.logs, bot.app.cli,"
+        " bot.app.services, cogs.upscale, cogs.credits"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

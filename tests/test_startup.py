@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import startup
-from bot.settings import Secret, Settings, SettingsError, load_settings
-from bot.startup import (
+from bot.app import startup
+from bot.app.settings import Secret, Settings, SettingsError, load_settings
+from bot.app.startup import (
     EXIT_CONFIG,
     EXIT_DATABASE,
     EXIT_DISCORD_UNREACHABLE,
@@ -237,7 +237,7 @@ async def test_the_bot_starts_against_the_emulators_without_voice_warnings(
 def test_discord_py_warns_about_voice_unless_quieted() -> None:
     """Without the fix discord.py warns twice (no PyNaCl, no davey); with it, not at all."""
     script = (
-        "import logging, discord, bot.startup as s\n"
+        "import logging, discord, bot.app.startup as s\n"
         "logging.basicConfig(level=logging.INFO)\n"
         "if {quiet}: s.quiet_voice_warnings()\n"
         "discord.Client(intents=discord.Intents.none())\n"
@@ -272,7 +272,7 @@ async def test_retrying_logs_one_line_per_failed_try_and_gives_up_after_the_budg
         raise ConnectionRefusedError(111, "Connection refused")
 
     policy = RetryPolicy(budget=0.3, first_delay=0.1, max_delay=1.0)
-    with caplog.at_level(logging.WARNING, "bot.startup"), pytest.raises(GaveUp) as info:
+    with caplog.at_level(logging.WARNING, "bot.app.startup"), pytest.raises(GaveUp) as info:
         await startup.retrying("Reaching it", attempt, startup.network_reason, policy)
     assert info.value.tries == 3 and info.value.reason == "connection refused"
     waits = [b - a for a, b in itertools.pairwise(calls)]

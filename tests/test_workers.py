@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot import compare, imagework, workers
-from bot.compare import CompareCrops
-from bot.download import DownloadFailed
-from bot.imagework import ResultCheck, inspect_result
-from bot.workers import ImageWorkers, ResultUnusable, WorkerDied
+from bot.images import compare, imagework, workers
+from bot.images.compare import CompareCrops
+from bot.images.download import DownloadFailed
+from bot.images.imagework import ResultCheck, inspect_result
+from bot.images.workers import ImageWorkers, ResultUnusable, WorkerDied
 from tests import imagecorpus as corpus
 from tests.harness import eventually
 
@@ -347,10 +347,10 @@ def test_inspect_result_leaves_no_file_open(tmp_path: Path) -> None:
 
 
 def test_worker_module_stays_light() -> None:
-    """The worker process imports bot.imagework: no event loop, multiprocessing, database
+    """The worker process imports bot.images.imagework: no event loop, multiprocessing, database
     driver or HTTP client come with it."""
     code = (
-        "import sys, bot.imagework; "
+        "import sys, bot.images.imagework; "
         "print(','.join(m for m in ('asyncio', 'multiprocessing', 'aiohttp', 'asyncpg', "
         "'aiosqlite', 'discord') if m in sys.modules))"
     )

@@ -47,7 +47,7 @@ from bot.db.postgres import PostgresDatabase, PostgresTransaction
 from bot.db.sqlite import BUSY_TIMEOUT_MS, SqliteDatabase, SqliteTransaction
 from bot.db.sqltext import pg_ddl, pg_placeholders
 from bot.db.timestamps import TS_FORMAT, parse_ts, ts, utc_now
-from bot.dburl import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, sqlite_path
+from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, sqlite_path
 
 __all__ = [
     "BUSY_TIMEOUT_MS",

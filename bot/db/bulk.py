@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.db.interface import HotStatement, Params, Transaction
-from bot.dburl import Engine
+from bot.db.urls import Engine
 
 SqlType = Literal["BIGINT", "TEXT"]
 

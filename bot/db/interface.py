@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeAlias
 
-from bot.dburl import Engine
+from bot.db.urls import Engine
 
 if TYPE_CHECKING:
     from bot.db.migrations import Migration

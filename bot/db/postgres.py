@@ -21,7 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 from bot.db.interface import Database, Params, RoundTrips, Row, Transaction
 from bot.db.migrations import Migration, apply_migration, load_migrations
 from bot.db.sqltext import pg_args, pg_ddl, pg_rowcount
-from bot.dburl import Engine
+from bot.db.urls import Engine
 
 log = logging.getLogger(__name__)
 

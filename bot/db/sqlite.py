@@ -4,7 +4,7 @@ One aiosqlite connection serves the whole process, behind a :class:`TurnLock` th
 work a job is waiting on go first. Write transactions are ``BEGIN IMMEDIATE``, which
 serialises every writer (several processes on one file stay correct), so ``lock()`` is a
 no-op; concurrent :meth:`SqliteDatabase.write` calls share one transaction (group
-commit, :mod:`bot.batching`). WAL checkpoints run in the background on a second
+commit, :mod:`bot.db.batching`). WAL checkpoints run in the background on a second
 connection instead of stalling a commit.
 """
 
@@ -23,10 +23,10 @@ from typing import ClassVar
 
 import aiosqlite
 
-from bot.batching import GroupCommit
+from bot.db.batching import GroupCommit
 from bot.db.interface import Database, Params, RoundTrips, Row, Transaction
 from bot.db.migrations import Migration, apply_migration, load_migrations
-from bot.dburl import Engine
+from bot.db.urls import Engine
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 Two checks send it, each as an asset upload (the cheapest authenticated call: uploads are
 not AI features, and no credit cost is documented for them):
 
-* ``upscale-bot check`` (:func:`bot.check.check_onemin`) uploads it to see that the API
+* ``upscale-bot check`` (:func:`bot.app.check.check_onemin`) uploads it to see that the API
   key is accepted;
-* the circuit's probe (:func:`bot.services.probe_onemin`) uploads it to see whether 1min.ai
+* the circuit's probe (:func:`bot.app.services.probe_onemin`) uploads it to see whether 1min.ai
   accepts the bot again, and, when the account had run out of credits, also upscales it:
   only a feature call shows that credits are back.
 

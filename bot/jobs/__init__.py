@@ -25,7 +25,7 @@ the job delivered; a failure refunds in the transaction that records it. A job i
 refunded only when finishing is impossible.
 
 Fleet-wide limits. At most ``max_concurrent`` jobs are with 1min.ai at once across all
-processes, and every 1min.ai request passes the :class:`bot.pacing.RateGate`.
+processes, and every 1min.ai request passes the :class:`bot.onemin.pacing.RateGate`.
 """
 
 from bot.jobs.config import QueueConfig

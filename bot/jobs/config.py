@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bot.app.settings import Settings
+from bot.db.signals import FALLBACK_POLL
 from bot.images import ImageLimits
 from bot.retry import Backoff
-from bot.settings import Settings
-from bot.signals import FALLBACK_POLL
 from bot.timings import RATE_BACKOFF_BASE, RATE_BACKOFF_CAP
 
 PURGE_INTERVAL = 3600.0  # seconds between housekeeping rounds

@@ -31,9 +31,10 @@ from typing import NoReturn
 
 from bot import images
 from bot.db import utc_now
-from bot.download import DownloadFailed, DownloadTooLarge, SourceGone
+from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.i18n import Text
+from bot.images.download import DownloadFailed, DownloadTooLarge, SourceGone
 from bot.jobs.model import (
     InputRefused,
     Job,
@@ -50,7 +51,6 @@ from bot.jobs.positions import Positions
 from bot.jobs.settlement import Settlement
 from bot.jobs.work import prepare_and_trim
 from bot.ledger import Denial, guild_lock
-from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ INTAKE_CONCURRENCY = 4
 PREPARE_CONCURRENCY = 2
 
 # Downloads a member's image: (url, path, max_bytes) -> bytes written. Raises
-# DownloadTooLarge, SourceGone or DownloadFailed (see bot.download).
+# DownloadTooLarge, SourceGone or DownloadFailed (see bot.images.download).
 FetchSource = Callable[[str, Path, int], Awaitable[int]]
 
 

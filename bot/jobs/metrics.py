@@ -1,7 +1,7 @@
 """What the job queue tells the metrics about its jobs: four calls, and a no-op default.
 
 The queue (:mod:`bot.jobs`) calls a :class:`JobMetrics` at four moments of a job's run
-in this process; :class:`bot.metrics.Metrics` turns them into the Prometheus series of
+in this process; :class:`bot.app.metrics.Metrics` turns them into the Prometheus series of
 ``docs/metrics.md`` (``upscale_jobs_total``, ``upscale_failures_total``, ``upscale_stage_seconds``,
 ``upscale_credits_total``, ``upscale_jobs_in_flight``). Without ``METRICS_PORT`` the queue
 gets :data:`NO_JOB_METRICS`, which does nothing. This module imports neither Discord nor

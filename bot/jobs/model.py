@@ -15,12 +15,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot import compare, images
+from bot import images
 from bot.db import Row, parse_ts
 from bot.failures import FailureKind
 from bot.i18n import Text
+from bot.images import compare
 from bot.ledger import Denial
-from bot.onemin import OneMinError, RateLimited
+from bot.onemin.client import OneMinError, RateLimited
 
 
 class JobStatus(StrEnum):
@@ -328,7 +329,7 @@ class JobResult:
 
     The image stays in a file: ``path``, in the queue's spool (``byte_count`` bytes, up to
     :data:`bot.jobs.RESULT_MAX_BYTES`). Open it from there (e.g.
-    :meth:`bot.workers.ImageWorkers.fit`) rather than reading it whole; the queue removes
+    :meth:`bot.images.workers.ImageWorkers.fit`) rather than reading it whole; the queue removes
     it when the job ends, so the front end is done with it when ``deliver`` returns.
     """
 

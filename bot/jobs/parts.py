@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.db import Database
+from bot.db.signals import Signals
 from bot.jobs.config import QueueConfig
 from bot.jobs.report import Reporter
 from bot.jobs.store import JobStore
 from bot.ledger import Ledger
-from bot.signals import Signals
 
 
 @dataclass(frozen=True, slots=True)

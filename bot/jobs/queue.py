@@ -11,7 +11,7 @@ failure. Everything else happens inside the package, each part in its own module
 :mod:`~bot.jobs.intake`, :mod:`~bot.jobs.runner` (claims, leases, slots, the
 pipeline), :mod:`~bot.jobs.positions`, :mod:`~bot.jobs.settlement`,
 :mod:`~bot.jobs.recovery` (start-up and housekeeping), over :mod:`~bot.jobs.store`
-(every statement on the job tables) and :mod:`bot.signals` (wake-ups across the fleet).
+(every statement on the job tables) and :mod:`bot.db.signals` (wake-ups across the fleet).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 
-from bot import compare
-from bot.circuit import Circuit
 from bot.db import Database
+from bot.db.signals import Signal, Signals
+from bot.images import compare
+from bot.images.workers import ImageWorkers
 from bot.jobs.config import QueueConfig
 from bot.jobs.intake import FetchSource, Intake
 from bot.jobs.metrics import NO_JOB_METRICS, JobMetrics
@@ -47,9 +48,8 @@ from bot.jobs.settlement import ChargedListener, Settlement
 from bot.jobs.store import JobStore
 from bot.jobs.trail import JobTrail, find_trail
 from bot.ledger import Ledger
-from bot.onemin import OneMinClient
-from bot.signals import Signal, Signals
-from bot.workers import ImageWorkers
+from bot.onemin.circuit import Circuit
+from bot.onemin.client import OneMinClient
 
 log = logging.getLogger(__name__)
 

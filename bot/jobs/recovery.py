@@ -21,12 +21,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from bot.db import ts, utc_now
+from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.jobs.model import Job, JobFailure, JobStatus
 from bot.jobs.parts import Part, Parts
 from bot.jobs.settlement import Settlement
 from bot.jobs.work import clear_dir
-from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Claims. The dispatcher takes the oldest waiting job (or one whose lease ran out) while
 the fleet works on fewer than ``max_concurrent * CLAIM_AHEAD`` jobs, under a fleet-wide
 lock; it also takes in again an intake whose process died. It sleeps until woken (a job
-queued, a slot freed, a job ended, the circuit changed: :mod:`bot.signals`) and looks
+queued, a slot freed, a job ended, the circuit changed: :mod:`bot.db.signals`) and looks
 again on its own only every ``poll_interval`` seconds (:data:`bot.timings.FALLBACK_POLL`),
 with one cheap read, so an idle process costs almost nothing. A job waiting for a slot
 likewise sleeps until one is freed anywhere, looking again every ``poll_interval``.
@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from bot import images
-from bot.circuit import Circuit
+from bot.db.signals import Signal
 from bot.failures import FailureKind
+from bot.images.workers import ImageWorkers, ResultUnusable
 from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
 from bot.jobs.model import (
     SLOT_STAGES,
@@ -59,11 +60,10 @@ from bot.jobs.model import (
 from bot.jobs.parts import Part, Parts
 from bot.jobs.positions import Positions, WaitInfo
 from bot.jobs.settlement import Settlement
-from bot.onemin import OneMinClient, OutOfCredits, RateLimited, Unauthorized
-from bot.pacing import waiting_hook
+from bot.onemin.circuit import Circuit
+from bot.onemin.client import OneMinClient, OutOfCredits, RateLimited, Unauthorized
+from bot.onemin.pacing import waiting_hook
 from bot.retry import retry
-from bot.signals import Signal
-from bot.workers import ImageWorkers, ResultUnusable
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class Runner(Part):
         return started
 
     async def _service_refusing(self) -> bool:
-        """True while the 1min.ai circuit is open: jobs wait in line (see bot.circuit).
+        """True while the 1min.ai circuit is open: jobs wait in line (see bot.onemin.circuit).
 
         When it has been open longer than ``circuit_give_up``, waiting jobs are refunded.
         """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.jobs.model import (
     SLOT_STAGES,
@@ -25,7 +26,6 @@ from bot.jobs.model import (
     Stage,
 )
 from bot.jobs.parts import Part, Parts
-from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 

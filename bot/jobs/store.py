@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bot import compare
 from bot.db import Database, HotStatement, Row, Transaction, ts, utc_now
 from bot.failures import FailureKind
+from bot.images import compare
 from bot.jobs.model import (
     CANCELLABLE_STAGES,
     SLOT_STAGES,

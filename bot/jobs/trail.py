@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
+from bot.app.settings import Settings
 from bot.db import open_database, parse_ts
 from bot.jobs.model import Job, JobStatus
 from bot.jobs.store import JobStore, TrailEvent, parse_trail
 from bot.ledger import Ledger
-from bot.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

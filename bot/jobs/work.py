@@ -1,12 +1,13 @@
 """The CPU and file work the job queue runs in threads: validating inputs, handing the
 decodes' memory back to the OS, and spool files. (Results are checked, and their Compare
-crops made, by :mod:`bot.workers`.)"""
+crops made, by :mod:`bot.images.workers`.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bot import heap, images
+from bot import images
+from bot.images import heap
 
 
 def prepare_and_trim(

@@ -13,12 +13,12 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from bot.app.settings import Period
 from bot.db import Database, HotStatement, Transaction, ts, utc_now
-from bot.dburl import Engine
+from bot.db.urls import Engine
 from bot.i18n import Text
 from bot.ledger.periods import check_period, period_params
 from bot.ledger.values import MAX_CREDITS, check_limit
-from bot.settings import Period
 
 # Example values for planning statements (HOT_STATEMENTS): a moment and its period starts.
 EXAMPLE_NOW = datetime(2026, 3, 11, 12, tzinfo=UTC)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 from datetime import UTC, date, datetime, time, timedelta
 
+from bot.app.settings import PERIODS, Period
 from bot.db import ts
 from bot.i18n import Text
 from bot.ledger.values import LedgerValueError
-from bot.settings import PERIODS, Period
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # start of the "lifetime" period
 _DAYS_CACHED = 4096  # distinct UTC days whose period starts are kept (about 11 years)

@@ -13,7 +13,7 @@ read, a few rows written, whatever the size of the history. On SQLite the lock i
 on PostgreSQL an advisory lock taken before anything is read, so every process's
 reservations for a guild are serialised and each sees the ones committed before it.
 Concurrent reservations of a guild in this process share one transaction, as do
-settlements of one outcome (group commit, :mod:`bot.batching`). A reservation and a
+settlements of one outcome (group commit, :mod:`bot.db.batching`). A reservation and a
 refund also keep the rollups (:mod:`bot.ledger.rollups`) in the statements they write
 anyway; a commit writes nothing but the entries.
 """
@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from bot.batching import GroupCommit
 from bot.db import HotStatement, RowsInsert, Transaction, parse_ts, ts
+from bot.db.batching import GroupCommit
 from bot.ledger.base import EXAMPLE_START, ids_param, listed
 from bot.ledger.counters import UsageCounters
 from bot.ledger.periods import period_end, period_start

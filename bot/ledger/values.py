@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal, NamedTuple
 
+from bot.app.settings import Period
 from bot.i18n import Text
-from bot.settings import Period
 
 MAX_CREDITS = 1_000_000  # largest limit, budget, grant or cost, in credits
 

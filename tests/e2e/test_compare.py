@@ -9,8 +9,8 @@ from typing import Any
 
 from PIL import Image, ImageChops
 
-from bot.compare import GUTTER
 from bot.i18n import t
+from bot.images.compare import GUTTER
 from tests.emulators.discord import find_button
 from tests.harness import running_bot
 from tests.support.images import decode

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.startup import EXIT_METRICS_PORT
+from bot.app.startup import EXIT_METRICS_PORT
 from tests.bot_process import closed_port, run_bot_process, start_bot_process
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.onemin import OneMinEmulator

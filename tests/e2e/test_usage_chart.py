@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image
 
-from bot.chart import HEIGHT, WIDTH
 from bot.i18n import t
+from bot.images.chart import HEIGHT, WIDTH
 from tests.harness import Harness, running_bot
 from tests.support.images import png
 

@@ -15,7 +15,7 @@ and says so instead of the bars.
 
 Words come from the catalogue in the moderator's language (``usage.chart.*``); member
 names are plain labels from the caller (the cog knows display names; a member without
-one is shown by id). Labels are drawn with :func:`bot.fonts.label_font`, the font
+one is shown by id). Labels are drawn with :func:`bot.images.fonts.label_font`, the font
 finder the Compare image uses too: a label no available font covers falls back to English
 (for a member name: the member id). Dates are written ``YYYY-MM-DD`` in every language.
 This module imports nothing from Discord.
@@ -31,8 +31,8 @@ from datetime import date, datetime, timedelta
 
 from PIL import Image, ImageDraw
 
-from bot.fonts import label_font, text_width
 from bot.i18n import english, number, t
+from bot.images.fonts import label_font, text_width
 from bot.ledger import DayUsage, MemberUsage, UsageReport, period_end
 
 __all__ = [

@@ -8,9 +8,9 @@ stays open longer than ``give_up``), and nothing calls 1min.ai but one probe eve
 succeeds closes the circuit. Opening and closing are single conditional updates, so each
 incident is announced exactly once across the fleet (``on_change``).
 
-With :mod:`bot.signals` every process hears at once when the circuit opens or closes,
+With :mod:`bot.db.signals` every process hears at once when the circuit opens or closes,
 so the state it read is kept until then (and re-read every
-:data:`bot.signals.FALLBACK_POLL` seconds in case a wake-up was lost); while the circuit
+:data:`bot.db.signals.FALLBACK_POLL` seconds in case a wake-up was lost); while the circuit
 is closed nothing here touches the database.
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.db import Database
+from bot.db.signals import FALLBACK_POLL, Signal, Signals
 from bot.failures import FailureKind
-from bot.signals import FALLBACK_POLL, Signal, Signals
 from bot.timings import CIRCUIT_CHECK_INTERVAL
 
 log = logging.getLogger(__name__)

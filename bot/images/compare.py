@@ -24,7 +24,7 @@ worker; nothing here knows about Discord, asyncio or the database):
 upright, at most about one megapixel), not the user's original upload, so that its pixel
 grid is the one the result was made from.
 
-Labels are drawn in the first font that covers them (:func:`bot.fonts.label_font`); when
+Labels are drawn in the first font that covers them (:func:`bot.images.fonts.label_font`); when
 none does, the English default label is drawn instead ("Before" / "After"), never tofu
 boxes.
 """
@@ -39,9 +39,9 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw
 
-from bot.fonts import MIN_FONT_SIZE, label_font
 from bot.images import DECODABLE_FORMATS, HEAD_BYTES, RESULT_BOMB_PIXELS, ImageSource, sniff
 from bot.images.decode import source_head
+from bot.images.fonts import MIN_FONT_SIZE, label_font
 
 log = logging.getLogger(__name__)
 

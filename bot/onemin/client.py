@@ -45,9 +45,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from bot.app.settings import DEFAULT_API_BASE, DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
 from bot.failures import FailureKind
 from bot.retry import Backoff, retry
-from bot.settings import DEFAULT_API_BASE, DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
 from bot.timings import ONEMIN_BACKOFF_BASE
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Copy a SQLite database into a fresh PostgreSQL one (moving a bot to a fleet).
 
-    python -m bot.copydb --from sqlite:///data/upscaler.db --to postgresql://bot@db/upscaler
+    python -m bot.app.copydb --from sqlite:///data/upscaler.db --to postgresql://bot@db/upscaler
 
 The source is opened as the bot opens it (so it is first brought to the current schema),
 the destination is created and migrated, and must hold no rows yet. Every table the two
@@ -103,7 +103,7 @@ async def _copy(src: SqliteDatabase, dst: PostgresDatabase) -> dict[str, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bot.copydb",
+        prog="python -m bot.app.copydb",
         description="Copy the bot's SQLite database into a new, empty PostgreSQL database.",
     )
     parser.add_argument("--from", dest="src", required=True, help="sqlite:///path.db")

@@ -37,11 +37,12 @@ import discord
 import discord.http
 
 from bot import db as db_module
-from bot import startup
+from bot.app import startup
+from bot.app.settings import Settings, SettingsError
 from bot.db import Database
 from bot.images import probe_png
 from bot.logs import configure_logging
-from bot.onemin import (
+from bot.onemin.client import (
     OneMinClient,
     OneMinError,
     RateLimited,
@@ -49,7 +50,6 @@ from bot.onemin import (
     TimedOut,
     Unauthorized,
 )
-from bot.settings import Settings, SettingsError
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -65,7 +65,7 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # at least one check failed
-# EXIT_CONFIG (2): the settings are invalid; see bot.startup.
+# EXIT_CONFIG (2): the settings are invalid; see bot.app.startup.
 
 CHECK_TIMEOUT = 15.0  # seconds one network check may take
 GUILDS_PAGE = 200  # servers per GET /users/@me/guilds page (Discord's maximum)

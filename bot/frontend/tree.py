@@ -3,7 +3,7 @@
 :class:`UpscaleTree` is the bot's ``CommandTree``. Every exception that escapes a command
 ends up in :meth:`UpscaleTree.on_error`, which picks a plain message by the error's type,
 logs the traceback when the error is unexpected, and sends the message whether the
-interaction is fresh, deferred, or its token has expired (:func:`bot.replies.send_reply`).
+interaction is fresh, deferred, or its token has expired (:func:`bot.frontend.replies.send_reply`).
 Users never see exception text: only catalogue texts chosen here or carried by
 :class:`UserError`, in the member's Discord language (:mod:`bot.i18n`).
 """
@@ -15,8 +15,8 @@ import logging
 import discord
 from discord import app_commands
 
+from bot.frontend.replies import Words, render, send_reply
 from bot.i18n import ENGLISH, Text, english
-from bot.replies import Words, render, send_reply
 
 log = logging.getLogger(__name__)
 

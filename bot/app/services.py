@@ -15,20 +15,20 @@ from pathlib import Path
 
 import aiohttp
 
-from bot.circuit import Circuit
+from bot.app.metrics import Metrics
+from bot.app.settings import Settings
 from bot.db import Database, open_database
-from bot.download import download_to
+from bot.db.signals import Signals
 from bot.failures import FailureKind
 from bot.images import probe_png
+from bot.images.download import download_to
+from bot.images.workers import ImageWorkers
 from bot.jobs import JobQueue, QueueConfig, instance_name
 from bot.jobs.metrics import NO_JOB_METRICS
 from bot.ledger import Ledger
-from bot.metrics import Metrics
-from bot.onemin import OneMinClient
-from bot.pacing import WINDOW_MARGIN, RateGate
-from bot.settings import Settings
-from bot.signals import Signals
-from bot.workers import ImageWorkers
+from bot.onemin.circuit import Circuit
+from bot.onemin.client import OneMinClient
+from bot.onemin.pacing import WINDOW_MARGIN, RateGate
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class Services:
     queue: JobQueue
     image_workers: ImageWorkers
     signals: Signals
-    metrics: Metrics | None = None  # with METRICS_PORT only (see bot.metrics_http)
+    metrics: Metrics | None = None  # with METRICS_PORT only (see bot.app.metrics_http)
 
 
 def spool_dir(settings: Settings, db: Database) -> Path:

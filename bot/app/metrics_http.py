@@ -2,10 +2,10 @@
 
 A small aiohttp server (:class:`MetricsEndpoint`) bound to ``METRICS_HOST:METRICS_PORT``
 (127.0.0.1 by default), started before the bot connects to Discord and stopped after it
-closes (``bot.__main__``; the test harness does the same). Without ``METRICS_PORT``
+closes (``bot.app.cli``; the test harness does the same). Without ``METRICS_PORT``
 nothing is built and nothing listens.
 
-* ``/metrics``: :class:`bot.metrics.Metrics` in the Prometheus text format. Before each
+* ``/metrics``: :class:`bot.app.metrics.Metrics` in the Prometheus text format. Before each
   scrape the fleet-wide gauges (jobs waiting, the rate window's use, the 1min.ai circuit)
   are read from the database, at most once per :data:`FLEET_CACHE_SECONDS` however many
   scrapers ask, and the gateway shards' state is read from the bot. The text is rendered
@@ -18,7 +18,7 @@ nothing is built and nothing listens.
   otherwise 503 with a one-line reason.
 
 This module imports nothing from Discord: the bot hands in a callable that reports its
-shards (:meth:`bot.client.UpscaleBot.gateway_status`).
+shards (:meth:`bot.frontend.client.UpscaleBot.gateway_status`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Self
 
 from aiohttp import web
 
+from bot.app.metrics import CONTENT_TYPE, Metrics, ShardStatus, probe_loop_lag
+from bot.app.services import Services
+from bot.app.settings import Settings
 from bot.failures import FailureKind
-from bot.metrics import CONTENT_TYPE, Metrics, ShardStatus, probe_loop_lag
-from bot.services import Services
-from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 

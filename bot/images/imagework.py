@@ -3,14 +3,14 @@
 :func:`inspect_result` checks a downloaded result and keeps the input's Compare crop;
 :func:`fit_file` fits it under an upload limit; :func:`render_file` renders a Compare
 image from a posted result. All open the image from its file. The bot runs them in one
-worker process (:class:`bot.workers.ImageWorkers`), started as
-``python -c "from bot.imagework import main; main()"``, which serves calls one at a time
+worker process (:class:`bot.images.workers.ImageWorkers`), started as
+``python -c "from bot.images.imagework import main; main()"``, which serves calls one at a time
 over its standard input and output: each message is an 8-byte big-endian length and a
 pickle; a call is ``(name, args)`` (a name of :data:`CALLS`), its answer ``(True, value)``
 or ``(False, exception)``. The worker exits when its input closes.
 
-This module is all the worker imports besides :mod:`bot.images`, :mod:`bot.compare` and
-:mod:`bot.heap`: keep it light (no asyncio, database driver or HTTP client).
+This module is all the worker imports besides :mod:`bot.images`, :mod:`bot.images.compare` and
+:mod:`bot.images.heap`: keep it light (no asyncio, database driver or HTTP client).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bot import compare, heap, images
+from bot import images
+from bot.images import compare, heap
 
 # Added to the worker's niceness: on a busy 2-core machine the event loop (acks, the
 # HTTP traffic) gets the CPU first, and image work, which nobody waits on to the
@@ -59,7 +60,7 @@ def inspect_result(
     result: images.ImageSource, input_image: bytes | None, input_size: tuple[int, int]
 ) -> ResultCheck:
     """Decode the result fully: it must be an image clearly larger than the input. Then
-    crop the input for Compare (:func:`bot.compare.input_crop`; the result's side of the
+    crop the input for Compare (:func:`bot.images.compare.input_crop`; the result's side of the
     comparison is cut at click time, from the posted result).
 
     Raises :class:`ResultUnusable` when the result is not an image, is damaged or
@@ -101,7 +102,7 @@ def fit_file(
 
 
 def render_file(crops: compare.CompareCrops, result: str, labels: tuple[str, str]) -> bytes:
-    """:func:`bot.compare.render` with the after half cut from the result in ``result``."""
+    """:func:`bot.images.compare.render` with the after half cut from the result in ``result``."""
     return compare.render(crops, result=Path(result), labels=labels)
 
 
@@ -124,7 +125,7 @@ def pack(message: object) -> bytes:
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     """Answer calls from ``requests`` on ``answers`` until ``requests`` ends.
 
-    After each call the freed memory goes back to the OS (:func:`bot.heap.trim`): a
+    After each call the freed memory goes back to the OS (:func:`bot.images.heap.trim`): a
     16 MP fit touches ~200 MB, which glibc would otherwise keep in the idle worker.
     """
     while True:

@@ -10,7 +10,7 @@ Who feeds what:
 * the job queue, through the four calls of :class:`bot.jobs.metrics.JobMetrics` (jobs
   ended, failures, stage times, credits settled, jobs in flight);
 * the 1min.ai client, through its ``on_request`` hook (:meth:`Metrics.onemin_request`);
-* the metrics endpoint (:mod:`bot.metrics_http`), just before it renders a scrape: the
+* the metrics endpoint (:mod:`bot.app.metrics_http`), just before it renders a scrape: the
   fleet-wide gauges read from the database (:meth:`Metrics.set_fleet`) and the gateway
   shards' state (:meth:`Metrics.set_gateway`);
 * :func:`probe_loop_lag`, a light task in the bot's loop (``upscale_event_loop_lag_seconds``).
@@ -45,7 +45,7 @@ from prometheus_client.process_collector import ProcessCollector
 from bot.failures import FailureKind
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, Stage
-from bot.onemin import ROUTE_ASSETS, ROUTE_DOWNLOAD, ROUTE_FEATURES, ROUTE_RESULTS
+from bot.onemin.client import ROUTE_ASSETS, ROUTE_DOWNLOAD, ROUTE_FEATURES, ROUTE_RESULTS
 
 __all__ = [
     "CONTENT_TYPE",

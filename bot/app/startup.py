@@ -1,7 +1,7 @@
 """Start-up that explains itself: one line and a documented exit status per problem.
 
 ``python -m bot`` runs its start-up in phases; each phase turns the failures an owner can
-fix into a :class:`StartupError`, which ``bot.__main__`` prints as one line on stderr
+fix into a :class:`StartupError`, which ``bot.app.cli`` prints as one line on stderr
 (never a traceback, never a secret) before exiting with the error's status:
 
 =====  =========================================================================
@@ -17,7 +17,7 @@ fix into a :class:`StartupError`, which ``bot.__main__`` prints as one line on s
 
 A network that is not up yet (the machine just booted, a container started before its
 network) is waited for: name lookups and the Discord login are retried with exponential
-backoff for ``STARTUP_RETRY_SECONDS`` in all (:attr:`~bot.settings.Settings.startup_retry`),
+backoff for ``STARTUP_RETRY_SECONDS`` in all (:attr:`~bot.app.settings.Settings.startup_retry`),
 one log line per failed try.
 
 The bot has no voice: :func:`quiet_voice_warnings` turns off discord.py's warnings about
@@ -44,8 +44,8 @@ import asyncpg
 import discord
 import discord.http
 
+from bot.app.settings import Settings
 from bot.retry import Backoff, retry
-from bot.settings import Settings
 from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
 __all__ = [

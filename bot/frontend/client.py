@@ -16,20 +16,20 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from bot.fleet import IdentifyGate, command_digest, sync_once
-from bot.i18n_discord import Translator
-from bot.metrics import ShardStatus
-from bot.settings import DISCORD_MEDIA_ORIGINS, Settings
-from bot.tree import UpscaleTree
+from bot.app.metrics import ShardStatus
+from bot.app.settings import DISCORD_MEDIA_ORIGINS, Settings
+from bot.frontend.fleet import IdentifyGate, command_digest, sync_once
+from bot.frontend.translator import Translator
+from bot.frontend.tree import UpscaleTree
 
 if TYPE_CHECKING:
-    from bot.circuit import Circuit
+    from bot.app.services import Services
     from bot.db import Database
+    from bot.images.workers import ImageWorkers
     from bot.jobs import JobQueue
     from bot.ledger import Ledger
-    from bot.onemin import OneMinClient
-    from bot.services import Services
-    from bot.workers import ImageWorkers
+    from bot.onemin.circuit import Circuit
+    from bot.onemin.client import OneMinClient
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class UpscaleBot(commands.Bot):
     async def sync_commands(self) -> list[discord.app_commands.AppCommand] | None:
         """Register the application commands: to ``DEV_GUILD_ID`` if set, else globally.
 
-        Once per fleet (:func:`bot.fleet.sync_once`): skipped, returning None, when this
+        Once per fleet (:func:`bot.frontend.fleet.sync_once`): skipped, returning None, when this
         command set was already synced for this application and scope.
         """
         guild_id = self.settings.dev_guild_id
@@ -165,7 +165,7 @@ class UpscaleBot(commands.Bot):
         return [await command.get_translated_payload(self.tree, translator) for command in commands]
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        """Wait for this shard's IDENTIFY turn, fleet-wide (:class:`bot.fleet.IdentifyGate`).
+        """Wait for this shard's IDENTIFY turn, fleet-wide (:class:`~.fleet.IdentifyGate`).
 
         A database failure falls back to discord.py's own pacing (5 s unless initial).
         """
@@ -228,7 +228,7 @@ class ShardedUpscaleBot(UpscaleBot, commands.AutoShardedBot):
     """The bot running the shards ``SHARD_IDS`` of ``SHARD_COUNT`` (all of them if unset).
 
     Built by :func:`create_bot` when ``SHARD_COUNT`` is set; several such processes on
-    one PostgreSQL database form a fleet (see :mod:`bot.fleet`). Without ``SHARD_COUNT``
+    one PostgreSQL database form a fleet (see :mod:`bot.frontend.fleet`). Without ``SHARD_COUNT``
     the bot is a plain :class:`UpscaleBot` with one gateway connection, as before.
     """
 

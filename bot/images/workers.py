@@ -4,21 +4,21 @@ Checking a 16-megapixel result, fitting it under an upload limit and cutting a C
 region from it decode it (64 MB), and a fit encodes it again (~110 MB more), holding the
 GIL for tens of milliseconds at a time inside Pillow. In the bot's process that would
 stall the event loop and stack up memory with every job in flight.
-:class:`ImageWorkers` runs that work (:mod:`bot.imagework`) in one worker process
+:class:`ImageWorkers` runs that work (:mod:`bot.images.imagework`) in one worker process
 instead, one call at a time, so at most one result is decoded at once; the worker runs
 at a lower priority than the bot. Small results skip it: a result of at most
 :data:`IN_PROCESS_PIXELS` is checked (or cut for Compare) in a thread, and one already
 within the upload limit is returned as it is.
 
 Results stay in files. The job queue streams each download into its spool
-(:meth:`bot.onemin.OneMinClient.download_to`); the worker opens the image from that path
+(:meth:`bot.onemin.client.OneMinClient.download_to`); the worker opens the image from that path
 (Pillow reads it block by block while decoding), so neither process holds a whole result
 as bytes. Only small things come back: the format and size, the input's Compare crop
 (at most tens of KB), a Compare image (under 2 MB), and the fitted image through a
 temporary file (at most the upload limit).
 
 The worker is a plain ``python -c`` child speaking length-prefixed pickles on its pipes
-(see :mod:`bot.imagework`), not a :mod:`multiprocessing` pool: "spawn" would also start
+(see :mod:`bot.images.imagework`), not a :mod:`multiprocessing` pool: "spawn" would also start
 multiprocessing's resource tracker (another interpreter, ~13 MB) and import the bot's
 main script again in the worker (discord.py, aiohttp and the drivers, ~30 MB). If the
 worker dies (e.g. killed for memory), the call fails with :class:`WorkerDied` and the
@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import bot
-from bot import compare, heap, images
+from bot import images
+from bot.images import compare, heap
 from bot.images.decode import open_result
-from bot.imagework import HEADER_BYTES, ResultCheck, ResultUnusable, inspect_result
+from bot.images.imagework import HEADER_BYTES, ResultCheck, ResultUnusable, inspect_result
 
 __all__ = ["IN_PROCESS_PIXELS", "ImageWorkers", "ResultCheck", "ResultUnusable", "WorkerDied"]
 
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 # would cost small jobs more than their decode.
 IN_PROCESS_PIXELS = 1024 * 1024
 IN_PROCESS_CONCURRENCY = 2  # such small checks at once in the bot's process
-WORKER_CODE = "from bot.imagework import main; main()"
+WORKER_CODE = "from bot.images.imagework import main; main()"
 # Put first on the worker's import path, so it imports this very ``bot`` package.
 BOT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bot.__file__)))
 STOP_TIMEOUT = 5.0  # seconds for the worker to exit once its input is closed
@@ -101,7 +102,7 @@ class ImageWorkers:
         return self._process
 
     async def _call(self, name: str, *args: Any) -> Any:
-        """Run ``bot.imagework.CALLS[name](*args)`` in the worker; its exception is raised."""
+        """Run ``imagework.CALLS[name](*args)`` in the worker; its exception is raised."""
         async with self._calls:
             process = await self._worker()
             assert process.stdin is not None and process.stdout is not None
@@ -137,7 +138,7 @@ class ImageWorkers:
     ) -> ResultCheck:
         """Check the downloaded result in ``result`` and crop the input for Compare.
 
-        See :func:`bot.imagework.inspect_result`; ``input_image`` is the image sent to
+        See :func:`bot.images.imagework.inspect_result`; ``input_image`` is the image sent to
         the upscaler (no crops without it). Raises :class:`ResultUnusable`, or
         :class:`WorkerDied`.
         """
@@ -191,7 +192,7 @@ class ImageWorkers:
         ``fetch`` writes the posted result into the path it is given (a spool file,
         removed afterwards). A result of at most :data:`IN_PROCESS_PIXELS` is cut and
         rendered in a thread, a larger one in the worker. Raises what ``fetch`` raises,
-        :class:`bot.compare.CompareError`, or :class:`WorkerDied`.
+        :class:`bot.images.compare.CompareError`, or :class:`WorkerDied`.
         """
         path = self.spool() / f"{uuid.uuid4().hex}.posted"
         try:

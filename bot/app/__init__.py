@@ -1,0 +1,1 @@
+"""The process: settings, services, start-up, checks, the metrics endpoint, the CLI."""
