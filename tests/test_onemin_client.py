@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from bot.onemin import client as onemin
 from bot.onemin.client import (
     BadResponse,
     DownloadRefused,
@@ -30,7 +31,6 @@ from bot.onemin.client import (
     TimedOut,
     Unauthorized,
 )
-from bot.onemin.client import client as onemin
 from tests.emulators.onemin import OneMinEmulator
 
 KEY = "onemin-test-key-Qw7Zr3xP"
