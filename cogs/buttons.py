@@ -16,7 +16,7 @@ import discord
 
 from bot.frontend.client import bot_of
 from bot.frontend.translator import interaction_locale
-from bot.frontend.tree import refuse_if_not_allowed
+from bot.frontend.tree import answer_error, refuse_if_not_allowed
 from bot.i18n import ENGLISH, t
 from bot.jobs import CancelOutcome
 from cogs import messages
@@ -74,6 +74,18 @@ class UpscaleButton(
         allowed = bot_of(interaction).settings.allowed_guild_ids
         return not await refuse_if_not_allowed(interaction, allowed)
 
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        """Run :meth:`pressed`; what it raises is answered in plain words like a
+        command's error (a database that does not answer included), never left as
+        "This interaction failed"."""
+        try:
+            await self.pressed(interaction)
+        except Exception as exc:
+            await answer_error(interaction, exc, f"Button {self.action}")
+
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
+        raise NotImplementedError
+
 
 class DeleteResultButton(UpscaleButton, template=r"upscale:delete:(?P<value>[0-9]{1,20})"):
     """Deletes a delivered result; only its requester or a moderator may press it."""
@@ -84,7 +96,7 @@ class DeleteResultButton(UpscaleButton, template=r"upscale:delete:(?P<value>[0-9
         super().__init__(str(owner_id), language)
         self.owner_id = int(owner_id)
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
         if not _may_act_for(interaction, self.owner_id):
             text = messages.DELETE_NOT_ALLOWED.render(interaction_locale(interaction))
             await interaction.response.send_message(text, ephemeral=True)
@@ -99,7 +111,7 @@ class CancelJobButton(UpscaleButton, template=r"upscale:cancel:(?P<value>[0-9a-f
 
     action, label_key, emoji = "cancel", "button.cancel", "✖️"
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
         bot = bot_of(interaction)
         moderator = is_moderator(interaction)
         outcome = await bot.queue.cancel(self.value, interaction.user.id, moderator=moderator)

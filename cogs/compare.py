@@ -84,7 +84,7 @@ class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]
 
     action, label_key, emoji = "compare", "button.compare", "🔍"
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
         locale = str(interaction.locale)
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot = bot_of(interaction)

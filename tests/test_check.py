@@ -187,6 +187,23 @@ async def test_check_with_an_unopenable_database_fails_on_the_database_line(
     assert line(lines, "✔ Discord token") and line(lines, "✔ 1min.ai")
 
 
+async def test_check_with_an_unreachable_postgresql_names_the_outage_on_the_database_line(
+    tmp_path: Path, emulators: Emulators
+) -> None:
+    """A PostgreSQL that refuses connections: the ✘ line says what start-up says (engine,
+    host:port, the error), not a word about directories."""
+    port = closed_port()
+    url = f"postgresql://postgres@127.0.0.1:{port}/test"
+    run, lines = await check(tmp_path, emulators, DATABASE_URL=url)
+    assert run.status == EXIT_CHECK_FAILED
+    assert line(lines, "✘ Database") == (
+        f"✘ Database: cannot reach the database (PostgreSQL 127.0.0.1:{port}/test): connection"
+        " refused: check that the PostgreSQL server is running and reachable from this"
+        " machine, and the host and port in DATABASE_URL"
+    )
+    assert line(lines, "✔ Discord token") and line(lines, "✔ 1min.ai")
+
+
 async def test_check_with_a_refused_1min_key_fails_on_the_1min_line(
     tmp_path: Path, emulators: Emulators
 ) -> None:

@@ -160,6 +160,31 @@ async def test_a_database_that_cannot_be_opened_prints_one_line_and_exits_5(
     assert "Connecting to Discord" not in run.stderr
 
 
+async def test_an_unreachable_postgresql_is_waited_for_then_exits_5_naming_the_outage(
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL that refuses connections (a restart, a failover) is waited for like the
+    network, one log line per try; out of time, one line with the engine, host:port and
+    the error, status 5, and not a word about directories."""
+    port = closed_port()
+    env = base_env(
+        tmp_path,
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/test",
+        STARTUP_RETRY_SECONDS="0.9",
+    )
+    run = await run_bot_process(env)
+    assert run.status == EXIT_DATABASE
+    line = the_one_line(run)
+    where = f"PostgreSQL 127.0.0.1:{port}/test"
+    assert line.startswith(f"Cannot start: cannot reach the database ({where}): ")
+    assert "connection refused" in line and "after 3 tries in 1 s" in line
+    assert "PostgreSQL server is running" in line
+    assert "director" not in line
+    tries = re.findall(rf"Opening the database \({re.escape(where)}\): try (\d) failed", run.stderr)
+    assert tries == ["1", "2"]
+    assert "Connecting to Discord" not in run.stderr
+
+
 async def test_an_unusable_spool_dir_prints_one_line_and_exits_5(tmp_path: Path) -> None:
     """SPOOL_DIR under a regular file: one line naming SPOOL_DIR, before any network."""
     (tmp_path / "file.txt").write_text("not a directory")

@@ -61,9 +61,11 @@ async def main(settings: Settings, **bot_options: Any) -> None:
         session = await stack.enter_async_context(
             aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT)
         )
-        with startup.database_errors(settings):
-            await startup.probe_database(settings)
-            services = await stack.enter_async_context(open_services(settings, session))
+        services = await startup.open_database_or_exit(
+            settings,
+            lambda: stack.enter_async_context(open_services(settings, session)),
+            retry,
+        )
         startup.prepare_spool(settings)
         await startup.resolve_onemin(settings.onemin_api_base, retry)
         await startup.wait_for_discord(token, retry)

@@ -8,7 +8,8 @@ fix into a :class:`StartupError`, which ``bot.app.cli`` prints as one line on st
  2     configuration: a missing or malformed setting (:data:`EXIT_CONFIG`)
  3     Discord rejected ``DISCORD_TOKEN`` (:data:`EXIT_TOKEN_REJECTED`)
  4     Discord could not be reached (:data:`EXIT_DISCORD_UNREACHABLE`)
- 5     the database (or the spool beside it) cannot be opened (:data:`EXIT_DATABASE`)
+ 5     the database (or the spool beside it) cannot be opened, or did not answer within
+       ``STARTUP_RETRY_SECONDS`` (:data:`EXIT_DATABASE`)
  6     the 1min.ai host in ``ONEMIN_API_BASE`` does not resolve
        (:data:`EXIT_ONEMIN_UNRESOLVABLE`)
  7     ``METRICS_PORT`` cannot be opened on ``METRICS_HOST`` (in use, or not an address
@@ -18,7 +19,10 @@ fix into a :class:`StartupError`, which ``bot.app.cli`` prints as one line on st
 A network that is not up yet (the machine just booted, a container started before its
 network) is waited for: name lookups and the Discord login are retried with exponential
 backoff for ``STARTUP_RETRY_SECONDS`` in all (:attr:`~bot.app.settings.Settings.startup_retry`),
-one log line per failed try.
+one log line per failed try. So is a database that blinks (:func:`bot.db.transient.db_outage`:
+a PostgreSQL restarting or failing over, a partition, a SQLite file locked by another
+program): a process started by a service manager during a failover waits for it instead
+of exiting (:func:`open_database_or_exit`).
 
 The bot has no voice: :func:`quiet_voice_warnings` turns off discord.py's warnings about
 the missing voice libraries (PyNaCl, davey) through the flags discord.py reads.
@@ -45,6 +49,7 @@ import discord
 import discord.http
 
 from bot.app.settings import Settings
+from bot.db.transient import DbOutageKind, db_outage
 from bot.retry import Backoff, retry
 from bot.timings import STARTUP_FIRST_RETRY, STARTUP_MAX_RETRY
 
@@ -60,12 +65,14 @@ __all__ = [
     "RetryPolicy",
     "StartupError",
     "database_errors",
+    "database_reason",
     "describe_database",
     "discord_errors",
     "discord_host",
     "discord_login",
     "network_or_exit",
     "network_reason",
+    "open_database_or_exit",
     "prepare_spool",
     "probe_database",
     "quiet_voice_warnings",
@@ -168,13 +175,17 @@ async def retrying(
     attempt: Callable[[], Awaitable[_T]],
     transient: Callable[[BaseException], str | None],
     policy: RetryPolicy,
+    *,
+    bounded: bool = True,
 ) -> _T:
     """Call ``attempt()`` until it succeeds or ``policy.budget`` seconds are spent.
 
     ``transient(exc)`` returns a short reason for a failure worth retrying (anything else
     is raised at once). Each failed try is logged as one line; when time runs out,
     :class:`GaveUp` carries the last reason. Each try is bounded by ``policy.try_timeout``
-    (and by the time left), and a try that times out counts as a transient failure.
+    (and by the time left), and a try that times out counts as a transient failure;
+    without ``bounded`` the attempt bounds itself (the database: its driver's connect and
+    statement timeouts, so that a long migration is not cut short).
     """
     started = time.monotonic()
     deadline = started + policy.budget
@@ -182,6 +193,8 @@ async def retrying(
 
     async def timed() -> _T:
         nonlocal time_limit
+        if not bounded:
+            return await attempt()
         time_limit = max(1.0, min(policy.try_timeout, deadline - time.monotonic()))
         async with asyncio.timeout(time_limit):
             return await attempt()
@@ -386,18 +399,98 @@ def _storage_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def database_reason(exc: BaseException) -> str | None:
+    """A short reason for a database that did not answer (worth waiting for), or None
+    for anything else (a wrong path, password or database name: the owner must act)."""
+    kind = db_outage(exc)
+    if kind is None or kind is DbOutageKind.DISK_FULL:
+        return None
+    if kind is DbOutageKind.LOCKED:
+        return "the database file is locked by another program"
+    if isinstance(exc, TimeoutError):
+        return "no answer"
+    if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+        return _os_text(exc)
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _unreachable_hint(settings: Settings) -> str:
+    if settings.database_path is not None:
+        return "close the program holding the database file (a backup, a sqlite3 shell)"
+    return (
+        "check that the PostgreSQL server is running and reachable from this machine, and"
+        " the host and port in DATABASE_URL"
+    )
+
+
+def database_unreachable(settings: Settings, reason: str) -> str:
+    """The one line for a database that did not answer: engine, where, and the error."""
+    return (
+        f"cannot reach the database ({describe_database(settings)}): {reason}:"
+        f" {_unreachable_hint(settings)}"
+    )
+
+
 @contextmanager
 def database_errors(settings: Settings) -> Iterator[None]:
-    """Turn a database that cannot be opened or migrated into a :class:`StartupError`."""
+    """Turn a database that cannot be opened or migrated into a :class:`StartupError`.
+
+    A database that did not answer is said as such (engine, host:port, the error); on
+    SQLite anything else is about the file's path; on PostgreSQL about the URL's user,
+    password and database (never about directories)."""
     try:
         yield
     except DATABASE_ERRORS as exc:
-        raise StartupError(
-            EXIT_DATABASE,
-            f"cannot open the database ({describe_database(settings)}):"
-            f" {_storage_reason(exc)}: check DATABASE_URL, and that its directory exists"
-            " or can be created and is writable by the bot",
-        ) from None
+        reason = database_reason(exc)
+        if reason is not None:
+            message = database_unreachable(settings, reason)
+        elif db_outage(exc) is DbOutageKind.DISK_FULL:
+            message = (
+                f"the database's disk is full ({describe_database(settings)}): free some"
+                " space on it"
+            )
+        elif settings.database_path is None:
+            message = (
+                f"cannot open the database ({describe_database(settings)}):"
+                f" {_storage_reason(exc)}: check DATABASE_URL (user, password, database"
+                " name) and the server's access rules"
+            )
+        else:
+            message = (
+                f"cannot open the database ({describe_database(settings)}):"
+                f" {_storage_reason(exc)}: check DATABASE_URL, and that its directory exists"
+                " or can be created and is writable by the bot"
+            )
+        raise StartupError(EXIT_DATABASE, message) from None
+
+
+async def open_database_or_exit(
+    settings: Settings, attempt: Callable[[], Awaitable[_T]], policy: RetryPolicy
+) -> _T:
+    """``attempt()`` (open the database and what is built on it), waiting up to
+    ``STARTUP_RETRY_SECONDS`` for a database that does not answer, with one line per
+    failed try; then :class:`StartupError` (status 5) naming the outage. A database
+    that cannot be opened for another reason stops start-up at once."""
+
+    async def opened() -> _T:
+        await probe_database(settings)
+        return await attempt()
+
+    with database_errors(settings):
+        try:
+            return await retrying(
+                f"Opening the database ({describe_database(settings)})",
+                opened,
+                database_reason,
+                policy,
+                bounded=False,
+            )
+        except GaveUp as gave_up:
+            raise StartupError(
+                EXIT_DATABASE,
+                database_unreachable(settings, f"{gave_up.reason} {gave_up.after}"),
+            ) from None
 
 
 async def probe_database(settings: Settings) -> None:

@@ -6,6 +6,12 @@ logs the traceback when the error is unexpected, and sends the message whether t
 interaction is fresh, deferred, or its token has expired (:func:`bot.frontend.replies.send_reply`).
 Users never see exception text: only catalogue texts chosen here or carried by
 :class:`UserError`, in the member's Discord language (:mod:`bot.i18n`).
+
+A database that does not answer (:func:`bot.db.transient.db_outage`: a restart, a
+failover, a partition, a SQLite file locked by another program) is an expected state:
+the member is told in plain words that the bot cannot reach its database and that nothing
+was charged, and the log gets one WARNING line without a traceback. Buttons answer the
+same way through :func:`answer_error`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import discord
 from discord import app_commands
 
+from bot.db.transient import DbOutageKind, db_outage
 from bot.frontend.replies import Words, render, send_reply
 from bot.i18n import ENGLISH, Text, english
 
@@ -23,6 +30,8 @@ log = logging.getLogger(__name__)
 GENERIC_FAILURE_TEXT = Text.of("error.generic")
 GENERIC_FAILURE = english("error.generic")
 GUILD_NOT_ALLOWED = Text.of("guild.not_allowed")
+DATABASE_UNREACHABLE = Text.of("error.database_unreachable")
+DATABASE_FULL = Text.of("error.database_full")
 
 
 class UserError(app_commands.AppCommandError):
@@ -53,13 +62,16 @@ def _permission_names(permissions: list[str]) -> str:
     return ", ".join(p.replace("_", " ").title() for p in permissions)
 
 
-def describe_error(
-    error: app_commands.AppCommandError, language: str = ENGLISH
-) -> tuple[str, bool]:
-    """The user's message for ``error`` in ``language`` and whether it was expected."""
+def describe_error(error: Exception, language: str = ENGLISH) -> tuple[str, bool]:
+    """The user's message for ``error`` (a command's error, or what a button's callback
+    raised) in ``language`` and whether it was expected."""
     original = getattr(error, "original", error)
     if isinstance(original, UserError):
         return original.render(language), True
+    outage = db_outage(original)
+    if outage is not None:
+        text = DATABASE_FULL if outage is DbOutageKind.DISK_FULL else DATABASE_UNREACHABLE
+        return text.render(language), True
     if isinstance(error, app_commands.NoPrivateMessage):
         return Text.of("error.not_in_dms").render(language), True
     # BotMissingPermissions and CommandOnCooldown are CheckFailures too: look at them first.
@@ -106,19 +118,43 @@ class UpscaleTree(app_commands.CommandTree):
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        words, expected = describe_error(error)  # English, for the log
         command = interaction.command.qualified_name if interaction.command else "?"
+        await answer_error(interaction, error, f"Command {command}")
+
+
+async def answer_error(interaction: discord.Interaction, error: Exception, what: str) -> None:
+    """Log ``error`` (``what`` failed: "Command upscale", "Button cancel") and tell the
+    member in plain words, whatever state the interaction is in.
+
+    Expected errors (a refusal, a database that does not answer) are one line without a
+    traceback: INFO for a refusal, WARNING for the database (ERROR when its disk is full:
+    the owner must act). Anything else is a bug: ERROR with the traceback.
+    """
+    original = getattr(error, "original", error)
+    user = interaction.user.id
+    outage = db_outage(original)
+    if outage is DbOutageKind.DISK_FULL:
+        log.error("%s for user %s: the database's disk is full (%s)", what, user, original)
+    elif outage is not None:
+        log.warning(
+            "%s for user %s: the database did not answer (%s: %s)",
+            what,
+            user,
+            type(original).__name__,
+            original,
+        )
+    else:
+        words, expected = describe_error(error)  # English, for the log
         if expected:
-            log.info("Command %s refused for user %s: %s", command, interaction.user.id, words)
+            log.info("%s refused for user %s: %s", what, user, words)
         else:
-            original = getattr(error, "original", error)
             log.error(
-                "Command %s failed for user %s",
-                command,
-                interaction.user.id,
+                "%s failed for user %s",
+                what,
+                user,
                 exc_info=(type(original), original, original.__traceback__),
             )
-        try:
-            await send_reply(interaction, lambda lang: describe_error(error, lang)[0])
-        except discord.HTTPException as exc:
-            log.warning("Could not tell user %s about an error: %s", interaction.user.id, exc)
+    try:
+        await send_reply(interaction, lambda lang: describe_error(error, lang)[0])
+    except discord.HTTPException as exc:
+        log.warning("Could not tell user %s about an error: %s", user, exc)
