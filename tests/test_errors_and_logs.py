@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 
+import asyncpg
 import pytest
 from discord import app_commands
 
@@ -96,6 +98,51 @@ def test_cooldown_says_when_to_try_again() -> None:
     cooldown = app_commands.Cooldown(1, 30.0)
     message, expected = describe_error(app_commands.CommandOnCooldown(cooldown, 12.0))
     assert "12 s" in message and expected
+
+
+class _FakeCommand:
+    name = "upscale"
+
+
+def _invoke_error(exc: Exception) -> app_commands.CommandInvokeError:
+    return app_commands.CommandInvokeError(_FakeCommand(), exc)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connect call failed"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        sqlite3.OperationalError("database is locked"),
+        TimeoutError(),
+    ],
+    ids=["refused", "admin_shutdown", "cannot_connect_now", "sqlite_locked", "timeout"],
+)
+def test_a_database_outage_says_so_and_that_nothing_was_charged(error: Exception) -> None:
+    """A command that met a database which does not answer tells the member so, and that
+    nothing was charged: an expected state, not "something went wrong"."""
+    text, expected = describe_error(_invoke_error(error))
+    assert text == (
+        "The bot can't reach its database right now. Nothing was charged. Try again in a minute."
+    )
+    assert expected
+
+
+@pytest.mark.parametrize("language", SUPPORTED)
+def test_the_database_outage_is_said_in_the_members_language(language: str) -> None:
+    """Every catalogue language has its own words for the outage."""
+    text, _ = describe_error(_invoke_error(ConnectionResetError()), language)
+    assert ("Nothing was charged" in text) == (language == "en-US")
+
+
+def test_a_full_disk_is_said_in_words_too() -> None:
+    """Disk full is not transient, but the member still hears what happened."""
+    text, expected = describe_error(
+        _invoke_error(sqlite3.OperationalError("database or disk is full"))
+    )
+    assert "out of disk space" in text and "Nothing was charged" in text
+    assert expected
 
 
 def test_unexpected_error_gets_the_generic_text_and_is_logged() -> None:
