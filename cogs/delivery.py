@@ -11,6 +11,17 @@ for by its job id in the embed footer before it is posted again.
 Languages: progress lines and the result are written in the member's Discord language
 when they edit the member's reply, and in the server's preferred language when they
 are posted in the channel after the token expired (:meth:`bot.frontend.replies.Replies.post`).
+
+Tokens. Discord's 401 / 50027 on a job's token is final: the front end has the queue
+record it with the job (every process then answers through the channel), and a dead
+token is never a reason to fail or refund. The "bot restarted; your upscale continues"
+notice edits the member's reply while the token lives; with a dead token nothing is said
+until the result, which names the member. A result or a failure posted in the channel
+turns the member's reply into a link to it, without the Cancel button (through the
+token while it lives, else through the channel: ``docs/interaction-tokens.md``). Channel
+posts carry a nonce made from the job id, so a post retried within a few minutes is not
+made twice; a result looked for after a restart is searched for in the channel's
+messages after the job began (:meth:`bot.frontend.replies.Replies.find`).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import discord
 
 from bot import images
 from bot.failures import FailureKind
-from bot.frontend.replies import Answer, Replies, ReplyTarget
+from bot.frontend.replies import NONCE_CHARS, Answer, Replies, ReplyTarget, saying
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.retry import Backoff, retry
@@ -93,8 +104,27 @@ def job_footers(job_id: str) -> frozenset[str]:
 
 def target_of(job: Job) -> ReplyTarget:
     return ReplyTarget.for_job(
-        job.context, job.reply_token, channel_id=job.channel_id, member_id=job.member_id
+        job.context,
+        job.reply_token,
+        channel_id=job.channel_id,
+        member_id=job.member_id,
+        subject=job.id,
     )
+
+
+def result_nonce(job_id: str) -> str:
+    """The nonce of a job's result post (at most 25 characters)."""
+    return f"r{job_id}"[:NONCE_CHARS]
+
+
+def failure_nonce(job_id: str) -> str:
+    """The nonce of a job's failure post: not the result's, or Discord would answer a
+    failure post with the result message."""
+    return f"f{job_id}"[:NONCE_CHARS]
+
+
+def message_link(guild_id: int, message: discord.Message) -> str:
+    return f"https://discord.com/channels/{guild_id}/{message.channel.id}/{message.id}"
 
 
 ShowCheck = Callable[[], Awaitable[bool]]
@@ -231,7 +261,7 @@ class DiscordFrontEnd:
         """The waits default to members' (:mod:`bot.timings`); the upscale cog passes
         the bot's ``settings.timings`` (short in tests)."""
         self.bot = bot
-        self.replies = Replies(bot)
+        self.replies = Replies(bot, on_token_dead=self._token_dead)
         self.progress_interval = progress_interval
         self.first_progress_delay = first_progress_delay
         self.place_interval_per_place = place_interval_per_place
@@ -239,6 +269,7 @@ class DiscordFrontEnd:
         self.lookup_backoff = lookup_backoff
         self._displays: dict[str, ProgressDisplay] = {}
         self._resumed: set[str] = set()
+        self._recording: set[asyncio.Task[None]] = set()
 
     @property
     def shown(self) -> int:
@@ -264,6 +295,37 @@ class DiscordFrontEnd:
             self._displays[job.id] = display
         return display
 
+    def _token_dead(self, target: ReplyTarget) -> None:
+        """Discord refused a job's token: record it with the job, for every process."""
+        if target.subject is None:
+            return
+        task = asyncio.create_task(self._record_dead_token(target.subject))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_dead_token(self, job_id: str) -> None:
+        try:
+            await self.bot.queue.forget_token(job_id)
+        except Exception as exc:
+            # This process knows already; another one would learn it from Discord.
+            log.warning("Could not record job %s's dead token: %s", job_id, type(exc).__name__)
+
+    async def _point_reply_to(
+        self, job: Job, target: ReplyTarget, message: discord.Message, key: str
+    ) -> None:
+        """The result (or failure) went to the channel: the member's reply stops saying
+        "waiting" and loses its Cancel button, and links to it instead. Best effort."""
+        if target.message_id is None or message.id == target.message_id:
+            return
+        text = t(target.member_language, key, link=message_link(job.guild_id, message))
+        try:
+            if await self.replies.edit(target, margin=0, content=text, view=None) is not None:
+                return
+        except discord.HTTPException as exc:
+            log.info("Could not update the reply of job %s: HTTP %s", job.id, exc.status)
+            return
+        await self.replies.edit_reply_in_channel(target, content=text, view=None)
+
     async def _close(self, job_id: str) -> None:
         self._resumed.discard(job_id)
         display = self._displays.pop(job_id, None)
@@ -287,9 +349,10 @@ class DiscordFrontEnd:
         )
 
     async def resumed(self, job: Job) -> None:
+        """Say once, on the member's reply, that the job continues; with a dead token
+        nothing is said until the result (which names the member)."""
         target = target_of(job)
         if target.expired():
-            await self.replies.tell(target, messages.RESUMED)
             return
         self._resumed.add(job.id)
         with contextlib.suppress(discord.HTTPException):
@@ -308,7 +371,15 @@ class DiscordFrontEnd:
 
     async def failed(self, job: Job, failure: JobFailure) -> None:
         await self._close(job.id)
-        await self.replies.tell(target_of(job), messages.failure_text(failure))
+        target = target_of(job)
+        try:
+            message = await self.replies.post(
+                target, saying(messages.failure_text(failure)), nonce=failure_nonce(job.id)
+            )
+        except discord.HTTPException as exc:
+            log.warning("Could not tell member %s: HTTP %s", job.member_id, exc.status)
+            return
+        await self._point_reply_to(job, target, message, "result.ended_in_channel")
 
     async def find_delivered(self, job: Job) -> int | None:
         footers = job_footers(job.id)
@@ -367,7 +438,9 @@ class DiscordFrontEnd:
         buffer = io.BytesIO(fitted.data)
         file = discord.File(buffer, filename=fitted.filename)
         try:
-            message = await self.replies.post(target, compose, file=file)
+            message = await self.replies.post(
+                target, compose, file=file, nonce=result_nonce(job.id)
+            )
         except discord.Forbidden as exc:
             raise DeliveryFailed(FailureKind.MISSING_PERMISSIONS, str(exc.code)) from exc
         except discord.HTTPException as exc:
@@ -380,6 +453,7 @@ class DiscordFrontEnd:
             # its own bound method) that only the cyclic GC would collect, much later.
             file.close()
             io.BytesIO.close(buffer)
+        await self._point_reply_to(job, target, message, "result.posted_in_channel")
         return message.id
 
 

@@ -5,8 +5,16 @@ Every answer goes through here, whether the interaction is fresh, deferred, or i
 the interaction: a :class:`ReplyTarget` holds what is needed (application id, token,
 the deferred reply's message id, channel, member, locales) and can be stored with a job
 and rebuilt in any process. While the token lives, the deferred reply is edited through
-the interaction webhook; after that (or when Discord says the token is gone) the answer
-is a channel message that mentions the member.
+the interaction webhook; after that the answer is a channel message that mentions the
+member.
+
+Discord's word on a token is final. The first 401 / 50027 ("Invalid Webhook Token") from
+any call with a token marks it dead in this process (:data:`DEAD_TOKENS`) and is handed
+to ``on_token_dead`` (the job queue records it with the job, so every process knows); no
+further call is made with it: no edit, no look-up, no upload. The bot's own clock is a
+second guard: past 15 minutes (less a margin) the token is treated as dead without
+asking. A channel post carries a nonce (``enforce_nonce``), so a post retried within
+Discord's "past few minutes" returns the message already created instead of a second one.
 
 Languages: an answer is given as words not yet rendered (a :class:`bot.i18n.Text`, a
 callable taking the catalogue language, or a :data:`Compose` for a whole message). The
@@ -20,9 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import discord
@@ -39,7 +50,42 @@ TOKEN_SAFETY_MARGIN = 30
 INVALID_WEBHOOK_TOKEN = 50027
 UNKNOWN_WEBHOOK = 10015
 TOKEN_GONE_CODES = frozenset({INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK})
-HISTORY_SCAN = 50  # recent channel messages searched for an already-posted result
+# Looking for an earlier post: the channel's messages after the job began, oldest first,
+# in pages of 100 (Discord's largest), at most this many pages. Past that bound (a
+# channel with more than 1,000 messages between the job's start and its post) the
+# result is posted once more; it is charged once all the same.
+HISTORY_PAGE = 100
+HISTORY_PAGES = 10
+NONCE_CHARS = 25  # Discord's longest string nonce
+
+
+class DeadTokens:
+    """Interaction tokens Discord refused in this process (bounded: the oldest are
+    forgotten first; a token is useless after 15 minutes anyway)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._tokens: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, token: str) -> bool:
+        """Mark ``token`` dead; True the first time."""
+        if not token or token in self._tokens:
+            return False
+        self._tokens[token] = None
+        while len(self._tokens) > self._capacity:
+            self._tokens.popitem(last=False)
+        return True
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._tokens
+
+
+DEAD_TOKENS = DeadTokens()
+
+
+def token_refused(exc: discord.HTTPException) -> bool:
+    """True when Discord says the interaction token can no longer be used."""
+    return exc.code in TOKEN_GONE_CODES or exc.status == 401
 
 
 Words: TypeAlias = Text | Callable[[str], str]
@@ -89,9 +135,19 @@ class ReplyTarget:
     locale: str | None = None  # the member's Discord language
     guild_locale: str | None = None  # the server's preferred language
 
+    subject: str | None = None  # what the answer is about (a job id), for on_token_dead
+
     def expired(self, margin: float = TOKEN_SAFETY_MARGIN) -> bool:
-        """True when the token is (nearly) past its 15 minutes, or unknown."""
-        return not self.token or time.time() - self.created_at >= TOKEN_LIFETIME - margin
+        """True when the token must not be used: unknown, refused by Discord (in this
+        process, or recorded with the job), or (nearly) past its 15 minutes."""
+        return (
+            not self.token
+            or self.token in DEAD_TOKENS
+            or time.time() - self.created_at >= TOKEN_LIFETIME - margin
+        )
+
+    def without_token(self) -> ReplyTarget:
+        return replace(self, token="")
 
     @property
     def member_language(self) -> str:
@@ -139,10 +195,16 @@ class ReplyTarget:
 
     @classmethod
     def for_job(
-        cls, context: JobContext, token: str | None, *, channel_id: int, member_id: int
+        cls,
+        context: JobContext,
+        token: str | None,
+        *,
+        channel_id: int,
+        member_id: int,
+        subject: str | None = None,
     ) -> ReplyTarget:
         """Where to answer a job's member; without a token (erased when the job ended,
-        or never known) only a channel post is possible."""
+        refused by Discord, or never known) only the channel is possible."""
         return cls(
             application_id=context.application_id,
             token=token or "",
@@ -152,28 +214,73 @@ class ReplyTarget:
             message_id=context.message_id,
             locale=context.locale,
             guild_locale=context.guild_locale,
+            subject=subject,
         )
+
+    @property
+    def started_after(self) -> int:
+        """A snowflake just before the interaction: everything posted for it comes after."""
+        return discord.utils.time_snowflake(datetime.fromtimestamp(self.created_at - 1, tz=UTC))
 
 
 class Replies:
-    """Answers members through one client (its HTTP session and state)."""
+    """Answers members through one client (its HTTP session and state).
 
-    def __init__(self, client: discord.Client) -> None:
+    ``on_token_dead(target)`` is called once per token when Discord first refuses it.
+    """
+
+    def __init__(
+        self,
+        client: discord.Client,
+        on_token_dead: Callable[[ReplyTarget], None] | None = None,
+    ) -> None:
         self._client = client
+        self._on_token_dead = on_token_dead
 
     def _webhook(self, target: ReplyTarget) -> discord.Webhook:
         return discord.Webhook.partial(target.application_id, target.token, client=self._client)
 
-    async def edit(self, target: ReplyTarget, **fields: Any) -> discord.Message | None:
+    def _channel(self, target: ReplyTarget) -> discord.PartialMessageable:
+        return self._client.get_partial_messageable(target.channel_id)
+
+    def token_dead(self, target: ReplyTarget) -> None:
+        """Discord refused ``target``'s token: never use it again (see the module)."""
+        if DEAD_TOKENS.add(target.token):
+            log.info(
+                "Discord refused the interaction token for member %s%s; answering in the"
+                " channel from now on",
+                target.member_id,
+                f" (job {target.subject})" if target.subject else "",
+            )
+            if self._on_token_dead is not None:
+                self._on_token_dead(target)
+
+    async def edit(
+        self, target: ReplyTarget, *, margin: float = TOKEN_SAFETY_MARGIN, **fields: Any
+    ) -> discord.Message | None:
         """Edit the deferred reply; None when the token can no longer be used."""
-        if target.message_id is None or target.expired():
+        if target.message_id is None or target.expired(margin):
             return None
         try:
             return await self._webhook(target).edit_message(target.message_id, **fields)
         except discord.HTTPException as exc:
-            if exc.code in TOKEN_GONE_CODES:
+            if token_refused(exc):
+                self.token_dead(target)
                 return None
             raise
+
+    async def edit_reply_in_channel(self, target: ReplyTarget, **fields: Any) -> bool:
+        """Edit the member's (non-ephemeral) reply with the bot token, through the channel
+        message endpoint, once its interaction token is dead (see
+        ``docs/interaction-tokens.md``). False when Discord refuses."""
+        if target.message_id is None:
+            return False
+        try:
+            await self._channel(target).get_partial_message(target.message_id).edit(**fields)
+        except discord.HTTPException as exc:
+            log.info("Could not edit the reply of member %s: HTTP %s", target.member_id, exc.status)
+            return False
+        return True
 
     async def post(
         self,
@@ -181,61 +288,79 @@ class Replies:
         compose: Compose,
         *,
         file: discord.File | None = None,
+        nonce: str | None = None,
     ) -> discord.Message:
         """Edit the deferred reply while the token lives, else post in the channel.
 
         The edit is composed in the member's language; the channel post (mentioning the
-        member) in the server's. Raises :class:`discord.HTTPException` when neither works.
+        member) in the server's, with ``nonce`` (at most 25 characters; Discord returns
+        the message already created with it in the past few minutes instead of a second
+        one). Raises :class:`discord.HTTPException` when neither works.
         """
-        answer = compose(target.member_language, None)
-        message = await self.edit(
-            target,
-            content=answer.content,
-            embed=answer.embed,
-            attachments=[file] if file is not None else [],
-            view=answer.view,
-        )
-        if message is not None:
-            return message
-        if file is not None:
-            file.reset()
+        if not target.expired() and target.message_id is not None:
+            answer = compose(target.member_language, None)
+            message = await self.edit(
+                target,
+                content=answer.content,
+                embed=answer.embed,
+                attachments=[file] if file is not None else [],
+                view=answer.view,
+            )
+            if message is not None:
+                return message
+            if file is not None:
+                file.reset()
         answer = compose(target.channel_language, f"<@{target.member_id}>")
-        channel = self._client.get_partial_messageable(target.channel_id)
-        return await channel.send(
+        return await self._channel(target).send(
             answer.content,
             embed=answer.embed if answer.embed is not None else discord.utils.MISSING,
             file=file if file is not None else discord.utils.MISSING,
             view=answer.view if answer.view is not None else discord.utils.MISSING,
             allowed_mentions=discord.AllowedMentions(users=True),
+            nonce=nonce[:NONCE_CHARS] if nonce else secrets.randbits(64),  # discord.py's own
         )
 
-    async def tell(self, target: ReplyTarget, words: Words) -> None:
+    async def tell(self, target: ReplyTarget, words: Words, *, nonce: str | None = None) -> None:
         """Best-effort text answer (failures are logged, never raised)."""
         try:
-            await self.post(target, saying(words))
+            await self.post(target, saying(words), nonce=nonce)
         except discord.HTTPException as exc:
             log.warning("Could not answer member %s: HTTP %s", target.member_id, exc.status)
 
     async def find(
-        self, target: ReplyTarget, matches: Callable[[discord.Message], bool]
+        self,
+        target: ReplyTarget,
+        matches: Callable[[discord.Message], bool],
+        *,
+        pages: int = HISTORY_PAGES,
     ) -> discord.Message | None:
         """A message already posted for this interaction that ``matches``, if any.
 
-        Looks at the deferred reply (through the token, or the channel once it expired),
-        then at the channel's recent messages.
+        Looks at the deferred reply (through the token while it lives, else through the
+        channel), then at the channel's messages after the interaction, oldest first, at
+        most ``pages`` pages of 100. Raises :class:`discord.HTTPException` when Discord
+        does not answer (not knowing is not "not posted").
         """
+        channel = self._channel(target)
         if target.message_id is not None:
+            reply: discord.Message | None = None
             with contextlib.suppress(discord.NotFound, discord.Forbidden):
-                if target.expired():
-                    channel = self._client.get_partial_messageable(target.channel_id)
+                if not target.expired():
+                    try:
+                        reply = await self._webhook(target).fetch_message(target.message_id)
+                    except discord.HTTPException as exc:
+                        if not token_refused(exc):
+                            raise
+                        self.token_dead(target)
+                if reply is None and target.expired():
                     reply = await channel.fetch_message(target.message_id)
-                else:
-                    reply = await self._webhook(target).fetch_message(target.message_id)
-                if matches(reply):
-                    return reply
-        channel = self._client.get_partial_messageable(target.channel_id)
+            if reply is not None and matches(reply):
+                return reply
+        after = discord.Object(id=target.started_after)
         with contextlib.suppress(discord.NotFound, discord.Forbidden):
-            async for message in channel.history(limit=HISTORY_SCAN):
+            async for message in channel.history(
+                limit=pages * HISTORY_PAGE, after=after, oldest_first=True
+            ):
                 if matches(message):
                     return message
         return None
@@ -263,8 +388,9 @@ async def send_reply(
             await interaction.edit_original_response(content=content)
             return
         except discord.HTTPException as exc:
-            if exc.code not in TOKEN_GONE_CODES:
+            if not token_refused(exc):
                 raise
+            DEAD_TOKENS.add(target.token)
     if interaction.channel_id is None:
         log.warning("Could not reply to interaction %s: token expired, no channel", interaction.id)
         return

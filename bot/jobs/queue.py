@@ -240,6 +240,11 @@ class JobQueue:
             return True
         return status is JobStatus.RUNNING and owner == self.owner
 
+    async def forget_token(self, job_id: str) -> None:
+        """Discord refused the job's interaction token: erase it, so that every process
+        answers its member through the channel and none tries the token again."""
+        await self.store.forget_token(job_id)
+
     async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
         """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""
         outcome = await self._settlement.cancel(job_id, actor_id, moderator=moderator)

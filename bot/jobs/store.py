@@ -164,6 +164,8 @@ CANCELLED = (
     f" '{CANCELLABLE_STAGES[2]}')"
 )
 JOB_BY_ID = "SELECT * FROM jobs WHERE id = ?"
+# Discord refused the job's interaction token: every process answers through the channel.
+FORGET_TOKEN = "UPDATE jobs SET reply_token = NULL WHERE id = ? AND reply_token IS NOT NULL"
 # A job by the id shown in a result's footer (its first characters) or whole: a range
 # of the primary key (ids are lower-case hex).
 JOBS_BY_PREFIX = "SELECT * FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2"
@@ -227,6 +229,7 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement("cancel: read", CANCEL_READ, (_ID,)),
     HotStatement("cancelled", CANCELLED, ("cancelled", "f", "l", _ID)),
     HotStatement("a job by id", JOB_BY_ID, (_ID,)),
+    HotStatement("forget a refused token", FORGET_TOKEN, (_ID,)),
     HotStatement("a job by its footer id", JOBS_BY_PREFIX, ("0000abcd", "0000abce")),
     HotStatement("read Compare crops", READ_CROPS, (_ID,)),
     HotStatement("purge finished jobs", PURGE_FINISHED, ("2020-01-01 00:00:00.000000", 500)),
@@ -523,6 +526,9 @@ class JobStore:
             ),
         )
         return bool(changed)
+
+    async def forget_token(self, job_id: str) -> None:
+        await self.db.write(FORGET_TOKEN, (job_id,))
 
     async def delete_input(self, tx: Transaction, job_id: str) -> None:
         await tx.execute(DELETE_INPUT, (job_id,))
