@@ -1,11 +1,19 @@
 """One clean file name per job: the rules (bot.images.clean_filename) over the hostile-name
-corpus."""
+corpus, and the job queue recording, reading and uploading under that name only.
+
+The queue tests run on both engines, on the rigs of tests/test_jobs.py.
+"""
 
 from __future__ import annotations
 
 import io
 import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +21,12 @@ from PIL import Image
 
 from bot import images
 from bot.images.prepare import DEVICE_NAMES, DEVICE_SUFFIX, IMAGE_EXTENSIONS
+from bot.jobs import Job, JobContext, JobRequest, Source
+from tests.emulators.onemin import OneMinEmulator
 from tests.hostilenames import CORPUS, MORE, NameCase
+from tests.support.databases import Databases
+from tests.support.images import png
+from tests.test_jobs import ALICE, CHANNEL, GUILD, KEY, Rig, make_rig
 
 # What a clean name is (see bot.images.clean_filename): a stem of 1-64 letters, digits,
 # "_" and "-" that begins and ends with a letter or digit, and an optional extension.
@@ -128,3 +141,107 @@ def test_prepare_input_names_its_output_for_the_format_it_sends() -> None:
     """A JPEG called CON.png is sent as CON_file.jpg."""
     prepared = images.prepare_input(jpeg(), "../CON.png")
     assert (prepared.format, prepared.filename) == ("jpeg", "CON_file.jpg")
+
+
+# -- the job queue ---------------------------------------------------------------------------
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def rigs(tmp_path: Path, databases: Databases) -> AsyncIterator[RigFactory]:
+    """Rigs on one database (as successive processes would), stopped at the end."""
+    made: list[Rig] = []
+    async with OneMinEmulator(api_key=KEY) as emu, aiohttp.ClientSession() as session:
+
+        async def make(**options: Any) -> Rig:
+            made.append(await make_rig(tmp_path, databases, session, emu, **options))
+            return made[-1]
+
+        yield make
+        for rig in reversed(made):
+            await rig.queue.shutdown(grace=0.5)
+
+
+def request(rig: Rig, filename: str, data: bytes | None = None) -> JobRequest:
+    return JobRequest(
+        GUILD,
+        CHANNEL,
+        ALICE,
+        (),
+        Source(rig.images.add(png() if data is None else data), filename),
+        JobContext(application_id=1, interaction_at=time.time()),
+    )
+
+
+async def source_name(rig: Rig, job_id: str) -> object:
+    row = await rig.db.fetchone("SELECT source_name FROM jobs WHERE id = ?", (job_id,))
+    assert row is not None
+    return row["source_name"]
+
+
+async def test_a_job_is_recorded_under_the_clean_name(rigs: RigFactory) -> None:
+    """At the acknowledgement the row, and the job the front end gets back, carry the
+    clean name (with the member's image extension), never the raw one."""
+    r = await rigs(claim=False, max_per_member=len(CORPUS), limit=len(CORPUS))
+    for case in CORPUS:
+        job = await r.queue.accept(request(r, case.raw))
+        expected = images.clean_filename(case.raw)
+        assert job.source.filename == expected and expected.startswith(case.stem)
+        assert await source_name(r, job.id) == expected
+
+
+async def test_a_raw_name_an_older_version_stored_is_read_back_clean(rigs: RigFactory) -> None:
+    """Rows written before names were cleaned at the acknowledgement hold the raw name:
+    read into a job, its source and its prepared input carry the clean name (the input's
+    with the extension of the format stored for it). PostgreSQL's text holds no NUL, so
+    there no older version could have stored those names."""
+    r = await rigs(claim=False)
+    cases = [c for c in CORPUS if r.db.engine == "sqlite" or "\x00" not in c.raw]
+    insert = (
+        "INSERT INTO jobs (id, guild_id, channel_id, member_id, status, stage, output_format,"
+        " source_name, source_url, input_format, input_bytes, input_width, input_height,"
+        " created_at) VALUES (?, ?, ?, ?, 'queued', 'queued', 'png', ?, NULL, 'jpeg', 900,"
+        " 64, 48, '2026-01-01 00:00:00.000000')"
+    )
+    for n, case in enumerate(cases):
+        await r.db.write(insert, (f"{n:032x}", GUILD, CHANNEL, ALICE, case.raw))
+    rows = await r.db.fetchall("SELECT * FROM jobs ORDER BY id")
+    assert [row["source_name"] for row in rows] == [case.raw for case in cases]
+    for row, case in zip(rows, cases, strict=True):
+        job = Job.from_row(row)
+        assert job.source.filename == images.clean_filename(case.raw)
+        assert job.input.filename == f"{case.stem}.jpg"
+
+
+async def test_an_older_versions_queued_job_is_uploaded_under_the_clean_name(
+    rigs: RigFactory,
+) -> None:
+    """A job left in line by an older version, its raw name in the row, is claimed by this
+    one: 1min.ai gets the clean name, named for the format sent."""
+    first = await rigs(claim=False)
+    job = await first.queue.accept(request(first, "cat.png", jpeg()))
+    assert await first.queue.take_in(job)
+    await first.db.write(
+        "UPDATE jobs SET source_name = ? WHERE id = ?", ("../../etc/passwd\r\n.png", job.id)
+    )
+    second = await rigs()
+    await second.settled(job)
+    assert second.front.jobs[job.id].delivered
+    assert second.emu.upload_filenames == ["passwd.jpg"]
+
+
+async def test_an_upload_is_named_for_the_format_sent_not_the_members_extension(
+    rig: Rig,
+) -> None:
+    """A JPEG attached as photo.png goes to 1min.ai as photo.jpg, with the JPEG's type."""
+    job = await rig.queue.accept(request(rig, "photo.png", jpeg()))
+    assert await rig.queue.take_in(job)
+    await rig.settled(job)
+    assert rig.emu.upload_filenames == ["photo.jpg"]
+    assert rig.emu.assets[0].content_type == "image/jpeg"
+
+
+@pytest.fixture
+async def rig(rigs: RigFactory) -> Rig:
+    return await rigs()
