@@ -10,7 +10,8 @@ catalogue key with named parameters (:class:`bot.i18n.Text`, keys ``image.*``,
 * :mod:`bot.images.decode`: opening untrusted data (bytes or a file) safely;
   :func:`describe_image`.
 * :mod:`bot.images.prepare`: :func:`prepare_input` turns an untrusted upload into what
-  the upscaler accepts, or raises :class:`ImageRejected`.
+  the upscaler accepts, or raises :class:`ImageRejected`; :func:`clean_filename` makes a
+  member's file name safe (the name stored, sent to 1min.ai and posted).
 * :mod:`bot.images.fit`: :func:`fit_to_limit` makes a result fit an upload limit.
 * :mod:`bot.images.model`: the limits, the refusal, the records, size formatting.
 * :mod:`bot.images.probe`: :func:`probe_png`, the test image 1min.ai is checked with.
@@ -35,7 +36,7 @@ from bot.images.model import (
     Rejection,
     human_bytes,
 )
-from bot.images.prepare import prepare_input
+from bot.images.prepare import MAX_STEM_CHARS, clean_filename, clean_stem, prepare_input
 from bot.images.probe import PROBE_SIDE, probe_png
 from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, UPLOAD_FORMATS, sniff
 
@@ -46,6 +47,7 @@ __all__ = [
     "DECODABLE_FORMATS",
     "EXTENSIONS",
     "HEAD_BYTES",
+    "MAX_STEM_CHARS",
     "PROBE_SIDE",
     "RESULT_BOMB_PIXELS",
     "UPLOAD_FORMATS",
@@ -56,6 +58,8 @@ __all__ = [
     "Note",
     "PreparedImage",
     "Rejection",
+    "clean_filename",
+    "clean_stem",
     "describe_image",
     "fit_to_limit",
     "human_bytes",

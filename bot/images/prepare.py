@@ -4,7 +4,8 @@
 megapixel, aspect ratio 1:2.5 to 2.5:1. The format is sniffed from the content,
 dimensions are read from the header before anything is decoded, and decompression bombs
 are refused unopened. Refusals are :class:`ImageRejected` with an ``image.*`` key; what
-was done to an accepted image is told in ``note.*`` notes.
+was done to an accepted image is told in ``note.*`` notes. :func:`clean_filename` makes
+the one clean file name a job's image goes by (stored, sent to 1min.ai, posted).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 import math
 import os
 import re
+import unicodedata
 from typing import BinaryIO
+from urllib.parse import unquote
 
 from PIL import Image
 
@@ -79,9 +82,10 @@ def prepare_input(
 ) -> PreparedImage:
     """Validate an untrusted upload and turn it into something the upscaler accepts.
 
-    ``source`` is the file's bytes or a path to it; ``filename`` is only used to name the
-    output (the format is always sniffed from the content). Raises :class:`ImageRejected`
-    (and nothing else for bad input) with ``kind`` one of the module's kind constants.
+    ``source`` is the file's bytes or a path to it; ``filename`` only names the output
+    (:func:`clean_filename` of it for the format sent; the format is always sniffed from
+    the content). Raises :class:`ImageRejected` (and nothing else for bad input) with
+    ``kind`` one of the module's kind constants.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -193,7 +197,7 @@ def _prepare(
         data=out_data,
         format=out_format,
         content_type=CONTENT_TYPES[out_format],
-        filename=f"{_safe_stem(filename)}.{EXTENSIONS[out_format]}",
+        filename=clean_filename(filename, out_format),
         original_size=original_size,
         size=final_size,
         source_format=fmt,
@@ -318,16 +322,90 @@ def _scaled_down_note(
     return Text.of("note.scaled_down_side", before=before, after=after, side=str(limits.max_side))
 
 
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_STEM_CHARS = 64
+# -- file names --------------------------------------------------------------------------
+#
+# A member's file name is untrusted text: it may carry a path, control, bidi or
+# percent-encoded characters, hundreds of characters, or a Windows device name. One clean
+# name is made from it when the job is recorded (:func:`clean_filename`), and that name is
+# the one stored, sent to 1min.ai and, with "_4x", posted to Discord.
+
+MAX_STEM_CHARS = 64  # the stem's length at most, characters
+FALLBACK_STEM = "image"  # the stem when nothing usable is left of the name
+DEVICE_SUFFIX = "_file"  # appended to a stem that is a Windows device name
+# Extensions that name an image format; after any other dot, it is all part of the stem.
+IMAGE_EXTENSIONS = frozenset(
+    {"png", "apng", "jpg", "jpeg", "jpe", "jfif", "webp", "gif", "bmp", "dib", "tif", "tiff"}
+    | {"heic", "heif", "avif"}
+)
+# Names Windows keeps for devices, whatever their case and extension ("con.png" is one).
+DEVICE_NAMES = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port in ("COM", "LPT") for n in range(10)}
+)
+_SEPARATORS = re.compile(r"[/\\]")
+_NOT_STEM_CHARS = re.compile(r"[^A-Za-z0-9-]+")  # each run becomes one "_"
 
 
-def _safe_stem(filename: str) -> str:
-    """A harmless file name stem from a user-supplied name (no path, no odd characters)."""
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    return clean_stem(name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name)
+def clean_filename(filename: str, fmt: str | None = None) -> str:
+    """The clean name for a member's file name; with ``fmt``, for that format.
+
+    A clean name is ``<stem>.<extension>``:
+
+    * the stem is 1 to :data:`MAX_STEM_CHARS` characters of ``A-Z a-z 0-9 _ -``, beginning
+      and ending with a letter or a digit (:func:`clean_stem`): never empty
+      (:data:`FALLBACK_STEM`), never a Windows device name (:data:`DEVICE_NAMES`, which
+      get :data:`DEVICE_SUFFIX`);
+    * the extension is that of ``fmt`` (``"png"``, ``"jpeg"`` or ``"webp"``: the format
+      actually sent), or without ``fmt`` the member's own extension, lower-cased, when it
+      names an image format (:data:`IMAGE_EXTENSIONS`), else none.
+
+    The name is percent-decoded once and only its last path part is kept (after ``/`` or
+    ``\\``), so ``..%2f..%2fetc%2fpasswd.png`` is ``passwd.png``. Cleaning a clean name
+    changes nothing but its extension: ``clean_filename(clean_filename(n), f)`` is
+    ``clean_filename(n, f)``. Raises ``ValueError`` for a ``fmt`` that is not one of
+    :data:`bot.images.EXTENSIONS`.
+    """
+    name = unicodedata.normalize("NFKD", unquote(filename, errors="replace"))
+    parts = (_trim_end(part) for part in reversed(_SEPARATORS.split(name)))
+    name = next((part for part in parts if part.strip(". ")), "")
+    base, dot, extension = name.rpartition(".")
+    extension = extension.lower()
+    if dot and extension in IMAGE_EXTENSIONS:
+        name = base
+    else:
+        extension = ""
+    if fmt is not None:
+        if fmt not in EXTENSIONS:
+            raise ValueError(f"no file extension for the format {fmt!r}")
+        extension = EXTENSIONS[fmt]
+    stem = clean_stem(name)
+    return f"{stem}.{extension}" if extension else stem
 
 
 def clean_stem(stem: str) -> str:
-    stem = _UNSAFE_NAME_CHARS.sub("_", stem).strip("._")[:MAX_STEM_CHARS]
-    return stem or "image"
+    """A clean stem (see :func:`clean_filename`) from any text.
+
+    Accents are dropped and compatibility forms folded (``é`` is ``e``, a full-width
+    ``Ａ`` is ``A``); each run of anything else (dots, spaces, control and bidi
+    characters, other scripts) becomes one ``_``; the result is cut to
+    :data:`MAX_STEM_CHARS`. Cleaning a clean stem changes nothing.
+    """
+    folded = "".join(c for c in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(c))
+    cleaned = _NOT_STEM_CHARS.sub("_", folded).strip("_-")[:MAX_STEM_CHARS].rstrip("_-")
+    if not cleaned:
+        return FALLBACK_STEM
+    if cleaned.upper() in DEVICE_NAMES:
+        return cleaned + DEVICE_SUFFIX
+    return cleaned
+
+
+def _trim_end(part: str) -> str:
+    """``part`` without trailing dots, spaces, control or format characters (which some
+    systems drop, so that ``photo.png `` or ``photo.png\\x00`` is ``photo.png``)."""
+    end = len(part)
+    while end and (
+        part[end - 1] == "."
+        or part[end - 1].isspace()
+        or unicodedata.category(part[end - 1]) in ("Cc", "Cf")
+    ):
+        end -= 1
+    return part[:end]

@@ -1,7 +1,8 @@
 """Taking a job in: recorded at the acknowledgement, then its image fetched and checked.
 
 A job exists from the moment the member sees "thinking". :meth:`Intake.accept` records
-it with the attachment's URL and reserves its credits in one transaction, after the
+it with the attachment's URL and its file name, cleaned (:func:`bot.images.clean_filename`:
+the name every later step uses), and reserves its credits in one transaction, after the
 member's cap (``MAX_JOBS_PER_USER``) is checked in that same transaction, under the
 guild's lock, so concurrent requests can never pass it. The job starts in status
 ``intake``, under a lease held by this process.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,6 +73,14 @@ def too_large_text(max_bytes: int) -> Text:
 
 DOWNLOAD_FAILED = Text.of("error.download_failed")
 SOURCE_GONE = Text.of("error.source_gone")
+
+
+def _with_clean_name(request: JobRequest) -> JobRequest:
+    """``request`` with its image's file name cleaned: the job is recorded, logged, sent
+    to 1min.ai and posted under that name only (:func:`bot.images.clean_filename`)."""
+    source = request.source
+    clean = dataclasses.replace(source, filename=images.clean_filename(source.filename))
+    return dataclasses.replace(request, source=clean)
 
 
 @dataclass(slots=True)
@@ -134,7 +144,7 @@ class Intake(Part):
         if self._closed():
             raise QueueClosed
         now = utc_now()
-        job = Job.requested(request, now.timestamp())
+        job = Job.requested(_with_clean_name(request), now.timestamp())
         await self._ledger.ensure_guild(request.guild_id)  # a write once per guild
         async with self._guild_turn(request.guild_id), self._db.transaction() as tx:
             # The cap is checked under the guild's lock, which the reservation takes

@@ -290,7 +290,11 @@ class Job:
             channel_id=int(row["channel_id"]),
             member_id=int(row["member_id"]),
             output_format=row["output_format"],
-            source=Source(row["source_url"] or "", row["source_name"], row["source_size"]),
+            source=Source(
+                row["source_url"] or "",
+                images.clean_filename(row["source_name"]),  # raw in older versions' rows
+                row["source_size"],
+            ),
             context=JobContext.from_json(context_json),
             reservation_id=row["reservation_id"] or "",
             created_at=parse_ts(row["created_at"]).timestamp(),
@@ -309,9 +313,10 @@ def _prepared_of(row: Row) -> PreparedInfo | None:
     if row["input_width"] is None:
         return None
     notes = tuple(images.Note.from_json(n) for n in json.loads(row["notes"] or "[]"))
+    fmt = row["input_format"] or "png"
     return PreparedInfo(
-        filename=row["source_name"],
-        format=row["input_format"] or "png",
+        filename=images.clean_filename(row["source_name"], fmt),  # named for the format sent
+        format=fmt,
         original_size=(
             int(row["original_width"] or row["input_width"] or 0),
             int(row["original_height"] or row["input_height"] or 0),

@@ -50,7 +50,10 @@ API routes only: ``malformed_json``, ``unauthorized`` (401), ``rejected(details=
 ``redirect(location=...)`` (302).
 
 Counters for assertions: ``calls`` (per route, faulted calls included), ``upscales``
-(successful), ``credits_spent``, ``assets`` (every upload), ``results`` (key -> bytes),
+(successful), ``credits_spent``, ``assets`` (every upload), ``upload_filenames`` (the
+multipart file name of every upload whose file arrived, in order, as the
+``Content-Disposition`` header carried it: also those refused, or caught in a hold
+when the bot died), ``results`` (key -> bytes),
 ``last_requests`` (per route: headers and body), ``statuses`` (``(route, status)`` ->
 count of answers). ``upscale_delay`` (alias ``feature_latency``, seconds) makes every
 upscale take that long, for throughput benchmarks.
@@ -221,6 +224,7 @@ class OneMinEmulator:
         self.upscales = 0
         self.credits_spent = 0
         self.assets: list[Asset] = []
+        self.upload_filenames: list[str] = []
         self.results: dict[str, bytes] = {}
         self.last_requests: dict[str, RecordedRequest] = {}
         self.statuses: Counter[tuple[str, int]] = Counter()
@@ -580,6 +584,7 @@ class OneMinEmulator:
             if part.name != "asset" or not part.filename or asset is not None:
                 continue
             data = await part.read()  # type: ignore[union-attr]
+            self.upload_filenames.append(part.filename)
             if len(data) > MAX_UPLOAD_BYTES:
                 raise _Rejected(413, {"message": "File too large"})
             content_type = part.headers.get("Content-Type", "application/octet-stream")
