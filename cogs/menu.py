@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 MAX_IMAGES = 4  # images taken from one message
 
 
+def shown_name(filename: str, most: int = 80) -> str:
+    """A member's file name as chat text: no control or bidi characters, no markdown, no
+    mentions, at most ``most`` characters."""
+    printable = "".join(c for c in filename if c.isprintable())[:most] or "?"
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(printable))
+
+
 def images_of(
     message: discord.Message, allowed: Callable[[str], bool]
 ) -> tuple[list[SourceImage], list[str]]:
@@ -46,7 +53,7 @@ def images_of(
         if attachment.content_type is None or attachment.content_type.startswith("image/"):
             found.append(SourceImage(attachment.url, attachment.filename, attachment.size))
         else:
-            skipped.append(attachment.filename)
+            skipped.append(shown_name(attachment.filename))
     seen = {source.url for source in found}
     for embed in message.embeds:
         for media in (embed.image, embed.thumbnail):

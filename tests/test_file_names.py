@@ -22,6 +22,7 @@ from PIL import Image
 from bot import images
 from bot.images.prepare import DEVICE_NAMES, DEVICE_SUFFIX, IMAGE_EXTENSIONS
 from bot.jobs import Job, JobContext, JobRequest, Source
+from cogs.menu import shown_name
 from tests.emulators.onemin import OneMinEmulator
 from tests.hostilenames import CORPUS, MORE, NameCase
 from tests.support.databases import Databases
@@ -245,3 +246,22 @@ async def test_an_upload_is_named_for_the_format_sent_not_the_members_extension(
 @pytest.fixture
 async def rig(rigs: RigFactory) -> Rig:
     return await rigs()
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("notes.txt", "notes.txt"),
+        ("evil\u202egnp.exe", "evilgnp.exe"),
+        ("line\nbreak\x00.pdf", "linebreak.pdf"),
+        ("**bold**_x_.txt", "\\*\\*bold\\*\\*\\_x\\_.txt"),
+        ("@everyone.txt", "@\u200beveryone.txt"),
+        ("a" * 300, "a" * 80),
+        ("\u202e", "?"),
+    ],
+)
+def test_a_skipped_file_is_named_in_chat_without_controls_markdown_or_mentions(
+    raw: str, shown: str
+) -> None:
+    """The menu's "skipped, not an image" note shows a member's file name as plain text."""
+    assert shown_name(raw) == shown
