@@ -29,6 +29,7 @@ processes, and every 1min.ai request passes the :class:`bot.onemin.pacing.RateGa
 """
 
 from bot.jobs.config import QueueConfig
+from bot.jobs.dispatcher import CLAIM_AHEAD
 from bot.jobs.intake import INTAKE_CONCURRENCY, PREPARE_CONCURRENCY, FetchSource
 from bot.jobs.model import (
     CANCELLABLE_STAGES,
@@ -54,9 +55,9 @@ from bot.jobs.model import (
     Stopped,
     WaitReason,
 )
+from bot.jobs.pipeline import RESULT_MAX_BYTES
 from bot.jobs.queue import JobQueue, instance_name
 from bot.jobs.recovery import COMPARE_RETENTION_DAYS
-from bot.jobs.runner import CLAIM_AHEAD, RESULT_MAX_BYTES
 from bot.jobs.store import JobStore, TrailEvent
 
 __all__ = [
