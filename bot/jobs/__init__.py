@@ -9,7 +9,10 @@ each have a module of their own:
 * :mod:`bot.jobs.store`: every statement on ``jobs``, ``job_inputs``, ``compare_crops``,
   with the list of hot statements a test plans against a year of history;
 * :mod:`bot.jobs.intake`: a job recorded at the acknowledgement, its image taken in;
-* :mod:`bot.jobs.runner`: claims, leases, upscale slots and the work pipeline;
+* :mod:`bot.jobs.runner`: running jobs here, over four parts: :mod:`bot.jobs.dispatcher`
+  (claims, and when to look for them), :mod:`bot.jobs.leases` (what this process holds,
+  renewed), :mod:`bot.jobs.slots` (the line of jobs waiting for an upscale slot),
+  :mod:`bot.jobs.pipeline` (a claimed job's work, each stage recorded);
 * :mod:`bot.jobs.positions`: places in line;
 * :mod:`bot.jobs.settlement`: delivered and charged, failed or cancelled and refunded;
 * :mod:`bot.jobs.recovery`: start-up recovery and housekeeping (retention);
