@@ -9,7 +9,10 @@ each have a module of their own:
 * :mod:`bot.jobs.store`: every statement on ``jobs``, ``job_inputs``, ``compare_crops``,
   with the list of hot statements a test plans against a year of history;
 * :mod:`bot.jobs.intake`: a job recorded at the acknowledgement, its image taken in;
-* :mod:`bot.jobs.runner`: claims, leases, upscale slots and the work pipeline;
+* :mod:`bot.jobs.runner`: running jobs here, over four parts: :mod:`bot.jobs.dispatcher`
+  (claims, and when to look for them), :mod:`bot.jobs.leases` (what this process holds,
+  renewed), :mod:`bot.jobs.slots` (the line of jobs waiting for an upscale slot),
+  :mod:`bot.jobs.pipeline` (a claimed job's work, each stage recorded);
 * :mod:`bot.jobs.positions`: places in line;
 * :mod:`bot.jobs.settlement`: delivered and charged, failed or cancelled and refunded;
 * :mod:`bot.jobs.recovery`: start-up recovery and housekeeping (retention);
@@ -29,6 +32,7 @@ processes, and every 1min.ai request passes the :class:`bot.onemin.pacing.RateGa
 """
 
 from bot.jobs.config import QueueConfig
+from bot.jobs.dispatcher import CLAIM_AHEAD
 from bot.jobs.intake import INTAKE_CONCURRENCY, PREPARE_CONCURRENCY, FetchSource
 from bot.jobs.model import (
     CANCELLABLE_STAGES,
@@ -54,9 +58,9 @@ from bot.jobs.model import (
     Stopped,
     WaitReason,
 )
+from bot.jobs.pipeline import RESULT_MAX_BYTES
 from bot.jobs.queue import JobQueue, instance_name
 from bot.jobs.recovery import COMPARE_RETENTION_DAYS
-from bot.jobs.runner import CLAIM_AHEAD, RESULT_MAX_BYTES
 from bot.jobs.store import JobStore, TrailEvent
 
 __all__ = [

@@ -1,10 +1,10 @@
 """What every part of the job queue works with, handed to each in one piece.
 
-The parts of :mod:`bot.jobs` (intake, runner, settlement, recovery) share the database,
-the store of the job tables, the ledger, the fleet's wake-ups, the reporter (front
-end, log, metrics), the queue's configuration and its spool directory;
-:class:`JobQueue` builds them once and gives each part this bundle with what is its
-own; each part is a :class:`Part`.
+The parts of :mod:`bot.jobs` (intake, settlement, recovery, and the runner's dispatcher,
+leases and pipeline) share the database, the store of the job tables, the ledger, the
+fleet's wake-ups, the reporter (front end, log, metrics), the queue's configuration and
+its spool directory; :class:`JobQueue` builds them once and gives each part this bundle
+with what is its own (the runner hands it on to its parts); each part is a :class:`Part`.
 """
 
 from __future__ import annotations

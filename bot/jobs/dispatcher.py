@@ -1,0 +1,346 @@
+"""The claim dispatcher: which jobs this process takes on, and when it looks for them.
+
+Claims. The dispatcher takes the oldest waiting job (or one whose lease ran out) while
+the fleet works on fewer than ``max_concurrent * CLAIM_AHEAD`` jobs, under a fleet-wide
+lock; it also takes in again an intake whose process died. Each job it takes runs in a
+task of its own (:mod:`bot.jobs.pipeline`); each intake is taken in again by
+:class:`bot.jobs.intake.Intake`. It sleeps until woken (a job queued, a slot freed, a
+job ended, the circuit changed: :mod:`bot.db.signals`) and looks again on its own only
+every ``poll_interval`` seconds (:data:`bot.timings.FALLBACK_POLL`), with one cheap
+read, so an idle process costs almost nothing.
+
+Leases. A claim takes the job's lease; :class:`bot.jobs.leases.Leases` keeps what this
+process holds and renews it every third of a lease, in a task the dispatcher starts and
+stops with its own. A dead process wakes nobody, so the look before a claim also reads
+when another process's next lease runs out, and the dispatcher looks again then if
+nothing wakes it sooner.
+
+The circuit. While 1min.ai refuses the bot's account (:mod:`bot.onemin.circuit`)
+nothing is claimed: jobs wait in line, and are refunded once it has refused them for
+longer than ``circuit_give_up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from bot.db.signals import Signal
+from bot.failures import FailureKind
+from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
+from bot.jobs.leases import Leases
+from bot.jobs.model import (
+    SLOT_STAGES,
+    InputRefused,
+    Job,
+    JobFailure,
+    JobStatus,
+    Stage,
+    WaitReason,
+    failure_for,
+)
+from bot.jobs.parts import Part, Parts
+from bot.jobs.pipeline import Pipeline
+from bot.jobs.positions import Positions, WaitInfo
+from bot.jobs.settlement import Settlement
+from bot.jobs.slots import SlotLine
+from bot.onemin.circuit import Circuit
+
+log = logging.getLogger(__name__)
+
+CLAIM_LOCK = "jobs:claim"
+# Jobs worked on at once, per slot: while K jobs are with 1min.ai (uploading or
+# upscaling), up to K more are claimed and wait for a slot with their input loaded, and
+# downloads and deliveries overlap the next uploads and upscales. Bounds memory.
+CLAIM_AHEAD = 2
+# Seconds after another process's lease runs out before looking (clocks of a fleet's
+# machines differ a little; a look that comes too early finds nothing and waits again).
+LAPSE_MARGIN = 0.05
+
+
+class Dispatcher(Part):
+    """Claims jobs and starts their work in this process; see the module docstring."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        *,
+        intake: Intake,
+        settlement: Settlement,
+        positions: Positions,
+        circuit: Circuit | None,
+        leases: Leases,
+        pipeline: Pipeline,
+        slots: SlotLine,
+        on_poll: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(parts)
+        self._intake = intake
+        self._settlement = settlement
+        self._positions = positions
+        self._circuit = circuit
+        self._leases = leases
+        self._pipeline = pipeline
+        self._slots = slots
+        self._on_poll = on_poll
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._intakes: dict[str, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._claims = True
+        self._intakes_may_lapse = True  # see _claim_round
+        self._next_lapse: float | None = None  # see _until_next_look
+        self.closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, *, claim: bool = True) -> None:
+        """Renew leases and (with ``claim``) claim and run jobs."""
+        if self._tasks:
+            return
+        self._claims = claim
+        self._tasks = [
+            asyncio.create_task(self._leases.keep(self._stopping), name="jobs-lease"),
+            asyncio.create_task(self._dispatch(), name="jobs-dispatch"),
+        ]
+
+    def on_signal(self, signal: Signal, payload: str) -> None:
+        """A wake-up from the fleet (or this process): a freed slot wakes the head of the
+        slot line; work queued, a job ended (room in the fleet) or the circuit changing
+        wakes the dispatcher. Another process's claim changes nothing here."""
+        if signal is Signal.SLOT:
+            self._slots.freed()
+        elif signal is not Signal.CLAIMED:
+            self._wakeup.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._intakes)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running) + len(self._intakes)
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._running
+
+    def stop_job(self, job_id: str) -> None:
+        """Stop this process's work on a job settled elsewhere (e.g. cancelled)."""
+        task = self._running.get(job_id) or self._intakes.get(job_id)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self, grace: float, *, hand_back: bool = True) -> list[Job]:
+        """Stop claiming; running work gets ``grace`` s; the rest is handed back.
+
+        Returns the jobs handed back (their members are told by the caller). Without
+        ``hand_back`` their leases are left to run out, as a process that died would
+        leave them.
+        """
+        self.closed = True
+        self._wakeup.set()
+        self._stopping.set()
+        # The dispatcher and the lease renewal stop by themselves (they check closed and
+        # stopping): cancelling one in the middle of a database transaction would leave
+        # it open.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        work = [*self._running.values(), *self._intakes.values()]
+        if work:
+            _, still = await asyncio.wait(work, timeout=grace)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        return await self._leases.release_all() if hand_back else []
+
+    # -- looking -----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self.closed:
+            self._wakeup.clear()
+            try:
+                started = await self._claim_round()
+            except Exception:
+                log.warning("Could not claim a job; trying again", exc_info=True)
+                started = False
+            if started:
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._until_next_look())
+            except TimeoutError:
+                # Nothing woke us for a while, or another process's lease ran out: look
+                # around as the wake-ups would have made us (a notification may have
+                # been lost, and a dead process sends none).
+                self._intakes_may_lapse = True
+                if self._on_poll is not None:
+                    with contextlib.suppress(Exception):
+                        await self._on_poll()
+
+    def _until_next_look(self) -> float:
+        """Seconds until the dispatcher looks on its own: the fallback interval, or less
+        when another process's lease runs out sooner (a process that dies wakes nobody)."""
+        wait = self._config.poll_interval
+        lapse, self._next_lapse = self._next_lapse, None
+        if lapse is not None:
+            wait = min(wait, max(0.0, lapse - time.time()) + LAPSE_MARGIN)
+        return wait
+
+    async def _claim_round(self) -> bool:
+        """Claim and start what this process can now; True when it started something.
+
+        Nothing is read while this process has no room for more work. Otherwise one
+        cheap read first says whether a claim's transaction is worth making (most
+        wake-ups in a busy fleet are about jobs other processes hold). Intakes lapse
+        only when a process dies or restarts, so they are looked for at start, on the
+        slow fallback look, and while the last look found some.
+        """
+        job_room = len(self._running) < self._config.max_concurrent * CLAIM_AHEAD
+        intake_room = self._intakes_may_lapse and len(self._intakes) < INTAKE_CONCURRENCY
+        if not self._claims or not (job_room or intake_room) or await self._service_refusing():
+            return False
+        now = time.time()
+        look = await self._store.anything_to_claim(now)
+        jobs, intakes = look.jobs, look.intakes
+        self._intakes_may_lapse = intakes
+        self._next_lapse = look.next_lapse
+        started = False
+        if intakes and intake_room:
+            intake = await self._claim_intake(now)
+            if intake is not None:
+                self._start_intake(intake)
+                started = True
+        if jobs and job_room:
+            job = await self._claim(now)
+            if job is not None:
+                self._start(job)
+                started = True
+        return started
+
+    # -- the circuit -------------------------------------------------------------------
+
+    async def _service_refusing(self) -> bool:
+        """True while the 1min.ai circuit is open: jobs wait in line (see bot.onemin.circuit).
+
+        When it has been open longer than ``circuit_give_up``, waiting jobs are refunded.
+        """
+        if self._circuit is None:
+            return False
+        state = await self._circuit.state()
+        if not state.open:
+            return False
+        if state.open_for > self._config.circuit_give_up:
+            await self._refund_waiting(state.reason or FailureKind.CIRCUIT_OPEN)
+        return True
+
+    async def line_waits(self) -> WaitInfo:
+        """Why the whole line waits (1min.ai refusing the bot's account), and until when
+        it waits at most before it is refunded; None when it does not."""
+        if self._circuit is None:
+            return None
+        state = await self._circuit.state()
+        if not state.open:
+            return None
+        opened = state.opened_at if state.opened_at is not None else time.time()
+        return (WaitReason.SERVICE_REFUSING, opened + self._config.circuit_give_up)
+
+    async def _refund_waiting(self, kind: FailureKind) -> None:
+        rows = await self._store.waiting_rows()
+        for row in rows:
+            job = Job.from_row(row)
+            if await self._settlement.settle_failed(job, kind, owned=False):
+                self._positions.unwatch(job.id)
+                await self._reporter.tell_failed(job, JobFailure(kind))
+        if rows:
+            log.warning("Refunded %d waiting jobs: 1min.ai kept refusing", len(rows))
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def _claim(self, now: float) -> Job | None:
+        """Take the oldest waiting job (or one whose lease ran out) if the fleet works on
+        fewer than ``max_concurrent * CLAIM_AHEAD`` jobs (upscales themselves are limited
+        to ``max_concurrent`` by the slot line: :mod:`bot.jobs.slots`)."""
+        async with self._db.transaction() as tx:
+            await tx.lock(CLAIM_LOCK)
+            if await self._store.live_leases(tx, now) >= self._config.max_concurrent * CLAIM_AHEAD:
+                return None
+            row = await self._store.next_claimable(tx, now)
+            if row is None:
+                return None
+            if not await self._store.claim(tx, row["id"], now, self._config.lease):
+                self._wakeup.set()  # cancelled meanwhile: look again at once
+                return None
+            await self._signals.send(Signal.CLAIMED, row["id"], tx=tx)
+            if row["status"] == JobStatus.RUNNING and row["stage"] in SLOT_STAGES:
+                # Taken over from a dead process that held a slot: the slot is free now
+                # (a dead process frees nothing itself), for whoever waits first.
+                await self._signals.send(Signal.SLOT, tx=tx)
+        job = Job.from_row(row)
+        took_over = row["status"] == JobStatus.RUNNING
+        job.status = JobStatus.RUNNING
+        job.claims += 1
+        job.resumed = bool(row["resume_notice"]) or took_over
+        job.resumed_from = job.stage
+        if job.stage in SLOT_STAGES:
+            job.stage = Stage.QUEUED  # no slot until the slot line gives it one (see CLAIM)
+        if took_over:
+            log.info("Took over job %s (its lease ran out)", job.id)
+        return job
+
+    async def _claim_intake(self, now: float) -> Job | None:
+        """Take over an intake whose process died (its lease ran out)."""
+        async with self._db.transaction() as tx:
+            await tx.lock(CLAIM_LOCK)
+            row = await self._store.next_lapsed_intake(tx, now)
+            if row is None or not await self._store.claim_intake(
+                tx, row["id"], now, self._config.lease
+            ):
+                return None
+        job = Job.from_row(row)
+        job.resumed = True
+        log.info("Taking in job %s again (its intake was cut off)", job.id)
+        return job
+
+    def _start(self, job: Job) -> None:
+        self._positions.unwatch(job.id)
+        self._reporter.started(job)
+        task = asyncio.create_task(self._pipeline.run(job), name=f"upscale-job-{job.id[:8]}")
+        self._running[job.id] = task
+        self._leases.hold(job)
+        task.add_done_callback(lambda _: self._finished(job))
+        self._positions.refresh_soon()
+
+    def _finished(self, job: Job) -> None:
+        self._running.pop(job.id, None)
+        self._leases.release(job.id)
+        self._reporter.left(job.id)
+        self._wakeup.set()
+        if job.stage in SLOT_STAGES:
+            self._slots.freed()  # it ended (failed, stopped) while it held a slot
+
+    def _start_intake(self, job: Job) -> None:
+        task = asyncio.create_task(self._resume_intake(job), name=f"intake-{job.id[:8]}")
+        self._intakes[job.id] = task
+        self._leases.hold_intake(job.id)
+        task.add_done_callback(lambda _: self._intake_done(job.id))
+
+    def _intake_done(self, job_id: str) -> None:
+        self._intakes.pop(job_id, None)
+        self._leases.release_intake(job_id)
+        self._wakeup.set()
+
+    async def _resume_intake(self, job: Job) -> None:
+        """Take in again the image of a job whose intake was cut off."""
+        await self._reporter.tell_resumed(job)
+        try:
+            await self._intake.take_in(job)
+        except InputRefused as exc:
+            await self._reporter.tell_failed(job, failure_for(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("Intake of job %s failed unexpectedly", job.id, exc_info=exc)
+            await self._settlement.failed(job, JobFailure(FailureKind.BUG), exc)

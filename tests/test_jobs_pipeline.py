@@ -1,0 +1,315 @@
+"""The work pipeline alone (:mod:`bot.jobs.pipeline`): fakes instead of 1min.ai, the
+database, the image worker and the settlement.
+
+The fake store records every write that moves a job forward (its stage, what it
+produced, and whether it was made inside the slot's transaction); what the tests check
+is which calls the pipeline makes for a job in each recorded state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from bot.db.signals import Signal
+from bot.failures import FailureKind
+from bot.images.imagework import ResultCheck
+from bot.jobs import Job, JobFailure, JobResult, JobStatus, Stage
+from bot.jobs.pipeline import SLOT_LOCK, Pipeline
+from bot.jobs.slots import SlotLine
+from bot.onemin.client import Unauthorized
+from tests.support.job_parts import Bundle, a_job, config, parts_with
+
+INPUT = b"the prepared input"
+RESULT = b"the upscaled result"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One forward write: the stage, what it recorded, whether inside a transaction."""
+
+    stage: Stage
+    produced: tuple[str | None, str | None, str | None] = (None, None, None)
+    in_tx: bool = False
+
+
+@dataclass
+class PipelineStore:
+    """The statements the pipeline makes; ``refuse`` names a stage whose write finds the
+    job no longer this process's (cancelled, taken over)."""
+
+    slots_taken_now: int = 0
+    refuse: Stage | None = None
+    writes: list[Write] = field(default_factory=list)
+    handed_back: list[tuple[str, str]] = field(default_factory=list)
+
+    async def slots_taken(self, tx: object, job_id: str, now: float) -> int:
+        return self.slots_taken_now
+
+    async def advance(
+        self,
+        job_id: str,
+        stage: Stage,
+        *,
+        tx: object = None,
+        asset_path: str | None = None,
+        result_url: str | None = None,
+        record_id: str | None = None,
+    ) -> bool:
+        if stage is self.refuse:
+            return False
+        self.writes.append(Write(stage, (asset_path, result_url, record_id), tx is not None))
+        return True
+
+    async def read_input(self, job_id: str) -> bytes | None:
+        return INPUT
+
+    async def hand_back(self, job_id: str, why: str) -> bool:
+        self.handed_back.append((job_id, why))
+        return True
+
+
+@dataclass(frozen=True)
+class Record:
+    record_uuid: str
+    temporary_url: str
+
+
+@dataclass
+class FakeOneMin:
+    """1min.ai as the pipeline calls it: every call recorded; ``refusing`` raises it."""
+
+    uploads: list[bytes] = field(default_factory=list)
+    upscales: list[str] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    refusing: Exception | None = None
+
+    async def upload(self, data: bytes, filename: str, content_type: str) -> str:
+        self.uploads.append(data)
+        return "asset/uploaded"
+
+    async def upscale(self, asset_path: str, output_format: str = "png") -> Record:
+        self.upscales.append(asset_path)
+        if self.refusing is not None:
+            raise self.refusing
+        return Record("record-new", "https://cdn.example/result-new.png")
+
+    async def download_to(self, url: str, path: Path, max_bytes: int) -> int:
+        self.downloads.append(url)
+        await asyncio.to_thread(path.write_bytes, RESULT)
+        return len(RESULT)
+
+
+class FakeWorkers:
+    async def check_result(
+        self, result: Path, input_image: bytes | None, input_size: tuple[int, int]
+    ) -> ResultCheck:
+        return ResultCheck("png", (256, 192), None, "no crops in these tests")
+
+
+@dataclass
+class FakeSettlement:
+    """Records how jobs ended: delivered (with the posted message) or failed."""
+
+    settled: list[tuple[str, int | None]] = field(default_factory=list)
+    failures: list[tuple[str, JobFailure]] = field(default_factory=list)
+
+    async def delivered(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
+        self.settled.append((job.id, message_id))
+        return True
+
+    async def failed(
+        self, job: Job, failure: JobFailure, exc: BaseException | None = None, *, tell: bool = True
+    ) -> bool:
+        self.failures.append((job.id, failure))
+        return True
+
+
+@dataclass
+class FakePositions:
+    watched: list[str] = field(default_factory=list)
+
+    def watch(self, job: Job) -> None:
+        self.watched.append(job.id)
+
+    async def refresh(self) -> None:
+        pass
+
+
+@dataclass
+class FakeCircuit:
+    tripped: list[FailureKind] = field(default_factory=list)
+
+    async def trip(self, reason: FailureKind) -> None:
+        self.tripped.append(reason)
+
+
+@dataclass
+class Rig:
+    pipeline: Pipeline
+    store: PipelineStore
+    onemin: FakeOneMin
+    settlement: FakeSettlement
+    positions: FakePositions
+    circuit: FakeCircuit
+    slots: SlotLine
+    bundle: Bundle
+
+
+def make(tmp_path: Path, *, circuit: bool = True) -> Rig:
+    store = PipelineStore()
+    onemin = FakeOneMin()
+    settlement = FakeSettlement()
+    positions = FakePositions()
+    breaker = FakeCircuit()
+    bundle = parts_with(store, config(max_concurrent=2), tmp_path)
+    slots = SlotLine(slots=2, poll_interval=3600.0)
+    pipeline = Pipeline(
+        bundle.parts,
+        onemin=cast(Any, onemin),
+        settlement=cast(Any, settlement),
+        positions=cast(Any, positions),
+        image_workers=cast(Any, FakeWorkers()),
+        circuit=cast(Any, breaker) if circuit else None,
+        slots=slots,
+    )
+    return Rig(pipeline, store, onemin, settlement, positions, breaker, slots, bundle)
+
+
+NEW_URL = "https://cdn.example/result-new.png"
+STORED_URL = "https://cdn.example/result-stored.png"
+
+
+async def test_a_new_job_is_uploaded_upscaled_downloaded_and_delivered(tmp_path: Path) -> None:
+    rig = make(tmp_path)
+    job = a_job()
+    await rig.pipeline.run(job)
+    assert rig.onemin.uploads == [INPUT]
+    assert rig.onemin.upscales == ["asset/uploaded"]
+    assert rig.onemin.downloads == [NEW_URL]
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+
+
+async def test_each_stage_is_recorded_with_what_it_produced(tmp_path: Path) -> None:
+    """The asset when it moves to upscaling, the result's URL and record when it moves
+    to downloading: what a job cut off later continues from."""
+    rig = make(tmp_path)
+    await rig.pipeline.run(a_job())
+    assert rig.store.writes == [
+        Write(Stage.UPLOADING, in_tx=True),
+        Write(Stage.UPSCALING, ("asset/uploaded", None, None)),
+        Write(Stage.DOWNLOADING, (None, NEW_URL, "record-new")),
+        Write(Stage.DELIVERING),
+    ]
+
+
+async def test_the_slot_is_taken_under_the_slot_lock_with_its_stage_write(tmp_path: Path) -> None:
+    """Counting the slots taken and moving the job into one is one transaction under
+    the fleet-wide slot lock, so two processes cannot both take the last slot."""
+    rig = make(tmp_path)
+    await rig.pipeline.run(a_job())
+    assert [tx.locks for tx in rig.bundle.db.transactions] == [[SLOT_LOCK]]
+    assert rig.store.writes[0] == Write(Stage.UPLOADING, in_tx=True)
+
+
+async def test_a_stored_asset_is_upscaled_without_a_second_upload(tmp_path: Path) -> None:
+    """A job resumed after its upload takes a slot straight into upscaling."""
+    rig = make(tmp_path)
+    job = a_job(asset_path="asset/stored", resumed=True, resumed_from=Stage.UPSCALING)
+    await rig.pipeline.run(job)
+    assert rig.onemin.uploads == []
+    assert rig.onemin.upscales == ["asset/stored"]
+    assert rig.store.writes[0] == Write(Stage.UPSCALING, in_tx=True)
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+
+
+async def test_a_stored_result_url_is_downloaded_without_calling_the_upscaler(
+    tmp_path: Path,
+) -> None:
+    """A job resumed after its upscale was recorded takes no slot and calls 1min.ai only
+    for the download of its stored result."""
+    rig = make(tmp_path)
+    job = a_job(
+        asset_path="asset/stored",
+        result_url=STORED_URL,
+        record_id="record-stored",
+        resumed=True,
+        resumed_from=Stage.DOWNLOADING,
+    )
+    await rig.pipeline.run(job)
+    assert (rig.onemin.uploads, rig.onemin.upscales) == ([], [])
+    assert rig.onemin.downloads == [STORED_URL]
+    assert rig.bundle.db.transactions == []
+    assert rig.store.writes == [Write(Stage.DOWNLOADING), Write(Stage.DELIVERING)]
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+
+
+async def test_a_job_waits_for_a_slot_while_every_slot_is_taken(tmp_path: Path) -> None:
+    """Told it waits, it calls nothing until a slot is freed."""
+    rig = make(tmp_path)
+    rig.store.slots_taken_now = 2
+    job = a_job()
+    running = asyncio.create_task(rig.pipeline.run(job))
+    async with asyncio.timeout(5):
+        while Stage.WAITING not in rig.bundle.front.stages(job.id):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert rig.onemin.uploads == [] and rig.store.writes == []
+    rig.store.slots_taken_now = 1
+    rig.slots.freed()
+    async with asyncio.timeout(5):
+        await running
+    assert rig.onemin.uploads == [INPUT]
+
+
+async def test_a_job_refused_its_slot_write_stops_before_calling_1min(tmp_path: Path) -> None:
+    """Cancelled (or taken over) while it waited for a slot: it stops, unsettled here."""
+    rig = make(tmp_path)
+    rig.store.refuse = Stage.UPLOADING
+    await rig.pipeline.run(a_job())
+    assert (rig.onemin.uploads, rig.onemin.upscales) == ([], [])
+    assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
+
+
+async def test_a_job_refused_a_stage_write_stops_at_that_stage(tmp_path: Path) -> None:
+    """Taken over after its upload: it does not upscale, and settles nothing."""
+    rig = make(tmp_path)
+    rig.store.refuse = Stage.UPSCALING
+    await rig.pipeline.run(a_job())
+    assert rig.onemin.uploads == [INPUT] and rig.onemin.upscales == []
+    assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
+
+
+async def test_1min_refusing_the_account_opens_the_circuit_and_hands_the_job_back(
+    tmp_path: Path,
+) -> None:
+    """Not the job's fault: it waits in line again (watched here, the fleet woken, its
+    slot freed), its progress kept, and nothing is refunded."""
+    rig = make(tmp_path)
+    rig.onemin.refusing = Unauthorized("key refused", status=401)
+    job = a_job()
+    await rig.pipeline.run(job)
+    assert rig.circuit.tripped == [FailureKind.UNAUTHORIZED]
+    assert rig.store.handed_back == [(job.id, "1min.ai refused: unauthorized")]
+    assert job.status is JobStatus.QUEUED and job.stage is Stage.UPSCALING
+    assert rig.positions.watched == [job.id]
+    assert rig.bundle.signals.kinds() == [Signal.QUEUED, Signal.SLOT]
+    assert rig.settlement.failures == []
+
+
+async def test_without_a_circuit_1min_refusing_the_account_fails_the_job(tmp_path: Path) -> None:
+    rig = make(tmp_path, circuit=False)
+    rig.onemin.refusing = Unauthorized("key refused", status=401)
+    job = a_job()
+    await rig.pipeline.run(job)
+    assert [(j, f.kind) for j, f in rig.settlement.failures] == [(job.id, FailureKind.UNAUTHORIZED)]
+    assert rig.store.handed_back == []
+
+
+async def test_the_result_file_is_removed_when_the_run_ends(tmp_path: Path) -> None:
+    rig = make(tmp_path)
+    job = a_job()
+    await rig.pipeline.run(job)
+    assert rig.onemin.downloads == [NEW_URL]
+    assert not rig.pipeline.result_path(job).exists()
