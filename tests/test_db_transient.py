@@ -5,17 +5,20 @@ stalled connection through the fault proxy (tests.support.faultproxy), a backend
 ``pg_terminate_backend`` from another connection, two transactions in conflict, a SQLite
 file held locked by another connection or out of pages, a write to ``/dev/full``. Only
 errors the test server cannot be made to send (57P03 while starting up, 53100 disk full)
-are built by hand.
+are built by hand. The last part shows that the PostgreSQL driver gives up on a stalled
+server in bounded time (bot.db.postgres's timeouts) and that asyncpg's pool does not log
+a traceback per reconnection attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,17 @@ import asyncpg
 import pytest
 
 from bot.db import PostgresDatabase, SqliteDatabase
+from bot.db import outages as outages_module
+from bot.db.outages import OutageReporter
 from bot.db.transient import DbOutageKind, db_outage, is_transient
 from tests.support.databases import PG_URL, drop_schema, require_postgres
 from tests.support.faultproxy import FaultProxy
 
 WAIT = 15.0  # seconds a test waits for a condition before it fails
 SHORT = 0.5  # seconds: the driver timeouts of the tests that stall the proxy
+# How long a statement through a stalled proxy may take to fail, at SHORT timeouts: far
+# above what it takes (about 2 x SHORT), far below forever.
+BOUND = 10.0
 
 
 async def raised(call: Awaitable[Any], within: float = WAIT) -> BaseException:
@@ -494,3 +502,178 @@ async def test_bad_sql_naming_a_locked_table_on_sqlite_is_not_transient(
     assert "locked" in str(exc)
     assert_bug(exc)
     assert_bug(await raised(sqlite_db.fetchall("SELEC 1")))
+
+
+# -- the PostgreSQL driver gives up in time --------------------------------------------------
+
+
+@pytest.fixture
+async def short_db(proxy: FaultProxy, schema: str) -> AsyncIterator[PostgresDatabase]:
+    """The bot's PostgreSQL database through the proxy, every timeout ``SHORT``."""
+    db = await PostgresDatabase.connect(
+        proxy.url(PG_URL),
+        schema=schema,
+        migrations=[],
+        command_timeout=SHORT,
+        connect_timeout=SHORT,
+        acquire_timeout=SHORT,
+        close_timeout=SHORT,
+        idle_in_transaction_timeout=SHORT,
+    )
+    yield db
+    await db.close()
+
+
+async def bounded(call: Awaitable[Any]) -> BaseException:
+    """The exception ``call`` raises within :data:`BOUND` seconds."""
+    return await raised(call, BOUND)
+
+
+async def test_a_query_through_a_stalled_proxy_raises_a_transient_timeout_within_the_bound(
+    proxy: FaultProxy, short_db: PostgresDatabase
+) -> None:
+    """A partition does not hang a read: TimeoutError from the command timeout."""
+    await short_db.fetchall("SELECT v FROM t")
+    proxy.stall()
+    exc = await bounded(short_db.fetchall("SELECT v FROM t"))
+    assert_outage(exc, DbOutageKind.TIMEOUT)
+
+
+async def test_a_write_through_a_stalled_proxy_raises_a_transient_timeout_within_the_bound(
+    proxy: FaultProxy, short_db: PostgresDatabase
+) -> None:
+    await short_db.write("UPDATE t SET v = 1")
+    proxy.stall()
+    exc = await bounded(short_db.write("UPDATE t SET v = 2"))
+    assert_outage(exc, DbOutageKind.TIMEOUT)
+
+
+async def test_a_transaction_through_a_stalled_proxy_raises_a_transient_error_within_the_bound(
+    proxy: FaultProxy, short_db: PostgresDatabase
+) -> None:
+    """BEGIN, a statement, and the ROLLBACK after it: none of them hangs."""
+
+    async def transaction() -> None:
+        async with short_db.transaction() as tx:
+            await tx.execute("UPDATE t SET v = 1")
+            proxy.stall()
+            await tx.execute("UPDATE t SET v = 2")
+
+    exc = await bounded(transaction())
+    assert is_transient(exc), repr(exc)
+
+
+async def test_a_transaction_cut_off_by_a_stall_releases_its_locks_on_the_server(
+    proxy: FaultProxy,
+    short_db: PostgresDatabase,
+    connect: Callable[..., Awaitable[asyncpg.Connection]],
+    schema: str,
+) -> None:
+    """The server ends a session idle in its transaction (the bot cannot finish it), so
+    another process can take the row it had locked."""
+    other = await connect(command_timeout=BOUND)
+
+    async def cut_off() -> None:
+        async with short_db.transaction() as tx:
+            await tx.execute("UPDATE t SET v = 1 WHERE id = 1")
+            proxy.stall()
+            await tx.execute("SELECT 1")
+
+    await bounded(cut_off())
+    assert await other.execute(f"UPDATE {schema}.t SET v = 3 WHERE id = 1") == "UPDATE 1"
+
+
+async def test_a_new_connection_through_a_stalled_proxy_times_out_within_the_bound(
+    proxy: FaultProxy, short_db: PostgresDatabase
+) -> None:
+    """With the pool's connection gone (reset) and the server silent, acquiring a new
+    one gives up at the connect timeout."""
+    proxy.refuse()  # until the pool is empty: it reconnects at once otherwise
+    proxy.reset()
+
+    async def pool_empty() -> bool:
+        return short_db.pool.get_size() == 0
+
+    await until(pool_empty)
+    proxy.heal()
+    proxy.stall()  # in the same step: no connection gets through in between
+    exc = await bounded(short_db.fetchall("SELECT v FROM t"))
+    assert_outage(exc, DbOutageKind.TIMEOUT)
+
+
+async def test_waiting_for_a_pooled_connection_gives_up_at_the_acquire_timeout(
+    proxy: FaultProxy, schema: str
+) -> None:
+    """Every connection busy: a caller waits the acquire timeout, not forever."""
+    db = await PostgresDatabase.connect(
+        proxy.url(PG_URL), schema=schema, migrations=[], max_size=1, acquire_timeout=SHORT
+    )
+    try:
+        async with db.transaction():
+            exc = await bounded(db.fetchall("SELECT v FROM t"))
+        assert_outage(exc, DbOutageKind.TIMEOUT)
+    finally:
+        await db.close()
+
+
+async def test_opening_the_database_through_a_stalled_proxy_times_out(
+    proxy: FaultProxy, schema: str
+) -> None:
+    proxy.stall()
+    exc = await bounded(
+        PostgresDatabase.connect(
+            proxy.url(PG_URL), schema=schema, migrations=[], connect_timeout=SHORT
+        )
+    )
+    assert_outage(exc, DbOutageKind.TIMEOUT)
+
+
+async def test_the_database_answers_again_once_the_stall_heals(
+    proxy: FaultProxy, short_db: PostgresDatabase
+) -> None:
+    """After a timed-out statement the pool recovers by itself: the next query works."""
+    proxy.stall()
+    await bounded(short_db.fetchall("SELECT v FROM t"))
+    proxy.heal()
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                rows = await short_db.fetchall("SELECT v FROM t ORDER BY id")
+                break
+            except Exception as exc:
+                assert is_transient(exc), repr(exc)
+                await asyncio.sleep(0.05)
+    assert [row["v"] for row in rows] == [0, 0]
+
+
+# -- asyncpg's pool is quiet -----------------------------------------------------------------
+
+
+@pytest.fixture
+def reporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[OutageReporter]:
+    """A reporter of this test's own (nothing reported by earlier tests held back)."""
+    fresh = OutageReporter()
+    monkeypatch.setattr(outages_module, "_REPORTER", fresh)
+    yield fresh
+
+
+@pytest.mark.usefixtures("reporter")
+async def test_the_pool_failing_to_reconnect_logs_one_line_without_a_traceback(
+    proxy: FaultProxy, short_db: PostgresDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg's "Failed to restore the pool connection floor" (a traceback per attempt)
+    becomes one WARNING line of the outage reporter."""
+    caplog.set_level(logging.INFO)
+    proxy.refuse()
+    proxy.reset()
+
+    async def reported() -> bool:
+        return any("reconnecting the pool's idle connection" in r.message for r in caplog.records)
+
+    await until(reported)
+    line = next(r for r in caplog.records if "reconnecting the pool" in r.message)
+    assert line.levelno == logging.WARNING
+    assert line.name == "bot.db.postgres"
+    assert line.exc_info is None
+    assert line.message.startswith("Database refused the connection while reconnecting")
+    assert not [r for r in caplog.records if r.name == "asyncpg.pool"]
