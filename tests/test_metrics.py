@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from bot.app.metrics import Metrics, ShardStatus
 from bot.app.metrics_http import MetricsEndpoint
 from bot.app.services import Services, open_services
 from bot.app.settings import Secret, Settings
+from bot.db.outages import report_db_outage
+from bot.db.transient import DbOutageKind
 from bot.failures import FailureKind
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, JobContext, PreparedInfo, Source, Stage
@@ -44,6 +49,7 @@ PRODUCT_TABLE = {
     "upscale_circuit_open": ("gauge", set()),
     "upscale_rate_window_used": ("gauge", set()),
     "upscale_event_loop_lag_seconds": ("gauge", set()),
+    "upscale_db_errors": ("counter", {"kind"}),
     "discord_connected": ("gauge", {"shard"}),
     "discord_latency": ("gauge", {"shard"}),
 }
@@ -139,6 +145,29 @@ def test_fixed_label_values_exist_before_any_event() -> None:
     assert outcomes == {"delivered", "failed", "cancelled"}
     assert kinds == {k.value for k in FailureKind} - {"cancelled"}
     assert stages == {"queued", "uploading", "upscaling", "downloading", "delivering"}
+
+
+def test_every_db_outage_kind_is_exported_at_zero_from_the_start() -> None:
+    found = families(Metrics())
+    kinds = {dict(k[1])["kind"]: v for k, v in found["upscale_db_errors"][2].items()}
+    assert kinds == {kind.value: 0 for kind in DbOutageKind}
+
+
+def test_a_db_outage_reported_in_the_process_is_counted_by_kind() -> None:
+    """report_db_outage (bot.db.outages) reaches the metrics, lines held back included."""
+    m = Metrics()
+    for _ in range(3):
+        report_db_outage(logging.getLogger("tests.metrics"), "claiming a job", TimeoutError())
+    samples = families(m)["upscale_db_errors"][2]
+    assert samples[("upscale_db_errors_total", frozenset({("kind", "timeout")}))] == 3
+    assert samples[("upscale_db_errors_total", frozenset({("kind", "refused")}))] == 0
+
+
+def test_the_outage_reporter_does_not_keep_a_bots_metrics_alive() -> None:
+    """Metrics subscribe weakly: those of a bot that is gone are freed."""
+    gone = weakref.ref(Metrics())
+    gc.collect()
+    assert gone() is None
 
 
 def test_no_label_carries_a_job_id() -> None:

@@ -10,14 +10,19 @@ Who feeds what:
 * the job queue, through the four calls of :class:`bot.jobs.metrics.JobMetrics` (jobs
   ended, failures, stage times, credits settled, jobs in flight);
 * the 1min.ai client, through its ``on_request`` hook (:meth:`Metrics.onemin_request`);
+* the database layer's outage reporter (:mod:`bot.db.outages`), which tells every
+  listener of the process the kind of each outage a caller survived: a Metrics subscribes
+  itself (weakly: a bot's metrics go with the bot) to :meth:`Metrics.db_error`. Being the
+  process's, two bots in one process (tests) both count them;
 * the metrics endpoint (:mod:`bot.app.metrics_http`), just before it renders a scrape: the
   fleet-wide gauges read from the database (:meth:`Metrics.set_fleet`) and the gateway
   shards' state (:meth:`Metrics.set_gateway`);
 * :func:`probe_loop_lag`, a light task in the bot's loop (``upscale_event_loop_lag_seconds``).
 
 Labels carry only small fixed sets (outcomes, failure kinds, stages, routes, HTTP
-statuses, credit states, shard numbers): never a member, guild or job id. Everything here
-is cheap (a counter increment takes a lock for a moment) and imports nothing from Discord.
+statuses, credit states, shard numbers, database outage kinds): never a member, guild or
+job id. Everything here is cheap (a counter increment takes a lock for a moment) and
+imports nothing from Discord.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from bot.db.outages import subscribe_outages
+from bot.db.transient import DbOutageKind
 from bot.failures import FailureKind
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, Stage
@@ -156,6 +163,11 @@ class Metrics:
         self.discord_latency = gauge(
             "discord_latency", "That shard's heartbeat latency, seconds.", ["shard"]
         )
+        self.db_errors = counter(
+            "upscale_db_errors_total",
+            "Database outages this process survived, by kind.",
+            ["kind"],
+        )
         # Every fixed label value exists from the start (at 0), so dashboards and rate()
         # see a series before its first event; the children are kept, since looking one
         # up by its labels costs more than the increment itself.
@@ -165,9 +177,11 @@ class Metrics:
         }
         self._stages = {stage: self.stage_seconds.labels(stage.value) for stage in STAGES}
         self._credit_states = {state: self.credits.labels(state) for state in CREDIT_STATES}
+        self._db_kinds = {kind: self.db_errors.labels(kind.value) for kind in DbOutageKind}
         self._requests: dict[tuple[str, int | None], Counter] = {}
         self._runs: dict[str, _Run] = {}
         self._lags: deque[float] = deque(maxlen=LAG_WINDOW_SAMPLES)
+        subscribe_outages(self.db_error, weak=True)
 
     # -- the job queue (bot.jobs.metrics.JobMetrics) -------------------------------------
 
@@ -223,6 +237,12 @@ class Metrics:
             label = NO_ANSWER if status is None else str(status)
             child = self._requests[route, status] = self.onemin_requests.labels(route, label)
         child.inc()
+
+    # -- the database layer's outage reporter ----------------------------------------------
+
+    def db_error(self, kind: DbOutageKind) -> None:
+        """A caller in this process survived a database outage of ``kind``."""
+        self._db_kinds[kind].inc()
 
     # -- set by the endpoint just before a scrape is rendered ---------------------------
 

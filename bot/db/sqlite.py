@@ -136,12 +136,13 @@ class TurnLock:
             self.release()
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    """A connection in autocommit mode (transactions are explicit), rows by column name."""
+async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """A connection in autocommit mode (transactions are explicit), rows by column name,
+    waiting up to ``busy_timeout_ms`` for another connection's lock."""
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     except BaseException:
         await conn.close()
         raise
@@ -186,11 +187,19 @@ class SqliteDatabase(Database):
 
     @classmethod
     async def open_file(
-        cls, path: Path, *, migrations: Iterable[Migration] | None = None
+        cls,
+        path: Path,
+        *,
+        migrations: Iterable[Migration] | None = None,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> SqliteDatabase:
-        """Open (creating the directory and file), configure, and migrate the database."""
+        """Open (creating the directory and file), configure, and migrate the database.
+
+        A statement that finds the file locked by another connection waits
+        ``busy_timeout_ms`` for it, then raises "database is locked" (tests shorten it).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await _connect(path)
+        conn = await _connect(path, busy_timeout_ms)
         try:
             await _set_wal(conn)
             await conn.execute("PRAGMA synchronous = NORMAL")
@@ -205,7 +214,7 @@ class SqliteDatabase(Database):
             # Opened here, not in the task: a connection still being opened when the task
             # is cancelled (a close just after the open) would be left to its thread,
             # which then answers a loop that may be gone.
-            db._checkpoint_conn = await _connect(path)
+            db._checkpoint_conn = await _connect(path, busy_timeout_ms)
             db._checkpoints = asyncio.create_task(
                 _checkpoint_loop(db._checkpoint_conn, db), name="sqlite-wal"
             )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import re
 import sqlite3
 
 import asyncpg
@@ -66,13 +67,25 @@ _PG_STATES: dict[str, DbOutageKind] = {
     "53100": DbOutageKind.DISK_FULL,
     "25006": DbOutageKind.RESET,  # read_only_sql_transaction: still on the old primary
 }
+_SQLITE_CODES: dict[int, DbOutageKind] = {
+    5: DbOutageKind.LOCKED,  # SQLITE_BUSY: another connection holds the lock
+    6: DbOutageKind.LOCKED,  # SQLITE_LOCKED: a table locked within this connection's cache
+    13: DbOutageKind.DISK_FULL,  # SQLITE_FULL: "database or disk is full"
+}
 _RESET_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOTCONN}
 _REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+_MULTIPLE = "Multiple exceptions: "
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
 
 
 def db_outage(exc: BaseException) -> DbOutageKind | None:
-    """The kind of database outage ``exc`` (or what caused it) is; None for anything else
-    (a bug, a constraint violation, bad SQL)."""
+    """The kind of database outage ``exc`` (or what it was raised from) is; None for
+    anything else (a bug, a constraint violation, bad SQL).
+
+    Only explicit causes (``raise ... from``) are followed, not the exception being
+    handled when ``exc`` was raised: a bug in an ``except`` block that handles an outage
+    is still a bug.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -80,7 +93,7 @@ def db_outage(exc: BaseException) -> DbOutageKind | None:
         kind = _kind_of(current)
         if kind is not None:
             return kind
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return None
 
 
@@ -95,21 +108,15 @@ def _kind_of(exc: BaseException) -> DbOutageKind | None:
         state = getattr(exc, "sqlstate", None)
         return _PG_STATES.get(state) if isinstance(state, str) else None
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
-        # "connection is closed", "connection was closed in the middle of operation",
-        # "pool is closing" (a reconnect is under way): the connection went away.
+        # "connection is closed" (lost under the bot), "... the underlying connection is
+        # closed", "pool is closing" / "pool is closed" (this process is shutting down:
+        # nothing to fail, the work is left to whoever takes it over).
         text = str(exc).lower()
         if "closed" in text or "closing" in text:
             return DbOutageKind.RESET
         return None
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            return DbOutageKind.LOCKED
-        if "disk is full" in text or "disk full" in text:
-            return DbOutageKind.DISK_FULL
-        return None
-    if isinstance(exc, sqlite3.DatabaseError) and "disk is full" in str(exc).lower():
-        return DbOutageKind.DISK_FULL
+    if isinstance(exc, sqlite3.Error):
+        return _sqlite_kind(exc)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return DbOutageKind.TIMEOUT
     if isinstance(exc, ConnectionRefusedError):
@@ -117,15 +124,50 @@ def _kind_of(exc: BaseException) -> DbOutageKind | None:
     if isinstance(exc, ConnectionError | EOFError):
         return DbOutageKind.RESET
     if isinstance(exc, OSError):
-        if exc.errno == errno.ENOSPC:
-            return DbOutageKind.DISK_FULL
-        if exc.errno in _REFUSED_ERRNOS:
-            return DbOutageKind.REFUSED
-        if exc.errno in _RESET_ERRNOS:
-            return DbOutageKind.RESET
-        if exc.errno == errno.ETIMEDOUT:
-            return DbOutageKind.TIMEOUT
-        # socket.gaierror (the host name does not resolve): the network, for now.
-        if exc.errno is not None and exc.errno < 0:
-            return DbOutageKind.REFUSED
+        if exc.errno is None and str(exc).startswith(_MULTIPLE):
+            return _multiple_kind(str(exc))
+        return _errno_kind(exc.errno)
     return None
+
+
+def _sqlite_kind(exc: sqlite3.Error) -> DbOutageKind | None:
+    """By SQLite's result code (its primary part: the low byte of an extended code), not
+    by the text: "no such table: locked_jobs" is bad SQL, not a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return _SQLITE_CODES.get(code & 0xFF)
+    # Raised by hand (no result code): SQLite's own wording.
+    text = str(exc).lower()
+    if text.startswith(("database is locked", "database table is locked")):
+        return DbOutageKind.LOCKED
+    if text.startswith("database or disk is full"):
+        return DbOutageKind.DISK_FULL
+    return None
+
+
+def _errno_kind(number: int | None) -> DbOutageKind | None:
+    if number is None:
+        return None
+    if number == errno.ENOSPC:
+        return DbOutageKind.DISK_FULL
+    if number in _REFUSED_ERRNOS:
+        return DbOutageKind.REFUSED
+    if number in _RESET_ERRNOS:
+        return DbOutageKind.RESET
+    if number == errno.ETIMEDOUT:
+        return DbOutageKind.TIMEOUT
+    # socket.gaierror (the host name does not resolve): the network, for now.
+    if number < 0:
+        return DbOutageKind.REFUSED
+    return None
+
+
+def _multiple_kind(text: str) -> DbOutageKind | None:
+    """asyncio's connect to a host with several addresses (``localhost`` as ``::1`` and
+    ``127.0.0.1``, a name with A and AAAA records) raises one ``OSError`` with no errno,
+    "Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432, 0, 0), [Errno
+    111] ...": an outage when every address failed with one."""
+    kinds = [_errno_kind(int(number)) for number in _ERRNO_IN_TEXT.findall(text)]
+    if not kinds or None in kinds:
+        return None
+    return DbOutageKind.REFUSED if DbOutageKind.REFUSED in kinds else kinds[0]
