@@ -128,6 +128,7 @@ def message_link(guild_id: int, message: discord.Message) -> str:
 
 
 ShowCheck = Callable[[], Awaitable[bool]]
+ShowUntil = Callable[[], float | None]
 
 
 class ProgressDisplay:
@@ -142,7 +143,9 @@ class ProgressDisplay:
     Every edit is guarded: right before sending it, ``may_show`` reads the job's recorded
     state, and an edit for a job that another process claimed, or that has ended, is
     dropped and the display closed. A throttled edit that was waiting when the result
-    was posted elsewhere therefore never replaces the result.
+    was posted elsewhere therefore never replaces the result. And each edit, with the
+    HTTP client's retries after a 429 or a 5xx, is cut off at ``until()`` (this process's
+    lease on the job: a worker that lost the job sends nothing after it lapsed).
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class ProgressDisplay:
         may_show: ShowCheck,
         interval: float = PROGRESS_INTERVAL,
         first_delay: float = FIRST_PROGRESS_DELAY,
+        until: ShowUntil = lambda: None,
     ) -> None:
         self._replies = replies
+        self._until = until
         self._target = target
         self._job_id = job_id
         self._may_show = may_show
@@ -215,8 +220,13 @@ class ProgressDisplay:
                 return
             shown, text = self._latest, self._render()
             view = self._view() if shown[1] else None
+            until = self._until()
             try:
-                message = await self._replies.edit(self._target, content=text, view=view)
+                async with asyncio.timeout(None if until is None else until - time.time()):
+                    message = await self._replies.edit(self._target, content=text, view=view)
+            except TimeoutError:
+                log.info("Job %s: progress edit cut off (its lease ends)", self._job_id)
+                message = None
             except discord.HTTPException as exc:
                 log.info("Progress edit failed (%s); no more progress for this job", exc.status)
                 message = None
@@ -291,6 +301,7 @@ class DiscordFrontEnd:
                 may_show,
                 self.progress_interval,
                 self.first_progress_delay,
+                until=lambda: queue.acting_until(job.id),
             )
             self._displays[job.id] = display
         return display

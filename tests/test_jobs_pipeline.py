@@ -9,6 +9,7 @@ is which calls the pipeline makes for a job in each recorded state.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +18,7 @@ from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.images.imagework import ResultCheck
 from bot.jobs import Job, JobFailure, JobResult, JobStatus, Stage
+from bot.jobs.leases import Leases
 from bot.jobs.pipeline import SLOT_LOCK, Pipeline
 from bot.jobs.slots import SlotLine
 from bot.onemin.client import Unauthorized
@@ -44,6 +46,11 @@ class PipelineStore:
     refuse: Stage | None = None
     writes: list[Write] = field(default_factory=list)
     handed_back: list[tuple[str, str]] = field(default_factory=list)
+    outages: int = 0  # the next forward writes that meet a database outage
+    stored: dict[str, Any] = field(default_factory=dict)  # products kept since the claim
+    salvaged: list[tuple[str | None, str | None, str | None]] = field(default_factory=list)
+    taken_over: bool = False  # a lapsed lease's confirmation fails
+    confirms: int = 0
 
     async def slots_taken(self, tx: object, job_id: str, now: float) -> int:
         return self.slots_taken_now
@@ -51,22 +58,48 @@ class PipelineStore:
     async def advance(
         self,
         job_id: str,
+        claim: int,
         stage: Stage,
         *,
+        lease_until: float,
         tx: object = None,
         asset_path: str | None = None,
         result_url: str | None = None,
         record_id: str | None = None,
     ) -> bool:
-        if stage is self.refuse:
+        if self.outages:
+            self.outages -= 1
+            raise ConnectionResetError("the database went away")
+        if stage is self.refuse or self.taken_over:
             return False
         self.writes.append(Write(stage, (asset_path, result_url, record_id), tx is not None))
         return True
 
+    async def products(self, tx: object, job_id: str) -> dict[str, Any]:
+        return {"asset_path": None, "result_url": None, "record_id": None, **self.stored}
+
+    async def salvage(
+        self,
+        job_id: str,
+        *,
+        asset_path: str | None = None,
+        result_url: str | None = None,
+        record_id: str | None = None,
+    ) -> bool:
+        self.salvaged.append((asset_path, result_url, record_id))
+        return True
+
+    async def confirm_lease(self, job_id: str, claim: int, lease_until: float) -> bool:
+        self.confirms += 1
+        return not self.taken_over
+
+    async def renew(self, lease_until: float, now: float) -> int:
+        return 1
+
     async def read_input(self, job_id: str) -> bytes | None:
         return INPUT
 
-    async def hand_back(self, job_id: str, why: str) -> bool:
+    async def hand_back(self, job_id: str, claim: int, why: str) -> bool:
         self.handed_back.append((job_id, why))
         return True
 
@@ -146,6 +179,10 @@ class FakeCircuit:
         self.tripped.append(reason)
 
 
+class IdleIntake:
+    busy = False
+
+
 @dataclass
 class Rig:
     pipeline: Pipeline
@@ -156,6 +193,12 @@ class Rig:
     circuit: FakeCircuit
     slots: SlotLine
     bundle: Bundle
+    leases: Leases
+
+    async def run(self, job: Job, *, lease_ends_in: float = 30.0) -> None:
+        """Run ``job`` as the dispatcher would: held here, its lease ending so soon."""
+        self.leases.hold(job, time.time() + lease_ends_in)
+        await self.pipeline.run(job)
 
 
 def make(tmp_path: Path, *, circuit: bool = True) -> Rig:
@@ -166,6 +209,7 @@ def make(tmp_path: Path, *, circuit: bool = True) -> Rig:
     breaker = FakeCircuit()
     bundle = parts_with(store, config(max_concurrent=2), tmp_path)
     slots = SlotLine(slots=2, poll_interval=3600.0)
+    leases = Leases(bundle.parts, intake=cast(Any, IdleIntake()))
     pipeline = Pipeline(
         bundle.parts,
         onemin=cast(Any, onemin),
@@ -174,8 +218,9 @@ def make(tmp_path: Path, *, circuit: bool = True) -> Rig:
         image_workers=cast(Any, FakeWorkers()),
         circuit=cast(Any, breaker) if circuit else None,
         slots=slots,
+        leases=leases,
     )
-    return Rig(pipeline, store, onemin, settlement, positions, breaker, slots, bundle)
+    return Rig(pipeline, store, onemin, settlement, positions, breaker, slots, bundle, leases)
 
 
 NEW_URL = "https://cdn.example/result-new.png"
@@ -185,7 +230,7 @@ STORED_URL = "https://cdn.example/result-stored.png"
 async def test_a_new_job_is_uploaded_upscaled_downloaded_and_delivered(tmp_path: Path) -> None:
     rig = make(tmp_path)
     job = a_job()
-    await rig.pipeline.run(job)
+    await rig.run(job)
     assert rig.onemin.uploads == [INPUT]
     assert rig.onemin.upscales == ["asset/uploaded"]
     assert rig.onemin.downloads == [NEW_URL]
@@ -196,7 +241,7 @@ async def test_each_stage_is_recorded_with_what_it_produced(tmp_path: Path) -> N
     """The asset when it moves to upscaling, the result's URL and record when it moves
     to downloading: what a job cut off later continues from."""
     rig = make(tmp_path)
-    await rig.pipeline.run(a_job())
+    await rig.run(a_job())
     assert rig.store.writes == [
         Write(Stage.UPLOADING, in_tx=True),
         Write(Stage.UPSCALING, ("asset/uploaded", None, None)),
@@ -209,7 +254,7 @@ async def test_the_slot_is_taken_under_the_slot_lock_with_its_stage_write(tmp_pa
     """Counting the slots taken and moving the job into one is one transaction under
     the fleet-wide slot lock, so two processes cannot both take the last slot."""
     rig = make(tmp_path)
-    await rig.pipeline.run(a_job())
+    await rig.run(a_job())
     assert [tx.locks for tx in rig.bundle.db.transactions] == [[SLOT_LOCK]]
     assert rig.store.writes[0] == Write(Stage.UPLOADING, in_tx=True)
 
@@ -218,7 +263,7 @@ async def test_a_stored_asset_is_upscaled_without_a_second_upload(tmp_path: Path
     """A job resumed after its upload takes a slot straight into upscaling."""
     rig = make(tmp_path)
     job = a_job(asset_path="asset/stored", resumed=True, resumed_from=Stage.UPSCALING)
-    await rig.pipeline.run(job)
+    await rig.run(job)
     assert rig.onemin.uploads == []
     assert rig.onemin.upscales == ["asset/stored"]
     assert rig.store.writes[0] == Write(Stage.UPSCALING, in_tx=True)
@@ -238,7 +283,7 @@ async def test_a_stored_result_url_is_downloaded_without_calling_the_upscaler(
         resumed=True,
         resumed_from=Stage.DOWNLOADING,
     )
-    await rig.pipeline.run(job)
+    await rig.run(job)
     assert (rig.onemin.uploads, rig.onemin.upscales) == ([], [])
     assert rig.onemin.downloads == [STORED_URL]
     assert rig.bundle.db.transactions == []
@@ -251,7 +296,7 @@ async def test_a_job_waits_for_a_slot_while_every_slot_is_taken(tmp_path: Path) 
     rig = make(tmp_path)
     rig.store.slots_taken_now = 2
     job = a_job()
-    running = asyncio.create_task(rig.pipeline.run(job))
+    running = asyncio.create_task(rig.run(job))
     async with asyncio.timeout(5):
         while Stage.WAITING not in rig.bundle.front.stages(job.id):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -267,7 +312,7 @@ async def test_a_job_refused_its_slot_write_stops_before_calling_1min(tmp_path: 
     """Cancelled (or taken over) while it waited for a slot: it stops, unsettled here."""
     rig = make(tmp_path)
     rig.store.refuse = Stage.UPLOADING
-    await rig.pipeline.run(a_job())
+    await rig.run(a_job())
     assert (rig.onemin.uploads, rig.onemin.upscales) == ([], [])
     assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
 
@@ -276,7 +321,7 @@ async def test_a_job_refused_a_stage_write_stops_at_that_stage(tmp_path: Path) -
     """Taken over after its upload: it does not upscale, and settles nothing."""
     rig = make(tmp_path)
     rig.store.refuse = Stage.UPSCALING
-    await rig.pipeline.run(a_job())
+    await rig.run(a_job())
     assert rig.onemin.uploads == [INPUT] and rig.onemin.upscales == []
     assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
 
@@ -289,7 +334,7 @@ async def test_1min_refusing_the_account_opens_the_circuit_and_hands_the_job_bac
     rig = make(tmp_path)
     rig.onemin.refusing = Unauthorized("key refused", status=401)
     job = a_job()
-    await rig.pipeline.run(job)
+    await rig.run(job)
     assert rig.circuit.tripped == [FailureKind.UNAUTHORIZED]
     assert rig.store.handed_back == [(job.id, "1min.ai refused: unauthorized")]
     assert job.status is JobStatus.QUEUED and job.stage is Stage.UPSCALING
@@ -302,7 +347,7 @@ async def test_without_a_circuit_1min_refusing_the_account_fails_the_job(tmp_pat
     rig = make(tmp_path, circuit=False)
     rig.onemin.refusing = Unauthorized("key refused", status=401)
     job = a_job()
-    await rig.pipeline.run(job)
+    await rig.run(job)
     assert [(j, f.kind) for j, f in rig.settlement.failures] == [(job.id, FailureKind.UNAUTHORIZED)]
     assert rig.store.handed_back == []
 
@@ -310,6 +355,82 @@ async def test_without_a_circuit_1min_refusing_the_account_fails_the_job(tmp_pat
 async def test_the_result_file_is_removed_when_the_run_ends(tmp_path: Path) -> None:
     rig = make(tmp_path)
     job = a_job()
-    await rig.pipeline.run(job)
+    await rig.run(job)
     assert rig.onemin.downloads == [NEW_URL]
     assert not rig.pipeline.result_path(job).exists()
+
+
+# -- a database that blinks, and a worker that lost its job ------------------------------
+
+
+async def test_a_forward_write_met_by_an_outage_is_tried_again_and_the_job_delivered(
+    tmp_path: Path,
+) -> None:
+    """The database does not answer three times: the job waits instead of dying, and
+    1min.ai is called once."""
+    rig = make(tmp_path)
+    rig.store.outages = 3
+    job = a_job()
+    await rig.run(job)
+    assert rig.onemin.upscales == ["asset/uploaded"]
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+    assert rig.settlement.failures == []
+
+
+async def test_a_paid_result_the_job_lost_is_kept_for_its_new_holder(tmp_path: Path) -> None:
+    """Taken over while its upscale ran: the write that names its claim fails, and what
+    the paid call made is kept with the job instead of thrown away."""
+    rig = make(tmp_path)
+    rig.store.refuse = Stage.DOWNLOADING
+    await rig.run(a_job())
+    assert rig.onemin.upscales == ["asset/uploaded"]
+    assert rig.store.salvaged == [(None, NEW_URL, "record-new")]
+    assert rig.onemin.downloads == [] and rig.settlement.settled == []
+
+
+async def test_a_result_kept_by_the_jobs_previous_worker_is_not_paid_for_again(
+    tmp_path: Path,
+) -> None:
+    """The row read again with the slot holds a result the previous worker kept: no
+    upload, no upscale; the kept result is downloaded and delivered."""
+    rig = make(tmp_path)
+    rig.store.stored = {"asset_path": "asset/old", "result_url": STORED_URL, "record_id": "r"}
+    job = a_job()
+    await rig.run(job)
+    assert (rig.onemin.uploads, rig.onemin.upscales) == ([], [])
+    assert rig.onemin.downloads == [STORED_URL]
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+
+
+async def test_a_worker_whose_lease_lapsed_and_was_taken_over_calls_nothing(
+    tmp_path: Path,
+) -> None:
+    """Its lease lapsed (renewals failed) and another process took the job: its next
+    write names its claim and changes nothing, and it stops: no upscale, no delivery."""
+    rig = make(tmp_path)
+    rig.store.taken_over = True
+    job = a_job(asset_path="asset/stored", resumed=True, resumed_from=Stage.UPSCALING)
+    await rig.run(job, lease_ends_in=-1.0)
+    assert rig.onemin.upscales == []
+    assert rig.bundle.front.posted == []
+    assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
+
+
+async def test_a_lapsed_lease_nobody_took_is_kept_by_the_next_write_and_the_job_goes_on(
+    tmp_path: Path,
+) -> None:
+    rig = make(tmp_path)
+    job = a_job(asset_path="asset/stored", resumed=True, resumed_from=Stage.UPSCALING)
+    await rig.run(job, lease_ends_in=-1.0)
+    assert rig.onemin.upscales == ["asset/stored"]
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+
+
+async def test_progress_is_not_shown_by_a_worker_whose_lease_is_not_known_to_hold(
+    tmp_path: Path,
+) -> None:
+    rig = make(tmp_path)
+    rig.store.taken_over = True
+    job = a_job(asset_path="asset/stored", resumed=True, resumed_from=Stage.UPSCALING)
+    await rig.run(job, lease_ends_in=-1.0)
+    assert rig.bundle.front.stages(job.id) == []

@@ -25,6 +25,10 @@ that way, so this layer imports nothing of the app.
 
 ``doing`` is a fixed phrase ("renewing job leases"), never with an id in it: it is part
 of what makes two lines "the same".
+
+:func:`through_outages` is the one loop that keeps trying a database operation through
+an outage (a job's forward write: the job must not die of it), reporting each failure
+this way and waiting with backoff (:mod:`bot.retry`) between tries.
 """
 
 from __future__ import annotations
@@ -33,18 +37,22 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from bot.db.transient import DbOutageKind, db_outage
+from bot.db.transient import DbOutageKind, db_outage, is_transient
+from bot.retry import Backoff, retry
 
 __all__ = [
+    "OUTAGE_BACKOFF",
     "REPORT_WINDOW",
     "OutageListener",
     "OutageReporter",
     "report_db_failure",
     "report_db_outage",
     "subscribe_outages",
+    "through_outages",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,11 @@ MAX_MESSAGE = 300  # characters of an error's message kept in a line
 _PRUNE_AT = 1_000  # lines remembered before old ones are forgotten
 
 OutageListener = Callable[[DbOutageKind], None]
+# Waits between tries of an operation through an outage: short, so that the holder of a
+# job writes as soon as the database answers again (before a lapsed lease is taken over).
+OUTAGE_BACKOFF = Backoff(base=0.1, cap=1.0)
+
+_T = TypeVar("_T")
 
 # How each kind reads at the start of a line.
 _WHAT: dict[DbOutageKind, str] = {
@@ -191,3 +204,25 @@ def subscribe_outages(listener: OutageListener, *, weak: bool = False) -> Callab
     """Hear the kind of every outage this process reports (see
     :meth:`OutageReporter.subscribe`); returns the call that unsubscribes."""
     return _REPORTER.subscribe(listener, weak=weak)
+
+
+async def through_outages(
+    call: Callable[[], Awaitable[_T]],
+    *,
+    logger: logging.Logger,
+    doing: str,
+    still: Callable[[], bool] | None = None,
+    backoff: Backoff = OUTAGE_BACKOFF,
+) -> _T:
+    """Await ``call()`` until it returns, trying again after each transient database
+    error (reported with :func:`report_db_outage`) while ``still()`` says it is worth it
+    (default: always). Anything else, or a transient error once ``still()`` is False,
+    is raised."""
+
+    def wait(exc: Exception, failures: int) -> float | None:
+        if not is_transient(exc) or (still is not None and not still()):
+            return None
+        report_db_outage(logger, doing, exc)
+        return backoff.delay(failures)
+
+    return await retry(call, Exception, wait)

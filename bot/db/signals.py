@@ -33,6 +33,8 @@ from enum import StrEnum
 from typing import Any
 
 from bot.db import Database, PostgresDatabase, Transaction
+from bot.db.outages import report_db_outage
+from bot.db.transient import is_transient
 from bot.retry import Backoff
 from bot.timings import FALLBACK_POLL as FALLBACK_POLL  # re-exported: the queue and circuit use it
 
@@ -95,8 +97,9 @@ class Signals:
         self._closed = False
         try:
             await self._listen()
-        except Exception:
-            log.warning("Could not LISTEN for wake-ups; polling until it can", exc_info=True)
+        except Exception as exc:
+            # Polling until it can (the keeper below listens again).
+            report_db_outage(log, "starting to listen for wake-ups", exc)
         self._keeper = asyncio.create_task(self._keep_listening(), name="signals-listen")
 
     async def close(self) -> None:
@@ -111,16 +114,24 @@ class Signals:
     async def send(
         self, signal: Signal, payload: str = "", *, tx: Transaction | None = None
     ) -> None:
-        """Wake the fleet. Inside ``tx`` it is delivered when that transaction commits."""
+        """Wake the fleet. Inside ``tx`` it is delivered when that transaction commits;
+        outside one, a database outage loses the wake-up (the fallback polls make up for
+        it) instead of failing the caller."""
         if not self.remote:
             self._deliver(signal, payload)
             return
-        channel = await self._channel_name()
         message = f"{signal.value}:{payload}"
         if tx is not None:
-            await tx.execute("SELECT pg_notify(?, ?)", (channel, message))
-        else:
+            await tx.execute("SELECT pg_notify(?, ?)", (await self._channel_name(), message))
+            return
+        try:
+            channel = await self._channel_name()
             await self._db.fetchone("SELECT pg_notify(?, ?)", (channel, message))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # A wake-up is a hint: whoever misses it looks again on its fallback poll.
+            report_db_outage(log, "sending a wake-up", exc)
 
     # -- receiving ---------------------------------------------------------------------
 

@@ -23,12 +23,13 @@ longer than ``circuit_give_up``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.db.outages import report_db_outage
 from bot.db.signals import Signal
+from bot.db.transient import is_transient
 from bot.failures import FailureKind
 from bot.jobs.intake import INTAKE_CONCURRENCY, Intake
 from bot.jobs.leases import Leases
@@ -164,8 +165,8 @@ class Dispatcher(Part):
             self._wakeup.clear()
             try:
                 started = await self._claim_round()
-            except Exception:
-                log.warning("Could not claim a job; trying again", exc_info=True)
+            except Exception as exc:
+                report_db_outage(log, "claiming a job", exc)
                 started = False
             if started:
                 continue
@@ -177,8 +178,10 @@ class Dispatcher(Part):
                 # been lost, and a dead process sends none).
                 self._intakes_may_lapse = True
                 if self._on_poll is not None:
-                    with contextlib.suppress(Exception):
+                    try:
                         await self._on_poll()
+                    except Exception as exc:
+                        report_db_outage(log, "reading the queue", exc)
 
     def _until_next_look(self) -> float:
         """Seconds until the dispatcher looks on its own: the fallback interval, or less
@@ -279,6 +282,7 @@ class Dispatcher(Part):
                 # (a dead process frees nothing itself), for whoever waits first.
                 await self._signals.send(Signal.SLOT, tx=tx)
         job = Job.from_row(row)
+        job.lease_until = now + self._config.lease
         took_over = row["status"] == JobStatus.RUNNING
         job.status = JobStatus.RUNNING
         job.claims += 1
@@ -300,36 +304,53 @@ class Dispatcher(Part):
             ):
                 return None
         job = Job.from_row(row)
+        job.claims += 1
         job.resumed = True
         log.info("Taking in job %s again (its intake was cut off)", job.id)
         return job
 
     def _start(self, job: Job) -> None:
+        stale = self._running.get(job.id)
+        if stale is not None:
+            # This process took over its own job: its lease lapsed while the database did
+            # not answer. The old run lost its claim (its writes change nothing); stop it.
+            log.info("Job %s: its earlier run here lost its lease and stops", job.id)
+            stale.cancel()
         self._positions.unwatch(job.id)
         self._reporter.started(job)
         task = asyncio.create_task(self._pipeline.run(job), name=f"upscale-job-{job.id[:8]}")
         self._running[job.id] = task
-        self._leases.hold(job)
-        task.add_done_callback(lambda _: self._finished(job))
+        self._leases.hold(job, job.lease_until)
+        task.add_done_callback(lambda done: self._finished(job, done))
         self._positions.refresh_soon()
 
-    def _finished(self, job: Job) -> None:
-        self._running.pop(job.id, None)
-        self._leases.release(job.id)
-        self._reporter.left(job.id)
+    def _finished(self, job: Job, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # The pipeline settles or stops every job itself: this is a bug.
+            log.error("Job %s's run ended by an error", job.id, exc_info=task.exception())
+        if self._running.get(job.id) is task:
+            del self._running[job.id]
+            self._reporter.left(job.id)
+        self._leases.release(job)
         self._wakeup.set()
         if job.stage in SLOT_STAGES:
             self._slots.freed()  # it ended (failed, stopped) while it held a slot
 
     def _start_intake(self, job: Job) -> None:
+        stale = self._intakes.get(job.id)
+        if stale is not None:
+            stale.cancel()  # its earlier intake here lost its lease (see _start)
         task = asyncio.create_task(self._resume_intake(job), name=f"intake-{job.id[:8]}")
         self._intakes[job.id] = task
         self._leases.hold_intake(job.id)
-        task.add_done_callback(lambda _: self._intake_done(job.id))
+        task.add_done_callback(lambda done: self._intake_done(job.id, done))
 
-    def _intake_done(self, job_id: str) -> None:
-        self._intakes.pop(job_id, None)
-        self._leases.release_intake(job_id)
+    def _intake_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("The intake of job %s ended by an error", job_id, exc_info=task.exception())
+        if self._intakes.get(job_id) is task:
+            del self._intakes[job_id]
+            self._leases.release_intake(job_id)
         self._wakeup.set()
 
     async def _resume_intake(self, job: Job) -> None:
@@ -342,5 +363,8 @@ class Dispatcher(Part):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_transient(exc):
+                report_db_outage(log, "taking a job's image in", exc)  # its lease lapses
+                return
             log.error("Intake of job %s failed unexpectedly", job.id, exc_info=exc)
             await self._settlement.failed(job, JobFailure(FailureKind.BUG), exc)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +34,7 @@ from typing import NoReturn
 
 from bot import images
 from bot.db import utc_now
+from bot.db.outages import through_outages
 from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.i18n import Text
@@ -202,10 +204,13 @@ class Intake(Part):
         except images.ImageRejected as exc:
             await self._refuse(job, FailureKind.INPUT_INVALID, exc.text)
         info = PreparedInfo.of(prepared)
-        async with self._db.transaction(urgent=True) as tx:
-            stored = await self._store.taken_in(tx, job, info, prepared.data)
-            if stored:
-                await self._signals.send(Signal.QUEUED, tx=tx)
+        # Through a database outage the image waits here (the job is recorded and its
+        # credit reserved: it must not die of it); the write names the intake's claim.
+        stored = await through_outages(
+            functools.partial(self._store_input, job, info, prepared.data),
+            logger=log,
+            doing="storing a job's image",
+        )
         del prepared
         if not stored:
             log.info("Job %s was cancelled or taken over during its intake", job.id)
@@ -217,6 +222,13 @@ class Intake(Part):
         self._positions.watch(job)
         await self._positions.refresh()
         return True
+
+    async def _store_input(self, job: Job, info: PreparedInfo, data: bytes) -> bool:
+        async with self._db.transaction(urgent=True) as tx:
+            stored = await self._store.taken_in(tx, job, info, data)
+            if stored:
+                await self._signals.send(Signal.QUEUED, tx=tx)
+        return stored
 
     async def _refuse(self, job: Job, kind: FailureKind, text: Text) -> NoReturn:
         """Fail and refund the job for its image; raises :class:`InputRefused`."""

@@ -259,7 +259,8 @@ class Job:
     asset_path: str | None = None
     result_url: str | None = None
     record_id: str | None = None  # 1min.ai's aiRecord uuid of the upscale
-    claims: int = 0  # how many times a process took it on
+    claims: int = 0  # how many times a process took it on: the claim that holds it (fencing)
+    lease_until: float = 0.0  # the lease end its claim wrote (Unix seconds; not stored as such)
     resumed: bool = False  # this run continues one a restart or a dead process cut off
     resumed_from: Stage | None = None  # the stage recorded when this process claimed it
 

@@ -12,9 +12,20 @@ wait in line.
 
 Before it calls 1min.ai the job takes an upscale slot (:mod:`bot.jobs.slots`), reading
 its input meanwhile. Every write that moves a job forward goes through one method,
-:meth:`Pipeline._record`: it changes the job only while this process holds its lease,
-and raises :class:`~bot.jobs.model.Stopped` when it does not (the job was cancelled, or
-taken over by another process).
+:meth:`Pipeline._record`: it names the job's claim, so it changes the job only while this
+process still holds it, and raises :class:`~bot.jobs.model.Stopped` when it does not (the
+job was cancelled, or taken over by another process or by this one).
+
+A database that blinks costs nothing (:mod:`bot.db.transient`): every database operation
+of a job is tried again through an outage (:func:`bot.db.outages.through_outages`), so
+the job waits instead of dying, and what a paid call produced (the uploaded asset, the
+upscaler's record and result URL, the downloaded file) is kept in memory and recorded
+when the database answers again; the upscaler is never called again for it. If the job
+was taken over meanwhile, what the call produced is still kept with the job for its new
+holder (:meth:`bot.jobs.store.JobStore.salvage`), which reads it again right before its
+own paid call. The fence (:mod:`bot.jobs.leases`): before a paid call and before the
+delivery this process confirms it still holds the job, the delivery runs only while its
+lease holds, and progress is reported only while it is known to hold.
 """
 
 from __future__ import annotations
@@ -29,9 +40,12 @@ from typing import TypeVar
 
 from bot import images
 from bot.db import Transaction
+from bot.db.outages import report_db_outage, through_outages
 from bot.db.signals import Signal
+from bot.db.transient import is_transient
 from bot.failures import FailureKind
 from bot.images.workers import ImageWorkers, ResultUnusable
+from bot.jobs.leases import Leases
 from bot.jobs.model import (
     Job,
     JobFailed,
@@ -75,8 +89,10 @@ class Pipeline(Part):
         image_workers: ImageWorkers,
         circuit: Circuit | None,
         slots: SlotLine,
+        leases: Leases,
     ) -> None:
         super().__init__(parts)
+        self._leases = leases
         self._onemin = onemin
         self._settlement = settlement
         self._positions = positions
@@ -101,9 +117,7 @@ class Pipeline(Part):
     async def _run_and_settle(self, job: Job) -> None:
         self._reporter.stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
         hook = waiting_hook.set(
-            lambda place: self._reporter.progress(
-                job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT)
-            )
+            lambda place: self._progress(job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT))
         )
         message_id = None
         result: JobResult | None = None
@@ -117,7 +131,9 @@ class Pipeline(Part):
                     await self._reporter.tell_resumed(job)
                 result = await self._work(job)
                 await self._advance(job, Stage.DELIVERING)
-                message_id = await self._reporter.front.deliver(job, result)
+                await self._leases.confirm(job)
+                async with self._leases.fence(job):
+                    message_id = await self._reporter.front.deliver(job, result)
         except Stopped as why:
             log.info("Job %s stopped here: %s", job.id, why)
             return
@@ -132,6 +148,11 @@ class Pipeline(Part):
             await self._hand_back(job, f"1min.ai refused: {exc.kind}")
             return
         except Exception as exc:
+            if is_transient(exc):
+                # Not the job's fault, and not retried where it happened: its lease lapses
+                # and it continues from its recorded stage, here or elsewhere.
+                report_db_outage(log, "running a job", exc)
+                return
             await self._settlement.failed(job, failure_for(exc), exc)
             return
         finally:
@@ -139,43 +160,9 @@ class Pipeline(Part):
         await self._settlement.delivered(job, result, message_id)
 
     async def _work(self, job: Job) -> JobResult:
-        input_image: bytes | None = None
+        input_image = None
         if job.result_url is None:
-            # The input is read while the job waits for its slot (a job claimed ahead waits
-            # for one), so the upload can start the moment it has it.
-            reading = asyncio.create_task(self._input(job)) if job.asset_path is None else None
-            try:
-                await self._take_slot(job)  # uploading, or upscaling with the asset stored
-            except BaseException:
-                if reading is not None:
-                    reading.cancel()
-                    await asyncio.gather(reading, return_exceptions=True)
-                raise
-            if reading is not None:
-                data = await reading
-                input_image = data  # kept for the Compare crop (small: at most ~1 MP)
-                prepared = job.input
-                asset = await self._paced(
-                    job,
-                    lambda: self._onemin.upload(
-                        data, prepared.filename, images.CONTENT_TYPES[prepared.format]
-                    ),
-                )
-                del data
-                # After this, too late to cancel.
-                await self._advance(job, Stage.UPSCALING, asset_path=asset)
-                job.asset_path = asset
-            asset_path = job.asset_path
-            assert asset_path is not None  # uploaded just now, or stored before a restart
-            record = await self._paced(
-                job, lambda: self._onemin.upscale(asset_path, job.output_format)
-            )
-            job.result_url = record.temporary_url
-            job.record_id = record.record_uuid
-            await self._advance(
-                job, Stage.DOWNLOADING, result_url=job.result_url, record_id=job.record_id
-            )
-            await self._signals.send(Signal.SLOT)  # its slot is free for the next job
+            input_image = await self._upscale(job)
         else:
             await self._advance(job, Stage.DOWNLOADING)
         self._slots.freed()
@@ -183,10 +170,12 @@ class Pipeline(Part):
         # decode: 64 MB for a 4096x4096 result) of a large result is made in the image
         # worker, from that file, with the input's Compare crop (the result's side of
         # the comparison is cut at click time, from the posted result).
+        result_url = job.result_url
+        assert result_url is not None  # stored before, or made just now
         path = self.result_path(job)
-        byte_count = await self._onemin.download_to(job.result_url, path, RESULT_MAX_BYTES)
+        byte_count = await self._onemin.download_to(result_url, path, RESULT_MAX_BYTES)
         if input_image is None:  # resumed past its upload: read it for the Compare crop
-            input_image = await self._store.read_input(job.id)
+            input_image = await self._read_input(job)
         try:
             checked = await self._workers.check_result(path, input_image, job.input.size)
         except ResultUnusable as exc:
@@ -198,13 +187,69 @@ class Pipeline(Part):
             byte_count=byte_count,
             format=checked.format,
             size=checked.size,
-            temporary_url=job.result_url,
+            temporary_url=result_url,
             elapsed=job.elapsed,
             crops=checked.crops,
         )
 
+    async def _upscale(self, job: Job) -> bytes | None:
+        """Take a slot, upload (unless the asset is stored) and upscale (unless a result
+        is stored by now); returns the input when it was read (for the Compare crop)."""
+        # The input is read while the job waits for its slot (a job claimed ahead waits
+        # for one), so the upload can start the moment it has it.
+        reading = asyncio.create_task(self._input(job)) if job.asset_path is None else None
+        try:
+            # Uploading, or upscaling with the asset stored; the job's stored products are
+            # read again in the same transaction (see _try_slot).
+            await self._take_slot(job)
+        except BaseException:
+            await _cancel(reading)
+            raise
+        input_image = None
+        if _has_result(job):
+            await _cancel(reading)
+            await self._advance(job, Stage.DOWNLOADING)
+        else:
+            if reading is not None and job.asset_path is None:
+                input_image = data = await reading
+                prepared = job.input
+                await self._leases.confirm(job)
+                asset = await self._paced(
+                    job,
+                    lambda: self._onemin.upload(
+                        data, prepared.filename, images.CONTENT_TYPES[prepared.format]
+                    ),
+                )
+                del data
+                # After this, too late to cancel.
+                job.asset_path = asset
+                await self._advance(job, Stage.UPSCALING, asset_path=asset)
+            else:
+                await _cancel(reading)
+            asset_path = job.asset_path
+            assert asset_path is not None  # uploaded just now, or stored before
+            await self._leases.confirm(job)  # never a paid call for a job this process lost
+            record = await self._paced(
+                job, lambda: self._onemin.upscale(asset_path, job.output_format)
+            )
+            job.result_url = record.temporary_url
+            job.record_id = record.record_uuid
+            await self._advance(
+                job, Stage.DOWNLOADING, result_url=job.result_url, record_id=job.record_id
+            )
+        await self._signals.send(Signal.SLOT)  # its slot is free for the next job
+        return input_image
+
+    async def _read_input(self, job: Job) -> bytes | None:
+        return await through_outages(
+            lambda: self._store.read_input(job.id),
+            logger=log,
+            doing="reading a job's input",
+            still=lambda: self._leases.runs(job),
+        )
+
     async def _input(self, job: Job) -> bytes:
-        data = await self._store.read_input(job.id)
+        data = await self._read_input(job)
         if data is None:
             raise JobFailed(FailureKind.INPUT_LOST, "the job's input is no longer stored")
         return data
@@ -217,21 +262,34 @@ class Pipeline(Part):
         """
         stage = Stage.UPLOADING if job.asset_path is None else Stage.UPSCALING
         await self._slots.take(
-            lambda: self._try_slot(job, stage),
-            waiting=lambda: self._reporter.progress(job, Progress(Stage.WAITING)),
+            lambda: through_outages(
+                lambda: self._try_slot(job, stage),
+                logger=log,
+                doing="taking an upscale slot",
+                still=lambda: self._leases.runs(job),
+            ),
+            waiting=lambda: self._progress(job, Progress(Stage.WAITING)),
         )
         self._entered(job, stage)
 
     async def _try_slot(self, job: Job, stage: Stage) -> int | None:
         """One look for a slot, atomic under a fleet-wide lock: the slots taken before
-        this job took one, or None when every slot is taken."""
+        this job took one, or None when every slot is taken. With the slot it reads the
+        job's stored products again: a worker that lost the job may have kept its paid
+        call's product with it since this claim read the row."""
         now = time.time()
         async with self._db.transaction(urgent=True) as tx:
             await tx.lock(SLOT_LOCK)
             taken = await self._store.slots_taken(tx, job.id, now)
             if taken >= self._config.max_concurrent:
                 return None
-            await self._record(job, stage, tx=tx)
+            until = await self._record(job, stage, tx=tx)
+            products = await self._store.products(tx, job.id)
+        self._leases.extended(job, until)
+        if products is not None:
+            job.asset_path = job.asset_path or products["asset_path"]
+            job.result_url = job.result_url or products["result_url"]
+            job.record_id = job.record_id or products["record_id"]
         return taken
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
@@ -243,7 +301,7 @@ class Pipeline(Part):
             if time.monotonic() + delay > deadline:
                 return None
             log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
-            self._reporter.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
+            self._progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
             return delay
 
         return await retry(call, RateLimited, wait)
@@ -257,15 +315,52 @@ class Pipeline(Part):
         asset_path: str | None = None,
         result_url: str | None = None,
         record_id: str | None = None,
-    ) -> None:
+    ) -> float:
         """The one write that moves a job forward: record its new stage (and what it
-        produced), in ``tx`` when given, if this process still holds the job; else
-        raise :class:`Stopped`."""
-        changed = await self._store.advance(
-            job.id, stage, tx=tx, asset_path=asset_path, result_url=result_url, record_id=record_id
-        )
-        if not changed:
-            raise Stopped("cancelled, or taken over by another process")
+        produced) under the job's claim, extending its lease; returns the lease's new
+        end. In ``tx`` when given (its caller tries the whole transaction again through
+        an outage), else tried again through an outage here. Raises :class:`Stopped`
+        when this process no longer holds the job; what the job's calls produced is then
+        kept with the job for its new holder."""
+        until = 0.0
+
+        async def write() -> bool:
+            nonlocal until
+            until = time.time() + self._config.lease
+            return await self._store.advance(
+                job.id,
+                job.claims,
+                stage,
+                lease_until=until,
+                tx=tx,
+                asset_path=asset_path,
+                result_url=result_url,
+                record_id=record_id,
+            )
+
+        if tx is not None:
+            changed = await write()
+        else:
+            changed = await through_outages(
+                write,
+                logger=log,
+                doing="recording a job's stage",
+                still=lambda: self._leases.runs(job),
+            )
+        if changed:
+            if tx is None:
+                self._leases.extended(job, until)
+            return until
+        if tx is None and (asset_path or result_url or record_id):
+            await through_outages(
+                lambda: self._store.salvage(
+                    job.id, asset_path=asset_path, result_url=result_url, record_id=record_id
+                ),
+                logger=log,
+                doing="keeping a paid call's product",
+            )
+            log.info("Job %s was taken over; what its 1min.ai call made is kept for it", job.id)
+        raise Stopped("cancelled, or taken over by another process")
 
     async def _advance(
         self,
@@ -282,15 +377,27 @@ class Pipeline(Part):
         )
         self._entered(job, stage)
 
+    def _progress(self, job: Job, progress: Progress) -> None:
+        """Report progress while this process's lease on the job is known to hold (a
+        worker that lost it shows nothing more)."""
+        if self._leases.valid(job.id):
+            self._reporter.progress(job, progress)
+
     def _entered(self, job: Job, stage: Stage) -> None:
         job.stage = stage
         self._reporter.stage(job, stage)
-        self._reporter.progress(job, Progress(stage))
+        self._progress(job, Progress(stage))
 
     async def _hand_back(self, job: Job, why: str) -> None:
         """Put a running job back in line, its recorded progress kept (not a restart: its
         member is not told it "continues" when it runs again)."""
-        if not await self._store.hand_back(job.id, why):
+        handed = await through_outages(
+            lambda: self._store.hand_back(job.id, job.claims, why),
+            logger=log,
+            doing="handing a job back",
+            still=lambda: self._leases.runs(job),
+        )
+        if not handed:
             return
         was = job.stage
         job.status = JobStatus.QUEUED  # its stage stays: it continues from there
@@ -300,3 +407,15 @@ class Pipeline(Part):
         if was in (Stage.UPLOADING, Stage.UPSCALING):
             await self._signals.send(Signal.SLOT)
         await self._positions.refresh()
+
+
+def _has_result(job: Job) -> bool:
+    """True when the job's upscale result is stored (read again with its slot)."""
+    return job.result_url is not None
+
+
+async def _cancel(task: asyncio.Task[bytes] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)

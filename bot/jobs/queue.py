@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Collection
 from pathlib import Path
@@ -227,11 +228,13 @@ class JobQueue:
         being taken in), or this process runs it. A front end asks before each late edit,
         so that nothing overwrites a result another process posted.
 
-        A job this process runs needs no read: it holds the job's lease, and a job it
-        lost (taken over after a stall) stops at its next recorded stage.
+        A job this process runs needs no read: it shows it while its lease is known to
+        hold (:meth:`acting_until`); a job it lost (taken over after a stall) stops at its
+        next recorded stage.
         """
         if self._runner.holds(job_id):
-            return True
+            until = self._runner.acting_until(job_id)
+            return until is not None and time.time() < until
         state = await self.store.shown_state(job_id)
         if state is None:
             return False
@@ -239,6 +242,12 @@ class JobQueue:
         if status in (JobStatus.INTAKE, JobStatus.QUEUED):
             return True
         return status is JobStatus.RUNNING and owner == self.owner
+
+    def acting_until(self, job_id: str) -> float | None:
+        """Until when (``time.time()``) this process may edit the member's reply of a
+        job it runs (its lease end known to hold, less a margin); None when it does not
+        run the job. A front end bounds each edit by it, retries included."""
+        return self._runner.acting_until(job_id)
 
     async def forget_token(self, job_id: str) -> None:
         """Discord refused the job's interaction token: erase it, so that every process

@@ -58,6 +58,7 @@ class Runner:
             image_workers=image_workers,
             circuit=circuit,
             slots=self._slots,
+            leases=self._leases,
         )
         self._dispatcher = Dispatcher(
             parts,
@@ -97,6 +98,11 @@ class Runner:
     def holds(self, job_id: str) -> bool:
         """True while this process runs the job and has not settled it."""
         return self._leases.holds(job_id)
+
+    def acting_until(self, job_id: str) -> float | None:
+        """Until when (``time.time()``) this process may act on a job it runs: its
+        lease end known to hold, less a margin; None when it does not run the job."""
+        return self._leases.until(job_id)
 
     def stop_job(self, job_id: str) -> None:
         """Stop this process's work on a job settled elsewhere (e.g. cancelled)."""

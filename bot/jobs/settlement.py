@@ -3,8 +3,11 @@
 Each ending is one transaction: the job's row, the ledger's settlement, the removal of
 its stored input (and, when delivered, its Compare crops), and the wake-up that tells
 the fleet it ended. Every ending is guarded by the job's status (and, for a job this
-process runs, by its lease), so a job is settled exactly once whichever process gets
-there first; the interaction token is erased in the same statement.
+process runs, by the claim that holds it), so a job is settled exactly once whichever
+process gets there first; the interaction token is erased in the same statement. A
+database that does not answer is waited for: the transaction is tried again until it
+answers (:func:`bot.db.outages.through_outages`), so a job never ends unsettled because
+its database blinked.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.db.outages import through_outages
 from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.jobs.model import (
@@ -45,22 +49,14 @@ class Settlement(Part):
     async def delivered(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
         """Mark the job delivered and charge it; False when another process took it
         over meanwhile (it finds the posted message and settles the job itself)."""
-        async with self._db.transaction() as tx:
-            changed = await self._store.delivered(
-                tx,
-                job.id,
-                size=result.size if result else None,
-                byte_count=result.byte_count if result else None,
-                message_id=message_id,
-            )
-            if not changed:
-                log.warning("Job %s was taken over while delivering; settled there", job.id)
-                return False
-            await self._ledger.commit(job.reservation_id, tx=tx)
-            await self._store.delete_input(tx, job.id)
-            if result is not None and result.crops is not None:
-                await self._store.save_crops(tx, job.id, result.crops)
-            await self._signals.send(Signal.ENDED, job.id, tx=tx)
+        changed = await through_outages(
+            lambda: self._deliver(job, result, message_id),
+            logger=log,
+            doing="settling a delivered job",
+        )
+        if not changed:
+            log.warning("Job %s was taken over while delivering; settled there", job.id)
+            return False
         job.status, job.stage = JobStatus.DELIVERED, Stage.DONE
         self._reporter.delivered(job, self._config.cost)
         for listener in self._charged:
@@ -68,6 +64,25 @@ class Settlement(Part):
                 await listener(job)
             except Exception:
                 log.warning("A listener failed after job %s was charged", job.id, exc_info=True)
+        return True
+
+    async def _deliver(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
+        async with self._db.transaction() as tx:
+            changed = await self._store.delivered(
+                tx,
+                job.id,
+                job.claims,
+                size=result.size if result else None,
+                byte_count=result.byte_count if result else None,
+                message_id=message_id,
+            )
+            if not changed:
+                return False
+            await self._ledger.commit(job.reservation_id, tx=tx)
+            await self._store.delete_input(tx, job.id)
+            if result is not None and result.crops is not None:
+                await self._store.save_crops(tx, job.id, result.crops)
+            await self._signals.send(Signal.ENDED, job.id, tx=tx)
         return True
 
     async def failed(
@@ -84,11 +99,27 @@ class Settlement(Part):
     async def settle_failed(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
         """Record the failure and refund, in one transaction. False if already settled.
 
-        ``owned``: only if this process holds the job's lease (else whoever holds it).
+        ``owned``: only if this process still holds the job by its claim (else whoever
+        holds it).
         """
+        refunded = await through_outages(
+            lambda: self._fail(job, kind, owned=owned),
+            logger=log,
+            doing="settling a failed job",
+        )
+        if refunded is None:
+            return False
+        job.status = JobStatus.FAILED
+        self._reporter.failed(job, kind, self._config.cost if refunded else 0)
+        return True
+
+    async def _fail(self, job: Job, kind: FailureKind, *, owned: bool) -> bool | None:
+        """One try: True when refunded, False when there was nothing to refund, None
+        when the job had been settled already (or taken over)."""
         async with self._db.transaction() as tx:
-            if not await self._store.failed(tx, job.id, kind, owned=owned):
-                return False
+            claim = job.claims if owned else None
+            if not await self._store.failed(tx, job.id, kind, claim=claim):
+                return None
             refunded = False
             if job.reservation_id:
                 refunded = await self._ledger.refund(job.reservation_id, kind.value, tx=tx)
@@ -96,9 +127,7 @@ class Settlement(Part):
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
             if job.stage in SLOT_STAGES:
                 await self._signals.send(Signal.SLOT, tx=tx)
-        job.status = JobStatus.FAILED
-        self._reporter.failed(job, kind, self._config.cost if refunded else 0)
-        return True
+        return refunded
 
     async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
         """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""

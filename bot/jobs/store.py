@@ -81,24 +81,45 @@ CLAIM = (
     " AND (status = 'queued' OR (status = 'running' AND lease_expires <= ?))"
 )
 CLAIM_INTAKE = (
-    "UPDATE jobs SET lease_owner = ?, lease_expires = ?, resume_notice = 0,"
+    "UPDATE jobs SET lease_owner = ?, lease_expires = ?, claims = claims + 1, resume_notice = 0,"
     " trail = trail || ? WHERE id = ? AND status = 'intake' AND lease_expires <= ?"
 )
 SLOTS_TAKEN = (
     "SELECT COUNT(*) AS n FROM jobs WHERE status = 'running'"
     f" AND stage IN ('{SLOT_STAGES[0]}', '{SLOT_STAGES[1]}') AND lease_expires > ? AND id <> ?"
 )
+# Fencing: every write that moves a job forward names the claim that made it (``claims``
+# counts the job's claims, intakes included), so the write of a worker that lost its
+# lease, and was taken over (by another process or by this one), changes nothing. A
+# forward write also extends the lease: it proves this process still holds the job.
 ADVANCE = (
     "UPDATE jobs SET stage = ?, asset_path = COALESCE(?, asset_path),"
     " result_url = COALESCE(?, result_url), record_id = COALESCE(?, record_id),"
-    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+    " lease_expires = ?, trail = trail || ?"
+    " WHERE id = ? AND status = 'running' AND lease_owner = ? AND claims = ?"
 )
+# Renewal extends only the leases that have not lapsed: a lapsed one may have been taken
+# over, and its holder must confirm it (CONFIRM_LEASE) before it touches the job again.
 RENEW = (
     "UPDATE jobs SET lease_expires = ? WHERE status IN ('intake', 'running') AND lease_owner = ?"
+    " AND lease_expires > ?"
 )
+CONFIRM_LEASE = (
+    "UPDATE jobs SET lease_expires = ? WHERE id = ? AND status IN ('intake', 'running')"
+    " AND lease_owner = ? AND claims = ?"
+)
+# What a paid call produced, kept with the job for whoever holds it now, when the worker
+# that made the call lost the job before it could record it (its fenced write failed).
+SALVAGE = (
+    "UPDATE jobs SET asset_path = COALESCE(asset_path, ?), result_url = COALESCE(result_url, ?),"
+    " record_id = COALESCE(record_id, ?) WHERE id = ? AND status IN ('queued', 'running')"
+)
+# What the job's calls produced so far, read again right before the next paid call (a
+# worker that lost the job may have salvaged its result since this claim read the row).
+PRODUCTS = "SELECT asset_path, result_url, record_id FROM jobs WHERE id = ?"
 HAND_BACK = (
     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
-    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ? AND claims = ?"
 )
 OWNED = "SELECT * FROM jobs WHERE status IN ('intake', 'running') AND lease_owner = ?"
 # Hand this process's jobs back (shutdown): running ones wait in line again, intakes are
@@ -138,7 +159,7 @@ TAKEN_IN = (
     " input_format = ?, input_bytes = ?, input_width = ?, input_height = ?,"
     " original_width = ?, original_height = ?, notes = ?, source_url = NULL,"
     " lease_owner = NULL, lease_expires = NULL, trail = trail || ?"
-    " WHERE id = ? AND status = 'intake' AND lease_owner = ?"
+    " WHERE id = ? AND status = 'intake' AND lease_owner = ? AND claims = ?"
 )
 INSERT_INPUT = "INSERT INTO job_inputs (job_id, data) VALUES (?, ?)"
 READ_INPUT = "SELECT data FROM job_inputs WHERE job_id = ?"
@@ -147,14 +168,14 @@ DELIVERED = (
     "UPDATE jobs SET status = 'delivered', stage = 'done', output_width = ?,"
     " output_height = ?, output_bytes = ?, message_id = ?, finished_at = ?,"
     " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
-    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ?"
+    " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ? AND claims = ?"
 )
 FAILED = (
     "UPDATE jobs SET status = 'failed', error_kind = ?, finished_at = ?,"
     " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
     " trail = trail || ? WHERE id = ? AND status IN ('intake', 'queued', 'running')"
 )
-FAILED_OWNED = FAILED + " AND lease_owner = ?"
+FAILED_OWNED = FAILED + " AND lease_owner = ? AND claims = ?"
 CANCEL_READ = "SELECT guild_id, member_id, status, reservation_id FROM jobs WHERE id = ?"
 CANCELLED = (
     "UPDATE jobs SET status = 'cancelled', error_kind = ?, finished_at = ?,"
@@ -197,9 +218,12 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement("claim", CLAIM, ("o", _NOW, "t", "l", _ID, _NOW)),
     HotStatement("claim an intake", CLAIM_INTAKE, ("o", _NOW, "l", _ID, _NOW)),
     HotStatement("upscale slots taken", SLOTS_TAKEN, (_NOW, _ID)),
-    HotStatement("stage change", ADVANCE, ("uploading", None, None, None, "l", _ID, "o")),
-    HotStatement("lease renewal", RENEW, (_NOW, "o")),
-    HotStatement("hand back", HAND_BACK, ("l", _ID, "o")),
+    HotStatement("stage change", ADVANCE, ("uploading", None, None, None, _NOW, "l", _ID, "o", 1)),
+    HotStatement("lease renewal", RENEW, (_NOW, "o", _NOW)),
+    HotStatement("confirm a lapsed lease", CONFIRM_LEASE, (_NOW, _ID, "o", 1)),
+    HotStatement("salvage a paid call's product", SALVAGE, ("a", "u", "r", _ID)),
+    HotStatement("products of a job's calls", PRODUCTS, (_ID,)),
+    HotStatement("hand back", HAND_BACK, ("l", _ID, "o", 1)),
     HotStatement("jobs owned (shutdown)", OWNED, ("o",)),
     HotStatement("release owned (shutdown)", RELEASE_OWNED, ("l", "o")),
     HotStatement("recover every job (SQLite start)", RECOVER_ALL, ("l",)),
@@ -223,9 +247,9 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     ),
     HotStatement("read an input", READ_INPUT, (_ID,)),
     HotStatement("delete an input", DELETE_INPUT, (_ID,)),
-    HotStatement("delivered", DELIVERED, (1, 1, 1, 1, "f", "l", _ID, "o")),
+    HotStatement("delivered", DELIVERED, (1, 1, 1, 1, "f", "l", _ID, "o", 1)),
     HotStatement("failed", FAILED, ("bug", "f", "l", _ID)),
-    HotStatement("failed (owned)", FAILED_OWNED, ("bug", "f", "l", _ID, "o")),
+    HotStatement("failed (owned)", FAILED_OWNED, ("bug", "f", "l", _ID, "o", 1)),
     HotStatement("cancel: read", CANCEL_READ, (_ID,)),
     HotStatement("cancelled", CANCELLED, ("cancelled", "f", "l", _ID)),
     HotStatement("a job by id", JOB_BY_ID, (_ID,)),
@@ -339,6 +363,7 @@ class JobStore:
                 self.line(Stage.QUEUED),
                 job.id,
                 self.owner,
+                job.claims,
             ),
         )
         if not changed:
@@ -399,26 +424,64 @@ class JobStore:
     async def advance(
         self,
         job_id: str,
+        claim: int,
         stage: Stage,
         *,
+        lease_until: float,
         tx: Transaction | None = None,
         asset_path: str | None = None,
         result_url: str | None = None,
         record_id: str | None = None,
     ) -> bool:
-        """Record the job's new stage (and what it produced) if this process owns it."""
-        params = (stage.value, asset_path, result_url, record_id, self.line(stage), job_id)
-        if tx is not None:
-            return bool(await tx.execute(ADVANCE, (*params, self.owner)))
-        return bool(await self.db.write(ADVANCE, (*params, self.owner), urgent=True))
-
-    async def renew(self, lease_until: float) -> int:
-        return await self.db.write(RENEW, (lease_until, self.owner))
-
-    async def hand_back(self, job_id: str, why: str) -> bool:
-        return bool(
-            await self.db.write(HAND_BACK, (self.line(Stage.QUEUED, why), job_id, self.owner))
+        """Record the job's new stage (and what it produced), and extend its lease to
+        ``lease_until``, if this process still holds the job by ``claim``."""
+        params = (
+            stage.value,
+            asset_path,
+            result_url,
+            record_id,
+            lease_until,
+            self.line(stage),
+            job_id,
+            self.owner,
+            claim,
         )
+        if tx is not None:
+            return bool(await tx.execute(ADVANCE, params))
+        return bool(await self.db.write(ADVANCE, params, urgent=True))
+
+    async def renew(self, lease_until: float, now: float) -> int:
+        """Extend every lease of this process that has not lapsed by ``now``."""
+        return await self.db.write(RENEW, (lease_until, self.owner, now))
+
+    async def confirm_lease(self, job_id: str, claim: int, lease_until: float) -> bool:
+        """Extend one job's lease if this process still holds it by ``claim`` (its lease
+        lapsed, but nobody took it over); False when it was taken over or ended."""
+        return bool(
+            await self.db.write(
+                CONFIRM_LEASE, (lease_until, job_id, self.owner, claim), urgent=True
+            )
+        )
+
+    async def salvage(
+        self,
+        job_id: str,
+        *,
+        asset_path: str | None = None,
+        result_url: str | None = None,
+        record_id: str | None = None,
+    ) -> bool:
+        """Keep what a paid call produced with the job, whoever holds it now."""
+        params = (asset_path, result_url, record_id, job_id)
+        return bool(await self.db.write(SALVAGE, params, urgent=True))
+
+    async def products(self, q: Transaction | Database, job_id: str) -> Row | None:
+        """The job's stored asset, result URL and record (see :data:`PRODUCTS`)."""
+        return await q.fetchone(PRODUCTS, (job_id,))
+
+    async def hand_back(self, job_id: str, claim: int, why: str) -> bool:
+        params = (self.line(Stage.QUEUED, why), job_id, self.owner, claim)
+        return bool(await self.db.write(HAND_BACK, params))
 
     async def release_owned(self) -> list[Job]:
         """Hand this process's jobs back (their progress kept); returns them."""
@@ -481,6 +544,7 @@ class JobStore:
         self,
         tx: Transaction,
         job_id: str,
+        claim: int,
         *,
         size: tuple[int, int] | None,
         byte_count: int | None,
@@ -497,19 +561,24 @@ class JobStore:
                 self.line(JobStatus.DELIVERED, str(message_id or "")),
                 job_id,
                 self.owner,
+                claim,
             ),
         )
         return bool(changed)
 
-    async def failed(self, tx: Transaction, job_id: str, kind: FailureKind, *, owned: bool) -> bool:
+    async def failed(
+        self, tx: Transaction, job_id: str, kind: FailureKind, *, claim: int | None
+    ) -> bool:
+        """Record the failure: of the job this process holds by ``claim``, or (None) of
+        the job whoever holds it."""
         params: tuple[Any, ...] = (
             kind.value,
             ts(utc_now()),
             self.line(JobStatus.FAILED, kind.value),
             job_id,
         )
-        if owned:
-            return bool(await tx.execute(FAILED_OWNED, (*params, self.owner)))
+        if claim is not None:
+            return bool(await tx.execute(FAILED_OWNED, (*params, self.owner, claim)))
         return bool(await tx.execute(FAILED, params))
 
     async def cancel_read(self, tx: Transaction, job_id: str) -> Row | None:
