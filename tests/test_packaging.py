@@ -1,9 +1,10 @@
-"""The installed package has every module, and the locks pin every dependency that
-pyproject.toml names."""
+"""The installed package has every module, and the locks it is installed from (the
+README's run command, .ci/run) pin every dependency that pyproject.toml names."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +120,45 @@ def test_the_test_lock_holds_the_runtime_lock_unchanged() -> None:
     runtime, test = read_lock(RUNTIME_LOCK), read_lock(TEST_LOCK)
     differ = [name for name, pin in runtime.items() if test.get(name) != pin]
     assert differ == []
+
+
+# -- what installs from them -------------------------------------------------------------
+
+
+def pip_installs(script: str) -> list[list[str]]:
+    """The arguments of each ``pip install`` in a shell script."""
+    installs = []
+    for line in script.replace("\\\n", " ").splitlines():
+        for command in line.split("&&"):
+            words = shlex.split(command, comments=True)
+            installs += [
+                words[at + 2 :]
+                for at, word in enumerate(words)
+                if Path(word).name == "pip" and words[at + 1 : at + 2] == ["install"]
+            ]
+    return installs
+
+
+def test_the_readme_run_command_installs_the_runtime_lock_then_the_bot_alone() -> None:
+    """One line, from "4. Run": the lock hash-checked, then the project with --no-deps
+    (installing it with its dependencies would resolve them again, past the lock)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### 4. Run", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert block.count("\n") == 1, f"not one command line: {block!r}"
+    installs = pip_installs(block)
+    assert installs == [
+        ["--require-hashes", "-r", "requirements/runtime.txt"],
+        ["--no-deps", "."],
+    ]
+
+
+def test_ci_installs_the_test_lock_then_the_project_alone() -> None:
+    """.ci/run (the README's test command): the test lock hash-checked, then the project
+    with --no-deps."""
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    installs = [[w for w in i if w != "--quiet"] for i in pip_installs(script)]
+    assert installs == [
+        ["--require-hashes", "-r", "requirements/test.txt"],
+        ["--no-deps", "-e", "."],
+    ]
