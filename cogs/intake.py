@@ -29,6 +29,7 @@ from bot.jobs import (
     QueueFull,
     Source,
 )
+from bot.jobs.intake import too_large_text
 from cogs import messages
 from cogs.checks import NOT_IN_DMS
 
@@ -83,7 +84,7 @@ async def start_job(
         raise UserError(messages.CIRCUIT_OPEN_REFUSAL)
     limits = queue.config.limits
     if source.declared_size is not None and source.declared_size > limits.max_bytes:
-        raise UserError(messages.too_large_text(limits.max_bytes))
+        raise UserError(too_large_text(limits.max_bytes))
     if not allowed_source(bot, source.url):
         raise UserError(messages.NOT_ON_DISCORD)
     member = interaction.user

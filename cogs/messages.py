@@ -97,10 +97,6 @@ def cancelled_text(cost: int) -> Text:
     return Text.of("cancel.done", count=cost)
 
 
-def too_large_text(max_bytes: int) -> Text:
-    return Text.of("error.too_large_download", max_mb=max_bytes // 1_000_000)
-
-
 def limit_text(error: LimitReached) -> Text:
     """Which limit the member reached, how much of it is used, and when it resets."""
     denial = error.denial

@@ -70,6 +70,8 @@ FetchSource = Callable[[str, Path, int], Awaitable[int]]
 
 
 def too_large_text(max_bytes: int) -> Text:
+    """The image is over ``max_bytes``: by its declared size (refused before the
+    acknowledgement, :mod:`cogs.intake`) or while it downloads (the job fails)."""
     return Text.of("error.too_large_download", max_mb=max_bytes // 1_000_000)
 
 

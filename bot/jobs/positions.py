@@ -64,9 +64,6 @@ class Positions:
     def __len__(self) -> int:
         return len(self._watched)
 
-    def watching(self, job_id: str) -> bool:
-        return job_id in self._watched
-
     def watch(self, job: Job) -> None:
         self._watched[job.id] = job
         self._watched_at[job.id] = self._reads

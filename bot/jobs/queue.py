@@ -133,14 +133,6 @@ class JobQueue:
         return self.config.max_per_member
 
     @property
-    def max_concurrent(self) -> int:
-        return self.config.max_concurrent
-
-    @property
-    def lease(self) -> float:
-        return self.config.lease
-
-    @property
     def front_end(self) -> FrontEnd | None:
         return self._reporter.front_end
 
@@ -294,10 +286,6 @@ class JobQueue:
         """True while this process takes in or runs a job."""
         return self._runner.busy or self._intake.busy
 
-    def in_flight(self) -> int:
-        """Jobs this process is working on (taking in, or running)."""
-        return self._runner.in_flight
-
     def watched(self) -> int:
         """Jobs this process shows a place in line for."""
         return len(self._positions)
@@ -316,7 +304,3 @@ class JobQueue:
 
     async def idle(self) -> bool:
         return not self.busy_here() and await self.unfinished() == 0
-
-    def result_path(self, job: Job) -> Path:
-        """Where the job's result is downloaded (removed when the job's run ends here)."""
-        return self._runner.result_path(job)

@@ -33,17 +33,3 @@ def clear_dir(directory: Path) -> int:
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
-
-
-def write_spool_file(path: Path, data: bytes) -> None:
-    """Write a spool file whole (under a temporary name, then renamed), without fsync.
-
-    Spool files only bridge steps of one intake: the job becomes durable when its row
-    and input are committed to the database, and the spool is cleared at start-up. An
-    fsync here cost 5-20 ms per job and, in the thread pool, delayed every other job's
-    intake behind it.
-    """
-    tmp = path.with_suffix(path.suffix + ".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
