@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from bot.app.settings import Period
 from bot.db import Database
 from bot.ledger import (
     Change,
     Denial,
     Ledger,
     LedgerValueError,
+    Period,
     Reservation,
     ServerUsage,
     TotalUsage,

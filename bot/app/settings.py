@@ -15,17 +15,16 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
+from bot.ledger.periods import PERIODS, Period
 from bot.timings import Timings
 
 __all__ = [
     "OUTPUT_FORMATS",
-    "PERIODS",
     "VARIABLES",
-    "Period",
     "Secret",
     "Settings",
     "SettingsError",
@@ -34,8 +33,6 @@ __all__ = [
     "load_settings",
 ]
 
-Period = Literal["daily", "weekly", "monthly", "lifetime"]
-PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "lifetime")
 BUDGET_PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")  # TOTAL_BUDGET_PERIOD
 OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 

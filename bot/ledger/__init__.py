@@ -33,7 +33,7 @@ that runs per reservation, settlement or command is listed in its module's
 from __future__ import annotations
 
 from bot.db import TS_FORMAT
-from bot.ledger.periods import EPOCH, period_end, period_start
+from bot.ledger.periods import EPOCH, PERIODS, Period, period_end, period_start
 from bot.ledger.quota import QuotaChanges
 from bot.ledger.reports import Reports
 from bot.ledger.reservations import Reservations
@@ -57,6 +57,7 @@ from bot.ledger.values import (
 __all__ = [
     "EPOCH",
     "MAX_CREDITS",
+    "PERIODS",
     "TS_FORMAT",
     "AuditEntry",
     "Balance",
@@ -67,6 +68,7 @@ __all__ = [
     "Ledger",
     "LedgerValueError",
     "MemberUsage",
+    "Period",
     "Reservation",
     "ServerUsage",
     "TotalUsage",

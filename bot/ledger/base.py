@@ -13,12 +13,11 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bot.app.settings import Period
 from bot.db import Database, HotStatement, Transaction, ts, utc_now
 from bot.db.urls import Engine
 from bot.i18n import Text
-from bot.ledger.periods import check_period, period_params
-from bot.ledger.values import MAX_CREDITS, check_limit
+from bot.ledger.periods import Period, period_params
+from bot.ledger.values import MAX_CREDITS, check_limit, check_period
 
 # Example values for planning statements (HOT_STATEMENTS): a moment and its period starts.
 EXAMPLE_NOW = datetime(2026, 3, 11, 12, tzinfo=UTC)

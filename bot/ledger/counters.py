@@ -17,10 +17,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.app.settings import Period
 from bot.db import Database, HotStatement, Transaction, ts
 from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START, LedgerBase, ids_param, listed
-from bot.ledger.periods import period_params, period_start
+from bot.ledger.periods import Period, period_params, period_start
 
 LIVE = "e.state IN ('reserved', 'committed')"
 

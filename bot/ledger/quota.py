@@ -22,7 +22,7 @@ from bot.db import HotStatement, Transaction, ts
 from bot.i18n import Text
 from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START
 from bot.ledger.counters import UsageCounters
-from bot.ledger.periods import check_period, period_params
+from bot.ledger.periods import period_params
 from bot.ledger.rollups import SAVE_MEMBER, member_row
 from bot.ledger.values import (
     MAX_CREDITS,
@@ -30,6 +30,7 @@ from bot.ledger.values import (
     GuildSettings,
     LedgerValueError,
     check_limit,
+    check_period,
     guild_lock,
     is_int,
 )

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date
 
-from bot.app.settings import Period
 from bot.db import HotStatement, parse_ts, ts
 from bot.ledger.base import LedgerBase
-from bot.ledger.periods import check_period, period_start
+from bot.ledger.periods import Period, period_start
 from bot.ledger.rollups import DAY_REPORT, GUILD_PENDING, MEMBER_REPORT
-from bot.ledger.values import AuditEntry, DayUsage, MemberUsage, UsageReport
+from bot.ledger.values import AuditEntry, DayUsage, MemberUsage, UsageReport, check_period
 
 AUDIT_LOG = (
     "SELECT actor_id, action, target, old_value, new_value, created_at FROM audit_log"
