@@ -29,8 +29,8 @@ from bot.ledger import (
     ServerUsage,
     TotalUsage,
     period_end,
-    period_start,
 )
+from bot.ledger.periods import period_start
 from tests.support.databases import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99

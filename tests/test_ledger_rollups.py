@@ -23,8 +23,8 @@ from bot.ledger import (
     Period,
     Reservation,
     UsageReport,
-    period_start,
 )
+from bot.ledger.periods import period_start
 from tests.support.databases import Databases
 from tests.test_ledger import MOD, Clock, total_ledger
 
