@@ -2,15 +2,16 @@
 
 Nothing here runs at import time. ``load_settings()`` is called by ``python -m bot``;
 tests build :class:`Settings` directly or pass their own mapping to ``load_settings``.
-Each default is written once, in the :class:`Settings` dataclass; :data:`VARIABLES` says
-which variable sets which field and how its text is read.
+Each default is written once: in the :class:`Settings` dataclass, or, for a value a part
+of the bot owns, in that part (the 1min.ai client's, the job queue's), which the
+dataclass names. :data:`VARIABLES` says which variable sets which field and how its text
+is read.
 A missing or malformed variable raises :class:`SettingsError`, whose message is one line
 naming the variable and what is expected; it never contains a secret's value.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
@@ -20,29 +21,24 @@ from urllib.parse import urlsplit
 
 from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
 from bot.ledger.periods import PERIODS, Period
+from bot.onemin.client import (
+    DEFAULT_API_BASE,
+    DEFAULT_RESULT_HOSTS,
+    DEFAULT_UPSCALE_TIMEOUT,
+    is_loopback_url,
+)
 from bot.timings import Timings
 
 __all__ = [
-    "OUTPUT_FORMATS",
     "VARIABLES",
     "Secret",
     "Settings",
     "SettingsError",
     "Variable",
-    "is_loopback_url",
     "load_settings",
 ]
 
 BUDGET_PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")  # TOTAL_BUDGET_PERIOD
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
-
-DEFAULT_API_BASE = "https://api.1min.ai"
-# Hosts that serve 1min.ai's presigned result URLs (docs/onemin-api.md, "Downloading").
-DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
-    "s3.us-east-1.amazonaws.com",
-    "asset.1min.ai.s3.us-east-1.amazonaws.com",
-    "asset.1min.ai.s3.amazonaws.com",
-)
 # Origins the bot downloads members' images from: Discord's CDN and media proxies only.
 DISCORD_MEDIA_ORIGINS: frozenset[str] = frozenset(
     {
@@ -118,7 +114,7 @@ class Settings:
     total_budget_period: Period = "monthly"
     alert_channel_id: int | None = None  # None: DM the application owner
     # Advanced knobs (documented in .env.example; the defaults suit nearly everyone).
-    upscale_timeout: float = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
+    upscale_timeout: float = DEFAULT_UPSCALE_TIMEOUT  # seconds the upscale call may take
     result_hosts: tuple[str, ...] = DEFAULT_RESULT_HOSTS
     spool_dir: Path = Path("data/spool")  # unless SPOOL_DIR: beside a SQLite database
     max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
@@ -159,17 +155,6 @@ class Settings:
         """The SQLite file, or None on PostgreSQL."""
         url = self.database_url.get()
         return sqlite_path(url) if url.startswith("sqlite:") else None
-
-
-def is_loopback_url(url: str) -> bool:
-    """True when ``url``'s host is localhost or a loopback address."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- reading the environment -----------------------------------------------------------
