@@ -46,6 +46,17 @@ class Services:
     metrics: Metrics | None = None  # with METRICS_PORT only (see bot.app.metrics_http)
 
 
+def build_ledger(settings: Settings, db: Database) -> Ledger:
+    """The ledger on ``db`` with the owner's defaults and total budget."""
+    return Ledger(
+        db,
+        default_limit=settings.default_user_limit,
+        default_period=settings.limit_period,
+        total_budget=settings.total_budget,
+        total_budget_period=settings.total_budget_period,
+    )
+
+
 def spool_dir(settings: Settings, db: Database) -> Path:
     """Where this process spools downloads: in a fleet, a folder of its own.
 
@@ -85,13 +96,7 @@ async def open_services(
     image_workers = ImageWorkers()
     signals = Signals(db)
     try:
-        ledger = Ledger(
-            db,
-            default_limit=settings.default_user_limit,
-            default_period=settings.limit_period,
-            total_budget=settings.total_budget,
-            total_budget_period=settings.total_budget_period,
-        )
+        ledger = build_ledger(settings, db)
         gate = RateGate(
             db,
             settings.onemin_requests_per_minute,
