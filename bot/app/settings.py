@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
+from bot.jobs import config as jobs
 from bot.ledger.periods import PERIODS, Period
 from bot.onemin.client import (
     DEFAULT_API_BASE,
@@ -50,7 +51,7 @@ DISCORD_MEDIA_ORIGINS: frozenset[str] = frozenset(
 )
 DEFAULT_DATABASE_URL = "sqlite:///data/upscaler.db"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-MAX_JOB_LEASE = 30.0  # seconds; a dead process's jobs are taken over after at most this
+MAX_JOB_LEASE = jobs.LEASE  # seconds; a dead process's jobs are taken over after at most this
 
 
 class SettingsError(ValueError):
@@ -120,12 +121,12 @@ class Settings:
     max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
     max_input_side: int = 1536  # API per-side limit for the input, px
     shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
-    busy_timeout: float = 1800.0  # seconds a job may wait out 1min.ai's rate limit
-    job_max_age: float = 86_400.0  # seconds after which an unfinished job is refunded
-    job_lease: float = MAX_JOB_LEASE  # seconds a process holds a job without renewing
+    busy_timeout: float = jobs.BUSY_TIMEOUT  # seconds a job may wait out 1min.ai's 429s
+    job_max_age: float = jobs.MAX_AGE  # seconds after which an unfinished job is refunded
+    job_lease: float = jobs.LEASE  # seconds a process holds a job without renewing
     circuit_probe_interval: float = 180.0  # seconds between probes while 1min.ai refuses
-    circuit_give_up: float = 3600.0  # seconds queued jobs wait for 1min.ai to accept again
-    job_retention_days: int = 30  # days a finished job's row is kept (ledger and audit stay)
+    circuit_give_up: float = jobs.CIRCUIT_GIVE_UP  # seconds queued jobs wait for 1min.ai
+    job_retention_days: int = jobs.RETENTION_DAYS  # days a finished job's row is kept
     metrics_port: int | None = None  # serve /metrics, /healthz, /readyz here; None: off
     metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
     startup_retry: float = 60.0  # seconds start-up retries the network in all; 0: one try
