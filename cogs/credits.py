@@ -21,7 +21,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app.settings import PERIODS, Period
 from bot.failures import FailureKind
 from bot.frontend.translator import cmd_text, interaction_locale, localised_choices
 from bot.frontend.tree import UserError
@@ -29,7 +28,16 @@ from bot.i18n import Text, catalogue, number, t
 from bot.images.chart import NAMED_MEMBERS, usage_chart
 from bot.jobs import JobFailure, JobStatus
 from bot.jobs.trail import JobTrail
-from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, MemberUsage, UsageReport
+from bot.ledger import (
+    MAX_CREDITS,
+    PERIODS,
+    Change,
+    Ledger,
+    LedgerValueError,
+    MemberUsage,
+    Period,
+    UsageReport,
+)
 from cogs import messages
 from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 

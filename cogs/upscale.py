@@ -15,8 +15,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app.settings import OUTPUT_FORMATS
 from bot.frontend.translator import cmd_text
+from bot.onemin.client import OUTPUT_FORMATS
 from cogs.delivery import DiscordFrontEnd
 from cogs.intake import SourceImage, defer, start_job
 

@@ -18,19 +18,19 @@ from typing import Any
 
 import pytest
 
-from bot.app.settings import Period
 from bot.db import Database
 from bot.ledger import (
     Change,
     Denial,
     Ledger,
     LedgerValueError,
+    Period,
     Reservation,
     ServerUsage,
     TotalUsage,
     period_end,
-    period_start,
 )
+from bot.ledger.periods import period_start
 from tests.support.databases import Databases
 
 G, ALICE, BOB, MOD = 1, 11, 12, 99

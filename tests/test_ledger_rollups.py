@@ -14,9 +14,17 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from bot.app.settings import PERIODS, Period
 from bot.db import Database, load_migrations, ts
-from bot.ledger import DayUsage, Ledger, MemberUsage, Reservation, UsageReport, period_start
+from bot.ledger import (
+    PERIODS,
+    DayUsage,
+    Ledger,
+    MemberUsage,
+    Period,
+    Reservation,
+    UsageReport,
+)
+from bot.ledger.periods import period_start
 from tests.support.databases import Databases
 from tests.test_ledger import MOD, Clock, total_ledger
 

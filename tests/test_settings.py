@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.app.services import queue_config
 from bot.app.settings import VARIABLES, Secret, Settings, SettingsError, Variable, load_settings
+from bot.images import ImageLimits
+from bot.jobs import QueueConfig
 
 TOKEN = "settings-test-token-Zq81"
 KEY = "settings-test-key-Xv42"
@@ -79,6 +82,36 @@ def test_every_field_but_the_timings_has_one_variable() -> None:
     fields = [f.name for f in dataclasses.fields(Settings) if f.name != "timings"]
     assert sorted(v.field for v in VARIABLES) == sorted(fields)
     assert len({v.name for v in VARIABLES}) == len(VARIABLES)
+
+
+def test_the_queue_of_default_settings_has_the_queues_own_defaults() -> None:
+    """The settings take the job queue's defaults from it: a queue configured from
+    settings left at their defaults is QueueConfig's default configuration."""
+    default = QueueConfig(max_concurrent=4, max_per_member=2, cost=1)
+    assert queue_config(load_settings(env())) == default
+
+
+def test_each_queue_setting_reaches_its_own_field_of_the_queue() -> None:
+    """Every variable the job queue is configured by lands in the field it names."""
+    s = load_settings(
+        env(
+            MAX_CONCURRENT_JOBS="7",
+            MAX_JOBS_PER_USER="3",
+            UPSCALE_COST="5",
+            MAX_INPUT_PIXELS="2000000",
+            MAX_INPUT_SIDE="1000",
+            JOB_LEASE_SECONDS="12",
+            ONEMIN_BUSY_TIMEOUT="600",
+            JOB_MAX_AGE="7200",
+            ONEMIN_OUTAGE_REFUND_AFTER="900",
+            JOB_RETENTION_DAYS="9",
+        )
+    )
+    config = queue_config(s)
+    assert (config.max_concurrent, config.max_per_member, config.cost) == (7, 3, 5)
+    assert config.limits == ImageLimits(max_pixels=2_000_000, max_side=1000)
+    assert (config.lease, config.busy_timeout, config.max_age) == (12.0, 600.0, 7200.0)
+    assert (config.circuit_give_up, config.retention_days) == (900.0, 9)
 
 
 def test_env_example_lists_every_variable() -> None:

@@ -12,7 +12,7 @@ before the bot connects to Discord until after it has closed (:mod:`bot.app.metr
 ``python -m bot check`` (``upscale-bot check``) checks the configuration, the token, the
 database and both services without starting the bot (:mod:`bot.app.check`).
 ``upscale-bot job <id>`` prints a job's trail: its stages with their times and the
-process that ran each, its outcome, credits and 1min.ai record (:mod:`bot.jobs.trail`).
+process that ran each, its outcome, credits and 1min.ai record (:mod:`bot.app.trail`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bot.app.metrics_http import MetricsEndpoint, MetricsPortUnavailable
 from bot.app.services import open_services
 from bot.app.settings import Settings, SettingsError, load_settings
 from bot.app.startup import EXIT_CONFIG, EXIT_METRICS_PORT, StartupError
+from bot.app.trail import show_job
 from bot.frontend.client import UpscaleBot, create_bot
 from bot.images import heap
 from bot.logs import configure_logging
@@ -117,9 +118,7 @@ def load_or_exit(load: Callable[[], Settings] = load_settings) -> Settings:
 
 
 def run_job(shown_id: str) -> int:
-    """``upscale-bot job <id>``: the job's trail from the database (see bot.jobs.trail)."""
-    from bot.jobs.trail import show_job
-
+    """``upscale-bot job <id>``: the job's trail from the database (see bot.app.trail)."""
     settings = load_or_exit()
     configure_logging("WARNING", secrets=settings.secret_values())
     return asyncio.run(show_job(settings, shown_id, sys.stdout))

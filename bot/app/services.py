@@ -20,7 +20,7 @@ from bot.app.settings import Settings
 from bot.db import Database, open_database
 from bot.db.signals import Signals
 from bot.failures import FailureKind
-from bot.images import probe_png
+from bot.images import ImageLimits, probe_png
 from bot.images.download import download_to
 from bot.images.workers import ImageWorkers
 from bot.jobs import JobQueue, QueueConfig, instance_name
@@ -29,6 +29,7 @@ from bot.ledger import Ledger
 from bot.onemin.circuit import Circuit
 from bot.onemin.client import OneMinClient
 from bot.onemin.pacing import WINDOW_MARGIN, RateGate
+from bot.retry import Backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,35 @@ class Services:
     image_workers: ImageWorkers
     signals: Signals
     metrics: Metrics | None = None  # with METRICS_PORT only (see bot.app.metrics_http)
+
+
+def build_ledger(settings: Settings, db: Database) -> Ledger:
+    """The ledger on ``db`` with the owner's defaults and total budget."""
+    return Ledger(
+        db,
+        default_limit=settings.default_user_limit,
+        default_period=settings.limit_period,
+        total_budget=settings.total_budget,
+        total_budget_period=settings.total_budget_period,
+    )
+
+
+def queue_config(settings: Settings) -> QueueConfig:
+    """The owner's settings (see ``.env.example``) as the job queue's configuration."""
+    timings = settings.timings
+    return QueueConfig(
+        max_concurrent=settings.max_concurrent_jobs,
+        max_per_member=settings.max_jobs_per_user,
+        cost=settings.upscale_cost,
+        limits=ImageLimits(max_pixels=settings.max_input_pixels, max_side=settings.max_input_side),
+        lease=settings.job_lease,
+        busy_timeout=settings.busy_timeout,
+        max_age=settings.job_max_age,
+        poll_interval=timings.job_poll_interval,
+        circuit_give_up=settings.circuit_give_up,
+        retention_days=settings.job_retention_days,
+        rate_backoff=Backoff(timings.rate_backoff_base, timings.rate_backoff_cap),
+    )
 
 
 def spool_dir(settings: Settings, db: Database) -> Path:
@@ -85,13 +115,7 @@ async def open_services(
     image_workers = ImageWorkers()
     signals = Signals(db)
     try:
-        ledger = Ledger(
-            db,
-            default_limit=settings.default_user_limit,
-            default_period=settings.limit_period,
-            total_budget=settings.total_budget,
-            total_budget_period=settings.total_budget_period,
-        )
+        ledger = build_ledger(settings, db)
         gate = RateGate(
             db,
             settings.onemin_requests_per_minute,
@@ -120,7 +144,7 @@ async def open_services(
             ledger=ledger,
             onemin=onemin,
             spool_dir=spool_dir(settings, db),
-            config=QueueConfig.from_settings(settings),
+            config=queue_config(settings),
             instance=instance,
             circuit=circuit,
             image_workers=image_workers,

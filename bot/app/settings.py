@@ -2,50 +2,44 @@
 
 Nothing here runs at import time. ``load_settings()`` is called by ``python -m bot``;
 tests build :class:`Settings` directly or pass their own mapping to ``load_settings``.
-Each default is written once, in the :class:`Settings` dataclass; :data:`VARIABLES` says
-which variable sets which field and how its text is read.
+Each default is written once: in the :class:`Settings` dataclass, or, for a value a part
+of the bot owns, in that part (the 1min.ai client's, the job queue's), which the
+dataclass names. :data:`VARIABLES` says which variable sets which field and how its text
+is read.
 A missing or malformed variable raises :class:`SettingsError`, whose message is one line
 naming the variable and what is expected; it never contains a secret's value.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
+from bot.jobs import config as jobs
+from bot.ledger.periods import PERIODS, Period
+from bot.onemin.client import (
+    DEFAULT_API_BASE,
+    DEFAULT_RESULT_HOSTS,
+    DEFAULT_UPSCALE_TIMEOUT,
+    is_loopback_url,
+)
 from bot.timings import Timings
 
 __all__ = [
-    "OUTPUT_FORMATS",
-    "PERIODS",
     "VARIABLES",
-    "Period",
     "Secret",
     "Settings",
     "SettingsError",
     "Variable",
-    "is_loopback_url",
     "load_settings",
 ]
 
-Period = Literal["daily", "weekly", "monthly", "lifetime"]
-PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "lifetime")
 BUDGET_PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")  # TOTAL_BUDGET_PERIOD
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
-
-DEFAULT_API_BASE = "https://api.1min.ai"
-# Hosts that serve 1min.ai's presigned result URLs (docs/onemin-api.md, "Downloading").
-DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
-    "s3.us-east-1.amazonaws.com",
-    "asset.1min.ai.s3.us-east-1.amazonaws.com",
-    "asset.1min.ai.s3.amazonaws.com",
-)
 # Origins the bot downloads members' images from: Discord's CDN and media proxies only.
 DISCORD_MEDIA_ORIGINS: frozenset[str] = frozenset(
     {
@@ -57,7 +51,7 @@ DISCORD_MEDIA_ORIGINS: frozenset[str] = frozenset(
 )
 DEFAULT_DATABASE_URL = "sqlite:///data/upscaler.db"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-MAX_JOB_LEASE = 30.0  # seconds; a dead process's jobs are taken over after at most this
+MAX_JOB_LEASE = jobs.LEASE  # seconds; a dead process's jobs are taken over after at most this
 
 
 class SettingsError(ValueError):
@@ -121,18 +115,18 @@ class Settings:
     total_budget_period: Period = "monthly"
     alert_channel_id: int | None = None  # None: DM the application owner
     # Advanced knobs (documented in .env.example; the defaults suit nearly everyone).
-    upscale_timeout: float = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
+    upscale_timeout: float = DEFAULT_UPSCALE_TIMEOUT  # seconds the upscale call may take
     result_hosts: tuple[str, ...] = DEFAULT_RESULT_HOSTS
     spool_dir: Path = Path("data/spool")  # unless SPOOL_DIR: beside a SQLite database
     max_input_pixels: int = 1_048_576  # API pixel limit for the input (docs/onemin-api.md)
     max_input_side: int = 1536  # API per-side limit for the input, px
     shutdown_grace: float = 20.0  # seconds running jobs get to finish when the bot stops
-    busy_timeout: float = 1800.0  # seconds a job may wait out 1min.ai's rate limit
-    job_max_age: float = 86_400.0  # seconds after which an unfinished job is refunded
-    job_lease: float = MAX_JOB_LEASE  # seconds a process holds a job without renewing
+    busy_timeout: float = jobs.BUSY_TIMEOUT  # seconds a job may wait out 1min.ai's 429s
+    job_max_age: float = jobs.MAX_AGE  # seconds after which an unfinished job is refunded
+    job_lease: float = jobs.LEASE  # seconds a process holds a job without renewing
     circuit_probe_interval: float = 180.0  # seconds between probes while 1min.ai refuses
-    circuit_give_up: float = 3600.0  # seconds queued jobs wait for 1min.ai to accept again
-    job_retention_days: int = 30  # days a finished job's row is kept (ledger and audit stay)
+    circuit_give_up: float = jobs.CIRCUIT_GIVE_UP  # seconds queued jobs wait for 1min.ai
+    job_retention_days: int = jobs.RETENTION_DAYS  # days a finished job's row is kept
     metrics_port: int | None = None  # serve /metrics, /healthz, /readyz here; None: off
     metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
     startup_retry: float = 60.0  # seconds start-up retries the network in all; 0: one try
@@ -162,17 +156,6 @@ class Settings:
         """The SQLite file, or None on PostgreSQL."""
         url = self.database_url.get()
         return sqlite_path(url) if url.startswith("sqlite:") else None
-
-
-def is_loopback_url(url: str) -> bool:
-    """True when ``url``'s host is localhost or a loopback address."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- reading the environment -----------------------------------------------------------

@@ -13,30 +13,31 @@ the new window. Every moderator change is written with its audit row in one tran
 
 The package, one concern a module (each module's docstring says more):
 
-- :mod:`~bot.ledger.periods`: period starts and ends;
-- :mod:`~bot.ledger.values`: the values in and out, and :class:`LedgerValueError`;
-- :mod:`~bot.ledger.reservations`: reserve, commit, refund: the hot path, decided from
-  the usage counters of :mod:`~bot.ledger.counters`;
-- :mod:`~bot.ledger.rollups`: running totals for reports and budgets;
+- :mod:`~bot.ledger.facade`: :class:`Ledger`, the one object its users hold;
+- :mod:`~bot.ledger.core`: what the parts share (database, clock, the owner's defaults,
+  the usage counters of :mod:`~bot.ledger.counters`), given to each part explicitly;
+- :mod:`~bot.ledger.reservations`: reserve, commit, refund: the hot path;
 - :mod:`~bot.ledger.quota`: moderators' changes (a table of settings), budget alerts;
-- :mod:`~bot.ledger.reports`: ``/usage`` and the audit log.
+- :mod:`~bot.ledger.reports`: ``/usage`` and the audit log;
+- :mod:`~bot.ledger.rollups`: running totals for reports and budgets;
+- :mod:`~bot.ledger.periods`: periods, their starts and ends;
+- :mod:`~bot.ledger.values`: the values in and out, and :class:`LedgerValueError`;
+- :mod:`~bot.ledger.sql`: lists of values for SQL, and example values for plans.
 
-The public surface is free of engine specifics (plain values and frozen dataclasses in
-and out; ``tx`` is whatever :meth:`bot.db.Database.transaction` yields). SQL here is
-portable (lists of ids aside, see :func:`bot.ledger.base.sql_list`): parameters whose
-type PostgreSQL cannot infer are ``CAST``, sums are ``CAST`` to BIGINT. Every statement
-that runs per reservation, settlement or command is listed in its module's
+The public surface (``__all__``) is :class:`Ledger` and the values its methods take and
+return; it is free of engine specifics (plain values and frozen dataclasses in and out;
+``tx`` is whatever :meth:`bot.db.Database.transaction` yields). SQL here is portable
+(lists of ids aside, see :func:`bot.ledger.sql.sql_list`): parameters whose type
+PostgreSQL cannot infer are ``CAST``, sums are ``CAST`` to BIGINT. Every statement that
+runs per reservation, settlement or command is listed in its module's
 ``HOT_STATEMENTS``, and must read through an index at any size
 (``tests/test_hot_plans.py``).
 """
 
 from __future__ import annotations
 
-from bot.db import TS_FORMAT
-from bot.ledger.periods import EPOCH, period_end, period_start
-from bot.ledger.quota import QuotaChanges
-from bot.ledger.reports import Reports
-from bot.ledger.reservations import Reservations
+from bot.ledger.facade import Ledger
+from bot.ledger.periods import PERIODS, Period, period_end
 from bot.ledger.values import (
     MAX_CREDITS,
     AuditEntry,
@@ -55,9 +56,8 @@ from bot.ledger.values import (
 )
 
 __all__ = [
-    "EPOCH",
     "MAX_CREDITS",
-    "TS_FORMAT",
+    "PERIODS",
     "AuditEntry",
     "Balance",
     "Change",
@@ -67,19 +67,11 @@ __all__ = [
     "Ledger",
     "LedgerValueError",
     "MemberUsage",
+    "Period",
     "Reservation",
     "ServerUsage",
     "TotalUsage",
     "UsageReport",
     "guild_lock",
     "period_end",
-    "period_start",
 ]
-
-
-class Ledger(Reservations, QuotaChanges, Reports):
-    """Reservations, settlement, limits and reports for every guild.
-
-    ``Ledger(db, default_limit=..., default_period=..., total_budget=0,
-    total_budget_period="monthly", clock=utc_now)``; see :class:`bot.ledger.base.LedgerBase`.
-    """

@@ -17,10 +17,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.app.settings import Period
 from bot.db import Database, HotStatement, Transaction, ts
-from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START, LedgerBase, ids_param, listed
-from bot.ledger.periods import period_params, period_start
+from bot.db.urls import Engine
+from bot.ledger.periods import Period, period_params, period_start
+from bot.ledger.sql import EXAMPLE_PERIODS, EXAMPLE_START, ids_param, listed, scalar, sql_list
 
 LIVE = "e.state IN ('reserved', 'committed')"
 
@@ -100,10 +100,14 @@ class MemberState:
     stale: bool  # the member_usage row was not for this period: recounted
 
 
-class UsageCounters(LedgerBase):
-    """Reading the usage counters (see the module docstring)."""
+class UsageCounters:
+    """Reading the usage counters (see the module docstring), in the caller's
+    transaction or straight from the database."""
 
-    async def _guild(self, q: Transaction | Database, guild_id: int, now: datetime) -> GuildState:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def guild(self, q: Transaction | Database, guild_id: int, now: datetime) -> GuildState:
         """The guild's settings and live credits this period (its counter, or a recount)."""
         row = await q.fetchone(GUILD, {"g": guild_id, **period_params(now)})
         assert row is not None, "the guild's settings row exists (callers ensure it)"
@@ -111,7 +115,7 @@ class UsageCounters(LedgerBase):
         since = ts(period_start(now, period))
         stale = row["used"] is None
         used = (
-            int(await self._scalar(q, GUILD_RECOUNT, {"g": guild_id, "since": since}))
+            int(await scalar(q, GUILD_RECOUNT, {"g": guild_id, "since": since}))
             if stale
             else int(row["used"])
         )
@@ -119,11 +123,11 @@ class UsageCounters(LedgerBase):
             period, since, int(row["default_limit"]), int(row["server_budget"]), used, stale
         )
 
-    async def _members(
+    async def members(
         self, q: Transaction | Database, guild_id: int, since: str, member_ids: Collection[int]
     ) -> dict[int, MemberState]:
         """Each member's live credits this period (counter or recount), override, grants."""
-        table, ids = self._list(sorted(set(member_ids)), "BIGINT")
+        table, ids = sql_list(self._engine, sorted(set(member_ids)), "BIGINT")
         rows = await q.fetchall(
             MEMBERS.format(ids=table), {"g": guild_id, "since": since, "ids": ids}
         )
@@ -131,7 +135,7 @@ class UsageCounters(LedgerBase):
         used = {int(r["member_id"]): int(r["used"] or 0) for r in rows}
         if stale:
             used.update(dict.fromkeys(stale, 0))  # members with no live entry recount to 0
-            table, ids = self._list(stale, "BIGINT")
+            table, ids = sql_list(self._engine, stale, "BIGINT")
             recount = MEMBER_RECOUNT.format(ids=table)
             for r in await q.fetchall(recount, {"g": guild_id, "since": since, "ids": ids}):
                 used[int(r["member_id"])] = int(r["used"])
@@ -145,11 +149,12 @@ class UsageCounters(LedgerBase):
             for r in rows
         }
 
-    async def _role_limits(
+    async def role_limits(
         self, q: Transaction | Database, guild_id: int, role_ids: Collection[int]
     ) -> dict[int, int]:
+        """The limits of those of ``role_ids`` that have one."""
         if not role_ids:
             return {}
-        table, ids = self._list(sorted(set(role_ids)), "BIGINT")
+        table, ids = sql_list(self._engine, sorted(set(role_ids)), "BIGINT")
         rows = await q.fetchall(ROLE_LIMITS.format(ids=table), {"g": guild_id, "ids": ids})
         return {int(r["role_id"]): int(r["credit_limit"]) for r in rows}

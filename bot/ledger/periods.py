@@ -1,5 +1,6 @@
 """Accounting periods, in UTC: daily from 00:00, weekly from Monday 00:00, monthly from
-the 1st 00:00, or lifetime (since the epoch).
+the 1st 00:00, or lifetime (since the epoch). :data:`Period` names one; the settings
+read a guild's default period and the total budget's with these names.
 
 Usage, grants and rollups are keyed by the start of the period they fall in, so a period
 is always found through its start: :func:`period_start` for one period and
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal
 
-from bot.app.settings import PERIODS, Period
 from bot.db import ts
-from bot.i18n import Text
-from bot.ledger.values import LedgerValueError
 
+Period = Literal["daily", "weekly", "monthly", "lifetime"]
+PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "lifetime")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # start of the "lifetime" period
 _DAYS_CACHED = 4096  # distinct UTC days whose period starts are kept (about 11 years)
 
@@ -68,11 +69,3 @@ def period_params(now: datetime) -> dict[str, str]:
     """``:p_daily`` ... ``:p_lifetime``: the stored start of each period containing ``now``
     (for SQL that picks one by a guild's period)."""
     return {f"p_{period}": start for period, start in period_starts(ts(now))}
-
-
-def check_period(period: str) -> Period:
-    """``period`` as a :data:`Period`, or LedgerValueError."""
-    for known in PERIODS:
-        if period == known:
-            return known
-    raise LedgerValueError(Text.of("quota.invalid.period"))

@@ -20,16 +20,17 @@ from dataclasses import dataclass
 
 from bot.db import HotStatement, Transaction, ts
 from bot.i18n import Text
-from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START
-from bot.ledger.counters import UsageCounters
-from bot.ledger.periods import check_period, period_params
+from bot.ledger.core import LedgerCore
+from bot.ledger.periods import period_params
 from bot.ledger.rollups import SAVE_MEMBER, member_row
+from bot.ledger.sql import EXAMPLE_PERIODS, EXAMPLE_START, scalar
 from bot.ledger.values import (
     MAX_CREDITS,
     Change,
     GuildSettings,
     LedgerValueError,
     check_limit,
+    check_period,
     guild_lock,
     is_int,
 )
@@ -163,12 +164,18 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-class QuotaChanges(UsageCounters):
+class QuotaChanges:
     """Moderators' changes, the guild's settings, budget alert claims."""
+
+    def __init__(self, core: LedgerCore) -> None:
+        self._core = core
+        self._db = core.db
+        self._clock = core.clock
+        self._counters = core.counters
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
         """The guild's limits (created with the configured defaults on first use)."""
-        await self._ensure_guild(guild_id)
+        await self._core.ensure_guild_row(guild_id)
         row = await self._db.fetchone(GUILD_ROW, (guild_id,))
         assert row is not None
         roles = await self._db.fetchall(ROLE_ROWS, (guild_id,))
@@ -207,8 +214,8 @@ class QuotaChanges(UsageCounters):
         one transaction."""
         key = (guild_id,) if setting.key is None else (guild_id, key_id)
         async with self._db.transaction() as tx:
-            await self._ensure_guild(guild_id, tx)
-            old = await self._scalar(tx, setting.read_sql, key)
+            await self._core.ensure_guild_row(guild_id, tx)
+            old = await scalar(tx, setting.read_sql, key)
             if clear:
                 await tx.execute(setting.clear_sql, key)
             else:
@@ -266,8 +273,8 @@ class QuotaChanges(UsageCounters):
         now = self._clock()
         params = {"g": guild_id, "m": member_id, **period_params(now)}
         async with self._db.transaction() as tx:
-            await self._ensure_guild(guild_id, tx)
-            before = int(await self._scalar(tx, GRANTS, params))
+            await self._core.ensure_guild_row(guild_id, tx)
+            before = int(await scalar(tx, GRANTS, params))
             await tx.execute(GRANT, {**params, "amount": amount, "actor": actor_id, "now": ts(now)})
             change = Change("grant", f"member:{member_id}", str(before), str(before + amount))
             return await self._audit(tx, guild_id, actor_id, change)
@@ -281,10 +288,10 @@ class QuotaChanges(UsageCounters):
         """
         now = self._clock()
         async with self._db.transaction() as tx:
-            await self._ensure_guild(guild_id, tx)
+            await self._core.ensure_guild_row(guild_id, tx)
             await tx.lock(guild_lock(guild_id))  # the member's usage counter changes
-            guild = await self._guild(tx, guild_id, now)
-            members = await self._members(tx, guild_id, guild.since, [member_id])
+            guild = await self._counters.guild(tx, guild_id, now)
+            members = await self._counters.members(tx, guild_id, guild.since, [member_id])
             await tx.execute(
                 RESET, {"g": guild_id, "m": member_id, "since": guild.since, "now": ts(now)}
             )
@@ -302,7 +309,7 @@ class QuotaChanges(UsageCounters):
             raise ValueError(
                 f"threshold_percent must be a whole number from 1 to {MAX_ALERT_PERCENT}"
             )
-        await self._ensure_guild(guild_id)
+        await self._core.ensure_guild_row(guild_id)
         now = self._clock()
         params = {"g": guild_id, "threshold": threshold_percent, "now": ts(now)}
         claimed = await self._db.write(CLAIM_ALERT, {**params, **period_params(now)})

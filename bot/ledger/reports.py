@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date
 
-from bot.app.settings import Period
 from bot.db import HotStatement, parse_ts, ts
-from bot.ledger.base import LedgerBase
-from bot.ledger.periods import check_period, period_start
+from bot.ledger.core import LedgerCore
+from bot.ledger.periods import Period, period_start
 from bot.ledger.rollups import DAY_REPORT, GUILD_PENDING, MEMBER_REPORT
-from bot.ledger.values import AuditEntry, DayUsage, MemberUsage, UsageReport
+from bot.ledger.values import AuditEntry, DayUsage, MemberUsage, UsageReport, check_period
 
 AUDIT_LOG = (
     "SELECT actor_id, action, target, old_value, new_value, created_at FROM audit_log"
@@ -31,8 +30,13 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
 )
 
 
-class Reports(LedgerBase):
+class Reports:
     """``/usage`` and the audit log."""
+
+    def __init__(self, core: LedgerCore) -> None:
+        self._core = core
+        self._db = core.db
+        self._clock = core.clock
 
     async def usage(self, guild_id: int, period: Period | None = None) -> UsageReport:
         """Per-member upscales, credits, failures and refunds since the period began, and
@@ -45,7 +49,7 @@ class Reports(LedgerBase):
         if period:
             chosen = check_period(period)
         else:
-            await self._ensure_guild(guild_id)
+            await self._core.ensure_guild_row(guild_id)
             row = await self._db.fetchone(PERIOD_OF, (guild_id,))
             assert row is not None, "the guild's settings row was just ensured"
             chosen = row["period"]

@@ -20,7 +20,6 @@ anyway; a commit writes nothing but the entries.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Collection, Mapping
@@ -28,8 +27,7 @@ from dataclasses import dataclass
 
 from bot.db import HotStatement, RowsInsert, Transaction, parse_ts, ts
 from bot.db.batching import GroupCommit
-from bot.ledger.base import EXAMPLE_START, ids_param, listed
-from bot.ledger.counters import UsageCounters
+from bot.ledger.core import LedgerCore
 from bot.ledger.periods import period_end, period_start
 from bot.ledger.rollups import (
     ADD_LIVE,
@@ -39,6 +37,7 @@ from bot.ledger.rollups import (
     member_row,
     refund_rollups,
 )
+from bot.ledger.sql import EXAMPLE_START, ids_param, listed, scalar, sql_list
 from bot.ledger.values import (
     MAX_CREDITS,
     Balance,
@@ -130,21 +129,26 @@ class _Ask:
     job_id: str | None
 
 
-class Reservations(UsageCounters):
+class Reservations:
     """Reserve, commit, refund, and the figures read from the counters."""
 
-    # Group commit: concurrent reservations per guild, settlements per outcome.
-    @functools.cached_property
-    def _reserves(self) -> GroupCommit[int, _Ask, Reservation | Denial]:
-        return GroupCommit(self._reserve_batch, name="ledger-reserve")
-
-    @functools.cached_property
-    def _settles(self) -> GroupCommit[tuple[str, str | None], str, bool]:
-        return GroupCommit(self._settle_batch, name="ledger-settle")
+    def __init__(self, core: LedgerCore) -> None:
+        self._core = core
+        self._db = core.db
+        self._clock = core.clock
+        self._defaults = core.defaults
+        self._counters = core.counters
+        # Group commit: concurrent reservations per guild, settlements per outcome.
+        self._reserves: GroupCommit[int, _Ask, Reservation | Denial] = GroupCommit(
+            self._reserve_batch, name="ledger-reserve"
+        )
+        self._settles: GroupCommit[tuple[str, str | None], str, bool] = GroupCommit(
+            self._settle_batch, name="ledger-settle"
+        )
 
     def _lock_keys(self, guild_id: int) -> tuple[str, ...]:
         """Advisory lock keys serialising the writers of a guild's usage (PostgreSQL)."""
-        if self._total_budget:
+        if self._defaults.total_budget:
             return (guild_lock(guild_id), "total")
         return (guild_lock(guild_id),)
 
@@ -171,11 +175,11 @@ class Reservations(UsageCounters):
             raise ValueError(f"cost must be a whole number from 1 to {MAX_CREDITS}")
         ask = _Ask(member_id, tuple(dict.fromkeys(int(r) for r in role_ids)), cost, job_id)
         if tx is not None:
-            await self._ensure_guild(guild_id, tx)
+            await self._core.ensure_guild_row(guild_id, tx)
             await tx.lock(*self._lock_keys(guild_id))
             (outcome,) = await self._reserve_locked(tx, guild_id, [ask])
             return outcome
-        await self._ensure_guild(guild_id)
+        await self._core.ensure_guild_row(guild_id)
         return await self._reserves.submit(guild_id, ask)
 
     async def _reserve_batch(self, guild_id: int, asks: list[_Ask]) -> list[Reservation | Denial]:
@@ -188,14 +192,17 @@ class Reservations(UsageCounters):
     ) -> list[Reservation | Denial]:
         """Decide ``asks`` in order and record the granted ones. The caller holds the locks."""
         now = self._clock()
-        guild = await self._guild(tx, guild_id, now)
-        members = await self._members(tx, guild_id, guild.since, [a.member_id for a in asks])
-        role_limits = await self._role_limits(tx, guild_id, [r for a in asks for r in a.role_ids])
+        counters, defaults = self._counters, self._defaults
+        guild = await counters.guild(tx, guild_id, now)
+        members = await counters.members(tx, guild_id, guild.since, [a.member_id for a in asks])
+        role_limits = await counters.role_limits(
+            tx, guild_id, [r for a in asks for r in a.role_ids]
+        )
         total_used = 0
-        if self._total_budget:
-            start = ts(period_start(now, self._total_period))
-            total = {"period": self._total_period, "start": start}
-            total_used = int(await self._scalar(tx, TOTAL_LIVE, total))
+        if defaults.total_budget:
+            start = ts(period_start(now, defaults.total_period))
+            total = {"period": defaults.total_period, "start": start}
+            total_used = int(await scalar(tx, TOTAL_LIVE, total))
         resets_at = period_end(now, guild.period)
         used = {m: state.used for m, state in members.items()}
         server_used = guild.used
@@ -212,10 +219,10 @@ class Reservations(UsageCounters):
                 outcomes.append(
                     Denial("server_budget", server_used, guild.server_budget, resets_at)
                 )
-            elif self._total_budget and total_used + ask.cost > self._total_budget:
-                total_resets = period_end(now, self._total_period)
+            elif defaults.total_budget and total_used + ask.cost > defaults.total_budget:
+                total_resets = period_end(now, defaults.total_period)
                 outcomes.append(
-                    Denial("total_budget", total_used, self._total_budget, total_resets)
+                    Denial("total_budget", total_used, defaults.total_budget, total_resets)
                 )
             else:
                 used[ask.member_id] += ask.cost
@@ -269,7 +276,7 @@ class Reservations(UsageCounters):
         adds them to the rollups' refunds, under the guilds' locks; a commit changes no
         counter (reserved credits already count, and delivered is what stays reserved).
         """
-        table, listed_ids = self._list(ids, "TEXT")
+        table, listed_ids = sql_list(self._db.engine, ids, "TEXT")
         refunding = state == "refunded"
         if refunding:
             guilds = await tx.fetchall(SETTLED_GUILDS.format(ids=table), {"ids": listed_ids})
@@ -339,14 +346,13 @@ class Reservations(UsageCounters):
 
     async def balance(self, guild_id: int, member_id: int, role_ids: Collection[int]) -> Balance:
         """Used, pending and limit for this period, and when it resets (for /credits)."""
-        await self._ensure_guild(guild_id)
+        await self._core.ensure_guild_row(guild_id)
         now = self._clock()
-        guild = await self._guild(self._db, guild_id, now)
-        member = (await self._members(self._db, guild_id, guild.since, [member_id]))[member_id]
-        role_limits = await self._role_limits(self._db, guild_id, role_ids)
-        pending = await self._scalar(
-            self._db, PENDING, {"g": guild_id, "m": member_id, "since": guild.since}
-        )
+        db, counters = self._db, self._counters
+        guild = await counters.guild(db, guild_id, now)
+        member = (await counters.members(db, guild_id, guild.since, [member_id]))[member_id]
+        role_limits = await counters.role_limits(db, guild_id, role_ids)
+        pending = await scalar(db, PENDING, {"g": guild_id, "m": member_id, "since": guild.since})
         limit = effective_limit(
             guild.default_limit, member.override, role_limits, role_ids, member.grants
         )
@@ -360,16 +366,16 @@ class Reservations(UsageCounters):
 
     async def server_usage(self, guild_id: int) -> ServerUsage:
         """The guild's live credits this period and its server budget (budget alerts)."""
-        await self._ensure_guild(guild_id)
-        guild = await self._guild(self._db, guild_id, self._clock())
+        await self._core.ensure_guild_row(guild_id)
+        guild = await self._counters.guild(self._db, guild_id, self._clock())
         return ServerUsage(guild.used, guild.server_budget)
 
     async def total_usage(self) -> TotalUsage | None:
         """Credits all guilds used this total-budget period; None when there is no cap."""
-        if not self._total_budget:
+        budget, period = self._defaults.total_budget, self._defaults.total_period
+        if not budget:
             return None
         now = self._clock()
-        start = ts(period_start(now, self._total_period))
-        total = {"period": self._total_period, "start": start}
-        used = await self._scalar(self._db, TOTAL_LIVE, total)
-        return TotalUsage(int(used), self._total_budget, period_end(now, self._total_period))
+        total = {"period": period, "start": ts(period_start(now, period))}
+        used = await scalar(self._db, TOTAL_LIVE, total)
+        return TotalUsage(int(used), budget, period_end(now, period))

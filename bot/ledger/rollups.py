@@ -23,10 +23,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-from bot.app.settings import PERIODS, Period
 from bot.db import HotStatement, Row, RowsInsert, Transaction, ts
-from bot.ledger.base import EXAMPLE_PERIODS, EXAMPLE_START
-from bot.ledger.periods import period_starts
+from bot.ledger.periods import PERIODS, Period, period_starts
+from bot.ledger.sql import EXAMPLE_PERIODS, EXAMPLE_START
 
 _PARAMS_CACHED = 1024  # (day, sums) pairs whose member parameters are kept
 

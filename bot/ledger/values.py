@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal, NamedTuple
 
-from bot.app.settings import Period
 from bot.i18n import Text
+from bot.ledger.periods import PERIODS, Period
 
 MAX_CREDITS = 1_000_000  # largest limit, budget, grant or cost, in credits
 
@@ -43,6 +43,14 @@ def check_limit(value: int, invalid: Text | None = None) -> int:
     if not is_int(value) or not 0 <= value <= MAX_CREDITS:
         raise LedgerValueError(invalid or Text.of("quota.invalid.limit", max=MAX_CREDITS))
     return value
+
+
+def check_period(period: str) -> Period:
+    """``period`` as a :data:`~bot.ledger.periods.Period`, or LedgerValueError."""
+    for known in PERIODS:
+        if period == known:
+            return known
+    raise LedgerValueError(Text.of("quota.invalid.period"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import re
@@ -45,7 +46,6 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bot.app.settings import DEFAULT_API_BASE, DEFAULT_RESULT_HOSTS, OUTPUT_FORMATS, is_loopback_url
 from bot.failures import FailureKind
 from bot.retry import Backoff, retry
 from bot.timings import ONEMIN_BACKOFF_BASE
@@ -53,6 +53,8 @@ from bot.timings import ONEMIN_BACKOFF_BASE
 __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_RESULT_HOSTS",
+    "DEFAULT_UPSCALE_TIMEOUT",
+    "OUTPUT_FORMATS",
     "ROUTE_ASSETS",
     "ROUTE_DOWNLOAD",
     "ROUTE_FEATURES",
@@ -69,9 +71,22 @@ __all__ = [
     "TimedOut",
     "Unauthorized",
     "UpscaleResult",
+    "is_loopback_url",
 ]
 
 log = logging.getLogger(__name__)
+
+# The client's defaults; the owner's settings (ONEMIN_API_BASE, ONEMIN_RESULT_HOSTS,
+# ONEMIN_UPSCALE_TIMEOUT) take theirs from here.
+DEFAULT_API_BASE = "https://api.1min.ai"
+# Hosts that serve 1min.ai's presigned result URLs (docs/onemin-api.md, "Downloading").
+DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
+    "s3.us-east-1.amazonaws.com",
+    "asset.1min.ai.s3.us-east-1.amazonaws.com",
+    "asset.1min.ai.s3.amazonaws.com",
+)
+DEFAULT_UPSCALE_TIMEOUT = 180.0  # seconds the synchronous IMAGE_UPSCALER call may take
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")  # what the upscaler can return
 
 ASSETS_PATH = "/api/assets"
 FEATURES_PATH = "/api/features"
@@ -100,6 +115,17 @@ _CREDITS_RE = re.compile(
 _S3_ERROR_RE = re.compile(r"<(Code|Message)>([^<]{1,200})</\1>")
 
 _T = TypeVar("_T")
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is localhost or a loopback address."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -253,7 +279,7 @@ class OneMinClient:
         *,
         base_url: str = DEFAULT_API_BASE,
         result_hosts: Iterable[str] = DEFAULT_RESULT_HOSTS,
-        upscale_timeout: float = 180.0,
+        upscale_timeout: float = DEFAULT_UPSCALE_TIMEOUT,
         request_timeout: float = 60.0,
         download_timeout: float = 120.0,
         max_attempts: int = 3,
