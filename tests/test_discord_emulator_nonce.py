@@ -83,6 +83,20 @@ async def test_a_repeat_after_the_window_posts_again(
     assert contents(emu) == ["first", "later"]
 
 
+async def test_a_repeat_finds_the_latest_post_with_that_nonce(
+    emu: DiscordEmulator, session: aiohttp.ClientSession
+) -> None:
+    """When a nonce was posted again (without enforce_nonce), a repeat with enforce_nonce
+    answers the later post."""
+    await post(emu, session, {"content": "first", "nonce": "job-5"})
+    _, later = await post(emu, session, {"content": "second", "nonce": "job-5"})
+    _, again = await post(
+        emu, session, {"content": "third", "nonce": "job-5", "enforce_nonce": True}
+    )
+    assert again["id"] == later["id"]
+    assert contents(emu) == ["first", "second"]
+
+
 async def test_a_repeat_after_the_first_was_deleted_is_unknown_message(
     emu: DiscordEmulator, session: aiohttp.ClientSession
 ) -> None:

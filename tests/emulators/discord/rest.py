@@ -439,7 +439,7 @@ class Rest(Gateway, Cdn):
         for name in HISTORY_ANCHORS:
             if name in query:
                 raw = query[name]
-                if raw.isdigit():
+                if raw.isascii() and raw.isdigit():
                     anchors[name] = int(raw)
                 else:
                     errors[name] = [("SNOWFLAKE_TYPE_INVALID", f'Value "{raw}" is not snowflake.')]
@@ -546,15 +546,17 @@ class Rest(Gateway, Cdn):
                     return json_response({"message": "Unknown Message", "code": 10008}, 404)
                 return json_response(public(found) | {"nonce": found["_nonce"]})
         message = self._new_message(channel, data, files)
-        if nonce is not None:
+        if nonce is not None:  # the latest post with this nonce is the one a repeat finds
             message["_nonce"] = nonce
-            self._nonces.setdefault(
-                (self.bot_user.id, str(nonce)), (time.time(), channel.id, int(message["id"]))
+            self._nonces[(self.bot_user.id, str(nonce))] = (
+                time.time(),
+                channel.id,
+                int(message["id"]),
             )
         if channel.recipient is not None:
             self.dms_sent.append((channel.recipient.id, message))
-        # The nonce comes back in the answer (and MESSAGE_CREATE) only: Discord does not keep
-        # it, so GET and history leave it out.
+        # The nonce comes back in this answer only: Discord does not keep it, so GET and
+        # history leave it out.
         return json_response(public(message) | ({"nonce": nonce} if nonce is not None else {}))
 
     def _channel_message(
