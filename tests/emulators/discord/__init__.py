@@ -16,7 +16,11 @@ It is built in parts, like the bot, each a module with its own docstring:
 * :mod:`.gateway`: sessions, IDENTIFY and RESUME, dispatch, shards;
 * :mod:`.cdn`: attachment bytes at signed, expiring URLs (slow, held or gone on demand);
 * :mod:`.rest`: routing, auth, faults, messages, history, DMs, command sync;
-* :mod:`.interactions`: injection, callbacks, webhooks, followups, :class:`Injected`;
+* :mod:`.interactions`: injection, callbacks, webhooks, followups, interaction tokens
+  (lifetime, :meth:`~.Interactions.kill_token`, :meth:`~.Interactions.dead_token_calls`),
+  :class:`Injected`;
+* :mod:`.spec`: the request bodies Discord's OpenAPI spec allows, checked on every message
+  route (a violation fails the test when the emulator stops);
 * :mod:`.emulator`: :class:`DiscordEmulator`, all of them served together.
 """
 
@@ -30,8 +34,16 @@ from tests.emulators.discord.gateway import (
     GatewaySession,
     IdentifyAttempt,
 )
-from tests.emulators.discord.interactions import Injected, Interactions, find_button
-from tests.emulators.discord.rest import APPLY_THEN_HANG, HANG, Call, Fault, Rest
+from tests.emulators.discord.interactions import TOKEN_LIFETIME, Injected, Interactions, find_button
+from tests.emulators.discord.rest import (
+    APPLY_THEN_HANG,
+    HANG,
+    HISTORY_DEFAULT_LIMIT,
+    NONCE_WINDOW,
+    Call,
+    Fault,
+    Rest,
+)
 from tests.emulators.discord.world import (
     ALL_PERMISSIONS,
     ATTACH_FILES,
@@ -41,6 +53,7 @@ from tests.emulators.discord.world import (
     EMBED_LINKS,
     EVERYONE_PERMISSIONS,
     MANAGE_GUILD,
+    MANAGE_MESSAGES,
     Channel,
     Guild,
     Member,
@@ -66,9 +79,13 @@ __all__ = [
     "EMBED_LINKS",
     "EVERYONE_PERMISSIONS",
     "HANG",
+    "HISTORY_DEFAULT_LIMIT",
     "IDENTIFY_INTERVAL",
     "MANAGE_GUILD",
+    "MANAGE_MESSAGES",
+    "NONCE_WINDOW",
     "SESSION_START_TOTAL",
+    "TOKEN_LIFETIME",
     "Blob",
     "Call",
     "Cdn",

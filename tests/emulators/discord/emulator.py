@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Self
 
 import discord
@@ -45,8 +46,16 @@ class DiscordEmulator(Interactions):
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop; then, unless the block already failed, fail on ``spec_violations``."""
         await self.stop()
+        if exc_type is None:
+            self.check_spec()
 
 
 def point_discord_at(emulator: DiscordEmulator | str, gateway_url: str | None = None) -> None:

@@ -6,10 +6,19 @@ Tests inject slash commands (:meth:`Interactions.slash`), message context-menu c
 the commands the bot registered, and get an :class:`Injected` that records what the bot
 answered: the ack, every version of the ``@original`` message, followups.
 
-Realism: an ack later than ``ack_deadline`` s gets 404 code 10062; webhook calls after
-``token_lifetime`` s (counted from the interaction's snowflake time, as Discord does) get
-401 code 50027; uploads over the interaction's ``attachment_size_limit`` get 413 code
-40005.
+Realism: an ack later than ``ack_deadline`` s gets 404 code 10062; uploads over the
+interaction's ``attachment_size_limit`` get 413 code 40005. An interaction token dies
+``token_lifetime`` s (15 minutes) after the interaction's snowflake time, as Discord
+counts, or at once with :meth:`Interactions.kill_token`; from then on every call made
+with it (callback, ``@original`` and follow-up GET/PATCH/DELETE, follow-up POST) gets 401
+code 50027 "Invalid Webhook Token", and each such call after a token's first refusal is
+listed by :meth:`Interactions.dead_token_calls`. Non-ephemeral responses stay the bot's
+own channel messages: edited or deleted through the channel routes (bot token), the
+change shows in :class:`Injected` too. The JSON bodies of callbacks, edits and follow-ups
+are checked against Discord's spec (:mod:`.spec`).
+
+:meth:`Interactions.fill_channel` posts many members' messages at once (no HTTP calls), for
+tests that page through a busy channel.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from aiohttp import web
 
 from tests.emulators.discord.base import EmulatorError
 from tests.emulators.discord.rest import Reply, Rest, json_response, public
+from tests.emulators.discord.spec import callback_data_route
 from tests.emulators.discord.world import (
     DEFAULT_UPLOAD_LIMIT,
     Channel,
@@ -61,6 +71,8 @@ class Injected:
     followups: list[dict[str, Any]] = field(default_factory=list)
     deleted: bool = False
     message_id: int | None = None  # for a component click: the message carrying it
+    token_killed: bool = False  # set by Interactions.kill_token
+    token_refused_at: float | None = None  # monotonic time of the token's first 401
 
     @property
     def ack_latency(self) -> float | None:
@@ -108,18 +120,59 @@ class Interactions(Rest):
         self.token_lifetime = TOKEN_LIFETIME
         self.interactions: dict[int, Injected] = {}
         self._by_token: dict[str, Injected] = {}
+        self._by_message: dict[int, Injected] = {}  # responses and follow-ups, by message id
+        self._deleted: set[int] = set()  # responses and follow-ups deleted, by message id
+        self._refused_tokens: set[str] = set()  # tokens already answered 401 once
+        self._dead_calls: list[tuple[str, str, str]] = []  # (token, method, path) after that
 
     async def _route_interactions(
-        self, method: str, api: str, body: Any, files: list[tuple[str, bytes]]
+        self, method: str, path: str, api: str, body: Any, files: list[tuple[str, bytes]]
     ) -> web.Response | None:
         app = str(self.application_id)
         if m := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", api):
-            return await self._callback(int(m[1]), m[2], body, files)
+            self._check_body("interaction callback", method, path, body)
+            if isinstance(body, dict) and (route := callback_data_route(body.get("type"))):
+                self._check_body(route, method, path, body.get("data"))
+            return await self._callback(int(m[1]), m[2], body, files, method, path)
         if m := re.fullmatch(rf"/webhooks/{app}/([^/]+)/messages/(@original|\d+)", api):
-            return self._webhook_message(method, m[1], m[2], body, files)
+            if method == "PATCH":
+                self._check_body("edit webhook message", method, path, body)
+            return self._webhook_message(method, path, m[1], m[2], body, files)
         if (m := re.fullmatch(rf"/webhooks/{app}/([^/]+)", api)) and method == "POST":
-            return self._followup(m[1], body, files)
+            self._check_body("execute webhook", method, path, body)
+            return self._followup(method, path, m[1], body, files)
         return None
+
+    # -- interaction tokens ------------------------------------------------------------
+
+    def kill_token(self, it: Injected) -> None:
+        """Make ``it``'s token dead now: every later call with it gets 401 code 50027."""
+        it.token_killed = True
+
+    def token_dead(self, it: Injected) -> bool:
+        """Whether Discord would refuse ``it``'s token now (killed, or past its lifetime)."""
+        return it.token_killed or time.time() - snowflake_time(it.id) > self.token_lifetime
+
+    def dead_token_calls(self, it: Injected | None = None) -> list[tuple[str, str]]:
+        """``(method, path)`` of every call made with a token after that token's first
+        401 (of ``it``'s token only, when given), in order: a bot that takes Discord's
+        first "Invalid Webhook Token" as final makes none."""
+        return [
+            (method, path)
+            for token, method, path in self._dead_calls
+            if it is None or token == it.token
+        ]
+
+    def _refuse_dead_token(self, it: Injected, method: str, path: str) -> None:
+        """Answer 401 code 50027 when ``it``'s token is dead, recording the call."""
+        if not self.token_dead(it):
+            return
+        if it.token in self._refused_tokens:
+            self._dead_calls.append((it.token, method, path))
+        else:
+            self._refused_tokens.add(it.token)
+            it.token_refused_at = time.monotonic()
+        raise Reply(json_response({"message": "Invalid Webhook Token", "code": 50027}, status=401))
 
     # -- responses ---------------------------------------------------------------------
 
@@ -129,18 +182,56 @@ class Interactions(Rest):
             raise Reply(json_response({"message": "Unknown Webhook", "code": 10015}, status=404))
         return it
 
-    def _check_token_alive(self, it: Injected) -> None:
-        if time.time() - snowflake_time(it.id) > self.token_lifetime:
-            raise Reply(
-                json_response({"message": "Invalid Webhook Token", "code": 50027}, status=401)
-            )
+    def _metadata(self, it: Injected) -> dict[str, Any]:
+        """The ``interaction_metadata`` Discord puts on ``it``'s response messages."""
+        owner = it.channel.guild_id or self.guild.id
+        meta: dict[str, Any] = {
+            "id": str(it.id),
+            "type": it.type,
+            "user": it.user.payload(),
+            "authorizing_integration_owners": {"0": str(owner)},
+        }
+        if it.original is not None:
+            meta["original_response_message_id"] = it.original["id"]
+        if it.message_id is not None:
+            meta["interacted_message_id"] = str(it.message_id)
+        return meta
+
+    def _channel_message_edited(self, message: dict[str, Any]) -> None:
+        it = self._by_message.get(int(message["id"]))
+        if it is None:
+            return
+        if it.original is not None and it.original["id"] == message["id"]:
+            it.original = message
+            it.edits.append(message)
+        else:
+            it.followups = [message if f["id"] == message["id"] else f for f in it.followups]
+
+    def _channel_message_deleted(self, message: dict[str, Any]) -> None:
+        it = self._by_message.get(int(message["id"]))
+        if it is None:
+            return
+        self._deleted.add(int(message["id"]))
+        if it.original is not None and it.original["id"] == message["id"]:
+            it.deleted = True
 
     async def _callback(
-        self, interaction_id: int, token: str, body: Any, files: list[tuple[str, bytes]]
+        self,
+        interaction_id: int,
+        token: str,
+        body: Any,
+        files: list[tuple[str, bytes]],
+        method: str = "POST",
+        path: str = "",
     ) -> web.Response:
         it = self.interactions.get(interaction_id)
         if it is None or it.token != token:
             return json_response({"message": "Unknown interaction", "code": 10062}, status=404)
+        try:
+            self._refuse_dead_token(it, method, path)
+        except Reply:
+            it.ack_status = 401
+            raise
         if it.ack_type is not None:
             return json_response(
                 {"message": "Interaction has already been acknowledged.", "code": 40060},
@@ -155,18 +246,20 @@ class Interactions(Rest):
         data = body.get("data") or {}
         message: dict[str, Any] | None = None
         if kind == 4:  # CHANNEL_MESSAGE_WITH_SOURCE
-            message = self._new_message(it.channel, data, files, from_interaction=True)
+            message = self._new_message(it.channel, data, files, self._metadata(it))
             it.original = message
             it.edits.append(message)
+            self._by_message[int(message["id"])] = it
         elif kind == 5:  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
             message = self._new_message(
                 it.channel,
                 {"content": "", "flags": data.get("flags", 0)},
                 [],
-                from_interaction=True,
+                self._metadata(it),
             )
             message["flags"] = (data.get("flags") or 0) | 128  # LOADING
             it.original = message
+            self._by_message[int(message["id"])] = it
         elif kind in (6, 7) and it.message_id is not None:
             # DEFERRED_UPDATE_MESSAGE / UPDATE_MESSAGE: @original is the clicked message.
             target = it.channel.messages.get(it.message_id)
@@ -194,13 +287,14 @@ class Interactions(Rest):
     def _webhook_message(
         self,
         method: str,
+        path: str,
         token: str,
         which: str,
         body: Any,
         files: list[tuple[str, bytes]],
     ) -> web.Response:
         it = self._interaction(token)
-        self._check_token_alive(it)
+        self._refuse_dead_token(it, method, path)
         if it.original is not None and which == str(it.original["id"]):
             which = "@original"  # the original response by its id, as Discord allows
         if which == "@original":
@@ -209,7 +303,7 @@ class Interactions(Rest):
             target = it.original
         else:
             found = [f for f in it.followups if f["id"] == which]
-            if not found:
+            if not found or int(which) in self._deleted:
                 return json_response({"message": "Unknown Message", "code": 10008}, status=404)
             target = found[0]
         if method == "GET":
@@ -217,6 +311,7 @@ class Interactions(Rest):
         if method == "DELETE":
             if which == "@original":
                 it.deleted = True
+            self._deleted.add(int(target["id"]))
             it.channel.messages.pop(int(target["id"]), None)
             return web.Response(status=204)
         if method == "PATCH":
@@ -225,18 +320,23 @@ class Interactions(Rest):
             if which == "@original":
                 it.original = updated
                 it.edits.append(updated)
+            else:
+                it.followups = [updated if f["id"] == which else f for f in it.followups]
             if int(updated["id"]) in it.channel.messages:  # ephemeral messages are not there
                 it.channel.messages[int(updated["id"])] = updated
             return json_response(public(updated))
         self.unimplemented.append(f"{method} webhook message")
         return json_response({"message": "405"}, status=405)
 
-    def _followup(self, token: str, body: Any, files: list[tuple[str, bytes]]) -> web.Response:
+    def _followup(
+        self, method: str, path: str, token: str, body: Any, files: list[tuple[str, bytes]]
+    ) -> web.Response:
         it = self._interaction(token)
-        self._check_token_alive(it)
+        self._refuse_dead_token(it, method, path)
         self._check_upload(files, it.upload_limit)
-        message = self._new_message(it.channel, body or {}, files, from_interaction=True)
+        message = self._new_message(it.channel, body or {}, files, self._metadata(it))
         it.followups.append(message)
+        self._by_message[int(message["id"])] = it
         return json_response(public(message))
 
     # -- injection ---------------------------------------------------------------------
@@ -416,6 +516,26 @@ class Interactions(Rest):
             message["guild_id"] = str(chan.guild_id)
         chan.messages[int(message["id"])] = message
         return message
+
+    def fill_channel(
+        self,
+        count: int,
+        *,
+        channel: Channel | None = None,
+        authors: Sequence[Member] | None = None,
+        content: str = "message {n}",
+    ) -> list[dict[str, Any]]:
+        """``count`` messages posted in ``channel`` by ``authors`` in turn (default: the
+        guild's members who are not bots), each newer than every message before it, stored
+        at once without HTTP calls; oldest first. ``content`` is formatted with ``n``, the
+        message's index."""
+        chan = channel or self.channel
+        guild = self.guild_of(chan)
+        people = list(authors or (guild.humans if guild is not None else [self.alice]))
+        return [
+            self.user_message(people[n % len(people)], content=content.format(n=n), channel=chan)
+            for n in range(count)
+        ]
 
     def image_message(
         self,

@@ -8,9 +8,23 @@ never answer (:data:`HANG`) or take effect without an answer (:data:`APPLY_THEN_
 interaction's) limit get 413 code 40005.
 
 Owner tooling: ``reject_token`` (401 here, 4004 on the gateway), ``GET
-/users/@me/guilds`` (``permissions`` from :attr:`Guild.bot_permissions`), message history,
-``POST /users/@me/channels`` and DMs (``dms_sent``, :meth:`Rest.dms_to`; users in
-``closed_dms`` refuse them with 50007), the application ``owner``.
+/users/@me/guilds`` (``permissions`` from :attr:`Guild.bot_permissions`), ``POST
+/users/@me/channels`` and DMs (``dms_sent``, :meth:`Rest.dms_to`; users in ``closed_dms``
+refuse them with 50007), the application ``owner``.
+
+Channel messages as Discord keeps them: ``GET /channels/{id}/messages`` with ``limit``
+(1-100, default 50) and one of ``before``, ``after``, ``around``, newest first (a bad query
+is refused with 400 code 50035); ``POST`` with ``nonce`` and ``enforce_nonce`` returns the
+author's earlier message with that nonce from the last ``nonce_window`` seconds instead of
+posting again; ``PATCH`` only the bot's own messages (403 code 50005), ``DELETE`` others'
+only with Manage Messages (403 code 50013). The bot's own messages include its non-ephemeral
+interaction responses, edited and deleted here with the bot token whatever became of the
+interaction token (docs/interaction-tokens.md).
+
+Every JSON body the bot sends on the message routes is checked against Discord's OpenAPI
+spec (:mod:`.spec`): a field the spec does not know, or a wrong type (then answered 400
+code 50035 like Discord), is listed in ``spec_violations``, and :meth:`Rest.check_spec`
+(called when the emulator's ``async with`` ends) fails the test with the list.
 
 The interaction routes (callbacks, webhooks) are answered by the interactions part through
 :meth:`Rest._route_interactions`.
@@ -19,6 +33,7 @@ The interaction routes (callbacks, webhooks) are answered by the interactions pa
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import re
 import time
@@ -30,9 +45,11 @@ from aiohttp import web
 from tests.emulators.discord.base import EmulatorError
 from tests.emulators.discord.cdn import Cdn
 from tests.emulators.discord.gateway import SESSION_START_TOTAL, Gateway
+from tests.emulators.discord.spec import check_body
 from tests.emulators.discord.world import (
     ATTACH_FILES,
     DEFAULT_UPLOAD_LIMIT,
+    MANAGE_MESSAGES,
     Channel,
     Guild,
     Member,
@@ -43,6 +60,10 @@ from tests.emulators.discord.world import (
 
 HANG = 0  # a fault "status" that makes the call never answer
 APPLY_THEN_HANG = -1  # a fault "status": the call takes effect, but its answer never comes
+NONCE_WINDOW = 5 * 60.0  # seconds enforce_nonce finds an earlier message ("past few minutes")
+HISTORY_LIMIT = (1, 100)  # GET /channels/{id}/messages: the allowed "limit"
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_ANCHORS = ("around", "before", "after")  # mutually exclusive (Discord's docs)
 
 
 @dataclass
@@ -88,8 +109,25 @@ def json_response(
 
 
 def public(message: dict[str, Any]) -> dict[str, Any]:
-    """A stored message without the emulator's own keys (``_files``)."""
+    """A stored message without the emulator's own keys (``_files``, ``_nonce``)."""
     return {k: v for k, v in message.items() if not k.startswith("_")}
+
+
+def invalid_form_body(errors: dict[str, list[tuple[str, str]]]) -> Reply:
+    """Discord's 400 code 50035: ``errors`` maps a field to its ``(code, message)`` pairs."""
+    return Reply(
+        json_response(
+            {
+                "message": "Invalid Form Body",
+                "code": 50035,
+                "errors": {
+                    field: {"_errors": [{"code": c, "message": m} for c, m in problems]}
+                    for field, problems in errors.items()
+                },
+            },
+            status=400,
+        )
+    )
 
 
 class Rest(Gateway, Cdn):
@@ -107,6 +145,10 @@ class Rest(Gateway, Cdn):
         self.dm_channels: dict[int, Channel] = {}  # user id -> the DM the bot opened
         self.dms_sent: list[tuple[int, dict[str, Any]]] = []  # (user id, message)
         self.closed_dms: set[int] = set()  # users who refuse DMs from the bot
+        self.nonce_window = NONCE_WINDOW
+        self.spec_violations: list[str] = []  # "METHOD path: problem", see check_spec()
+        # (author id, nonce as text) -> (Unix time, channel id, message id) of the first post
+        self._nonces: dict[tuple[int, str], tuple[float, int, int]] = {}
 
     def fail(
         self,
@@ -130,6 +172,24 @@ class Rest(Gateway, Cdn):
     def clear_faults(self) -> None:
         """Forget every fault not yet used."""
         self._faults.clear()
+
+    def check_spec(self) -> None:
+        """Raise :class:`EmulatorError` listing ``spec_violations``, if there are any.
+
+        Called when the emulator's ``async with`` block ends without an exception; a test
+        that sends a bad body on purpose clears the list after looking at it.
+        """
+        if self.spec_violations:
+            listed = "\n".join(self.spec_violations)
+            raise EmulatorError(f"requests Discord's API spec does not allow:\n{listed}")
+
+    def _check_body(self, route: str, method: str, path: str, body: Any) -> None:
+        """Record ``body``'s departures from the spec for ``route``; a wrong type is also
+        refused, as Discord refuses it (400 code 50035)."""
+        unknown, wrong = check_body(route, body)
+        self.spec_violations.extend(f"{method} {path}: {problem}" for problem in unknown + wrong)
+        if wrong:
+            raise invalid_form_body({route: [("BASE_TYPE_BAD_TYPE", p) for p in wrong]})
 
     def _take_fault(self, method: str, path: str, has_files: bool = False) -> Fault | None:
         for fault in self._faults:
@@ -229,26 +289,38 @@ class Rest(Gateway, Cdn):
             return self._sync_commands(method, body, None)
         if m := re.fullmatch(rf"/applications/{app}/guilds/(\d+)/commands", api):
             return self._sync_commands(method, body, int(m[1]))
-        answer = await self._route_interactions(method, api, body, files)
+        answer = await self._route_interactions(method, path, api, body, files)
         if answer is not None:
             return answer
         if m := re.fullmatch(r"/channels/(\d+)/messages", api):
             if method == "POST":
+                self._check_body("create message", method, path, body)
                 return self._channel_post(int(m[1]), body, files)
             if method == "GET":
-                return json_response(self._history(self._channel(int(m[1])), request.query))
+                return json_response(
+                    self._history(self._channel(int(m[1])), request.query, method, path)
+                )
         if (m := re.fullmatch(r"/channels/(\d+)", api)) and method == "GET":
             return json_response(self._channel(int(m[1])).payload(self.bot_user.id))
         if m := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", api):
+            if method == "PATCH":
+                self._check_body("edit message", method, path, body)
             return self._channel_message(method, int(m[1]), int(m[2]), body, files)
         self.unimplemented.append(f"{method} {path}")
         return json_response({"message": "404: Not Found", "code": 0}, status=404)
 
     async def _route_interactions(
-        self, method: str, api: str, body: Any, files: list[tuple[str, bytes]]
+        self, method: str, path: str, api: str, body: Any, files: list[tuple[str, bytes]]
     ) -> web.Response | None:
-        """Answer an interaction route (callback, webhook); None for any other path."""
+        """Answer an interaction route (callback, webhook); None for any other path.
+        ``api`` is ``path`` without its ``/api/v10`` prefix."""
         return None
+
+    def _channel_message_edited(self, message: dict[str, Any]) -> None:
+        """A channel message was edited through the channel route (see Interactions)."""
+
+    def _channel_message_deleted(self, message: dict[str, Any]) -> None:
+        """A channel message was deleted through the channel route (see Interactions)."""
 
     # -- login, gateway, guilds, DMs and history -----------------------------------
 
@@ -332,16 +404,69 @@ class Rest(Gateway, Cdn):
         uid = user.user.id if isinstance(user, Member) else user.id
         return [message for target, message in self.dms_sent if target == uid]
 
-    def _history(self, channel: Channel, query: Any) -> list[dict[str, Any]]:
-        """GET /channels/{id}/messages: newest first, ``limit`` (1-100), ``before``,
-        ``after`` (then the oldest ones after it, still newest first)."""
-        limit = max(1, min(100, int(query.get("limit", "50"))))
+    def _history(
+        self, channel: Channel, query: Any, method: str = "GET", path: str = ""
+    ) -> list[dict[str, Any]]:
+        """GET /channels/{id}/messages as Discord answers it, always newest first.
+
+        ``limit`` 1-100 (default 50). ``before=X``: the ``limit`` newest messages older than
+        X. ``after=X``: the ``limit`` oldest messages newer than X (so discord.py's
+        ``history(after=...)`` pages forward from the newest id of each page).
+        ``around=X``: X itself (if it exists) and up to ``limit // 2`` messages on each
+        side, so ``limit=100`` can give 101 (the quirk discord.py's ``history`` notes).
+        A bad ``limit`` or snowflake is refused with 400 code 50035; more than one of
+        before/after/around is refused too and recorded in ``spec_violations``.
+        """
+        errors: dict[str, list[tuple[str, str]]] = {}
+        limit = HISTORY_DEFAULT_LIMIT
+        if "limit" in query:
+            raw = query["limit"]
+            try:
+                limit = int(raw)
+            except ValueError:
+                errors["limit"] = [("NUMBER_TYPE_COERCE", f'Value "{raw}" is not int.')]
+            else:
+                low, high = HISTORY_LIMIT
+                if limit < low:
+                    errors["limit"] = [
+                        ("NUMBER_TYPE_MIN", f"int value should be greater than or equal to {low}.")
+                    ]
+                elif limit > high:
+                    errors["limit"] = [
+                        ("NUMBER_TYPE_MAX", f"int value should be less than or equal to {high}.")
+                    ]
+        anchors: dict[str, int] = {}
+        for name in HISTORY_ANCHORS:
+            if name in query:
+                raw = query[name]
+                if raw.isascii() and raw.isdigit():
+                    anchors[name] = int(raw)
+                else:
+                    errors[name] = [("SNOWFLAKE_TYPE_INVALID", f'Value "{raw}" is not snowflake.')]
+        if len(anchors) > 1:
+            self.spec_violations.append(
+                f"{method} {path}: {', '.join(sorted(anchors))} together "
+                "(before, after and around are mutually exclusive)"
+            )
+            errors["_query"] = [("QUERY_INVALID", "before, after and around are exclusive.")]
+        if errors:
+            raise invalid_form_body(errors)
         messages = sorted(channel.messages.values(), key=lambda x: int(x["id"]))
-        if "before" in query:
-            messages = [x for x in messages if int(x["id"]) < int(query["before"])]
-        if "after" in query:
-            messages = [x for x in messages if int(x["id"]) > int(query["after"])][:limit]
-        return [public(x) for x in reversed(messages[-limit:])]
+        ids = [int(x["id"]) for x in messages]
+        if "before" in anchors:
+            cut = bisect.bisect_left(ids, anchors["before"])
+            page = messages[max(0, cut - limit) : cut]
+        elif "after" in anchors:
+            cut = bisect.bisect_right(ids, anchors["after"])
+            page = messages[cut : cut + limit]
+        elif "around" in anchors:
+            anchor = anchors["around"]
+            low, high = bisect.bisect_left(ids, anchor), bisect.bisect_right(ids, anchor)
+            side = limit // 2
+            page = messages[max(0, low - side) : high + side]
+        else:
+            page = messages[-limit:]
+        return [public(x) for x in reversed(page)]
 
     def _sync_commands(self, method: str, body: Any, guild_id: int | None) -> web.Response:
         if method == "GET":
@@ -410,10 +535,29 @@ class Rest(Gateway, Cdn):
             return json_response({"message": "Missing Permissions", "code": 50013}, status=403)
         guild = self.guild_of(channel)
         self._check_upload(files, DEFAULT_UPLOAD_LIMIT if guild is None else guild.upload_limit)
-        message = self._new_message(channel, body or {}, files)
+        data = body or {}
+        nonce = data.get("nonce")
+        if nonce is not None and data.get("enforce_nonce") is True:
+            earlier = self._nonces.get((self.bot_user.id, str(nonce)))
+            if earlier is not None and time.time() - earlier[0] <= self.nonce_window:
+                _, channel_id, message_id = earlier
+                found = self.channels[channel_id].messages.get(message_id)
+                if found is None:  # deleted since: Discord does not post it again
+                    return json_response({"message": "Unknown Message", "code": 10008}, 404)
+                return json_response(public(found) | {"nonce": found["_nonce"]})
+        message = self._new_message(channel, data, files)
+        if nonce is not None:  # the latest post with this nonce is the one a repeat finds
+            message["_nonce"] = nonce
+            self._nonces[(self.bot_user.id, str(nonce))] = (
+                time.time(),
+                channel.id,
+                int(message["id"]),
+            )
         if channel.recipient is not None:
             self.dms_sent.append((channel.recipient.id, message))
-        return json_response(public(message))
+        # The nonce comes back in this answer only: Discord does not keep it, so GET and
+        # history leave it out.
+        return json_response(public(message) | ({"nonce": nonce} if nonce is not None else {}))
 
     def _channel_message(
         self,
@@ -427,14 +571,24 @@ class Rest(Gateway, Cdn):
         message = channel.messages.get(message_id)
         if message is None:
             return json_response({"message": "Unknown Message", "code": 10008}, status=404)
+        mine = int(message["author"]["id"]) == self.bot_user.id
         if method == "GET":
             return json_response(public(message))
         if method == "DELETE":
+            if not mine and not channel.bot_permissions & MANAGE_MESSAGES:
+                return json_response({"message": "Missing Permissions", "code": 50013}, 403)
             del channel.messages[message_id]
+            self._channel_message_deleted(message)
             return web.Response(status=204)
         if method == "PATCH":
+            if not mine:
+                return json_response(
+                    {"message": "Cannot edit a message authored by another user", "code": 50005},
+                    status=403,
+                )
             updated = self._apply_edit(message, body or {}, files)
             channel.messages[message_id] = updated
+            self._channel_message_edited(updated)
             return json_response(public(updated))
         self.unimplemented.append(f"{method} channel message")
         return json_response({"message": "405"}, status=405)
@@ -457,8 +611,12 @@ class Rest(Gateway, Cdn):
         channel: Channel,
         data: dict[str, Any],
         files: list[tuple[str, bytes]],
-        from_interaction: bool = False,
+        interaction: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A message by the bot, stored in ``channel`` unless it is an ephemeral interaction
+        response. ``interaction`` (its ``interaction_metadata``) makes it a response: type
+        20, sent by the application's webhook, still authored by the bot user."""
+        from_interaction = interaction is not None
         attachments = self._attachments(data.get("attachments"), files)
         message = {
             "id": str(snowflake()),
@@ -481,6 +639,10 @@ class Rest(Gateway, Cdn):
         }
         if channel.guild_id is not None:
             message["guild_id"] = str(channel.guild_id)
+        if interaction is not None:
+            message["webhook_id"] = str(self.application_id)
+            message["application_id"] = str(self.application_id)
+            message["interaction_metadata"] = interaction
         if not from_interaction or not (message["flags"] & 64):
             channel.messages[int(message["id"])] = message
         return message
