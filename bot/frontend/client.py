@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot.app.metrics import ShardStatus
 from bot.app.settings import DISCORD_MEDIA_ORIGINS, Settings
+from bot.db.outages import report_db_outage
 from bot.frontend.fleet import IdentifyGate, command_digest, sync_once
 from bot.frontend.translator import Translator
 from bot.frontend.tree import UpscaleTree
@@ -171,8 +172,8 @@ class UpscaleBot(commands.Bot):
         """
         try:
             await self.identify_gate.wait_turn(shard_id, await self._max_concurrency())
-        except Exception:
-            log.warning("Could not take an IDENTIFY turn in the database", exc_info=True)
+        except Exception as exc:
+            report_db_outage(log, "taking an IDENTIFY turn", exc)
             await super().before_identify_hook(shard_id, initial=initial)
 
     async def _max_concurrency(self) -> int:

@@ -48,6 +48,7 @@ from bot.jobs.pipeline import Pipeline
 from bot.jobs.positions import Positions, WaitInfo
 from bot.jobs.settlement import Settlement
 from bot.jobs.slots import SlotLine
+from bot.jobs.supervisor import Supervisor
 from bot.onemin.circuit import Circuit
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class Dispatcher(Part):
         self._intakes: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._supervisor = Supervisor(self._stopping)
+        self._started = False
         self._claims = True
         self._intakes_may_lapse = True  # see _claim_round
         self._next_lapse: float | None = None  # see _until_next_look
@@ -101,13 +103,12 @@ class Dispatcher(Part):
 
     def start(self, *, claim: bool = True) -> None:
         """Renew leases and (with ``claim``) claim and run jobs."""
-        if self._tasks:
+        if self._started:
             return
+        self._started = True
         self._claims = claim
-        self._tasks = [
-            asyncio.create_task(self._leases.keep(self._stopping), name="jobs-lease"),
-            asyncio.create_task(self._dispatch(), name="jobs-dispatch"),
-        ]
+        self._supervisor.start("jobs-lease", lambda: self._leases.keep(self._stopping))
+        self._supervisor.start("jobs-dispatch", self._dispatch)
 
     def on_signal(self, signal: Signal, payload: str) -> None:
         """A wake-up from the fleet (or this process): a freed slot wakes the head of the
@@ -148,8 +149,7 @@ class Dispatcher(Part):
         # The dispatcher and the lease renewal stop by themselves (they check closed and
         # stopping): cancelling one in the middle of a database transaction would leave
         # it open.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._supervisor.join()
         work = [*self._running.values(), *self._intakes.values()]
         if work:
             _, still = await asyncio.wait(work, timeout=grace)

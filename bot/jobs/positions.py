@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.db.outages import report_db_outage
 from bot.jobs.model import Job, Progress, Stage, WaitReason
 from bot.jobs.report import Reporter
 from bot.jobs.store import JobStore
@@ -92,8 +93,8 @@ class Positions:
             await asyncio.sleep(wait)
         try:
             await self.refresh()
-        except Exception:
-            log.warning("Could not refresh the places in line", exc_info=True)
+        except Exception as exc:
+            report_db_outage(log, "refreshing the places in line", exc)
 
     async def refresh_if_watching(self) -> None:
         """:meth:`refresh` when this process shows any job's place."""
@@ -130,8 +131,8 @@ class Positions:
         try:
             line = await self._store.positions()
             waits = await self._line_waits()
-        except Exception:
-            log.warning("Could not read the queue", exc_info=True)
+        except Exception as exc:
+            report_db_outage(log, "reading the queue", exc)
             return
         places = {job_id: index + 1 for index, job_id in enumerate(line)}
         gone: list[str] = []

@@ -47,6 +47,7 @@ from bot.jobs.report import Reporter
 from bot.jobs.runner import Runner
 from bot.jobs.settlement import ChargedListener, Settlement
 from bot.jobs.store import JobStore
+from bot.jobs.supervisor import Supervisor
 from bot.jobs.trail import JobTrail, find_trail
 from bot.ledger import Ledger
 from bot.onemin.circuit import Circuit
@@ -123,7 +124,8 @@ class JobQueue:
         self._recovery = Recovery(parts, settlement=self._settlement, instance=self.instance)
         self.signals.subscribe(self._on_signal)
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._supervisor = Supervisor(self._stopping)
+        self._signals_task: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- wiring ------------------------------------------------------------------------
@@ -153,17 +155,14 @@ class JobQueue:
         runs none: the other processes of the fleet run them.
         """
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        if self._tasks:
+        if self._signals_task is not None:
             return
         self._runner.start(claim=claim)
-        self._tasks = [
-            asyncio.create_task(self.signals.start(), name="jobs-signals"),
-            asyncio.create_task(self._recovery.run(self._stopping), name="jobs-housekeeping"),
-        ]
-        if self.circuit is not None:
-            self._tasks.append(
-                asyncio.create_task(self.circuit.run(self._stopping), name="jobs-circuit")
-            )
+        self._signals_task = asyncio.create_task(self.signals.start(), name="jobs-signals")
+        self._supervisor.start("jobs-housekeeping", lambda: self._recovery.run(self._stopping))
+        circuit = self.circuit
+        if circuit is not None:
+            self._supervisor.start("jobs-circuit", lambda: circuit.run(self._stopping))
 
     async def shutdown(self, grace: float = 10.0, *, hand_back: bool = True) -> None:
         """Stop taking work; running jobs get ``grace`` s, the rest wait for the next start.
@@ -176,8 +175,9 @@ class JobQueue:
         self._closed = True
         self._stopping.set()
         stopped = await self._runner.stop(grace, hand_back=hand_back)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._supervisor.join()
+        if self._signals_task is not None:
+            await asyncio.gather(self._signals_task, return_exceptions=True)
         if self._own_workers:
             await self.image_workers.close()
         if stopped:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from bot.db import ts, utc_now
+from bot.db.outages import report_db_outage
 from bot.db.signals import Signal
 from bot.failures import FailureKind
 from bot.jobs.model import Job, JobFailure, JobStatus
@@ -99,8 +100,8 @@ class Recovery(Part):
             wait = self._config.purge_interval
             try:
                 await self.purge(stopping)
-            except Exception:
-                log.warning("Housekeeping of the job tables failed", exc_info=True)
+            except Exception as exc:
+                report_db_outage(log, "keeping the job tables small", exc)
 
     async def purge(self, stopping: asyncio.Event | None = None) -> tuple[int, int]:
         """Delete finished jobs past retention and old Compare crops; returns the counts."""

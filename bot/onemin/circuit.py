@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.db import Database
+from bot.db.outages import report_db_outage
 from bot.db.signals import FALLBACK_POLL, Signal, Signals
 from bot.failures import FailureKind
 from bot.timings import CIRCUIT_CHECK_INTERVAL
@@ -159,8 +160,8 @@ class Circuit:
             return
         try:
             await self._signals.send(Signal.CIRCUIT)
-        except Exception:
-            log.warning("Could not tell the fleet the circuit changed", exc_info=True)
+        except Exception as exc:
+            report_db_outage(log, "telling the fleet the circuit changed", exc)
 
     async def _announce(self, event: CircuitEvent) -> None:
         for listener in self._listeners:
@@ -200,8 +201,8 @@ class Circuit:
             try:
                 await self.probe_if_due()
                 is_open = (await self.state()).open
-            except Exception:
-                log.warning("1min.ai circuit check failed", exc_info=True)
+            except Exception as exc:
+                report_db_outage(log, "checking the 1min.ai circuit", exc)
             self._changed.clear()
             wait = min(self.check_interval, self.probe_interval) if is_open else self._cache_for
             waiters = [asyncio.ensure_future(stopping.wait())]
