@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 from discord import app_commands
 
 from bot.failures import FailureKind
+from bot.frontend.client import UpscaleBot
 from bot.frontend.tree import GENERIC_FAILURE, UserError, describe_error
 from bot.i18n import SUPPORTED, catalogue
 from bot.jobs import JobFailure
@@ -182,3 +184,23 @@ def test_filter_ignores_too_short_values_and_leaves_clean_records_alone() -> Non
     record = _record("abc %s", "value")
     RedactSecrets(["abc"]).filter(record)
     assert record.getMessage() == "abc value" and record.args == ("value",)
+
+
+def test_servers_outside_allowed_guild_ids_are_one_line_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bot in 10,000 servers, 10 of them allowed: one warning with the count and the
+    first few ids, not one line per server."""
+    allowed = frozenset(range(10))
+    bot = SimpleNamespace(
+        settings=SimpleNamespace(allowed_guild_ids=allowed),
+        guilds=[SimpleNamespace(id=i) for i in range(10_000)],
+    )
+    with caplog.at_level(logging.WARNING, "bot.frontend.client"):
+        UpscaleBot._warn_about_servers_not_allowed(bot)  # type: ignore[arg-type]  # duck-typed bot
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "The bot is in 9990 servers that ALLOWED_GUILD_IDS does not list"
+        " (10, 11, 12, 13, 14 and 9985 more)"
+    )

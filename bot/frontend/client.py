@@ -208,11 +208,30 @@ class UpscaleBot(commands.Bot):
         log.info(
             "Ready as %s (id %s) in %d guilds", user, user.id if user else "?", len(self.guilds)
         )
-        for guild in self.guilds:
-            self._warn_if_not_allowed(guild)
+        self._warn_about_servers_not_allowed()
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
         self._warn_if_not_allowed(guild)
+
+    def _warn_about_servers_not_allowed(self, shown: int = 5) -> None:
+        """One line for every server outside ``ALLOWED_GUILD_IDS`` (its count and the
+        first few ids), not one per server: a bot in 10,000 servers would otherwise write
+        thousands of lines, and block the event loop doing it, at every start."""
+        allowed = self.settings.allowed_guild_ids
+        if not allowed:
+            return
+        outside = sorted(guild.id for guild in self.guilds if guild.id not in allowed)
+        if not outside:
+            return
+        ids = ", ".join(str(guild_id) for guild_id in outside[:shown])
+        more = f" and {len(outside) - shown} more" if len(outside) > shown else ""
+        log.warning(
+            "The bot is in %d servers that ALLOWED_GUILD_IDS does not list (%s%s): every"
+            " command there is refused. Remove the bot from them, or add their ids.",
+            len(outside),
+            ids,
+            more,
+        )
 
     def _warn_if_not_allowed(self, guild: discord.Guild) -> None:
         allowed = self.settings.allowed_guild_ids
