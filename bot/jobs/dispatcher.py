@@ -363,7 +363,7 @@ class Dispatcher(Part):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if is_transient(exc):
+            if failure_for(exc).kind is FailureKind.BUG and is_transient(exc):
                 report_db_outage(log, "taking a job's image in", exc)  # its lease lapses
                 return
             log.error("Intake of job %s failed unexpectedly", job.id, exc_info=exc)

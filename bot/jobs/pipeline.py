@@ -148,12 +148,14 @@ class Pipeline(Part):
             await self._hand_back(job, f"1min.ai refused: {exc.kind}")
             return
         except Exception as exc:
-            if is_transient(exc):
-                # Not the job's fault, and not retried where it happened: its lease lapses
-                # and it continues from its recorded stage, here or elsewhere.
+            failure = failure_for(exc)
+            if failure.kind is FailureKind.BUG and is_transient(exc):
+                # A database outage not retried where it happened (1min.ai's and the
+                # job's own errors are failures, not this): not the job's fault. Its lease
+                # lapses and it continues from its recorded stage, here or elsewhere.
                 report_db_outage(log, "running a job", exc)
                 return
-            await self._settlement.failed(job, failure_for(exc), exc)
+            await self._settlement.failed(job, failure, exc)
             return
         finally:
             waiting_hook.reset(hook)

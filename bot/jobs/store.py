@@ -243,7 +243,7 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement(
         "image taken in",
         TAKEN_IN,
-        ("png", "png", 1, 1, 1, 1, 1, "[]", "l", _ID, "o"),
+        ("png", "png", 1, 1, 1, 1, 1, "[]", "l", _ID, "o", 1),
     ),
     HotStatement("read an input", READ_INPUT, (_ID,)),
     HotStatement("delete an input", DELETE_INPUT, (_ID,)),
