@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.db import Transaction
 from bot.db.outages import report_db_outage
 from bot.db.signals import Signal
 from bot.db.transient import is_transient
@@ -273,6 +274,12 @@ class Dispatcher(Part):
             row = await self._store.next_claimable(tx, now)
             if row is None:
                 return None
+            if row["id"] in self._running and row["lease_owner"] == self._store.owner:
+                # Its lease lapsed here (this process was too slow to renew it) but its run
+                # goes on: keep the lease instead of taking the job over from ourselves,
+                # which would stop a paid call in flight and make it again.
+                await self._keep_own(tx, row["id"], now)
+                return None
             if not await self._store.claim(tx, row["id"], now, self._config.lease):
                 self._wakeup.set()  # cancelled meanwhile: look again at once
                 return None
@@ -293,6 +300,16 @@ class Dispatcher(Part):
         if took_over:
             log.info("Took over job %s (its lease ran out)", job.id)
         return job
+
+    async def _keep_own(self, tx: Transaction, job_id: str, now: float) -> None:
+        job = self._leases.job(job_id)
+        if job is None:
+            return
+        until = now + self._config.lease
+        if await self._store.confirm_lease(job_id, job.claims, until, tx=tx):
+            log.info("Job %s: its lapsed lease still holds here; kept", job_id)
+            self._leases.extended(job, until)
+        self._wakeup.set()  # look again at once: another job may be claimable
 
     async def _claim_intake(self, now: float) -> Job | None:
         """Take over an intake whose process died (its lease ran out)."""

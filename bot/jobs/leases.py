@@ -88,6 +88,10 @@ class Leases(Part):
         job = self._jobs.get(job_id)
         return job is not None and job.status is JobStatus.RUNNING
 
+    def job(self, job_id: str) -> Job | None:
+        """The run of ``job_id`` this process holds, if any."""
+        return self._jobs.get(job_id)
+
     def runs(self, job: Job) -> bool:
         """True while ``job`` (this very run of it) is what this process runs."""
         return self._jobs.get(job.id) is job

@@ -454,14 +454,15 @@ class JobStore:
         """Extend every lease of this process that has not lapsed by ``now``."""
         return await self.db.write(RENEW, (lease_until, self.owner, now))
 
-    async def confirm_lease(self, job_id: str, claim: int, lease_until: float) -> bool:
+    async def confirm_lease(
+        self, job_id: str, claim: int, lease_until: float, *, tx: Transaction | None = None
+    ) -> bool:
         """Extend one job's lease if this process still holds it by ``claim`` (its lease
         lapsed, but nobody took it over); False when it was taken over or ended."""
-        return bool(
-            await self.db.write(
-                CONFIRM_LEASE, (lease_until, job_id, self.owner, claim), urgent=True
-            )
-        )
+        params = (lease_until, job_id, self.owner, claim)
+        if tx is not None:
+            return bool(await tx.execute(CONFIRM_LEASE, params))
+        return bool(await self.db.write(CONFIRM_LEASE, params, urgent=True))
 
     async def salvage(
         self,
