@@ -144,6 +144,7 @@ class JobRow:
     reservation_id: str | None
     message_id: int | None  # the deferred reply the member saw (the job's context)
     ends: int  # terminal events (delivered, failed, cancelled) in its trail
+    upscalings: int = 1  # times its trail entered "upscaling" (more: resumed, called again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ class Ask:
     acked_at: float | None  # time.monotonic()
     final: bool  # the reply ended as a result or words, not "thinking" or progress
     content: str
+    label: str = ""  # where and when it was asked, for the report
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,16 +255,16 @@ def first_posts(versions: Mapping[int, Sequence[MessageVersion]]) -> dict[str, f
     return first
 
 
-def ask_of(it: Injected) -> Ask:
+def ask_of(it: Injected, label: str = "") -> Ask:
     """How ``it``'s reply stands now."""
     message = it.original
     if it.ack_status != 200 or message is None:
-        return Ask(None, None, False, "")
+        return Ask(None, None, False, "", label)
     content = str(message.get("content") or "")
     final = bool(message.get("attachments") or message.get("embeds")) or (
         bool(content) and not content.startswith(PROGRESS)
     )
-    return Ask(int(message["id"]), it.ack_at, final, content)
+    return Ask(int(message["id"]), it.ack_at, final, content, label)
 
 
 def _example(items: Sequence[str]) -> str:
@@ -296,7 +298,8 @@ def check_outcomes(
         + [f"job {j.id[:8]} delivered, no post" for j in unposted]
         + [f"job {job} posted, {by_job[job].status if job in by_job else 'unknown'}"
            for job in undelivered]
-        + [f"reply {a.message_id} left at {a.content[:40]!r}" for a in left]
+        + [f"reply {a.message_id} {a.label} left at {a.content[:40]!r}".replace("  ", " ")
+           for a in left]
     )  # fmt: skip
     passed = not examples and reserved == 0
     return Check(
@@ -357,16 +360,26 @@ def check_ledger(
     )
 
 
-def check_upscales(upscales: int, delivered: int, kills: Sequence[Kill]) -> Check:
-    """1min.ai upscales <= deliveries + upscale calls in flight at the kills."""
+def check_upscales(
+    upscales: int, delivered: int, kills: Sequence[Kill], jobs: Sequence[JobRow] = ()
+) -> Check:
+    """1min.ai upscales <= deliveries + upscale calls in flight at the kills. The figures
+    also name the jobs that entered "upscaling" more than once with no kill holding them
+    (a lease lost while the call ran: where the extra calls come from)."""
     in_flight = sum(k.in_flight for k in kills)
     allowed = delivered + in_flight
     over = upscales - allowed
+    held = {j for k in kills for j in k.held}
+    again = [j for j in jobs if j.upscalings > 1]
+    unexplained = [f"job {j.id[:8]}" for j in again if j.id not in held]
     return Check(
         "1min.ai upscales <= deliveries + in flight at kills",
         over <= 0,
         f"1min.ai upscales {upscales}; deliveries {delivered} + in flight at"
-        f" {len(kills)} kills {in_flight} = {allowed}" + (f": {over} more" if over > 0 else ""),
+        f" {len(kills)} kills {in_flight} = {allowed}"
+        + (f": {over} more" if over > 0 else "")
+        + f"; {len(again)} jobs upscaling more than once, {len(unexplained)} of them"
+        " held by no killed process" + _example(unexplained),
     )
 
 
@@ -777,6 +790,11 @@ class Soak:
                 f" kills {len(self.kills)}, faults {len(self.faults)}"
             )
 
+    def where(self, it: Injected) -> str:
+        """When and in which shard ``it`` was asked, for the report."""
+        shard = next((s for s, g in enumerate(self.guilds) if g.channel is it.channel), -1)
+        return f"(asked at {it.sent_at - self.started_at:.1f} s, shard {shard})"
+
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started_at:6.0f} s] {text}", flush=True)
 
@@ -834,14 +852,22 @@ class Soak:
         return {"drained": drained, "connected": connected, "stop_statuses": statuses}
 
     async def collect(self) -> Collected:
-        """The jobs, the ledger entries and the usage counters, as the fleet left them."""
+        """The jobs, the ledger entries and the usage counters, as the fleet left them.
+        Each job's outcome and trail is also written to ``jobs.jsonl`` beside the logs."""
         jobs = []
-        for r in await self.db.fetchall(
+        rows = await self.db.fetchall(
             "SELECT id, guild_id, member_id, status, error_kind, reservation_id, context, trail"
-            " FROM jobs"
-        ):
+            " FROM jobs ORDER BY created_at"
+        )
+        kept = "".join(
+            json.dumps({k: r[k] for k in ("id", "status", "error_kind", "trail")}) + "\n"
+            for r in rows
+        )
+        await asyncio.to_thread((self.out / "jobs.jsonl").write_text, kept)
+        for r in rows:
             context = json.loads(r["context"]) if r["context"] else {}
-            ends = sum(e.stage in ENDS for e in parse_trail(r["trail"]))
+            trail = parse_trail(r["trail"])
+            ends = sum(e.stage in ENDS for e in trail)
             jobs.append(
                 JobRow(
                     str(r["id"]),
@@ -852,6 +878,7 @@ class Soak:
                     r["reservation_id"],
                     int(context["msg"]) if context.get("msg") else None,
                     ends,
+                    sum(e.stage == "upscaling" for e in trail),
                 )
             )
         entries = [
@@ -888,13 +915,13 @@ def report(soak: Soak, ran: dict[str, Any], collected: Collected) -> tuple[list[
     """The checks' lines and the summary's."""
     jobs, entries, usage = collected
     versions = soak.discord.versions
-    asks = [ask_of(it) for it in soak.asked]
+    asks = [ask_of(it, soak.where(it)) for it in soak.asked]
     reserved = sum(e.state == "reserved" for e in entries)
     delivered = [j for j in jobs if j.status == "delivered"]
     checks = [
         check_outcomes(jobs, reserved, versions, asks),
         check_ledger(jobs, entries, 1, usage),
-        check_upscales(soak.onemin.upscales, len(delivered), soak.kills),
+        check_upscales(soak.onemin.upscales, len(delivered), soak.kills, jobs),
         check_overwrites(versions),
         check_tracebacks(soak.logs()),
         check_processes(
@@ -903,6 +930,7 @@ def report(soak: Soak, ran: dict[str, Any], collected: Collected) -> tuple[list[
     ]
     acked = [a for a in asks if a.message_id is not None]
     recorded = {j.message_id for j in jobs}
+    words = Counter(a.content[:60] for a in acked if a.final and a.message_id not in recorded)
     failed = Counter(str(j.error_kind) for j in jobs if j.status == "failed")
     delivered_at = first_posts(versions)
     acked_at = {a.message_id: a.acked_at for a in acked}
@@ -917,15 +945,15 @@ def report(soak: Soak, ran: dict[str, Any], collected: Collected) -> tuple[list[
     summary = [
         f"asked {len(soak.asked)} ({soak.skipped} more not sent: shard down);"
         f" acknowledged {len(acked)}, not acknowledged {len(soak.asked) - len(acked)};"
-        f" jobs recorded {len(jobs)}, answered in words without a job"
-        f" {sum(a.message_id not in recorded for a in acked)}",
+        f" jobs recorded {len(jobs)}, answered in words without a job {sum(words.values())}"
+        + (f" ({'; '.join(f'{w!r} x{n}' for w, n in words.most_common(3))})" if words else ""),
         f"delivered {len(delivered)}; failed {sum(failed.values())}"
         + (f" ({', '.join(f'{k} {n}' for k, n in failed.most_common())})" if failed else "")
         + f"; cancelled {sum(j.status == 'cancelled' for j in jobs)};"
         f" refunded {sum(e.state == 'refunded' for e in entries)}",
         f"faults: kills {len(soak.kills)}, "
         + ", ".join(f"{k} {kinds[k]}" for k in ("db reset", "db refuse", "db stall", "1min.ai"))
-        + f" ({stalls_over} stalls longer than the lease);"
+        + f"; stalls longer than the lease {stalls_over};"
         f" 1min.ai upscale calls {soak.onemin.calls['upscale']}, upscales {soak.onemin.upscales}",
         f"acknowledgement to delivery: {seconds(waits)}",
         "delivering again after: "

@@ -11,6 +11,7 @@ version of a message, and the 1min.ai calls in flight by the caller's address.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -140,7 +141,18 @@ def test_an_upscale_beyond_deliveries_and_kills_fails() -> None:
     kills = [Kill(0.0, 0, 123, 1, (JOB_A,))]
     assert check_upscales(2, 1, kills).passed
     check = check_upscales(3, 1, kills)
-    assert not check.passed and check.figures.endswith("1 more")
+    assert not check.passed and ": 1 more;" in check.figures
+
+
+def test_a_job_upscaled_twice_with_no_kill_is_named() -> None:
+    """The figures name a job called again that no killed process held."""
+    jobs = [
+        dataclasses.replace(job(JOB_A), upscalings=2),
+        dataclasses.replace(job(JOB_B), upscalings=2),
+    ]
+    check = check_upscales(2, 2, [Kill(0.0, 0, 123, 0, (JOB_B,))], jobs)
+    assert "2 jobs upscaling more than once, 1 of them held by no killed process" in check.figures
+    assert f"job {JOB_A[:8]}" in check.figures
 
 
 # -- no result overwritten -------------------------------------------------------------------
