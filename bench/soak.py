@@ -40,10 +40,12 @@ figures, then a summary. Exit status 1 when a check fails, 2 when the soak could
 - **every process up**: no process exited unless the soak killed it, and every shard was
   connected at the end.
 
-Everything stays on 127.0.0.1. The processes' logs and a JSON summary are kept in
+Everything stays on 127.0.0.1. The processes' logs, the emulators' (``emulators.log``),
+every job's trail (``jobs.jsonl``) and a JSON summary are kept in
 ``bench/out/soak-<time>/``. The processes are killed and the schema dropped at the end,
 also when the soak is interrupted (Ctrl+C, SIGTERM) or reaches its hard deadline; if
-the soak itself is killed, the bot processes die with it (``PR_SET_PDEATHSIG``).
+the soak itself is killed, the bot processes die with it (``PR_SET_PDEATHSIG``; its
+schema is then left behind).
 
 Needs the PostgreSQL test server (``TEST_DATABASE_URL``, default
 postgresql://postgres@127.0.0.1:5432/test); the soak uses a database of its own beside
@@ -59,6 +61,7 @@ import contextlib
 import ctypes
 import dataclasses
 import json
+import logging
 import os
 import random
 import re
@@ -82,6 +85,7 @@ import asyncpg
 from bench.common import percentile
 from bot.db import Database, open_database
 from bot.jobs.store import parse_trail
+from bot.logs import LOG_FORMAT
 from tests.emulators.discord import Guild, Injected, Member
 from tests.emulators.discord.history import MessageVersion, RecordingDiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
@@ -999,6 +1003,11 @@ async def run(options: Options) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = OUT / f"soak-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
+    # The emulators' own complaints (a killed process's request cut short) go to a file,
+    # not between the soak's lines.
+    logging.basicConfig(
+        filename=out / "emulators.log", level=logging.WARNING, format=LOG_FORMAT, force=True
+    )
     try:
         db_url = await soak_database()
     except SoakError as exc:
