@@ -116,6 +116,8 @@ ONEMIN_FAULTS: tuple[tuple[str, str, str, int, dict[str, Any]], ...] = (
 START_TIMEOUT = 90.0  # seconds for the fleet to connect every shard and sync its commands
 ACK_GRACE = 5.0  # seconds after the last request for its acknowledgement (Discord's 3 s)
 DRAIN_POLL = 0.5  # seconds between looks at the database while the fleet drains
+IDLE_WINDOW = 60.0  # seconds at the end of the traffic in which every process should claim
+QUIET = 30.0  # seconds without a change on Discord that end the drain early
 SETTLE = 5.0  # seconds of quiet after the drain, for edits still on their way
 STOP_TIMEOUT = 30.0  # seconds a process gets to stop after SIGTERM
 RESTART_DELAY = 1.0  # seconds before a process that exited by itself is started again
@@ -441,15 +443,25 @@ def check_tracebacks(logs: Mapping[str, str]) -> Check:
 
 
 def check_processes(
-    exits: Sequence[Exit], started: int, kills: int, connected: int, shards: int
+    exits: Sequence[Exit],
+    started: int,
+    kills: int,
+    connected: int,
+    shards: int,
+    not_working: Sequence[str] = (),
 ) -> Check:
-    """No process ended unless the soak killed it; every shard connected at the end."""
+    """No process ended unless the soak killed it; every shard connected at the end.
+    The figures also name the processes that claimed no job in the last minute of
+    traffic although they were up (alive, but perhaps not working: not a failure here)."""
     examples = [f"shard {e.shard} (pid {e.pid}) status {e.status}" for e in exits]
     return Check(
         "every process up",
         not exits and connected == shards,
         f"{started} processes started ({kills} after a kill); {len(exits)} exited on"
-        f" their own; {connected} of {shards} shards connected at the end" + _example(examples),
+        f" their own; {connected} of {shards} shards connected at the end;"
+        f" {len(not_working)} claimed no job in the last {IDLE_WINDOW:g} s of traffic"
+        + (f" ({', '.join(not_working)})" if not_working else "")
+        + _example(examples),
     )
 
 
@@ -500,6 +512,29 @@ _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once, before any fork
 def _die_with_parent() -> None:
     """In the child, before exec: SIGKILL when the soak dies, however it dies."""
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def pid_of(process: str) -> int | None:
+    """The pid in a lease owner's name ("host/0:4242.a1b2c3" -> 4242)."""
+    match = re.search(r":(\d+)\.", process)
+    return int(match[1]) if match else None
+
+
+def idle(
+    last: Mapping[int, int],
+    born: Mapping[int, float],
+    last_claim: Mapping[int, float],
+    traffic_ended: float,
+    window: float = IDLE_WINDOW,
+) -> list[str]:
+    """The processes running at the end (``last``: shard -> pid) that were up for the
+    last ``window`` s of traffic and claimed no job in them."""
+    since = traffic_ended - window
+    return [
+        f"shard {shard} (pid {pid})"
+        for shard, pid in sorted(last.items())
+        if born.get(pid, since) < since and last_claim.get(pid, 0.0) < since
+    ]
 
 
 def local_ports(pid: int) -> set[int]:
@@ -574,6 +609,9 @@ class Soak:
             discord.add_member(f"m{i}", guild=self.guilds[i % n]) for i in range(options.members)
         ]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.born: dict[int, float] = {}  # pid -> when it was started (Unix seconds)
+        self.traffic_ended = 0.0  # Unix seconds
+        self.last_claim: dict[int, float] = {}  # pid -> its last job claimed (Unix seconds)
         self.runs: Counter[int] = Counter()
         self.killed: set[int] = set()  # pids the soak killed
         self.kills: list[Kill] = []
@@ -627,6 +665,7 @@ class Soak:
             )
         finally:
             log.close()
+        self.born[self.procs[shard].pid] = time.time()
 
     async def start(self) -> None:
         for shard in range(self.o.processes):
@@ -685,7 +724,8 @@ class Soak:
         self.kills.append(Kill(at, shard, proc.pid, len(calls), held))
         self.say(
             f"killed shard {shard} (pid {proc.pid}): {len(held)} jobs held,"
-            f" {len(calls)} upscale calls in flight; started again"
+            f" {len(calls)} upscale calls in flight; started again",
+            at,
         )
 
     async def stop_all(self) -> dict[int, int | None]:
@@ -799,23 +839,28 @@ class Soak:
         shard = next((s for s, g in enumerate(self.guilds) if g.channel is it.channel), -1)
         return f"(asked at {it.sent_at - self.started_at:.1f} s, shard {shard})"
 
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started_at:6.0f} s] {text}", flush=True)
+    def say(self, text: str, at: float | None = None) -> None:
+        """A progress line, stamped with seconds since the traffic started (or ``at``)."""
+        when = (time.monotonic() if at is None else at) - self.started_at
+        print(f"[{when:6.0f} s] {text}", flush=True)
 
     # -- the run -----------------------------------------------------------------------
 
     async def drained(self) -> bool:
+        """No job unfinished, no credit reserved, and every acknowledged reply final, or
+        nothing changed on Discord for QUIET s (a reply still thinking then stays so)."""
         row = await self.db.fetchone(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE status IN ('intake', 'queued', 'running'))"
             " AS jobs, (SELECT COUNT(*) FROM ledger_entries WHERE state = 'reserved') AS held"
         )
         assert row is not None
+        if int(row["jobs"]) or int(row["held"]):
+            return False
         asks = [ask_of(it) for it in self.asked]
-        return (
-            int(row["jobs"]) == 0
-            and int(row["held"]) == 0
-            and all(a.final for a in asks if a.message_id is not None)
-        )
+        if all(a.final for a in asks if a.message_id is not None):
+            return True
+        last = max((h[-1].at for h in self.discord.versions.values()), default=0.0)
+        return time.monotonic() - last > QUIET
 
     async def run(self) -> dict[str, Any]:
         """Start, load, fault, drain, stop; what the checks need."""
@@ -832,6 +877,7 @@ class Soak:
         ]
         try:
             await self.traffic(until)
+            self.traffic_ended = time.time()
             for task in background[2:]:
                 task.cancel()
             await asyncio.gather(*background[2:], return_exceptions=True)
@@ -853,7 +899,12 @@ class Soak:
             await asyncio.gather(*background, return_exceptions=True)
         statuses = await self.stop_all()
         self.say(f"stopped: exit statuses {sorted(statuses.values(), key=str)}")
-        return {"drained": drained, "connected": connected, "stop_statuses": statuses}
+        return {
+            "drained": drained,
+            "connected": connected,
+            "stop_statuses": statuses,
+            "last": {shard: proc.pid for shard, proc in self.procs.items()},
+        }
 
     async def collect(self) -> Collected:
         """The jobs, the ledger entries and the usage counters, as the fleet left them.
@@ -871,6 +922,9 @@ class Soak:
         for r in rows:
             context = json.loads(r["context"]) if r["context"] else {}
             trail = parse_trail(r["trail"])
+            for event in trail:
+                if event.stage == "claimed" and (pid := pid_of(event.process)) is not None:
+                    self.last_claim[pid] = max(self.last_claim.get(pid, 0.0), event.at)
             ends = sum(e.stage in ENDS for e in trail)
             jobs.append(
                 JobRow(
@@ -929,7 +983,12 @@ def report(soak: Soak, ran: dict[str, Any], collected: Collected) -> tuple[list[
         check_overwrites(versions),
         check_tracebacks(soak.logs()),
         check_processes(
-            soak.exits, sum(soak.runs.values()), len(soak.kills), ran["connected"], soak.o.processes
+            soak.exits,
+            sum(soak.runs.values()),
+            len(soak.kills),
+            ran["connected"],
+            soak.o.processes,
+            idle(ran["last"], soak.born, soak.last_claim, soak.traffic_ended),
         ),
     ]
     acked = [a for a in asks if a.message_id is not None]

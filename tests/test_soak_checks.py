@@ -32,7 +32,9 @@ from bench.soak import (
     check_processes,
     check_tracebacks,
     check_upscales,
+    idle,
     local_ports,
+    pid_of,
 )
 from tests.emulators.discord.history import MessageVersion, RecordingDiscordEmulator
 from tests.emulators.onemin import OneMinEmulator
@@ -210,6 +212,14 @@ def test_a_process_that_exited_by_itself_fails() -> None:
 
 def test_a_shard_not_connected_at_the_end_fails() -> None:
     assert not check_processes([], 3, 0, 2, 3).passed
+
+
+def test_a_process_up_for_the_last_minute_without_a_claim_is_named() -> None:
+    """Idle through the last minute of traffic: named; started within it: not."""
+    last = {0: 10, 1: 11, 2: 12}
+    born = {10: 0.0, 11: 0.0, 12: 950.0}
+    claims = {pid_of("vm/0:10.a1b2c3") or 0: 990.0, pid_of("vm/1:11.d4e5f6") or 0: 900.0}
+    assert idle(last, born, claims, 1000.0) == ["shard 1 (pid 11)"]
 
 
 # -- what the checks read --------------------------------------------------------------------
