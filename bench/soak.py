@@ -370,14 +370,22 @@ def check_upscales(
     upscales: int, delivered: int, kills: Sequence[Kill], jobs: Sequence[JobRow] = ()
 ) -> Check:
     """1min.ai upscales <= deliveries + upscale calls in flight at the kills. The figures
-    also name the jobs that entered "upscaling" more than once with no kill holding them
-    (a lease lost while the call ran: where the extra calls come from)."""
+    also name where extra calls may come from: jobs that entered "upscaling" more than
+    once with no kill holding them (a lease lost while the call ran), and jobs that
+    reached "upscaling" but were not delivered (1min.ai may have billed the call)."""
     in_flight = sum(k.in_flight for k in kills)
     allowed = delivered + in_flight
     over = upscales - allowed
     held = {j for k in kills for j in k.held}
     again = [j for j in jobs if j.upscalings > 1]
-    unexplained = [f"job {j.id[:8]}" for j in again if j.id not in held]
+    unexplained = [
+        f"job {j.id[:8]} upscaling {j.upscalings} times" for j in again if j.id not in held
+    ]
+    lost = [
+        f"job {j.id[:8]} {j.status} ({j.error_kind})"
+        for j in jobs
+        if j.upscalings and j.status != "delivered"
+    ]
     return Check(
         "1min.ai upscales <= deliveries + in flight at kills",
         over <= 0,
@@ -385,7 +393,8 @@ def check_upscales(
         f" {len(kills)} kills {in_flight} = {allowed}"
         + (f": {over} more" if over > 0 else "")
         + f"; {len(again)} jobs upscaling more than once, {len(unexplained)} of them"
-        " held by no killed process" + _example(unexplained),
+        f" held by no killed process; {len(lost)} not delivered after upscaling"
+        + _example(unexplained + lost),
     )
 
 

@@ -154,7 +154,15 @@ def test_a_job_upscaled_twice_with_no_kill_is_named() -> None:
     ]
     check = check_upscales(2, 2, [Kill(0.0, 0, 123, 0, (JOB_B,))], jobs)
     assert "2 jobs upscaling more than once, 1 of them held by no killed process" in check.figures
-    assert f"job {JOB_A[:8]}" in check.figures
+    assert f"job {JOB_A[:8]} upscaling 2 times" in check.figures
+
+
+def test_a_job_failed_after_upscaling_is_named() -> None:
+    """A job that reached "upscaling" and then failed is named as a possible extra call."""
+    jobs = [job(JOB_A), dataclasses.replace(job(JOB_B, "failed"), error_kind="bug")]
+    check = check_upscales(2, 1, [], jobs)
+    assert not check.passed
+    assert f"1 not delivered after upscaling (e.g. job {JOB_B[:8]} failed (bug))" in check.figures
 
 
 # -- no result overwritten -------------------------------------------------------------------
