@@ -84,7 +84,9 @@ Fleet-level behaviour (runtime switches, all off by default):
   undoes it. ``set_credits(n)``: the team has ``n`` credits left (0: every upscale gets
   406 ``INSUFFICIENT_CREDITS``).
 * ``features_in_flight`` / ``max_features_in_flight``: IMAGE_UPSCALER calls admitted and
-  not yet answered (or, async, not yet finished), now and at most.
+  not yet answered (or, async, not yet finished), now and at most;
+  ``features_in_flight_from``: the synchronous ones by the caller's address (``(host,
+  port)`` of its connection), to tell which of several client processes made them.
 """
 
 from __future__ import annotations
@@ -233,6 +235,7 @@ class OneMinEmulator:
         self.key_refused = False
         self.features_in_flight = 0
         self.max_features_in_flight = 0
+        self.features_in_flight_from: Counter[tuple[str, int]] = Counter()
         self._rate_limit: _RateLimit | None = None
         self._admitted: dict[str, deque[float]] = {}
         self._records: dict[str, dict[str, Any]] = {}
@@ -460,11 +463,16 @@ class OneMinEmulator:
 
     async def _upscale(self, request: web.Request) -> web.StreamResponse:
         self.calls["upscale"] += 1
+        peer = _peer(request)
         self._enter_feature()
+        self.features_in_flight_from[peer] += 1
         try:
             return await self._feature_call(request)
         finally:
             self._leave_feature()
+            self.features_in_flight_from[peer] -= 1
+            if not self.features_in_flight_from[peer]:
+                del self.features_in_flight_from[peer]
 
     async def _feature_call(self, request: web.Request) -> web.StreamResponse:
         fault = self._next_fault("upscale")
@@ -842,6 +850,12 @@ def _upscale_image(data: bytes, fmt: str) -> bytes:
     out = io.BytesIO()
     result.save(out, OUTPUT_FORMATS[fmt])
     return out.getvalue()
+
+
+def _peer(request: web.Request) -> tuple[str, int]:
+    """The caller's address (host, port), or ("", 0) once its connection is gone."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return (str(peer[0]), int(peer[1])) if peer else ("", 0)
 
 
 def _route_of(path: str) -> str | None:
