@@ -194,6 +194,28 @@ async def test_a_result_followed_by_many_messages_is_still_found_after_a_kill(
             stop(proc)
 
 
+async def test_a_result_found_in_the_channel_after_a_kill_gets_the_reply_linked_to_it(
+    tmp_path: Path,
+) -> None:
+    """The same kill: after the restart the member's reply, which still showed the job's
+    progress, is turned into a link to the result found in the channel (through the
+    channel, the token being dead)."""
+    async with world(tmp_path) as w:
+        it = await killed_after_the_channel_post(w)
+        assert it.original is not None and READY_IN_CHANNEL not in it.original["content"]
+        proc = await w.start()
+        try:
+            await w.wait_settled()
+            [posted] = channel_results(w.discord, it)
+            await it.wait(lambda i: i.original is not None and "ready" in i.original["content"])
+            assert it.original is not None
+            assert it.original["content"] == READY_IN_CHANNEL + link_to(w.discord, posted)
+            assert not has_cancel(it.original)
+            assert w.discord.dead_token_calls() == []
+        finally:
+            stop(proc)
+
+
 # -- 4. a failure after the token died ---------------------------------------------------
 
 
