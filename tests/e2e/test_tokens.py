@@ -197,9 +197,9 @@ async def test_a_result_followed_by_many_messages_is_still_found_after_a_kill(
 async def test_a_result_found_in_the_channel_after_a_kill_gets_the_reply_linked_to_it(
     tmp_path: Path,
 ) -> None:
-    """The same kill: after the restart the member's reply, which still showed the job's
-    progress, is turned into a link to the result found in the channel (through the
-    channel, the token being dead)."""
+    """The same kill: after the restart the member's reply, left on "thinking" (the
+    token died before the first progress edit), is turned into a link to the result
+    found in the channel, through the channel (the token being dead)."""
     async with world(tmp_path) as w:
         it = await killed_after_the_channel_post(w)
         assert it.original is not None and READY_IN_CHANNEL not in it.original["content"]
