@@ -21,7 +21,8 @@ turns the member's reply into a link to it, without the Cancel button (through t
 token while it lives, else through the channel: ``docs/interaction-tokens.md``). Channel
 posts carry a nonce made from the job id, so a post retried within a few minutes is not
 made twice; a result looked for after a restart is searched for in the channel's
-messages after the job began (:meth:`bot.frontend.replies.Replies.find`).
+messages after the job began (:meth:`bot.frontend.replies.Replies.find`); one found there
+gets the member's reply linked to it, as a fresh delivery does.
 """
 
 from __future__ import annotations
@@ -393,6 +394,11 @@ class DiscordFrontEnd:
         await self._point_reply_to(job, target, message, "result.ended_in_channel")
 
     async def find_delivered(self, job: Job) -> int | None:
+        """The result already posted for ``job``, if any. One found in the channel gets
+        the member's reply linked to it, as :meth:`deliver` does: the process that posted
+        it may have died before it did (the reply would go on showing progress, or
+        "thinking")."""
+        target = target_of(job)
         footers = job_footers(job.id)
         me = self.bot.user
 
@@ -408,16 +414,18 @@ class DiscordFrontEnd:
 
         try:
             found = await retry(
-                lambda: self.replies.find(target_of(job), is_result), discord.HTTPException, wait
+                lambda: self.replies.find(target, is_result), discord.HTTPException, wait
             )
         except discord.HTTPException as exc:
             # Not knowing is not "not posted": never post again on a guess.
             raise DeliveryFailed(
                 FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
             ) from exc
-        if found is not None:
-            log.info("Job %s had already been delivered (message %d)", job.id, found.id)
-        return found.id if found is not None else None
+        if found is None:
+            return None
+        log.info("Job %s had already been delivered (message %d)", job.id, found.id)
+        await self._point_reply_to(job, target, found, "result.posted_in_channel")
+        return found.id
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
         """Post the result, fitted under the interaction's upload limit."""

@@ -3,9 +3,10 @@
 Every REST call is recorded in ``calls``; calls to routes it does not implement are
 answered 404 and listed in ``unimplemented``. :meth:`Rest.fail` injects 429 (with ``Via``
 and ``retry_after``, which discord.py needs to retry) or 5xx answers, or makes calls
-never answer (:data:`HANG`) or take effect without an answer (:data:`APPLY_THEN_HANG`); a
-``latency`` knob delays every REST answer. Uploads over the channel's (or the
-interaction's) limit get 413 code 40005.
+never answer (:data:`HANG`) or take effect without an answer (:data:`APPLY_THEN_HANG`);
+``applied=True`` makes a call take effect and then answer the fault's status (a post
+Discord made whose answer the bot lost); a ``latency`` knob delays every REST answer.
+Uploads over the channel's (or the interaction's) limit get 413 code 40005.
 
 Owner tooling: ``reject_token`` (401 here, 4004 on the gateway), ``GET
 /users/@me/guilds`` (``permissions`` from :attr:`Guild.bot_permissions`), ``POST
@@ -86,6 +87,7 @@ class Fault:
     times: int
     retry_after: float
     files_only: bool = False
+    applied: bool = False  # the call takes effect before the fault's answer
 
 
 class Reply(Exception):
@@ -159,14 +161,19 @@ class Rest(Gateway, Cdn):
         method: str | None = None,
         retry_after: float = 0.05,
         files_only: bool = False,
+        applied: bool = False,
     ) -> None:
         """The next ``times`` REST calls matching ``path_regex`` answer ``status``.
 
         ``status=HANG`` (0) makes them never answer (listed in ``hung``); ``files_only``
-        matches only requests that upload files (deliveries, not progress edits).
+        matches only requests that upload files (deliveries, not progress edits);
+        ``applied`` makes each call take effect first, as if Discord did what was asked
+        and its answer was lost (``APPLY_THEN_HANG`` is ``HANG`` with ``applied``).
         """
+        if status == APPLY_THEN_HANG:
+            status, applied = HANG, True
         self._faults.append(
-            Fault(re.compile(path_regex), method, status, times, retry_after, files_only)
+            Fault(re.compile(path_regex), method, status, times, retry_after, files_only, applied)
         )
 
     def clear_faults(self) -> None:
@@ -230,21 +237,23 @@ class Rest(Gateway, Cdn):
             return response
         body, files = await self._read_body(request)
         fault = self._take_fault(method, path, bool(files))
-        if fault is not None and fault.status == HANG:
+        if fault is not None and fault.status == HANG and not fault.applied:
             self.hung.append(f"{method} {path}")
             await self._notify()
             await self._stopping.wait()  # never answers (ends when the emulator stops)
             return web.Response(status=503)
-        if fault is not None and fault.status != APPLY_THEN_HANG:
+        if fault is not None and not fault.applied:
             response = self._fault_response(fault)
         else:
             try:
                 response = await self._route(request, method, path, body, files)
             except Reply as reply:
                 response = reply.response
+            if fault is not None and fault.status != HANG:
+                response = self._fault_response(fault)  # done, but the answer is lost
         self.calls.append(Call(method, path, body, files, response.status, time.monotonic()))
         await self._notify()
-        if fault is not None and fault.status == APPLY_THEN_HANG:
+        if fault is not None and fault.status == HANG:
             self.hung.append(f"{method} {path}")
             await self._stopping.wait()  # done, but the client never hears so
         return response
