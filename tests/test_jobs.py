@@ -44,7 +44,7 @@ from bot.jobs import (
 )
 from bot.jobs.positions import Positions
 from bot.jobs.report import Reporter
-from bot.jobs.store import JobStore
+from bot.jobs.store import ViewStatements
 from bot.ledger import Ledger
 from bot.onemin.client import OneMinClient
 from bot.onemin.pacing import RateGate
@@ -563,8 +563,8 @@ async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
     db = await databases.open()
     started: list[float] = []
 
-    class SlowStore(JobStore):
-        async def positions(self) -> list[str]:
+    class SlowViews(ViewStatements):
+        async def waiting_ids(self) -> list[str]:
             started.append(time.monotonic())
             await asyncio.sleep(0.05)
             return ["a" * 32]
@@ -572,7 +572,7 @@ async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
     async def no_wait() -> None:
         return None
 
-    positions = Positions(SlowStore(db, owner="o"), Reporter("o"), no_wait)
+    positions = Positions(SlowViews(db, "o"), Reporter("o"), no_wait)
     positions.watch(_job("a" * 32))
     first = asyncio.create_task(positions.refresh())
     await asyncio.sleep(0.01)

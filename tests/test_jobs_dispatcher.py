@@ -26,7 +26,7 @@ from bot.jobs.leases import Leases
 from bot.jobs.slots import SlotLine
 from bot.jobs.store import ClaimLook
 from bot.onemin.circuit import CircuitState
-from tests.support.job_parts import Bundle, a_job, config, parts_with
+from tests.support.job_parts import Bundle, EveryGroup, a_job, config, parts_with
 
 NOW = 1_700_000_000.0  # the fixed clock's Unix time
 POLL = 30.0  # seconds: the fallback look's interval
@@ -303,7 +303,7 @@ class ClaimStore(LookStore):
     claimed: list[str] = field(default_factory=list)
     confirmed: list[tuple[str, int]] = field(default_factory=list)
 
-    async def live_leases(self, tx: object, now: float) -> int:
+    async def count_live_leases(self, tx: object, now: float) -> int:
         return 0
 
     async def next_claimable(self, tx: object, now: float) -> dict[str, Any] | None:
@@ -328,7 +328,7 @@ async def test_a_job_whose_lease_lapsed_here_while_it_runs_is_kept_not_taken_ove
     over from itself, which would stop a paid call in flight and make it again."""
     store = ClaimStore()
     rig = make(tmp_path)
-    rig.dispatcher._store = cast(Any, store)  # the claim's statements, faked here
+    rig.dispatcher._store = cast(Any, EveryGroup(store))  # the claim's statements, faked
     job = a_job(claims=2)
     running = asyncio.get_running_loop().create_future()
     rig.dispatcher._running[job.id] = cast(Any, running)

@@ -52,7 +52,7 @@ class PipelineStore:
     taken_over: bool = False  # a lapsed lease's confirmation fails
     confirms: int = 0
 
-    async def slots_taken(self, tx: object, job_id: str, now: float) -> int:
+    async def count_slots_taken(self, tx: object, job_id: str, now: float) -> int:
         return self.slots_taken_now
 
     async def advance(

@@ -207,7 +207,7 @@ class Dispatcher(Part):
         if not self._claims or not (job_room or intake_room) or await self._service_refusing():
             return False
         now = time.time()
-        look = await self._store.anything_to_claim(now)
+        look = await self._store.claims.anything_to_claim(now)
         jobs, intakes = look.jobs, look.intakes
         self._intakes_may_lapse = intakes
         self._next_lapse = look.next_lapse
@@ -252,7 +252,7 @@ class Dispatcher(Part):
         return (WaitReason.SERVICE_REFUSING, opened + self._config.circuit_give_up)
 
     async def _refund_waiting(self, kind: FailureKind) -> None:
-        rows = await self._store.waiting_rows()
+        rows = await self._store.housekeeping.waiting_rows()
         for row in rows:
             job = Job.from_row(row)
             if await self._settlement.settle_failed(job, kind, owned=False):
@@ -269,9 +269,12 @@ class Dispatcher(Part):
         to ``max_concurrent`` by the slot line: :mod:`bot.jobs.slots`)."""
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
-            if await self._store.live_leases(tx, now) >= self._config.max_concurrent * CLAIM_AHEAD:
+            if (
+                await self._store.claims.count_live_leases(tx, now)
+                >= self._config.max_concurrent * CLAIM_AHEAD
+            ):
                 return None
-            row = await self._store.next_claimable(tx, now)
+            row = await self._store.claims.next_claimable(tx, now)
             if row is None:
                 return None
             if row["id"] in self._running and row["lease_owner"] == self._store.owner:
@@ -280,7 +283,7 @@ class Dispatcher(Part):
                 # which would stop a paid call in flight and make it again.
                 await self._keep_own(tx, row["id"], now)
                 return None
-            if not await self._store.claim(tx, row["id"], now, self._config.lease):
+            if not await self._store.claims.claim(tx, row["id"], now, self._config.lease):
                 self._wakeup.set()  # cancelled meanwhile: look again at once
                 return None
             await self._signals.send(Signal.CLAIMED, row["id"], tx=tx)
@@ -306,7 +309,7 @@ class Dispatcher(Part):
         if job is None:
             return
         until = now + self._config.lease
-        if await self._store.confirm_lease(job_id, job.claims, until, tx=tx):
+        if await self._store.runs.confirm_lease(job_id, job.claims, until, tx=tx):
             log.info("Job %s: its lapsed lease still holds here; kept", job_id)
             self._leases.extended(job, until)
         self._wakeup.set()  # look again at once: another job may be claimable
@@ -315,8 +318,8 @@ class Dispatcher(Part):
         """Take over an intake whose process died (its lease ran out)."""
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
-            row = await self._store.next_lapsed_intake(tx, now)
-            if row is None or not await self._store.claim_intake(
+            row = await self._store.claims.next_lapsed_intake(tx, now)
+            if row is None or not await self._store.claims.claim_intake(
                 tx, row["id"], now, self._config.lease
             ):
                 return None

@@ -155,7 +155,9 @@ class Intake(Part):
             # too (SQLite: every writer is serialised), so two requests of one member
             # cannot both pass it.
             await tx.lock(guild_lock(request.guild_id))
-            active = await self._store.member_active(tx, request.guild_id, request.member_id)
+            active = await self._store.intake.count_member_unfinished(
+                tx, request.guild_id, request.member_id
+            )
             if active >= self._config.max_per_member:
                 raise QueueFull(self._config.max_per_member)
             outcome = await self._ledger.reserve(
@@ -169,7 +171,7 @@ class Intake(Part):
             if isinstance(outcome, Denial):
                 raise LimitReached(outcome)
             job.reservation_id = outcome.id
-            await self._store.insert(tx, job, time.time() + self._config.lease)
+            await self._store.intake.insert_job(tx, job, time.time() + self._config.lease)
         self._reporter.stage(job, Stage.RECEIVING, job.source.filename)
         return job
 
@@ -227,7 +229,7 @@ class Intake(Part):
 
     async def _store_input(self, job: Job, info: PreparedInfo, data: bytes) -> bool:
         async with self._db.transaction(urgent=True) as tx:
-            stored = await self._store.taken_in(tx, job, info, data)
+            stored = await self._store.intake.store_input(tx, job, info, data)
             if stored:
                 await self._signals.send(Signal.QUEUED, tx=tx)
         return stored

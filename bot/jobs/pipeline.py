@@ -22,7 +22,7 @@ the job waits instead of dying, and what a paid call produced (the uploaded asse
 upscaler's record and result URL, the downloaded file) is kept in memory and recorded
 when the database answers again; the upscaler is never called again for it. If the job
 was taken over meanwhile, what the call produced is still kept with the job for its new
-holder (:meth:`bot.jobs.store.JobStore.salvage`), which reads it again right before its
+holder (:meth:`bot.jobs.store.RunStatements.salvage`), which reads it again right before its
 own paid call. The fence (:mod:`bot.jobs.leases`): before a paid call and before the
 delivery this process confirms it still holds the job, the delivery runs only while its
 lease holds, and progress is reported only while it is known to hold.
@@ -244,7 +244,7 @@ class Pipeline(Part):
 
     async def _read_input(self, job: Job) -> bytes | None:
         return await through_outages(
-            lambda: self._store.read_input(job.id),
+            lambda: self._store.runs.read_input(job.id),
             logger=log,
             doing="reading a job's input",
             still=lambda: self._leases.runs(job),
@@ -282,11 +282,11 @@ class Pipeline(Part):
         now = time.time()
         async with self._db.transaction(urgent=True) as tx:
             await tx.lock(SLOT_LOCK)
-            taken = await self._store.slots_taken(tx, job.id, now)
+            taken = await self._store.runs.count_slots_taken(tx, job.id, now)
             if taken >= self._config.max_concurrent:
                 return None
             until = await self._record(job, stage, tx=tx)
-            products = await self._store.products(tx, job.id)
+            products = await self._store.runs.products(tx, job.id)
         self._leases.extended(job, until)
         if products is not None:
             job.asset_path = job.asset_path or products["asset_path"]
@@ -329,7 +329,7 @@ class Pipeline(Part):
         async def write() -> bool:
             nonlocal until
             until = time.time() + self._config.lease
-            return await self._store.advance(
+            return await self._store.runs.advance(
                 job.id,
                 job.claims,
                 stage,
@@ -355,7 +355,7 @@ class Pipeline(Part):
             return until
         if tx is None and (asset_path or result_url or record_id):
             await through_outages(
-                lambda: self._store.salvage(
+                lambda: self._store.runs.salvage(
                     job.id, asset_path=asset_path, result_url=result_url, record_id=record_id
                 ),
                 logger=log,
@@ -394,7 +394,7 @@ class Pipeline(Part):
         """Put a running job back in line, its recorded progress kept (not a restart: its
         member is not told it "continues" when it runs again)."""
         handed = await through_outages(
-            lambda: self._store.hand_back(job.id, job.claims, why),
+            lambda: self._store.runs.hand_back(job.id, job.claims, why),
             logger=log,
             doing="handing a job back",
             still=lambda: self._leases.runs(job),

@@ -68,7 +68,7 @@ class Settlement(Part):
 
     async def _deliver(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
         async with self._db.transaction() as tx:
-            changed = await self._store.delivered(
+            changed = await self._store.endings.mark_delivered(
                 tx,
                 job.id,
                 job.claims,
@@ -79,9 +79,9 @@ class Settlement(Part):
             if not changed:
                 return False
             await self._ledger.commit(job.reservation_id, tx=tx)
-            await self._store.delete_input(tx, job.id)
+            await self._store.endings.delete_input(tx, job.id)
             if result is not None and result.crops is not None:
-                await self._store.save_crops(tx, job.id, result.crops)
+                await self._store.endings.save_crops(tx, job.id, result.crops)
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
         return True
 
@@ -118,12 +118,12 @@ class Settlement(Part):
         when the job had been settled already (or taken over)."""
         async with self._db.transaction() as tx:
             claim = job.claims if owned else None
-            if not await self._store.failed(tx, job.id, kind, claim=claim):
+            if not await self._store.endings.mark_failed(tx, job.id, kind, claim=claim):
                 return None
             refunded = False
             if job.reservation_id:
                 refunded = await self._ledger.refund(job.reservation_id, kind.value, tx=tx)
-            await self._store.delete_input(tx, job.id)
+            await self._store.endings.delete_input(tx, job.id)
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
             if job.stage in SLOT_STAGES:
                 await self._signals.send(Signal.SLOT, tx=tx)
@@ -132,21 +132,21 @@ class Settlement(Part):
     async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
         """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""
         async with self._db.transaction() as tx:
-            row = await self._store.cancel_read(tx, job_id)
+            row = await self._store.endings.read_for_cancel(tx, job_id)
             if row is None:
                 return CancelOutcome.NOT_FOUND
             if int(row["member_id"]) != actor_id and not moderator:
                 return CancelOutcome.NOT_ALLOWED
             if row["status"] not in UNFINISHED:
                 return CancelOutcome.FINISHED
-            if not await self._store.cancelled(tx, job_id, actor_id):
+            if not await self._store.endings.mark_cancelled(tx, job_id, actor_id):
                 return CancelOutcome.TOO_LATE
             refunded = False
             if row["reservation_id"]:
                 refunded = await self._ledger.refund(
                     row["reservation_id"], FailureKind.CANCELLED, tx=tx
                 )
-            await self._store.delete_input(tx, job_id)
+            await self._store.endings.delete_input(tx, job_id)
             await self._signals.send(Signal.ENDED, job_id, tx=tx)
             await self._signals.send(Signal.SLOT, tx=tx)  # it may have held one (uploading)
         self._reporter.cancelled(

@@ -108,8 +108,24 @@ class Bundle:
     reporter: Reporter
 
 
+# The groups of statements a JobStore holds (store.intake, store.claims...).
+STORE_GROUPS = frozenset({"intake", "claims", "runs", "endings", "housekeeping", "views"})
+
+
+@dataclass(frozen=True)
+class EveryGroup:
+    """A :class:`bot.jobs.store.JobStore` whose every group of statements is one fake
+    (anything else, such as ``owner``, is the fake's own)."""
+
+    statements: object
+
+    def __getattr__(self, name: str) -> object:
+        return self.statements if name in STORE_GROUPS else getattr(self.statements, name)
+
+
 def parts_with(store: object, config: QueueConfig, spool_dir: Path) -> Bundle:
-    """A :class:`Parts` bundle around ``store`` (a fake of the statements a part uses)."""
+    """A :class:`Parts` bundle around ``store`` (a fake of the statements a part uses,
+    whichever of the store's groups they belong to)."""
     db = FakeDatabase()
     signals = RecordedSignals()
     front = RecordingFront()
@@ -117,7 +133,7 @@ def parts_with(store: object, config: QueueConfig, spool_dir: Path) -> Bundle:
     reporter.front_end = front
     parts = Parts(
         db=cast(Any, db),
-        store=cast(Any, store),
+        store=cast(Any, EveryGroup(store)),
         ledger=cast(Any, None),  # no part tested alone touches the ledger
         signals=cast(Any, signals),
         reporter=reporter,
