@@ -102,7 +102,7 @@ class Credits(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         role_ids = [r.id for r in getattr(target, "roles", ())]
         balance = await self.ledger.balance(guild.id, target.id, role_ids)
-        queued = await self.bot.queue.active_jobs(guild.id, target.id)
+        queued = await self.bot.queue.count_member_unfinished(guild.id, target.id)
         lang = interaction_locale(interaction)
         figures = {
             "used": balance.used,

@@ -255,7 +255,7 @@ class DiscordFrontEnd:
     """Answers members about their jobs through Discord.
 
     It keeps one :class:`ProgressDisplay` per job it shows, and forgets it when the job
-    ends anywhere in the fleet (the queue calls :meth:`ended`), so a long-running process
+    ends anywhere in the fleet (the queue calls :meth:`stop_showing`), so a long-running process
     holds no state for jobs other processes delivered.
     """
 
@@ -346,7 +346,7 @@ class DiscordFrontEnd:
 
     # -- FrontEnd ----------------------------------------------------------------------
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         resumed = job.id in self._resumed
         self._display(job).show(
             (progress, resumed),
@@ -360,7 +360,7 @@ class DiscordFrontEnd:
             ),
         )
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         """Say once, on the member's reply, that the job continues; with a dead token
         nothing is said until the result (which names the member)."""
         target = target_of(job)
@@ -371,17 +371,17 @@ class DiscordFrontEnd:
             content = messages.RESUMED.render(target.member_language)
             await self.replies.edit(target, content=content, view=None)
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         await self._close(job.id)
         target = target_of(job)
         with contextlib.suppress(discord.HTTPException):
             content = messages.PAUSED.render(target.member_language)
             await self.replies.edit(target, content=content, view=None)
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         await self._close(job_id)
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         await self._close(job.id)
         target = target_of(job)
         try:

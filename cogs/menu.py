@@ -89,7 +89,11 @@ class UpscaleMenu(commands.Cog):
         sources = sources[:MAX_IMAGES]
         guild_id = interaction.guild_id or 0
         queue = self.bot.queue
-        room = max(0, queue.max_per_member - await queue.active_jobs(guild_id, interaction.user.id))
+        room = max(
+            0,
+            queue.max_per_member
+            - await queue.count_member_unfinished(guild_id, interaction.user.id),
+        )
         if room == 0:
             raise UserError(messages.queue_full_text(queue.max_per_member))
         notes = [t(locale, "batch.skipped_not_image", filename=name) for name in skipped]

@@ -153,7 +153,7 @@ async def with_watch_probe(bot_main: Awaitable[None], out: Path) -> None:
                 (
                     time.time(),
                     rss_kb(),
-                    queue.watched() if queue is not None else -1,
+                    queue.count_watched() if queue is not None else -1,
                     front.shown if front is not None else -1,
                     db.round_trips.count if db is not None else -1,
                 )

@@ -89,7 +89,7 @@ class Recorder:
     already_posted: set[str] = field(default_factory=set)
     jobs: dict[str, JobLog] = field(default_factory=lambda: defaultdict(JobLog))
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         self.jobs[job.id].stages.append((progress.stage, progress.position))
         self.jobs[job.id].progress.append(progress)
 
@@ -106,17 +106,17 @@ class Recorder:
             return 43
         return None
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         self.jobs[job.id].failures.append(failure)
         self.jobs[job.id].done.set()
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         self.jobs[job.id].resumed += 1
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         self.jobs[job.id].paused += 1
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         self.jobs[job_id].ended += 1
         self.jobs[job_id].done.set()
 
@@ -430,7 +430,7 @@ async def test_member_cap_refuses_a_third_job(rigs: RigFactory) -> None:
     with pytest.raises(QueueFull):
         await r.queue.accept(r.request())
     await r.queue.accept(r.request(BOB))
-    assert await r.queue.active_jobs(GUILD, ALICE) == 2
+    assert await r.queue.count_member_unfinished(GUILD, ALICE) == 2
     assert await r.used() == (2, 2)
 
 
@@ -444,7 +444,7 @@ async def test_concurrent_requests_never_pass_the_member_cap(rigs: RigFactory) -
     accepted = [o for o in outcomes if isinstance(o, Job)]
     assert len(accepted) == 2
     assert all(isinstance(o, QueueFull) for o in outcomes if not isinstance(o, Job))
-    assert await r.queue.active_jobs(GUILD, ALICE) == 2
+    assert await r.queue.count_member_unfinished(GUILD, ALICE) == 2
 
 
 async def test_a_burst_in_one_guild_holds_one_database_connection_at_a_time(
@@ -485,7 +485,7 @@ async def test_a_refused_image_costs_nothing_and_frees_its_place(rig: Rig) -> No
     assert refused.value.kind is FailureKind.INPUT_INVALID
     assert refused.value.text.key.startswith("image.")
     assert await rig.used() == (0, 0)
-    assert await rig.queue.active_jobs(GUILD, ALICE) == 0
+    assert await rig.queue.count_member_unfinished(GUILD, ALICE) == 0
     assert (await job_row(rig, job.id))["status"] == "failed"
 
 
@@ -522,7 +522,7 @@ async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmula
     assert info.value.denial.reason == "member_limit"
     assert await r.used() == (1, 0)
     assert emu.calls["upload"] == 1
-    assert await r.queue.active_jobs(GUILD, ALICE) == 0
+    assert await r.queue.count_member_unfinished(GUILD, ALICE) == 0
     assert len(r.images.fetching) == 1
 
 
@@ -535,14 +535,14 @@ async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMin
     peak = 0
 
     class Counting(Recorder):
-        def progress(self, job: Job, progress: Progress) -> None:
+        def show_progress(self, job: Job, progress: Progress) -> None:
             nonlocal running, peak
             if progress.stage is Stage.UPLOADING:
                 running += 1
                 peak = max(peak, running)
             elif progress.stage is Stage.DOWNLOADING:
                 running -= 1
-            super().progress(job, progress)
+            super().show_progress(job, progress)
 
     counting = Counting()
     r.queue.attach(counting)
@@ -1107,7 +1107,7 @@ async def test_a_process_stops_showing_a_job_another_process_claims(rigs: RigFac
     job, log = await a.submit()
     await b.settled(job)
     await until(lambda: _ended(log))
-    assert a.queue.watched() == 0
+    assert a.queue.count_watched() == 0
     assert not await a.queue.shows(job.id)
     assert await b.queue.shows(job.id) is False  # delivered: nobody shows it any more
 
@@ -1128,7 +1128,7 @@ async def test_a_stream_delivered_elsewhere_leaves_nothing_watched(rigs: RigFact
     for job in jobs:
         await b.settled(job, 30)
     await until(lambda: _all_ended(a.front, jobs))
-    assert a.queue.watched() == 0
+    assert a.queue.count_watched() == 0
 
 
 async def _all_ended(front: Recorder, jobs: list[Job]) -> bool:

@@ -69,7 +69,7 @@ class FakeCircuit:
 class FakeSettlement:
     refunded: list[tuple[str, FailureKind, bool]] = field(default_factory=list)
 
-    async def settle_failed(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
+    async def settle_failure(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
         self.refunded.append((job.id, kind, owned))
         return True
 

@@ -353,7 +353,7 @@ async def test_concurrent_scrapes_share_one_read_of_the_fleet_gauges(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Five scrapes at once read the queue's depth from the database once."""
-    reads = count_reads(monkeypatch, services.queue, "waiting")
+    reads = count_reads(monkeypatch, services.queue, "count_waiting")
     monkeypatch.setattr("bot.app.metrics_http.FLEET_CACHE_SECONDS", 3600.0)
     ep = endpoint(services)
     await asyncio.gather(*(ep.scrape() for _ in range(5)))

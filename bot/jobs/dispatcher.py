@@ -255,7 +255,7 @@ class Dispatcher(Part):
         rows = await self._store.housekeeping.waiting_rows()
         for row in rows:
             job = Job.from_row(row)
-            if await self._settlement.settle_failed(job, kind, owned=False):
+            if await self._settlement.settle_failure(job, kind, owned=False):
                 self._positions.unwatch(job.id)
                 await self._reporter.tell_failed(job, JobFailure(kind))
         if rows:
@@ -387,4 +387,4 @@ class Dispatcher(Part):
                 report_db_outage(log, "taking a job's image in", exc)  # its lease lapses
                 return
             log.error("Intake of job %s failed unexpectedly", job.id, exc_info=exc)
-            await self._settlement.failed(job, JobFailure(FailureKind.BUG), exc)
+            await self._settlement.fail_and_tell(job, JobFailure(FailureKind.BUG), exc)

@@ -172,7 +172,7 @@ class Intake(Part):
                 raise LimitReached(outcome)
             job.reservation_id = outcome.id
             await self._store.intake.insert_job(tx, job, time.time() + self._config.lease)
-        self._reporter.stage(job, Stage.RECEIVING, job.source.filename)
+        self._reporter.log_stage(job, Stage.RECEIVING, job.source.filename)
         return job
 
     async def take_in(self, job: Job) -> bool:
@@ -222,7 +222,7 @@ class Intake(Part):
         job.prepared = info
         job.status = JobStatus.QUEUED
         job.stage = Stage.QUEUED
-        self._reporter.stage(job, Stage.QUEUED, f"{info.size[0]}x{info.size[1]} {info.format}")
+        self._reporter.log_stage(job, Stage.QUEUED, f"{info.size[0]}x{info.size[1]} {info.format}")
         self._positions.watch(job)
         await self._positions.refresh()
         return True
@@ -237,7 +237,7 @@ class Intake(Part):
     async def _refuse(self, job: Job, kind: FailureKind, text: Text) -> NoReturn:
         """Fail and refund the job for its image; raises :class:`InputRefused`."""
         log.info("Job %s: image refused (%s: %s)", job.id, kind, text.english())
-        await self._settlement.settle_failed(job, kind, owned=True)
+        await self._settlement.settle_failure(job, kind, owned=True)
         raise InputRefused(kind, text)
 
     def _discard_spool(self, job_id: str) -> None:

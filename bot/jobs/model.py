@@ -371,7 +371,7 @@ class FrontEnd(Protocol):
     that no late edit overwrites a result another process posted.
     """
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         """The job moved. Called synchronously from the queue: schedule any slow work."""
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
@@ -380,16 +380,16 @@ class FrontEnd(Protocol):
     async def find_delivered(self, job: Job) -> int | None:
         """The id of the job's result message if it was already posted, else None."""
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         """Tell the member the job failed (its credits have been refunded)."""
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         """Tell the member their job continues after a restart or a takeover."""
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         """Tell the member the bot is stopping; the job continues when it is back."""
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         """This process no longer shows the job (cancelled, or claimed, delivered or
         failed by another process): stop showing its progress and forget it."""
 

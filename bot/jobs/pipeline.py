@@ -115,7 +115,7 @@ class Pipeline(Part):
                 await asyncio.to_thread(self.result_path(job).unlink, missing_ok=True)
 
     async def _run_and_settle(self, job: Job) -> None:
-        self._reporter.stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
+        self._reporter.log_stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
         hook = waiting_hook.set(
             lambda place: self._progress(job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT))
         )
@@ -141,7 +141,7 @@ class Pipeline(Part):
             raise
         except (Unauthorized, OutOfCredits) as exc:
             if self._circuit is None:
-                await self._settlement.failed(job, failure_for(exc), exc)
+                await self._settlement.fail_and_tell(job, failure_for(exc), exc)
                 return
             # Not this job's fault: it waits in line while the circuit is open.
             await self._circuit.trip(exc.kind)
@@ -155,11 +155,11 @@ class Pipeline(Part):
                 # lapses and it continues from its recorded stage, here or elsewhere.
                 report_db_outage(log, "running a job", exc)
                 return
-            await self._settlement.failed(job, failure, exc)
+            await self._settlement.fail_and_tell(job, failure, exc)
             return
         finally:
             waiting_hook.reset(hook)
-        await self._settlement.delivered(job, result, message_id)
+        await self._settlement.settle_delivery(job, result, message_id)
 
     async def _work(self, job: Job) -> JobResult:
         input_image = None
@@ -383,11 +383,11 @@ class Pipeline(Part):
         """Report progress while this process's lease on the job is known to hold (a
         worker that lost it shows nothing more)."""
         if self._leases.valid(job.id):
-            self._reporter.progress(job, progress)
+            self._reporter.show_progress(job, progress)
 
     def _entered(self, job: Job, stage: Stage) -> None:
         job.stage = stage
-        self._reporter.stage(job, stage)
+        self._reporter.log_stage(job, stage)
         self._progress(job, Progress(stage))
 
     async def _hand_back(self, job: Job, why: str) -> None:
@@ -403,7 +403,7 @@ class Pipeline(Part):
             return
         was = job.stage
         job.status = JobStatus.QUEUED  # its stage stays: it continues from there
-        self._reporter.stage(job, "handed back", why)
+        self._reporter.log_stage(job, "handed back", why)
         self._positions.watch(job)
         await self._signals.send(Signal.QUEUED)
         if was in (Stage.UPLOADING, Stage.UPSCALING):

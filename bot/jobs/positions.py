@@ -147,8 +147,8 @@ class Positions:
                 progress = Progress(Stage.QUEUED, place)
                 if waits is not None:
                     progress = Progress(Stage.QUEUED, place, waits[0], waits[1])
-                self._reporter.progress(job, progress)
+                self._reporter.show_progress(job, progress)
         for job_id in gone:
             if job_id in self._watched:  # not claimed here meanwhile
                 self.unwatch(job_id)
-                await self._reporter.tell_ended(job_id)
+                await self._reporter.stop_showing(job_id)

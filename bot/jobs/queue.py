@@ -254,7 +254,7 @@ class JobQueue:
         if outcome is CancelOutcome.CANCELLED:
             await self.signals.send(Signal.CANCELLED, job_id)
             self._stopped(job_id)
-            await self._reporter.tell_ended(job_id)
+            await self._reporter.stop_showing(job_id)
             await self._positions.refresh()
         return outcome
 
@@ -284,25 +284,21 @@ class JobQueue:
 
     # -- observation -------------------------------------------------------------------
 
-    def busy_here(self) -> bool:
-        """True while this process takes in or runs a job."""
-        return self._runner.busy or self._intake.busy
-
-    def watched(self) -> int:
+    def count_watched(self) -> int:
         """Jobs this process shows a place in line for."""
         return len(self._positions)
 
-    async def active_jobs(self, guild_id: int, member_id: int) -> int:
+    async def count_member_unfinished(self, guild_id: int, member_id: int) -> int:
         """Jobs the member has unfinished (being taken in, waiting or running)."""
         return await self.store.intake.count_member_unfinished(self._db, guild_id, member_id)
 
-    async def unfinished(self) -> int:
-        """Jobs unfinished anywhere in the fleet."""
-        return await self.store.views.count_unfinished()
-
-    async def waiting(self) -> int:
+    async def count_waiting(self) -> int:
         """Jobs waiting in line anywhere in the fleet (not yet claimed by a process)."""
         return await self.store.views.count_waiting()
 
     async def idle(self) -> bool:
-        return not self.busy_here() and await self.unfinished() == 0
+        """True when this process takes in and runs nothing, and no job is unfinished
+        anywhere in the fleet."""
+        if self._runner.busy or self._intake.busy:
+            return False
+        return await self.store.views.count_unfinished() == 0

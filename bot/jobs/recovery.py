@@ -53,7 +53,7 @@ class Recovery(Part):
         only those of this instance are (others are taken over when their leases run
         out). Returns the jobs refunded.
         """
-        await self._store.housekeeping.recover(None if single_process else self.instance)
+        await self._store.housekeeping.put_back_cut_off(None if single_process else self.instance)
         cutoff = ts(utc_now() - timedelta(seconds=self._config.max_age))
         refunded: list[Job] = []
         for row in [
@@ -72,7 +72,7 @@ class Recovery(Part):
                 kind = FailureKind.INPUT_LOST
             else:
                 continue
-            if await self._settlement.settle_failed(job, kind, owned=False):
+            if await self._settlement.settle_failure(job, kind, owned=False):
                 refunded.append(job)
                 await self._reporter.tell_failed(job, JobFailure(kind))
         unfinished = await self._store.views.count_unfinished()

@@ -577,7 +577,7 @@ class HousekeepingStatements(_Statements):
     """Start-up recovery, the unfinished jobs read to refund what cannot be finished,
     and retention, in small batches (:mod:`bot.jobs.recovery`)."""
 
-    async def recover(self, instance: str | None) -> None:
+    async def put_back_cut_off(self, instance: str | None) -> None:
         """Put jobs cut off by a restart back: running ones in line, intakes lapsed.
 
         ``instance`` None: every job (one process on SQLite); else those of processes
@@ -633,7 +633,7 @@ class ViewStatements(_Statements):
             bytes(row["input_crop"]), bytes(row["result_crop"]), row["box"]
         )
 
-    async def find(self, shown_id: str) -> list[Row]:
+    async def find_by_shown_id(self, shown_id: str) -> list[Row]:
         """Jobs whose id starts with ``shown_id`` (lower-case hex; at most two read:
         more than one means the prefix is ambiguous)."""
         prefix = shown_id.strip().lower()

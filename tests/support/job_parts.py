@@ -74,7 +74,7 @@ class RecordingFront:
         """The stages shown for ``job_id``, in order."""
         return [p.stage for j, p in self.shown if j == job_id]
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         self.shown.append((job.id, progress))
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
@@ -84,16 +84,16 @@ class RecordingFront:
     async def find_delivered(self, job: Job) -> int | None:
         return None
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         self.failures.append((job.id, failure))
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         pass
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         pass
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         pass
 
 
