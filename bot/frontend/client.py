@@ -40,6 +40,7 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = (
     "cogs.upscale",
     "cogs.menu",
     "cogs.credits",
+    "cogs.quota",
     "cogs.owner",
 )
 # Persistent buttons (``module:Class``), registered by the bot itself before any
