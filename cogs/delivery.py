@@ -1,12 +1,13 @@
 """The Discord front end of the job queue: progress, delivery and failure messages.
 
 :class:`DiscordFrontEnd` implements :class:`bot.jobs.FrontEnd` for every job, in any
-process: what it needs to answer the member is stored with the job (a
-:class:`bot.frontend.replies.ReplyTarget` in the job's context), so a job resumed after a restart
-or taken over from another process is answered exactly like a fresh one. Progress edits
-are throttled; results are fitted under the interaction's upload limit in a worker
-process; a result that may already have been posted (a crash during delivery) is looked
-for by its job id in the embed footer before it is posted again.
+process: what it needs to answer the member is stored with the job (its
+:class:`bot.frontend.replies.JobContext`, which the queue keeps without reading it, and
+the interaction token), so a job resumed after a restart or taken over from another
+process is answered exactly like a fresh one. Progress edits are throttled; results are
+fitted under the interaction's upload limit in a worker process; a result that may
+already have been posted (a crash during delivery) is looked for by its job id in the
+embed footer before it is posted again.
 
 Languages: progress lines and the result are written in the member's Discord language
 when they edit the member's reply, and in the server's preferred language when they
@@ -41,7 +42,7 @@ import discord
 
 from bot import images
 from bot.failures import FailureKind
-from bot.frontend.replies import NONCE_CHARS, Answer, Replies, ReplyTarget, saying
+from bot.frontend.replies import NONCE_CHARS, Answer, JobContext, Replies, ReplyTarget, saying
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.retry import Backoff, retry
@@ -103,9 +104,14 @@ def job_footers(job_id: str) -> frozenset[str]:
     return frozenset(job_footer(job_id, language) for language in SUPPORTED)
 
 
+def context_of(job: Job) -> JobContext:
+    """What the front end keeps with ``job`` (stored by the queue as an opaque string)."""
+    return JobContext.from_json(job.context)
+
+
 def target_of(job: Job) -> ReplyTarget:
     return ReplyTarget.for_job(
-        job.context,
+        context_of(job),
         job.reply_token,
         channel_id=job.channel_id,
         member_id=job.member_id,
@@ -431,11 +437,12 @@ class DiscordFrontEnd:
         """Post the result, fitted under the interaction's upload limit."""
         await self._close(job.id)
         target = target_of(job)
-        upload_limit = job.context.upload_limit or DEFAULT_UPLOAD_LIMIT
+        context = context_of(job)
+        upload_limit = context.upload_limit or DEFAULT_UPLOAD_LIMIT
         limit = max(1024 * 1024, upload_limit - UPLOAD_MARGIN)
         stem = Path(job.input.filename).stem[:60] or "image"
         fitted = await self.bot.image_workers.fit(result.path, result.format, limit, f"{stem}_4x")
-        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, job.context.role_ids)
+        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, job.role_ids)
         mention = f"<@{job.member_id}>"
 
         def compose(language: str, channel_mention: str | None) -> Answer:
@@ -448,9 +455,9 @@ class DiscordFrontEnd:
             if fitted.reencoded or fitted.resized:
                 label = t(language, "button.full_size")
                 view.add_item(discord.ui.Button(label=label, url=result.temporary_url))
-            if job.context.source_link:
+            if context.source_link:
                 label = t(language, "button.source")
-                view.add_item(discord.ui.Button(label=label, url=job.context.source_link))
+                view.add_item(discord.ui.Button(label=label, url=context.source_link))
             content = t(language, "result.ready", mention=mention) if channel_mention else mention
             return Answer(content, embed, view)
 

@@ -97,7 +97,7 @@ async def start_job(
         role_ids=role_ids,
         source=Source(source.url, source.filename, source.declared_size),
         context=target.job_context(
-            upload_limit=interaction.filesize_limit, role_ids=role_ids, source_link=source_link
+            upload_limit=interaction.filesize_limit, source_link=source_link
         ),
         reply_token=interaction.token,
         output_format=output_format,

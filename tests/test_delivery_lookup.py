@@ -17,8 +17,8 @@ import discord
 import pytest
 
 from bot.failures import FailureKind
-from bot.frontend.replies import ReplyTarget
-from bot.jobs import DeliveryFailed, Job, JobContext, Source
+from bot.frontend.replies import JobContext, ReplyTarget
+from bot.jobs import DeliveryFailed, Job, Source
 from cogs.delivery import LOOKUP_ATTEMPTS, DiscordFrontEnd
 
 
@@ -65,7 +65,7 @@ def a_job() -> Job:
         member_id=3,
         output_format="png",
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=4, interaction_at=time.time()),
+        context=JobContext(application_id=4, interaction_at=time.time()).to_json(),
         reservation_id="",
         created_at=time.time(),
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from PIL import Image
 
 from bot import images
 from bot.images.prepare import DEVICE_NAMES, DEVICE_SUFFIX, IMAGE_EXTENSIONS
-from bot.jobs import Job, JobContext, JobRequest, Source
+from bot.jobs import Job, JobRequest, Source
 from cogs.menu import shown_name
 from tests.emulators.onemin import OneMinEmulator
 from tests.hostilenames import CORPUS, MORE, NameCase
@@ -171,7 +170,7 @@ def request(rig: Rig, filename: str, data: bytes | None = None) -> JobRequest:
         ALICE,
         (),
         Source(rig.images.add(png() if data is None else data), filename),
-        JobContext(application_id=1, interaction_at=time.time()),
+        "the front end's context",
     )
 
 

@@ -29,7 +29,6 @@ from bot.jobs import (
     DeliveryFailed,
     InputRefused,
     Job,
-    JobContext,
     JobFailure,
     JobQueue,
     JobRequest,
@@ -175,7 +174,7 @@ class Rig:
             member,
             (),
             Source(url, "cat.png"),
-            JobContext(application_id=1, interaction_at=time.time()),
+            "the front end's context",
             reply_token="interaction-token",
             output_format=fmt,
         )
@@ -596,7 +595,7 @@ def _job(job_id: str) -> Job:
         member_id=ALICE,
         output_format="png",
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=1, interaction_at=time.time()),
+        context="",
         reservation_id="",
         created_at=time.time(),
     )

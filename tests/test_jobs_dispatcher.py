@@ -136,7 +136,7 @@ def row_of(job: Job) -> dict[str, Any]:
         "source_url": job.source.url,
         "source_name": job.source.filename,
         "source_size": None,
-        "context": job.context.to_json(),
+        "context": job.stored_context(),
         "reservation_id": job.reservation_id,
         "created_at": ts(utc_now()),
         "status": JobStatus.QUEUED.value,

@@ -28,7 +28,7 @@ from bot.db.outages import report_db_outage
 from bot.db.transient import DbOutageKind
 from bot.failures import FailureKind
 from bot.jobs.metrics import Outcome
-from bot.jobs.model import Job, JobContext, PreparedInfo, Source, Stage
+from bot.jobs.model import Job, PreparedInfo, Source, Stage
 from bot.onemin.client import OneMinClient, ServiceUnavailable
 from tests.bot_process import closed_port
 from tests.emulators.onemin import OneMinEmulator
@@ -74,7 +74,7 @@ def job(stage: Stage = Stage.QUEUED, age: float = 0.0, job_id: str = JOB_ID) -> 
         member_id=3,
         output_format="png",
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=1, interaction_at=time.time() - age),
+        context="",
         reservation_id="r",
         created_at=time.time() - age,
         stage=stage,

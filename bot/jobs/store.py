@@ -340,7 +340,7 @@ class IntakeStatements(_Statements):
                 job.source.filename,
                 job.source.url,
                 job.source.declared_size,
-                job.context.to_json(),
+                job.stored_context(),
                 job.reply_token,
                 self.owner,
                 lease_until,

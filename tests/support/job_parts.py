@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bot.db.signals import Signal
-from bot.jobs import Job, JobContext, JobFailure, JobResult, JobStatus, Progress, Source, Stage
+from bot.jobs import Job, JobFailure, JobResult, JobStatus, Progress, Source, Stage
 from bot.jobs.config import QueueConfig
 from bot.jobs.model import PreparedInfo
 from bot.jobs.parts import Parts
@@ -152,7 +152,7 @@ def a_job(number: int = 1, **recorded: Any) -> Job:
         member_id=301,
         output_format="png",
         source=Source(f"https://cdn.example/attachments/{number}/cat.png", "cat.png"),
-        context=JobContext(application_id=1, interaction_at=0.0),
+        context="",
         reservation_id=f"reservation-{number}",
         created_at=0.0,
         status=JobStatus.RUNNING,
