@@ -13,20 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import (
-    BUSY_TIMEOUT_MS,
-    INTEGRITY_ERRORS,
-    Database,
-    Migration,
-    load_migrations,
-    open_database,
-    parse_ts,
-    pg_ddl,
-    pg_placeholders,
-    split_statements,
-    ts,
-)
-from tests.support.databases import Databases
+from bot.db import Database, Migration, open_database, parse_ts, ts
+from bot.db.migrations import load_migrations, split_statements
+from bot.db.sqlite import BUSY_TIMEOUT_MS
+from bot.db.sqltext import pg_ddl, pg_placeholders
+from tests.support.databases import INTEGRITY_ERRORS, Databases
 
 TABLE_T = Migration(1, "0001_t.sql", "CREATE TABLE t (x INTEGER);")
 LATEST = load_migrations()[-1].version

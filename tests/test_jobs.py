@@ -24,7 +24,6 @@ from bot.db import Database, Transaction
 from bot.failures import FailureKind
 from bot.images.download import DownloadFailed, SourceGone
 from bot.jobs import (
-    INTAKE_CONCURRENCY,
     CancelOutcome,
     DeliveryFailed,
     InputRefused,
@@ -41,6 +40,7 @@ from bot.jobs import (
     Source,
     Stage,
 )
+from bot.jobs.intake import INTAKE_CONCURRENCY
 from bot.jobs.positions import Positions
 from bot.jobs.report import Reporter
 from bot.jobs.store import ViewStatements

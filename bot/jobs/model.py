@@ -314,7 +314,7 @@ class JobResult:
     """The upscaled image handed to the front end for delivery.
 
     The image stays in a file: ``path``, in the queue's spool (``byte_count`` bytes, up to
-    :data:`bot.jobs.RESULT_MAX_BYTES`). Open it from there (e.g.
+    :data:`bot.jobs.pipeline.RESULT_MAX_BYTES`). Open it from there (e.g.
     :meth:`bot.images.workers.ImageWorkers.fit`) rather than reading it whole; the queue removes
     it when the job ends, so the front end is done with it when ``deliver`` returns.
     """
