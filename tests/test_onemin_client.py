@@ -579,7 +579,7 @@ async def test_download_to_writes_in_batches_while_it_streams(
             writes.append(sum(len(chunk) for chunk in args[0]))
         return await real_to_thread(func, *args)
 
-    monkeypatch.setattr(onemin_http.asyncio, "to_thread", counting)
+    monkeypatch.setattr(asyncio, "to_thread", counting)
     target = tmp_path / "result.bin"
     assert await client.download_to(url, target, max_bytes=2 * 1024 * 1024) == 1024 * 1024
     assert target.read_bytes() == bytes(range(256)) * 4096
