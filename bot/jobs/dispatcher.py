@@ -41,7 +41,6 @@ from bot.jobs.model import (
     JobFailure,
     JobStatus,
     Stage,
-    WaitReason,
     failure_for,
 )
 from bot.jobs.parts import Part, Parts
@@ -50,6 +49,7 @@ from bot.jobs.positions import Positions, WaitInfo
 from bot.jobs.settlement import Settlement
 from bot.jobs.slots import SlotLine
 from bot.jobs.supervisor import Supervisor
+from bot.jobs.waiting import ServiceWait
 from bot.onemin.circuit import Circuit
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class Dispatcher(Part):
         self._settlement = settlement
         self._positions = positions
         self._circuit = circuit
+        self._service = ServiceWait(
+            parts, settlement=settlement, positions=positions, circuit=circuit
+        )
         self._leases = leases
         self._pipeline = pipeline
         self._slots = slots
@@ -204,7 +207,7 @@ class Dispatcher(Part):
         """
         job_room = len(self._running) < self._config.max_concurrent * CLAIM_AHEAD
         intake_room = self._intakes_may_lapse and len(self._intakes) < INTAKE_CONCURRENCY
-        if not self._claims or not (job_room or intake_room) or await self._service_refusing():
+        if not self._claims or not (job_room or intake_room) or await self._service.refusing():
             return False
         now = time.time()
         look = await self._store.claims.anything_to_claim(now)
@@ -224,42 +227,9 @@ class Dispatcher(Part):
                 started = True
         return started
 
-    # -- the circuit -------------------------------------------------------------------
-
-    async def _service_refusing(self) -> bool:
-        """True while the 1min.ai circuit is open: jobs wait in line (see bot.onemin.circuit).
-
-        When it has been open longer than ``circuit_give_up``, waiting jobs are refunded.
-        """
-        if self._circuit is None:
-            return False
-        state = await self._circuit.state()
-        if not state.open:
-            return False
-        if state.open_for > self._config.circuit_give_up:
-            await self._refund_waiting(state.reason or FailureKind.CIRCUIT_OPEN)
-        return True
-
     async def line_waits(self) -> WaitInfo:
-        """Why the whole line waits (1min.ai refusing the bot's account), and until when
-        it waits at most before it is refunded; None when it does not."""
-        if self._circuit is None:
-            return None
-        state = await self._circuit.state()
-        if not state.open:
-            return None
-        opened = state.opened_at if state.opened_at is not None else time.time()
-        return (WaitReason.SERVICE_REFUSING, opened + self._config.circuit_give_up)
-
-    async def _refund_waiting(self, kind: FailureKind) -> None:
-        rows = await self._store.housekeeping.waiting_rows()
-        for row in rows:
-            job = Job.from_row(row)
-            if await self._settlement.settle_failure(job, kind, owned=False):
-                self._positions.unwatch(job.id)
-                await self._reporter.tell_failed(job, JobFailure(kind))
-        if rows:
-            log.warning("Refunded %d waiting jobs: 1min.ai kept refusing", len(rows))
+        """Why the whole line waits, and until when at most (see :mod:`bot.jobs.waiting`)."""
+        return await self._service.line_waits()
 
     # -- claiming ----------------------------------------------------------------------
 

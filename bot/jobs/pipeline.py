@@ -12,9 +12,9 @@ wait in line.
 
 Before it calls 1min.ai the job takes an upscale slot (:mod:`bot.jobs.slots`), reading
 its input meanwhile. Every write that moves a job forward goes through one method,
-:meth:`Pipeline._record`: it names the job's claim, so it changes the job only while this
-process still holds it, and raises :class:`~bot.jobs.model.Stopped` when it does not (the
-job was cancelled, or taken over by another process or by this one).
+:meth:`bot.jobs.stages.StageWriter.record`: it names the job's claim, so it changes the
+job only while this process still holds it, and raises :class:`~bot.jobs.model.Stopped`
+when it does not (the job was cancelled, or taken over by another process or by this one).
 
 A database that blinks costs nothing (:mod:`bot.db.transient`): every database operation
 of a job is tried again through an outage (:func:`bot.db.outages.through_outages`), so
@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from bot import images
-from bot.db import Transaction
 from bot.db.outages import report_db_outage, through_outages
 from bot.db.signals import Signal
 from bot.db.transient import is_transient
@@ -50,7 +49,6 @@ from bot.jobs.model import (
     Job,
     JobFailed,
     JobResult,
-    JobStatus,
     Progress,
     Stage,
     Stopped,
@@ -61,6 +59,7 @@ from bot.jobs.parts import Part, Parts
 from bot.jobs.positions import Positions
 from bot.jobs.settlement import Settlement
 from bot.jobs.slots import SlotLine
+from bot.jobs.stages import StageWriter
 from bot.onemin.circuit import Circuit
 from bot.onemin.client import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.onemin.pacing import waiting_hook
@@ -99,6 +98,7 @@ class Pipeline(Part):
         self._workers = image_workers
         self._circuit = circuit
         self._slots = slots
+        self._stages = StageWriter(parts, leases=leases, positions=positions)
 
     def result_path(self, job: Job) -> Path:
         """Where the job's result is downloaded (removed when the job's run ends here)."""
@@ -117,7 +117,9 @@ class Pipeline(Part):
     async def _run_and_settle(self, job: Job) -> None:
         self._reporter.log_stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
         hook = waiting_hook.set(
-            lambda place: self._progress(job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT))
+            lambda place: self._stages.progress(
+                job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT)
+            )
         )
         message_id = None
         result: JobResult | None = None
@@ -130,7 +132,7 @@ class Pipeline(Part):
                 if job.resumed:
                     await self._reporter.tell_resumed(job)
                 result = await self._work(job)
-                await self._advance(job, Stage.DELIVERING)
+                await self._stages.advance(job, Stage.DELIVERING)
                 await self._leases.confirm(job)
                 async with self._leases.fence(job):
                     message_id = await self._reporter.front.deliver(job, result)
@@ -145,7 +147,7 @@ class Pipeline(Part):
                 return
             # Not this job's fault: it waits in line while the circuit is open.
             await self._circuit.trip(exc.kind)
-            await self._hand_back(job, f"1min.ai refused: {exc.kind}")
+            await self._stages.hand_back(job, f"1min.ai refused: {exc.kind}")
             return
         except Exception as exc:
             failure = failure_for(exc)
@@ -166,7 +168,7 @@ class Pipeline(Part):
         if job.result_url is None:
             input_image = await self._upscale(job)
         else:
-            await self._advance(job, Stage.DOWNLOADING)
+            await self._stages.advance(job, Stage.DOWNLOADING)
         self._slots.freed()
         # The result (up to RESULT_MAX_BYTES) goes straight to a file; the check (a full
         # decode: 64 MB for a 4096x4096 result) of a large result is made in the image
@@ -210,7 +212,7 @@ class Pipeline(Part):
         input_image = None
         if _has_result(job):
             await _cancel(reading)
-            await self._advance(job, Stage.DOWNLOADING)
+            await self._stages.advance(job, Stage.DOWNLOADING)
         else:
             if reading is not None and job.asset_path is None:
                 input_image = data = await reading
@@ -225,7 +227,7 @@ class Pipeline(Part):
                 del data
                 # After this, too late to cancel.
                 job.asset_path = asset
-                await self._advance(job, Stage.UPSCALING, asset_path=asset)
+                await self._stages.advance(job, Stage.UPSCALING, asset_path=asset)
             else:
                 await _cancel(reading)
             asset_path = job.asset_path
@@ -236,7 +238,7 @@ class Pipeline(Part):
             )
             job.result_url = record.temporary_url
             job.record_id = record.record_uuid
-            await self._advance(
+            await self._stages.advance(
                 job, Stage.DOWNLOADING, result_url=job.result_url, record_id=job.record_id
             )
         await self._signals.send(Signal.SLOT)  # its slot is free for the next job
@@ -270,9 +272,9 @@ class Pipeline(Part):
                 doing="taking an upscale slot",
                 still=lambda: self._leases.runs(job),
             ),
-            waiting=lambda: self._progress(job, Progress(Stage.WAITING)),
+            waiting=lambda: self._stages.progress(job, Progress(Stage.WAITING)),
         )
-        self._entered(job, stage)
+        self._stages.entered(job, stage)
 
     async def _try_slot(self, job: Job, stage: Stage) -> int | None:
         """One look for a slot, atomic under a fleet-wide lock: the slots taken before
@@ -285,7 +287,7 @@ class Pipeline(Part):
             taken = await self._store.runs.count_slots_taken(tx, job.id, now)
             if taken >= self._config.max_concurrent:
                 return None
-            until = await self._record(job, stage, tx=tx)
+            until = await self._stages.record(job, stage, tx=tx)
             products = await self._store.runs.products(tx, job.id)
         self._leases.extended(job, until)
         if products is not None:
@@ -303,112 +305,10 @@ class Pipeline(Part):
             if time.monotonic() + delay > deadline:
                 return None
             log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
-            self._progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
+            self._stages.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
             return delay
 
         return await retry(call, RateLimited, wait)
-
-    async def _record(
-        self,
-        job: Job,
-        stage: Stage,
-        *,
-        tx: Transaction | None = None,
-        asset_path: str | None = None,
-        result_url: str | None = None,
-        record_id: str | None = None,
-    ) -> float:
-        """The one write that moves a job forward: record its new stage (and what it
-        produced) under the job's claim, extending its lease; returns the lease's new
-        end. In ``tx`` when given (its caller tries the whole transaction again through
-        an outage), else tried again through an outage here. Raises :class:`Stopped`
-        when this process no longer holds the job; what the job's calls produced is then
-        kept with the job for its new holder."""
-        until = 0.0
-
-        async def write() -> bool:
-            nonlocal until
-            until = time.time() + self._config.lease
-            return await self._store.runs.advance(
-                job.id,
-                job.claims,
-                stage,
-                lease_until=until,
-                tx=tx,
-                asset_path=asset_path,
-                result_url=result_url,
-                record_id=record_id,
-            )
-
-        if tx is not None:
-            changed = await write()
-        else:
-            changed = await through_outages(
-                write,
-                logger=log,
-                doing="recording a job's stage",
-                still=lambda: self._leases.runs(job),
-            )
-        if changed:
-            if tx is None:
-                self._leases.extended(job, until)
-            return until
-        if tx is None and (asset_path or result_url or record_id):
-            await through_outages(
-                lambda: self._store.runs.salvage(
-                    job.id, asset_path=asset_path, result_url=result_url, record_id=record_id
-                ),
-                logger=log,
-                doing="keeping a paid call's product",
-            )
-            log.info("Job %s was taken over; what its 1min.ai call made is kept for it", job.id)
-        raise Stopped("cancelled, or taken over by another process")
-
-    async def _advance(
-        self,
-        job: Job,
-        stage: Stage,
-        *,
-        asset_path: str | None = None,
-        result_url: str | None = None,
-        record_id: str | None = None,
-    ) -> None:
-        """Record the job's new stage (see :meth:`_record`) and report it."""
-        await self._record(
-            job, stage, asset_path=asset_path, result_url=result_url, record_id=record_id
-        )
-        self._entered(job, stage)
-
-    def _progress(self, job: Job, progress: Progress) -> None:
-        """Report progress while this process's lease on the job is known to hold (a
-        worker that lost it shows nothing more)."""
-        if self._leases.valid(job.id):
-            self._reporter.show_progress(job, progress)
-
-    def _entered(self, job: Job, stage: Stage) -> None:
-        job.stage = stage
-        self._reporter.log_stage(job, stage)
-        self._progress(job, Progress(stage))
-
-    async def _hand_back(self, job: Job, why: str) -> None:
-        """Put a running job back in line, its recorded progress kept (not a restart: its
-        member is not told it "continues" when it runs again)."""
-        handed = await through_outages(
-            lambda: self._store.runs.hand_back(job.id, job.claims, why),
-            logger=log,
-            doing="handing a job back",
-            still=lambda: self._leases.runs(job),
-        )
-        if not handed:
-            return
-        was = job.stage
-        job.status = JobStatus.QUEUED  # its stage stays: it continues from there
-        self._reporter.log_stage(job, "handed back", why)
-        self._positions.watch(job)
-        await self._signals.send(Signal.QUEUED)
-        if was in (Stage.UPLOADING, Stage.UPSCALING):
-            await self._signals.send(Signal.SLOT)
-        await self._positions.refresh()
 
 
 def _has_result(job: Job) -> bool:
