@@ -18,8 +18,9 @@ are TEXT in one format everywhere: :func:`ts` of an aware datetime
 
 The package, one concern a module:
 
-- :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`, and
-  :class:`HotStatement` (statements that must read through an index at any size);
+- :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`,
+  :class:`Migration`, and :class:`HotStatement` (statements that must read through an
+  index at any size), which the engines and the migrations build on;
 - :mod:`bot.db.sqltext`: the SQL text PostgreSQL needs (placeholders, DDL), and
   :mod:`bot.db.bulk`: many rows in one statement;
 - :mod:`bot.db.migrations` (and :mod:`bot.db.steps`): the numbered migrations;
@@ -35,14 +36,17 @@ from collections.abc import Iterable
 import asyncpg
 
 from bot.db.bulk import RowsInsert
-from bot.db.interface import Database, HotStatement, Params, RoundTrips, Row, Transaction
-from bot.db.migrations import (
-    MIGRATIONS_DIR,
+from bot.db.interface import (
+    Database,
+    HotStatement,
     Migration,
     MigrationStep,
-    load_migrations,
-    split_statements,
+    Params,
+    RoundTrips,
+    Row,
+    Transaction,
 )
+from bot.db.migrations import MIGRATIONS_DIR, load_migrations, split_statements
 from bot.db.postgres import PostgresDatabase, PostgresTransaction
 from bot.db.sqlite import BUSY_TIMEOUT_MS, SqliteDatabase, SqliteTransaction
 from bot.db.sqltext import pg_ddl, pg_placeholders
