@@ -42,7 +42,7 @@ from cogs import messages
 from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ class Credits(commands.Cog):
     @app_commands.command(name="credits", description=cmd_text("cmd.credits.description"))
     @app_commands.describe(member=cmd_text("cmd.credits.option.member"))
     @app_commands.guild_only()
-    async def credits(
-        self, interaction: discord.Interaction, member: discord.Member | None = None
-    ) -> None:
+    async def credits(self, interaction: Interaction, member: discord.Member | None = None) -> None:
         guild = require_guild(interaction)
         target = member or interaction.user
         if target.id != interaction.user.id and not is_moderator(interaction):
@@ -124,7 +122,7 @@ class Credits(commands.Cog):
 
     async def _change(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         text: Text,
         action: Callable[..., Awaitable[Change | None]],
         *args: object,
@@ -147,7 +145,7 @@ class Credits(commands.Cog):
 
     @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
-    async def quota_show(self, interaction: discord.Interaction) -> None:
+    async def quota_show(self, interaction: Interaction) -> None:
         guild = require_guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         gs = await self.ledger.guild_settings(guild.id)
@@ -194,7 +192,7 @@ class Credits(commands.Cog):
     @app_commands.describe(limit=cmd_text("cmd.quota.default.option.limit"))
     @moderator_only()
     async def quota_default(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
+        self, interaction: Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         await self._change(
             interaction,
@@ -210,7 +208,7 @@ class Credits(commands.Cog):
     @moderator_only()
     async def quota_role(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         role: discord.Role,
         limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
@@ -230,7 +228,7 @@ class Credits(commands.Cog):
     @moderator_only()
     async def quota_user(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         member: discord.Member,
         limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
@@ -245,7 +243,7 @@ class Credits(commands.Cog):
     @quota.command(name="clear", description=cmd_text("cmd.quota.clear.description"))
     @app_commands.describe(member=cmd_text("cmd.quota.clear.option.member"))
     @moderator_only()
-    async def quota_clear(self, interaction: discord.Interaction, member: discord.Member) -> None:
+    async def quota_clear(self, interaction: Interaction, member: discord.Member) -> None:
         await self._change(
             interaction,
             Text.of("quota.clear.done", member=member.mention),
@@ -256,7 +254,7 @@ class Credits(commands.Cog):
     @quota.command(name="clear-role", description=cmd_text("cmd.quota.clear_role.description"))
     @app_commands.describe(role=cmd_text("cmd.quota.clear_role.option.role"))
     @moderator_only()
-    async def quota_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
+    async def quota_clear_role(self, interaction: Interaction, role: discord.Role) -> None:
         await self._change(
             interaction,
             Text.of("quota.clear_role.done", role=role.mention),
@@ -268,7 +266,7 @@ class Credits(commands.Cog):
     @app_commands.describe(limit=cmd_text("cmd.quota.server.option.limit"))
     @moderator_only()
     async def quota_server(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
+        self, interaction: Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         budget = Text.of("unit.credits", count=limit) if limit else Text.of("quota.no_budget")
         await self._change(
@@ -283,7 +281,7 @@ class Credits(commands.Cog):
     @app_commands.choices(period=PERIOD_CHOICES)
     @moderator_only()
     async def quota_period(
-        self, interaction: discord.Interaction, period: app_commands.Choice[str]
+        self, interaction: Interaction, period: app_commands.Choice[str]
     ) -> None:
         await self._change(
             interaction,
@@ -300,7 +298,7 @@ class Credits(commands.Cog):
     @moderator_only()
     async def quota_grant(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         member: discord.Member,
         amount: app_commands.Range[int, -MAX_CREDITS, MAX_CREDITS],
     ) -> None:
@@ -318,7 +316,7 @@ class Credits(commands.Cog):
     @quota.command(name="reset", description=cmd_text("cmd.quota.reset.description"))
     @app_commands.describe(member=cmd_text("cmd.quota.reset.option.member"))
     @moderator_only()
-    async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
+    async def quota_reset(self, interaction: Interaction, member: discord.Member) -> None:
         await self._change(
             interaction,
             Text.of("quota.reset.done", member=member.mention),
@@ -330,7 +328,7 @@ class Credits(commands.Cog):
     @app_commands.describe(channel=cmd_text("cmd.quota.log.option.channel"))
     @moderator_only()
     async def quota_log(
-        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
+        self, interaction: Interaction, channel: discord.TextChannel | None = None
     ) -> None:
         guild = require_guild(interaction)
         if channel is not None:
@@ -356,7 +354,7 @@ class Credits(commands.Cog):
     @moderator_only()
     async def usage(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         period: app_commands.Choice[str] | None = None,
         job: app_commands.Range[str, 1, 64] | None = None,
     ) -> None:
@@ -418,7 +416,7 @@ class Credits(commands.Cog):
             io.BytesIO(drawn.png), filename=f"usage-{guild.id}.png", description=drawn.description
         )
 
-    async def _job_trail(self, interaction: discord.Interaction, guild_id: int, shown: str) -> None:
+    async def _job_trail(self, interaction: Interaction, guild_id: int, shown: str) -> None:
         """``/usage job:<id>``: the job's trail, for a job of this server only (another
         server's job is answered exactly like one that does not exist)."""
         lang = interaction_locale(interaction)

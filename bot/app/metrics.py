@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,6 +49,7 @@ from prometheus_client.process_collector import ProcessCollector
 from bot.db.outages import subscribe_outages
 from bot.db.transient import DbOutageKind
 from bot.failures import FailureKind
+from bot.frontend.gateway import ShardStatus
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, Stage
 from bot.onemin.client import ROUTE_ASSETS, ROUTE_DOWNLOAD, ROUTE_FEATURES, ROUTE_RESULTS
@@ -96,13 +96,6 @@ FAILURE_KINDS = tuple(kind for kind in FailureKind if kind is not FailureKind.CA
 # twice a second was over 2 % of it, so once a second.
 LAG_PROBE_INTERVAL = 1.0
 LAG_WINDOW_SAMPLES = 5  # the gauge shows the worst of the last 5 wake-ups (5 s)
-
-
-class ShardStatus(NamedTuple):
-    """One gateway shard of this process, as the bot sees it."""
-
-    connected: bool
-    latency: float  # seconds between a heartbeat and its ack (inf or nan: not known yet)
 
 
 @dataclass(slots=True)
