@@ -36,6 +36,7 @@ from bot.ledger import (
     LedgerValueError,
     MemberUsage,
     Period,
+    QuotaChanged,
     UsageReport,
 )
 from cogs import messages
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERIOD_CHOICES = localised_choices("period", PERIODS)
-# ``bot.dispatch`` event for every moderator change: (guild_id, actor_id, Change); the
-# listener is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
+# ``bot.dispatch`` event for every moderator change, with its QuotaChanged; the listener
+# is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
 QUOTA_CHANGE_EVENT = "quota_change"
 TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
@@ -141,7 +142,8 @@ class Credits(commands.Cog):
         )
         if interaction.guild_id is not None and change is not None:
             # Whoever keeps the quota log (the Owner cog) listens for this event.
-            self.bot.dispatch(QUOTA_CHANGE_EVENT, interaction.guild_id, interaction.user.id, change)
+            changed = QuotaChanged(interaction.guild_id, interaction.user.id, change)
+            self.bot.dispatch(QUOTA_CHANGE_EVENT, changed)
 
     @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
