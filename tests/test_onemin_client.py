@@ -78,7 +78,7 @@ def unused_port() -> int:
     """A local port with nothing listening on it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -579,7 +579,7 @@ async def test_download_to_writes_in_batches_while_it_streams(
             writes.append(sum(len(chunk) for chunk in args[0]))
         return await real_to_thread(func, *args)
 
-    monkeypatch.setattr(onemin.asyncio, "to_thread", counting)
+    monkeypatch.setattr("bot.onemin.client.asyncio.to_thread", counting)
     target = tmp_path / "result.bin"
     assert await client.download_to(url, target, max_bytes=2 * 1024 * 1024) == 1024 * 1024
     assert target.read_bytes() == bytes(range(256)) * 4096

@@ -113,7 +113,7 @@ class Metrics:
         # No ``*_created`` series beside every counter and histogram: in the text format
         # they are separate series nobody asked for, and a sixth of each scrape's work.
         # (A switch of the library, for the whole process: the bot's registries only.)
-        disable_created_metrics()  # type: ignore[no-untyped-call]
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         # The library's defaults, on this registry instead of the global one.

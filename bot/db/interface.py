@@ -14,7 +14,7 @@ this module; it imports none of them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, TypeAlias
@@ -25,11 +25,16 @@ Params: TypeAlias = Sequence[Any] | dict[str, Any]
 
 
 class Row(Protocol):
-    """A result row: ``row["column"]`` or ``row[0]`` (sqlite3.Row, asyncpg.Record)."""
+    """A result row: ``row["column"]`` or ``row[0]`` (sqlite3.Row, asyncpg.Record);
+    ``tuple(row)`` is its values and ``dict(row)`` its columns, in order."""
 
     def __getitem__(self, key: int | str, /) -> Any: ...
 
     def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def keys(self) -> Iterable[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
