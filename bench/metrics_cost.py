@@ -285,14 +285,14 @@ async def run(
                 result["round"] = round_index + 1
                 runs.append(result)
                 print(table([result], list(result)), flush=True)
-    off = [r["cpu_ms_per_job"] for r in runs if r["metrics"] == "off"]
-    on = [r["cpu_ms_per_job"] for r in runs if r["metrics"] == "on"]
+    off = [float(r["cpu_ms_per_job"]) for r in runs if r["metrics"] == "off"]
+    on = [float(r["cpu_ms_per_job"]) for r in runs if r["metrics"] == "on"]
     ratio = statistics.mean(on) / statistics.mean(off)
-    scrape_ms = statistics.mean(r["scrape_cpu_ms"] for r in runs if r["metrics"] == "on")
+    scrape_ms = statistics.mean(float(r["scrape_cpu_ms"]) for r in runs if r["metrics"] == "on")
     hooks_us = hooks_us_per_job()
     read_ms = await fleet_read_ms()
     probe_ms = await probe_ms_per_second()
-    seconds_per_job = statistics.mean(r["elapsed_s"] for r in runs) / jobs
+    seconds_per_job = statistics.mean(float(r["elapsed_s"]) for r in runs) / jobs
 
     def accounted(interval: float) -> float:
         per_scrape = scrape_ms + read_ms

@@ -38,7 +38,7 @@ from cogs import messages
 from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class Credits(commands.Cog):
     @app_commands.command(name="credits", description=cmd_text("cmd.credits.description"))
     @app_commands.describe(member=cmd_text("cmd.credits.option.member"))
     @app_commands.guild_only()
-    async def credits(
-        self, interaction: discord.Interaction, member: discord.Member | None = None
-    ) -> None:
+    async def credits(self, interaction: Interaction, member: discord.Member | None = None) -> None:
         guild = require_guild(interaction)
         target = member or interaction.user
         if target.id != interaction.user.id and not is_moderator(interaction):
@@ -108,7 +106,7 @@ class Credits(commands.Cog):
     @moderator_only()
     async def usage(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         period: app_commands.Choice[str] | None = None,
         job: app_commands.Range[str, 1, 64] | None = None,
     ) -> None:
@@ -170,7 +168,7 @@ class Credits(commands.Cog):
             io.BytesIO(drawn.png), filename=f"usage-{guild.id}.png", description=drawn.description
         )
 
-    async def _job_trail(self, interaction: discord.Interaction, guild_id: int, shown: str) -> None:
+    async def _job_trail(self, interaction: Interaction, guild_id: int, shown: str) -> None:
         """``/usage job:<id>``: the job's trail, for a job of this server only (another
         server's job is answered exactly like one that does not exist)."""
         lang = interaction_locale(interaction)

@@ -13,12 +13,9 @@ transaction that records the refusal).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import discord
-
-from bot.frontend.client import bot_of
 from bot.frontend.replies import ReplyTarget
 from bot.frontend.tree import UserError
 from bot.jobs import (
@@ -34,7 +31,7 @@ from cogs import messages
 from cogs.checks import NOT_IN_DMS
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +43,7 @@ class SourceImage:
     declared_size: int | None
 
 
-async def defer(interaction: discord.Interaction[Any]) -> int | None:
+async def defer(interaction: Interaction) -> int | None:
     """Acknowledge at once; returns the deferred reply's message id when Discord gives it."""
     response = await interaction.response.defer(thinking=True)
     return response.message_id if response is not None else None
@@ -60,7 +57,7 @@ def allowed_source(bot: UpscaleBot, url: str) -> bool:
 
 
 async def start_job(
-    interaction: discord.Interaction[Any],
+    interaction: Interaction,
     message_id: int | None,
     source: SourceImage,
     output_format: str,
@@ -72,7 +69,7 @@ async def start_job(
     ``source_link`` (the message the image came from) becomes the result's Source link.
     Raises :class:`UserError` with the member's message when the image is refused.
     """
-    bot = bot_of(interaction)
+    bot = interaction.client
     guild = interaction.guild
     if guild is None:
         raise UserError(NOT_IN_DMS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import discord
@@ -28,7 +28,7 @@ from cogs import messages
 from cogs.intake import SourceImage, allowed_source, defer, start_job
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ class UpscaleMenu(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    async def upscale_message(
-        self, interaction: discord.Interaction[Any], message: discord.Message
-    ) -> None:
+    async def upscale_message(self, interaction: Interaction, message: discord.Message) -> None:
         first_id = await defer(interaction)
         locale = interaction_locale(interaction)
         sources, skipped = images_of(message, lambda url: allowed_source(self.bot, url))

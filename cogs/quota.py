@@ -20,15 +20,15 @@ from discord.ext import commands
 from bot.frontend.translator import cmd_text, interaction_locale
 from bot.frontend.tree import UserError
 from bot.i18n import Text, number, t
-from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError
+from bot.ledger import MAX_CREDITS, Change, Ledger, LedgerValueError, QuotaChanged
 from cogs.checks import moderator_only, require_guild
 from cogs.credits import PERIOD_CHOICES, reset_text
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
-# ``bot.dispatch`` event for every moderator change: (guild_id, actor_id, Change); the
-# listener is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
+# ``bot.dispatch`` event for every moderator change, with its QuotaChanged; the listener
+# is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
 QUOTA_CHANGE_EVENT = "quota_change"
 MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
@@ -62,7 +62,7 @@ class Quota(commands.Cog):
 
     async def _change(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         text: Text,
         action: Callable[..., Awaitable[Change | None]],
         *args: object,
@@ -81,11 +81,12 @@ class Quota(commands.Cog):
         )
         if interaction.guild_id is not None and change is not None:
             # Whoever keeps the quota log (the Owner cog) listens for this event.
-            self.bot.dispatch(QUOTA_CHANGE_EVENT, interaction.guild_id, interaction.user.id, change)
+            changed = QuotaChanged(interaction.guild_id, interaction.user.id, change)
+            self.bot.dispatch(QUOTA_CHANGE_EVENT, changed)
 
     @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
     @moderator_only()
-    async def quota_show(self, interaction: discord.Interaction) -> None:
+    async def quota_show(self, interaction: Interaction) -> None:
         guild = require_guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         gs = await self.ledger.guild_settings(guild.id)
@@ -132,7 +133,7 @@ class Quota(commands.Cog):
     @app_commands.describe(limit=cmd_text("cmd.quota.default.option.limit"))
     @moderator_only()
     async def quota_default(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
+        self, interaction: Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         await self._change(
             interaction,
@@ -148,7 +149,7 @@ class Quota(commands.Cog):
     @moderator_only()
     async def quota_role(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         role: discord.Role,
         limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
@@ -168,7 +169,7 @@ class Quota(commands.Cog):
     @moderator_only()
     async def quota_user(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         member: discord.Member,
         limit: app_commands.Range[int, 0, MAX_CREDITS],
     ) -> None:
@@ -183,7 +184,7 @@ class Quota(commands.Cog):
     @quota.command(name="clear", description=cmd_text("cmd.quota.clear.description"))
     @app_commands.describe(member=cmd_text("cmd.quota.clear.option.member"))
     @moderator_only()
-    async def quota_clear(self, interaction: discord.Interaction, member: discord.Member) -> None:
+    async def quota_clear(self, interaction: Interaction, member: discord.Member) -> None:
         await self._change(
             interaction,
             Text.of("quota.clear.done", member=member.mention),
@@ -194,7 +195,7 @@ class Quota(commands.Cog):
     @quota.command(name="clear-role", description=cmd_text("cmd.quota.clear_role.description"))
     @app_commands.describe(role=cmd_text("cmd.quota.clear_role.option.role"))
     @moderator_only()
-    async def quota_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
+    async def quota_clear_role(self, interaction: Interaction, role: discord.Role) -> None:
         await self._change(
             interaction,
             Text.of("quota.clear_role.done", role=role.mention),
@@ -206,7 +207,7 @@ class Quota(commands.Cog):
     @app_commands.describe(limit=cmd_text("cmd.quota.server.option.limit"))
     @moderator_only()
     async def quota_server(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
+        self, interaction: Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
     ) -> None:
         budget = Text.of("unit.credits", count=limit) if limit else Text.of("quota.no_budget")
         await self._change(
@@ -221,7 +222,7 @@ class Quota(commands.Cog):
     @app_commands.choices(period=PERIOD_CHOICES)
     @moderator_only()
     async def quota_period(
-        self, interaction: discord.Interaction, period: app_commands.Choice[str]
+        self, interaction: Interaction, period: app_commands.Choice[str]
     ) -> None:
         await self._change(
             interaction,
@@ -238,7 +239,7 @@ class Quota(commands.Cog):
     @moderator_only()
     async def quota_grant(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         member: discord.Member,
         amount: app_commands.Range[int, -MAX_CREDITS, MAX_CREDITS],
     ) -> None:
@@ -256,7 +257,7 @@ class Quota(commands.Cog):
     @quota.command(name="reset", description=cmd_text("cmd.quota.reset.description"))
     @app_commands.describe(member=cmd_text("cmd.quota.reset.option.member"))
     @moderator_only()
-    async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
+    async def quota_reset(self, interaction: Interaction, member: discord.Member) -> None:
         await self._change(
             interaction,
             Text.of("quota.reset.done", member=member.mention),
@@ -268,7 +269,7 @@ class Quota(commands.Cog):
     @app_commands.describe(channel=cmd_text("cmd.quota.log.option.channel"))
     @moderator_only()
     async def quota_log(
-        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
+        self, interaction: Interaction, channel: discord.TextChannel | None = None
     ) -> None:
         guild = require_guild(interaction)
         if channel is not None:

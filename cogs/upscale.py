@@ -9,7 +9,7 @@ the image in. Everything after that, in this process or any other, is
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -21,7 +21,7 @@ from cogs.delivery import DiscordFrontEnd
 from cogs.intake import SourceImage, defer, start_job
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Upscale(commands.Cog):
     @app_commands.guild_only()
     async def upscale(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         image: discord.Attachment,
         format: app_commands.Choice[str] | None = None,
     ) -> None:

@@ -65,7 +65,7 @@ def apply_test_knobs() -> None:
         def start_without_claims(self: JobQueue, *, claim: bool = True) -> None:
             start(self, claim=False)
 
-        JobQueue.start = start_without_claims  # type: ignore[method-assign]
+        JobQueue.start = start_without_claims  # type: ignore[method-assign]  # in this test process only
 
 
 def with_test_timings(settings: Settings) -> Settings:

@@ -55,7 +55,9 @@ PRODUCT_TABLE = {
 }
 
 
-def families(m: Metrics) -> dict[str, tuple[str, set[str], dict[tuple[str, frozenset], float]]]:
+def families(
+    m: Metrics,
+) -> dict[str, tuple[str, set[str], dict[tuple[str, frozenset[tuple[str, str]]], float]]]:
     """Each family of a render: type, label names (``le`` aside), samples."""
     out = {}
     for family in text_string_to_metric_families(m.render().decode()):

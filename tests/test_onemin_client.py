@@ -78,7 +78,7 @@ def unused_port() -> int:
     """A local port with nothing listening on it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

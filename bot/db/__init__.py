@@ -18,8 +18,9 @@ are TEXT in one format everywhere: :func:`ts` of an aware datetime
 
 The package, one concern a module:
 
-- :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`, and
-  :class:`HotStatement` (statements that must read through an index at any size);
+- :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`,
+  :class:`Migration`, and :class:`HotStatement` (statements that must read through an
+  index at any size), which the engines and the migrations build on;
 - :mod:`bot.db.sqltext`: the SQL text PostgreSQL needs (placeholders, DDL), and
   :mod:`bot.db.bulk`: many rows in one statement;
 - :mod:`bot.db.migrations` (and :mod:`bot.db.steps`): the numbered migrations;
@@ -42,8 +43,7 @@ from collections.abc import Iterable
 
 from bot.db.batching import GroupCommit
 from bot.db.bulk import RowsInsert
-from bot.db.interface import Database, HotStatement, Row, Transaction
-from bot.db.migrations import Migration
+from bot.db.interface import Database, HotStatement, Migration, Row, Transaction
 from bot.db.outages import report_db_outage, subscribe_outages, through_outages
 from bot.db.postgres import PostgresDatabase
 from bot.db.sqlite import SqliteDatabase

@@ -35,11 +35,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import discord
 
 from bot.i18n import Text, resolve
+
+if TYPE_CHECKING:
+    from bot.frontend.client import Interaction
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +214,7 @@ class ReplyTarget:
 
     @classmethod
     def from_interaction(
-        cls, interaction: discord.Interaction, message_id: int | None = None
+        cls, interaction: Interaction, message_id: int | None = None
     ) -> ReplyTarget:
         return cls(
             application_id=interaction.application_id,
@@ -413,7 +416,7 @@ class Replies:
 
 
 async def send_reply(
-    interaction: discord.Interaction,
+    interaction: Interaction,
     words: Words,
     *,
     ephemeral: bool = True,

@@ -104,7 +104,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
 from PIL import Image
 
 from tests.emulators.hold import Hold
@@ -389,17 +390,17 @@ class OneMinEmulator:
     # -- routes -------------------------------------------------------------------------
 
     @web.middleware
-    async def _front_door(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _front_door(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Log API calls, apply the organic rate limit and the refused key, count answers."""
         route = _route_of(request.path)
         if route is None:
-            response = await handler(request)
+            passed = await handler(request)
             if request.path.startswith(f"/{BUCKET}/"):
-                self.statuses[("download", response.status)] += 1
-            return response
+                self.statuses[("download", passed.status)] += 1
+            return passed
         entry = ApiRequest(time.monotonic(), request.headers.get("API-KEY", ""), route)
         self.api_requests.append(entry)
-        response = self._limit(entry)
+        response: web.StreamResponse | None = self._limit(entry)
         if response is not None:
             self.calls[route] += 1
             self.rate_limited_count += 1
@@ -588,16 +589,18 @@ class OneMinEmulator:
         asset: Asset | None = None
         fields: list[str] = []
         while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise _Rejected(400, _missing("asset"))  # a nested multipart
             fields.append(part.name or "")
             if part.name != "asset" or not part.filename or asset is not None:
                 continue
-            data = await part.read()  # type: ignore[union-attr]
+            data = await part.read()
             self.upload_filenames.append(part.filename)
             if len(data) > MAX_UPLOAD_BYTES:
                 raise _Rejected(413, {"message": "File too large"})
             content_type = part.headers.get("Content-Type", "application/octet-stream")
             asset = Asset(self._unique_path(part.filename), part.filename, content_type, data)
-        body = {"fields": fields}
+        body: dict[str, object] = {"fields": fields}
         if asset is not None:
             body |= {"filename": asset.filename, "content_type": asset.content_type}
             body["size"] = len(asset.data)
@@ -685,12 +688,12 @@ class OneMinEmulator:
         if name == "oversized":
             return await _oversized(request, options.get("size", DEFAULT_OVERSIZED_BYTES))
         if name == "respond":
-            status, body = options.get("status", 200), options.get("body")
-            if isinstance(body, bytes):
-                return web.Response(body=body, status=status, headers=options.get("headers"))
-            if isinstance(body, str):
-                return web.Response(text=body, status=status, headers=options.get("headers"))
-            return web.json_response(body, status=status, headers=options.get("headers"))
+            status, answer = options.get("status", 200), options.get("body")
+            if isinstance(answer, bytes):
+                return web.Response(body=answer, status=status, headers=options.get("headers"))
+            if isinstance(answer, str):
+                return web.Response(text=answer, status=status, headers=options.get("headers"))
+            return web.json_response(answer, status=status, headers=options.get("headers"))
         if name == "malformed_json":
             return web.Response(text='{"aiRecord": {"uuid": ', content_type="application/json")
         if name == "unauthorized":

@@ -54,9 +54,9 @@ class RecordingDiscordEmulator(DiscordEmulator):
         channel: Channel,
         data: dict[str, Any],
         files: list[tuple[str, bytes]],
-        from_interaction: bool = False,
+        interaction: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        message = super()._new_message(channel, data, files, from_interaction)
+        message = super()._new_message(channel, data, files, interaction)
         self._record(message)
         return message
 

@@ -41,7 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
 
 from tests.emulators.discord.base import EmulatorError
 from tests.emulators.discord.cdn import Cdn
@@ -209,7 +210,7 @@ class Rest(Gateway, Cdn):
         return None
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.latency and request.path.startswith("/api/"):
             await asyncio.sleep(self.latency)
         return await handler(request)
@@ -220,10 +221,12 @@ class Rest(Gateway, Cdn):
             body: Any = None
             reader = await request.multipart()
             async for part in reader:
-                if part.name == "payload_json":  # type: ignore[union-attr]
-                    body = json.loads(await part.text())  # type: ignore[union-attr]
+                if not isinstance(part, BodyPartReader):
+                    raise web.HTTPBadRequest(text="nested multipart")
+                if part.name == "payload_json":
+                    body = json.loads(await part.text())
                 else:
-                    files.append((part.filename or "file", bytes(await part.read())))  # type: ignore[union-attr]
+                    files.append((part.filename or "file", bytes(await part.read())))
             return body, files
         raw = await request.read()
         return (json.loads(raw) if raw else None), []
@@ -394,8 +397,9 @@ class Rest(Gateway, Cdn):
 
     def _open_dm(self, body: Any) -> web.Response:
         """POST /users/@me/channels: the bot's DM channel with a user (made once)."""
+        recipient = (body or {}).get("recipient_id")
         try:
-            user_id = int((body or {}).get("recipient_id"))
+            user_id = int(recipient) if recipient is not None else 0
         except (TypeError, ValueError):
             user_id = 0
         user = self.users().get(user_id)
@@ -627,7 +631,7 @@ class Rest(Gateway, Cdn):
         20, sent by the application's webhook, still authored by the bot user."""
         from_interaction = interaction is not None
         attachments = self._attachments(data.get("attachments"), files)
-        message = {
+        message: dict[str, Any] = {
             "id": str(snowflake()),
             "channel_id": str(channel.id),
             "author": self.bot_user.payload(),
