@@ -308,10 +308,6 @@ async def test_a_process_started_while_the_database_refuses_starts_when_it_answe
 # -- side tasks through an outage ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the LISTEN keeper dies when asyncpg detaches its closed connection",
-)
 async def test_a_process_listens_for_wake_ups_again_after_an_outage(tmp_path: Path) -> None:
     """Process 0's database goes away for longer than the LISTEN connection's fallback
     look (its connection reset under it) and comes back: it listens for the fleet's
