@@ -333,10 +333,6 @@ async def test_a_process_listens_for_wake_ups_again_after_an_outage(tmp_path: Pa
         assert NEVER_RETRIEVED not in f.log(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a progress edit's check that meets the outage leaves its task's exception unretrieved",
-)
 async def test_a_process_showing_places_through_an_outage_logs_single_lines_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
