@@ -289,6 +289,58 @@ async def test_a_worker_stalled_past_its_lease_while_delivering_sends_nothing_af
         assert await value(f, "SELECT COUNT(*) FROM ledger_entries WHERE state = 'committed'") == 1
 
 
+# -- 4. a progress edit held by a 429 while the result is delivered ------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a progress edit of a job this process only shows in line is not bounded",
+)
+async def test_a_progress_edit_retried_after_a_429_never_replaces_the_result(
+    tmp_path: Path,
+) -> None:
+    """Process 0 took the command and shows the job's place in line; process 1 runs it.
+    Discord answers process 0's progress edit with a 429 (retry after 4 s), and process
+    0's database goes away, so it cannot read that the job was claimed; meanwhile
+    process 1 delivers the result. When the edit's retry is due, the member's reply
+    still shows the result: its last version is the result."""
+    async with proxied_fleet(tmp_path) as p:
+        f = p.fleet
+        await p.start(0, RUN_JOBS="0", FIRST_PROGRESS_DELAY="0")
+        # Process 1 claims one job and one ahead, and edits no progress of its own.
+        await p.start(1, MAX_CONCURRENT_JOBS="1", FIRST_PROGRESS_DELAY="60")
+        upscale = f.onemin.hold("upscale")
+        for member in f.members(1, 2):
+            await f.upscale(1, member)
+        await wait_until(
+            lambda: value(f, "SELECT COUNT(*) = 2 FROM jobs WHERE status = 'running'"),
+            "two jobs claimed",
+            f,
+        )
+        retry_after = 4.0
+        f.discord.fail(WEBHOOK_MESSAGE, 429, method="PATCH", retry_after=retry_after)
+        it = await f.upscale(0, f.members(0, 1)[0])
+        await f.discord.wait_until(lambda: any(c.status == 429 for c in f.discord.calls), 20)
+        limited = next(c for c in f.discord.calls if c.status == 429)
+        p.cut(0)
+        upscale.release()
+        final = await it.final(timeout=30)
+        assert final.get("attachments")
+        # The edit's retry, if it still comes, is due now.
+        await until(
+            lambda: time.monotonic() > limited.at + retry_after + 0.5, "the retry's time", f
+        )
+        result = next(e for e in it.edits if e.get("attachments"))
+        last = it.edits[-1]
+        assert (last["content"], last["components"]) == (
+            result["content"],
+            result["components"],
+        ), last
+        p.heal()
+        await f.settled()
+        await stop_cleanly(f)
+
+
 # -- 5. a process started during an outage -------------------------------------------------
 
 
