@@ -154,7 +154,10 @@ class ProgressDisplay:
     throttled edit that was waiting when the result was posted elsewhere therefore never
     replaces the result. And each edit, with the HTTP client's retries after a 429 or a
     5xx, is cut off at ``until()`` (this process's lease on the job: a worker that lost
-    the job sends nothing after it lapsed).
+    the job sends nothing after it lapsed), or, for a job this process only shows in
+    line (``until()`` is None), after one interval: the check is no fresher than that, and
+    an edit held longer (a 429's retry) could replace a result another process posted
+    meanwhile. A cut-off edit closes the display; the next progress report opens another.
     """
 
     def __init__(
@@ -238,11 +241,16 @@ class ProgressDisplay:
             shown, text = self._latest, self._render()
             view = self._view() if shown[1] else None
             until = self._until()
+            # A job this process runs: until its lease ends. A job it only shows in line:
+            # one interval, what the check just made is worth; an edit Discord holds
+            # longer (a 429's retry) could land after the result another process posted.
+            limit = self._interval if until is None else until - time.time()
             try:
-                async with asyncio.timeout(None if until is None else until - time.time()):
+                async with asyncio.timeout(limit):
                     message = await self._replies.edit(self._target, content=text, view=view)
             except TimeoutError:
-                log.info("Job %s: progress edit cut off (its lease ends)", self._job_id)
+                why = "Discord held it" if until is None else "its lease ends"
+                log.info("Job %s: progress edit cut off (%s)", self._job_id, why)
                 message = None
             except discord.HTTPException as exc:
                 log.info("Progress edit failed (%s); no more progress for this job", exc.status)

@@ -292,10 +292,6 @@ async def test_a_worker_stalled_past_its_lease_while_delivering_sends_nothing_af
 # -- 4. a progress edit held by a 429 while the result is delivered ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a progress edit of a job this process only shows in line is not bounded",
-)
 async def test_a_progress_edit_retried_after_a_429_never_replaces_the_result(
     tmp_path: Path,
 ) -> None:
