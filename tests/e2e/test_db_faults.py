@@ -581,11 +581,6 @@ async def test_a_sqlite_file_locked_past_the_busy_timeout_refuses_commands_and_h
         assert len(warnings_about(s.log(), "Command upscale .*database did not answer")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the job of a command told the disk is full stays reserved in intake, and is"
-    " taken in again, delivered and charged once space is freed",
-)
 async def test_a_full_sqlite_disk_is_said_in_words_and_loses_or_double_charges_nothing(
     tmp_path: Path,
 ) -> None:
