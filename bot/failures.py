@@ -34,7 +34,7 @@ class FailureKind(StrEnum):
     SOURCE_FAILED = "source_failed"  # the attachment could not be downloaded
     # The bot's own reasons.
     CIRCUIT_OPEN = "circuit_open"  # 1min.ai kept refusing the account for too long
-    INPUT_LOST = "input_lost"  # the spooled input is gone (e.g. after an upgrade)
+    INPUT_LOST = "input_lost"  # the input is gone (e.g. after an upgrade), or not storable
     EXPIRED = "expired"  # unfinished for longer than JOB_MAX_AGE (the bot was down)
     SHUTDOWN = "shutdown"  # refused because the bot is stopping
     CANCELLED = "cancelled"  # the member or a moderator pressed Cancel

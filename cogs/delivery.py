@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import images
+from bot.db.outages import report_db_outage
 from bot.failures import FailureKind
 from bot.frontend.replies import NONCE_CHARS, Answer, JobContext, Replies, ReplyTarget, saying
 from bot.i18n import SUPPORTED, Text, number, t
@@ -149,10 +150,14 @@ class ProgressDisplay:
 
     Every edit is guarded: right before sending it, ``may_show`` reads the job's recorded
     state, and an edit for a job that another process claimed, or that has ended, is
-    dropped and the display closed. A throttled edit that was waiting when the result
-    was posted elsewhere therefore never replaces the result. And each edit, with the
-    HTTP client's retries after a 429 or a 5xx, is cut off at ``until()`` (this process's
-    lease on the job: a worker that lost the job sends nothing after it lapsed).
+    dropped and the display closed (so is one whose check meets a database outage). A
+    throttled edit that was waiting when the result was posted elsewhere therefore never
+    replaces the result. And each edit, with the HTTP client's retries after a 429 or a
+    5xx, is cut off at ``until()`` (this process's lease on the job: a worker that lost
+    the job sends nothing after it lapsed), or, for a job this process only shows in
+    line (``until()`` is None), after one interval: the check is no fresher than that, and
+    an edit held longer (a 429's retry) could replace a result another process posted
+    meanwhile. A cut-off edit closes the display; the next progress report opens another.
     """
 
     def __init__(
@@ -218,7 +223,15 @@ class ProgressDisplay:
                 # (a stage change, or a place near the front).
                 await asyncio.sleep(min(wait, self._interval))
                 continue
-            if not await self._may_show():
+            try:
+                showing = await self._may_show()
+            except Exception as exc:
+                # Not knowing is not "still shown here": the edit is dropped, and the next
+                # progress report opens a display that asks again.
+                report_db_outage(log, "checking that a job's progress is shown here", exc)
+                self._closed = True
+                return
+            if not showing:
                 self.dropped += 1
                 log.info("Job %s is no longer shown here; progress edit dropped", self._job_id)
                 self._closed = True
@@ -228,11 +241,16 @@ class ProgressDisplay:
             shown, text = self._latest, self._render()
             view = self._view() if shown[1] else None
             until = self._until()
+            # A job this process runs: until its lease ends. A job it only shows in line:
+            # one interval, what the check just made is worth; an edit Discord holds
+            # longer (a 429's retry) could land after the result another process posted.
+            limit = self._interval if until is None else until - time.time()
             try:
-                async with asyncio.timeout(None if until is None else until - time.time()):
+                async with asyncio.timeout(limit):
                     message = await self._replies.edit(self._target, content=text, view=view)
             except TimeoutError:
-                log.info("Job %s: progress edit cut off (its lease ends)", self._job_id)
+                why = "Discord held it" if until is None else "its lease ends"
+                log.info("Job %s: progress edit cut off (%s)", self._job_id, why)
                 message = None
             except discord.HTTPException as exc:
                 log.info("Progress edit failed (%s); no more progress for this job", exc.status)

@@ -21,6 +21,12 @@ Test knobs (never set by owners): ``RUN_JOBS=0`` makes the process take commands
 show progress but claim no job (the other processes of a fleet run them);
 ``PROGRESS_INTERVAL`` and ``FIRST_PROGRESS_DELAY`` (seconds) set the progress display's
 throttle (over ``TEST_TIMINGS``), so that edits collide with deliveries.
+``PROCESS_TAG`` is added to the User-Agent of the process's Discord requests, so that a
+test tells the processes of a fleet apart in the emulator's record. On SQLite,
+``SQLITE_BUSY_TIMEOUT_MS`` shortens how long a statement waits for another connection's
+lock, and ``SQLITE_NO_GROWTH=1`` stops the bot's connection from growing the database
+file (its ``max_page_count`` is held at the file's size once migrated): it writes only
+into free pages, so a test fills and frees "the disk" through a connection of its own.
 """
 
 from __future__ import annotations
@@ -66,6 +72,41 @@ def apply_test_knobs() -> None:
             start(self, claim=False)
 
         JobQueue.start = start_without_claims  # type: ignore[method-assign]  # in this test process only
+    tag = os.environ.get("PROCESS_TAG")
+    if tag:
+        import aiohttp.client_reqrep
+        import discord.http
+
+        # discord.py's REST calls name their User-Agent; its webhook calls (interaction
+        # replies) take aiohttp's default.
+        init = discord.http.HTTPClient.__init__
+
+        def tagged_init(self: discord.http.HTTPClient, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            self.user_agent = f"{self.user_agent} {tag}"
+
+        discord.http.HTTPClient.__init__ = tagged_init  # type: ignore[method-assign]  # in this test process only
+        names = vars(aiohttp.client_reqrep)  # a module constant, replaced in this process only
+        names["SERVER_SOFTWARE"] = f"{names['SERVER_SOFTWARE']} {tag}"
+    busy = os.environ.get("SQLITE_BUSY_TIMEOUT_MS")
+    no_growth = os.environ.get("SQLITE_NO_GROWTH") == "1"
+    if busy or no_growth:
+        from bot.db import sqlite
+
+        open_file = sqlite.SqliteDatabase.open_file.__func__  # type: ignore[attr-defined]  # the classmethod's function
+
+        async def open_knobbed(
+            cls: type[sqlite.SqliteDatabase], /, path: Path, **kwargs: Any
+        ) -> sqlite.SqliteDatabase:
+            if busy:
+                kwargs["busy_timeout_ms"] = int(busy)
+            db: sqlite.SqliteDatabase = await open_file(cls, path, **kwargs)
+            if no_growth:
+                # Below the file's size SQLite takes the size itself.
+                await db.fetchall("PRAGMA max_page_count = 1")
+            return db
+
+        sqlite.SqliteDatabase.open_file = classmethod(open_knobbed)  # type: ignore[method-assign, assignment]  # test process only
 
 
 def with_test_timings(settings: Settings) -> Settings:

@@ -38,6 +38,11 @@ START_TIMEOUT = 30.0  # seconds for a process to connect its shard
 COMMANDS_PUT = re.compile(r"/applications/\d+/(guilds/\d+/)?commands$")
 
 
+def process_tag(shard: int) -> str:
+    """What the process of ``shard`` adds to its Discord requests' User-Agent."""
+    return f"fleet-shard/{shard}"
+
+
 @dataclass
 class Fleet:
     """The emulators, one schema, a guild per shard, and the bot processes by shard."""
@@ -66,6 +71,7 @@ class Fleet:
             "SHARD_COUNT": str(SHARDS),
             "SHARD_IDS": str(shard),
             "LOG_LEVEL": "INFO",
+            "PROCESS_TAG": process_tag(shard),
             **timings_env(self.timings),
             **extra,
         }

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+import asyncpg
+
 from bot.db import Database, PostgresDatabase, Transaction
 from bot.db.outages import report_db_outage
 from bot.db.transient import is_transient
@@ -85,7 +87,21 @@ class Signals:
     @property
     def listening(self) -> bool:
         """True when this process hears the fleet's wake-ups (always on SQLite)."""
-        return not self.remote or (self._conn is not None and not self._conn.is_closed())
+        return not self.remote or not self._lost()
+
+    def _lost(self) -> bool:
+        """True when there is no LISTEN connection, or it was closed under this process.
+
+        asyncpg hands a pooled connection that closed back to its pool and detaches the
+        proxy it lent: every call on that proxy, ``is_closed()`` too, then raises
+        ``InterfaceError`` ("released back to the pool"). That is a lost connection.
+        """
+        if self._conn is None:
+            return True
+        try:
+            return bool(self._conn.is_closed())
+        except asyncpg.InterfaceError:
+            return True
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -184,7 +200,7 @@ class Signals:
         failures = 0
         while not self._closed:
             await asyncio.sleep(FALLBACK_POLL)
-            if self._conn is not None and not self._conn.is_closed():
+            if not self._lost():
                 failures = 0
                 continue
             await self._drop_connection()

@@ -12,7 +12,9 @@ it in a thread, and stores the prepared input with the job, which moves into lin
 (``queued``). At most ``INTAKE_CONCURRENCY`` intakes run at once, in arrival order; a
 burst interleaved would finish every intake late, the first ones included, while
 1min.ai sat idle. Anything wrong with the image fails the job and refunds it in one
-transaction, and raises :class:`InputRefused` with the member's words.
+transaction, and raises :class:`InputRefused` with the member's words; so does a
+database whose disk is full when the image is stored (the member hears it in those
+words, and that nothing was charged).
 
 A process killed during intake leaves the job in ``intake``: the next start, or (in a
 fleet) another process once the lease runs out, takes it in again from the stored URL.
@@ -34,8 +36,9 @@ from typing import NoReturn
 
 from bot import images
 from bot.db import utc_now
-from bot.db.outages import through_outages
+from bot.db.outages import report_db_outage, through_outages
 from bot.db.signals import Signal
+from bot.db.transient import DbOutageKind, db_outage
 from bot.failures import FailureKind
 from bot.i18n import Text
 from bot.images.download import DownloadFailed, DownloadTooLarge, SourceGone
@@ -77,6 +80,7 @@ def too_large_text(max_bytes: int) -> Text:
 
 DOWNLOAD_FAILED = Text.of("error.download_failed")
 SOURCE_GONE = Text.of("error.source_gone")
+DATABASE_FULL = Text.of("error.database_full")
 
 
 def _with_clean_name(request: JobRequest) -> JobRequest:
@@ -210,11 +214,20 @@ class Intake(Part):
         info = PreparedInfo.of(prepared)
         # Through a database outage the image waits here (the job is recorded and its
         # credit reserved: it must not die of it); the write names the intake's claim.
-        stored = await through_outages(
-            functools.partial(self._store_input, job, info, prepared.data),
-            logger=log,
-            doing="storing a job's image",
-        )
+        try:
+            stored = await through_outages(
+                functools.partial(self._store_input, job, info, prepared.data),
+                logger=log,
+                doing="storing a job's image",
+            )
+        except Exception as exc:
+            if db_outage(exc) is not DbOutageKind.DISK_FULL:
+                raise
+            # The image cannot be kept until an owner frees space. The member is told so,
+            # and that nothing was charged: the job ends here, refunded (its row and the
+            # ledger's change in place), and is not taken in again later.
+            report_db_outage(log, "storing a job's image", exc)
+            await self._refuse(job, FailureKind.INPUT_LOST, DATABASE_FULL)
         del prepared
         if not stored:
             log.info("Job %s was cancelled or taken over during its intake", job.id)
