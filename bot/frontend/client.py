@@ -7,6 +7,7 @@ injected, so the bot owns none of them and closing it leaves them to their owner
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ from bot.app.metrics import ShardStatus
 from bot.app.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.db.outages import report_db_outage
 from bot.frontend.fleet import IdentifyGate, command_digest, sync_once
+from bot.frontend.journal import AckJournal, answer_unrecorded, journal_path
+from bot.frontend.replies import Replies
 from bot.frontend.translator import Translator
 from bot.frontend.tree import UpscaleTree
 
@@ -87,6 +90,8 @@ class UpscaleBot(commands.Bot):
         self.failed_extensions: list[str] = []
         self.identify_gate = IdentifyGate(services.db, spacing=settings.timings.identify_spacing)
         self._identify_concurrency: int | None = None
+        # Interactions acknowledged and not yet finished (opened in setup_hook).
+        self.journal = AckJournal(journal_path(services.queue.spool_dir, settings.shard_ids))
 
     @property
     def db(self) -> Database:
@@ -121,12 +126,17 @@ class UpscaleBot(commands.Bot):
                 self.add_dynamic_items(_load_item(spec))
             except Exception:
                 log.exception("Could not register the button %s; continuing without it", spec)
+        unfinished = await asyncio.to_thread(self.journal.open)
         for name in self._extensions:
             try:
                 await self.load_extension(name)
             except Exception:
                 self.failed_extensions.append(name)
                 log.exception("Could not load extension %s; continuing without it", name)
+        # Members acknowledged by the last run whose jobs were never recorded are told so.
+        await answer_unrecorded(
+            self.journal, unfinished, store=self.queue.store, replies=Replies(self)
+        )
         if self.queue.front_end is None:
             log.warning("No extension runs upscale jobs: the queue stays stopped")
         else:
@@ -202,6 +212,7 @@ class UpscaleBot(commands.Bot):
         if not self.is_closed():
             await self.queue.shutdown(self.settings.shutdown_grace)
         await super().close()
+        self.journal.close()
 
     async def on_ready(self) -> None:
         user = self.user

@@ -206,6 +206,11 @@ class JobContext:
         return str(token) if token else None
 
 
+def new_job_id() -> str:
+    """A new job's id: 32 hex digits, unique without asking the database."""
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class JobRequest:
     """What the front end knows about a request when it accepts it."""
@@ -218,6 +223,7 @@ class JobRequest:
     context: JobContext
     reply_token: str | None = None  # the interaction token (erased when the job ends)
     output_format: str = "png"
+    id: str | None = None  # the job's id when the front end chose it (:func:`new_job_id`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,10 +283,16 @@ class Job:
 
     @classmethod
     def requested(cls, request: JobRequest, created_at: float) -> Job:
-        """A new job, with a new id, for what ``request`` says (every field of the request
-        is one of the job's, but the member's roles); its reservation is made with it."""
-        asked = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "role_ids"}
-        return cls(id=uuid.uuid4().hex, reservation_id="", created_at=created_at, **asked)
+        """A new job for what ``request`` says (every field of the request is one of the
+        job's, but the member's roles), under the request's id or a new one; its
+        reservation is made with it."""
+        asked = {
+            f.name: getattr(request, f.name)
+            for f in fields(request)
+            if f.name not in ("role_ids", "id")
+        }
+        job_id = request.id or new_job_id()
+        return cls(id=job_id, reservation_id="", created_at=created_at, **asked)
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
