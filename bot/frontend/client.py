@@ -22,7 +22,6 @@ from bot.app.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.db.outages import report_db_outage
 from bot.frontend.fleet import IdentifyGate, command_digest, sync_once
 from bot.frontend.journal import AckJournal, answer_unrecorded, journal_path
-from bot.frontend.replies import Replies
 from bot.frontend.translator import Translator
 from bot.frontend.tree import UpscaleTree
 
@@ -134,9 +133,7 @@ class UpscaleBot(commands.Bot):
                 self.failed_extensions.append(name)
                 log.exception("Could not load extension %s; continuing without it", name)
         # Members acknowledged by the last run whose jobs were never recorded are told so.
-        await answer_unrecorded(
-            self.journal, unfinished, store=self.queue.store, replies=Replies(self)
-        )
+        await answer_unrecorded(self.journal, unfinished, store=self.queue.store, client=self)
         if self.queue.front_end is None:
             log.warning("No extension runs upscale jobs: the queue stays stopped")
         else:

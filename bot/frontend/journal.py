@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import discord
+from discord.webhook.async_ import async_context
 
 from bot.db.outages import report_db_outage
 from bot.frontend.replies import Replies, ReplyTarget
@@ -319,11 +320,40 @@ async def recorded(store: JobStore, ack: Acknowledged) -> bool:
     return False
 
 
+async def deferred_reply(client: discord.Client, target: ReplyTarget) -> int | None:
+    """The id of the reply Discord made for the acknowledgement, asked with the token
+    (``GET /webhooks/{application}/{token}/messages/@original``, as discord.py's
+    :meth:`discord.Interaction.original_response` asks it): a process killed after
+    Discord took the acknowledgement but before it heard back journaled no id. None when
+    the token is past its time or Discord does not say."""
+    if target.expired():
+        return None
+    webhook = discord.Webhook.partial(target.application_id, target.token, client=client)
+    try:
+        data = await async_context.get().get_original_interaction_response(
+            application_id=target.application_id,
+            token=target.token,
+            session=webhook.session,
+            proxy=webhook.proxy,
+            proxy_auth=webhook.proxy_auth,
+        )
+    except discord.HTTPException as exc:
+        log.info("Could not find the reply of member %s: HTTP %s", target.member_id, exc.status)
+        return None
+    return int(data["id"])
+
+
 async def answer_unrecorded(
-    journal: AckJournal, acks: Sequence[Acknowledged], *, store: JobStore, replies: Replies
+    journal: AckJournal,
+    acks: Sequence[Acknowledged],
+    *,
+    store: JobStore,
+    client: discord.Client,
 ) -> int:
     """Answer the members of ``acks`` (the interactions the last run acknowledged and did
-    not finish) whose jobs were never recorded; returns how many were told.
+    not finish) whose jobs were never recorded; returns how many were told. The answer
+    replaces "thinking" in the member's reply while the token lives, else it is a channel
+    message naming them.
 
     Each interaction is then done in the journal. A database that does not answer stops
     the walk (one WARNING): the interactions left stay for the next start.
@@ -342,7 +372,10 @@ async def answer_unrecorded(
             " telling them to try again",
             ack.member_id,
         )
-        await replies.tell(ack.target(), NOT_TAKEN, nonce=f"ack{ack.interaction_id}")
+        target = ack.target()
+        if target.message_id is None:
+            target = replace(target, message_id=await deferred_reply(client, target))
+        await Replies(client).tell(target, NOT_TAKEN, nonce=f"ack{ack.interaction_id}")
         journal.done(ack.interaction_id)
         told += 1
     return told
