@@ -261,7 +261,9 @@ class AckJournal:
             lines = (
                 json.dumps(a.to_line(), separators=(",", ":")) + "\n" for a in self._open.values()
             )
-            os.write(fd, "".join(lines).encode())
+            data = memoryview("".join(lines).encode())
+            while data:  # a short write (a full disk) raises on the next try
+                data = data[os.write(fd, data) :]
         finally:
             os.close(fd)
         os.replace(temporary, self.path)
