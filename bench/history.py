@@ -295,7 +295,7 @@ async def purge(history: History) -> dict[str, Any]:
             slowest = 0.0
             while True:
                 at = time.perf_counter()
-                n = await store.purge_finished(cutoff, PURGE_BATCH)
+                n = await store.housekeeping.purge_finished(cutoff, PURGE_BATCH)
                 slowest = max(slowest, time.perf_counter() - at)
                 deleted += n
                 batches += 1

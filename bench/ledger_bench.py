@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bot.db import Database, PostgresDatabase, open_database
+from bot.db import PostgresDatabase, SqliteDatabase, open_database
 from bot.ledger import Ledger, Reservation
 
 GUILD = 1
@@ -68,7 +68,7 @@ async def _pairs(ledger: Ledger, concurrency: int, pairs: int) -> tuple[int, lis
 
 
 async def run_single(concurrency: int, pairs: int, path: Path) -> dict[str, Any]:
-    db = await Database.open(path)
+    db = await SqliteDatabase.open_file(path)
     ledger = Ledger(db, default_limit=1_000_000, default_period="daily")
     began = time.perf_counter()
     _, latencies = await _pairs(ledger, concurrency, pairs)

@@ -1,1 +1,1 @@
-"""The Discord command surface: one feature per module, loaded by ``bot.frontend.client``."""
+"""The Discord command surface: one feature per module, listed in ``bot.frontend.build``."""

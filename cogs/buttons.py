@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
 
-from bot.frontend.client import bot_of
 from bot.frontend.translator import interaction_locale
 from bot.frontend.tree import answer_error, refuse_if_not_allowed
 from bot.i18n import ENGLISH, t
 from bot.jobs import CancelOutcome
 from cogs import messages
 from cogs.checks import is_moderator
+
+if TYPE_CHECKING:
+    from bot.frontend.client import Interaction
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ CANCEL_ANSWERS = {
 }
 
 
-def _may_act_for(interaction: discord.Interaction[Any], owner_id: int) -> bool:
+def _may_act_for(interaction: Interaction, owner_id: int) -> bool:
     return interaction.user.id == owner_id or is_moderator(interaction)
 
 
@@ -60,21 +62,29 @@ class UpscaleButton(
         )
         self.value = value
 
+    # discord.py declares an item's interaction for any client (Interaction[ClientT]);
+    # these buttons are registered by, and only ever pressed through, the UpscaleBot.
     @classmethod
     async def from_custom_id(
         cls,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,  # type: ignore[override]  # the bot's own: see above
         item: discord.ui.Item[Any],
         match: re.Match[str],
         /,
     ) -> Self:
         return cls(match["value"])
 
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        allowed = bot_of(interaction).settings.allowed_guild_ids
+    async def interaction_check(
+        self,
+        interaction: Interaction,  # type: ignore[override]  # the bot's own: see above
+    ) -> bool:
+        allowed = interaction.client.settings.allowed_guild_ids
         return not await refuse_if_not_allowed(interaction, allowed)
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def callback(
+        self,
+        interaction: Interaction,  # type: ignore[override]  # the bot's own: see above
+    ) -> None:
         """Run :meth:`pressed`; what it raises is answered in plain words like a
         command's error (a database that does not answer included), never left as
         "This interaction failed"."""
@@ -83,7 +93,7 @@ class UpscaleButton(
         except Exception as exc:
             await answer_error(interaction, exc, f"Button {self.action}")
 
-    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: Interaction) -> None:
         raise NotImplementedError
 
 
@@ -96,7 +106,7 @@ class DeleteResultButton(UpscaleButton, template=r"upscale:delete:(?P<value>[0-9
         super().__init__(str(owner_id), language)
         self.owner_id = int(owner_id)
 
-    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: Interaction) -> None:
         if not _may_act_for(interaction, self.owner_id):
             text = messages.DELETE_NOT_ALLOWED.render(interaction_locale(interaction))
             await interaction.response.send_message(text, ephemeral=True)
@@ -111,8 +121,8 @@ class CancelJobButton(UpscaleButton, template=r"upscale:cancel:(?P<value>[0-9a-f
 
     action, label_key, emoji = "cancel", "button.cancel", "✖️"
 
-    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
-        bot = bot_of(interaction)
+    async def pressed(self, interaction: Interaction) -> None:
+        bot = interaction.client
         moderator = is_moderator(interaction)
         outcome = await bot.queue.cancel(self.value, interaction.user.id, moderator=moderator)
         language = interaction_locale(interaction)

@@ -16,13 +16,12 @@ import asyncio
 import io
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import discord
 
 from bot import images
-from bot.frontend.client import bot_of
 from bot.i18n import t
 from bot.images import compare
 from bot.images.download import DownloadFailed, DownloadTooLarge, download_to
@@ -30,7 +29,7 @@ from bot.images.workers import WorkerDied
 from cogs.buttons import UpscaleButton
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,10 @@ class CompareButton(UpscaleButton, template=r"upscale:compare:(?P<value>[0-9a-f]
 
     action, label_key, emoji = "compare", "button.compare", "🔍"
 
-    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: Interaction) -> None:
         locale = str(interaction.locale)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        bot = bot_of(interaction)
+        bot = interaction.client
         crops = await bot.queue.compare_crops(self.value)
         labels = (t(locale, "compare.label_before"), t(locale, "compare.label_after"))
         posted = posted_result(interaction.message, bot.media_origins)

@@ -1,10 +1,10 @@
-"""``/credits``, the ``/quota`` group and ``/usage``: the ledger's Discord surface.
+"""``/credits`` and ``/usage``: balances and reports, the ledger's Discord surface to read.
 
-Every moderator command checks at run time (Manage Server or a moderator role), not only
-through Discord's ``default_permissions``, which server admins can change. Moderator
-replies are ephemeral; every change is written to the ledger's audit log by the ledger.
-Replies are in the member's Discord language; descriptions and the period choices are
-localised through :class:`bot.frontend.translator.Translator`.
+``/usage`` (and ``/credits`` for another member) is checked at run time too (Manage
+Server or a moderator role), not only through Discord's ``default_permissions``, which
+server admins can change; the moderators' settings are the ``/quota`` group
+(:mod:`cogs.quota`). Replies are in the member's Discord language; descriptions and the
+period choices are localised through :class:`bot.frontend.translator.Translator`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 import csv
 import io
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -24,16 +23,13 @@ from discord.ext import commands
 from bot.failures import FailureKind
 from bot.frontend.translator import cmd_text, interaction_locale, localised_choices
 from bot.frontend.tree import UserError
-from bot.i18n import Text, catalogue, number, t
+from bot.i18n import catalogue, number, t
 from bot.images.chart import NAMED_MEMBERS, usage_chart
 from bot.jobs import JobFailure, JobStatus
 from bot.jobs.trail import JobTrail
 from bot.ledger import (
-    MAX_CREDITS,
     PERIODS,
-    Change,
     Ledger,
-    LedgerValueError,
     MemberUsage,
     Period,
     UsageReport,
@@ -42,43 +38,23 @@ from cogs import messages
 from cogs.checks import NOT_A_MODERATOR, is_moderator, moderator_only, require_guild
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
 PERIOD_CHOICES = localised_choices("period", PERIODS)
-# ``bot.dispatch`` event for every moderator change: (guild_id, actor_id, Change); the
-# listener is ``on_quota_change`` (the Owner cog posts it in the server's quota log).
-QUOTA_CHANGE_EVENT = "quota_change"
 TOP_MEMBERS = 10  # rows shown in the /usage embed (the CSV has all)
-MANAGE_GUILD = discord.Permissions(manage_guild=True)
 
 
-def _reset(language: str, when: datetime | None) -> str:
+def reset_text(language: str, when: datetime | None) -> str:
+    """When a period ends, as a Discord relative timestamp (or "never")."""
     if when is None:
         return t(language, "credits.resets_never")
     return f"<t:{int(when.timestamp())}:R>"
 
 
-def _budget(language: str, limit: int) -> str:
-    if limit == 0:
-        return t(language, "quota.no_budget")
-    return t(language, "unit.credits", count=limit)
-
-
-def _period(period: str) -> Text:
-    return Text.of(f"period.{period}")
-
-
 class Credits(commands.Cog):
-    """Balances, limits and reports."""
-
-    quota = app_commands.Group(
-        name="quota",
-        description=cmd_text("cmd.quota.description"),
-        guild_only=True,
-        default_permissions=MANAGE_GUILD,
-    )
+    """Balances and reports."""
 
     def __init__(self, bot: UpscaleBot) -> None:
         self.bot = bot
@@ -92,9 +68,7 @@ class Credits(commands.Cog):
     @app_commands.command(name="credits", description=cmd_text("cmd.credits.description"))
     @app_commands.describe(member=cmd_text("cmd.credits.option.member"))
     @app_commands.guild_only()
-    async def credits(
-        self, interaction: discord.Interaction, member: discord.Member | None = None
-    ) -> None:
+    async def credits(self, interaction: Interaction, member: discord.Member | None = None) -> None:
         guild = require_guild(interaction)
         target = member or interaction.user
         if target.id != interaction.user.id and not is_moderator(interaction):
@@ -102,7 +76,7 @@ class Credits(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         role_ids = [r.id for r in getattr(target, "roles", ())]
         balance = await self.ledger.balance(guild.id, target.id, role_ids)
-        queued = await self.bot.queue.active_jobs(guild.id, target.id)
+        queued = await self.bot.queue.count_member_unfinished(guild.id, target.id)
         lang = interaction_locale(interaction)
         figures = {
             "used": balance.used,
@@ -116,233 +90,9 @@ class Credits(commands.Cog):
             lines = [t(lang, "credits.balance_member", member=target.mention, **figures)]
         if balance.pending:
             lines.append(t(lang, "credits.reserved", count=balance.pending))
-        lines.append(t(lang, "credits.resets", reset=_reset(lang, balance.resets_at)))
+        lines.append(t(lang, "credits.resets", reset=reset_text(lang, balance.resets_at)))
         lines.append(t(lang, "credits.jobs", count=queued))
         await interaction.edit_original_response(content="\n".join(lines))
-
-    # -- /quota ------------------------------------------------------------------------
-
-    async def _change(
-        self,
-        interaction: discord.Interaction,
-        text: Text,
-        action: Callable[..., Awaitable[Change | None]],
-        *args: object,
-    ) -> None:
-        """Defer, run the ledger change ``action(guild_id, moderator_id, *args)``, then
-        confirm (or explain a refused value in the ledger's own words, a
-        ``quota.invalid.*`` catalogue text)."""
-        guild = require_guild(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            change = await action(guild.id, interaction.user.id, *args)
-        except LedgerValueError as exc:
-            raise UserError(exc.text) from None
-        await interaction.edit_original_response(
-            content=text.render(interaction_locale(interaction))
-        )
-        if interaction.guild_id is not None and change is not None:
-            # Whoever keeps the quota log (the Owner cog) listens for this event.
-            self.bot.dispatch(QUOTA_CHANGE_EVENT, interaction.guild_id, interaction.user.id, change)
-
-    @quota.command(name="show", description=cmd_text("cmd.quota.show.description"))
-    @moderator_only()
-    async def quota_show(self, interaction: discord.Interaction) -> None:
-        guild = require_guild(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        gs = await self.ledger.guild_settings(guild.id)
-        lang = interaction_locale(interaction)
-        lines = [
-            t(lang, "quota.show.period", period=t(lang, f"period.{gs.period}")),
-            t(lang, "quota.show.default_limit", count=gs.default_limit),
-            t(lang, "quota.show.server_budget", budget=_budget(lang, gs.server_budget)),
-        ]
-        if gs.role_limits:
-            roles = ", ".join(
-                f"<@&{rid}>: {number(lang, lim)}" for rid, lim in sorted(gs.role_limits.items())
-            )
-            lines.append(t(lang, "quota.show.role_limits", roles=roles))
-        if gs.member_limits:
-            members = ", ".join(
-                f"<@{mid}>: {number(lang, lim)}" for mid, lim in sorted(gs.member_limits.items())
-            )
-            lines.append(t(lang, "quota.show.member_overrides", members=members))
-        total = await self.ledger.total_usage()
-        if total is not None:
-            value = t(
-                lang,
-                "quota.show.total_budget_value",
-                used=total.used,
-                limit=total.limit,
-                reset=_reset(lang, total.resets_at),
-            )
-            name = t(lang, "quota.show.total_budget")
-            lines.append(t(lang, "quota.show.line", name=name, value=value))
-        circuit = await self.bot.circuit.state()
-        state = t(
-            lang, "quota.show.service_state.open" if circuit.open else "quota.show.service_state.ok"
-        )
-        if circuit.open:
-            state = f"**{state}**"
-        name = t(lang, "quota.show.service_state.name")
-        lines.append(t(lang, "quota.show.line", name=name, value=state))
-        if gs.log_channel_id is not None:
-            lines.append(t(lang, "quota.show.log_channel", channel=f"<#{gs.log_channel_id}>"))
-        await interaction.edit_original_response(content="\n".join(lines))
-
-    @quota.command(name="default", description=cmd_text("cmd.quota.default.description"))
-    @app_commands.describe(limit=cmd_text("cmd.quota.default.option.limit"))
-    @moderator_only()
-    async def quota_default(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
-    ) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.default.done", count=limit),
-            self.ledger.set_default_limit,
-            limit,
-        )
-
-    @quota.command(name="role", description=cmd_text("cmd.quota.role.description"))
-    @app_commands.describe(
-        role=cmd_text("cmd.quota.role.option.role"), limit=cmd_text("cmd.quota.role.option.limit")
-    )
-    @moderator_only()
-    async def quota_role(
-        self,
-        interaction: discord.Interaction,
-        role: discord.Role,
-        limit: app_commands.Range[int, 0, MAX_CREDITS],
-    ) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.role.done", role=role.mention, count=limit),
-            self.ledger.set_role_limit,
-            role.id,
-            limit,
-        )
-
-    @quota.command(name="user", description=cmd_text("cmd.quota.user.description"))
-    @app_commands.describe(
-        member=cmd_text("cmd.quota.user.option.member"),
-        limit=cmd_text("cmd.quota.user.option.limit"),
-    )
-    @moderator_only()
-    async def quota_user(
-        self,
-        interaction: discord.Interaction,
-        member: discord.Member,
-        limit: app_commands.Range[int, 0, MAX_CREDITS],
-    ) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.user.done", member=member.mention, count=limit),
-            self.ledger.set_member_limit,
-            member.id,
-            limit,
-        )
-
-    @quota.command(name="clear", description=cmd_text("cmd.quota.clear.description"))
-    @app_commands.describe(member=cmd_text("cmd.quota.clear.option.member"))
-    @moderator_only()
-    async def quota_clear(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.clear.done", member=member.mention),
-            self.ledger.clear_member_limit,
-            member.id,
-        )
-
-    @quota.command(name="clear-role", description=cmd_text("cmd.quota.clear_role.description"))
-    @app_commands.describe(role=cmd_text("cmd.quota.clear_role.option.role"))
-    @moderator_only()
-    async def quota_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.clear_role.done", role=role.mention),
-            self.ledger.clear_role_limit,
-            role.id,
-        )
-
-    @quota.command(name="server", description=cmd_text("cmd.quota.server.description"))
-    @app_commands.describe(limit=cmd_text("cmd.quota.server.option.limit"))
-    @moderator_only()
-    async def quota_server(
-        self, interaction: discord.Interaction, limit: app_commands.Range[int, 0, MAX_CREDITS]
-    ) -> None:
-        budget = Text.of("unit.credits", count=limit) if limit else Text.of("quota.no_budget")
-        await self._change(
-            interaction,
-            Text.of("quota.server.done", budget=budget),
-            self.ledger.set_server_budget,
-            limit,
-        )
-
-    @quota.command(name="period", description=cmd_text("cmd.quota.period.description"))
-    @app_commands.describe(period=cmd_text("cmd.quota.period.option.period"))
-    @app_commands.choices(period=PERIOD_CHOICES)
-    @moderator_only()
-    async def quota_period(
-        self, interaction: discord.Interaction, period: app_commands.Choice[str]
-    ) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.period.done", period=_period(period.value)),
-            self.ledger.set_period,
-            period.value,
-        )
-
-    @quota.command(name="grant", description=cmd_text("cmd.quota.grant.description"))
-    @app_commands.describe(
-        member=cmd_text("cmd.quota.grant.option.member"),
-        amount=cmd_text("cmd.quota.grant.option.amount"),
-    )
-    @moderator_only()
-    async def quota_grant(
-        self,
-        interaction: discord.Interaction,
-        member: discord.Member,
-        amount: app_commands.Range[int, -MAX_CREDITS, MAX_CREDITS],
-    ) -> None:
-        if amount == 0:
-            raise UserError("quota.grant.zero")
-        key = "quota.grant.granted" if amount > 0 else "quota.grant.taken"
-        await self._change(
-            interaction,
-            Text.of(key, count=abs(amount), member=member.mention),
-            self.ledger.grant,
-            member.id,
-            amount,
-        )
-
-    @quota.command(name="reset", description=cmd_text("cmd.quota.reset.description"))
-    @app_commands.describe(member=cmd_text("cmd.quota.reset.option.member"))
-    @moderator_only()
-    async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        await self._change(
-            interaction,
-            Text.of("quota.reset.done", member=member.mention),
-            self.ledger.reset_member,
-            member.id,
-        )
-
-    @quota.command(name="log", description=cmd_text("cmd.quota.log.description"))
-    @app_commands.describe(channel=cmd_text("cmd.quota.log.option.channel"))
-    @moderator_only()
-    async def quota_log(
-        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
-    ) -> None:
-        guild = require_guild(interaction)
-        if channel is not None:
-            perms = channel.permissions_for(guild.me)
-            if not (perms.send_messages and perms.embed_links):
-                raise UserError("quota.log.cannot_post", channel=channel.mention)
-            text = Text.of("quota.log.set", channel=channel.mention)
-        else:
-            text = Text.of("quota.log.cleared")
-        await self._change(
-            interaction, text, self.ledger.set_log_channel, channel.id if channel else None
-        )
 
     # -- /usage ------------------------------------------------------------------------
 
@@ -356,7 +106,7 @@ class Credits(commands.Cog):
     @moderator_only()
     async def usage(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         period: app_commands.Choice[str] | None = None,
         job: app_commands.Range[str, 1, 64] | None = None,
     ) -> None:
@@ -418,7 +168,7 @@ class Credits(commands.Cog):
             io.BytesIO(drawn.png), filename=f"usage-{guild.id}.png", description=drawn.description
         )
 
-    async def _job_trail(self, interaction: discord.Interaction, guild_id: int, shown: str) -> None:
+    async def _job_trail(self, interaction: Interaction, guild_id: int, shown: str) -> None:
         """``/usage job:<id>``: the job's trail, for a job of this server only (another
         server's job is answered exactly like one that does not exist)."""
         lang = interaction_locale(interaction)

@@ -1,12 +1,13 @@
 """The Discord front end of the job queue: progress, delivery and failure messages.
 
 :class:`DiscordFrontEnd` implements :class:`bot.jobs.FrontEnd` for every job, in any
-process: what it needs to answer the member is stored with the job (a
-:class:`bot.frontend.replies.ReplyTarget` in the job's context), so a job resumed after a restart
-or taken over from another process is answered exactly like a fresh one. Progress edits
-are throttled; results are fitted under the interaction's upload limit in a worker
-process; a result that may already have been posted (a crash during delivery) is looked
-for by its job id in the embed footer before it is posted again.
+process: what it needs to answer the member is stored with the job (its
+:class:`bot.frontend.replies.JobContext`, which the queue keeps without reading it, and
+the interaction token), so a job resumed after a restart or taken over from another
+process is answered exactly like a fresh one. Progress edits are throttled; results are
+fitted under the interaction's upload limit in a worker process; a result that may
+already have been posted (a crash during delivery) is looked for by its job id in the
+embed footer before it is posted again.
 
 Languages: progress lines and the result are written in the member's Discord language
 when they edit the member's reply, and in the server's preferred language when they
@@ -21,7 +22,8 @@ turns the member's reply into a link to it, without the Cancel button (through t
 token while it lives, else through the channel: ``docs/interaction-tokens.md``). Channel
 posts carry a nonce made from the job id, so a post retried within a few minutes is not
 made twice; a result looked for after a restart is searched for in the channel's
-messages after the job began (:meth:`bot.frontend.replies.Replies.find`).
+messages after the job began (:meth:`bot.frontend.replies.Replies.find`); one found there
+gets the member's reply linked to it, as a fresh delivery does.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import discord
 
 from bot import images
 from bot.failures import FailureKind
-from bot.frontend.replies import NONCE_CHARS, Answer, Replies, ReplyTarget, saying
+from bot.frontend.replies import NONCE_CHARS, Answer, JobContext, Replies, ReplyTarget, saying
 from bot.i18n import SUPPORTED, Text, number, t
 from bot.jobs import DeliveryFailed, Job, JobFailure, JobResult, Progress, Stage
 from bot.retry import Backoff, retry
@@ -102,9 +104,14 @@ def job_footers(job_id: str) -> frozenset[str]:
     return frozenset(job_footer(job_id, language) for language in SUPPORTED)
 
 
+def context_of(job: Job) -> JobContext:
+    """What the front end keeps with ``job`` (stored by the queue as an opaque string)."""
+    return JobContext.from_json(job.context)
+
+
 def target_of(job: Job) -> ReplyTarget:
     return ReplyTarget.for_job(
-        job.context,
+        context_of(job),
         job.reply_token,
         channel_id=job.channel_id,
         member_id=job.member_id,
@@ -254,7 +261,7 @@ class DiscordFrontEnd:
     """Answers members about their jobs through Discord.
 
     It keeps one :class:`ProgressDisplay` per job it shows, and forgets it when the job
-    ends anywhere in the fleet (the queue calls :meth:`ended`), so a long-running process
+    ends anywhere in the fleet (the queue calls :meth:`stop_showing`), so a long-running process
     holds no state for jobs other processes delivered.
     """
 
@@ -345,7 +352,7 @@ class DiscordFrontEnd:
 
     # -- FrontEnd ----------------------------------------------------------------------
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         resumed = job.id in self._resumed
         self._display(job).show(
             (progress, resumed),
@@ -359,7 +366,7 @@ class DiscordFrontEnd:
             ),
         )
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         """Say once, on the member's reply, that the job continues; with a dead token
         nothing is said until the result (which names the member)."""
         target = target_of(job)
@@ -370,17 +377,17 @@ class DiscordFrontEnd:
             content = messages.RESUMED.render(target.member_language)
             await self.replies.edit(target, content=content, view=None)
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         await self._close(job.id)
         target = target_of(job)
         with contextlib.suppress(discord.HTTPException):
             content = messages.PAUSED.render(target.member_language)
             await self.replies.edit(target, content=content, view=None)
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         await self._close(job_id)
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         await self._close(job.id)
         target = target_of(job)
         try:
@@ -393,6 +400,11 @@ class DiscordFrontEnd:
         await self._point_reply_to(job, target, message, "result.ended_in_channel")
 
     async def find_delivered(self, job: Job) -> int | None:
+        """The result already posted for ``job``, if any. One found in the channel gets
+        the member's reply linked to it, as :meth:`deliver` does: the process that posted
+        it may have died before it did (the reply would go on showing progress, or
+        "thinking")."""
+        target = target_of(job)
         footers = job_footers(job.id)
         me = self.bot.user
 
@@ -408,26 +420,29 @@ class DiscordFrontEnd:
 
         try:
             found = await retry(
-                lambda: self.replies.find(target_of(job), is_result), discord.HTTPException, wait
+                lambda: self.replies.find(target, is_result), discord.HTTPException, wait
             )
         except discord.HTTPException as exc:
             # Not knowing is not "not posted": never post again on a guess.
             raise DeliveryFailed(
                 FailureKind.DELIVERY_ERROR, f"lookup failed: HTTP {exc.status}"
             ) from exc
-        if found is not None:
-            log.info("Job %s had already been delivered (message %d)", job.id, found.id)
-        return found.id if found is not None else None
+        if found is None:
+            return None
+        log.info("Job %s had already been delivered (message %d)", job.id, found.id)
+        await self._point_reply_to(job, target, found, "result.posted_in_channel")
+        return found.id
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
         """Post the result, fitted under the interaction's upload limit."""
         await self._close(job.id)
         target = target_of(job)
-        upload_limit = job.context.upload_limit or DEFAULT_UPLOAD_LIMIT
+        context = context_of(job)
+        upload_limit = context.upload_limit or DEFAULT_UPLOAD_LIMIT
         limit = max(1024 * 1024, upload_limit - UPLOAD_MARGIN)
         stem = Path(job.input.filename).stem[:60] or "image"
         fitted = await self.bot.image_workers.fit(result.path, result.format, limit, f"{stem}_4x")
-        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, job.context.role_ids)
+        balance = await self.bot.ledger.balance(job.guild_id, job.member_id, job.role_ids)
         mention = f"<@{job.member_id}>"
 
         def compose(language: str, channel_mention: str | None) -> Answer:
@@ -440,9 +455,9 @@ class DiscordFrontEnd:
             if fitted.reencoded or fitted.resized:
                 label = t(language, "button.full_size")
                 view.add_item(discord.ui.Button(label=label, url=result.temporary_url))
-            if job.context.source_link:
+            if context.source_link:
                 label = t(language, "button.source")
-                view.add_item(discord.ui.Button(label=label, url=job.context.source_link))
+                view.add_item(discord.ui.Button(label=label, url=context.source_link))
             content = t(language, "result.ready", mention=mention) if channel_mention else mention
             return Answer(content, embed, view)
 

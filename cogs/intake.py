@@ -18,13 +18,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import discord
-
-from bot.frontend.client import bot_of
-from bot.frontend.journal import Acknowledged
+from bot.frontend.journal import Acknowledged, journal_of
 from bot.frontend.replies import ReplyTarget
 from bot.frontend.tree import UserError, answer_error
 from bot.jobs import (
@@ -40,7 +37,7 @@ from cogs import messages
 from cogs.checks import NOT_IN_DMS
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +49,7 @@ class SourceImage:
     declared_size: int | None
 
 
-async def defer(interaction: discord.Interaction[Any]) -> int | None:
+async def defer(interaction: Interaction) -> int | None:
     """Acknowledge at once; returns the deferred reply's message id when Discord gives it."""
     response = await interaction.response.defer(thinking=True)
     return response.message_id if response is not None else None
@@ -60,7 +57,7 @@ async def defer(interaction: discord.Interaction[Any]) -> int | None:
 
 @asynccontextmanager
 async def acknowledged(
-    interaction: discord.Interaction[Any], job_ids: Sequence[str]
+    interaction: Interaction, job_ids: Sequence[str]
 ) -> AsyncIterator[int | None]:
     """Journal the interaction with ``job_ids``, acknowledge it, and give the deferred
     reply's message id to the block, which records the jobs and answers the member.
@@ -71,7 +68,7 @@ async def acknowledged(
     cancelled (the process stopping) is not done: the next start answers its member if
     no job of it was recorded (:func:`bot.frontend.journal.answer_unrecorded`).
     """
-    journal = bot_of(interaction).journal
+    journal = journal_of(interaction.client)
     journal.acknowledged(Acknowledged.of(interaction, job_ids))
     try:
         message_id = await defer(interaction)
@@ -96,7 +93,7 @@ def allowed_source(bot: UpscaleBot, url: str) -> bool:
 
 
 async def start_job(
-    interaction: discord.Interaction[Any],
+    interaction: Interaction,
     message_id: int | None,
     source: SourceImage,
     output_format: str,
@@ -110,7 +107,7 @@ async def start_job(
     ``source_link`` (the message the image came from) becomes the result's Source link.
     Raises :class:`UserError` with the member's message when the image is refused.
     """
-    bot = bot_of(interaction)
+    bot = interaction.client
     guild = interaction.guild
     if guild is None:
         raise UserError(NOT_IN_DMS)
@@ -135,7 +132,7 @@ async def start_job(
         role_ids=role_ids,
         source=Source(source.url, source.filename, source.declared_size),
         context=target.job_context(
-            upload_limit=interaction.filesize_limit, role_ids=role_ids, source_link=source_link
+            upload_limit=interaction.filesize_limit, source_link=source_link
         ),
         reply_token=interaction.token,
         output_format=output_format,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import discord
@@ -31,7 +31,7 @@ from cogs import messages
 from cogs.intake import SourceImage, acknowledged, allowed_source, start_job
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ class UpscaleMenu(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    async def upscale_message(
-        self, interaction: discord.Interaction[Any], message: discord.Message
-    ) -> None:
+    async def upscale_message(self, interaction: Interaction, message: discord.Message) -> None:
         sources, skipped = images_of(message, lambda url: allowed_source(self.bot, url))
         images = [(source, new_job_id()) for source in sources[:MAX_IMAGES]]
         async with acknowledged(interaction, [job_id for _, job_id in images]) as first_id:
@@ -91,7 +89,7 @@ class UpscaleMenu(commands.Cog):
 
     async def _take(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         message: discord.Message,
         first_id: int | None,
         images: list[tuple[SourceImage, str]],
@@ -104,7 +102,11 @@ class UpscaleMenu(commands.Cog):
             raise UserError("batch.no_images")
         guild_id = interaction.guild_id or 0
         queue = self.bot.queue
-        room = max(0, queue.max_per_member - await queue.active_jobs(guild_id, interaction.user.id))
+        room = max(
+            0,
+            queue.max_per_member
+            - await queue.count_member_unfinished(guild_id, interaction.user.id),
+        )
         if room == 0:
             raise UserError(messages.queue_full_text(queue.max_per_member))
         notes = [t(locale, "batch.skipped_not_image", filename=name) for name in skipped]

@@ -20,7 +20,7 @@ from bot.db import utc_now
 from bot.failures import FailureKind
 from bot.i18n import t
 from bot.jobs import Job
-from bot.ledger import Change, period_end
+from bot.ledger import Change, QuotaChanged, period_end
 from bot.onemin.circuit import CircuitEvent
 
 if TYPE_CHECKING:
@@ -144,20 +144,21 @@ class Owner(commands.Cog):
             )
 
     @commands.Cog.listener()
-    async def on_quota_change(self, guild_id: int, actor_id: int, change: Change) -> None:
-        """A moderator changed a quota (``bot.dispatch("quota_change", ...)`` from the
+    async def on_quota_change(self, event: QuotaChanged) -> None:
+        """A moderator changed a quota (``bot.dispatch("quota_change", event)`` from the
         credits commands): post it in the guild's log channel, if it has one."""
-        await self.log_change(guild_id, actor_id, change)
+        await self.log_change(event)
 
-    async def log_change(self, guild_id: int, actor_id: int, change: Change) -> None:
+    async def log_change(self, event: QuotaChanged) -> None:
         """Post a moderator's quota change in the guild's log channel, if it has one."""
+        guild_id, change = event.guild_id, event.change
         if change.action == "log_channel":
             self._unpostable.discard(int(change.new_value or 0))
             return
         channel_id = await self._log_channel(guild_id)
         if channel_id is None:
             return
-        text = describe_change(self._locale(guild_id), actor_id, change)
+        text = describe_change(self._locale(guild_id), event.actor_id, change)
         if text is not None:
             await self.post(guild_id, channel_id, text)
 

@@ -9,13 +9,15 @@ queue record the job and take the image in. Everything after that, in this proce
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.frontend.journal import answer_unrecorded, journal_of
 from bot.frontend.translator import cmd_text
 from bot.jobs.model import new_job_id
 from bot.onemin.client import OUTPUT_FORMATS
@@ -23,7 +25,7 @@ from cogs.delivery import DiscordFrontEnd
 from cogs.intake import SourceImage, acknowledged, start_job
 
 if TYPE_CHECKING:
-    from bot.frontend.client import UpscaleBot
+    from bot.frontend.client import Interaction, UpscaleBot
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,16 @@ class Upscale(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.queue.attach(self.front)
+        # Members acknowledged by the last run whose jobs were never recorded are told
+        # so, before the queue claims anything (the bot starts it once the cogs loaded).
+        journal = journal_of(self.bot)
+        unfinished = await asyncio.to_thread(journal.open)
+        await answer_unrecorded(
+            journal, unfinished, db=self.bot.db, store=self.bot.queue.store, client=self.bot
+        )
+
+    async def cog_unload(self) -> None:
+        journal_of(self.bot).close()
 
     @app_commands.command(name="upscale", description=cmd_text("cmd.upscale.description"))
     @app_commands.describe(
@@ -56,7 +68,7 @@ class Upscale(commands.Cog):
     @app_commands.guild_only()
     async def upscale(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         image: discord.Attachment,
         format: app_commands.Choice[str] | None = None,
     ) -> None:

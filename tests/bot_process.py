@@ -65,7 +65,7 @@ def apply_test_knobs() -> None:
         def start_without_claims(self: JobQueue, *, claim: bool = True) -> None:
             start(self, claim=False)
 
-        JobQueue.start = start_without_claims  # type: ignore[method-assign]
+        JobQueue.start = start_without_claims  # type: ignore[method-assign]  # in this test process only
 
 
 def with_test_timings(settings: Settings) -> Settings:
@@ -153,7 +153,7 @@ async def with_watch_probe(bot_main: Awaitable[None], out: Path) -> None:
                 (
                     time.time(),
                     rss_kb(),
-                    queue.watched() if queue is not None else -1,
+                    queue.count_watched() if queue is not None else -1,
                     front.shown if front is not None else -1,
                     db.round_trips.count if db is not None else -1,
                 )

@@ -27,7 +27,8 @@ import aiohttp
 from bot.app.metrics_http import MetricsEndpoint
 from bot.app.services import Services, open_services
 from bot.app.settings import Secret, Settings
-from bot.frontend.client import DEFAULT_EXTENSIONS, UpscaleBot, create_bot
+from bot.frontend.build import DEFAULT_EXTENSIONS, create_bot
+from bot.frontend.client import UpscaleBot
 from tests.emulators.discord import DiscordEmulator, Injected, point_discord_at
 from tests.emulators.onemin import OneMinEmulator
 from tests.support.timings import SHORT_TIMINGS

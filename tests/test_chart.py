@@ -15,7 +15,7 @@ from PIL import Image
 from bot.i18n import SUPPORTED, english, t
 from bot.images import chart
 from bot.images.chart import DELIVERED, HEIGHT, MAX_BARS, REFUNDED, WIDTH, chart_days, usage_chart
-from bot.ledger import DayUsage, MemberUsage, UsageReport
+from bot.ledger import DayUsage, MemberUsage, Period, UsageReport
 
 NOW = datetime(2026, 5, 20, 15, 30, tzinfo=UTC)
 MAY = datetime(2026, 5, 1, tzinfo=UTC)
@@ -32,7 +32,7 @@ PLOT_BOX = (
 def report(
     days: list[DayUsage] | None = None,
     members: list[MemberUsage] | None = None,
-    period: str = "monthly",
+    period: Period = "monthly",
     since: datetime = MAY,
 ) -> UsageReport:
     members = members or []
@@ -43,7 +43,7 @@ def report(
         sum(m.failures for m in members),
         sum(m.refunds for m in members),
     )
-    return UsageReport(period, since, members, totals, days or [])  # type: ignore[arg-type]
+    return UsageReport(period, since, members, totals, days or [])
 
 
 def used() -> UsageReport:
@@ -59,7 +59,7 @@ def decode(png: bytes) -> Image.Image:
     return image
 
 
-def colours(image: Image.Image, box: tuple[int, int, int, int]) -> set[tuple[int, int, int]]:
+def colours(image: Image.Image, box: tuple[int, int, int, int]) -> set[tuple[int, ...] | float]:
     return {colour for _, colour in image.crop(box).convert("RGB").getcolors(1 << 20) or []}
 
 

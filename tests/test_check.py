@@ -15,7 +15,7 @@ import pytest
 
 from bot.app.check import EXIT_CHECK_FAILED
 from bot.app.startup import EXIT_CONFIG
-from bot.db import load_migrations
+from bot.db.migrations import load_migrations
 from bot.images import probe_png
 from tests.bot_process import ROOT, Finished, closed_port, run_bot_process
 from tests.emulators.discord import ATTACH_FILES, BOT_PERMISSIONS, DiscordEmulator

@@ -6,6 +6,7 @@ Two objects opened on one database stand for two processes of a fleet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -118,7 +119,7 @@ async def test_two_processes_share_one_rate_window(databases: Databases) -> None
 
 
 async def test_requests_ready_together_take_their_turns_in_one_round(
-    databases: Databases,
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Requests that queue while the first one is recorded are recorded together by the
     next in line (one transaction, not one each), and never past the window."""
@@ -132,7 +133,7 @@ async def test_requests_ready_together_take_their_turns_in_one_round(
         rounds += 1
         return transaction(urgent=urgent)
 
-    db.transaction = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(db, "transaction", counted)
     started = time.monotonic()
     await asyncio.gather(*(gate.acquire() for _ in range(5)))
     assert rounds == 2 and time.monotonic() - started < 0.8
@@ -158,6 +159,6 @@ async def test_waiting_requests_hear_their_place_in_line(
     tasks = []
     for i in range(waiters):
         tasks.append(asyncio.create_task(ask(i)))
-        await eventually(lambda i=i: bool(places[i]))  # in line (and told) before the next
+        await eventually(functools.partial(bool, places[i]))  # in line (told) before the next
     await asyncio.gather(*tasks)
     assert [p[0] for p in places.values()] == [1, 2, 3]

@@ -13,20 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import (
-    BUSY_TIMEOUT_MS,
-    INTEGRITY_ERRORS,
-    Database,
-    Migration,
-    load_migrations,
-    open_database,
-    parse_ts,
-    pg_ddl,
-    pg_placeholders,
-    split_statements,
-    ts,
-)
-from tests.support.databases import Databases
+from bot.db import Database, Migration, SqliteDatabase, open_database, parse_ts, ts
+from bot.db.migrations import load_migrations, split_statements
+from bot.db.sqlite import BUSY_TIMEOUT_MS
+from bot.db.sqltext import pg_ddl, pg_placeholders
+from tests.support.databases import INTEGRITY_ERRORS, Databases
 
 TABLE_T = Migration(1, "0001_t.sql", "CREATE TABLE t (x INTEGER);")
 LATEST = load_migrations()[-1].version
@@ -81,7 +72,7 @@ async def test_unknown_database_url_is_refused() -> None:
 
 async def test_open_sets_the_pragmas(tmp_path: Path) -> None:
     """WAL, a busy timeout, foreign keys and synchronous=NORMAL are on."""
-    async with await Database.open(tmp_path / "x.db") as db:
+    async with await SqliteDatabase.open_file(tmp_path / "x.db") as db:
         assert await pragma(db, "journal_mode") == "wal"
         assert await pragma(db, "busy_timeout") == BUSY_TIMEOUT_MS
         assert await pragma(db, "foreign_keys") == 1
@@ -92,7 +83,7 @@ async def test_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Pa
     """The bot's connection never checkpoints at a commit (which would stall every caller
     queued behind it); a background connection moves the WAL into the database file."""
     path = tmp_path / "wal.db"
-    async with await Database.open(path) as db:
+    async with await SqliteDatabase.open_file(path) as db:
         assert await pragma(db, "wal_autocheckpoint") == 0
         async with db.transaction() as tx:
             await tx.execute("UPDATE service_circuit SET state = 'closed'")
@@ -117,7 +108,7 @@ async def test_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Pa
 async def test_urgent_transactions_go_ahead_of_ordinary_work(tmp_path: Path) -> None:
     """While the connection is busy, an urgent transaction that arrives later is served
     before ordinary ones already waiting; ordinary ones keep their order."""
-    async with await Database.open(tmp_path / "turns.db") as db:
+    async with await SqliteDatabase.open_file(tmp_path / "turns.db") as db:
         order: list[str] = []
         release = asyncio.Event()
 
@@ -146,7 +137,7 @@ async def test_urgent_transactions_go_ahead_of_ordinary_work(tmp_path: Path) -> 
 async def test_an_urgent_write_hurries_the_group_it_joins(tmp_path: Path) -> None:
     """A grouped write waiting behind a busy connection is moved ahead of ordinary
     transactions as soon as an urgent write joins its group."""
-    async with await Database.open(tmp_path / "group.db") as db:
+    async with await SqliteDatabase.open_file(tmp_path / "group.db") as db:
         order: list[str] = []
         release = asyncio.Event()
 
@@ -179,7 +170,7 @@ async def test_an_urgent_write_hurries_the_group_it_joins(tmp_path: Path) -> Non
 async def test_a_cancelled_waiter_does_not_keep_the_connection(tmp_path: Path) -> None:
     """A caller cancelled while it waits for the connection never holds it: the next
     caller gets it when the current holder is done."""
-    async with await Database.open(tmp_path / "cancel-wait.db") as db:
+    async with await SqliteDatabase.open_file(tmp_path / "cancel-wait.db") as db:
         release = asyncio.Event()
 
         async def hold() -> None:
@@ -560,7 +551,7 @@ def test_migration_numbers_are_unique_and_ordered() -> None:
 async def test_a_transaction_cancelled_mid_statement_leaves_none_open(tmp_path: Path) -> None:
     """Cancelling a task inside a transaction (as a shutdown does) never leaves the shared
     connection in a transaction: the next one begins normally."""
-    db = await Database.open(tmp_path / "cancel.db")
+    db = await SqliteDatabase.open_file(tmp_path / "cancel.db")
     try:
         for delay in (0, 0.0005, 0.001, 0.002):
 

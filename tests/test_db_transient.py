@@ -99,7 +99,7 @@ async def connect(
     opened: list[asyncpg.Connection] = []
 
     async def open_one(url: str = PG_URL, **kwargs: Any) -> asyncpg.Connection:
-        conn = await asyncpg.connect(url, **kwargs)
+        conn: asyncpg.Connection = await asyncpg.connect(url, **kwargs)
         opened.append(conn)
         return conn
 
@@ -178,11 +178,9 @@ async def test_every_address_of_a_host_refusing_is_refused(
         tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
         return [(*tcp, ("127.0.0.1", port)), (*tcp, ("127.0.0.2", port))]
 
-    loop.getaddrinfo = two_addresses  # type: ignore[method-assign]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "getaddrinfo", two_addresses)
         exc = await raised(connect(f"postgresql://postgres@db.example:{proxy.port}/test"))
-    finally:
-        del loop.getaddrinfo
     assert isinstance(exc, OSError) and exc.errno is None
     assert str(exc).startswith("Multiple exceptions: ")
     assert_outage(exc, DbOutageKind.REFUSED)

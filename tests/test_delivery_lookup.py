@@ -17,20 +17,25 @@ import discord
 import pytest
 
 from bot.failures import FailureKind
-from bot.frontend.replies import ReplyTarget
-from bot.jobs import DeliveryFailed, Job, JobContext, Source
+from bot.frontend.replies import HISTORY_PAGES, JobContext, Replies, ReplyTarget
+from bot.jobs import DeliveryFailed, Job, Source
 from cogs.delivery import LOOKUP_ATTEMPTS, DiscordFrontEnd
 
 
-class FailingFind:
+class FailingFind(Replies):
     """``Replies.find`` that fails with HTTP 503 ``failures`` times, then finds nothing."""
 
     def __init__(self, failures: int) -> None:
+        super().__init__(mock.Mock(spec=discord.Client))
         self.failures = failures
         self.calls = 0
 
     async def find(
-        self, target: ReplyTarget, matches: Callable[[discord.Message], bool]
+        self,
+        target: ReplyTarget,
+        matches: Callable[[discord.Message], bool],
+        *,
+        pages: int = HISTORY_PAGES,
     ) -> discord.Message | None:
         self.calls += 1
         if self.calls <= self.failures:
@@ -53,7 +58,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def front_end(replies: FailingFind) -> DiscordFrontEnd:
     front = DiscordFrontEnd(mock.Mock(spec=discord.Client, user=None))
-    front.replies = replies  # type: ignore[assignment]
+    front.replies = replies
     return front
 
 
@@ -65,7 +70,7 @@ def a_job() -> Job:
         member_id=3,
         output_format="png",
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=4, interaction_at=time.time()),
+        context=JobContext(application_id=4, interaction_at=time.time()).to_json(),
         reservation_id="",
         created_at=time.time(),
     )

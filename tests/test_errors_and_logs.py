@@ -6,8 +6,10 @@ import logging
 import sqlite3
 import sys
 from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
+import discord
 import pytest
 from discord import app_commands
 
@@ -102,12 +104,15 @@ def test_cooldown_says_when_to_try_again() -> None:
     assert "12 s" in message and expected
 
 
-class _FakeCommand:
-    name = "upscale"
+async def _upscale(interaction: discord.Interaction) -> None:
+    """Unused: the command a CommandInvokeError names."""
 
 
 def _invoke_error(exc: Exception) -> app_commands.CommandInvokeError:
-    return app_commands.CommandInvokeError(_FakeCommand(), exc)  # type: ignore[arg-type]
+    command: app_commands.Command[Any, ..., None] = app_commands.Command(
+        name="upscale", description="Upscale", callback=_upscale
+    )
+    return app_commands.CommandInvokeError(command, exc)
 
 
 @pytest.mark.parametrize(

@@ -278,7 +278,7 @@ async def test_postgresql_answers_through_the_proxy_and_again_after_a_reset() ->
     async with FaultProxy.to(PG_URL) as proxy:
         db = await open_database(proxy.url(PG_URL), schema=schema, migrations=[])
         try:
-            assert await db.fetchall("SELECT 1 AS one") == [(1,)]
+            assert [tuple(row) for row in await db.fetchall("SELECT 1 AS one")] == [(1,)]
             assert proxy.reset() >= 1
             async with asyncio.timeout(WAIT):
                 while True:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot import images
-from bot.images.prepare import DEVICE_NAMES, DEVICE_SUFFIX, IMAGE_EXTENSIONS
-from bot.jobs import Job, JobContext, JobRequest, Source
+from bot.images.model import EXTENSIONS
+from bot.images.prepare import (
+    DEVICE_NAMES,
+    DEVICE_SUFFIX,
+    IMAGE_EXTENSIONS,
+    MAX_STEM_CHARS,
+    clean_stem,
+)
+from bot.jobs import Job, JobRequest, Source
 from cogs.menu import shown_name
 from tests.emulators.onemin import OneMinEmulator
 from tests.hostilenames import CORPUS, MORE, NameCase
@@ -106,7 +112,7 @@ def test_a_long_name_is_cut_to_64_characters_of_stem() -> None:
     raw = CORPUS[2].raw
     assert len(raw) == 244
     name = images.clean_filename(raw, "png")
-    assert len(name.removesuffix(".png")) == images.MAX_STEM_CHARS == 64
+    assert len(name.removesuffix(".png")) == MAX_STEM_CHARS == 64
 
 
 @given(HOSTILE_TEXT, st.sampled_from((None, *FORMATS)))
@@ -118,7 +124,7 @@ def test_any_text_gives_a_clean_name(raw: str, fmt: str | None) -> None:
     assert match is not None, name
     assert match["stem"].upper() not in DEVICE_NAMES
     if fmt is not None:
-        assert match["ext"] == images.EXTENSIONS[fmt]
+        assert match["ext"] == EXTENSIONS[fmt]
     else:
         assert match["ext"] is None or match["ext"] in IMAGE_EXTENSIONS
 
@@ -133,9 +139,9 @@ def test_cleaning_a_clean_name_changes_nothing_but_its_extension(raw: str, fmt: 
 @given(HOSTILE_TEXT)
 def test_cleaning_a_clean_stem_changes_nothing(raw: str) -> None:
     """The result's stem ("<stem>_4x", cleaned again when it is fitted) stays as it was."""
-    stem = images.clean_stem(raw)
-    assert CLEAN_STEM.fullmatch(stem) and images.clean_stem(stem) == stem
-    assert images.clean_stem(f"{stem}_4x") == f"{stem}_4x"
+    stem = clean_stem(raw)
+    assert CLEAN_STEM.fullmatch(stem) and clean_stem(stem) == stem
+    assert clean_stem(f"{stem}_4x") == f"{stem}_4x"
 
 
 def test_prepare_input_names_its_output_for_the_format_it_sends() -> None:
@@ -171,7 +177,7 @@ def request(rig: Rig, filename: str, data: bytes | None = None) -> JobRequest:
         ALICE,
         (),
         Source(rig.images.add(png() if data is None else data), filename),
-        JobContext(application_id=1, interaction_at=time.time()),
+        "the front end's context",
     )
 
 

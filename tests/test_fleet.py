@@ -7,6 +7,7 @@ of the fleet would have.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import pytest
@@ -36,7 +37,7 @@ async def test_shards_of_different_buckets_identify_together(databases: Database
         IdentifyGate(first, spacing=5).wait_turn(0, 2),
         IdentifyGate(second, spacing=5).wait_turn(1, 2),
     )
-    assert waited == [0.0, 0.0]
+    assert list(waited) == [0.0, 0.0]
     assert identify_bucket(None, 1) == 0 and identify_bucket(3, 2) == 1
 
 
@@ -62,7 +63,7 @@ async def test_processes_starting_together_sync_the_commands_once(databases: Dat
     digest = command_digest([{"name": "upscale"}])
     results = await asyncio.gather(
         *(
-            sync_once(db, "app:global", digest, lambda n=n: sync(n), instance=f"p{n}")  # type: ignore[misc]
+            sync_once(db, "app:global", digest, functools.partial(sync, n), instance=f"p{n}")
             for n, db in enumerate(dbs)
         )
     )

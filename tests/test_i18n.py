@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import discord
 import pytest
@@ -207,7 +208,7 @@ def test_markdown_and_emoji_survive(lang: str) -> None:
     """Bold markers and leading emoji of the English text are kept in every translation."""
     for key in all_keys():
         english = forms(ENGLISH, key)
-        reference = english.get("other", english.get(""))
+        reference = english["other"] if "other" in english else english[""]
         for text in forms(lang, key).values():
             assert text.count("**") == reference.count("**"), (lang, key)
             emoji = re.match(r"^[^\w\s{<*]+", reference)
@@ -265,12 +266,22 @@ def test_every_command_has_a_description() -> None:
     assert missing == []
 
 
+@app_commands.command(name="upscale", description=cmd_text("cmd.upscale.description"))
+async def upscale_command(interaction: discord.Interaction) -> None:
+    """Unused: the translator tests' command, whose description is translated."""
+
+
+def description_context() -> app_commands.TranslationContextTypes:
+    """Where the translator is asked for :func:`upscale_command`'s description."""
+    return app_commands.TranslationContext(
+        app_commands.TranslationContextLocation.command_description, upscale_command
+    )
+
+
 def test_translator_returns_german_description() -> None:
     """The Translator gives the German text for a description marked with its key."""
     text = cmd_text("cmd.upscale.description")
-    context = app_commands.TranslationContext(
-        app_commands.TranslationContextLocation.command_description, None
-    )
+    context = description_context()
     result = asyncio.run(Translator().translate(text, discord.Locale.german, context))
     assert result == catalogue().entry("de", "cmd.upscale.description")
     assert str(text) == "Upscale an image 4× with AI"
@@ -282,9 +293,7 @@ def test_translator_returns_german_description() -> None:
 )
 def test_translator_returns_none_for_english_and_unsupported(locale: discord.Locale) -> None:
     """English and unsupported locales get None, so Discord shows the English text."""
-    context = app_commands.TranslationContext(
-        app_commands.TranslationContextLocation.command_description, None
-    )
+    context = description_context()
     result = asyncio.run(
         Translator().translate(cmd_text("cmd.upscale.description"), locale, context)
     )
@@ -449,19 +458,17 @@ def test_runtime_falls_back_instead_of_crashing() -> None:
     assert t("de", "batch.skipped_not_image") == "{filename} is not an image, so I skipped it."
 
 
-def test_runtime_falls_back_to_english_for_a_broken_translation() -> None:
+def test_runtime_falls_back_to_english_for_a_broken_translation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A translation missing a key is replaced by the English text at run time."""
     broken = Catalogue.from_toml(
         {"en-US": 'a = "Hello {name}"\nb = "Bye"', "de": 'a = "Hallo {nme}"'}
     )
     i18n.set_strict(False)
-    original = i18n.catalogue
-    try:
-        i18n.catalogue = lambda: broken  # type: ignore[assignment]
-        assert t("de", "a", name="Ana") == "Hello Ana"
-        assert t("de", "b") == "Bye"
-    finally:
-        i18n.catalogue = original  # type: ignore[assignment]
+    monkeypatch.setattr(i18n, "catalogue", lambda: broken)
+    assert t("de", "a", name="Ana") == "Hello Ana"
+    assert t("de", "b") == "Bye"
 
 
 def test_catalogue_rejects_format_specs_and_mixed_tables() -> None:
@@ -492,7 +499,7 @@ def test_sync_payload_carries_localisations() -> None:
     ) -> None:
         """Unused."""
 
-    async def payload() -> dict[str, object]:
+    async def payload() -> dict[str, Any]:
         client = discord.Client(intents=discord.Intents.none())
         tree = app_commands.CommandTree(client)
         return await usage.get_translated_payload(tree, Translator())
@@ -500,10 +507,10 @@ def test_sync_payload_carries_localisations() -> None:
     data = asyncio.run(payload())
     assert data["name"] == "usage"
     assert data["name_localizations"] == {}
-    assert data["description_localizations"]["de"] == catalogue().entry(  # type: ignore[index]
+    assert data["description_localizations"]["de"] == catalogue().entry(
         "de", "cmd.usage.description"
     )
-    option = data["options"][0]  # type: ignore[index]
+    option = data["options"][0]
     assert option["description_localizations"]["ja"] == catalogue().entry(
         "ja", "cmd.usage.option.period"
     )

@@ -17,8 +17,12 @@ from PIL import Image, ImageFile
 from bot import images
 from bot.i18n import Text
 from bot.images import FittedImage, ImageLimits, ImageRejected, PreparedImage, fit
+from bot.images.decode import describe_image
+from bot.images.fit import fit_to_limit
+from bot.images.model import EXTENSIONS, Rejection
+from bot.images.sniff import sniff
 from tests import imagecorpus as corpus
-from tests.support.images import decode
+from tests.support.images import colour_at, decode, level_at
 
 MIB = 1024 * 1024
 DISCORD_LIMIT = 10 * MIB  # bytes, Discord's default attachment limit
@@ -169,7 +173,7 @@ def test_non_image_refusal_says_what_the_file_looks_like() -> None:
 def test_image_rejected_survives_pickling() -> None:
     """ImageRejected keeps kind and message (key and params) across a process boundary."""
     error = pickle.loads(
-        pickle.dumps(ImageRejected(images.Rejection.BOMB, "image.bomb_claimed", size="9×9"))
+        pickle.dumps(ImageRejected(Rejection.BOMB, "image.bomb_claimed", size="9×9"))
     )
     too_big = (
         "That image claims to be 9×9 pixels, which is far too large to process safely, "
@@ -177,7 +181,7 @@ def test_image_rejected_survives_pickling() -> None:
     )
     assert (error.kind, english(error), str(error)) == ("bomb", too_big, too_big)
     looks = Text.of("image.looks.pdf")
-    nested = ImageRejected(images.Rejection.NOT_IMAGE, "image.not_image_looks_like", looks=looks)
+    nested = ImageRejected(Rejection.NOT_IMAGE, "image.not_image_looks_like", looks=looks)
     nested = pickle.loads(pickle.dumps(nested))
     assert "(it looks like a PDF document)" in english(nested)
     assert "PDF" in nested.render("ja") and nested.render("ja") != english(nested)
@@ -192,7 +196,7 @@ def test_odd_input_is_prepared_at_the_expected_size_and_format(name: str) -> Non
     expect = corpus.case(name).expect
     prepared = prepare(name)
     assert (prepared.format, prepared.size) == (expect.format, expect.size)
-    assert images.describe_image(prepared.data) == (expect.format, expect.size)
+    assert describe_image(prepared.data) == (expect.format, expect.size)
 
 
 @pytest.mark.parametrize("name", ACCEPTED)
@@ -212,6 +216,7 @@ def test_prepared_upload_meets_the_api_limits(name: str) -> None:
 def test_changes_are_explained_in_notes(name: str) -> None:
     """Frames dropped, conversions and downscales are told to the user in a note."""
     fragment = corpus.case(name).expect.note
+    assert fragment is not None
     assert any(fragment in english(note) for note in prepare(name).notes)
 
 
@@ -239,34 +244,34 @@ def test_exif_orientation_really_rotates_the_pixels() -> None:
     """An orientation-6 photo is turned upright: the stored left edge becomes the top."""
     im = decode(prepare("exif_rotated").data)
     assert im.size == (40, 80)
-    assert close_to(im.getpixel((20, 5)), corpus.RED)
-    assert close_to(im.getpixel((20, 70)), corpus.BLUE)
+    assert close_to(colour_at(im, (20, 5)), corpus.RED)
+    assert close_to(colour_at(im, (20, 70)), corpus.BLUE)
 
 
 def test_animated_gif_uses_the_first_frame() -> None:
     """The first frame (red) of an animated GIF is what gets uploaded."""
     im = decode(prepare("animated_gif").data).convert("RGB")
-    assert close_to(im.getpixel((10, 10)), corpus.RED, tolerance=0)
+    assert close_to(colour_at(im, (10, 10)), corpus.RED, tolerance=0)
 
 
 def test_cmyk_jpeg_keeps_its_colours() -> None:
     """A CMYK JPEG of pure red becomes RGB red, not inverted or muddy."""
     im = decode(prepare("cmyk_jpeg").data)
-    assert im.mode == "RGB" and close_to(im.getpixel((32, 24)), corpus.RED)
+    assert im.mode == "RGB" and close_to(colour_at(im, (32, 24)), corpus.RED)
 
 
 def test_16_bit_png_is_scaled_not_clipped() -> None:
     """A 16-bit grey ramp keeps its mid-tones when reduced to 8 bits."""
     im = decode(prepare("png_16bit_gray").data)
-    assert im.mode == "L" and 100 < im.getpixel((0, 32)) < 156
-    assert im.getpixel((0, 0)) < 10 and im.getpixel((0, 63)) > 245
+    assert im.mode == "L" and 100 < level_at(im, (0, 32)) < 156
+    assert level_at(im, (0, 0)) < 10 and level_at(im, (0, 63)) > 245
 
 
 def test_palette_transparency_becomes_alpha() -> None:
     """A palette PNG with a transparent index keeps that transparency as an alpha channel."""
     im = decode(prepare("palette_transparency").data)
     assert im.mode == "RGBA"
-    assert im.getpixel((2, 2))[3] == 0 and im.getpixel((32, 32)) == (255, 0, 0, 255)
+    assert colour_at(im, (2, 2))[3] == 0 and colour_at(im, (32, 32)) == (255, 0, 0, 255)
 
 
 def test_big_photo_is_scaled_to_fit_one_megapixel() -> None:
@@ -324,18 +329,18 @@ def test_path_source_passes_clean_files_through(tmp_path: Path) -> None:
 )
 def test_sniff_recognises_formats_from_content(index: int, expected: str) -> None:
     """sniff names each format from its first bytes."""
-    assert images.sniff(corpus.seeds()[index][:64]) == expected
+    assert sniff(corpus.seeds()[index][:64]) == expected
 
 
 @pytest.mark.parametrize("name", ["text_as_png", "html_as_png", "pdf_as_png", "svg_as_png"])
 def test_sniff_finds_no_image_in_documents(name: str) -> None:
     """Text, HTML, PDF and SVG are not images, whatever their name."""
-    assert images.sniff(corpus.case(name).data[:64]) is None
+    assert sniff(corpus.case(name).data[:64]) is None
 
 
 def test_sniff_recognises_heic_as_unsupported_format() -> None:
     """An iPhone HEIC photo is recognised (so the refusal can name it)."""
-    assert images.sniff(corpus.case("heic_as_jpg").data) == "HEIF"
+    assert sniff(corpus.case("heic_as_jpg").data) == "HEIF"
 
 
 # --------------------------------------------------------------------------- describe_image
@@ -343,7 +348,7 @@ def test_sniff_recognises_heic_as_unsupported_format() -> None:
 
 def test_describe_image_reports_format_and_size() -> None:
     """describe_image returns the lower-case format and the pixel size."""
-    assert images.describe_image(corpus.case("plain_webp").data) == ("webp", (300, 200))
+    assert describe_image(corpus.case("plain_webp").data) == ("webp", (300, 200))
 
 
 @pytest.mark.parametrize(
@@ -353,7 +358,7 @@ def test_describe_image_reports_format_and_size() -> None:
 def test_describe_image_rejects_a_broken_result(name: str, kind: str) -> None:
     """A 0-byte, truncated or non-image "result" is detected, not described."""
     with pytest.raises(ImageRejected) as caught:
-        images.describe_image(corpus.case(name).data)
+        describe_image(corpus.case(name).data)
     assert caught.value.kind == kind
 
 
@@ -368,7 +373,7 @@ def noisy_png() -> bytes:
 
 @pytest.fixture(scope="module")
 def fitted_noisy_png(noisy_png: bytes) -> FittedImage:
-    return images.fit_to_limit(noisy_png, "png", DISCORD_LIMIT, "result")
+    return fit_to_limit(noisy_png, "png", DISCORD_LIMIT, "result")
 
 
 def test_fit_makes_a_noisy_4096_png_fit_10_mib(
@@ -382,8 +387,8 @@ def test_fit_makes_a_noisy_4096_png_fit_10_mib(
 def test_fit_output_is_what_it_claims(fitted_noisy_png: FittedImage) -> None:
     """The fitted data decodes as the declared format and size, with a matching name."""
     fitted = fitted_noisy_png
-    assert images.describe_image(fitted.data) == (fitted.format, fitted.size)
-    assert fitted.filename == f"result.{images.EXTENSIONS[fitted.format]}"
+    assert describe_image(fitted.data) == (fitted.format, fitted.size)
+    assert fitted.filename == f"result.{EXTENSIONS[fitted.format]}"
 
 
 def test_fit_note_says_what_was_done(fitted_noisy_png: FittedImage) -> None:
@@ -396,14 +401,14 @@ def test_fit_note_says_what_was_done(fitted_noisy_png: FittedImage) -> None:
 def test_fit_note_names_the_limit_a_caller_kept_a_margin_under(noisy_jpeg: bytes) -> None:
     """A limit of 1 MiB minus a small safety margin is still called "1 MiB" in the note."""
     assert len(noisy_jpeg) > MIB
-    fitted = images.fit_to_limit(noisy_jpeg, "jpeg", MIB - 16 * 1024, "result")
+    fitted = fit_to_limit(noisy_jpeg, "jpeg", MIB - 16 * 1024, "result")
     assert "Discord's 1 MiB upload limit" in english(fitted.note)
 
 
 def test_fit_leaves_a_result_within_the_limit_untouched() -> None:
     """A result already under the limit is returned as the same bytes, with no note."""
     data = corpus.case("plain_png").data
-    fitted = images.fit_to_limit(data, "png", DISCORD_LIMIT, "result")
+    fitted = fit_to_limit(data, "png", DISCORD_LIMIT, "result")
     assert fitted.data is data and not fitted.reencoded and not fitted.resized
     assert (fitted.format, fitted.size, fitted.note) == ("png", (300, 200), None)
 
@@ -415,9 +420,9 @@ def noisy_jpeg() -> bytes:
 
 def test_fit_keeps_jpeg_as_jpeg(noisy_jpeg: bytes) -> None:
     """A JPEG result over the limit is re-encoded as JPEG, not switched to WebP."""
-    fitted = images.fit_to_limit(noisy_jpeg, "jpeg", len(noisy_jpeg) // 2, "result")
+    fitted = fit_to_limit(noisy_jpeg, "jpeg", len(noisy_jpeg) // 2, "result")
     assert fitted.format == "jpeg" and fitted.filename == "result.jpg"
-    assert images.describe_image(fitted.data)[0] == "jpeg"
+    assert describe_image(fitted.data)[0] == "jpeg"
     assert len(fitted.data) <= len(noisy_jpeg) // 2
 
 
@@ -425,14 +430,14 @@ def test_fit_prefers_lossless_when_it_is_enough() -> None:
     """A PNG a little over the limit becomes lossless WebP with identical pixels."""
     original = corpus.picture((1024, 768))
     data = corpus.encode(original, "PNG", compress_level=1)
-    fitted = images.fit_to_limit(data, "png", len(data) - 1, "result")
+    fitted = fit_to_limit(data, "png", len(data) - 1, "result")
     assert fitted.format == "webp" and not fitted.resized
     assert decode(fitted.data).convert("RGB").tobytes() == original.tobytes()
 
 
 def test_fit_resizes_as_a_last_resort(noisy_jpeg: bytes) -> None:
     """Under a limit no quality can meet, the image is scaled down, keeping its shape."""
-    fitted = images.fit_to_limit(noisy_jpeg, "jpeg", 100_000, "result")
+    fitted = fit_to_limit(noisy_jpeg, "jpeg", 100_000, "result")
     assert fitted.resized and len(fitted.data) <= 100_000
     assert fitted.size[0] < 1024 and abs(fitted.size[0] - fitted.size[1]) <= 1
     assert "Scaled down" in english(fitted.note)
@@ -442,14 +447,14 @@ def test_fit_flattens_transparency_for_jpeg() -> None:
     """An RGBA image fitted as JPEG becomes a valid RGB JPEG."""
     image = corpus.noise((256, 256), "RGBA")
     data = corpus.encode(image, "PNG")
-    fitted = images.fit_to_limit(data, "jpeg", len(data) // 4, "result")
+    fitted = fit_to_limit(data, "jpeg", len(data) // 4, "result")
     assert decode(fitted.data).mode == "RGB" and fitted.format == "jpeg"
 
 
 def test_fit_gives_up_on_an_impossible_limit(noisy_jpeg: bytes) -> None:
     """A limit too small for even a tiny image raises ValueError instead of looping."""
     with pytest.raises(ValueError, match="cannot fit"):
-        images.fit_to_limit(noisy_jpeg, "jpeg", 50, "result")
+        fit_to_limit(noisy_jpeg, "jpeg", 50, "result")
 
 
 def test_describe_image_reads_a_result_from_its_file(tmp_path: Path) -> None:
@@ -457,7 +462,7 @@ def test_describe_image_reads_a_result_from_its_file(tmp_path: Path) -> None:
     data = corpus.case("plain_webp").data
     path = tmp_path / "result.bin"
     path.write_bytes(data)
-    assert images.describe_image(path) == images.describe_image(data) == ("webp", (300, 200))
+    assert describe_image(path) == describe_image(data) == ("webp", (300, 200))
 
 
 def test_describe_image_rejects_an_empty_result_file(tmp_path: Path) -> None:
@@ -465,8 +470,8 @@ def test_describe_image_rejects_an_empty_result_file(tmp_path: Path) -> None:
     path = tmp_path / "result.bin"
     path.write_bytes(b"")
     with pytest.raises(ImageRejected) as caught:
-        images.describe_image(path)
-    assert caught.value.kind == images.Rejection.EMPTY
+        describe_image(path)
+    assert caught.value.kind == Rejection.EMPTY
 
 
 def test_fit_from_a_file_path_matches_the_fit_from_bytes(tmp_path: Path) -> None:
@@ -474,8 +479,8 @@ def test_fit_from_a_file_path_matches_the_fit_from_bytes(tmp_path: Path) -> None
     data = corpus.encode(corpus.noise((300, 300), seed=3), "PNG")
     path = tmp_path / "result.png"
     path.write_bytes(data)
-    from_path = images.fit_to_limit(path, "png", len(data) // 3, "result")
-    from_bytes = images.fit_to_limit(data, "png", len(data) // 3, "result")
+    from_path = fit_to_limit(path, "png", len(data) // 3, "result")
+    from_bytes = fit_to_limit(data, "png", len(data) // 3, "result")
     assert from_path == from_bytes and from_path.reencoded
 
 
@@ -484,7 +489,7 @@ def test_fit_returns_a_file_within_the_limit_as_its_bytes(tmp_path: Path) -> Non
     data = corpus.case("plain_png").data
     path = tmp_path / "result.png"
     path.write_bytes(data)
-    fitted = images.fit_to_limit(path, "png", DISCORD_LIMIT, "result")
+    fitted = fit_to_limit(path, "png", DISCORD_LIMIT, "result")
     assert fitted.data == data and not fitted.reencoded and fitted.size == (300, 200)
 
 
@@ -527,7 +532,7 @@ def test_lossy_webp_method_follows_the_image_size_in_estimate_and_encode(
     monkeypatch.setattr(fit, "SAMPLE_WHOLE_PIXELS", 100_000)  # estimate from a mosaic...
     monkeypatch.setattr(fit, "SAMPLE_TILE", 64)  # ...of 256x256 px, below either threshold
     limit = len(noisy_webp_case) // 2
-    fitted = images.fit_to_limit(noisy_webp_case, "webp", limit, "result")
+    fitted = fit_to_limit(noisy_webp_case, "webp", limit, "result")
     assert fitted.format == "webp" and not fitted.resized and len(fitted.data) <= limit
     assert {size for size, _ in webp_methods} == {(256, 256), (1200, 900)}
     assert {used for _, used in webp_methods} == {method}
@@ -550,7 +555,7 @@ def test_failed_low_memory_webp_encode_falls_back_to_the_default_method(
 
     monkeypatch.setattr(fit, "save_lossy_webp", failing_low)
     limit = len(noisy_webp_case) // 2
-    fitted = images.fit_to_limit(noisy_webp_case, "webp", limit, "result")
+    fitted = fit_to_limit(noisy_webp_case, "webp", limit, "result")
     assert len(fitted.data) <= limit
     assert decode(fitted.data).size == (1200, 900)
     methods = [used for _, used in webp_methods]  # each failure, then its retry
@@ -569,7 +574,7 @@ def test_default_webp_method_failure_is_not_retried(
 
     monkeypatch.setattr(fit, "save_lossy_webp", failing)
     with pytest.raises(ValueError, match="encoding error"):
-        images.fit_to_limit(noisy_webp_case, "webp", len(noisy_webp_case) // 2, "result")
+        fit_to_limit(noisy_webp_case, "webp", len(noisy_webp_case) // 2, "result")
 
 
 # --------------------------------------------------------------------------- fuzzing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.jobs.model import Job, JobContext, JobRequest, Source, new_job_id
+from bot.jobs.model import Job, JobRequest, Source, new_job_id
 
 
 def request(job_id: str | None) -> JobRequest:
@@ -12,7 +12,7 @@ def request(job_id: str | None) -> JobRequest:
         member_id=3,
         role_ids=(),
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=4, interaction_at=0.0),
+        context="{}",
         id=job_id,
     )
 

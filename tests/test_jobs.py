@@ -24,12 +24,10 @@ from bot.db import Database, Transaction
 from bot.failures import FailureKind
 from bot.images.download import DownloadFailed, SourceGone
 from bot.jobs import (
-    INTAKE_CONCURRENCY,
     CancelOutcome,
     DeliveryFailed,
     InputRefused,
     Job,
-    JobContext,
     JobFailure,
     JobQueue,
     JobRequest,
@@ -42,9 +40,10 @@ from bot.jobs import (
     Source,
     Stage,
 )
+from bot.jobs.intake import INTAKE_CONCURRENCY
 from bot.jobs.positions import Positions
 from bot.jobs.report import Reporter
-from bot.jobs.store import JobStore
+from bot.jobs.store import ViewStatements
 from bot.ledger import Ledger
 from bot.onemin.client import OneMinClient
 from bot.onemin.pacing import RateGate
@@ -89,7 +88,7 @@ class Recorder:
     already_posted: set[str] = field(default_factory=set)
     jobs: dict[str, JobLog] = field(default_factory=lambda: defaultdict(JobLog))
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         self.jobs[job.id].stages.append((progress.stage, progress.position))
         self.jobs[job.id].progress.append(progress)
 
@@ -106,17 +105,17 @@ class Recorder:
             return 43
         return None
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         self.jobs[job.id].failures.append(failure)
         self.jobs[job.id].done.set()
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         self.jobs[job.id].resumed += 1
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         self.jobs[job.id].paused += 1
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         self.jobs[job_id].ended += 1
         self.jobs[job_id].done.set()
 
@@ -175,7 +174,7 @@ class Rig:
             member,
             (),
             Source(url, "cat.png"),
-            JobContext(application_id=1, interaction_at=time.time()),
+            "the front end's context",
             reply_token="interaction-token",
             output_format=fmt,
         )
@@ -430,7 +429,7 @@ async def test_member_cap_refuses_a_third_job(rigs: RigFactory) -> None:
     with pytest.raises(QueueFull):
         await r.queue.accept(r.request())
     await r.queue.accept(r.request(BOB))
-    assert await r.queue.active_jobs(GUILD, ALICE) == 2
+    assert await r.queue.count_member_unfinished(GUILD, ALICE) == 2
     assert await r.used() == (2, 2)
 
 
@@ -444,7 +443,7 @@ async def test_concurrent_requests_never_pass_the_member_cap(rigs: RigFactory) -
     accepted = [o for o in outcomes if isinstance(o, Job)]
     assert len(accepted) == 2
     assert all(isinstance(o, QueueFull) for o in outcomes if not isinstance(o, Job))
-    assert await r.queue.active_jobs(GUILD, ALICE) == 2
+    assert await r.queue.count_member_unfinished(GUILD, ALICE) == 2
 
 
 async def test_a_burst_in_one_guild_holds_one_database_connection_at_a_time(
@@ -485,7 +484,7 @@ async def test_a_refused_image_costs_nothing_and_frees_its_place(rig: Rig) -> No
     assert refused.value.kind is FailureKind.INPUT_INVALID
     assert refused.value.text.key.startswith("image.")
     assert await rig.used() == (0, 0)
-    assert await rig.queue.active_jobs(GUILD, ALICE) == 0
+    assert await rig.queue.count_member_unfinished(GUILD, ALICE) == 0
     assert (await job_row(rig, job.id))["status"] == "failed"
 
 
@@ -522,7 +521,7 @@ async def test_limit_reached_reserves_nothing(rigs: RigFactory, emu: OneMinEmula
     assert info.value.denial.reason == "member_limit"
     assert await r.used() == (1, 0)
     assert emu.calls["upload"] == 1
-    assert await r.queue.active_jobs(GUILD, ALICE) == 0
+    assert await r.queue.count_member_unfinished(GUILD, ALICE) == 0
     assert len(r.images.fetching) == 1
 
 
@@ -535,14 +534,14 @@ async def test_at_most_max_concurrent_upscales_run(rigs: RigFactory, emu: OneMin
     peak = 0
 
     class Counting(Recorder):
-        def progress(self, job: Job, progress: Progress) -> None:
+        def show_progress(self, job: Job, progress: Progress) -> None:
             nonlocal running, peak
             if progress.stage is Stage.UPLOADING:
                 running += 1
                 peak = max(peak, running)
             elif progress.stage is Stage.DOWNLOADING:
                 running -= 1
-            super().progress(job, progress)
+            super().show_progress(job, progress)
 
     counting = Counting()
     r.queue.attach(counting)
@@ -563,8 +562,8 @@ async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
     db = await databases.open()
     started: list[float] = []
 
-    class SlowStore(JobStore):
-        async def positions(self) -> list[str]:
+    class SlowViews(ViewStatements):
+        async def waiting_ids(self) -> list[str]:
             started.append(time.monotonic())
             await asyncio.sleep(0.05)
             return ["a" * 32]
@@ -572,7 +571,7 @@ async def test_places_in_line_asked_for_during_a_read_share_the_next_one(
     async def no_wait() -> None:
         return None
 
-    positions = Positions(SlowStore(db, owner="o"), Reporter("o"), no_wait)
+    positions = Positions(SlowViews(db, "o"), Reporter("o"), no_wait)
     positions.watch(_job("a" * 32))
     first = asyncio.create_task(positions.refresh())
     await asyncio.sleep(0.01)
@@ -596,7 +595,7 @@ def _job(job_id: str) -> Job:
         member_id=ALICE,
         output_format="png",
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=1, interaction_at=time.time()),
+        context="",
         reservation_id="",
         created_at=time.time(),
     )
@@ -632,7 +631,9 @@ async def test_waiting_jobs_see_their_place_in_line(rigs: RigFactory, emu: OneMi
     job, _ = submitted[-1]
     assert r.queue.position(job) is not None
     last = await r.settled(job, 20)
-    positions = [p for stage, p in last.stages if stage is Stage.QUEUED]
+    queued = [p for stage, p in last.stages if stage is Stage.QUEUED]
+    positions = [p for p in queued if p is not None]
+    assert positions == queued  # every place in line was told
     assert positions and positions == sorted(positions, reverse=True)
     assert positions[-1] == 1
 
@@ -1107,7 +1108,7 @@ async def test_a_process_stops_showing_a_job_another_process_claims(rigs: RigFac
     job, log = await a.submit()
     await b.settled(job)
     await until(lambda: _ended(log))
-    assert a.queue.watched() == 0
+    assert a.queue.count_watched() == 0
     assert not await a.queue.shows(job.id)
     assert await b.queue.shows(job.id) is False  # delivered: nobody shows it any more
 
@@ -1128,7 +1129,7 @@ async def test_a_stream_delivered_elsewhere_leaves_nothing_watched(rigs: RigFact
     for job in jobs:
         await b.settled(job, 30)
     await until(lambda: _all_ended(a.front, jobs))
-    assert a.queue.watched() == 0
+    assert a.queue.count_watched() == 0
 
 
 async def _all_ended(front: Recorder, jobs: list[Job]) -> bool:

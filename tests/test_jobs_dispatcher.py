@@ -26,7 +26,7 @@ from bot.jobs.leases import Leases
 from bot.jobs.slots import SlotLine
 from bot.jobs.store import ClaimLook
 from bot.onemin.circuit import CircuitState
-from tests.support.job_parts import Bundle, a_job, config, parts_with
+from tests.support.job_parts import Bundle, EveryGroup, a_job, config, parts_with
 
 NOW = 1_700_000_000.0  # the fixed clock's Unix time
 POLL = 30.0  # seconds: the fallback look's interval
@@ -69,7 +69,7 @@ class FakeCircuit:
 class FakeSettlement:
     refunded: list[tuple[str, FailureKind, bool]] = field(default_factory=list)
 
-    async def settle_failed(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
+    async def settle_failure(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
         self.refunded.append((job.id, kind, owned))
         return True
 
@@ -136,7 +136,7 @@ def row_of(job: Job) -> dict[str, Any]:
         "source_url": job.source.url,
         "source_name": job.source.filename,
         "source_size": None,
-        "context": job.context.to_json(),
+        "context": job.stored_context(),
         "reservation_id": job.reservation_id,
         "created_at": ts(utc_now()),
         "status": JobStatus.QUEUED.value,
@@ -291,3 +291,51 @@ async def test_the_line_waits_for_1min_until_the_give_up_at_most(tmp_path: Path)
 async def test_the_line_does_not_wait_while_1min_accepts_the_account(tmp_path: Path) -> None:
     rig = make(tmp_path)
     assert await rig.dispatcher.line_waits() is None
+
+
+@dataclass
+class ClaimStore(LookStore):
+    """A claim's statements: the claimable row is ``row``; claims and confirmations are
+    recorded."""
+
+    owner: str = "this-process"
+    row: dict[str, Any] = field(default_factory=dict)
+    claimed: list[str] = field(default_factory=list)
+    confirmed: list[tuple[str, int]] = field(default_factory=list)
+
+    async def count_live_leases(self, tx: object, now: float) -> int:
+        return 0
+
+    async def next_claimable(self, tx: object, now: float) -> dict[str, Any] | None:
+        return self.row
+
+    async def claim(self, tx: object, job_id: str, now: float, lease: float) -> bool:
+        self.claimed.append(job_id)
+        return True
+
+    async def confirm_lease(
+        self, job_id: str, claim: int, lease_until: float, *, tx: object = None
+    ) -> bool:
+        self.confirmed.append((job_id, claim))
+        return True
+
+
+async def test_a_job_whose_lease_lapsed_here_while_it_runs_is_kept_not_taken_over(
+    tmp_path: Path,
+) -> None:
+    """This process was too slow to renew a job it still runs (a loop stalled under
+    load): the dispatcher keeps the lease by the job's claim instead of taking the job
+    over from itself, which would stop a paid call in flight and make it again."""
+    store = ClaimStore()
+    rig = make(tmp_path)
+    rig.dispatcher._store = cast(Any, EveryGroup(store))  # the claim's statements, faked
+    job = a_job(claims=2)
+    running = asyncio.get_running_loop().create_future()
+    rig.dispatcher._running[job.id] = cast(Any, running)
+    rig.dispatcher._leases.hold(job, NOW - 1)
+    store.row = {"id": job.id, "lease_owner": store.owner, "status": JobStatus.RUNNING}
+    assert await rig.dispatcher._claim(time.time()) is None
+    assert store.claimed == []
+    assert store.confirmed == [(job.id, 2)]
+    assert rig.dispatcher._leases.valid(job.id)
+    running.cancel()

@@ -52,7 +52,7 @@ class PipelineStore:
     taken_over: bool = False  # a lapsed lease's confirmation fails
     confirms: int = 0
 
-    async def slots_taken(self, tx: object, job_id: str, now: float) -> int:
+    async def count_slots_taken(self, tx: object, job_id: str, now: float) -> int:
         return self.slots_taken_now
 
     async def advance(
@@ -149,12 +149,14 @@ class FakeSettlement:
     settled: list[tuple[str, int | None]] = field(default_factory=list)
     failures: list[tuple[str, JobFailure]] = field(default_factory=list)
 
-    async def delivered(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
+    async def settle_delivery(
+        self, job: Job, result: JobResult | None, message_id: int | None
+    ) -> bool:
         self.settled.append((job.id, message_id))
         return True
 
-    async def failed(
-        self, job: Job, failure: JobFailure, exc: BaseException | None = None, *, tell: bool = True
+    async def fail_and_tell(
+        self, job: Job, failure: JobFailure, exc: BaseException | None = None
     ) -> bool:
         self.failures.append((job.id, failure))
         return True

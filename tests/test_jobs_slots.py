@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bot.jobs import Stopped
+from bot.jobs.model import Stopped
 from bot.jobs.slots import SlotLine, SlotLook
 
 NEVER = 3600.0  # seconds: a poll interval no test waits for

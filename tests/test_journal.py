@@ -202,3 +202,13 @@ def test_no_token_is_logged(
         monkeypatch.setattr(os, "write", refuse)
         again.acknowledged(ack(2))
     assert caplog.records and not any(TOKEN in r.getMessage() for r in caplog.records)
+
+
+def test_opened_again_it_reads_nothing_of_its_own_as_the_last_runs(path: Path) -> None:
+    """Closed and opened again in one process (the upscale cog unloaded and loaded), the
+    interactions in flight stay in the file and none is handed back as left by a restart."""
+    journal = opened(path)
+    journal.acknowledged(ack(1))
+    journal.close()
+    assert journal.open() == []
+    assert list(read_journal(path)) == [1]

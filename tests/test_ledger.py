@@ -417,7 +417,7 @@ async def test_invalid_values_are_refused(
 async def test_usage_with_an_unknown_period_is_refused(ledger: Ledger) -> None:
     """/usage with a made-up period raises LedgerValueError."""
     with pytest.raises(LedgerValueError):
-        await ledger.usage(G, "yearly")  # type: ignore[arg-type]
+        await ledger.usage(G, "yearly")  # type: ignore[arg-type]  # not a Period, on purpose
 
 
 CHANGES = [
@@ -551,7 +551,7 @@ def test_naive_datetimes_are_refused() -> None:
 def test_unknown_period_is_refused() -> None:
     """period_start rejects a period it does not know."""
     with pytest.raises(ValueError):
-        period_start(NOON, "hourly")  # type: ignore[arg-type]
+        period_start(NOON, "hourly")  # type: ignore[arg-type]  # not a Period, on purpose
 
 
 @pytest.fixture
@@ -818,7 +818,9 @@ async def test_total_budget_resets_with_its_own_period(db: Database, clock: Cloc
     """A monthly total budget spent on March 31st is available again on April 1st."""
     ledger = total_ledger(db, clock, budget=2)
     clock.now = datetime(2026, 3, 31, 23, 0, tzinfo=UTC)
-    await ledger.commit((await ledger.reserve(1, ALICE, (), 2)).id)  # type: ignore[union-attr]
+    spent = await ledger.reserve(1, ALICE, (), 2)
+    assert isinstance(spent, Reservation)
+    await ledger.commit(spent.id)
     assert isinstance(await ledger.reserve(2, BOB, (), 1), Denial)
     clock.now = datetime(2026, 4, 1, tzinfo=UTC)
     assert isinstance(await ledger.reserve(2, BOB, (), 1), Reservation)
@@ -836,7 +838,8 @@ async def test_total_budget_counts_what_a_process_without_it_reserved(
     assert await capped.total_usage() == TotalUsage(4, 5, datetime(2026, 4, 1, tzinfo=UTC))
     assert isinstance(await capped.reserve(2, BOB, (), 1), Reservation)
     assert isinstance(await capped.reserve(2, BOB, (), 1), Denial)
-    await uncapped.refund(spent[0].id, "failed")  # type: ignore[union-attr]
+    assert isinstance(spent[0], Reservation)
+    await uncapped.refund(spent[0].id, "failed")
     assert isinstance(await capped.reserve(2, BOB, (), 1), Reservation)
 
 

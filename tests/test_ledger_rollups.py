@@ -14,7 +14,8 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from bot.db import Database, load_migrations, ts
+from bot.db import Database, ts
+from bot.db.migrations import load_migrations
 from bot.ledger import (
     PERIODS,
     DayUsage,

@@ -28,7 +28,7 @@ from bot.db.outages import report_db_outage
 from bot.db.transient import DbOutageKind
 from bot.failures import FailureKind
 from bot.jobs.metrics import Outcome
-from bot.jobs.model import Job, JobContext, PreparedInfo, Source, Stage
+from bot.jobs.model import Job, PreparedInfo, Source, Stage
 from bot.onemin.client import OneMinClient, ServiceUnavailable
 from tests.bot_process import closed_port
 from tests.emulators.onemin import OneMinEmulator
@@ -55,7 +55,9 @@ PRODUCT_TABLE = {
 }
 
 
-def families(m: Metrics) -> dict[str, tuple[str, set[str], dict[tuple[str, frozenset], float]]]:
+def families(
+    m: Metrics,
+) -> dict[str, tuple[str, set[str], dict[tuple[str, frozenset[tuple[str, str]]], float]]]:
     """Each family of a render: type, label names (``le`` aside), samples."""
     out = {}
     for family in text_string_to_metric_families(m.render().decode()):
@@ -74,7 +76,7 @@ def job(stage: Stage = Stage.QUEUED, age: float = 0.0, job_id: str = JOB_ID) -> 
         member_id=3,
         output_format="png",
         source=Source("https://cdn.example/a.png", "a.png"),
-        context=JobContext(application_id=1, interaction_at=time.time() - age),
+        context="",
         reservation_id="r",
         created_at=time.time() - age,
         stage=stage,
@@ -353,7 +355,7 @@ async def test_concurrent_scrapes_share_one_read_of_the_fleet_gauges(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Five scrapes at once read the queue's depth from the database once."""
-    reads = count_reads(monkeypatch, services.queue, "waiting")
+    reads = count_reads(monkeypatch, services.queue, "count_waiting")
     monkeypatch.setattr("bot.app.metrics_http.FLEET_CACHE_SECONDS", 3600.0)
     ep = endpoint(services)
     await asyncio.gather(*(ep.scrape() for _ in range(5)))

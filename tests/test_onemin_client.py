@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.onemin import client as onemin
+from bot.onemin import http as onemin_http
 from bot.onemin.client import (
     BadResponse,
     DownloadRefused,
@@ -78,7 +78,7 @@ def unused_port() -> int:
     """A local port with nothing listening on it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -539,7 +539,7 @@ async def test_json_response_over_the_cap_raises_response_too_large(
     client: OneMinClient, emu: OneMinEmulator
 ) -> None:
     """An API answer over 1 MiB raises ResponseTooLarge instead of being read whole."""
-    emu.fail("upscale", "oversized", size=2 * onemin.MAX_JSON_BYTES)
+    emu.fail("upscale", "oversized", size=2 * onemin_http.MAX_JSON_BYTES)
     with pytest.raises(ResponseTooLarge):
         await client.upscale(await upload(client))
 
@@ -569,8 +569,8 @@ async def test_download_to_writes_in_batches_while_it_streams(
     """The body reaches the file in several writes as it arrives, never joined whole."""
     url = await upscaled_url(client)
     emu.fail("download", "respond", body=bytes(range(256)) * 4096)  # 1 MiB
-    monkeypatch.setattr(onemin, "SPOOL_WRITE_BYTES", 64 * 1024)
-    monkeypatch.setattr(onemin, "DOWNLOAD_CHUNK_BYTES", 16 * 1024)
+    monkeypatch.setattr(onemin_http, "SPOOL_WRITE_BYTES", 64 * 1024)
+    monkeypatch.setattr(onemin_http, "DOWNLOAD_CHUNK_BYTES", 16 * 1024)
     writes: list[int] = []
     real_to_thread = asyncio.to_thread
 
@@ -579,7 +579,7 @@ async def test_download_to_writes_in_batches_while_it_streams(
             writes.append(sum(len(chunk) for chunk in args[0]))
         return await real_to_thread(func, *args)
 
-    monkeypatch.setattr(onemin.asyncio, "to_thread", counting)
+    monkeypatch.setattr(asyncio, "to_thread", counting)
     target = tmp_path / "result.bin"
     assert await client.download_to(url, target, max_bytes=2 * 1024 * 1024) == 1024 * 1024
     assert target.read_bytes() == bytes(range(256)) * 4096

@@ -60,7 +60,8 @@ async def feature(
 async def asset_path(http: aiohttp.ClientSession, emu: OneMinEmulator) -> str:
     status, _, body = await upload(http, emu)
     assert status == 200
-    return body["fileContent"]["path"]
+    path: str = body["fileContent"]["path"]
+    return path
 
 
 async def test_the_call_after_n_in_the_window_gets_429_without_retry_after(

@@ -3,7 +3,8 @@ upscaler input that the bot itself would send unchanged."""
 
 from __future__ import annotations
 
-from bot.images import PROBE_SIDE, prepare_input, probe_png
+from bot.images import prepare_input, probe_png
+from bot.images.probe import PROBE_SIDE
 
 
 def test_the_probe_image_is_an_input_the_bot_would_send_as_it_is() -> None:

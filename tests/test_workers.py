@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def input_png() -> bytes:
 def in_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Records the results checked in a thread of this process."""
     calls: list[Path] = []
-    real = workers.inspect_result
+    real = inspect_result
 
     def recording(
         result: Path, input_image: bytes | None, input_size: tuple[int, int]
@@ -332,7 +333,7 @@ def test_worker_serves_calls_until_its_input_ends(tmp_path: Path) -> None:
     replies = []
     while header := answers.read(imagework.HEADER_BYTES):
         size = int.from_bytes(header, "big")
-        replies.append(imagework.pickle.loads(answers.read(size)))
+        replies.append(pickle.loads(answers.read(size)))
     (ok, checked), (failed, error) = replies
     assert ok and checked.size == (256, 192)
     assert not failed and isinstance(error, ResultUnusable)

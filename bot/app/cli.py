@@ -34,7 +34,8 @@ from bot.app.services import open_services
 from bot.app.settings import Settings, SettingsError, load_settings
 from bot.app.startup import EXIT_CONFIG, EXIT_METRICS_PORT, StartupError
 from bot.app.trail import show_job
-from bot.frontend.client import UpscaleBot, create_bot
+from bot.frontend.build import create_bot
+from bot.frontend.client import UpscaleBot
 from bot.images import heap
 from bot.logs import configure_logging
 

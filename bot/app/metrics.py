@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,6 +49,7 @@ from prometheus_client.process_collector import ProcessCollector
 from bot.db.outages import subscribe_outages
 from bot.db.transient import DbOutageKind
 from bot.failures import FailureKind
+from bot.frontend.gateway import ShardStatus
 from bot.jobs.metrics import Outcome
 from bot.jobs.model import Job, Stage
 from bot.onemin.client import ROUTE_ASSETS, ROUTE_DOWNLOAD, ROUTE_FEATURES, ROUTE_RESULTS
@@ -98,13 +98,6 @@ LAG_PROBE_INTERVAL = 1.0
 LAG_WINDOW_SAMPLES = 5  # the gauge shows the worst of the last 5 wake-ups (5 s)
 
 
-class ShardStatus(NamedTuple):
-    """One gateway shard of this process, as the bot sees it."""
-
-    connected: bool
-    latency: float  # seconds between a heartbeat and its ack (inf or nan: not known yet)
-
-
 @dataclass(slots=True)
 class _Run:
     """A job this process works on: the stage it is in, since when (monotonic seconds)."""
@@ -120,7 +113,7 @@ class Metrics:
         # No ``*_created`` series beside every counter and histogram: in the text format
         # they are separate series nobody asked for, and a sixth of each scrape's work.
         # (A switch of the library, for the whole process: the bot's registries only.)
-        disable_created_metrics()  # type: ignore[no-untyped-call]
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         # The library's defaults, on this registry instead of the global one.

@@ -165,7 +165,7 @@ class MetricsEndpoint:
             services = self._services
             try:
                 async with asyncio.timeout(FLEET_READ_TIMEOUT):
-                    waiting = await services.queue.waiting()
+                    waiting = await services.queue.count_waiting()
                     used = await services.gate.window_used()
                     circuit = await services.circuit.state()
             except Exception as exc:

@@ -40,15 +40,6 @@ __all__ = [
 ]
 
 BUDGET_PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")  # TOTAL_BUDGET_PERIOD
-# Origins the bot downloads members' images from: Discord's CDN and media proxies only.
-DISCORD_MEDIA_ORIGINS: frozenset[str] = frozenset(
-    {
-        "https://cdn.discordapp.com",
-        "https://media.discordapp.net",
-        "https://images-ext-1.discordapp.net",
-        "https://images-ext-2.discordapp.net",
-    }
-)
 DEFAULT_DATABASE_URL = "sqlite:///data/upscaler.db"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 MAX_JOB_LEASE = jobs.LEASE  # seconds; a dead process's jobs are taken over after at most this

@@ -18,73 +18,65 @@ are TEXT in one format everywhere: :func:`ts` of an aware datetime
 
 The package, one concern a module:
 
-- :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`, and
-  :class:`HotStatement` (statements that must read through an index at any size);
+- :mod:`bot.db.interface`: :class:`Database`, :class:`Transaction`, :class:`Row`,
+  :class:`Migration`, and :class:`HotStatement` (statements that must read through an
+  index at any size), which the engines and the migrations build on;
 - :mod:`bot.db.sqltext`: the SQL text PostgreSQL needs (placeholders, DDL), and
   :mod:`bot.db.bulk`: many rows in one statement;
 - :mod:`bot.db.migrations` (and :mod:`bot.db.steps`): the numbered migrations;
 - :mod:`bot.db.sqlite`: SQLite (its turn lock, group commit and WAL checkpointer);
-- :mod:`bot.db.postgres`: PostgreSQL (a pool, advisory locks, schemas).
+- :mod:`bot.db.postgres`: PostgreSQL (a pool, advisory locks, schemas);
+- :mod:`bot.db.transient` and :mod:`bot.db.outages`: which errors are an outage, and
+  how a caller waits one out or reports it once;
+- :mod:`bot.db.batching`: a group commit for the ledger's reservations;
+- :mod:`bot.db.signals`: wake-ups across the fleet (built on this package's
+  :class:`Database`, so imported from its module, not re-exported here).
+
+What the rest of the bot uses is exported here (``__all__``); what only the tests use
+(the migrations' loader, the SQL rewriting, the engines' constants) is imported from
+its module.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 
-import asyncpg
-
+from bot.db.batching import GroupCommit
 from bot.db.bulk import RowsInsert
-from bot.db.interface import Database, HotStatement, Params, RoundTrips, Row, Transaction
-from bot.db.migrations import (
-    MIGRATIONS_DIR,
-    Migration,
-    MigrationStep,
-    load_migrations,
-    split_statements,
-)
-from bot.db.postgres import PostgresDatabase, PostgresTransaction
-from bot.db.sqlite import BUSY_TIMEOUT_MS, SqliteDatabase, SqliteTransaction
-from bot.db.sqltext import pg_ddl, pg_placeholders
-from bot.db.timestamps import TS_FORMAT, parse_ts, ts, utc_now
-from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, sqlite_path
+from bot.db.interface import Database, HotStatement, Migration, Row, Transaction
+from bot.db.outages import report_db_outage, subscribe_outages, through_outages
+from bot.db.postgres import PostgresDatabase
+from bot.db.sqlite import SqliteDatabase
+from bot.db.timestamps import parse_ts, ts, utc_now
+from bot.db.transient import DbOutageKind, db_outage, is_transient
+from bot.db.urls import POSTGRES_SCHEMES, SQLITE_PREFIX, Engine, engine_of, sqlite_path
 
 __all__ = [
-    "BUSY_TIMEOUT_MS",
-    "INTEGRITY_ERRORS",
-    "MIGRATIONS_DIR",
     "POSTGRES_SCHEMES",
     "SQLITE_PREFIX",
-    "TS_FORMAT",
     "Database",
+    "DbOutageKind",
     "Engine",
+    "GroupCommit",
     "HotStatement",
     "Migration",
-    "MigrationStep",
-    "Params",
     "PostgresDatabase",
-    "PostgresTransaction",
-    "RoundTrips",
     "Row",
     "RowsInsert",
     "SqliteDatabase",
-    "SqliteTransaction",
     "Transaction",
-    "load_migrations",
+    "db_outage",
+    "engine_of",
+    "is_transient",
     "open_database",
     "parse_ts",
-    "pg_ddl",
-    "pg_placeholders",
-    "split_statements",
+    "report_db_outage",
+    "sqlite_path",
+    "subscribe_outages",
+    "through_outages",
     "ts",
     "utc_now",
 ]
-
-# Errors a constraint violation raises, whichever the engine.
-INTEGRITY_ERRORS: tuple[type[Exception], ...] = (
-    sqlite3.IntegrityError,
-    asyncpg.IntegrityConstraintViolationError,
-)
 
 
 async def open_database(

@@ -3,33 +3,38 @@
 :class:`Database` and the :class:`Transaction` it yields are the whole surface: SQL is
 written once, with ``?`` (positional) or ``:name`` (named) placeholders, and rows are
 read by column name (``row["id"]``) or position (``row[0]``). :class:`HotStatement` is how
-a module lists the statements that must read through an index at any size.
+a module lists the statements that must read through an index at any size;
+:class:`Migration` is what :meth:`Database.migrate` applies (:mod:`bot.db.migrations`
+loads the shipped ones).
+
+The engines (:mod:`bot.db.sqlite`, :mod:`bot.db.postgres`) and the migrations build on
+this module; it imports none of them.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeAlias
+from typing import Any, ClassVar, Protocol, Self, TypeAlias
 
 from bot.db.urls import Engine
-
-if TYPE_CHECKING:
-    from bot.db.migrations import Migration
-    from bot.db.sqlite import SqliteDatabase
 
 Params: TypeAlias = Sequence[Any] | dict[str, Any]
 
 
 class Row(Protocol):
-    """A result row: ``row["column"]`` or ``row[0]`` (sqlite3.Row, asyncpg.Record)."""
+    """A result row: ``row["column"]`` or ``row[0]`` (sqlite3.Row, asyncpg.Record);
+    ``tuple(row)`` is its values and ``dict(row)`` its columns, in order."""
 
     def __getitem__(self, key: int | str, /) -> Any: ...
 
     def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def keys(self) -> Iterable[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,20 @@ class Transaction(abc.ABC):
         """
 
 
+MigrationStep: TypeAlias = Callable[[Transaction], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema migration: its SQL and, where portable SQL cannot do it, a
+    Python step (:data:`bot.db.steps.STEPS`)."""
+
+    version: int
+    name: str
+    sql: str
+    step: MigrationStep | None = None  # run after the SQL, in the same transaction
+
+
 class RoundTrips:
     """How many times this process waited on the database: each statement sent, each
     ``BEGIN`` and ``COMMIT`` (PostgreSQL: a network round trip; SQLite: a trip to
@@ -108,15 +127,6 @@ class Database(abc.ABC):
 
     engine: ClassVar[Engine]
     round_trips: RoundTrips
-
-    @classmethod
-    async def open(
-        cls, path: Path, *, migrations: Iterable[Migration] | None = None
-    ) -> SqliteDatabase:
-        """Open (creating it) and migrate a SQLite file. Kept for callers with a path."""
-        from bot.db.sqlite import SqliteDatabase
-
-        return await SqliteDatabase.open_file(path, migrations=migrations)
 
     @abc.abstractmethod
     def transaction(self, *, urgent: bool = False) -> AbstractAsyncContextManager[Transaction]:

@@ -7,30 +7,22 @@ engines keep the version themselves (``PRAGMA user_version`` on SQLite, a
 
 A migration may also have a Python step (:data:`bot.db.steps.STEPS`), run after its SQL
 in the same transaction, for what portable SQL cannot compute (the Monday of a week).
+What a migration is (:class:`~bot.db.interface.Migration`) is part of the database's
+interface; this module loads, splits and applies them.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from bot.db.interface import Transaction
+from bot.db.interface import Migration, MigrationStep, Transaction
+from bot.db.steps import STEPS
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-MigrationStep = Callable[[Transaction], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-    step: MigrationStep | None = None  # run after the SQL, in the same transaction
 
 
 def load_migrations(
@@ -42,8 +34,6 @@ def load_migrations(
     shipped directory and none elsewhere.
     """
     if steps is None:
-        from bot.db.steps import STEPS
-
         steps = STEPS if directory == MIGRATIONS_DIR else {}
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):

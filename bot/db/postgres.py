@@ -36,8 +36,8 @@ from typing import Any, ClassVar, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
-from bot.db.interface import Database, Params, RoundTrips, Row, Transaction
-from bot.db.migrations import Migration, apply_migration, load_migrations
+from bot.db.interface import Database, Migration, Params, RoundTrips, Row, Transaction
+from bot.db.migrations import apply_migration, load_migrations
 from bot.db.outages import report_db_outage
 from bot.db.sqltext import pg_args, pg_ddl, pg_rowcount
 from bot.db.transient import db_outage

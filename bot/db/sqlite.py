@@ -24,8 +24,8 @@ from typing import ClassVar
 import aiosqlite
 
 from bot.db.batching import GroupCommit
-from bot.db.interface import Database, Params, RoundTrips, Row, Transaction
-from bot.db.migrations import Migration, apply_migration, load_migrations
+from bot.db.interface import Database, Migration, Params, RoundTrips, Row, Transaction
+from bot.db.migrations import apply_migration, load_migrations
 from bot.db.urls import Engine
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, timedelta
 
-from bot.db.interface import Transaction
-from bot.db.migrations import MigrationStep
+from bot.db.interface import MigrationStep, Transaction
 
 _MIDNIGHT = " 00:00:00.000000"  # a day's start in the stored timestamp format
 _EPOCH = "1970-01-01" + _MIDNIGHT  # the start of the "lifetime" period

@@ -1,70 +1,127 @@
-"""The Discord bot: a ``commands.Bot`` subclass built by :func:`create_bot`.
+"""The Discord bot (:class:`UpscaleBot`) and :data:`Interaction`, the interactions it receives.
 
-``python -m bot`` and the end-to-end tests build the bot through the same factory; the
-shared resources (HTTP session, ledger, 1min.ai client) are opened by the caller and
-injected, so the bot owns none of them and closing it leaves them to their owner.
+The bot is built by :func:`bot.frontend.build.create_bot`, which ``python -m bot`` and the
+end-to-end tests share; the shared resources (HTTP session, ledger, 1min.ai client) are
+opened by the caller and injected, so the bot owns none of them and closing it leaves
+them to their owner. What it reads of them is stated here, in the front end's terms
+(:class:`BotSettings`, :class:`BotServices`): the process's settings and services fit
+them without this package importing the process.
+
+Every command, check, button and helper of the front end takes an :data:`Interaction`,
+so ``interaction.client`` is this bot, typed. This module is the front end's bottom:
+the tree, the translator and the replies import it, and it imports none of them (the
+factory hands it its tree and translator).
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import aiohttp
 import discord
+from discord import app_commands
 from discord.ext import commands
 
-from bot.app.metrics import ShardStatus
-from bot.app.settings import DISCORD_MEDIA_ORIGINS, Settings
 from bot.db.outages import report_db_outage
 from bot.frontend.fleet import IdentifyGate, command_digest, sync_once
-from bot.frontend.journal import AckJournal, answer_unrecorded, journal_path
-from bot.frontend.translator import Translator
-from bot.frontend.tree import UpscaleTree
+from bot.frontend.gateway import ShardStatus
 
 if TYPE_CHECKING:
-    from bot.app.services import Services
     from bot.db import Database
     from bot.images.workers import ImageWorkers
     from bot.jobs import JobQueue
     from bot.ledger import Ledger
     from bot.onemin.circuit import Circuit
     from bot.onemin.client import OneMinClient
+    from bot.timings import Timings
 
 log = logging.getLogger(__name__)
 
-# Extensions loaded at start-up, in order. Each is loaded on its own so that one broken
-# cog is logged and skipped instead of stopping the bot.
-DEFAULT_EXTENSIONS: tuple[str, ...] = (
-    "cogs.upscale",
-    "cogs.menu",
-    "cogs.credits",
-    "cogs.owner",
+# Origins the bot downloads members' images from: Discord's CDN and media proxies only.
+DISCORD_MEDIA_ORIGINS: frozenset[str] = frozenset(
+    {
+        "https://cdn.discordapp.com",
+        "https://media.discordapp.net",
+        "https://images-ext-1.discordapp.net",
+        "https://images-ext-2.discordapp.net",
+    }
 )
-# Persistent buttons (``module:Class``), registered by the bot itself before any
-# extension, so that buttons on old messages work whichever cog fails to load.
-DEFAULT_ITEMS: tuple[str, ...] = (
-    "cogs.buttons:DeleteResultButton",
-    "cogs.buttons:CancelJobButton",
-    "cogs.compare:CompareButton",
-)
+
+
+class BotSettings(Protocol):
+    """What the front end reads of the settings (:class:`bot.app.settings.Settings`)."""
+
+    @property
+    def dev_guild_id(self) -> int | None: ...
+
+    @property
+    def allowed_guild_ids(self) -> frozenset[int]: ...  # empty: any
+
+    @property
+    def moderator_role_ids(self) -> frozenset[int]: ...
+
+    @property
+    def alert_channel_id(self) -> int | None: ...  # None: DM the application owner
+
+    @property
+    def upscale_cost(self) -> int: ...
+
+    @property
+    def shutdown_grace(self) -> float: ...  # seconds running jobs get when the bot stops
+
+    @property
+    def shard_count(self) -> int | None: ...
+
+    @property
+    def shard_ids(self) -> tuple[int, ...] | None: ...  # None: every shard
+
+    @property
+    def timings(self) -> Timings: ...
+
+
+class BotServices(Protocol):
+    """What the front end uses of the process's services (:class:`bot.app.services.Services`)."""
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def onemin(self) -> OneMinClient: ...
+
+    @property
+    def queue(self) -> JobQueue: ...
+
+    @property
+    def circuit(self) -> Circuit: ...
+
+    @property
+    def image_workers(self) -> ImageWorkers: ...
 
 
 class UpscaleBot(commands.Bot):
-    """The bot. Holds references to the injected services; cogs reach them through it."""
+    """The bot. Holds references to the injected services; cogs reach them through it.
+
+    ``tree_cls`` (in ``options``) and ``translator`` come from the factory; ``items``
+    (``module:Class``) are the persistent buttons it registers before loading the
+    ``extensions``.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: BotSettings,
         *,
         session: aiohttp.ClientSession,
-        services: Services,
+        services: BotServices,
         media_origins: frozenset[str] = DISCORD_MEDIA_ORIGINS,
-        extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-        items: Sequence[str] = DEFAULT_ITEMS,
+        extensions: Sequence[str] = (),
+        items: Sequence[str] = (),
+        translator: app_commands.Translator | None = None,
         **options: Any,
     ) -> None:
         intents = discord.Intents.none()
@@ -73,24 +130,20 @@ class UpscaleBot(commands.Bot):
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
-            tree_cls=UpscaleTree,
             help_command=None,
             **options,
         )
         self.settings = settings
         self.session = session
-        if isinstance(self.tree, UpscaleTree):
-            self.tree.allowed_guilds = settings.allowed_guild_ids
         self.services = services
         # Origins (scheme://host[:port]) members' images may be downloaded from.
         self.media_origins = media_origins
         self._extensions = tuple(extensions)
         self._items = tuple(items)
+        self._translator = translator
         self.failed_extensions: list[str] = []
         self.identify_gate = IdentifyGate(services.db, spacing=settings.timings.identify_spacing)
         self._identify_concurrency: int | None = None
-        # Interactions acknowledged and not yet finished (opened in setup_hook).
-        self.journal = AckJournal(journal_path(services.queue.spool_dir, settings.shard_ids))
 
     @property
     def db(self) -> Database:
@@ -119,21 +172,19 @@ class UpscaleBot(commands.Bot):
     async def setup_hook(self) -> None:
         # Command descriptions in the members' languages, and the persistent buttons:
         # the bot's own, before the extensions, so no cog's failure loses them.
-        await self.tree.set_translator(Translator())
+        if self._translator is not None:
+            await self.tree.set_translator(self._translator)
         for spec in self._items:
             try:
                 self.add_dynamic_items(_load_item(spec))
             except Exception:
                 log.exception("Could not register the button %s; continuing without it", spec)
-        unfinished = await asyncio.to_thread(self.journal.open)
         for name in self._extensions:
             try:
                 await self.load_extension(name)
             except Exception:
                 self.failed_extensions.append(name)
                 log.exception("Could not load extension %s; continuing without it", name)
-        # Members acknowledged by the last run whose jobs were never recorded are told so.
-        await answer_unrecorded(self.journal, unfinished, store=self.queue.store, client=self)
         if self.queue.front_end is None:
             log.warning("No extension runs upscale jobs: the queue stays stopped")
         else:
@@ -209,7 +260,6 @@ class UpscaleBot(commands.Bot):
         if not self.is_closed():
             await self.queue.shutdown(self.settings.shutdown_grace)
         await super().close()
-        self.journal.close()
 
     async def on_ready(self) -> None:
         user = self.user
@@ -255,9 +305,10 @@ class UpscaleBot(commands.Bot):
 class ShardedUpscaleBot(UpscaleBot, commands.AutoShardedBot):
     """The bot running the shards ``SHARD_IDS`` of ``SHARD_COUNT`` (all of them if unset).
 
-    Built by :func:`create_bot` when ``SHARD_COUNT`` is set; several such processes on
-    one PostgreSQL database form a fleet (see :mod:`bot.frontend.fleet`). Without ``SHARD_COUNT``
-    the bot is a plain :class:`UpscaleBot` with one gateway connection, as before.
+    Built by :func:`~bot.frontend.build.create_bot` when ``SHARD_COUNT`` is set; several
+    such processes on one PostgreSQL database form a fleet (see :mod:`bot.frontend.fleet`).
+    Without ``SHARD_COUNT`` the bot is a plain :class:`UpscaleBot` with one gateway
+    connection, as before.
     """
 
     def gateway_status(self) -> dict[int, ShardStatus]:
@@ -278,38 +329,5 @@ def _load_item(spec: str) -> type[discord.ui.DynamicItem[Any]]:
     return item
 
 
-def bot_of(interaction: discord.Interaction[Any]) -> UpscaleBot:
-    """The bot that received ``interaction``, typed (instead of ``interaction.client``)."""
-    client = interaction.client
-    if not isinstance(client, UpscaleBot):
-        raise TypeError(f"interaction from an unexpected client: {type(client).__name__}")
-    return client
-
-
-def create_bot(
-    settings: Settings,
-    *,
-    session: aiohttp.ClientSession,
-    services: Services,
-    media_origins: frozenset[str] = DISCORD_MEDIA_ORIGINS,
-    extensions: Iterable[str] | None = None,
-    **options: Any,
-) -> UpscaleBot:
-    """Build the bot from ``settings`` and the shared resources the caller owns.
-
-    With ``SHARD_COUNT`` set, a :class:`ShardedUpscaleBot` running ``SHARD_IDS``.
-    """
-    cls: type[UpscaleBot] = UpscaleBot
-    if settings.shard_count is not None:
-        cls = ShardedUpscaleBot
-        options.setdefault("shard_count", settings.shard_count)
-        if settings.shard_ids is not None:
-            options.setdefault("shard_ids", list(settings.shard_ids))
-    return cls(
-        settings,
-        session=session,
-        services=services,
-        media_origins=media_origins,
-        extensions=tuple(DEFAULT_EXTENSIONS if extensions is None else extensions),
-        **options,
-    )
+Interaction: TypeAlias = discord.Interaction[UpscaleBot]
+"""An interaction this bot received: ``interaction.client`` is the :class:`UpscaleBot`."""

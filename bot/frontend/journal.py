@@ -10,11 +10,12 @@ recorded under; once every job is recorded or refused and the member answered, a
 ``done`` line.
 
 The next start of the same process reads the journal before its queue claims anything
-(:func:`answer_unrecorded`): for each interaction not done, it looks its job ids up in
-the database. None recorded: the member is told once, in their language, that nothing
-was charged and to try again (in the deferred reply while its token lives, else in the
-channel, naming them: :meth:`bot.frontend.replies.Replies.post`). One recorded: the queue
-has it and answers. Either way the interaction is then done.
+(:func:`answer_unrecorded`, as :mod:`cogs.upscale` loads): for each interaction not
+done, it looks its job ids up in the database. None recorded: the member is told once,
+in their language, that nothing was charged and to try again (in the deferred reply
+while its token lives, else in the channel, naming them:
+:meth:`bot.frontend.replies.Replies.post`). One recorded: the queue has it and answers.
+Either way the interaction is then done.
 
 One file per process, named by its shards (what names a process across restarts), in a
 folder of its spool (:func:`journal_path`). A line is one ``write(2)`` and no fsync: the
@@ -38,10 +39,11 @@ import contextlib
 import json
 import logging
 import os
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.webhook.async_ import async_context
@@ -49,8 +51,12 @@ from discord.webhook.async_ import async_context
 from bot.db.outages import report_db_outage
 from bot.frontend.replies import Replies, ReplyTarget
 from bot.i18n import Text
-from bot.jobs.store import JobStore
 from bot.ledger import guild_lock
+
+if TYPE_CHECKING:
+    from bot.db import Database
+    from bot.frontend.client import Interaction, UpscaleBot
+    from bot.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,19 @@ def journal_path(spool_dir: Path, shard_ids: Collection[int] | None) -> Path:
     of its spool: the queue clears the spool's own files at start-up, not its folders."""
     shards = "-".join(str(s) for s in sorted(shard_ids)) if shard_ids else "all"
     return spool_dir / "journal" / f"acks-{shards}.jsonl"
+
+
+_JOURNALS: weakref.WeakKeyDictionary[UpscaleBot, AckJournal] = weakref.WeakKeyDictionary()
+
+
+def journal_of(bot: UpscaleBot) -> AckJournal:
+    """The journal of ``bot``'s process, shared by its commands (opened by the upscale
+    cog when it loads: :mod:`cogs.upscale`)."""
+    journal = _JOURNALS.get(bot)
+    if journal is None:
+        path = journal_path(bot.queue.spool_dir, bot.settings.shard_ids)
+        journal = _JOURNALS[bot] = AckJournal(path)
+    return journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +102,7 @@ class Acknowledged:
     message_id: int | None = None  # the deferred reply, once Discord gave its id
 
     @classmethod
-    def of(cls, interaction: discord.Interaction[Any], job_ids: Sequence[str]) -> Acknowledged:
+    def of(cls, interaction: Interaction, job_ids: Sequence[str]) -> Acknowledged:
         target = ReplyTarget.from_interaction(interaction)
         return cls(
             interaction_id=interaction.id,
@@ -161,6 +180,7 @@ class AckJournal:
         self._appended = 0  # lines appended since the file was last rewritten
         self._torn = False  # the last write may have left half a line
         self._failing = False  # the last write failed (its WARNING is logged)
+        self._read = False  # the last run's lines were read (by the first open)
 
     @property
     def pending(self) -> list[Acknowledged]:
@@ -169,14 +189,20 @@ class AckJournal:
 
     def open(self) -> list[Acknowledged]:
         """Read what the last run left, rewrite the file with the interactions not done,
-        and start appending; returns those interactions, oldest first.
+        and start appending; returns those interactions, oldest first. Opened again
+        (after :meth:`close`), it reads nothing and returns none: what it holds then is
+        this process's own.
 
         Blocking file I/O: call it in a thread. On an OSError the journal stays closed
         (one WARNING): the process runs without it.
         """
+        if self._fd is not None:
+            return []
+        first, self._read = not self._read, True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._open = read_journal(self.path)
+            if first:
+                self._open = read_journal(self.path)
             self._rewrite()
         except OSError as exc:
             log.warning(
@@ -187,7 +213,7 @@ class AckJournal:
                 exc.strerror or exc,
             )
             self.close()
-        return self.pending
+        return self.pending if first else []
 
     def acknowledged(self, ack: Acknowledged) -> None:
         """Journal ``ack`` before acknowledging it."""
@@ -306,7 +332,7 @@ def read_journal(path: Path) -> dict[int, Acknowledged]:
     return found
 
 
-async def recorded(store: JobStore, ack: Acknowledged) -> bool:
+async def recorded(db: Database, store: JobStore, ack: Acknowledged) -> bool:
     """True when one of ``ack``'s jobs is recorded.
 
     The guild's lock is taken first, as :meth:`bot.jobs.JobQueue.accept` takes it for
@@ -314,10 +340,10 @@ async def recorded(store: JobStore, ack: Acknowledged) -> bool:
     database has not finished yet (its COMMIT held by a stalled disk) is finished when
     the lock is ours, so its job is seen, or is never recorded.
     """
-    async with store.db.transaction() as tx:
+    async with db.transaction() as tx:
         await tx.lock(guild_lock(ack.guild_id))
-    for job_id in ack.job_ids:
-        if await store.job(job_id) is not None:
+    for job_id in ack.job_ids:  # a whole id read as its own prefix: the primary key
+        if await store.views.find_by_shown_id(job_id):
             return True
     return False
 
@@ -349,6 +375,7 @@ async def answer_unrecorded(
     journal: AckJournal,
     acks: Sequence[Acknowledged],
     *,
+    db: Database,
     store: JobStore,
     client: discord.Client,
 ) -> int:
@@ -363,7 +390,7 @@ async def answer_unrecorded(
     told = 0
     for ack in acks:
         try:
-            if await recorded(store, ack):
+            if await recorded(db, store, ack):
                 journal.done(ack.interaction_id)
                 continue
         except Exception as exc:

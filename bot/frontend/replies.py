@@ -27,6 +27,7 @@ that chooses.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -34,12 +35,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import discord
 
 from bot.i18n import Text, resolve
-from bot.jobs.model import JobContext
+
+if TYPE_CHECKING:
+    from bot.frontend.client import Interaction
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,56 @@ def saying(words: Words) -> Compose:
 
 
 @dataclass(frozen=True, slots=True)
+class JobContext:
+    """What the front end keeps with a job to answer the member later, from any process.
+
+    The queue stores it with the job as an opaque string (:meth:`to_json`) and hands it
+    back with the job in any process (:meth:`from_json`); every field is named here, so
+    a typo fails where it is written, not hours later at delivery in another process.
+    The interaction token is not part of it: it is a credential that expires after 15
+    minutes, kept by the queue apart and erased when the job ends. Nor are the member's
+    roles: the queue keeps them itself (the ledger's role limits).
+    """
+
+    application_id: int
+    interaction_at: float  # Unix seconds: when the member asked (the token's birth)
+    message_id: int | None = None  # the deferred reply, when known
+    locale: str | None = None  # the member's Discord language
+    guild_locale: str | None = None  # the server's preferred language
+    upload_limit: int | None = None  # bytes the reply may carry (None: Discord's default)
+    source_link: str | None = None  # the message the image came from (context menu)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "app": self.application_id,
+                "at": self.interaction_at,
+                "msg": self.message_id,
+                "locale": self.locale,
+                "guild_locale": self.guild_locale,
+                "limit": self.upload_limit,
+                "source": self.source_link,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> JobContext:
+        """Read :meth:`to_json`'s form; also the context of rows written by earlier
+        versions, which kept these fields in the same object with others (the member's
+        roles, the token), ignored here."""
+        data: dict[str, Any] = json.loads(text) if text else {}
+        return cls(
+            application_id=int(data.get("app") or 0),
+            interaction_at=float(data.get("at") or 0.0),
+            message_id=int(data["msg"]) if data.get("msg") else None,
+            locale=data.get("locale"),
+            guild_locale=data.get("guild_locale"),
+            upload_limit=int(data["limit"]) if data.get("limit") else None,
+            source_link=str(data["source"]) if data.get("source") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyTarget:
     """Where and how to answer one interaction, from any process."""
 
@@ -161,7 +214,7 @@ class ReplyTarget:
 
     @classmethod
     def from_interaction(
-        cls, interaction: discord.Interaction, message_id: int | None = None
+        cls, interaction: Interaction, message_id: int | None = None
     ) -> ReplyTarget:
         return cls(
             application_id=interaction.application_id,
@@ -175,13 +228,10 @@ class ReplyTarget:
         )
 
     def job_context(
-        self,
-        *,
-        upload_limit: int | None = None,
-        role_ids: tuple[int, ...] = (),
-        source_link: str | None = None,
-    ) -> JobContext:
-        """What a job keeps to answer from any process (the token is kept apart)."""
+        self, *, upload_limit: int | None = None, source_link: str | None = None
+    ) -> str:
+        """What a job keeps to answer from any process (the token is kept apart), as the
+        queue stores it (:class:`JobContext`)."""
         return JobContext(
             application_id=self.application_id,
             interaction_at=self.created_at,
@@ -189,9 +239,8 @@ class ReplyTarget:
             locale=self.locale,
             guild_locale=self.guild_locale,
             upload_limit=upload_limit,
-            role_ids=role_ids,
             source_link=source_link,
-        )
+        ).to_json()
 
     @classmethod
     def for_job(
@@ -367,7 +416,7 @@ class Replies:
 
 
 async def send_reply(
-    interaction: discord.Interaction,
+    interaction: Interaction,
     words: Words,
     *,
     ephemeral: bool = True,

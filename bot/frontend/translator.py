@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 
 from bot.i18n import ENGLISH, catalogue, english, resolve
+
+if TYPE_CHECKING:
+    from bot.frontend.client import Interaction
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def localised_choices(prefix: str, values: Iterable[str]) -> list[app_commands.C
     ]
 
 
-def interaction_locale(interaction: discord.Interaction) -> str:
+def interaction_locale(interaction: Interaction) -> str:
     """The catalogue language for the member who triggered ``interaction``."""
     return resolve(interaction.locale.value)
 

@@ -22,6 +22,7 @@ import discord
 from discord import app_commands
 
 from bot.db.transient import DbOutageKind, db_outage
+from bot.frontend.client import Interaction, UpscaleBot
 from bot.frontend.replies import Words, render, send_reply
 from bot.i18n import ENGLISH, Text, english
 
@@ -86,12 +87,12 @@ def describe_error(error: Exception, language: str = ENGLISH) -> tuple[str, bool
     return GENERIC_FAILURE_TEXT.render(language), False
 
 
-def guild_allowed(interaction: discord.Interaction, allowed: frozenset[int]) -> bool:
+def guild_allowed(interaction: Interaction, allowed: frozenset[int]) -> bool:
     """``ALLOWED_GUILD_IDS``: empty allows every server; DMs pass (commands refuse them)."""
     return not allowed or interaction.guild_id is None or interaction.guild_id in allowed
 
 
-async def refuse_if_not_allowed(interaction: discord.Interaction, allowed: frozenset[int]) -> bool:
+async def refuse_if_not_allowed(interaction: Interaction, allowed: frozenset[int]) -> bool:
     """Answer an interaction from a server outside ``ALLOWED_GUILD_IDS``; True if refused."""
     if guild_allowed(interaction, allowed):
         return False
@@ -103,26 +104,23 @@ async def refuse_if_not_allowed(interaction: discord.Interaction, allowed: froze
     return True
 
 
-class UpscaleTree(app_commands.CommandTree):
+class UpscaleTree(app_commands.CommandTree[UpscaleBot]):
     """The bot's command tree with the single error handler.
 
-    ``allowed_guilds`` (``ALLOWED_GUILD_IDS``) is checked before any command runs:
-    elsewhere every command is refused at no cost.
+    The bot's ``ALLOWED_GUILD_IDS`` is checked before any command runs: elsewhere every
+    command is refused at no cost.
     """
 
-    allowed_guilds: frozenset[int] = frozenset()
+    async def interaction_check(self, interaction: Interaction, /) -> bool:
+        allowed = interaction.client.settings.allowed_guild_ids
+        return not await refuse_if_not_allowed(interaction, allowed)
 
-    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        return not await refuse_if_not_allowed(interaction, self.allowed_guilds)
-
-    async def on_error(
-        self, interaction: discord.Interaction, error: app_commands.AppCommandError
-    ) -> None:
+    async def on_error(self, interaction: Interaction, error: app_commands.AppCommandError) -> None:
         command = interaction.command.qualified_name if interaction.command else "?"
         await answer_error(interaction, error, f"Command {command}")
 
 
-async def answer_error(interaction: discord.Interaction, error: Exception, what: str) -> None:
+async def answer_error(interaction: Interaction, error: Exception, what: str) -> None:
     """Log ``error`` (``what`` failed: "Command upscale", "Button cancel") and tell the
     member in plain words, whatever state the interaction is in.
 

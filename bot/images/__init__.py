@@ -16,54 +16,44 @@ catalogue key with named parameters (:class:`bot.i18n.Text`, keys ``image.*``,
 * :mod:`bot.images.model`: the limits, the refusal, the records, size formatting.
 * :mod:`bot.images.probe`: :func:`probe_png`, the test image 1min.ai is checked with.
 
-``from bot import images`` gives all of the public names below.
+``from bot import images`` gives what the rest of the bot uses of them (``__all__``):
+preparing an input, the limits and records, size formatting, the probe image; what only
+the tests use (sniffing, describing and fitting an image directly, the constants) is
+imported from its module. The rest of the package is imported by module:
+:mod:`bot.images.workers` (the worker process that fits and checks results),
+:mod:`bot.images.compare` (the Compare image), :mod:`bot.images.download` (a member's
+image, over HTTP), :mod:`bot.images.chart` (the ``/usage`` chart) and
+:mod:`bot.images.heap`. This package's ``__init__`` is what the image worker process
+imports with them, so it stays light: Pillow work only, no HTTP client, no database.
 """
 
 from __future__ import annotations
 
-from bot.images.decode import RESULT_BOMB_PIXELS, ImageSource, describe_image
-from bot.images.fit import fit_to_limit
 from bot.images.model import (
     BYTES_PER_MB,
     BYTES_PER_MIB,
     CONTENT_TYPES,
-    EXTENSIONS,
     FittedImage,
     ImageLimits,
     ImageRejected,
     Note,
     PreparedImage,
-    Rejection,
     human_bytes,
 )
-from bot.images.prepare import MAX_STEM_CHARS, clean_filename, clean_stem, prepare_input
-from bot.images.probe import PROBE_SIDE, probe_png
-from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, UPLOAD_FORMATS, sniff
+from bot.images.prepare import clean_filename, prepare_input
+from bot.images.probe import probe_png
 
 __all__ = [
     "BYTES_PER_MB",
     "BYTES_PER_MIB",
     "CONTENT_TYPES",
-    "DECODABLE_FORMATS",
-    "EXTENSIONS",
-    "HEAD_BYTES",
-    "MAX_STEM_CHARS",
-    "PROBE_SIDE",
-    "RESULT_BOMB_PIXELS",
-    "UPLOAD_FORMATS",
     "FittedImage",
     "ImageLimits",
     "ImageRejected",
-    "ImageSource",
     "Note",
     "PreparedImage",
-    "Rejection",
     "clean_filename",
-    "clean_stem",
-    "describe_image",
-    "fit_to_limit",
     "human_bytes",
     "prepare_input",
     "probe_png",
-    "sniff",
 ]

@@ -39,9 +39,9 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw
 
-from bot.images import DECODABLE_FORMATS, HEAD_BYTES, RESULT_BOMB_PIXELS, ImageSource, sniff
-from bot.images.decode import source_head
+from bot.images.decode import RESULT_BOMB_PIXELS, ImageSource, source_head
 from bot.images.fonts import MIN_FONT_SIZE, label_font
+from bot.images.sniff import DECODABLE_FORMATS, HEAD_BYTES, sniff
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ def fit_to_limit(
     that can plausibly be enough for a PNG or WebP; lossy WebP (or JPEG when JPEG was
     requested) at quality 90 then 80; then downscaling, each step sized from an estimate
     made on a sample of the image. A result already within the limit is returned as it
-    is without being decoded (check results with :func:`bot.images.describe_image`).
+    is without being decoded (check results with :func:`bot.images.decode.describe_image`).
     Raises :class:`bot.images.ImageRejected` for data that is not a decodable image, and
     ``ValueError`` if even a tiny version cannot fit (a limit of a few bytes).
     """

@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 
 from bot import images
 from bot.images import compare, heap
+from bot.images.decode import ImageSource, describe_image
+from bot.images.fit import fit_to_limit
 
 # Added to the worker's niceness: on a busy 2-core machine the event loop (acks, the
 # HTTP traffic) gets the CPU first, and image work, which nobody waits on to the
@@ -57,7 +59,7 @@ class ResultCheck:
 
 
 def inspect_result(
-    result: images.ImageSource, input_image: bytes | None, input_size: tuple[int, int]
+    result: ImageSource, input_image: bytes | None, input_size: tuple[int, int]
 ) -> ResultCheck:
     """Decode the result fully: it must be an image clearly larger than the input. Then
     crop the input for Compare (:func:`bot.images.compare.input_crop`; the result's side of the
@@ -67,7 +69,7 @@ def inspect_result(
     truncated, or is less than :data:`MIN_RESULT_SCALE` times the input per side.
     """
     try:
-        fmt, size = images.describe_image(result)
+        fmt, size = describe_image(result)
     except Exception as exc:
         raise ResultUnusable("result is not a decodable image") from exc
     if size[0] < input_size[0] * MIN_RESULT_SCALE or size[1] < input_size[1] * MIN_RESULT_SCALE:
@@ -90,12 +92,12 @@ def inspect_file(result: str, input_path: str | None, input_size: tuple[int, int
 def fit_file(
     source: str, target: str, fmt: str, limit_bytes: int, filename_stem: str
 ) -> images.FittedImage:
-    """Fit the image in ``source`` (see :func:`bot.images.fit_to_limit`) into ``target``.
+    """Fit the image in ``source`` (see :func:`bot.images.fit.fit_to_limit`) into ``target``.
 
     Returns the :class:`~bot.images.FittedImage` without its bytes (they are in
     ``target``).
     """
-    fitted = images.fit_to_limit(Path(source), fmt, limit_bytes, filename_stem)
+    fitted = fit_to_limit(Path(source), fmt, limit_bytes, filename_stem)
     with open(target, "wb") as fh:
         fh.write(fitted.data)
     return dataclasses.replace(fitted, data=b"")

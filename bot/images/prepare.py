@@ -362,7 +362,7 @@ def clean_filename(filename: str, fmt: str | None = None) -> str:
     ``\\``), so ``..%2f..%2fetc%2fpasswd.png`` is ``passwd.png``. Cleaning a clean name
     changes nothing but its extension: ``clean_filename(clean_filename(n), f)`` is
     ``clean_filename(n, f)``. Raises ``ValueError`` for a ``fmt`` that is not one of
-    :data:`bot.images.EXTENSIONS`.
+    :data:`bot.images.model.EXTENSIONS`.
     """
     name = unicodedata.normalize("NFKD", unquote(filename, errors="replace"))
     parts = (_trim_end(part) for part in reversed(_SEPARATORS.split(name)))

@@ -45,6 +45,7 @@ import bot
 from bot import images
 from bot.images import compare, heap
 from bot.images.decode import open_result
+from bot.images.fit import fit_to_limit
 from bot.images.imagework import HEADER_BYTES, ResultCheck, ResultUnusable, inspect_result
 
 __all__ = ["IN_PROCESS_PIXELS", "ImageWorkers", "ResultCheck", "ResultUnusable", "WorkerDied"]
@@ -164,7 +165,7 @@ class ImageWorkers:
     ) -> images.FittedImage:
         """The result in the file ``source`` within ``limit_bytes``.
 
-        See :func:`bot.images.fit_to_limit`. A file already within the limit is read
+        See :func:`bot.images.fit.fit_to_limit`. A file already within the limit is read
         (never decoded) in a thread; a larger one is fitted in the worker, from the file.
         Raises :class:`WorkerDied` if the worker ends meanwhile.
         """
@@ -276,7 +277,7 @@ def _fit_if_within(
     None when it must be fitted, in the worker."""
     if source.stat().st_size > limit_bytes:
         return None
-    return images.fit_to_limit(source, fmt, limit_bytes, filename_stem)
+    return fit_to_limit(source, fmt, limit_bytes, filename_stem)
 
 
 def _unlink(*paths: Path) -> None:

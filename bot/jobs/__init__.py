@@ -19,6 +19,12 @@ each have a module of their own:
 * :mod:`bot.jobs.report`: the log line per stage, the front end, the metrics;
 * :mod:`bot.jobs.work`: CPU and file work run in threads.
 
+What the rest of the bot uses is here (``__all__``): the queue and its configuration,
+what a front end implements (:class:`FrontEnd`) and is handed, the metrics protocol,
+and the store and a job's trail for the owner's ``job`` command. The defaults the
+owner's settings start from are in :mod:`bot.jobs.config`; what only the tests use (the
+parts and their constants) is imported from its module.
+
 Durability. A job is a row in ``jobs`` from the moment the member sees "thinking", with
 its credit reservation; its prepared input is a row in ``job_inputs``. Each stage is
 recorded as it happens, and a process runs a job under a lease; after a restart, or
@@ -32,69 +38,59 @@ processes, and every 1min.ai request passes the :class:`bot.onemin.pacing.RateGa
 """
 
 from bot.jobs.config import QueueConfig
-from bot.jobs.dispatcher import CLAIM_AHEAD
-from bot.jobs.intake import INTAKE_CONCURRENCY, PREPARE_CONCURRENCY, FetchSource
+from bot.jobs.intake import FetchSource, too_large_text
+from bot.jobs.metrics import NO_JOB_METRICS, JobMetrics, Outcome
 from bot.jobs.model import (
-    CANCELLABLE_STAGES,
-    UNFINISHED,
     CancelOutcome,
     DeliveryFailed,
     FrontEnd,
     InputRefused,
     Job,
-    JobContext,
-    JobFailed,
     JobFailure,
     JobRequest,
     JobResult,
     JobStatus,
     LimitReached,
-    PreparedInfo,
     Progress,
     QueueClosed,
     QueueFull,
     Source,
     Stage,
-    Stopped,
     WaitReason,
 )
-from bot.jobs.pipeline import RESULT_MAX_BYTES
 from bot.jobs.queue import JobQueue, instance_name
-from bot.jobs.recovery import COMPARE_RETENTION_DAYS
-from bot.jobs.store import JobStore, TrailEvent
+from bot.jobs.settlement import ChargedListener
+from bot.jobs.store import JobStore
+from bot.jobs.trail import JobTrail, find_trail, format_trail
 
 __all__ = [
-    "CANCELLABLE_STAGES",
-    "CLAIM_AHEAD",
-    "COMPARE_RETENTION_DAYS",
-    "INTAKE_CONCURRENCY",
-    "PREPARE_CONCURRENCY",
-    "RESULT_MAX_BYTES",
-    "UNFINISHED",
+    "NO_JOB_METRICS",
     "CancelOutcome",
+    "ChargedListener",
     "DeliveryFailed",
     "FetchSource",
     "FrontEnd",
     "InputRefused",
     "Job",
-    "JobContext",
-    "JobFailed",
     "JobFailure",
+    "JobMetrics",
     "JobQueue",
     "JobRequest",
     "JobResult",
     "JobStatus",
     "JobStore",
+    "JobTrail",
     "LimitReached",
-    "PreparedInfo",
+    "Outcome",
     "Progress",
     "QueueClosed",
     "QueueConfig",
     "QueueFull",
     "Source",
     "Stage",
-    "Stopped",
-    "TrailEvent",
     "WaitReason",
+    "find_trail",
+    "format_trail",
     "instance_name",
+    "too_large_text",
 ]

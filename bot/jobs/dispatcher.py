@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.db import Transaction
 from bot.db.outages import report_db_outage
 from bot.db.signals import Signal
 from bot.db.transient import is_transient
@@ -40,7 +41,6 @@ from bot.jobs.model import (
     JobFailure,
     JobStatus,
     Stage,
-    WaitReason,
     failure_for,
 )
 from bot.jobs.parts import Part, Parts
@@ -49,6 +49,7 @@ from bot.jobs.positions import Positions, WaitInfo
 from bot.jobs.settlement import Settlement
 from bot.jobs.slots import SlotLine
 from bot.jobs.supervisor import Supervisor
+from bot.jobs.waiting import ServiceWait
 from bot.onemin.circuit import Circuit
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class Dispatcher(Part):
         self._settlement = settlement
         self._positions = positions
         self._circuit = circuit
+        self._service = ServiceWait(
+            parts, settlement=settlement, positions=positions, circuit=circuit
+        )
         self._leases = leases
         self._pipeline = pipeline
         self._slots = slots
@@ -203,10 +207,10 @@ class Dispatcher(Part):
         """
         job_room = len(self._running) < self._config.max_concurrent * CLAIM_AHEAD
         intake_room = self._intakes_may_lapse and len(self._intakes) < INTAKE_CONCURRENCY
-        if not self._claims or not (job_room or intake_room) or await self._service_refusing():
+        if not self._claims or not (job_room or intake_room) or await self._service.refusing():
             return False
         now = time.time()
-        look = await self._store.anything_to_claim(now)
+        look = await self._store.claims.anything_to_claim(now)
         jobs, intakes = look.jobs, look.intakes
         self._intakes_may_lapse = intakes
         self._next_lapse = look.next_lapse
@@ -223,42 +227,9 @@ class Dispatcher(Part):
                 started = True
         return started
 
-    # -- the circuit -------------------------------------------------------------------
-
-    async def _service_refusing(self) -> bool:
-        """True while the 1min.ai circuit is open: jobs wait in line (see bot.onemin.circuit).
-
-        When it has been open longer than ``circuit_give_up``, waiting jobs are refunded.
-        """
-        if self._circuit is None:
-            return False
-        state = await self._circuit.state()
-        if not state.open:
-            return False
-        if state.open_for > self._config.circuit_give_up:
-            await self._refund_waiting(state.reason or FailureKind.CIRCUIT_OPEN)
-        return True
-
     async def line_waits(self) -> WaitInfo:
-        """Why the whole line waits (1min.ai refusing the bot's account), and until when
-        it waits at most before it is refunded; None when it does not."""
-        if self._circuit is None:
-            return None
-        state = await self._circuit.state()
-        if not state.open:
-            return None
-        opened = state.opened_at if state.opened_at is not None else time.time()
-        return (WaitReason.SERVICE_REFUSING, opened + self._config.circuit_give_up)
-
-    async def _refund_waiting(self, kind: FailureKind) -> None:
-        rows = await self._store.waiting_rows()
-        for row in rows:
-            job = Job.from_row(row)
-            if await self._settlement.settle_failed(job, kind, owned=False):
-                self._positions.unwatch(job.id)
-                await self._reporter.tell_failed(job, JobFailure(kind))
-        if rows:
-            log.warning("Refunded %d waiting jobs: 1min.ai kept refusing", len(rows))
+        """Why the whole line waits, and until when at most (see :mod:`bot.jobs.waiting`)."""
+        return await self._service.line_waits()
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -268,12 +239,21 @@ class Dispatcher(Part):
         to ``max_concurrent`` by the slot line: :mod:`bot.jobs.slots`)."""
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
-            if await self._store.live_leases(tx, now) >= self._config.max_concurrent * CLAIM_AHEAD:
+            if (
+                await self._store.claims.count_live_leases(tx, now)
+                >= self._config.max_concurrent * CLAIM_AHEAD
+            ):
                 return None
-            row = await self._store.next_claimable(tx, now)
+            row = await self._store.claims.next_claimable(tx, now)
             if row is None:
                 return None
-            if not await self._store.claim(tx, row["id"], now, self._config.lease):
+            if row["id"] in self._running and row["lease_owner"] == self._store.owner:
+                # Its lease lapsed here (this process was too slow to renew it) but its run
+                # goes on: keep the lease instead of taking the job over from ourselves,
+                # which would stop a paid call in flight and make it again.
+                await self._keep_own(tx, row["id"], now)
+                return None
+            if not await self._store.claims.claim(tx, row["id"], now, self._config.lease):
                 self._wakeup.set()  # cancelled meanwhile: look again at once
                 return None
             await self._signals.send(Signal.CLAIMED, row["id"], tx=tx)
@@ -294,12 +274,22 @@ class Dispatcher(Part):
             log.info("Took over job %s (its lease ran out)", job.id)
         return job
 
+    async def _keep_own(self, tx: Transaction, job_id: str, now: float) -> None:
+        job = self._leases.job(job_id)
+        if job is None:
+            return
+        until = now + self._config.lease
+        if await self._store.runs.confirm_lease(job_id, job.claims, until, tx=tx):
+            log.info("Job %s: its lapsed lease still holds here; kept", job_id)
+            self._leases.extended(job, until)
+        self._wakeup.set()  # look again at once: another job may be claimable
+
     async def _claim_intake(self, now: float) -> Job | None:
         """Take over an intake whose process died (its lease ran out)."""
         async with self._db.transaction() as tx:
             await tx.lock(CLAIM_LOCK)
-            row = await self._store.next_lapsed_intake(tx, now)
-            if row is None or not await self._store.claim_intake(
+            row = await self._store.claims.next_lapsed_intake(tx, now)
+            if row is None or not await self._store.claims.claim_intake(
                 tx, row["id"], now, self._config.lease
             ):
                 return None
@@ -367,4 +357,4 @@ class Dispatcher(Part):
                 report_db_outage(log, "taking a job's image in", exc)  # its lease lapses
                 return
             log.error("Intake of job %s failed unexpectedly", job.id, exc_info=exc)
-            await self._settlement.failed(job, JobFailure(FailureKind.BUG), exc)
+            await self._settlement.fail_and_tell(job, JobFailure(FailureKind.BUG), exc)

@@ -157,7 +157,9 @@ class Intake(Part):
             # too (SQLite: every writer is serialised), so two requests of one member
             # cannot both pass it.
             await tx.lock(guild_lock(request.guild_id))
-            active = await self._store.member_active(tx, request.guild_id, request.member_id)
+            active = await self._store.intake.count_member_unfinished(
+                tx, request.guild_id, request.member_id
+            )
             if active >= self._config.max_per_member:
                 raise QueueFull(self._config.max_per_member)
             outcome = await self._ledger.reserve(
@@ -171,8 +173,8 @@ class Intake(Part):
             if isinstance(outcome, Denial):
                 raise LimitReached(outcome)
             job.reservation_id = outcome.id
-            await self._store.insert(tx, job, time.time() + self._config.lease)
-        self._reporter.stage(job, Stage.RECEIVING, job.source.filename)
+            await self._store.intake.insert_job(tx, job, time.time() + self._config.lease)
+        self._reporter.log_stage(job, Stage.RECEIVING, job.source.filename)
         return job
 
     async def take_in(self, job: Job) -> bool:
@@ -222,14 +224,14 @@ class Intake(Part):
         job.prepared = info
         job.status = JobStatus.QUEUED
         job.stage = Stage.QUEUED
-        self._reporter.stage(job, Stage.QUEUED, f"{info.size[0]}x{info.size[1]} {info.format}")
+        self._reporter.log_stage(job, Stage.QUEUED, f"{info.size[0]}x{info.size[1]} {info.format}")
         self._positions.watch(job)
         await self._positions.refresh()
         return True
 
     async def _store_input(self, job: Job, info: PreparedInfo, data: bytes) -> bool:
         async with self._db.transaction(urgent=True) as tx:
-            stored = await self._store.taken_in(tx, job, info, data)
+            stored = await self._store.intake.store_input(tx, job, info, data)
             if stored:
                 await self._signals.send(Signal.QUEUED, tx=tx)
         return stored
@@ -237,7 +239,7 @@ class Intake(Part):
     async def _refuse(self, job: Job, kind: FailureKind, text: Text) -> NoReturn:
         """Fail and refund the job for its image; raises :class:`InputRefused`."""
         log.info("Job %s: image refused (%s: %s)", job.id, kind, text.english())
-        await self._settlement.settle_failed(job, kind, owned=True)
+        await self._settlement.settle_failure(job, kind, owned=True)
         raise InputRefused(kind, text)
 
     def _discard_spool(self, job_id: str) -> None:

@@ -88,6 +88,10 @@ class Leases(Part):
         job = self._jobs.get(job_id)
         return job is not None and job.status is JobStatus.RUNNING
 
+    def job(self, job_id: str) -> Job | None:
+        """The run of ``job_id`` this process holds, if any."""
+        return self._jobs.get(job_id)
+
     def runs(self, job: Job) -> bool:
         """True while ``job`` (this very run of it) is what this process runs."""
         return self._jobs.get(job.id) is job
@@ -127,7 +131,7 @@ class Leases(Part):
             raise Stopped("this run of the job is over")
         until = time.time() + self._config.lease
         confirmed = await through_outages(
-            lambda: self._store.confirm_lease(job.id, job.claims, until),
+            lambda: self._store.runs.confirm_lease(job.id, job.claims, until),
             logger=log,
             doing="confirming a job's lease",
             still=lambda: self.runs(job),
@@ -199,7 +203,7 @@ class Leases(Part):
         from now. A lapsed one is left for :meth:`confirm`."""
         now = time.time()
         until = now + self._config.lease
-        await self._store.renew(until, now)
+        await self._store.runs.renew(until, now)
         self.renewed_until = until
         for job_id, held in list(self._until.items()):
             if held > now:
@@ -208,4 +212,4 @@ class Leases(Part):
 
     async def release_all(self) -> list[Job]:
         """Hand this process's jobs back, their progress kept (shutdown); returns them."""
-        return await self._store.release_owned()
+        return await self._store.runs.release_owned()

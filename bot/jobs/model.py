@@ -1,7 +1,9 @@
 """What the job queue deals in: jobs, their status and stages, requests, results and
 failures, the errors a front end sees, and the :class:`FrontEnd` protocol it implements.
 
-Plain data and no I/O; the rest of :mod:`bot.jobs` runs the queue.
+Plain data and no I/O; the rest of :mod:`bot.jobs` runs the queue. What the front end
+keeps with a job to answer its member (``Job.context``) is a string the queue stores and
+never reads; the member's roles, which the ledger needs, are a field of their own.
 """
 
 from __future__ import annotations
@@ -150,62 +152,6 @@ class Source:
     declared_size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class JobContext:
-    """What the front end keeps with a job to answer the member later, from any process.
-
-    Stored as JSON in ``jobs.context`` (:meth:`to_json`, :meth:`from_json`); every field
-    is named here, so a typo fails where it is written, not hours later at delivery in
-    another process. The interaction token is not part of it: it is a credential that
-    expires after 15 minutes, kept in its own column and erased when the job ends.
-    """
-
-    application_id: int
-    interaction_at: float  # Unix seconds: when the member asked (the token's birth)
-    message_id: int | None = None  # the deferred reply, when known
-    locale: str | None = None  # the member's Discord language
-    guild_locale: str | None = None  # the server's preferred language
-    upload_limit: int | None = None  # bytes the reply may carry (None: Discord's default)
-    role_ids: tuple[int, ...] = ()  # the member's roles when they asked (role limits)
-    source_link: str | None = None  # the message the image came from (context menu)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "app": self.application_id,
-                "at": self.interaction_at,
-                "msg": self.message_id,
-                "locale": self.locale,
-                "guild_locale": self.guild_locale,
-                "limit": self.upload_limit,
-                "roles": list(self.role_ids),
-                "source": self.source_link,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str | None) -> JobContext:
-        """Read :meth:`to_json`'s form (also rows written by earlier versions)."""
-        data: dict[str, Any] = json.loads(text) if text else {}
-        return cls(
-            application_id=int(data.get("app") or 0),
-            interaction_at=float(data.get("at") or 0.0),
-            message_id=int(data["msg"]) if data.get("msg") else None,
-            locale=data.get("locale"),
-            guild_locale=data.get("guild_locale"),
-            upload_limit=int(data["limit"]) if data.get("limit") else None,
-            role_ids=tuple(int(r) for r in data.get("roles") or ()),
-            source_link=str(data["source"]) if data.get("source") else None,
-        )
-
-    @staticmethod
-    def legacy_token(text: str | None) -> str | None:
-        """The token an earlier version kept inside the context JSON, if any."""
-        data = json.loads(text) if text else {}
-        token = data.get("token")
-        return str(token) if token else None
-
-
 def new_job_id() -> str:
     """A new job's id: 32 hex digits, unique without asking the database."""
     return uuid.uuid4().hex
@@ -218,9 +164,12 @@ class JobRequest:
     guild_id: int
     channel_id: int
     member_id: int
-    role_ids: Collection[int]
+    role_ids: Collection[int]  # the member's roles when they asked (role limits)
     source: Source
-    context: JobContext
+    # What the front end keeps with the job to answer its member later, from any process
+    # (where the reply is, the member's language...): opaque to the queue, which stores it
+    # as given and hands it back with the job.
+    context: str
     reply_token: str | None = None  # the interaction token (erased when the job ends)
     output_format: str = "png"
     id: str | None = None  # the job's id when the front end chose it (:func:`new_job_id`)
@@ -255,9 +204,10 @@ class Job:
     member_id: int
     output_format: str
     source: Source
-    context: JobContext
+    context: str  # the front end's, opaque here (see JobRequest)
     reservation_id: str
     created_at: float  # Unix seconds
+    role_ids: tuple[int, ...] = ()  # the member's roles when they asked (role limits)
     status: JobStatus = JobStatus.INTAKE
     stage: Stage = Stage.RECEIVING
     reply_token: str | None = None
@@ -284,19 +234,19 @@ class Job:
     @classmethod
     def requested(cls, request: JobRequest, created_at: float) -> Job:
         """A new job for what ``request`` says (every field of the request is one of the
-        job's, but the member's roles), under the request's id or a new one; its
-        reservation is made with it."""
-        asked = {
-            f.name: getattr(request, f.name)
-            for f in fields(request)
-            if f.name not in ("role_ids", "id")
-        }
+        job's), under the request's id or a new one; its reservation is made with it."""
+        asked = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "id"}
+        asked["role_ids"] = tuple(request.role_ids)
         job_id = request.id or new_job_id()
         return cls(id=job_id, reservation_id="", created_at=created_at, **asked)
 
+    def stored_context(self) -> str:
+        """What ``jobs.context`` holds: the member's roles and the front end's context."""
+        return json.dumps({"roles": list(self.role_ids), "front": self.context})
+
     @classmethod
     def from_row(cls, row: Row) -> Job:
-        context_json = row["context"]
+        stored = _StoredContext.read(row["context"])
         return cls(
             id=row["id"],
             guild_id=int(row["guild_id"]),
@@ -308,17 +258,42 @@ class Job:
                 images.clean_filename(row["source_name"]),  # raw in older versions' rows
                 row["source_size"],
             ),
-            context=JobContext.from_json(context_json),
+            context=stored.front,
             reservation_id=row["reservation_id"] or "",
             created_at=parse_ts(row["created_at"]).timestamp(),
+            role_ids=stored.role_ids,
             status=JobStatus(row["status"]),
             stage=stage_of(row["stage"]),
-            reply_token=row["reply_token"] or JobContext.legacy_token(context_json),
+            reply_token=row["reply_token"] or stored.legacy_token,
             prepared=_prepared_of(row),
             asset_path=row["asset_path"],
             result_url=row["result_url"],
             record_id=row["record_id"],
             claims=int(row["claims"] or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredContext:
+    """``jobs.context`` read back: the front end's context, the member's roles, and the
+    interaction token of a row written before the token had its own column."""
+
+    front: str
+    role_ids: tuple[int, ...]
+    legacy_token: str | None
+
+    @classmethod
+    def read(cls, text: str | None) -> _StoredContext:
+        """Read :meth:`Job.stored_context`'s form, or an earlier version's: one object of
+        the front end's fields beside ``roles`` (and, earlier still, ``token``). That
+        whole object is then the front end's context (its reader takes the fields it
+        knows), and the roles and the token are read from it."""
+        data: dict[str, Any] = json.loads(text) if text else {}
+        token = data.get("token")
+        return cls(
+            front=str(data["front"]) if "front" in data else text or "",
+            role_ids=tuple(int(r) for r in data.get("roles") or ()),
+            legacy_token=str(token) if token else None,
         )
 
 
@@ -346,7 +321,7 @@ class JobResult:
     """The upscaled image handed to the front end for delivery.
 
     The image stays in a file: ``path``, in the queue's spool (``byte_count`` bytes, up to
-    :data:`bot.jobs.RESULT_MAX_BYTES`). Open it from there (e.g.
+    :data:`bot.jobs.pipeline.RESULT_MAX_BYTES`). Open it from there (e.g.
     :meth:`bot.images.workers.ImageWorkers.fit`) rather than reading it whole; the queue removes
     it when the job ends, so the front end is done with it when ``deliver`` returns.
     """
@@ -383,7 +358,7 @@ class FrontEnd(Protocol):
     that no late edit overwrites a result another process posted.
     """
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         """The job moved. Called synchronously from the queue: schedule any slow work."""
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
@@ -392,16 +367,16 @@ class FrontEnd(Protocol):
     async def find_delivered(self, job: Job) -> int | None:
         """The id of the job's result message if it was already posted, else None."""
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         """Tell the member the job failed (its credits have been refunded)."""
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         """Tell the member their job continues after a restart or a takeover."""
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         """Tell the member the bot is stopping; the job continues when it is back."""
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         """This process no longer shows the job (cancelled, or claimed, delivered or
         failed by another process): stop showing its progress and forget it."""
 

@@ -12,9 +12,9 @@ wait in line.
 
 Before it calls 1min.ai the job takes an upscale slot (:mod:`bot.jobs.slots`), reading
 its input meanwhile. Every write that moves a job forward goes through one method,
-:meth:`Pipeline._record`: it names the job's claim, so it changes the job only while this
-process still holds it, and raises :class:`~bot.jobs.model.Stopped` when it does not (the
-job was cancelled, or taken over by another process or by this one).
+:meth:`bot.jobs.stages.StageWriter.record`: it names the job's claim, so it changes the
+job only while this process still holds it, and raises :class:`~bot.jobs.model.Stopped`
+when it does not (the job was cancelled, or taken over by another process or by this one).
 
 A database that blinks costs nothing (:mod:`bot.db.transient`): every database operation
 of a job is tried again through an outage (:func:`bot.db.outages.through_outages`), so
@@ -22,7 +22,7 @@ the job waits instead of dying, and what a paid call produced (the uploaded asse
 upscaler's record and result URL, the downloaded file) is kept in memory and recorded
 when the database answers again; the upscaler is never called again for it. If the job
 was taken over meanwhile, what the call produced is still kept with the job for its new
-holder (:meth:`bot.jobs.store.JobStore.salvage`), which reads it again right before its
+holder (:meth:`bot.jobs.store.RunStatements.salvage`), which reads it again right before its
 own paid call. The fence (:mod:`bot.jobs.leases`): before a paid call and before the
 delivery this process confirms it still holds the job, the delivery runs only while its
 lease holds, and progress is reported only while it is known to hold.
@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from bot import images
-from bot.db import Transaction
 from bot.db.outages import report_db_outage, through_outages
 from bot.db.signals import Signal
 from bot.db.transient import is_transient
@@ -50,7 +49,6 @@ from bot.jobs.model import (
     Job,
     JobFailed,
     JobResult,
-    JobStatus,
     Progress,
     Stage,
     Stopped,
@@ -61,6 +59,7 @@ from bot.jobs.parts import Part, Parts
 from bot.jobs.positions import Positions
 from bot.jobs.settlement import Settlement
 from bot.jobs.slots import SlotLine
+from bot.jobs.stages import StageWriter
 from bot.onemin.circuit import Circuit
 from bot.onemin.client import OneMinClient, OutOfCredits, RateLimited, Unauthorized
 from bot.onemin.pacing import waiting_hook
@@ -99,6 +98,7 @@ class Pipeline(Part):
         self._workers = image_workers
         self._circuit = circuit
         self._slots = slots
+        self._stages = StageWriter(parts, leases=leases, positions=positions)
 
     def result_path(self, job: Job) -> Path:
         """Where the job's result is downloaded (removed when the job's run ends here)."""
@@ -115,9 +115,11 @@ class Pipeline(Part):
                 await asyncio.to_thread(self.result_path(job).unlink, missing_ok=True)
 
     async def _run_and_settle(self, job: Job) -> None:
-        self._reporter.stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
+        self._reporter.log_stage(job, "claimed", f"from {job.resumed_from}" if job.resumed else "")
         hook = waiting_hook.set(
-            lambda place: self._progress(job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT))
+            lambda place: self._stages.progress(
+                job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT)
+            )
         )
         message_id = None
         result: JobResult | None = None
@@ -130,7 +132,7 @@ class Pipeline(Part):
                 if job.resumed:
                     await self._reporter.tell_resumed(job)
                 result = await self._work(job)
-                await self._advance(job, Stage.DELIVERING)
+                await self._stages.advance(job, Stage.DELIVERING)
                 await self._leases.confirm(job)
                 async with self._leases.fence(job):
                     message_id = await self._reporter.front.deliver(job, result)
@@ -141,11 +143,11 @@ class Pipeline(Part):
             raise
         except (Unauthorized, OutOfCredits) as exc:
             if self._circuit is None:
-                await self._settlement.failed(job, failure_for(exc), exc)
+                await self._settlement.fail_and_tell(job, failure_for(exc), exc)
                 return
             # Not this job's fault: it waits in line while the circuit is open.
             await self._circuit.trip(exc.kind)
-            await self._hand_back(job, f"1min.ai refused: {exc.kind}")
+            await self._stages.hand_back(job, f"1min.ai refused: {exc.kind}")
             return
         except Exception as exc:
             failure = failure_for(exc)
@@ -155,18 +157,18 @@ class Pipeline(Part):
                 # lapses and it continues from its recorded stage, here or elsewhere.
                 report_db_outage(log, "running a job", exc)
                 return
-            await self._settlement.failed(job, failure, exc)
+            await self._settlement.fail_and_tell(job, failure, exc)
             return
         finally:
             waiting_hook.reset(hook)
-        await self._settlement.delivered(job, result, message_id)
+        await self._settlement.settle_delivery(job, result, message_id)
 
     async def _work(self, job: Job) -> JobResult:
         input_image = None
         if job.result_url is None:
             input_image = await self._upscale(job)
         else:
-            await self._advance(job, Stage.DOWNLOADING)
+            await self._stages.advance(job, Stage.DOWNLOADING)
         self._slots.freed()
         # The result (up to RESULT_MAX_BYTES) goes straight to a file; the check (a full
         # decode: 64 MB for a 4096x4096 result) of a large result is made in the image
@@ -210,7 +212,7 @@ class Pipeline(Part):
         input_image = None
         if _has_result(job):
             await _cancel(reading)
-            await self._advance(job, Stage.DOWNLOADING)
+            await self._stages.advance(job, Stage.DOWNLOADING)
         else:
             if reading is not None and job.asset_path is None:
                 input_image = data = await reading
@@ -225,7 +227,7 @@ class Pipeline(Part):
                 del data
                 # After this, too late to cancel.
                 job.asset_path = asset
-                await self._advance(job, Stage.UPSCALING, asset_path=asset)
+                await self._stages.advance(job, Stage.UPSCALING, asset_path=asset)
             else:
                 await _cancel(reading)
             asset_path = job.asset_path
@@ -236,7 +238,7 @@ class Pipeline(Part):
             )
             job.result_url = record.temporary_url
             job.record_id = record.record_uuid
-            await self._advance(
+            await self._stages.advance(
                 job, Stage.DOWNLOADING, result_url=job.result_url, record_id=job.record_id
             )
         await self._signals.send(Signal.SLOT)  # its slot is free for the next job
@@ -244,7 +246,7 @@ class Pipeline(Part):
 
     async def _read_input(self, job: Job) -> bytes | None:
         return await through_outages(
-            lambda: self._store.read_input(job.id),
+            lambda: self._store.runs.read_input(job.id),
             logger=log,
             doing="reading a job's input",
             still=lambda: self._leases.runs(job),
@@ -270,9 +272,9 @@ class Pipeline(Part):
                 doing="taking an upscale slot",
                 still=lambda: self._leases.runs(job),
             ),
-            waiting=lambda: self._progress(job, Progress(Stage.WAITING)),
+            waiting=lambda: self._stages.progress(job, Progress(Stage.WAITING)),
         )
-        self._entered(job, stage)
+        self._stages.entered(job, stage)
 
     async def _try_slot(self, job: Job, stage: Stage) -> int | None:
         """One look for a slot, atomic under a fleet-wide lock: the slots taken before
@@ -282,11 +284,11 @@ class Pipeline(Part):
         now = time.time()
         async with self._db.transaction(urgent=True) as tx:
             await tx.lock(SLOT_LOCK)
-            taken = await self._store.slots_taken(tx, job.id, now)
+            taken = await self._store.runs.count_slots_taken(tx, job.id, now)
             if taken >= self._config.max_concurrent:
                 return None
-            until = await self._record(job, stage, tx=tx)
-            products = await self._store.products(tx, job.id)
+            until = await self._stages.record(job, stage, tx=tx)
+            products = await self._store.runs.products(tx, job.id)
         self._leases.extended(job, until)
         if products is not None:
             job.asset_path = job.asset_path or products["asset_path"]
@@ -303,112 +305,10 @@ class Pipeline(Part):
             if time.monotonic() + delay > deadline:
                 return None
             log.info("Job %s rate limited by 1min.ai; waiting %.1f s", job.id, delay)
-            self._progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
+            self._stages.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
             return delay
 
         return await retry(call, RateLimited, wait)
-
-    async def _record(
-        self,
-        job: Job,
-        stage: Stage,
-        *,
-        tx: Transaction | None = None,
-        asset_path: str | None = None,
-        result_url: str | None = None,
-        record_id: str | None = None,
-    ) -> float:
-        """The one write that moves a job forward: record its new stage (and what it
-        produced) under the job's claim, extending its lease; returns the lease's new
-        end. In ``tx`` when given (its caller tries the whole transaction again through
-        an outage), else tried again through an outage here. Raises :class:`Stopped`
-        when this process no longer holds the job; what the job's calls produced is then
-        kept with the job for its new holder."""
-        until = 0.0
-
-        async def write() -> bool:
-            nonlocal until
-            until = time.time() + self._config.lease
-            return await self._store.advance(
-                job.id,
-                job.claims,
-                stage,
-                lease_until=until,
-                tx=tx,
-                asset_path=asset_path,
-                result_url=result_url,
-                record_id=record_id,
-            )
-
-        if tx is not None:
-            changed = await write()
-        else:
-            changed = await through_outages(
-                write,
-                logger=log,
-                doing="recording a job's stage",
-                still=lambda: self._leases.runs(job),
-            )
-        if changed:
-            if tx is None:
-                self._leases.extended(job, until)
-            return until
-        if tx is None and (asset_path or result_url or record_id):
-            await through_outages(
-                lambda: self._store.salvage(
-                    job.id, asset_path=asset_path, result_url=result_url, record_id=record_id
-                ),
-                logger=log,
-                doing="keeping a paid call's product",
-            )
-            log.info("Job %s was taken over; what its 1min.ai call made is kept for it", job.id)
-        raise Stopped("cancelled, or taken over by another process")
-
-    async def _advance(
-        self,
-        job: Job,
-        stage: Stage,
-        *,
-        asset_path: str | None = None,
-        result_url: str | None = None,
-        record_id: str | None = None,
-    ) -> None:
-        """Record the job's new stage (see :meth:`_record`) and report it."""
-        await self._record(
-            job, stage, asset_path=asset_path, result_url=result_url, record_id=record_id
-        )
-        self._entered(job, stage)
-
-    def _progress(self, job: Job, progress: Progress) -> None:
-        """Report progress while this process's lease on the job is known to hold (a
-        worker that lost it shows nothing more)."""
-        if self._leases.valid(job.id):
-            self._reporter.progress(job, progress)
-
-    def _entered(self, job: Job, stage: Stage) -> None:
-        job.stage = stage
-        self._reporter.stage(job, stage)
-        self._progress(job, Progress(stage))
-
-    async def _hand_back(self, job: Job, why: str) -> None:
-        """Put a running job back in line, its recorded progress kept (not a restart: its
-        member is not told it "continues" when it runs again)."""
-        handed = await through_outages(
-            lambda: self._store.hand_back(job.id, job.claims, why),
-            logger=log,
-            doing="handing a job back",
-            still=lambda: self._leases.runs(job),
-        )
-        if not handed:
-            return
-        was = job.stage
-        job.status = JobStatus.QUEUED  # its stage stays: it continues from there
-        self._reporter.stage(job, "handed back", why)
-        self._positions.watch(job)
-        await self._signals.send(Signal.QUEUED)
-        if was in (Stage.UPLOADING, Stage.UPSCALING):
-            await self._signals.send(Signal.SLOT)
-        await self._positions.refresh()
 
 
 def _has_result(job: Job) -> bool:

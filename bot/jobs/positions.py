@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from bot.db.outages import report_db_outage
 from bot.jobs.model import Job, Progress, Stage, WaitReason
 from bot.jobs.report import Reporter
-from bot.jobs.store import JobStore
+from bot.jobs.store import ViewStatements
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ class Positions:
 
     def __init__(
         self,
-        store: JobStore,
+        views: ViewStatements,
         reporter: Reporter,
         line_waits: Callable[[], Awaitable[WaitInfo]],
     ) -> None:
-        self._store = store
+        self._views = views
         self._reporter = reporter
         self._line_waits = line_waits
         self._watched: dict[str, Job] = {}
@@ -129,7 +129,7 @@ class Positions:
         read = self._reads
         self._last_read = time.monotonic()
         try:
-            line = await self._store.positions()
+            line = await self._views.waiting_ids()
             waits = await self._line_waits()
         except Exception as exc:
             report_db_outage(log, "reading the queue", exc)
@@ -147,8 +147,8 @@ class Positions:
                 progress = Progress(Stage.QUEUED, place)
                 if waits is not None:
                     progress = Progress(Stage.QUEUED, place, waits[0], waits[1])
-                self._reporter.progress(job, progress)
+                self._reporter.show_progress(job, progress)
         for job_id in gone:
             if job_id in self._watched:  # not claimed here meanwhile
                 self.unwatch(job_id)
-                await self._reporter.tell_ended(job_id)
+                await self._reporter.stop_showing(job_id)

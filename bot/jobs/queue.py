@@ -103,7 +103,9 @@ class JobQueue:
         self._reporter = Reporter(self.owner, metrics)
         parts = Parts(db, self.store, ledger, self.signals, self._reporter, config, spool_dir)
         self._settlement = Settlement(parts)
-        self._positions = Positions(self.store, self._reporter, lambda: self._runner.line_waits())
+        self._positions = Positions(
+            self.store.views, self._reporter, lambda: self._runner.line_waits()
+        )
         self._intake = Intake(
             parts,
             positions=self._positions,
@@ -227,7 +229,7 @@ class JobQueue:
         if self._runner.holds(job_id):
             until = self._runner.acting_until(job_id)
             return until is not None and time.time() < until
-        state = await self.store.shown_state(job_id)
+        state = await self.store.views.shown_state(job_id)
         if state is None:
             return False
         status, owner = state
@@ -244,7 +246,7 @@ class JobQueue:
     async def forget_token(self, job_id: str) -> None:
         """Discord refused the job's interaction token: erase it, so that every process
         answers its member through the channel and none tries the token again."""
-        await self.store.forget_token(job_id)
+        await self.store.views.forget_token(job_id)
 
     async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
         """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""
@@ -252,13 +254,13 @@ class JobQueue:
         if outcome is CancelOutcome.CANCELLED:
             await self.signals.send(Signal.CANCELLED, job_id)
             self._stopped(job_id)
-            await self._reporter.tell_ended(job_id)
+            await self._reporter.stop_showing(job_id)
             await self._positions.refresh()
         return outcome
 
     async def compare_crops(self, job_id: str) -> compare.CompareCrops | None:
         """What a delivered job keeps for Compare (kept a week and a day), or None."""
-        return await self.store.crops(job_id)
+        return await self.store.views.read_crops(job_id)
 
     async def trail(self, shown_id: str) -> JobTrail | None:
         """A job by the id shown in a result's footer (or whole), with its trail, its
@@ -282,25 +284,21 @@ class JobQueue:
 
     # -- observation -------------------------------------------------------------------
 
-    def busy_here(self) -> bool:
-        """True while this process takes in or runs a job."""
-        return self._runner.busy or self._intake.busy
-
-    def watched(self) -> int:
+    def count_watched(self) -> int:
         """Jobs this process shows a place in line for."""
         return len(self._positions)
 
-    async def active_jobs(self, guild_id: int, member_id: int) -> int:
+    async def count_member_unfinished(self, guild_id: int, member_id: int) -> int:
         """Jobs the member has unfinished (being taken in, waiting or running)."""
-        return await self.store.member_active(self._db, guild_id, member_id)
+        return await self.store.intake.count_member_unfinished(self._db, guild_id, member_id)
 
-    async def unfinished(self) -> int:
-        """Jobs unfinished anywhere in the fleet."""
-        return await self.store.unfinished()
-
-    async def waiting(self) -> int:
+    async def count_waiting(self) -> int:
         """Jobs waiting in line anywhere in the fleet (not yet claimed by a process)."""
-        return await self.store.waiting()
+        return await self.store.views.count_waiting()
 
     async def idle(self) -> bool:
-        return not self.busy_here() and await self.unfinished() == 0
+        """True when this process takes in and runs nothing, and no job is unfinished
+        anywhere in the fleet."""
+        if self._runner.busy or self._intake.busy:
+            return False
+        return await self.store.views.count_unfinished() == 0

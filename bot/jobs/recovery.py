@@ -53,10 +53,13 @@ class Recovery(Part):
         only those of this instance are (others are taken over when their leases run
         out). Returns the jobs refunded.
         """
-        await self._store.recover(None if single_process else self.instance)
+        await self._store.housekeeping.put_back_cut_off(None if single_process else self.instance)
         cutoff = ts(utc_now() - timedelta(seconds=self._config.max_age))
         refunded: list[Job] = []
-        for row in [*await self._store.intake_rows(), *await self._store.waiting_rows()]:
+        for row in [
+            *await self._store.housekeeping.intake_rows(),
+            *await self._store.housekeeping.waiting_rows(),
+        ]:
             job = Job.from_row(row)
             if row["created_at"] < cutoff:
                 kind = FailureKind.EXPIRED
@@ -64,18 +67,18 @@ class Recovery(Part):
                 job.status is JobStatus.QUEUED
                 and job.asset_path is None
                 and job.result_url is None
-                and not await self._store.has_input(job.id)
+                and not await self._store.housekeeping.has_input(job.id)
             ):
                 kind = FailureKind.INPUT_LOST
             else:
                 continue
-            if await self._settlement.settle_failed(job, kind, owned=False):
+            if await self._settlement.settle_failure(job, kind, owned=False):
                 refunded.append(job)
                 await self._reporter.tell_failed(job, JobFailure(kind))
-        unfinished = await self._store.unfinished()
+        unfinished = await self._store.views.count_unfinished()
         if single_process:
-            ids = {r["id"] for r in await self._store.intake_rows()}
-            ids |= {r["id"] for r in await self._store.waiting_rows()}
+            ids = {r["id"] for r in await self._store.housekeeping.intake_rows()}
+            ids |= {r["id"] for r in await self._store.housekeeping.waiting_rows()}
             await self._ledger.refund_unsettled(exclude_job_ids=ids)
         orphans = await asyncio.to_thread(clear_dir, self.spool_dir)
         if orphans:
@@ -107,12 +110,14 @@ class Recovery(Part):
         """Delete finished jobs past retention and old Compare crops; returns the counts."""
         now = utc_now()
         jobs = await self._in_batches(
-            self._store.purge_finished,
+            self._store.housekeeping.purge_finished,
             ts(now - timedelta(days=self._config.retention_days)),
             stopping,
         )
         crops = await self._in_batches(
-            self._store.purge_crops, ts(now - timedelta(days=COMPARE_RETENTION_DAYS)), stopping
+            self._store.housekeeping.purge_crops,
+            ts(now - timedelta(days=COMPARE_RETENTION_DAYS)),
+            stopping,
         )
         if jobs or crops:
             log.info("Deleted %d finished jobs and %d Compare crops past retention", jobs, crops)

@@ -39,7 +39,7 @@ class Reporter:
 
     # -- stages ------------------------------------------------------------------------
 
-    def stage(self, job: Job, stage: Stage | str, detail: str = "") -> None:
+    def log_stage(self, job: Job, stage: Stage | str, detail: str = "") -> None:
         """Log a stage change of ``job`` (one INFO line: job, guild, stage, process)."""
         name = str(stage)
         log.info(
@@ -59,53 +59,59 @@ class Reporter:
         """This process's run of the job is over (ended, stopped or handed back)."""
         self.metrics.job_left(job_id)
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
+        """The job moved: the metrics hear its stage, the front end shows it."""
         self.metrics.job_stage(job, progress.stage)
         if self.front_end is None:
             return
         try:
-            self.front_end.progress(job, progress)
+            self.front_end.show_progress(job, progress)
         except Exception:
             log.warning("Progress report for job %s failed", job.id, exc_info=True)
 
     # -- endings -----------------------------------------------------------------------
 
-    def delivered(self, job: Job, cost: int) -> None:
-        self.stage(job, "delivered")
+    def log_delivered(self, job: Job, cost: int) -> None:
+        """The job was delivered and charged: its log line, and the metrics."""
+        self.log_stage(job, "delivered")
         self.metrics.job_ended(job.id, Outcome.DELIVERED, credits=cost)
 
-    def failed(self, job: Job, kind: FailureKind, refunded: int) -> None:
-        self.stage(job, "failed", kind.value)
+    def log_failed(self, job: Job, kind: FailureKind, refunded: int) -> None:
+        """The job failed (``refunded`` credits back): its log line, and the metrics."""
+        self.log_stage(job, "failed", kind.value)
         self.metrics.job_ended(job.id, Outcome.FAILED, kind, credits=refunded)
 
-    def cancelled(self, job_id: str, guild_id: int, actor_id: int, refunded: int) -> None:
+    def log_cancelled(self, job_id: str, guild_id: int, actor_id: int, refunded: int) -> None:
+        """The job was cancelled by ``actor_id``: its log line, and the metrics."""
         log.info(
             "Job %s guild %d: cancelled (by %d) [%s]", job_id, guild_id, actor_id, self.process
         )
         self.metrics.job_ended(job_id, Outcome.CANCELLED, credits=refunded)
 
+    # -- the front end (what it raises is logged, never passed on) ---------------------
+
     async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         try:
-            await self.front.failed(job, failure)
+            await self.front.tell_failed(job, failure)
         except Exception:
             log.warning("Could not tell the member about failed job %s", job.id, exc_info=True)
 
-    async def tell_ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         if self.front_end is None:
             return
         try:
-            await self.front_end.ended(job_id)
+            await self.front_end.stop_showing(job_id)
         except Exception:
             log.warning("Could not stop showing job %s", job_id, exc_info=True)
 
     async def tell_resumed(self, job: Job) -> None:
         try:
-            await self.front.resumed(job)
+            await self.front.tell_resumed(job)
         except Exception:
             log.warning("Could not tell the member job %s continues", job.id, exc_info=True)
 
     async def tell_paused(self, job: Job) -> None:
         try:
-            await self.front.paused(job)
+            await self.front.tell_paused(job)
         except Exception:
             log.warning("Could not tell the member job %s is paused", job.id, exc_info=True)

@@ -46,11 +46,13 @@ class Settlement(Part):
     def subscribe_charged(self, listener: ChargedListener) -> None:
         self._charged.append(listener)
 
-    async def delivered(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
+    async def settle_delivery(
+        self, job: Job, result: JobResult | None, message_id: int | None
+    ) -> bool:
         """Mark the job delivered and charge it; False when another process took it
         over meanwhile (it finds the posted message and settles the job itself)."""
         changed = await through_outages(
-            lambda: self._deliver(job, result, message_id),
+            lambda: self._mark_delivered_and_charge(job, result, message_id),
             logger=log,
             doing="settling a delivered job",
         )
@@ -58,7 +60,7 @@ class Settlement(Part):
             log.warning("Job %s was taken over while delivering; settled there", job.id)
             return False
         job.status, job.stage = JobStatus.DELIVERED, Stage.DONE
-        self._reporter.delivered(job, self._config.cost)
+        self._reporter.log_delivered(job, self._config.cost)
         for listener in self._charged:
             try:
                 await listener(job)
@@ -66,9 +68,11 @@ class Settlement(Part):
                 log.warning("A listener failed after job %s was charged", job.id, exc_info=True)
         return True
 
-    async def _deliver(self, job: Job, result: JobResult | None, message_id: int | None) -> bool:
+    async def _mark_delivered_and_charge(
+        self, job: Job, result: JobResult | None, message_id: int | None
+    ) -> bool:
         async with self._db.transaction() as tx:
-            changed = await self._store.delivered(
+            changed = await self._store.endings.mark_delivered(
                 tx,
                 job.id,
                 job.claims,
@@ -79,51 +83,54 @@ class Settlement(Part):
             if not changed:
                 return False
             await self._ledger.commit(job.reservation_id, tx=tx)
-            await self._store.delete_input(tx, job.id)
+            await self._store.endings.delete_input(tx, job.id)
             if result is not None and result.crops is not None:
-                await self._store.save_crops(tx, job.id, result.crops)
+                await self._store.endings.save_crops(tx, job.id, result.crops)
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
         return True
 
-    async def failed(
-        self, job: Job, failure: JobFailure, exc: BaseException | None = None, *, tell: bool = True
+    async def fail_and_tell(
+        self, job: Job, failure: JobFailure, exc: BaseException | None = None
     ) -> bool:
-        """Record the failure of a job this process runs, refund it, tell the member."""
+        """Record the failure of a job this process runs and refund it
+        (:meth:`settle_failure`), then tell the member. False if already settled."""
         _log_failure(job, failure, exc)
-        if not await self.settle_failed(job, failure.kind, owned=True):
+        if not await self.settle_failure(job, failure.kind, owned=True):
             return False
-        if tell:
-            await self._reporter.tell_failed(job, failure)
+        await self._reporter.tell_failed(job, failure)
         return True
 
-    async def settle_failed(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
-        """Record the failure and refund, in one transaction. False if already settled.
+    async def settle_failure(self, job: Job, kind: FailureKind, *, owned: bool) -> bool:
+        """Record the failure and refund, in one transaction; the member is not told
+        here. False if already settled.
 
         ``owned``: only if this process still holds the job by its claim (else whoever
         holds it).
         """
         refunded = await through_outages(
-            lambda: self._fail(job, kind, owned=owned),
+            lambda: self._mark_failed_and_refund(job, kind, owned=owned),
             logger=log,
             doing="settling a failed job",
         )
         if refunded is None:
             return False
         job.status = JobStatus.FAILED
-        self._reporter.failed(job, kind, self._config.cost if refunded else 0)
+        self._reporter.log_failed(job, kind, self._config.cost if refunded else 0)
         return True
 
-    async def _fail(self, job: Job, kind: FailureKind, *, owned: bool) -> bool | None:
+    async def _mark_failed_and_refund(
+        self, job: Job, kind: FailureKind, *, owned: bool
+    ) -> bool | None:
         """One try: True when refunded, False when there was nothing to refund, None
         when the job had been settled already (or taken over)."""
         async with self._db.transaction() as tx:
             claim = job.claims if owned else None
-            if not await self._store.failed(tx, job.id, kind, claim=claim):
+            if not await self._store.endings.mark_failed(tx, job.id, kind, claim=claim):
                 return None
             refunded = False
             if job.reservation_id:
                 refunded = await self._ledger.refund(job.reservation_id, kind.value, tx=tx)
-            await self._store.delete_input(tx, job.id)
+            await self._store.endings.delete_input(tx, job.id)
             await self._signals.send(Signal.ENDED, job.id, tx=tx)
             if job.stage in SLOT_STAGES:
                 await self._signals.send(Signal.SLOT, tx=tx)
@@ -132,24 +139,24 @@ class Settlement(Part):
     async def cancel(self, job_id: str, actor_id: int, *, moderator: bool) -> CancelOutcome:
         """Cancel and refund a job not yet sent to the upscaler (requester or moderator)."""
         async with self._db.transaction() as tx:
-            row = await self._store.cancel_read(tx, job_id)
+            row = await self._store.endings.read_for_cancel(tx, job_id)
             if row is None:
                 return CancelOutcome.NOT_FOUND
             if int(row["member_id"]) != actor_id and not moderator:
                 return CancelOutcome.NOT_ALLOWED
             if row["status"] not in UNFINISHED:
                 return CancelOutcome.FINISHED
-            if not await self._store.cancelled(tx, job_id, actor_id):
+            if not await self._store.endings.mark_cancelled(tx, job_id, actor_id):
                 return CancelOutcome.TOO_LATE
             refunded = False
             if row["reservation_id"]:
                 refunded = await self._ledger.refund(
                     row["reservation_id"], FailureKind.CANCELLED, tx=tx
                 )
-            await self._store.delete_input(tx, job_id)
+            await self._store.endings.delete_input(tx, job_id)
             await self._signals.send(Signal.ENDED, job_id, tx=tx)
             await self._signals.send(Signal.SLOT, tx=tx)  # it may have held one (uploading)
-        self._reporter.cancelled(
+        self._reporter.log_cancelled(
             job_id, int(row["guild_id"]), actor_id, self._config.cost if refunded else 0
         )
         return CancelOutcome.CANCELLED

@@ -1,7 +1,11 @@
 """Every statement on ``jobs``, ``job_inputs`` and ``compare_crops``, in one place.
 
 The rest of the queue asks the store; nothing else writes SQL on these tables, so this
-file shows everything that touches them. Statements that run per job, per poll or per
+file shows everything that touches them. :class:`JobStore` holds the statements in
+groups, one for each part of the queue that runs them (``store.intake``,
+``store.claims``, ``store.runs``, ``store.endings``, ``store.housekeeping``,
+``store.views``); writes are verbs (``mark_failed``, ``store_input``), reads that count
+are ``count_*``. Statements that run per job, per poll or per
 command are listed in :data:`HOT_STATEMENTS` with example parameters: a test plans each
 one on both engines against a year of history and fails when one scans a table that
 grows with it. A new hot statement is covered by adding it there.
@@ -42,7 +46,7 @@ from bot.jobs.model import (
 # -- the statements -------------------------------------------------------------------
 # Unfinished jobs, by status. Each reads one partial index (see the module docstring).
 
-MEMBER_ACTIVE = (
+MEMBER_UNFINISHED = (
     "SELECT COUNT(*) AS n FROM jobs WHERE guild_id = ? AND member_id = ?"
     " AND status IN ('intake', 'queued', 'running')"
 )
@@ -139,7 +143,7 @@ RECOVER_INSTANCE = RECOVER_ALL + " AND lease_owner LIKE ?"
 WAITING_ROWS = "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
 INTAKE_ROWS = "SELECT * FROM jobs WHERE status = 'intake' ORDER BY created_at, id"
 HAS_INPUT = "SELECT COUNT(*) AS n FROM job_inputs WHERE job_id = ?"
-POSITIONS = "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
+WAITING_IDS = "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id"
 WAITING_COUNT = "SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'"
 UNFINISHED_COUNT = (
     "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'intake')"
@@ -154,7 +158,7 @@ INSERT_JOB = (
     " lease_owner, lease_expires, created_at, trail)"
     " VALUES (?, ?, ?, ?, ?, 'intake', 'receiving', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-TAKEN_IN = (
+STORE_INPUT = (
     "UPDATE jobs SET status = 'queued', stage = 'queued', source_format = ?,"
     " input_format = ?, input_bytes = ?, input_width = ?, input_height = ?,"
     " original_width = ?, original_height = ?, notes = ?, source_url = NULL,"
@@ -164,27 +168,26 @@ TAKEN_IN = (
 INSERT_INPUT = "INSERT INTO job_inputs (job_id, data) VALUES (?, ?)"
 READ_INPUT = "SELECT data FROM job_inputs WHERE job_id = ?"
 DELETE_INPUT = "DELETE FROM job_inputs WHERE job_id = ?"
-DELIVERED = (
+MARK_DELIVERED = (
     "UPDATE jobs SET status = 'delivered', stage = 'done', output_width = ?,"
     " output_height = ?, output_bytes = ?, message_id = ?, finished_at = ?,"
     " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
     " trail = trail || ? WHERE id = ? AND status = 'running' AND lease_owner = ? AND claims = ?"
 )
-FAILED = (
+MARK_FAILED = (
     "UPDATE jobs SET status = 'failed', error_kind = ?, finished_at = ?,"
     " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
     " trail = trail || ? WHERE id = ? AND status IN ('intake', 'queued', 'running')"
 )
-FAILED_OWNED = FAILED + " AND lease_owner = ? AND claims = ?"
-CANCEL_READ = "SELECT guild_id, member_id, status, reservation_id FROM jobs WHERE id = ?"
-CANCELLED = (
+MARK_FAILED_OWNED = MARK_FAILED + " AND lease_owner = ? AND claims = ?"
+READ_FOR_CANCEL = "SELECT guild_id, member_id, status, reservation_id FROM jobs WHERE id = ?"
+MARK_CANCELLED = (
     "UPDATE jobs SET status = 'cancelled', error_kind = ?, finished_at = ?,"
     " lease_owner = NULL, lease_expires = NULL, reply_token = NULL, source_url = NULL,"
     " trail = trail || ? WHERE id = ? AND status IN ('intake', 'queued', 'running')"
     f" AND stage IN ('{CANCELLABLE_STAGES[0]}', '{CANCELLABLE_STAGES[1]}',"
     f" '{CANCELLABLE_STAGES[2]}')"
 )
-JOB_BY_ID = "SELECT * FROM jobs WHERE id = ?"
 # Discord refused the job's interaction token: every process answers through the channel.
 FORGET_TOKEN = "UPDATE jobs SET reply_token = NULL WHERE id = ? AND reply_token IS NOT NULL"
 # A job by the id shown in a result's footer (its first characters) or whole: a range
@@ -209,7 +212,7 @@ PURGE_CROPS = (
 _NOW = 1_700_000_000.0
 _ID = "0" * 32
 HOT_STATEMENTS: tuple[HotStatement, ...] = (
-    HotStatement("member's unfinished jobs (admission, /credits)", MEMBER_ACTIVE, (1, 2)),
+    HotStatement("member's unfinished jobs (admission, /credits)", MEMBER_UNFINISHED, (1, 2)),
     HotStatement("live leases (claim)", LIVE_LEASES, (_NOW,)),
     HotStatement("next waiting job (claim)", NEXT_WAITING, ()),
     HotStatement("next lapsed job (claim)", NEXT_LAPSED, (_NOW,)),
@@ -231,7 +234,7 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     HotStatement("waiting jobs (recovery)", WAITING_ROWS, ()),
     HotStatement("intakes (recovery)", INTAKE_ROWS, ()),
     HotStatement("input stored", HAS_INPUT, (_ID,)),
-    HotStatement("places in line", POSITIONS, ()),
+    HotStatement("places in line", WAITING_IDS, ()),
     HotStatement("jobs waiting (queue depth)", WAITING_COUNT, ()),
     HotStatement("jobs unfinished", UNFINISHED_COUNT, ()),
     HotStatement("may this process show a job", SHOWN_STATE, (_ID,)),
@@ -242,17 +245,16 @@ HOT_STATEMENTS: tuple[HotStatement, ...] = (
     ),
     HotStatement(
         "image taken in",
-        TAKEN_IN,
+        STORE_INPUT,
         ("png", "png", 1, 1, 1, 1, 1, "[]", "l", _ID, "o", 1),
     ),
     HotStatement("read an input", READ_INPUT, (_ID,)),
     HotStatement("delete an input", DELETE_INPUT, (_ID,)),
-    HotStatement("delivered", DELIVERED, (1, 1, 1, 1, "f", "l", _ID, "o", 1)),
-    HotStatement("failed", FAILED, ("bug", "f", "l", _ID)),
-    HotStatement("failed (owned)", FAILED_OWNED, ("bug", "f", "l", _ID, "o", 1)),
-    HotStatement("cancel: read", CANCEL_READ, (_ID,)),
-    HotStatement("cancelled", CANCELLED, ("cancelled", "f", "l", _ID)),
-    HotStatement("a job by id", JOB_BY_ID, (_ID,)),
+    HotStatement("delivered", MARK_DELIVERED, (1, 1, 1, 1, "f", "l", _ID, "o", 1)),
+    HotStatement("failed", MARK_FAILED, ("bug", "f", "l", _ID)),
+    HotStatement("failed (owned)", MARK_FAILED_OWNED, ("bug", "f", "l", _ID, "o", 1)),
+    HotStatement("cancel: read", READ_FOR_CANCEL, (_ID,)),
+    HotStatement("cancelled", MARK_CANCELLED, ("cancelled", "f", "l", _ID)),
     HotStatement("forget a refused token", FORGET_TOKEN, (_ID,)),
     HotStatement("a job by its footer id", JOBS_BY_PREFIX, ("0000abcd", "0000abce")),
     HotStatement("read Compare crops", READ_CROPS, (_ID,)),
@@ -305,25 +307,27 @@ def _n(row: Row | None) -> int:
     return int(row["n"]) if row is not None else 0
 
 
-class JobStore:
-    """The queue's tables, through named operations (one statement each, mostly).
+class _Statements:
+    """What every group of statements works with: the database, and this process's name
+    (the lease owner it writes, and how the trail names it)."""
 
-    ``owner`` is this process's lease owner name; ``process`` how the trail names it.
-    """
-
-    def __init__(self, db: Database, *, owner: str) -> None:
+    def __init__(self, db: Database, owner: str) -> None:
         self.db = db
         self.owner = owner
 
-    def line(self, stage: str, detail: str = "") -> str:
+    def _trail(self, stage: str, detail: str = "") -> str:
         return trail_line(stage, self.owner, detail)
 
-    # -- intake ------------------------------------------------------------------------
 
-    async def member_active(self, q: Transaction | Database, guild_id: int, member_id: int) -> int:
-        return _n(await q.fetchone(MEMBER_ACTIVE, (guild_id, member_id)))
+class IntakeStatements(_Statements):
+    """A job recorded at the acknowledgement, and its input stored (:mod:`bot.jobs.intake`)."""
 
-    async def insert(self, tx: Transaction, job: Job, lease_until: float) -> None:
+    async def count_member_unfinished(
+        self, q: Transaction | Database, guild_id: int, member_id: int
+    ) -> int:
+        return _n(await q.fetchone(MEMBER_UNFINISHED, (guild_id, member_id)))
+
+    async def insert_job(self, tx: Transaction, job: Job, lease_until: float) -> None:
         await tx.execute(
             INSERT_JOB,
             (
@@ -336,21 +340,21 @@ class JobStore:
                 job.source.filename,
                 job.source.url,
                 job.source.declared_size,
-                job.context.to_json(),
+                job.stored_context(),
                 job.reply_token,
                 self.owner,
                 lease_until,
                 ts(utc_now()),
-                self.line(Stage.RECEIVING),
+                self._trail(Stage.RECEIVING),
             ),
         )
 
-    async def taken_in(
+    async def store_input(
         self, tx: Transaction, job: Job, prepared: PreparedInfo, data: bytes
     ) -> bool:
         """Store the prepared input and put the job in line; False if no longer ours."""
         changed = await tx.execute(
-            TAKEN_IN,
+            STORE_INPUT,
             (
                 prepared.source_format,
                 prepared.format,
@@ -360,7 +364,7 @@ class JobStore:
                 prepared.original_size[0],
                 prepared.original_size[1],
                 json.dumps(list(prepared.notes)),
-                self.line(Stage.QUEUED),
+                self._trail(Stage.QUEUED),
                 job.id,
                 self.owner,
                 job.claims,
@@ -371,11 +375,10 @@ class JobStore:
         await tx.execute(INSERT_INPUT, (job.id, data))
         return True
 
-    async def read_input(self, job_id: str) -> bytes | None:
-        row = await self.db.fetchone(READ_INPUT, (job_id,))
-        return None if row is None else bytes(row["data"])
 
-    # -- claims ------------------------------------------------------------------------
+class ClaimStatements(_Statements):
+    """What the dispatcher claims: waiting jobs, jobs and intakes whose lease ran out
+    (:mod:`bot.jobs.dispatcher`)."""
 
     async def anything_to_claim(self, now: float) -> ClaimLook:
         """Is a claim worth its transaction, and when is the next one due?"""
@@ -385,7 +388,7 @@ class JobStore:
         lapses = [float(v) for v in (row["job_lapses"], row["intake_lapses"]) if v is not None]
         return ClaimLook(int(row["jobs"]) > 0, int(row["intakes"]) > 0, min(lapses, default=None))
 
-    async def live_leases(self, tx: Transaction, now: float) -> int:
+    async def count_live_leases(self, tx: Transaction, now: float) -> int:
         return _n(await tx.fetchone(LIVE_LEASES, (now,)))
 
     async def next_claimable(self, tx: Transaction, now: float) -> Row | None:
@@ -405,7 +408,7 @@ class JobStore:
         was read (on PostgreSQL the claim lock does not cover it)."""
         changed = await tx.execute(
             CLAIM,
-            (self.owner, now + lease, ts(utc_now()), self.line("claimed"), job_id, now),
+            (self.owner, now + lease, ts(utc_now()), self._trail("claimed"), job_id, now),
         )
         return bool(changed)
 
@@ -414,12 +417,22 @@ class JobStore:
 
     async def claim_intake(self, tx: Transaction, job_id: str, now: float, lease: float) -> bool:
         changed = await tx.execute(
-            CLAIM_INTAKE, (self.owner, now + lease, self.line("intake resumed"), job_id, now)
+            CLAIM_INTAKE, (self.owner, now + lease, self._trail("intake resumed"), job_id, now)
         )
         return bool(changed)
 
-    async def slots_taken(self, tx: Transaction, job_id: str, now: float) -> int:
+
+class RunStatements(_Statements):
+    """A job this process holds (:mod:`bot.jobs.pipeline`, :mod:`bot.jobs.leases`): its
+    slot, its input, every write that moves it forward (fenced by its claim), its
+    lease, what its paid calls produced, and handing it back."""
+
+    async def count_slots_taken(self, tx: Transaction, job_id: str, now: float) -> int:
         return _n(await tx.fetchone(SLOTS_TAKEN, (now, job_id)))
+
+    async def read_input(self, job_id: str) -> bytes | None:
+        row = await self.db.fetchone(READ_INPUT, (job_id,))
+        return None if row is None else bytes(row["data"])
 
     async def advance(
         self,
@@ -441,7 +454,7 @@ class JobStore:
             result_url,
             record_id,
             lease_until,
-            self.line(stage),
+            self._trail(stage),
             job_id,
             self.owner,
             claim,
@@ -454,14 +467,15 @@ class JobStore:
         """Extend every lease of this process that has not lapsed by ``now``."""
         return await self.db.write(RENEW, (lease_until, self.owner, now))
 
-    async def confirm_lease(self, job_id: str, claim: int, lease_until: float) -> bool:
+    async def confirm_lease(
+        self, job_id: str, claim: int, lease_until: float, *, tx: Transaction | None = None
+    ) -> bool:
         """Extend one job's lease if this process still holds it by ``claim`` (its lease
         lapsed, but nobody took it over); False when it was taken over or ended."""
-        return bool(
-            await self.db.write(
-                CONFIRM_LEASE, (lease_until, job_id, self.owner, claim), urgent=True
-            )
-        )
+        params = (lease_until, job_id, self.owner, claim)
+        if tx is not None:
+            return bool(await tx.execute(CONFIRM_LEASE, params))
+        return bool(await self.db.write(CONFIRM_LEASE, params, urgent=True))
 
     async def salvage(
         self,
@@ -480,67 +494,22 @@ class JobStore:
         return await q.fetchone(PRODUCTS, (job_id,))
 
     async def hand_back(self, job_id: str, claim: int, why: str) -> bool:
-        params = (self.line(Stage.QUEUED, why), job_id, self.owner, claim)
+        params = (self._trail(Stage.QUEUED, why), job_id, self.owner, claim)
         return bool(await self.db.write(HAND_BACK, params))
 
     async def release_owned(self) -> list[Job]:
         """Hand this process's jobs back (their progress kept); returns them."""
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(OWNED, (self.owner,))
-            await tx.execute(RELEASE_OWNED, (self.line("released", "shutdown"), self.owner))
+            await tx.execute(RELEASE_OWNED, (self._trail("released", "shutdown"), self.owner))
         return [Job.from_row(row) for row in rows]
 
-    async def recover(self, instance: str | None) -> None:
-        """Put jobs cut off by a restart back: running ones in line, intakes lapsed.
 
-        ``instance`` None: every job (one process on SQLite); else those of processes
-        with that instance name (a fleet; the others are taken over when their leases
-        run out).
-        """
-        line = self.line("recovered", "restart")
-        if instance is None:
-            await self.db.write(RECOVER_ALL, (line,))
-        else:
-            await self.db.write(RECOVER_INSTANCE, (line, instance + ":%"))
+class EndingStatements(_Statements):
+    """How a job ends (:mod:`bot.jobs.settlement`): its row marked delivered, failed or
+    cancelled (the token erased with it), its input removed, its Compare crops kept."""
 
-    # -- reading -----------------------------------------------------------------------
-
-    async def waiting_rows(self) -> list[Row]:
-        return await self.db.fetchall(WAITING_ROWS)
-
-    async def intake_rows(self) -> list[Row]:
-        return await self.db.fetchall(INTAKE_ROWS)
-
-    async def has_input(self, job_id: str) -> bool:
-        return _n(await self.db.fetchone(HAS_INPUT, (job_id,))) > 0
-
-    async def positions(self) -> list[str]:
-        return [row["id"] for row in await self.db.fetchall(POSITIONS)]
-
-    async def waiting(self) -> int:
-        return _n(await self.db.fetchone(WAITING_COUNT))
-
-    async def unfinished(self) -> int:
-        return _n(await self.db.fetchone(UNFINISHED_COUNT))
-
-    async def shown_state(self, job_id: str) -> tuple[JobStatus, str | None] | None:
-        row = await self.db.fetchone(SHOWN_STATE, (job_id,))
-        return None if row is None else (JobStatus(row["status"]), row["lease_owner"])
-
-    async def job(self, job_id: str) -> Row | None:
-        return await self.db.fetchone(JOB_BY_ID, (job_id,))
-
-    async def find(self, shown_id: str) -> list[Row]:
-        """Jobs whose id starts with ``shown_id`` (lower-case hex; at most two read:
-        more than one means the prefix is ambiguous)."""
-        prefix = shown_id.strip().lower()
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return []
-        return await self.db.fetchall(JOBS_BY_PREFIX, (prefix, _successor(prefix)))
-
-    # -- settlement --------------------------------------------------------------------
-
-    async def delivered(
+    async def mark_delivered(
         self,
         tx: Transaction,
         job_id: str,
@@ -551,14 +520,14 @@ class JobStore:
         message_id: int | None,
     ) -> bool:
         changed = await tx.execute(
-            DELIVERED,
+            MARK_DELIVERED,
             (
                 size[0] if size else None,
                 size[1] if size else None,
                 byte_count,
                 message_id,
                 ts(utc_now()),
-                self.line(JobStatus.DELIVERED, str(message_id or "")),
+                self._trail(JobStatus.DELIVERED, str(message_id or "")),
                 job_id,
                 self.owner,
                 claim,
@@ -566,7 +535,7 @@ class JobStore:
         )
         return bool(changed)
 
-    async def failed(
+    async def mark_failed(
         self, tx: Transaction, job_id: str, kind: FailureKind, *, claim: int | None
     ) -> bool:
         """Record the failure: of the job this process holds by ``claim``, or (None) of
@@ -574,30 +543,27 @@ class JobStore:
         params: tuple[Any, ...] = (
             kind.value,
             ts(utc_now()),
-            self.line(JobStatus.FAILED, kind.value),
+            self._trail(JobStatus.FAILED, kind.value),
             job_id,
         )
         if claim is not None:
-            return bool(await tx.execute(FAILED_OWNED, (*params, self.owner, claim)))
-        return bool(await tx.execute(FAILED, params))
+            return bool(await tx.execute(MARK_FAILED_OWNED, (*params, self.owner, claim)))
+        return bool(await tx.execute(MARK_FAILED, params))
 
-    async def cancel_read(self, tx: Transaction, job_id: str) -> Row | None:
-        return await tx.fetchone(CANCEL_READ, (job_id,))
+    async def read_for_cancel(self, tx: Transaction, job_id: str) -> Row | None:
+        return await tx.fetchone(READ_FOR_CANCEL, (job_id,))
 
-    async def cancelled(self, tx: Transaction, job_id: str, actor_id: int) -> bool:
+    async def mark_cancelled(self, tx: Transaction, job_id: str, actor_id: int) -> bool:
         changed = await tx.execute(
-            CANCELLED,
+            MARK_CANCELLED,
             (
                 FailureKind.CANCELLED.value,
                 ts(utc_now()),
-                self.line(JobStatus.CANCELLED, f"by {actor_id}"),
+                self._trail(JobStatus.CANCELLED, f"by {actor_id}"),
                 job_id,
             ),
         )
         return bool(changed)
-
-    async def forget_token(self, job_id: str) -> None:
-        await self.db.write(FORGET_TOKEN, (job_id,))
 
     async def delete_input(self, tx: Transaction, job_id: str) -> None:
         await tx.execute(DELETE_INPUT, (job_id,))
@@ -606,7 +572,60 @@ class JobStore:
         input_crop, result_crop, box = crops.stored()
         await tx.execute(INSERT_CROPS, (job_id, input_crop, result_crop, box, ts(utc_now())))
 
-    async def crops(self, job_id: str) -> compare.CompareCrops | None:
+
+class HousekeepingStatements(_Statements):
+    """Start-up recovery, the unfinished jobs read to refund what cannot be finished,
+    and retention, in small batches (:mod:`bot.jobs.recovery`)."""
+
+    async def put_back_cut_off(self, instance: str | None) -> None:
+        """Put jobs cut off by a restart back: running ones in line, intakes lapsed.
+
+        ``instance`` None: every job (one process on SQLite); else those of processes
+        with that instance name (a fleet; the others are taken over when their leases
+        run out).
+        """
+        line = self._trail("recovered", "restart")
+        if instance is None:
+            await self.db.write(RECOVER_ALL, (line,))
+        else:
+            await self.db.write(RECOVER_INSTANCE, (line, instance + ":%"))
+
+    async def waiting_rows(self) -> list[Row]:
+        return await self.db.fetchall(WAITING_ROWS)
+
+    async def intake_rows(self) -> list[Row]:
+        return await self.db.fetchall(INTAKE_ROWS)
+
+    async def has_input(self, job_id: str) -> bool:
+        return _n(await self.db.fetchone(HAS_INPUT, (job_id,))) > 0
+
+    async def purge_finished(self, before: str, batch: int) -> int:
+        return await self.db.write(PURGE_FINISHED, (before, batch))
+
+    async def purge_crops(self, before: str, batch: int) -> int:
+        return await self.db.write(PURGE_CROPS, (before, batch))
+
+
+class ViewStatements(_Statements):
+    """What is shown about jobs (:mod:`bot.jobs.queue`, :mod:`bot.jobs.positions`,
+    :mod:`bot.jobs.trail`): the line, the counts, whether this process may show a job,
+    Compare crops, a job by its footer id; and a token Discord refused, forgotten."""
+
+    async def waiting_ids(self) -> list[str]:
+        """The ids of the jobs waiting in line, first in line first."""
+        return [row["id"] for row in await self.db.fetchall(WAITING_IDS)]
+
+    async def count_waiting(self) -> int:
+        return _n(await self.db.fetchone(WAITING_COUNT))
+
+    async def count_unfinished(self) -> int:
+        return _n(await self.db.fetchone(UNFINISHED_COUNT))
+
+    async def shown_state(self, job_id: str) -> tuple[JobStatus, str | None] | None:
+        row = await self.db.fetchone(SHOWN_STATE, (job_id,))
+        return None if row is None else (JobStatus(row["status"]), row["lease_owner"])
+
+    async def read_crops(self, job_id: str) -> compare.CompareCrops | None:
         row = await self.db.fetchone(READ_CROPS, (job_id,))
         if row is None:
             return None
@@ -614,13 +633,34 @@ class JobStore:
             bytes(row["input_crop"]), bytes(row["result_crop"]), row["box"]
         )
 
-    # -- housekeeping ------------------------------------------------------------------
+    async def find_by_shown_id(self, shown_id: str) -> list[Row]:
+        """Jobs whose id starts with ``shown_id`` (lower-case hex; at most two read:
+        more than one means the prefix is ambiguous)."""
+        prefix = shown_id.strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        return await self.db.fetchall(JOBS_BY_PREFIX, (prefix, _successor(prefix)))
 
-    async def purge_finished(self, before: str, batch: int) -> int:
-        return await self.db.write(PURGE_FINISHED, (before, batch))
+    async def forget_token(self, job_id: str) -> None:
+        await self.db.write(FORGET_TOKEN, (job_id,))
 
-    async def purge_crops(self, before: str, batch: int) -> int:
-        return await self.db.write(PURGE_CROPS, (before, batch))
+
+class JobStore:
+    """The queue's tables, through named operations (one statement each, mostly), in
+    groups by the part of the queue that runs them.
+
+    Writes are verbs (``mark_failed``, ``store_input``...), reads that count are
+    ``count_*``. ``owner`` is this process's lease owner name, and how the trail names it.
+    """
+
+    def __init__(self, db: Database, *, owner: str) -> None:
+        self.owner = owner
+        self.intake = IntakeStatements(db, owner)
+        self.claims = ClaimStatements(db, owner)
+        self.runs = RunStatements(db, owner)
+        self.endings = EndingStatements(db, owner)
+        self.housekeeping = HousekeepingStatements(db, owner)
+        self.views = ViewStatements(db, owner)
 
 
 def _successor(prefix: str) -> str:

@@ -37,7 +37,7 @@ class JobTrail:
 
 async def find_trail(store: JobStore, ledger: Ledger, shown_id: str) -> JobTrail | None:
     """The trail of the one job whose id starts with ``shown_id``, or None."""
-    rows = await store.find(shown_id)
+    rows = await store.views.find_by_shown_id(shown_id)
     if len(rows) != 1:
         return None
     row = rows[0]

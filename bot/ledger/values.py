@@ -144,6 +144,16 @@ class Change:
     new_value: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaChanged:
+    """A moderator's quota change in a server, for whoever keeps its quota log (the front
+    end announces it as one event)."""
+
+    guild_id: int
+    actor_id: int  # the moderator
+    change: Change
+
+
 class ServerUsage(NamedTuple):
     used: int  # live (reserved + committed) credits of the guild this period
     budget: int  # the server budget; 0 = none

@@ -15,12 +15,16 @@ import asyncio
 import hashlib
 import io
 import logging
-from typing import Literal
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from PIL import Image
+
+if TYPE_CHECKING:
+    from bot.frontend.client import Interaction
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +47,15 @@ class ProbeView(discord.ui.View):
         super().__init__(timeout=None)
 
     @discord.ui.button(label="Press", custom_id="probe:press")
-    async def press(
-        self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
-    ) -> None:
+    async def press(self, interaction: Interaction, _: discord.ui.Button[ProbeView]) -> None:
         await interaction.response.send_message(f"pressed by {interaction.user.id}", ephemeral=True)
 
     @discord.ui.button(label="Rename", custom_id="probe:rename")
-    async def rename(
-        self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
-    ) -> None:
+    async def rename(self, interaction: Interaction, _: discord.ui.Button[ProbeView]) -> None:
         await interaction.response.edit_message(content=f"renamed by {interaction.user.id}")
 
     @discord.ui.button(label="Later", custom_id="probe:later")
-    async def later(
-        self, interaction: discord.Interaction, _: discord.ui.Button[ProbeView]
-    ) -> None:
+    async def later(self, interaction: Interaction, _: discord.ui.Button[ProbeView]) -> None:
         await interaction.response.defer()
         await interaction.edit_original_response(content="edited later", view=None)
 
@@ -74,9 +72,9 @@ class Probe(commands.Cog):
         self.bot.tree.add_command(self.menu)
         self.bot.add_view(ProbeView())
 
-    async def _guarded(self, coro: object) -> None:
+    async def _guarded(self, coro: Awaitable[object]) -> None:
         try:
-            await coro  # type: ignore[misc]
+            await coro
         except discord.HTTPException as exc:
             self.http_errors.append((exc.status, exc.code))
 
@@ -89,7 +87,7 @@ class Probe(commands.Cog):
     )
     async def probe(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         delay: float = 0.0,
         size: app_commands.Range[int, 0, 200_000_000] = 0,
         ack_after: float = 0.0,
@@ -114,15 +112,13 @@ class Probe(commands.Cog):
 
     @app_commands.command(name="probe-late", description="Wait, then defer without a safety net")
     @app_commands.describe(wait="Seconds to wait before the defer")
-    async def probe_late(self, interaction: discord.Interaction, wait: float) -> None:
+    async def probe_late(self, interaction: Interaction, wait: float) -> None:
         await asyncio.sleep(wait)
         await interaction.response.defer(thinking=True)  # a late ack raises NotFound here
         await interaction.edit_original_response(content="done")
 
     @app_commands.command(name="probe-download", description="Download an attachment")
-    async def probe_download(
-        self, interaction: discord.Interaction, image: discord.Attachment
-    ) -> None:
+    async def probe_download(self, interaction: Interaction, image: discord.Attachment) -> None:
         await interaction.response.defer(thinking=True)
         try:
             data = await image.read()
@@ -134,7 +130,7 @@ class Probe(commands.Cog):
         await interaction.edit_original_response(content=f"{len(data)} bytes {digest}")
 
     @app_commands.command(name="probe-routes", description="Use every message route once")
-    async def probe_routes(self, interaction: discord.Interaction) -> None:
+    async def probe_routes(self, interaction: Interaction) -> None:
         channel = interaction.channel
         assert isinstance(channel, discord.TextChannel)
         await interaction.response.send_message("callback", file=blob("callback.txt"))
@@ -148,7 +144,7 @@ class Probe(commands.Cog):
         await channel.send("channel json")
 
     @app_commands.command(name="probe-perms", description="Report the bot's Attach Files")
-    async def probe_perms(self, interaction: discord.Interaction) -> None:
+    async def probe_perms(self, interaction: Interaction) -> None:
         channel = interaction.channel
         assert isinstance(channel, discord.TextChannel) and interaction.guild is not None
         cached = channel.permissions_for(interaction.guild.me).attach_files
@@ -157,29 +153,27 @@ class Probe(commands.Cog):
         )
 
     @app_commands.command(name="probe-delete", description="Reply, delete it, fetch it")
-    async def probe_delete(self, interaction: discord.Interaction) -> None:
+    async def probe_delete(self, interaction: Interaction) -> None:
         await interaction.response.send_message("short-lived")
         await interaction.delete_original_response()
         await self._guarded(interaction.original_response())
 
     @app_commands.command(name="probe-button", description="Post a message with a button")
-    async def probe_button(self, interaction: discord.Interaction) -> None:
+    async def probe_button(self, interaction: Interaction) -> None:
         await interaction.response.send_message("press it", view=ProbeView())
 
     @app_commands.command(name="probe-error", description="Log at ERROR (guard test)")
-    async def probe_error(self, interaction: discord.Interaction) -> None:
+    async def probe_error(self, interaction: Interaction) -> None:
         await interaction.response.send_message("logging an error")
         log.error("deliberate error for the guard test")
 
     @app_commands.command(name="probe-unknown", description="Call an endpoint the emulator lacks")
-    async def probe_unknown(self, interaction: discord.Interaction) -> None:
+    async def probe_unknown(self, interaction: Interaction) -> None:
         await interaction.response.send_message("calling")
         assert interaction.guild_id is not None
         await self._guarded(self.bot.fetch_guild(interaction.guild_id))  # GET /guilds/{id}
 
-    async def probe_message(
-        self, interaction: discord.Interaction, message: discord.Message
-    ) -> None:
+    async def probe_message(self, interaction: Interaction, message: discord.Message) -> None:
         images = [e.image.url for e in message.embeds if e.image.url]
         await interaction.response.send_message(
             f"{len(message.attachments)} attachments: "

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.frontend.journal import AckJournal, Acknowledged, answer_unrecorded, read_journal
+from bot.frontend.journal import (
+    AckJournal,
+    Acknowledged,
+    answer_unrecorded,
+    journal_of,
+    read_journal,
+)
 from tests.e2e.test_menu import results as menu_results
 from tests.e2e.test_restart import World, results, stop, world
 from tests.harness import Harness, eventually, running_bot
@@ -29,7 +35,7 @@ NOT_TAKEN = "The bot restarted before it could take your upscale. Nothing was ch
 LOCKED = sqlite3.OperationalError("database is locked")
 
 
-def journal_of(tmp_path: Path) -> Path:
+def journal_file(tmp_path: Path) -> Path:
     """The journal of a single process (all shards) whose spool is ``data/spool``."""
     return tmp_path / "data" / "spool" / "journal" / "acks-all.jsonl"
 
@@ -66,7 +72,7 @@ async def test_a_kill_between_the_acknowledgement_and_the_record_is_answered_onc
             held = holding_the_database(w.db_path)
             it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
             await it.acked()
-            assert list(read_journal(journal_of(tmp_path))) == [it.id]
+            assert list(read_journal(journal_file(tmp_path))) == [it.id]
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         finally:
@@ -80,7 +86,7 @@ async def test_a_kill_between_the_acknowledgement_and_the_record_is_answered_onc
             assert NOT_TAKEN in str(final.get("content")), f"{final}\n{w.log()}"
             assert w.query("SELECT COUNT(*) FROM jobs") == [(0,)]
             assert w.query("SELECT COUNT(*) FROM ledger_entries") == [(0,)]
-            assert read_journal(journal_of(tmp_path)) == {}
+            assert read_journal(journal_file(tmp_path)) == {}
         finally:
             stop(proc)
         proc = await w.start()
@@ -103,7 +109,7 @@ async def test_a_kill_after_the_record_delivers_the_job_once_and_says_nothing_el
             held = w.discord.hold_attachment(attachment)
             it = await w.discord.slash("upscale", {"image": attachment})
             await held.reached()
-            [job_id] = read_journal(journal_of(tmp_path))[it.id].job_ids
+            [job_id] = read_journal(journal_file(tmp_path))[it.id].job_ids
             assert w.query("SELECT id FROM jobs") == [(job_id,)]
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
@@ -120,7 +126,7 @@ async def test_a_kill_after_the_record_delivers_the_job_once_and_says_nothing_el
             assert len(results(w)) == 1
             assert not any(NOT_TAKEN in str(e.get("content")) for e in it.edits)
             assert not_taken_anywhere(w) == []
-            assert read_journal(journal_of(tmp_path)) == {}
+            assert read_journal(journal_file(tmp_path)) == {}
         finally:
             stop(proc)
 
@@ -132,7 +138,7 @@ async def test_the_menus_jobs_are_recorded_under_the_journaled_ids(tmp_path: Pat
     """Upscale image on a message with three images: one id per image journaled before
     the acknowledgement, and the three jobs recorded under exactly those ids."""
     async with running_bot(tmp_path, max_jobs_per_user=4) as h:
-        lines = journal_of(tmp_path)
+        lines = journal_file(tmp_path)
         target = h.discord.image_message(3)
         it = await h.discord.message_command("Upscale image", target)
         await it.acked()
@@ -142,7 +148,7 @@ async def test_the_menus_jobs_are_recorded_under_the_journaled_ids(tmp_path: Pat
         journaled = Acknowledged.from_line(json.loads(acks[0])).job_ids
         recorded = {row["id"] for row in await h.services.db.fetchall("SELECT id FROM jobs")}
         assert len(journaled) == 3 and recorded == set(journaled)
-        assert h.bot.journal.pending == []
+        assert journal_of(h.bot).pending == []
 
 
 @pytest.mark.parametrize("refusal", ["too_large", "database"])
@@ -166,8 +172,8 @@ async def test_a_refused_command_is_answered_and_done_in_the_journal(
         final = await it.final()
         expected = "too large" if refusal == "too_large" else "can't reach its database"
         assert expected in str(final.get("content"))
-        await eventually(lambda: h.bot.journal.pending == [])
-        assert read_journal(journal_of(tmp_path)) == {}
+        await eventually(lambda: journal_of(h.bot).pending == [])
+        assert read_journal(journal_file(tmp_path)) == {}
 
 
 async def test_a_reply_whose_id_was_not_journaled_is_found_through_the_token(
@@ -195,7 +201,7 @@ async def test_a_reply_whose_id_was_not_journaled_is_found_through_the_token(
         journal.acknowledged(unknown_reply)
         posted = len(h.discord.channel_messages())
         told = await answer_unrecorded(
-            journal, [unknown_reply], store=h.bot.queue.store, client=h.bot
+            journal, [unknown_reply], db=h.bot.db, store=h.bot.queue.store, client=h.bot
         )
         assert told == 1 and it.original is not None
         assert NOT_TAKEN in str(it.original.get("content"))
@@ -224,7 +230,9 @@ async def test_an_interaction_past_its_token_is_answered_in_the_channel(tmp_path
             message_id=12345,
         )
         journal.acknowledged(old)
-        told = await answer_unrecorded(journal, [old], store=h.bot.queue.store, client=h.bot)
+        told = await answer_unrecorded(
+            journal, [old], db=h.bot.db, store=h.bot.queue.store, client=h.bot
+        )
         posted = [str(m.get("content")) for m in h.discord.channel_messages()]
         assert told == 1
         assert [p for p in posted if f"<@{alice}>" in p and "nichts berechnet" in p] == posted
@@ -253,6 +261,8 @@ async def test_an_interaction_whose_job_was_recorded_is_left_to_the_queue(
         )
         journal.acknowledged(recorded)
         before = len(it.edits), len(h.discord.channel_messages())
-        told = await answer_unrecorded(journal, [recorded], store=h.bot.queue.store, client=h.bot)
+        told = await answer_unrecorded(
+            journal, [recorded], db=h.bot.db, store=h.bot.queue.store, client=h.bot
+        )
         assert told == 0 and journal.pending == []
         assert (len(it.edits), len(h.discord.channel_messages())) == before

@@ -158,12 +158,12 @@ async def test_compare_of_a_fitted_result_shows_the_region_as_it_was_posted(
         answer = await click.final()
         crops = await h.services.queue.compare_crops(button["custom_id"].rsplit(":", 1)[1])
         assert crops is not None
-        region = tuple(
+        left, top, right, bottom = (
             (2 * edge * full + base) // (2 * base)
             for edge, full, base in zip(
                 crops.box, (*posted.size, *posted.size), (400, 300, 400, 300), strict=True
             )
         )
-        expected = posted.crop(region)
+        expected = posted.crop((left, top, right, bottom))
         _, after_half = halves(decode(click.file(answer)[1]).convert("RGB"), expected.size)
         assert ImageChops.difference(after_half, expected).getbbox() is None

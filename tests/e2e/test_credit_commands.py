@@ -127,7 +127,7 @@ async def test_moderator_role_from_settings_counts(tmp_path: Path) -> None:
     """A member holding a role listed in MODERATOR_ROLE_IDS may use /quota."""
     async with running_bot(tmp_path) as h:
         roles = frozenset({h.discord.mod_role.id})  # the emulator's ids exist only now
-        h.bot.settings = dataclasses.replace(h.bot.settings, moderator_role_ids=roles)
+        h.bot.settings = dataclasses.replace(h.settings, moderator_role_ids=roles)
         text = await quota(h, "default", {"limit": 6}, member=h.discord.role_mod)
         assert "**6**" in text
         assert (await h.services.ledger.guild_settings(h.discord.guild.id)).default_limit == 6

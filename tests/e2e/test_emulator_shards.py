@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 import pytest
@@ -32,11 +32,13 @@ class ShardClient(discord.AutoShardedClient):
     """A bare sharded client that records interactions and identifies without the 5 s wait."""
 
     def __init__(self, shard_ids: list[int] | None, shard_count: int | None, retry: float = 0.3):
+        # No shard_ids: every shard of shard_count (discord.py types the option list[int]).
+        options: dict[str, Any] = {} if shard_ids is None else {"shard_ids": shard_ids}
         super().__init__(
             intents=discord.Intents.default(),
-            shard_ids=shard_ids,
             shard_count=shard_count,
             guild_ready_timeout=0.05,
+            **options,
         )
         self.retry = retry
         self.seen: list[discord.Interaction] = []
@@ -83,8 +85,11 @@ def command(name: str) -> dict[str, Any]:
     return {"id": str(snowflake()), "name": name, "type": 1, "description": "", "options": []}
 
 
+Client = TypeVar("Client", bound=ShardClient)
+
+
 @contextlib.asynccontextmanager
-async def running(client: ShardClient, emu: DiscordEmulator) -> AsyncIterator[ShardClient]:
+async def running(client: Client, emu: DiscordEmulator) -> AsyncIterator[Client]:
     """Start ``client`` against the emulator; close it (and wait for it) on the way out."""
     task = asyncio.create_task(client.start(emu.token))
     try:
@@ -119,7 +124,8 @@ async def test_two_clients_on_two_shards_each_see_only_their_guilds(
             [(0, 2, "ready"), (1, 2, "ready")],
             [(1, 2, "ready"), (0, 2, "ready")],
         )
-        assert a.get_guild(on_0[0].id).me is not None  # type: ignore[union-attr]
+        guild = a.get_guild(on_0[0].id)
+        assert guild is not None and guild.me is not None
 
 
 async def test_an_interaction_reaches_only_the_shard_owning_its_guild(
@@ -146,7 +152,8 @@ async def test_guild_and_interaction_locales_reach_discord_py(emu: DiscordEmulat
     guild = emu.add_guild("Serveur", locale="fr")
     async with running(ShardClient(None, 1), emu) as client:
         await ready(client)
-        assert client.get_guild(guild.id).preferred_locale is discord.Locale.french  # type: ignore[union-attr]
+        seen = client.get_guild(guild.id)
+        assert seen is not None and seen.preferred_locale is discord.Locale.french
         await emu.slash("ping", channel=guild.channel, locale="de")
         await emu.slash("ping")
         await eventually(lambda: len(client.seen) == 2)

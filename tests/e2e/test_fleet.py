@@ -141,7 +141,8 @@ async def test_a_job_accepted_by_one_process_is_run_and_delivered_by_the_other(
             ahead = await f.upscale(0, carol)
 
             async def two_running() -> bool:
-                return await f.value("SELECT COUNT(*) FROM jobs WHERE status = 'running'") == 2
+                running = await f.value("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+                return bool(running == 2)
 
             await wait_until(two_running, "second job claimed ahead", f)
             await f.start(1, MAX_CONCURRENT_JOBS="2")

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -26,7 +26,7 @@ def probe(h: Harness) -> Probe:
     cog = h.bot.get_cog("Probe")
     # load_extension imports its own copy of the module, so compare by name, not class
     assert cog is not None and type(cog).__name__ == "Probe"
-    return cog  # type: ignore[return-value]
+    return cast(Probe, cog)
 
 
 async def test_defer_then_edit_with_a_file(tmp_path: Path) -> None:

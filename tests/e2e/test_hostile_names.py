@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from bot import images
+from bot.images.model import EXTENSIONS
 from tests.e2e.test_restart import World, result_jobs, results, stop, world
 from tests.emulators.discord import DiscordEmulator, Injected
 from tests.emulators.hold import Hold
@@ -43,7 +44,7 @@ def sent_as(index: int) -> str:
 
 
 def uploaded_name(index: int, case: NameCase) -> str:
-    return f"{case.stem}.{images.EXTENSIONS[sent_as(index)]}"
+    return f"{case.stem}.{EXTENSIONS[sent_as(index)]}"
 
 
 def posted_name(case: NameCase) -> str:
@@ -52,7 +53,7 @@ def posted_name(case: NameCase) -> str:
 
 def hostile_attachment(discord: DiscordEmulator, index: int, case: NameCase) -> dict[str, Any]:
     data = jpeg() if sent_as(index) == "jpeg" else png()
-    attachment = discord.attachment(data, f"upload{index}.{images.EXTENSIONS[sent_as(index)]}")
+    attachment = discord.attachment(data, f"upload{index}.{EXTENSIONS[sent_as(index)]}")
     attachment["filename"] = case.raw
     return attachment
 

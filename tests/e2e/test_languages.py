@@ -124,9 +124,9 @@ async def test_cancel_button_and_cancelling_in_the_members_language(
         click = await h.discord.click(queued.original, button["custom_id"], locale=language)
         await click.acked()
         done = t(language, "cancel.done", count=1)
-        await h.discord.wait_until(
-            lambda: h.discord.channel.messages[int(queued.original["id"])]["content"] == done  # type: ignore[index]
-        )
+        assert queued.original is not None
+        queued_id = int(queued.original["id"])
+        await h.discord.wait_until(lambda: h.discord.channel.messages[queued_id]["content"] == done)
         upscale.release()
         await running.final(timeout=20)
 

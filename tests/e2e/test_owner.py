@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ async def test_command_outside_allowed_guilds_is_refused_at_no_cost(tmp_path: Pa
 async def test_commands_in_an_allowed_guild_work(tmp_path: Path) -> None:
     """The server listed in ALLOWED_GUILD_IDS upscales as usual."""
     async with running_bot(tmp_path) as h:
-        h.bot.tree.allowed_guilds = frozenset({h.discord.guild.id})  # type: ignore[attr-defined]
+        allowed = frozenset({h.discord.guild.id})  # the emulator's ids exist only now
+        h.bot.settings = dataclasses.replace(h.settings, allowed_guild_ids=allowed)
         it, final = await h.upscale(png())
         assert it.file(final)
 

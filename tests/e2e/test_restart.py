@@ -138,7 +138,7 @@ def has_cancel(message: dict[str, Any] | None) -> bool:
     )
 
 
-def results(w: World) -> list[dict[str, object]]:
+def results(w: World) -> list[dict[str, Any]]:
     """Every posted result (messages with an attachment), wherever it was posted."""
     return [m for m in w.discord.channel_messages() if m.get("attachments")]
 
@@ -146,10 +146,7 @@ def results(w: World) -> list[dict[str, object]]:
 def result_jobs(w: World) -> list[str]:
     """The job footers of the posted results (one per delivered job)."""
     return [
-        str(e["footer"]["text"])
-        for m in results(w)
-        for e in m.get("embeds", [])  # type: ignore[attr-defined]
-        if e.get("footer")
+        str(e["footer"]["text"]) for m in results(w) for e in m.get("embeds", []) if e.get("footer")
     ]
 
 
@@ -381,6 +378,7 @@ async def test_twenty_jobs_in_every_stage_survive_a_restart(
                 "SELECT COUNT(*) FROM jobs WHERE stage = 'upscaling' AND result_url IS NULL"
                 " AND status = 'running'"
             )[0][0]
+            assert isinstance(in_flight, int)
             proc.send_signal(how)
             await asyncio.to_thread(proc.wait, 30)
         finally:
@@ -399,7 +397,7 @@ async def test_twenty_jobs_in_every_stage_survive_a_restart(
             assert w.query("SELECT state, COUNT(*) FROM ledger_entries GROUP BY state") == [
                 ("committed", 20)
             ]
-            assert w.onemin.calls["upscale"] <= 20 + int(in_flight)  # type: ignore[call-overload]
+            assert w.onemin.calls["upscale"] <= 20 + in_flight
         finally:
             stop(proc)
 

@@ -181,7 +181,8 @@ async def test_service_fault_is_explained_refunded_and_next_job_works(
     """
     async with running_bot(tmp_path, circuit_probe_interval=0.2, circuit_give_up=0.0) as h:
         options = dict(options)
-        times = int(options.pop("times", 1))  # type: ignore[call-overload]
+        times = options.pop("times", 1)
+        assert isinstance(times, int)
         h.onemin.fail(route, fault, times=times, **options)
         _, final = await h.upscale(png())
         text = final["content"]
@@ -295,7 +296,7 @@ async def test_waiting_job_shows_its_place_in_line(tmp_path: Path) -> None:
             "upscale", {"image": h.discord.attachment(png(), "b.png")}, member=h.discord.bob
         )
         await second.wait(lambda it: "in line" in ((it.original or {}).get("content") or ""))
-        assert "#1 in line" in second.original["content"]  # type: ignore[index]
+        assert second.original is not None and "#1 in line" in second.original["content"]
         upscale.release()
         await first.final()
         await second.final()
@@ -372,7 +373,7 @@ async def test_others_cannot_delete_the_result(tmp_path: Path) -> None:
         button = find_button(final, lambda c: c.get("custom_id", "").startswith("upscale:delete"))
         click = await h.discord.click(final, button["custom_id"], member=h.discord.bob)
         await click.final()
-        assert "Only the member" in click.original["content"]  # type: ignore[index]
+        assert click.original is not None and "Only the member" in click.original["content"]
         assert int(final["id"]) in h.discord.channel.messages
 
 
@@ -399,13 +400,13 @@ async def test_burst_of_50_is_acked_in_time_and_every_job_ends(tmp_path: Path) -
             )
         )
         finals = await asyncio.gather(*(it.final(timeout=60) for it in its))
-        latencies = [it.ack_latency for it in its]
-        assert all(lat is not None and lat < 3.0 for lat in latencies)
+        latencies = [it.ack_latency for it in its if it.ack_latency is not None]
+        assert len(latencies) == len(its) and max(latencies) < 3.0
         delivered = sum(bool(f.get("attachments")) for f in finals)
         assert delivered == 50, [f["content"] for f in finals if not f.get("attachments")]
         print(
-            f"burst of 50: ack p50 {statistics.median(latencies) * 1000:.0f} ms,"  # type: ignore[arg-type]
-            f" max {max(latencies) * 1000:.0f} ms"  # type: ignore[type-var,operator]
+            f"burst of 50: ack p50 {statistics.median(latencies) * 1000:.0f} ms,"
+            f" max {max(latencies) * 1000:.0f} ms"
         )
 
 

@@ -84,7 +84,9 @@ Fleet-level behaviour (runtime switches, all off by default):
   undoes it. ``set_credits(n)``: the team has ``n`` credits left (0: every upscale gets
   406 ``INSUFFICIENT_CREDITS``).
 * ``features_in_flight`` / ``max_features_in_flight``: IMAGE_UPSCALER calls admitted and
-  not yet answered (or, async, not yet finished), now and at most.
+  not yet answered (or, async, not yet finished), now and at most;
+  ``features_in_flight_from``: the synchronous ones by the caller's address (``(host,
+  port)`` of its connection), to tell which of several client processes made them.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
 from PIL import Image
 
 from tests.emulators.hold import Hold
@@ -233,6 +236,7 @@ class OneMinEmulator:
         self.key_refused = False
         self.features_in_flight = 0
         self.max_features_in_flight = 0
+        self.features_in_flight_from: Counter[tuple[str, int]] = Counter()
         self._rate_limit: _RateLimit | None = None
         self._admitted: dict[str, deque[float]] = {}
         self._records: dict[str, dict[str, Any]] = {}
@@ -386,17 +390,17 @@ class OneMinEmulator:
     # -- routes -------------------------------------------------------------------------
 
     @web.middleware
-    async def _front_door(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _front_door(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Log API calls, apply the organic rate limit and the refused key, count answers."""
         route = _route_of(request.path)
         if route is None:
-            response = await handler(request)
+            passed = await handler(request)
             if request.path.startswith(f"/{BUCKET}/"):
-                self.statuses[("download", response.status)] += 1
-            return response
+                self.statuses[("download", passed.status)] += 1
+            return passed
         entry = ApiRequest(time.monotonic(), request.headers.get("API-KEY", ""), route)
         self.api_requests.append(entry)
-        response = self._limit(entry)
+        response: web.StreamResponse | None = self._limit(entry)
         if response is not None:
             self.calls[route] += 1
             self.rate_limited_count += 1
@@ -460,11 +464,16 @@ class OneMinEmulator:
 
     async def _upscale(self, request: web.Request) -> web.StreamResponse:
         self.calls["upscale"] += 1
+        peer = _peer(request)
         self._enter_feature()
+        self.features_in_flight_from[peer] += 1
         try:
             return await self._feature_call(request)
         finally:
             self._leave_feature()
+            self.features_in_flight_from[peer] -= 1
+            if not self.features_in_flight_from[peer]:
+                del self.features_in_flight_from[peer]
 
     async def _feature_call(self, request: web.Request) -> web.StreamResponse:
         fault = self._next_fault("upscale")
@@ -580,16 +589,18 @@ class OneMinEmulator:
         asset: Asset | None = None
         fields: list[str] = []
         while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise _Rejected(400, _missing("asset"))  # a nested multipart
             fields.append(part.name or "")
             if part.name != "asset" or not part.filename or asset is not None:
                 continue
-            data = await part.read()  # type: ignore[union-attr]
+            data = await part.read()
             self.upload_filenames.append(part.filename)
             if len(data) > MAX_UPLOAD_BYTES:
                 raise _Rejected(413, {"message": "File too large"})
             content_type = part.headers.get("Content-Type", "application/octet-stream")
             asset = Asset(self._unique_path(part.filename), part.filename, content_type, data)
-        body = {"fields": fields}
+        body: dict[str, object] = {"fields": fields}
         if asset is not None:
             body |= {"filename": asset.filename, "content_type": asset.content_type}
             body["size"] = len(asset.data)
@@ -677,12 +688,12 @@ class OneMinEmulator:
         if name == "oversized":
             return await _oversized(request, options.get("size", DEFAULT_OVERSIZED_BYTES))
         if name == "respond":
-            status, body = options.get("status", 200), options.get("body")
-            if isinstance(body, bytes):
-                return web.Response(body=body, status=status, headers=options.get("headers"))
-            if isinstance(body, str):
-                return web.Response(text=body, status=status, headers=options.get("headers"))
-            return web.json_response(body, status=status, headers=options.get("headers"))
+            status, answer = options.get("status", 200), options.get("body")
+            if isinstance(answer, bytes):
+                return web.Response(body=answer, status=status, headers=options.get("headers"))
+            if isinstance(answer, str):
+                return web.Response(text=answer, status=status, headers=options.get("headers"))
+            return web.json_response(answer, status=status, headers=options.get("headers"))
         if name == "malformed_json":
             return web.Response(text='{"aiRecord": {"uuid": ', content_type="application/json")
         if name == "unauthorized":
@@ -842,6 +853,12 @@ def _upscale_image(data: bytes, fmt: str) -> bytes:
     out = io.BytesIO()
     result.save(out, OUTPUT_FORMATS[fmt])
     return out.getvalue()
+
+
+def _peer(request: web.Request) -> tuple[str, int]:
+    """The caller's address (host, port), or ("", 0) once its connection is gone."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return (str(peer[0]), int(peer[1])) if peer else ("", 0)
 
 
 def _route_of(path: str) -> str | None:

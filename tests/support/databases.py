@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +38,11 @@ def _worker_url(url: str, worker: str) -> str:
 
 PG_URL = _worker_url(BASE_PG_URL, WORKER)  # the database this process's tests use
 ENGINES: tuple[Engine, ...] = ("sqlite", "postgresql")
+# Errors a constraint violation raises, whichever the engine.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    asyncpg.IntegrityConstraintViolationError,
+)
 _pg_problem: list[str] = []  # why PostgreSQL is unreachable (checked once per session)
 _pg_checked: list[bool] = []
 

@@ -29,3 +29,18 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def colour_at(image: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
+    """The bands of the pixel at ``xy`` of an image of several (RGB, RGBA...)."""
+    pixel = image.getpixel(xy)
+    assert isinstance(pixel, tuple), f"a {image.mode} pixel is not a tuple of bands"
+    return pixel
+
+
+def level_at(image: Image.Image, xy: tuple[int, int]) -> int:
+    """The value of the pixel at ``xy`` of an 8-bit image of one band (L, P)."""
+    assert image.mode in ("L", "P"), f"a {image.mode} pixel is not one 8-bit value"
+    pixel = image.getpixel(xy)
+    assert isinstance(pixel, int | float)  # an int (Pillow declares any band's type)
+    return int(pixel)

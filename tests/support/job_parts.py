@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bot.db.signals import Signal
-from bot.jobs import Job, JobContext, JobFailure, JobResult, JobStatus, Progress, Source, Stage
+from bot.jobs import Job, JobFailure, JobResult, JobStatus, Progress, Source, Stage
 from bot.jobs.config import QueueConfig
 from bot.jobs.model import PreparedInfo
 from bot.jobs.parts import Parts
@@ -74,7 +74,7 @@ class RecordingFront:
         """The stages shown for ``job_id``, in order."""
         return [p.stage for j, p in self.shown if j == job_id]
 
-    def progress(self, job: Job, progress: Progress) -> None:
+    def show_progress(self, job: Job, progress: Progress) -> None:
         self.shown.append((job.id, progress))
 
     async def deliver(self, job: Job, result: JobResult) -> int | None:
@@ -84,16 +84,16 @@ class RecordingFront:
     async def find_delivered(self, job: Job) -> int | None:
         return None
 
-    async def failed(self, job: Job, failure: JobFailure) -> None:
+    async def tell_failed(self, job: Job, failure: JobFailure) -> None:
         self.failures.append((job.id, failure))
 
-    async def resumed(self, job: Job) -> None:
+    async def tell_resumed(self, job: Job) -> None:
         pass
 
-    async def paused(self, job: Job) -> None:
+    async def tell_paused(self, job: Job) -> None:
         pass
 
-    async def ended(self, job_id: str) -> None:
+    async def stop_showing(self, job_id: str) -> None:
         pass
 
 
@@ -108,8 +108,24 @@ class Bundle:
     reporter: Reporter
 
 
+# The groups of statements a JobStore holds (store.intake, store.claims...).
+STORE_GROUPS = frozenset({"intake", "claims", "runs", "endings", "housekeeping", "views"})
+
+
+@dataclass(frozen=True)
+class EveryGroup:
+    """A :class:`bot.jobs.store.JobStore` whose every group of statements is one fake
+    (anything else, such as ``owner``, is the fake's own)."""
+
+    statements: object
+
+    def __getattr__(self, name: str) -> object:
+        return self.statements if name in STORE_GROUPS else getattr(self.statements, name)
+
+
 def parts_with(store: object, config: QueueConfig, spool_dir: Path) -> Bundle:
-    """A :class:`Parts` bundle around ``store`` (a fake of the statements a part uses)."""
+    """A :class:`Parts` bundle around ``store`` (a fake of the statements a part uses,
+    whichever of the store's groups they belong to)."""
     db = FakeDatabase()
     signals = RecordedSignals()
     front = RecordingFront()
@@ -117,7 +133,7 @@ def parts_with(store: object, config: QueueConfig, spool_dir: Path) -> Bundle:
     reporter.front_end = front
     parts = Parts(
         db=cast(Any, db),
-        store=cast(Any, store),
+        store=cast(Any, EveryGroup(store)),
         ledger=cast(Any, None),  # no part tested alone touches the ledger
         signals=cast(Any, signals),
         reporter=reporter,
@@ -136,7 +152,7 @@ def a_job(number: int = 1, **recorded: Any) -> Job:
         member_id=301,
         output_format="png",
         source=Source(f"https://cdn.example/attachments/{number}/cat.png", "cat.png"),
-        context=JobContext(application_id=1, interaction_at=0.0),
+        context="",
         reservation_id=f"reservation-{number}",
         created_at=0.0,
         status=JobStatus.RUNNING,

@@ -49,6 +49,8 @@ from tests.support.images import png
 
 ACK_DEADLINE = 3.0  # seconds Discord waits for an interaction's first answer
 TOKEN_LIFETIME = 15 * 60.0  # seconds an interaction token works for webhook calls
+# Python types of the plain option kinds: STRING, INTEGER, BOOLEAN, NUMBER.
+_OPTION_TYPES: dict[int, type | tuple[type, ...]] = {3: str, 4: int, 5: bool, 10: (int, float)}
 
 
 @dataclass
@@ -108,7 +110,8 @@ class Injected:
         """The first file uploaded with ``message`` (default: the final original)."""
         msg = message or self.original
         assert msg is not None and msg.get("_files"), "no file in the message"
-        return msg["_files"][0]
+        name, data = msg["_files"][0]
+        return str(name), bytes(data)
 
 
 class Interactions(Rest):
@@ -471,15 +474,13 @@ class Interactions(Rest):
         if kind == 8 and isinstance(value, Role):  # ROLE
             resolved.setdefault("roles", {})[str(value.id)] = value.payload()
             return {"name": key, "type": kind, "value": str(value.id)}
-        expected = {3: str, 4: int, 5: bool, 10: (int, float)}.get(kind)
+        expected = _OPTION_TYPES.get(kind)
         if expected is None or not isinstance(value, expected):
             raise EmulatorError(f"/{command} {key}: {value!r} does not fit option type {kind}")
-        for bound, check in (
-            ("min_value", lambda b: value < b),
-            ("max_value", lambda b: value > b),
+        if ("min_value" in spec and value < spec["min_value"]) or (
+            "max_value" in spec and value > spec["max_value"]
         ):
-            if bound in spec and check(spec[bound]):
-                raise EmulatorError(f"/{command} {key}: {value!r} is outside its range")
+            raise EmulatorError(f"/{command} {key}: {value!r} is outside its range")
         return {"name": key, "type": kind, "value": value}
 
     def user_message(
@@ -494,7 +495,7 @@ class Interactions(Rest):
         """A message posted by a member (for context-menu commands)."""
         chan = channel or self.channel
         author = author or self.default_member(chan) or self.alice
-        message = {
+        message: dict[str, Any] = {
             "id": str(snowflake()),
             "channel_id": str(chan.id),
             "author": author.user.payload(),
@@ -637,6 +638,7 @@ def find_button(
 ) -> dict[str, Any]:
     """The first component of ``message`` for which ``predicate`` holds."""
     for row in message.get("components", []):
+        component: dict[str, Any]
         for component in row.get("components", []):
             if predicate(component):
                 return component

@@ -3,9 +3,10 @@
 Every REST call is recorded in ``calls``; calls to routes it does not implement are
 answered 404 and listed in ``unimplemented``. :meth:`Rest.fail` injects 429 (with ``Via``
 and ``retry_after``, which discord.py needs to retry) or 5xx answers, or makes calls
-never answer (:data:`HANG`) or take effect without an answer (:data:`APPLY_THEN_HANG`); a
-``latency`` knob delays every REST answer. Uploads over the channel's (or the
-interaction's) limit get 413 code 40005.
+never answer (:data:`HANG`) or take effect without an answer (:data:`APPLY_THEN_HANG`);
+``applied=True`` makes a call take effect and then answer the fault's status (a post
+Discord made whose answer the bot lost); a ``latency`` knob delays every REST answer.
+Uploads over the channel's (or the interaction's) limit get 413 code 40005.
 
 Owner tooling: ``reject_token`` (401 here, 4004 on the gateway), ``GET
 /users/@me/guilds`` (``permissions`` from :attr:`Guild.bot_permissions`), ``POST
@@ -40,7 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
 
 from tests.emulators.discord.base import EmulatorError
 from tests.emulators.discord.cdn import Cdn
@@ -86,6 +88,7 @@ class Fault:
     times: int
     retry_after: float
     files_only: bool = False
+    applied: bool = False  # the call takes effect before the fault's answer
 
 
 class Reply(Exception):
@@ -159,14 +162,19 @@ class Rest(Gateway, Cdn):
         method: str | None = None,
         retry_after: float = 0.05,
         files_only: bool = False,
+        applied: bool = False,
     ) -> None:
         """The next ``times`` REST calls matching ``path_regex`` answer ``status``.
 
         ``status=HANG`` (0) makes them never answer (listed in ``hung``); ``files_only``
-        matches only requests that upload files (deliveries, not progress edits).
+        matches only requests that upload files (deliveries, not progress edits);
+        ``applied`` makes each call take effect first, as if Discord did what was asked
+        and its answer was lost (``APPLY_THEN_HANG`` is ``HANG`` with ``applied``).
         """
+        if status == APPLY_THEN_HANG:
+            status, applied = HANG, True
         self._faults.append(
-            Fault(re.compile(path_regex), method, status, times, retry_after, files_only)
+            Fault(re.compile(path_regex), method, status, times, retry_after, files_only, applied)
         )
 
     def clear_faults(self) -> None:
@@ -202,7 +210,7 @@ class Rest(Gateway, Cdn):
         return None
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.latency and request.path.startswith("/api/"):
             await asyncio.sleep(self.latency)
         return await handler(request)
@@ -213,10 +221,12 @@ class Rest(Gateway, Cdn):
             body: Any = None
             reader = await request.multipart()
             async for part in reader:
-                if part.name == "payload_json":  # type: ignore[union-attr]
-                    body = json.loads(await part.text())  # type: ignore[union-attr]
+                if not isinstance(part, BodyPartReader):
+                    raise web.HTTPBadRequest(text="nested multipart")
+                if part.name == "payload_json":
+                    body = json.loads(await part.text())
                 else:
-                    files.append((part.filename or "file", bytes(await part.read())))  # type: ignore[union-attr]
+                    files.append((part.filename or "file", bytes(await part.read())))
             return body, files
         raw = await request.read()
         return (json.loads(raw) if raw else None), []
@@ -230,21 +240,23 @@ class Rest(Gateway, Cdn):
             return response
         body, files = await self._read_body(request)
         fault = self._take_fault(method, path, bool(files))
-        if fault is not None and fault.status == HANG:
+        if fault is not None and fault.status == HANG and not fault.applied:
             self.hung.append(f"{method} {path}")
             await self._notify()
             await self._stopping.wait()  # never answers (ends when the emulator stops)
             return web.Response(status=503)
-        if fault is not None and fault.status != APPLY_THEN_HANG:
+        if fault is not None and not fault.applied:
             response = self._fault_response(fault)
         else:
             try:
                 response = await self._route(request, method, path, body, files)
             except Reply as reply:
                 response = reply.response
+            if fault is not None and fault.status != HANG:
+                response = self._fault_response(fault)  # done, but the answer is lost
         self.calls.append(Call(method, path, body, files, response.status, time.monotonic()))
         await self._notify()
-        if fault is not None and fault.status == APPLY_THEN_HANG:
+        if fault is not None and fault.status == HANG:
             self.hung.append(f"{method} {path}")
             await self._stopping.wait()  # done, but the client never hears so
         return response
@@ -385,8 +397,9 @@ class Rest(Gateway, Cdn):
 
     def _open_dm(self, body: Any) -> web.Response:
         """POST /users/@me/channels: the bot's DM channel with a user (made once)."""
+        recipient = (body or {}).get("recipient_id")
         try:
-            user_id = int((body or {}).get("recipient_id"))
+            user_id = int(recipient) if recipient is not None else 0
         except (TypeError, ValueError):
             user_id = 0
         user = self.users().get(user_id)
@@ -618,7 +631,7 @@ class Rest(Gateway, Cdn):
         20, sent by the application's webhook, still authored by the bot user."""
         from_interaction = interaction is not None
         attachments = self._attachments(data.get("attachments"), files)
-        message = {
+        message: dict[str, Any] = {
             "id": str(snowflake()),
             "channel_id": str(channel.id),
             "author": self.bot_user.payload(),
