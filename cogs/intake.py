@@ -1,7 +1,10 @@
 """Taking an image in from a command: what ``/upscale`` and **Upscale image** share.
 
-Both commands acknowledge first (:func:`defer`), then call :func:`start_job` for each
-image. It checks what it can without spending anything (guild, the bot's permissions,
+Both commands acknowledge first, inside :func:`acknowledged` (the interaction is
+journaled before the acknowledgement and marked done once the command has finished:
+:mod:`bot.frontend.journal`, so that a restart in between still answers the member),
+then call :func:`start_job` for each image, with a job id chosen before the
+acknowledgement. It checks what it can without spending anything (guild, the bot's permissions,
 the 1min.ai circuit, the declared size, the image's origin), has the queue record the
 job and reserve its credits (:meth:`bot.jobs.JobQueue.accept`: from here on a restart
 cannot lose it), then has the queue fetch and check the image
@@ -12,12 +15,15 @@ transaction that records the refusal).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from bot.frontend.journal import Acknowledged, journal_of
 from bot.frontend.replies import ReplyTarget
-from bot.frontend.tree import UserError
+from bot.frontend.tree import UserError, answer_error
 from bot.jobs import (
     InputRefused,
     JobRequest,
@@ -49,6 +55,36 @@ async def defer(interaction: Interaction) -> int | None:
     return response.message_id if response is not None else None
 
 
+@asynccontextmanager
+async def acknowledged(
+    interaction: Interaction, job_ids: Sequence[str]
+) -> AsyncIterator[int | None]:
+    """Journal the interaction with ``job_ids``, acknowledge it, and give the deferred
+    reply's message id to the block, which records the jobs and answers the member.
+
+    An error out of the block is answered here, as the tree's handler answers any
+    command's (:func:`bot.frontend.tree.answer_error`), and not raised further; the
+    interaction is then done in the journal, whether the block ended or raised. A block
+    cancelled (the process stopping) is not done: the next start answers its member if
+    no job of it was recorded (:func:`bot.frontend.journal.answer_unrecorded`).
+    """
+    journal = journal_of(interaction.client)
+    journal.acknowledged(Acknowledged.of(interaction, job_ids))
+    try:
+        message_id = await defer(interaction)
+    except Exception:  # not acknowledged: the member never saw "thinking"
+        journal.done(interaction.id)
+        raise
+    if message_id is not None:
+        journal.deferred(interaction.id, message_id)
+    try:
+        yield message_id
+    except Exception as exc:
+        command = interaction.command.qualified_name if interaction.command else "?"
+        await answer_error(interaction, exc, f"Command {command}")
+    journal.done(interaction.id)
+
+
 def allowed_source(bot: UpscaleBot, url: str) -> bool:
     """True when ``url`` is on one of the bot's media origins (Discord's CDN)."""
     parts = urlsplit(url)
@@ -62,9 +98,11 @@ async def start_job(
     source: SourceImage,
     output_format: str,
     *,
+    job_id: str,
     source_link: str | None = None,
 ) -> None:
-    """Check, record, take in and queue one image; its answers go to ``message_id``.
+    """Check, record (as ``job_id``), take in and queue one image; its answers go to
+    ``message_id``.
 
     ``source_link`` (the message the image came from) becomes the result's Source link.
     Raises :class:`UserError` with the member's message when the image is refused.
@@ -98,6 +136,7 @@ async def start_job(
         ),
         reply_token=interaction.token,
         output_format=output_format,
+        id=job_id,
     )
     try:
         job = await queue.accept(request)

@@ -4,6 +4,8 @@ Right-click a message → Apps → Upscale image takes every image attached to o
 in it (Discord-hosted), up to :data:`MAX_IMAGES`. Each image is its own job with its own
 credit, progress message and result, and its result carries a **Source** link back to
 the message. The first image answers in the deferred reply, the others in followups.
+The images' job ids are chosen before the acknowledgement, which is journaled with them
+(:func:`cogs.intake.acknowledged`).
 ``MAX_JOBS_PER_USER`` still applies: images beyond the member's free slots are refused
 with a message saying how many were taken; an image that fails validation is refused in
 its own message without stopping the others; a file that is not an image is reported.
@@ -24,8 +26,9 @@ from discord.ext import commands
 from bot.frontend.translator import interaction_locale
 from bot.frontend.tree import UserError
 from bot.i18n import t
+from bot.jobs.model import new_job_id
 from cogs import messages
-from cogs.intake import SourceImage, allowed_source, defer, start_job
+from cogs.intake import SourceImage, acknowledged, allowed_source, start_job
 
 if TYPE_CHECKING:
     from bot.frontend.client import Interaction, UpscaleBot
@@ -79,12 +82,24 @@ class UpscaleMenu(commands.Cog):
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
     async def upscale_message(self, interaction: Interaction, message: discord.Message) -> None:
-        first_id = await defer(interaction)
-        locale = interaction_locale(interaction)
         sources, skipped = images_of(message, lambda url: allowed_source(self.bot, url))
-        if not sources:
+        images = [(source, new_job_id()) for source in sources[:MAX_IMAGES]]
+        async with acknowledged(interaction, [job_id for _, job_id in images]) as first_id:
+            await self._take(interaction, message, first_id, images, skipped)
+
+    async def _take(
+        self,
+        interaction: Interaction,
+        message: discord.Message,
+        first_id: int | None,
+        images: list[tuple[SourceImage, str]],
+        skipped: list[str],
+    ) -> None:
+        """Record each image's job (as many as the member has room for), the first in
+        the deferred reply ``first_id``, the others in followups."""
+        locale = interaction_locale(interaction)
+        if not images:
             raise UserError("batch.no_images")
-        sources = sources[:MAX_IMAGES]
         guild_id = interaction.guild_id or 0
         queue = self.bot.queue
         room = max(
@@ -95,24 +110,29 @@ class UpscaleMenu(commands.Cog):
         if room == 0:
             raise UserError(messages.queue_full_text(queue.max_per_member))
         notes = [t(locale, "batch.skipped_not_image", filename=name) for name in skipped]
-        if room < len(sources):
+        if room < len(images):
             notes.append(
                 t(
                     locale,
                     "batch.taken",
                     taken=room,
-                    total=len(sources),
+                    total=len(images),
                     count=queue.max_per_member,
                 )
             )
-        for index, source in enumerate(sources[:room]):
+        for index, (source, job_id) in enumerate(images[:room]):
             message_id = first_id
             if index > 0:
                 followup = await interaction.followup.send("⏳", wait=True)
                 message_id = followup.id
             try:
                 await start_job(
-                    interaction, message_id, source, "png", source_link=message.jump_url
+                    interaction,
+                    message_id,
+                    source,
+                    "png",
+                    job_id=job_id,
+                    source_link=message.jump_url,
                 )
             except UserError as exc:  # this image only; the others go on
                 log.info("Image %d of a message refused: %s", index + 1, exc.message)

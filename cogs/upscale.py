@@ -1,13 +1,15 @@
 """``/upscale``: upscale an attached image.
 
-The command acknowledges first, then hands the image to :mod:`cogs.intake` (shared with
-the **Upscale image** message command), which has the queue record the job and take
-the image in. Everything after that, in this process or any other, is
+The command acknowledges first (journaled with the job's id, chosen beforehand, so that
+a restart before the job is recorded still answers the member), then hands the image to
+:mod:`cogs.intake` (shared with the **Upscale image** message command), which has the
+queue record the job and take the image in. Everything after that, in this process or any other, is
 :mod:`cogs.delivery`'s job; the buttons are in :mod:`cogs.buttons`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,10 +17,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.frontend.journal import answer_unrecorded, journal_of
 from bot.frontend.translator import cmd_text
+from bot.jobs.model import new_job_id
 from bot.onemin.client import OUTPUT_FORMATS
 from cogs.delivery import DiscordFrontEnd
-from cogs.intake import SourceImage, defer, start_job
+from cogs.intake import SourceImage, acknowledged, start_job
 
 if TYPE_CHECKING:
     from bot.frontend.client import Interaction, UpscaleBot
@@ -45,6 +49,16 @@ class Upscale(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.queue.attach(self.front)
+        # Members acknowledged by the last run whose jobs were never recorded are told
+        # so, before the queue claims anything (the bot starts it once the cogs loaded).
+        journal = journal_of(self.bot)
+        unfinished = await asyncio.to_thread(journal.open)
+        await answer_unrecorded(
+            journal, unfinished, db=self.bot.db, store=self.bot.queue.store, client=self.bot
+        )
+
+    async def cog_unload(self) -> None:
+        journal_of(self.bot).close()
 
     @app_commands.command(name="upscale", description=cmd_text("cmd.upscale.description"))
     @app_commands.describe(
@@ -58,9 +72,11 @@ class Upscale(commands.Cog):
         image: discord.Attachment,
         format: app_commands.Choice[str] | None = None,
     ) -> None:
-        message_id = await defer(interaction)
-        source = SourceImage(image.url, image.filename, image.size)
-        await start_job(interaction, message_id, source, format.value if format else "png")
+        job_id = new_job_id()
+        async with acknowledged(interaction, [job_id]) as message_id:
+            source = SourceImage(image.url, image.filename, image.size)
+            output_format = format.value if format else "png"
+            await start_job(interaction, message_id, source, output_format, job_id=job_id)
 
 
 async def setup(bot: UpscaleBot) -> None:

@@ -1,10 +1,12 @@
 """Taking a job in: recorded at the acknowledgement, then its image fetched and checked.
 
-A job exists from the moment the member sees "thinking". :meth:`Intake.accept` records
-it with the attachment's URL and its file name, cleaned (:func:`bot.images.clean_filename`:
-the name every later step uses), and reserves its credits in one transaction, after the
-member's cap (``MAX_JOBS_PER_USER``) is checked in that same transaction, under the
-guild's lock, so concurrent requests can never pass it. The job starts in status
+A job exists from just after the member sees "thinking" (the front end journals that
+gap, and tells the member if a restart falls in it). :meth:`Intake.accept` records it,
+under the id the request names when it names one, with the attachment's URL and its
+file name, cleaned (:func:`bot.images.clean_filename`: the name every later step uses),
+and reserves its credits in one transaction, after the member's cap
+(``MAX_JOBS_PER_USER``) is checked in that same transaction, under the guild's lock, so
+concurrent requests can never pass it. The job starts in status
 ``intake``, under a lease held by this process.
 
 :meth:`Intake.take_in` then downloads the image into the spool, validates and converts

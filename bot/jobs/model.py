@@ -152,6 +152,11 @@ class Source:
     declared_size: int | None = None
 
 
+def new_job_id() -> str:
+    """A new job's id: 32 hex digits, unique without asking the database."""
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class JobRequest:
     """What the front end knows about a request when it accepts it."""
@@ -167,6 +172,7 @@ class JobRequest:
     context: str
     reply_token: str | None = None  # the interaction token (erased when the job ends)
     output_format: str = "png"
+    id: str | None = None  # the job's id when the front end chose it (:func:`new_job_id`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +233,12 @@ class Job:
 
     @classmethod
     def requested(cls, request: JobRequest, created_at: float) -> Job:
-        """A new job, with a new id, for what ``request`` says (every field of the request
-        is one of the job's); its reservation is made with it."""
-        asked = {f.name: getattr(request, f.name) for f in fields(request)}
+        """A new job for what ``request`` says (every field of the request is one of the
+        job's), under the request's id or a new one; its reservation is made with it."""
+        asked = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "id"}
         asked["role_ids"] = tuple(request.role_ids)
-        return cls(id=uuid.uuid4().hex, reservation_id="", created_at=created_at, **asked)
+        job_id = request.id or new_job_id()
+        return cls(id=job_id, reservation_id="", created_at=created_at, **asked)
 
     def stored_context(self) -> str:
         """What ``jobs.context`` holds: the member's roles and the front end's context."""
