@@ -4,12 +4,12 @@ whose answer the bot never saw (no bot involved; plain HTTP)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.emulators.discord import DiscordEmulator
+from tests.support.discord_rest import bot_session, post_message
 
 CHANNEL_MESSAGES = r"/channels/\d+/messages$"
 SERVER_ERROR = {"message": "Internal Server Error", "code": 0}
@@ -23,17 +23,11 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 @pytest.fixture
 async def session(emu: DiscordEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bot {emu.token}"}
-    async with aiohttp.ClientSession(headers=headers) as client:
+    async with bot_session(emu) as client:
         yield client
 
 
-async def post(
-    emu: DiscordEmulator, session: aiohttp.ClientSession, body: dict[str, Any]
-) -> tuple[int, Any]:
-    url = f"{emu.api_base}/channels/{emu.channel.id}/messages"
-    async with session.post(url, json=body) as response:
-        return response.status, await response.json()
+post = post_message
 
 
 def contents(emu: DiscordEmulator) -> list[str]:

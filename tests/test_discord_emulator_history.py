@@ -17,6 +17,7 @@ from tests.emulators.discord import (
     point_discord_at,
     snowflake,
 )
+from tests.support.discord_rest import bot_session
 
 
 @pytest.fixture
@@ -27,8 +28,7 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 @pytest.fixture
 async def session(emu: DiscordEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bot {emu.token}"}
-    async with aiohttp.ClientSession(headers=headers) as client:
+    async with bot_session(emu) as client:
         yield client
 
 

@@ -5,13 +5,13 @@ discord.py's ``send`` where the point is what discord.py sends)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import discord
 import pytest
 
 from tests.emulators.discord import DiscordEmulator, point_discord_at
+from tests.support.discord_rest import bot_session, post_message
 
 
 @pytest.fixture
@@ -22,17 +22,11 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 @pytest.fixture
 async def session(emu: DiscordEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bot {emu.token}"}
-    async with aiohttp.ClientSession(headers=headers) as client:
+    async with bot_session(emu) as client:
         yield client
 
 
-async def post(
-    emu: DiscordEmulator, session: aiohttp.ClientSession, body: dict[str, Any]
-) -> tuple[int, Any]:
-    url = f"{emu.api_base}/channels/{emu.channel.id}/messages"
-    async with session.post(url, json=body) as response:
-        return response.status, await response.json()
+post = post_message
 
 
 JOB_7 = {"nonce": "job-7", "enforce_nonce": True}

@@ -17,6 +17,7 @@ from tests.emulators.discord import (
     Injected,
     snowflake,
 )
+from tests.support.discord_rest import bot_session
 
 
 @pytest.fixture
@@ -30,8 +31,7 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 @pytest.fixture
 async def session(emu: DiscordEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bot {emu.token}"}
-    async with aiohttp.ClientSession(headers=headers) as client:
+    async with bot_session(emu) as client:
         yield client
 
 

@@ -19,6 +19,7 @@ from tests.emulators.discord import (
     snowflake,
 )
 from tests.emulators.discord.spec import check_body
+from tests.support.discord_rest import bot_session
 
 
 @pytest.fixture
@@ -35,8 +36,7 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 @pytest.fixture
 async def session(emu: DiscordEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bot {emu.token}"}
-    async with aiohttp.ClientSession(headers=headers) as client:
+    async with bot_session(emu) as client:
         yield client
 
 
