@@ -523,6 +523,16 @@ def _die_with_parent() -> None:
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def front_context(stored: str | None) -> dict[str, Any]:
+    """The front end's fields of a job's ``context`` column: inside ``front`` (a string of
+    JSON) as this version writes it, or the whole object as older versions did."""
+    data = json.loads(stored) if stored else {}
+    front = data.get("front")
+    if isinstance(front, str):
+        return dict(json.loads(front)) if front else {}
+    return dict(data)
+
+
 def pid_of(process: str) -> int | None:
     """The pid in a lease owner's name ("host/0:4242.a1b2c3" -> 4242)."""
     match = re.search(r":(\d+)\.", process)
@@ -929,7 +939,7 @@ class Soak:
         )
         await asyncio.to_thread((self.out / "jobs.jsonl").write_text, kept)
         for r in rows:
-            context = json.loads(r["context"]) if r["context"] else {}
+            context = front_context(r["context"])
             trail = parse_trail(r["trail"])
             for event in trail:
                 if event.stage == "claimed" and (pid := pid_of(event.process)) is not None:

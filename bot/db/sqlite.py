@@ -26,6 +26,7 @@ import aiosqlite
 from bot.db.batching import GroupCommit
 from bot.db.interface import Database, Migration, Params, RoundTrips, Row, Transaction
 from bot.db.migrations import apply_migration, load_migrations
+from bot.db.outages import report_db_outage
 from bot.db.urls import Engine
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,8 @@ async def _checkpoint_loop(conn: aiosqlite.Connection, db: SqliteDatabase) -> No
         try:
             db.round_trips.add()
             await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            log.warning("WAL checkpoint failed; trying again", exc_info=True)
+        except sqlite3.Error as exc:
+            report_db_outage(log, "checkpointing the WAL", exc)  # tried again later
 
 
 class SqliteDatabase(Database):

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from bot.db.outages import through_outages
+from bot.db.outages import report_db_outage, through_outages
 from bot.db.signals import Signal
+from bot.db.transient import db_outage
 from bot.failures import FailureKind
 from bot.jobs.model import (
     SLOT_STAGES,
@@ -64,8 +65,11 @@ class Settlement(Part):
         for listener in self._charged:
             try:
                 await listener(job)
-            except Exception:
-                log.warning("A listener failed after job %s was charged", job.id, exc_info=True)
+            except Exception as exc:
+                if db_outage(exc) is None:
+                    log.warning("A listener failed after job %s was charged", job.id, exc_info=exc)
+                else:
+                    report_db_outage(log, "telling listeners a job was charged", exc)
         return True
 
     async def _mark_delivered_and_charge(
