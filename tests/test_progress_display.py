@@ -67,7 +67,7 @@ async def test_a_check_that_meets_a_database_outage_drops_the_edit_and_loses_no_
     replies = FakeReplies()
     shown = [
         ProgressDisplay(
-            replies,  # type: ignore[arg-type]
+            replies,  # type: ignore[arg-type]  # a fake Replies: only edit()
             target(),
             "job-1",
             may_show,
@@ -101,7 +101,7 @@ async def test_a_display_still_edits_when_its_check_answers(
 
     replies = FakeReplies()
     display = ProgressDisplay(
-        replies,  # type: ignore[arg-type]
+        replies,  # type: ignore[arg-type]  # a fake Replies: only edit()
         target(),
         "job-1",
         may_show,
