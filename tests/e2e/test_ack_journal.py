@@ -15,7 +15,9 @@ import json
 import signal
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,13 @@ from bot.frontend.journal import (
     read_journal,
 )
 from tests.e2e.test_menu import results as menu_results
-from tests.e2e.test_restart import World, results, stop, world
+from tests.e2e.test_restart import (
+    World,
+    killed_while_downloading_the_image,
+    results,
+    stop,
+    world,
+)
 from tests.harness import Harness, eventually, running_bot
 from tests.support.images import png
 
@@ -103,18 +111,9 @@ async def test_a_kill_after_the_record_delivers_the_job_once_and_says_nothing_el
     """kill -9 once the job is recorded (its image still downloading): after the restart
     the job is delivered once, charged once, and no "not taken" message is written."""
     async with world(tmp_path) as w:
-        proc = await w.start()
-        try:
-            attachment = w.discord.attachment(png(), "slow.png")
-            held = w.discord.hold_attachment(attachment)
-            it = await w.discord.slash("upscale", {"image": attachment})
-            await held.reached()
-            [job_id] = read_journal(journal_file(tmp_path))[it.id].job_ids
-            assert w.query("SELECT id FROM jobs") == [(job_id,)]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
+        it, _, held = await killed_while_downloading_the_image(w)
+        [job_id] = read_journal(journal_file(tmp_path))[it.id].job_ids
+        assert w.query("SELECT id FROM jobs") == [(job_id,)]
         held.release()
         proc = await w.start()
         try:
@@ -176,6 +175,35 @@ async def test_a_refused_command_is_answered_and_done_in_the_journal(
         assert read_journal(journal_file(tmp_path)) == {}
 
 
+def journaled(h: Harness, tmp_path: Path, **fields: Any) -> tuple[AckJournal, Acknowledged]:
+    """A journal of another process, opened, holding one interaction acknowledged in
+    ``h``'s guild and channel by Alice (``fields`` overrides the rest)."""
+    journal = AckJournal(tmp_path / "other" / "acks.jsonl")
+    journal.open()
+    entry = replace(
+        Acknowledged(
+            interaction_id=1,
+            application_id=h.bot.application_id or 0,
+            token="a-token",
+            created_at=time.time(),
+            guild_id=h.discord.guild.id,
+            channel_id=h.discord.channel.id,
+            member_id=h.discord.alice.user.id,
+            job_ids=("0123456789abcdef0123456789abcdef",),
+        ),
+        **fields,
+    )
+    journal.acknowledged(entry)
+    return journal, entry
+
+
+async def answered(h: Harness, journal: AckJournal, entry: Acknowledged) -> int:
+    """What the journal's replay at start-up does for ``entry``: the members told."""
+    return await answer_unrecorded(
+        journal, [entry], db=h.bot.db, store=h.bot.queue.store, client=h.bot
+    )
+
+
 async def test_a_reply_whose_id_was_not_journaled_is_found_through_the_token(
     tmp_path: Path,
 ) -> None:
@@ -186,23 +214,9 @@ async def test_a_reply_whose_id_was_not_journaled_is_found_through_the_token(
         attachment["size"] = h.bot.queue.config.limits.max_bytes + 1  # refused, no job
         it = await h.discord.slash("upscale", {"image": attachment})
         await it.final()
-        journal = AckJournal(tmp_path / "other" / "acks.jsonl")
-        journal.open()
-        unknown_reply = Acknowledged(
-            interaction_id=it.id,
-            application_id=h.bot.application_id or 0,
-            token=it.token,
-            created_at=time.time(),
-            guild_id=h.discord.guild.id,
-            channel_id=h.discord.channel.id,
-            member_id=h.discord.alice.user.id,
-            job_ids=("0123456789abcdef0123456789abcdef",),
-        )
-        journal.acknowledged(unknown_reply)
+        journal, unknown_reply = journaled(h, tmp_path, interaction_id=it.id, token=it.token)
         posted = len(h.discord.channel_messages())
-        told = await answer_unrecorded(
-            journal, [unknown_reply], db=h.bot.db, store=h.bot.queue.store, client=h.bot
-        )
+        told = await answered(h, journal, unknown_reply)
         assert told == 1 and it.original is not None
         assert NOT_TAKEN in str(it.original.get("content"))
         assert len(h.discord.channel_messages()) == posted
@@ -214,25 +228,16 @@ async def test_an_interaction_past_its_token_is_answered_in_the_channel(tmp_path
     async with running_bot(tmp_path) as h:
         h.discord.guild.preferred_locale = "de"
         alice = h.discord.alice.user.id
-        journal = AckJournal(tmp_path / "other" / "acks.jsonl")
-        journal.open()
-        old = Acknowledged(
-            interaction_id=1,
-            application_id=h.bot.application_id or 0,
+        journal, old = journaled(
+            h,
+            tmp_path,
             token="a-token-dead-for-five-minutes",
             created_at=time.time() - 20 * 60,
-            guild_id=h.discord.guild.id,
-            channel_id=h.discord.channel.id,
-            member_id=alice,
-            job_ids=("0123456789abcdef0123456789abcdef",),
             locale="en-US",
             guild_locale="de",
             message_id=12345,
         )
-        journal.acknowledged(old)
-        told = await answer_unrecorded(
-            journal, [old], db=h.bot.db, store=h.bot.queue.store, client=h.bot
-        )
+        told = await answered(h, journal, old)
         posted = [str(m.get("content")) for m in h.discord.channel_messages()]
         assert told == 1
         assert [p for p in posted if f"<@{alice}>" in p and "nichts berechnet" in p] == posted
@@ -247,22 +252,10 @@ async def test_an_interaction_whose_job_was_recorded_is_left_to_the_queue(
         it, final = await h.upscale(png())
         assert final.get("attachments")
         [job_id] = [str(r["id"]) for r in await h.services.db.fetchall("SELECT id FROM jobs")]
-        journal = AckJournal(tmp_path / "other" / "acks.jsonl")
-        journal.open()
-        recorded = Acknowledged(
-            interaction_id=it.id,
-            application_id=h.bot.application_id or 0,
-            token=it.token,
-            created_at=time.time(),
-            guild_id=h.discord.guild.id,
-            channel_id=h.discord.channel.id,
-            member_id=h.discord.alice.user.id,
-            job_ids=(job_id,),
+        journal, recorded = journaled(
+            h, tmp_path, interaction_id=it.id, token=it.token, job_ids=(job_id,)
         )
-        journal.acknowledged(recorded)
         before = len(it.edits), len(h.discord.channel_messages())
-        told = await answer_unrecorded(
-            journal, [recorded], db=h.bot.db, store=h.bot.queue.store, client=h.bot
-        )
+        told = await answered(h, journal, recorded)
         assert told == 0 and journal.pending == []
         assert (len(it.edits), len(h.discord.channel_messages())) == before

@@ -150,6 +150,26 @@ def result_jobs(w: World) -> list[str]:
     ]
 
 
+async def killed_while_downloading_the_image(
+    w: World, name: str = "slow.png"
+) -> tuple[Injected, dict[str, Any], Hold]:
+    """Run one upscale whose image download Discord's CDN holds, and kill -9 the bot once
+    the download started (the job recorded, its credit reserved, its reply "thinking").
+    Returns the member's interaction, the attachment and the hold, still held."""
+    proc = await w.start()
+    try:
+        attachment = w.discord.attachment(png(), name)
+        held = w.discord.hold_attachment(attachment)
+        it = await w.discord.slash("upscale", {"image": attachment})
+        await it.acked()
+        await held.reached()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        stop(proc)
+    return it, attachment, held
+
+
 async def test_kill_9_during_a_slow_attachment_download_delivers_the_job_once(
     tmp_path: Path,
 ) -> None:
@@ -158,19 +178,9 @@ async def test_kill_9_during_a_slow_attachment_download_delivers_the_job_once(
     image in again from the stored attachment address and delivers the job once,
     charged once, telling the member it continues."""
     async with world(tmp_path) as w:
-        proc = await w.start()
-        try:
-            attachment = w.discord.attachment(png(), "slow.png")
-            held = w.discord.hold_attachment(attachment)
-            it = await w.discord.slash("upscale", {"image": attachment})
-            await it.acked()
-            await held.reached()
-            assert w.query("SELECT status, stage FROM jobs") == [("intake", "receiving")]
-            assert w.query("SELECT state FROM ledger_entries") == [("reserved",)]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
+        it, _, held = await killed_while_downloading_the_image(w)
+        assert w.query("SELECT status, stage FROM jobs") == [("intake", "receiving")]
+        assert w.query("SELECT state FROM ledger_entries") == [("reserved",)]
         held.release()
         proc = await w.start()
         try:
@@ -192,16 +202,7 @@ async def test_an_attachment_gone_after_a_kill_during_its_download_is_refunded_w
     the next start: the job is refunded and the member told the image is no longer
     available, instead of being left "thinking"."""
     async with world(tmp_path) as w:
-        proc = await w.start()
-        try:
-            attachment = w.discord.attachment(png(), "gone.png")
-            held = w.discord.hold_attachment(attachment)
-            it = await w.discord.slash("upscale", {"image": attachment})
-            await held.reached()
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
+        it, attachment, held = await killed_while_downloading_the_image(w, "gone.png")
         w.discord.remove_attachment(attachment)
         held.release()
         proc = await w.start()

@@ -122,10 +122,11 @@ async def test_a_token_refused_early_delivers_once_in_the_channel_without_using_
 # -- 2 and 3. a kill -9 between the channel post and its record --------------------------
 
 
-async def killed_after_the_channel_post(w: World) -> Injected:
-    """Run one upscale whose token dies while it is at 1min.ai, and kill -9 the bot once
-    Discord made its result's channel post (the answer never comes back), after the
-    token's death was recorded with the job. Returns the member's interaction."""
+async def killed_after_the_channel_post(w: World, *, between: int = 0) -> Injected:
+    """Run one upscale whose token dies while it is at 1min.ai, with ``between`` members'
+    messages posted in the channel meanwhile, and kill -9 the bot once Discord made its
+    result's channel post (the answer never comes back), after the token's death was
+    recorded with the job. Returns the member's interaction."""
     held = w.onemin.hold("upscale")
     w.discord.fail(CHANNEL_POST, APPLY_THEN_HANG, method="POST", files_only=True)
     proc = await w.start()
@@ -133,6 +134,7 @@ async def killed_after_the_channel_post(w: World) -> Injected:
         it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
         await held.reached()
         w.discord.kill_token(it)
+        w.discord.fill_channel(between)
         held.release()
         await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
         await w.wait_for(lambda: w.query("SELECT reply_token IS NULL FROM jobs") == [(1,)])
@@ -403,26 +405,12 @@ async def test_a_result_posted_again_after_a_restart_within_minutes_is_the_same_
     tmp_path: Path,
 ) -> None:
     """The nonce is the job's, not the request's: 1,000 members' messages between the
-    job's start and its result (more than the look reads), a kill -9 after Discord made
-    the post, and a restart within Discord's few minutes. The look misses the result,
-    the bot posts it again, and Discord answers with the message it already made: one
+    job's start and its result (all the look reads), a kill -9 after Discord made the
+    post, and a restart within Discord's few minutes. The look misses the result, the
+    bot posts it again, and Discord answers with the message it already made: one
     message, recorded with the job, charged once."""
     async with world(tmp_path) as w:
-        held = w.onemin.hold("upscale")
-        w.discord.fail(CHANNEL_POST, APPLY_THEN_HANG, method="POST", files_only=True)
-        proc = await w.start()
-        try:
-            it = await w.discord.slash("upscale", {"image": w.discord.attachment(png(), "a.png")})
-            await held.reached()
-            w.discord.kill_token(it)
-            w.discord.fill_channel(1000)
-            held.release()
-            await w.discord.wait_until(lambda: bool(w.discord.hung), timeout=20)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            stop(proc)
-        w.discord.clear_faults()
+        it = await killed_after_the_channel_post(w, between=1000)
         proc = await w.start()
         try:
             await w.wait_settled()
@@ -432,5 +420,30 @@ async def test_a_result_posted_again_after_a_restart_within_minutes_is_the_same_
                 ("delivered", int(posted["id"]))
             ]
             assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
+        finally:
+            stop(proc)
+
+
+async def test_a_result_past_the_look_and_the_nonce_window_is_posted_once_more_and_charged_once(
+    tmp_path: Path,
+) -> None:
+    """The README's bound: 1,000 members' messages between the job's start and its result
+    (all the look reads), a kill -9 after Discord made the post, and a restart after
+    Discord's nonce window. The bot posts the result once more (two copies on screen),
+    records the second with the job, and charges once; the member is told nothing else."""
+    async with world(tmp_path) as w:
+        it = await killed_after_the_channel_post(w, between=1000)
+        w.discord.nonce_window = 0.0
+        proc = await w.start()
+        try:
+            await w.wait_settled()
+            first, second = channel_results(w.discord, it)
+            assert first["id"] != second["id"]
+            assert w.query("SELECT status, message_id FROM jobs") == [
+                ("delivered", int(second["id"]))
+            ]
+            assert w.query("SELECT state FROM ledger_entries") == [("committed",)]
+            assert channel_posts(w.discord, files=False) == []
+            assert said_anywhere(w.discord, it, "refunded") == []
         finally:
             stop(proc)
