@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -118,12 +119,21 @@ class FakeOneMin:
     upscales: list[str] = field(default_factory=list)
     downloads: list[str] = field(default_factory=list)
     refusing: Exception | None = None
+    # The next upscale calls whose pacing gate (the fleet's rate window, in the database)
+    # meets an outage before the request is sent; ``during_outage`` runs at each.
+    gate_outages: int = 0
+    during_outage: Callable[[], None] | None = None
 
     async def upload(self, data: bytes, filename: str, content_type: str) -> str:
         self.uploads.append(data)
         return "asset/uploaded"
 
     async def upscale(self, asset_path: str, output_format: str = "png") -> Record:
+        if self.gate_outages:
+            self.gate_outages -= 1
+            if self.during_outage is not None:
+                self.during_outage()
+            raise ConnectionRefusedError("the database refused the rate window's write")
         self.upscales.append(asset_path)
         if self.refusing is not None:
             raise self.refusing
@@ -377,6 +387,42 @@ async def test_a_forward_write_met_by_an_outage_is_tried_again_and_the_job_deliv
     assert rig.onemin.upscales == ["asset/uploaded"]
     assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
     assert rig.settlement.failures == []
+
+
+async def test_an_upscale_whose_pacing_meets_an_outage_waits_and_is_made_once(
+    tmp_path: Path,
+) -> None:
+    """The fleet's rate window (in the database) does not answer twice before the
+    upscale is sent: the job waits the outage out instead of dying, and is upscaled and
+    delivered once."""
+    rig = make(tmp_path)
+    rig.onemin.gate_outages = 2
+    job = a_job()
+    await rig.run(job)
+    assert rig.onemin.upscales == ["asset/uploaded"]
+    assert rig.settlement.settled == [(job.id, rig.bundle.front.message_id)]
+    assert rig.settlement.failures == []
+
+
+async def test_an_upscale_that_waited_out_an_outage_is_not_sent_for_a_job_taken_over(
+    tmp_path: Path,
+) -> None:
+    """While the upscale waits out an outage in the rate window, the job's lease lapses
+    and another process takes it: the lease is confirmed before the call is tried again,
+    so this process calls nothing and posts nothing."""
+    rig = make(tmp_path)
+    job = a_job()
+
+    def lapse_and_take_over() -> None:
+        rig.leases.hold(job, time.time() - 1.0)  # its renewals failed meanwhile
+        rig.store.taken_over = True
+
+    rig.onemin.gate_outages = 1
+    rig.onemin.during_outage = lapse_and_take_over
+    await rig.run(job)
+    assert rig.onemin.upscales == []
+    assert rig.bundle.front.posted == []
+    assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
 
 
 async def test_a_paid_result_the_job_lost_is_kept_for_its_new_holder(tmp_path: Path) -> None:

@@ -146,7 +146,13 @@ class Pipeline(Part):
                 await self._settlement.fail_and_tell(job, failure_for(exc), exc)
                 return
             # Not this job's fault: it waits in line while the circuit is open.
-            await self._circuit.trip(exc.kind)
+            circuit, kind = self._circuit, exc.kind
+            await through_outages(
+                lambda: circuit.trip(kind),
+                logger=log,
+                doing="opening the 1min.ai circuit",
+                still=lambda: self._leases.runs(job),
+            )
             await self._stages.hand_back(job, f"1min.ai refused: {exc.kind}")
             return
         except Exception as exc:
@@ -217,7 +223,6 @@ class Pipeline(Part):
             if reading is not None and job.asset_path is None:
                 input_image = data = await reading
                 prepared = job.input
-                await self._leases.confirm(job)
                 asset = await self._paced(
                     job,
                     lambda: self._onemin.upload(
@@ -232,7 +237,6 @@ class Pipeline(Part):
                 await _cancel(reading)
             asset_path = job.asset_path
             assert asset_path is not None  # uploaded just now, or stored before
-            await self._leases.confirm(job)  # never a paid call for a job this process lost
             record = await self._paced(
                 job, lambda: self._onemin.upscale(asset_path, job.output_format)
             )
@@ -297,8 +301,27 @@ class Pipeline(Part):
         return taken
 
     async def _paced(self, job: Job, call: Callable[[], Awaitable[_T]]) -> _T:
-        """Run a 1min.ai call; a 429 sends the job back to wait, up to ``busy_timeout``."""
+        """Run a 1min.ai call while this process holds the job; a 429 sends the job back
+        to wait, up to ``busy_timeout``.
+
+        Each try confirms the job's lease first: never a paid call for a job this process
+        lost. A database outage met on the way (in the fleet's rate window, which every
+        request passes before it is sent: the request it stopped was not sent) is waited
+        out and the call tried again, its lease confirmed again: the job does not die of
+        it."""
         deadline = time.monotonic() + self._config.busy_timeout
+
+        async def held_call() -> _T:
+            await self._leases.confirm(job)
+            return await call()
+
+        def try_once() -> Awaitable[_T]:
+            return through_outages(
+                held_call,
+                logger=log,
+                doing="pacing a 1min.ai call",
+                still=lambda: self._leases.runs(job),
+            )
 
         def wait(err: RateLimited, attempt: int) -> float | None:
             delay = err.retry_after or self._config.rate_backoff.delay(attempt)
@@ -308,7 +331,7 @@ class Pipeline(Part):
             self._stages.progress(job, Progress(Stage.WAITING, 1, WaitReason.RATE_LIMIT))
             return delay
 
-        return await retry(call, RateLimited, wait)
+        return await retry(try_once, RateLimited, wait)
 
 
 def _has_result(job: Job) -> bool:
