@@ -12,12 +12,14 @@ import gc
 import logging
 import sqlite3
 import weakref
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 
-from bot.db.outages import REPORT_WINDOW, OutageReporter
+from bot.db.outages import REPORT_WINDOW, OutageReporter, through_outages
 from bot.db.transient import DbOutageKind
+from bot.retry import Backoff
 
 LOGGER = "tests.db.outages"
 REFUSED = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
@@ -294,3 +296,51 @@ def test_a_failing_listener_does_not_stop_the_line(
     reporter.subscribe(broken)
     reporter.report(log, "claiming a job", REFUSED)
     assert [r.levelno for r in lines(caplog)] == [logging.WARNING]
+
+
+# -- trying again through an outage ------------------------------------------------------------
+
+
+class ServiceTimedOut(Exception):
+    """Another service's client error, raised from a ``TimeoutError`` as such errors are."""
+
+
+def flaky(errors: list[BaseException]) -> tuple[list[int], Callable[[], Awaitable[str]]]:
+    """A call that raises ``errors`` in turn, then answers; and the list of its tries."""
+    tries: list[int] = []
+
+    async def call() -> str:
+        tries.append(len(tries) + 1)
+        if errors:
+            raise errors.pop(0)
+        return "done"
+
+    return tries, call
+
+
+def raised_from(exc: Exception, cause: BaseException) -> Exception:
+    exc.__cause__ = cause
+    return exc
+
+
+async def test_a_call_is_tried_again_through_an_outage_until_it_answers(
+    log: logging.Logger,
+) -> None:
+    tries, call = flaky([REFUSED, ConnectionResetError()])
+    fast = Backoff(base=0.001, cap=0.001)
+    assert await through_outages(call, logger=log, doing="a test", backoff=fast) == "done"
+    assert tries == [1, 2, 3]
+
+
+async def test_an_error_of_the_unless_types_is_raised_at_once_whatever_its_cause(
+    log: logging.Logger,
+) -> None:
+    """1min.ai's time-out is raised from a TimeoutError, which alone would be a database
+    that did not answer: with ``unless`` it is the service's, and not tried again."""
+    tries, call = flaky([raised_from(ServiceTimedOut("no answer"), TimeoutError())])
+    fast = Backoff(base=0.001, cap=0.001)
+    with pytest.raises(ServiceTimedOut):
+        await through_outages(
+            call, logger=log, doing="a test", backoff=fast, unless=ServiceTimedOut
+        )
+    assert tries == [1]

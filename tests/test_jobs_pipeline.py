@@ -22,7 +22,7 @@ from bot.jobs import Job, JobFailure, JobResult, JobStatus, Stage
 from bot.jobs.leases import Leases
 from bot.jobs.pipeline import SLOT_LOCK, Pipeline
 from bot.jobs.slots import SlotLine
-from bot.onemin.client import Unauthorized
+from bot.onemin.client import TimedOut, Unauthorized
 from tests.support.job_parts import Bundle, a_job, config, parts_with
 
 INPUT = b"the prepared input"
@@ -423,6 +423,22 @@ async def test_an_upscale_that_waited_out_an_outage_is_not_sent_for_a_job_taken_
     assert rig.onemin.upscales == []
     assert rig.bundle.front.posted == []
     assert (rig.settlement.settled, rig.settlement.failures) == ([], [])
+
+
+async def test_an_upscale_that_timed_out_is_failed_not_tried_again_as_an_outage(
+    tmp_path: Path,
+) -> None:
+    """1min.ai's time-out is raised from a TimeoutError, as a database's would be; it is
+    the paid call's own failure: the job fails as a time-out after one call, never
+    repeated as if the database had blinked."""
+    rig = make(tmp_path)
+    timed_out = TimedOut("1min.ai did not answer within 1 s")
+    timed_out.__cause__ = TimeoutError()
+    rig.onemin.refusing = timed_out
+    job = a_job()
+    await rig.run(job)
+    assert rig.onemin.upscales == ["asset/uploaded"]
+    assert [(j, f.kind) for j, f in rig.settlement.failures] == [(job.id, FailureKind.TIMEOUT)]
 
 
 async def test_a_paid_result_the_job_lost_is_kept_for_its_new_holder(tmp_path: Path) -> None:

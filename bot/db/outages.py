@@ -213,14 +213,19 @@ async def through_outages(
     doing: str,
     still: Callable[[], bool] | None = None,
     backoff: Backoff = OUTAGE_BACKOFF,
+    unless: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> _T:
     """Await ``call()`` until it returns, trying again after each transient database
     error (reported with :func:`report_db_outage`) while ``still()`` says it is worth it
     (default: always). Anything else, or a transient error once ``still()`` is False,
-    is raised."""
+    is raised. So is an error of the ``unless`` types, whatever it was raised from: the
+    errors of another service's client (1min.ai's time-out, raised from a
+    ``TimeoutError``, is not the database's)."""
 
     def wait(exc: Exception, failures: int) -> float | None:
-        if not is_transient(exc) or (still is not None and not still()):
+        if isinstance(exc, unless) or not is_transient(exc):
+            return None
+        if still is not None and not still():
             return None
         report_db_outage(logger, doing, exc)
         return backoff.delay(failures)

@@ -61,7 +61,13 @@ from bot.jobs.settlement import Settlement
 from bot.jobs.slots import SlotLine
 from bot.jobs.stages import StageWriter
 from bot.onemin.circuit import Circuit
-from bot.onemin.client import OneMinClient, OutOfCredits, RateLimited, Unauthorized
+from bot.onemin.client import (
+    OneMinClient,
+    OneMinError,
+    OutOfCredits,
+    RateLimited,
+    Unauthorized,
+)
 from bot.onemin.pacing import waiting_hook
 from bot.retry import retry
 
@@ -321,6 +327,7 @@ class Pipeline(Part):
                 logger=log,
                 doing="pacing a 1min.ai call",
                 still=lambda: self._leases.runs(job),
+                unless=OneMinError,  # the call itself failed: never repeated here
             )
 
         def wait(err: RateLimited, attempt: int) -> float | None:
