@@ -162,3 +162,24 @@ async def test_waiting_requests_hear_their_place_in_line(
         await eventually(functools.partial(bool, places[i]))  # in line (told) before the next
     await asyncio.gather(*tasks)
     assert [p[0] for p in places.values()] == [1, 2, 3]
+
+
+async def test_a_request_whose_job_was_lost_while_it_waited_is_stopped_before_it_is_sent(
+    databases: Databases,
+) -> None:
+    """The task's before_send check runs after the turn is recorded (the wait for it may
+    outlast the job's lease) and what it raises stops the request."""
+    from bot.onemin.pacing import before_send
+
+    db = await databases.open()
+    gate = RateGate(db, 5, window=1.0)
+    seen: list[int] = []
+
+    async def lost() -> None:
+        seen.append(await gate.window_used())
+        raise LookupError("the job was taken over")
+
+    before_send.set(lost)
+    with pytest.raises(LookupError):
+        await gate.acquire()
+    assert seen == [1]  # checked once its turn was recorded

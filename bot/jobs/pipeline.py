@@ -68,7 +68,7 @@ from bot.onemin.client import (
     RateLimited,
     Unauthorized,
 )
-from bot.onemin.pacing import waiting_hook
+from bot.onemin.pacing import before_send, waiting_hook
 from bot.retry import retry
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ class Pipeline(Part):
                 job, Progress(Stage.WAITING, place, WaitReason.RATE_LIMIT)
             )
         )
+        # A request for this job is sent only while this process holds it, however long
+        # it waited for its turn in the fleet's rate window.
+        check = before_send.set(lambda: self._leases.confirm(job))
         message_id = None
         result: JobResult | None = None
         try:
@@ -173,6 +176,7 @@ class Pipeline(Part):
             return
         finally:
             waiting_hook.reset(hook)
+            before_send.reset(check)
         await self._settlement.settle_delivery(job, result, message_id)
 
     async def _work(self, job: Job) -> JobResult:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from bot.db import Database
@@ -31,6 +31,12 @@ LOCK_KEY = "onemin:rate"
 # Set by the job queue in each job's task: called with the job's 1-based place in the
 # line when its request has to wait for the window.
 waiting_hook: ContextVar[Callable[[int], None] | None] = ContextVar("waiting_hook", default=None)
+# Set by the job queue in each job's task: awaited once the request's turn is recorded,
+# just before it is sent. It raises to stop a request for a job this process no longer
+# holds: the wait for a turn (a database write) may outlast the job's lease.
+before_send: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "before_send", default=None
+)
 
 
 class _Place:
@@ -64,6 +70,14 @@ class RateGate:
         self._since_prune = 0
 
     async def acquire(self) -> None:
+        """Wait until a request may be sent now, and record it; then await the task's
+        :data:`before_send` check, if any (what it raises, this raises)."""
+        await self._turn_recorded()
+        check = before_send.get()
+        if check is not None:
+            await check()
+
+    async def _turn_recorded(self) -> None:
         """Wait until a request may be sent now, and record it.
 
         The caller at the head of the line records turns for everyone in line at that
